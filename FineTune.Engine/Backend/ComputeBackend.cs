@@ -1,0 +1,217 @@
+using System.Diagnostics;
+using System.Reflection;
+using System.Runtime.InteropServices;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using TorchSharp;
+
+namespace FineTune.Engine.Backend;
+
+/// <summary>Where the engine computes, and why it was chosen.</summary>
+/// <param name="Kind">CPU or CUDA.</param>
+/// <param name="Description">One line for people: "CUDA: NVIDIA H100 80GB HBM3, 79.1 GB" or "CPU: 16 threads".</param>
+/// <param name="Reason">Why this backend: where libtorch came from, or why CUDA was not used.</param>
+/// <param name="LibTorchSource">"nuget" (libtorch from the TorchSharp packages) or the folder of a PyTorch install.</param>
+/// <param name="GpuName">The GPU's name when Kind is CUDA.</param>
+/// <param name="GpuMemoryBytes">The GPU's total memory when Kind is CUDA.</param>
+public sealed record BackendInfo(
+    DeviceType Kind,
+    string Description,
+    string Reason,
+    string LibTorchSource,
+    string? GpuName = null,
+    long? GpuMemoryBytes = null)
+{
+    public bool IsCuda => Kind == DeviceType.CUDA;
+
+    public torch.Device Device => IsCuda ? torch.CUDA : torch.CPU;
+
+    /// <summary>True when the device computes bf16 natively (Ampere and newer); the T4 of the tutorial does not.</summary>
+    public bool SupportsBFloat16 { get; init; }
+}
+
+/// <summary>
+/// The one place that decides the compute backend. It must run before any other TorchSharp call:
+/// libtorch can only be loaded once per process.
+/// Order: FINETUNE_LIBTORCH (a folder with libtorch*.so) → the libtorch of python3's torch →
+/// TorchSharp's own packaged natives (CUDA package if present, else CPU).
+/// </summary>
+public static class ComputeBackend
+{
+    public const string LibTorchVariable = "FINETUNE_LIBTORCH";
+    public const string ForceCpuVariable = "FINETUNE_DEVICE";
+
+    private static readonly Lock Gate = new();
+    private static BackendInfo? _current;
+
+    /// <summary>The backend chosen at start-up; chooses it on first use.</summary>
+    public static BackendInfo Current => _current ?? Initialize();
+
+    public static BackendInfo Initialize(ILogger? logger = null)
+    {
+        lock (Gate)
+        {
+            if (_current is not null) return _current;
+            logger ??= NullLogger.Instance;
+            _current = Choose(logger);
+            logger.LogInformation("Compute backend: {Description} ({Reason})", _current.Description, _current.Reason);
+            return _current;
+        }
+    }
+
+    private static BackendInfo Choose(ILogger logger)
+    {
+        bool cpuForced = string.Equals(Environment.GetEnvironmentVariable(ForceCpuVariable), "cpu", StringComparison.OrdinalIgnoreCase);
+
+        // 1. An existing PyTorch install, named or found through python3.
+        string? folder = Environment.GetEnvironmentVariable(LibTorchVariable);
+        string source = LibTorchVariable;
+        if (string.IsNullOrWhiteSpace(folder) && !cpuForced && !HasPackagedLibTorch())
+        {
+            folder = FindPythonTorchLibFolder();
+            source = "python3 torch";
+        }
+
+        if (!string.IsNullOrWhiteSpace(folder))
+        {
+            if (!Directory.Exists(folder))
+                throw new DirectoryNotFoundException(
+                    $"{LibTorchVariable}='{folder}' is not a folder. Point it at PyTorch's lib folder (the one with libtorch_cpu.so), or unset it to use the packaged libtorch.");
+            bool cuda = LoadPyTorchLibraries(folder, logger) && !cpuForced;
+            if (cuda) return CudaInfo($"libtorch from {source} ({folder})", folder);
+            torch.InitializeDeviceType(DeviceType.CPU);
+            return CpuInfo(cpuForced ? $"{ForceCpuVariable}=cpu" : $"no CUDA libtorch in {folder}", folder);
+        }
+
+        // 2. TorchSharp's own natives (libtorch-cpu by default; TorchSharp-cuda-linux with TorchBackend=cuda).
+        if (!cpuForced && torch.cuda.is_available())
+        {
+            torch.InitializeDeviceType(DeviceType.CUDA);
+            return CudaInfo("libtorch from the TorchSharp CUDA packages", "nuget");
+        }
+        torch.InitializeDeviceType(DeviceType.CPU);
+        return CpuInfo(cpuForced ? $"{ForceCpuVariable}=cpu" : "no CUDA libtorch found", "nuget");
+    }
+
+    private static BackendInfo CpuInfo(string reason, string libTorchSource) =>
+        new(DeviceType.CPU, $"CPU: {Environment.ProcessorCount} threads", reason, libTorchSource) { SupportsBFloat16 = true };
+
+    private static BackendInfo CudaInfo(string reason, string libTorchSource)
+    {
+        torch.InitializeDeviceType(DeviceType.CUDA);
+        if (!torch.cuda.is_available())
+            return CpuInfo($"{reason}, but no CUDA device is visible", libTorchSource);
+        var (name, totalBytes, major) = CudaDriver.DescribeDevice(0);
+        string description = name is null
+            ? "CUDA: GPU 0"
+            : $"CUDA: {name}, {totalBytes / 1e9:0.#} GB";
+        return new BackendInfo(DeviceType.CUDA, description, reason, libTorchSource, name, totalBytes)
+        {
+            SupportsBFloat16 = major is null or >= 8,
+        };
+    }
+
+    /// <summary>True when TorchSharp's packaged natives (libtorch-cpu or -cuda) sit beside the app.</summary>
+    private static bool HasPackagedLibTorch()
+    {
+        string appFolder = AppContext.BaseDirectory;
+        string[] candidates =
+        [
+            Path.Combine(appFolder, "libtorch_cpu.so"),
+            Path.Combine(appFolder, "runtimes", "linux-x64", "native", "libtorch_cpu.so"),
+            Path.Combine(appFolder, "torch_cpu.dll"),
+            Path.Combine(appFolder, "runtimes", "win-x64", "native", "torch_cpu.dll"),
+            Path.Combine(appFolder, "libtorch_cpu.dylib"),
+            Path.Combine(appFolder, "runtimes", "osx-arm64", "native", "libtorch_cpu.dylib"),
+        ];
+        return candidates.Any(File.Exists);
+    }
+
+    /// <summary>Loads a PyTorch install's libraries in the order that works with TorchSharp; true when the CUDA ones loaded.</summary>
+    private static bool LoadPyTorchLibraries(string folder, ILogger logger)
+    {
+        NativeLibrary.Load(Path.Combine(folder, "libc10.so"));
+        NativeLibrary.Load(Path.Combine(folder, "libtorch_cpu.so"));
+        bool cuda = File.Exists(Path.Combine(folder, "libtorch_cuda.so"));
+        if (cuda)
+        {
+            NativeLibrary.Load(Path.Combine(folder, "libc10_cuda.so"));
+            NativeLibrary.Load(Path.Combine(folder, "libtorch_cuda.so"));
+        }
+        NativeLibrary.Load(Path.Combine(folder, "libtorch.so"));
+
+        string? torchSharpNative = FindLibTorchSharp();
+        if (torchSharpNative is null)
+            throw new FileNotFoundException(
+                "libLibTorchSharp.so was not found beside the app. Publish with -r linux-x64 so TorchSharp's own native library is included.");
+        NativeLibrary.Load(torchSharpNative);
+        logger.LogDebug("Loaded PyTorch libtorch from {Folder} and {LibTorchSharp}", folder, torchSharpNative);
+        return cuda;
+    }
+
+    private static string? FindLibTorchSharp()
+    {
+        string appFolder = AppContext.BaseDirectory;
+        string[] candidates =
+        [
+            Path.Combine(appFolder, "libLibTorchSharp.so"),
+            Path.Combine(appFolder, "runtimes", "linux-x64", "native", "libLibTorchSharp.so"),
+            Path.Combine(Path.GetDirectoryName(typeof(torch).Assembly.Location) ?? appFolder, "libLibTorchSharp.so"),
+        ];
+        return candidates.FirstOrDefault(File.Exists);
+    }
+
+    /// <summary>The lib folder of python3's torch, when python3 and a CUDA build of torch are installed.</summary>
+    private static string? FindPythonTorchLibFolder()
+    {
+        try
+        {
+            var start = new ProcessStartInfo("python3", ["-c", "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))"])
+            {
+                RedirectStandardOutput = true,
+                RedirectStandardError = true,
+                UseShellExecute = false,
+            };
+            using var process = Process.Start(start);
+            if (process is null) return null;
+            string output = process.StandardOutput.ReadToEnd().Trim();
+            if (!process.WaitForExit(20_000) || process.ExitCode != 0) return null;
+            return File.Exists(Path.Combine(output, "libtorch_cuda.so")) ? output : null;
+        }
+        catch (System.ComponentModel.Win32Exception)
+        {
+            return null; // no python3 on PATH
+        }
+    }
+}
+
+/// <summary>The few CUDA driver calls needed to name the GPU and its memory (libcuda ships with every NVIDIA driver).</summary>
+internal static partial class CudaDriver
+{
+    private const string Library = "libcuda.so.1";
+
+    [LibraryImport(Library)] private static partial int cuInit(uint flags);
+    [LibraryImport(Library)] private static partial int cuDeviceGet(out int device, int ordinal);
+    [LibraryImport(Library)] private static unsafe partial int cuDeviceGetName(byte* name, int length, int device);
+    [LibraryImport(Library, EntryPoint = "cuDeviceTotalMem_v2")] private static partial int cuDeviceTotalMem(out nuint bytes, int device);
+    [LibraryImport(Library)] private static partial int cuDeviceGetAttribute(out int value, int attribute, int device);
+
+    private const int ComputeCapabilityMajor = 75; // CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
+
+    public static unsafe (string? Name, long TotalBytes, int? Major) DescribeDevice(int ordinal)
+    {
+        try
+        {
+            if (cuInit(0) != 0 || cuDeviceGet(out int device, ordinal) != 0) return (null, 0, null);
+            byte* buffer = stackalloc byte[256];
+            string? name = cuDeviceGetName(buffer, 256, device) == 0 ? Marshal.PtrToStringUTF8((nint)buffer) : null;
+            long total = cuDeviceTotalMem(out nuint bytes, device) == 0 ? (long)bytes : 0;
+            int? major = cuDeviceGetAttribute(out int value, ComputeCapabilityMajor, device) == 0 ? value : null;
+            return (name, total, major);
+        }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
+        {
+            return (null, 0, null);
+        }
+    }
+}

@@ -1,0 +1,38 @@
+using FineTune.Engine.Backend;
+using MudBlazor.Services;
+
+namespace FineTune.Web.Infrastructure;
+
+public static class ApplicationServices
+{
+    /// <summary>Everything the app needs, registered in one place (Program.cs stays short).</summary>
+    public static WebApplicationBuilder AddApplicationServices(this WebApplicationBuilder builder)
+    {
+        builder.Services.AddOptions<FineTuneOptions>()
+            .BindConfiguration(FineTuneOptions.Section)
+            .ValidateDataAnnotations()
+            .ValidateOnStart();
+
+        builder.Services.AddRazorComponents().AddInteractiveServerComponents();
+        builder.Services.AddMudServices();
+        builder.Services.AddSignalR();
+
+        // The compute backend is chosen once, before any TorchSharp call, and reported in the log and on /healthz.
+        builder.Services.AddSingleton(provider =>
+            ComputeBackend.Initialize(provider.GetRequiredService<ILoggerFactory>().CreateLogger("FineTune.Backend")));
+        builder.Services.AddHostedService<BackendStartup>();
+        return builder;
+    }
+}
+
+/// <summary>Chooses the compute backend at start-up, so the first request does not pay for it.</summary>
+internal sealed class BackendStartup(IServiceProvider services) : IHostedService
+{
+    public Task StartAsync(CancellationToken cancellationToken)
+    {
+        services.GetRequiredService<BackendInfo>();
+        return Task.CompletedTask;
+    }
+
+    public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+}

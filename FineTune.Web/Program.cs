@@ -1,0 +1,30 @@
+using FineTune.Web;
+using FineTune.Web.Components;
+using FineTune.Web.Infrastructure;
+
+// Headless commands (generate, train) run without the web server.
+if (HeadlessCommands.TryRun(args, out int exitCode))
+    return exitCode;
+
+var builder = WebApplication.CreateBuilder(args);
+builder.AddApplicationServices();
+
+var app = builder.Build();
+
+if (!app.Environment.IsDevelopment())
+{
+    app.UseExceptionHandler("/Error", createScopeForErrors: true);
+}
+app.UseStatusCodePagesWithReExecute("/not-found", createScopeForStatusCodePages: true);
+app.UseAntiforgery();
+
+app.MapStaticAssets();
+app.MapHealthEndpoint();
+app.MapRazorComponents<App>()
+    .AddInteractiveServerRenderMode();
+
+app.Run();
+return 0;
+
+/// <summary>The web app's entry point, visible to tests (WebApplicationFactory).</summary>
+public partial class Program;
