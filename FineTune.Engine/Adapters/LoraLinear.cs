@@ -64,13 +64,17 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    /// <summary>Copies a checkpoint weight (out, in) into this layer, converting dtype and device.</summary>
+    /// <summary>
+    /// Copies a checkpoint weight (out, in) into this layer, converting dtype and device; a layer built
+    /// on the meta device takes the source's device and dtype instead.
+    /// </summary>
     public void LoadWeight(Tensor source)
     {
         if (weight is null) throw new InvalidOperationException("This layer holds its weight quantized; it cannot take a dense weight.");
         CheckShape(source, [OutFeatures, InFeatures], "weight");
         using var _ = no_grad();
-        weight.copy_(source);
+        if (weight.is_meta) weight = Materialize(nameof(weight), weight, source);
+        else weight.copy_(source);
     }
 
     /// <summary>Copies a checkpoint bias (out) into this layer.</summary>
@@ -79,7 +83,21 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         if (bias is null) throw new InvalidOperationException("This layer was built without a bias.");
         CheckShape(source, [OutFeatures], "bias");
         using var _ = no_grad();
-        bias.copy_(source);
+        if (bias.is_meta) bias = Materialize(nameof(bias), bias, source);
+        else bias.copy_(source);
+    }
+
+    /// <summary>
+    /// A layer built on the meta device holds no memory until its checkpoint tensor arrives (ModelLoader
+    /// builds models that way); it then takes a copy of the source as given: its device and dtype.
+    /// </summary>
+    private Parameter Materialize(string name, Parameter placeholder, Tensor source)
+    {
+        var parameter = new Parameter(source.detach().clone(), requires_grad: placeholder.requires_grad);
+        parameter.DetachFromDisposeScope();
+        ConditionallyRegisterParameter(name, parameter);
+        placeholder.Dispose();
+        return parameter;
     }
 
     /// <summary>
@@ -92,8 +110,9 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         if (Merged) throw new InvalidOperationException("Unmerge the adapter before quantizing the base weight.");
         var dense = source ?? weight ?? throw new InvalidOperationException("This layer's weight is already quantized.");
         CheckShape(dense, [OutFeatures, InFeatures], "weight");
-        var device = weight?.device ?? weight_nf4!.device;
-        using var onDevice = dense.device == device ? null : dense.to(device);
+        // A layer built on the meta device (ModelLoader) quantizes on the checkpoint tensor's device.
+        var device = weight is { is_meta: false } ? weight.device : weight_nf4?.device ?? dense.device;
+        using var onDevice = dense.device_type == device.type && dense.device_index == device.index ? null : dense.to(device);
         var data = Nf4.Quantize(onDevice ?? dense);
         ReleaseQuantized();
         if (weight is not null)
@@ -136,7 +155,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
     {
         if (HasAdapter) throw new InvalidOperationException("This layer already has a LoRA adapter.");
         new LoraSettings(rank, alpha, dropout, UseRsLora: useRsLora).Validate();
-        var device = weight?.device ?? weight_nf4!.device;
+        var device = weight is { is_meta: false } ? weight.device : weight_nf4?.device ?? weight!.device;
         lora_A = nn.Linear(InFeatures, rank, hasBias: false, device: device, dtype: adapterDtype);
         lora_B = nn.Linear(rank, OutFeatures, hasBias: false, device: device, dtype: adapterDtype);
         using (no_grad())
