@@ -30,13 +30,17 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    /// <summary>Copies a checkpoint weight (out, in) into this layer, converting dtype and device.</summary>
+    /// <summary>
+    /// Copies a checkpoint weight (out, in) into this layer, converting dtype and device; a layer built
+    /// on the meta device takes the source's device and dtype instead.
+    /// </summary>
     public void LoadWeight(Tensor source)
     {
         if (weight is null) throw new InvalidOperationException("This layer holds its weight quantized; it cannot take a dense weight.");
         CheckShape(source, [OutFeatures, InFeatures], "weight");
         using var _ = no_grad();
-        weight.copy_(source);
+        if (weight.is_meta) weight = Materialize(nameof(weight), weight, source);
+        else weight.copy_(source);
     }
 
     /// <summary>Copies a checkpoint bias (out) into this layer.</summary>
@@ -45,12 +49,26 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         if (bias is null) throw new InvalidOperationException("This layer was built without a bias.");
         CheckShape(source, [OutFeatures], "bias");
         using var _ = no_grad();
-        bias.copy_(source);
+        if (bias.is_meta) bias = Materialize(nameof(bias), bias, source);
+        else bias.copy_(source);
     }
 
     public override Tensor forward(Tensor x)
     {
         return nn.functional.linear(x, weight!, bias);
+    }
+
+    /// <summary>
+    /// A layer built on the meta device holds no memory until its checkpoint tensor arrives (ModelLoader
+    /// builds models that way); it then takes a copy of the source as given: its device and dtype.
+    /// </summary>
+    private Parameter Materialize(string name, Parameter placeholder, Tensor source)
+    {
+        var parameter = new Parameter(source.detach().clone(), requires_grad: placeholder.requires_grad);
+        parameter.DetachFromDisposeScope();
+        ConditionallyRegisterParameter(name, parameter);
+        placeholder.Dispose();
+        return parameter;
     }
 
     private static void CheckShape(Tensor source, long[] expected, string what)
