@@ -81,7 +81,8 @@ public abstract class CausalLM : nn.Module<Tensor, Tensor>
     /// order, lm_head last. With tied embeddings lm_head's weight is the embedding table: leave it dense and frozen.
     /// </summary>
     public IEnumerable<(string Name, LoraLinear Layer)> NamedLinears() =>
-        named_modules().Where(m => m.module is LoraLinear).Select(m => (m.name, (LoraLinear)m.module));
+        named_modules().Where(m => m.module is LoraLinear && m.module != lm_head).Select(m => (m.name, (LoraLinear)m.module))
+            .Append((nameof(lm_head), lm_head));
 
     /// <summary>A KV cache for this model holding up to <paramref name="capacity"/> positions.</summary>
     public KvCache NewCache(int capacity) => new(Config.NumHiddenLayers, capacity);
