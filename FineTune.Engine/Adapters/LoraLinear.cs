@@ -222,6 +222,17 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         Merged = true;
     }
 
+    /// <summary>Replaces an NF4 base weight by its dequantized dense form (for merged exports of layers without an adapter).</summary>
+    public void MakeDense()
+    {
+        if (weight is not null) return;
+        using var _ = no_grad();
+        weight = new Parameter(BaseWeight(ComputeDtype), requires_grad: false);
+        weight.DetachFromDisposeScope();
+        ReleaseQuantized();
+        register_parameter(nameof(weight), weight);
+    }
+
     /// <summary>Takes the update back out of the base weight (W -= B·A·scaling).</summary>
     public void Unmerge()
     {
