@@ -46,6 +46,13 @@ public static class Nf4
     public static float[] DynamicMap => _dynamicMap ??= CreateDynamicMap();
     private static float[]? _dynamicMap;
 
+    // The code tables on each device, made once: dequantization runs in every forward and backward.
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<(DeviceType, int, bool), Tensor> Tables = new();
+
+    private static Tensor Table(Device device, bool nf4) =>
+        Tables.GetOrAdd((device.type, device.index, nf4), _ =>
+            tensor(nf4 ? Code : DynamicMap, device: device).DetachFromDisposeScope());
+
     // Elements per argmin chunk: bounds the (chunk, 16) or (chunk, 256) distance matrix.
     private const long ChunkElements = 1 << 18;
 
@@ -85,7 +92,7 @@ public static class Nf4
     public static Tensor DequantizeAbsmax(Nf4Data data)
     {
         using var scope = NewDisposeScope();
-        var dynamic = tensor(DynamicMap, device: data.AbsmaxCodes.device);
+        var dynamic = Table(data.AbsmaxCodes.device, nf4: false);
         var values = dynamic.take(data.AbsmaxCodes.to(ScalarType.Int64));      // (blocks)
         var absmax = ScaleBack(values, data.NestedAbsmax, NestedBlockSize) + data.Offset;
         return scope.MoveToOuter(absmax);
@@ -104,7 +111,7 @@ public static class Nf4
         var bytes = data.Packed.to(ScalarType.Int64);                          // (n'/2)
         var nibbles = stack([bytes.bitwise_right_shift(tensor(4L)), bytes.bitwise_and(15)], 1).reshape(-1); // (n')
         if (nibbles.shape[0] != n) nibbles = nibbles[..(int)n];
-        var code = tensor(Code, device: data.Packed.device);
+        var code = Table(data.Packed.device, nf4: true);
         var values = code.take(nibbles);                                        // (n) fp32
         var w = ScaleBack(values, absmax, BlockSize).to(dtype).reshape(data.Shape);
         return scope.MoveToOuter(w);
