@@ -203,6 +203,37 @@ public class TrainerTests
         Assert.Contains("4-bit", typed.Message);
     }
 
+    /// <summary>A model whose forward asks libtorch for an impossible amount of memory (a real allocator failure).</summary>
+    private sealed class GreedyForMemory(TinyCausalLM inner) : ITrainableCausalLM
+    {
+        public bool Fail { get; set; } = true;
+        public nn.Module Module => inner;
+        public LoraLinear LmHead => inner.LmHead;
+        public IEnumerable<(string Name, LoraLinear Layer)> NamedLinears() => inner.NamedLinears();
+        public Tensor HiddenStates(Tensor inputIds, Tensor positionIds, Tensor? attentionMask)
+        {
+            if (Fail) using (var huge = empty(1L << 45)) { }
+            return inner.HiddenStates(inputIds, positionIds, attentionMask);
+        }
+    }
+
+    [Fact]
+    public void Out_of_memory_in_a_step_is_a_typed_error_and_training_works_afterwards()
+    {
+        using var inner = ModelWithLora();
+        var model = new GreedyForMemory(inner);
+        var trainer = new LoraTrainer(model, Settings, "tiny");
+        var data = new DataSplit(SyntheticRows(8), []);
+        var options = new TrainingOptions { Epochs = 1, BatchSize = 2, GradientAccumulationSteps = 1 };
+        var e = Assert.Throws<TrainingOutOfMemoryException>(() => trainer.Train(data, options));
+        Assert.Contains("smaller batch size", e.Message);
+        Assert.False(inner.training);
+        model.Fail = false;
+        var result = trainer.Train(data, options);
+        Assert.True(result.Completed);
+        Assert.All(result.History, h => Assert.True(double.IsFinite(h.Loss)));
+    }
+
     [Fact]
     public void A_training_step_leaves_no_tensors_behind()
     {

@@ -101,9 +101,7 @@ public static class TrainCommand
         output.WriteLine($"data: {rows.Count} rows from {Path.GetFileName(o.Data)}");
 
         var tokenizer = TokenizerLoader.Load(o.Model);
-        int eos = tokenizer.EosTokenId ?? tokenizer.EosTokenIds.FirstOrDefault(-1);
-        if (eos < 0) throw new CommandLineException($"The tokenizer of '{o.Model}' has no eos_token; training needs one to teach the model to stop.");
-        var encoder = new TextEncoder(text => tokenizer.Encode(text, addSpecialTokens: false), eos, ids => tokenizer.Decode(ids));
+        var encoder = TextEncoder.From(tokenizer);
         var format = o.Template is null or "tutorial" ? PromptFormats.Tutorial : PromptFormats.FromTemplate(o.Template);
         var examples = TrainingExamples.Build(rows, format, encoder, new ExampleOptions(o.MaxLength, AnswerOnlyLoss: !o.WholeText), loggers.CreateLogger("FineTune.Data"));
         if (examples.TruncatedCount > 0) output.WriteLine($"warning: {examples.TruncatedCount} row(s) longer than {o.MaxLength} tokens were cut; raise --max-length to keep them whole.");
@@ -159,11 +157,24 @@ public static class TrainCommand
     public static string AdapterFolder(string zipPath) =>
         Path.Combine(Path.GetDirectoryName(Path.GetFullPath(zipPath))!, Path.GetFileNameWithoutExtension(zipPath));
 
-    /// <summary>The name PEFT records as base_model_name_or_path: the Hub id when the folder says so, else the folder.</summary>
-    private static string BaseModelName(string folder)
+    /// <summary>
+    /// The name PEFT records as base_model_name_or_path: the Hub id ("Qwen/Qwen2.5-0.5B-Instruct") when
+    /// config.json's _name_or_path holds one, else the folder's full path.
+    /// </summary>
+    public static string BaseModelName(string folder)
     {
-        string full = Path.GetFullPath(folder).TrimEnd(Path.DirectorySeparatorChar);
-        return full;
+        try
+        {
+            var config = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(folder, "config.json")));
+            if (config?["_name_or_path"] is System.Text.Json.Nodes.JsonValue v && v.TryGetValue(out string? name)
+                && System.Text.RegularExpressions.Regex.IsMatch(name, @"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$"))
+                return name;
+        }
+        catch (System.Text.Json.JsonException)
+        {
+            // ModelLoader reports a broken config.json with a better message.
+        }
+        return Path.GetFullPath(folder).TrimEnd(Path.DirectorySeparatorChar);
     }
 
     private sealed class LineProgress(TextWriter output) : IProgress<TrainingProgress>
