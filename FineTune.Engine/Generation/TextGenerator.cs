@@ -31,6 +31,9 @@ public sealed class TextGenerator(Generator generator, ITextTokenizer tokenizer)
         await foreach (int id in Generator.GenerateAsync(ids, settings, cancellationToken).ConfigureAwait(false))
         {
             if (settings.StopTokenIds.Contains(id)) break;
+            // The model's vocabulary is often padded past the tokenizer's (Qwen2.5: 151936 rows, 151665 tokens);
+            // HF's decode drops such ids silently, and so do we.
+            if ((uint)id >= (uint)Tokenizer.VocabSize) continue;
             string piece = decoder.Push(id);
             if (piece.Length > 0) yield return piece;
         }
