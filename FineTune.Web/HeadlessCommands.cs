@@ -1,11 +1,39 @@
 namespace FineTune.Web;
 
-/// <summary>Commands that run without the web server: `generate` and `train` (see README).</summary>
+/// <summary>
+/// Commands that run without the web server, for automation and containers:
+/// `generate` and `train` (see README) and `healthcheck URL` (Docker HEALTHCHECK; the runtime image has no curl).
+/// </summary>
 public static class HeadlessCommands
 {
     public static bool TryRun(string[] args, out int exitCode)
     {
         exitCode = 0;
-        return false;
+        if (args.Length == 0) return false;
+        switch (args[0])
+        {
+            case "healthcheck":
+                exitCode = HealthCheck(args.Length > 1 ? args[1] : "http://127.0.0.1:8080/healthz");
+                return true;
+            default:
+                return false;
+        }
+    }
+
+    private static int HealthCheck(string url)
+    {
+        try
+        {
+            using var client = new HttpClient { Timeout = TimeSpan.FromSeconds(5) };
+            using var response = client.GetAsync(url).GetAwaiter().GetResult();
+            if (response.IsSuccessStatusCode) return 0;
+            Console.Error.WriteLine($"healthcheck: {url} answered {(int)response.StatusCode}");
+            return 1;
+        }
+        catch (Exception e) when (e is HttpRequestException or TaskCanceledException or UriFormatException)
+        {
+            Console.Error.WriteLine($"healthcheck: {url} is not reachable: {e.Message}");
+            return 1;
+        }
     }
 }

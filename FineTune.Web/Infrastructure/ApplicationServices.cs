@@ -1,4 +1,5 @@
 using FineTune.Engine.Backend;
+using FineTune.Web.Features.Data;
 using MudBlazor.Services;
 
 namespace FineTune.Web.Infrastructure;
@@ -16,6 +17,9 @@ public static class ApplicationServices
         builder.Services.AddRazorComponents().AddInteractiveServerComponents();
         builder.Services.AddMudServices();
         builder.Services.AddSignalR();
+
+        builder.Services.AddSingleton<ExcelTableReader>();
+        builder.Services.AddSingleton<DataImporter>();
 
         // The compute backend is chosen once, before any TorchSharp call, and reported in the log and on /healthz.
         builder.Services.AddSingleton(provider =>

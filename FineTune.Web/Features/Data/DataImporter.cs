@@ -1,0 +1,193 @@
+using System.Security.Cryptography;
+using FineTune.Engine.Data;
+
+namespace FineTune.Web.Features.Data;
+
+/// <summary>What to take from a read file.</summary>
+/// <param name="SheetIndex">Which sheet (0 for text formats).</param>
+/// <param name="Mapping">Columns chosen by the user; null guesses them from the header.</param>
+/// <param name="MaxSeqLength">Rows with more tokens than this are reported (they would be cut).</param>
+/// <param name="CountTokens">Counts a row's tokens as the trainer will see them (prompt template included); null skips the check.</param>
+public sealed record ImportSettings(int SheetIndex = 0, ColumnMapping? Mapping = null, int MaxSeqLength = 512, Func<QaRow, int>? CountTokens = null);
+
+/// <summary>The rows of one sheet with the columns used and what the checks found.</summary>
+public sealed record ImportResult(
+    DataFile File,
+    int SheetIndex,
+    ColumnMapping Mapping,
+    IReadOnlyList<string> ColumnLabels,
+    IReadOnlyList<ImportedRow> Rows,
+    ValidationReport Report)
+{
+    public SheetTable Sheet => File.Sheets[SheetIndex];
+
+    /// <summary>The rows training can use: blocking issues (empty question or answer) removed.</summary>
+    public IReadOnlyList<QaRow> UsableRows => Rows.Where(r => r.IsUsable).Select(r => r.Row).ToArray();
+}
+
+/// <summary>
+/// Reads uploaded Q&amp;A files (.xlsx, .csv, .tsv, .jsonl, .json) into <see cref="QaRow"/>s plus a validation report.
+/// Every failure is a <see cref="DataImportException"/> that says what is wrong and where; nothing else escapes.
+/// </summary>
+public sealed class DataImporter(ExcelTableReader excel)
+{
+    public static readonly string[] Extensions = [".xlsx", ".csv", ".tsv", ".txt", ".jsonl", ".json"];
+
+    /// <summary>Reads a whole upload (at most <paramref name="maxBytes"/>) and parses it.</summary>
+    public async Task<DataFile> ReadAsync(Stream stream, string fileName, long maxBytes, CancellationToken cancellationToken = default)
+    {
+        using var buffer = new MemoryStream();
+        var chunk = new byte[81920];
+        int read;
+        while ((read = await stream.ReadAsync(chunk, cancellationToken)) > 0)
+        {
+            if (buffer.Length + read > maxBytes)
+                throw new DataImportException(ImportErrorCode.TooLarge, $"The file is larger than the limit of {maxBytes / (1024 * 1024)} MB.");
+            buffer.Write(chunk, 0, read);
+        }
+        return Parse(buffer.ToArray(), fileName);
+    }
+
+    public DataFile Parse(byte[] bytes, string fileName)
+    {
+        string extension = Path.GetExtension(fileName).ToLowerInvariant();
+        if (!Extensions.Contains(extension))
+            throw new DataImportException(ImportErrorCode.UnsupportedExtension,
+                $"'{extension}' files are not supported. Use .xlsx, .csv, .tsv, .jsonl or .json.");
+        if (bytes.Length == 0)
+            throw new DataImportException(ImportErrorCode.EmptyFile, "The file is empty.");
+
+        try
+        {
+            DataFile file;
+            if (extension == ".xlsx")
+            {
+                var (sheets, fallback) = excel.Read(bytes, fileName);
+                file = new DataFile(fileName, DataFileFormat.Excel, sheets, UsedFallbackReader: fallback);
+            }
+            else
+            {
+                var (text, encoding) = TextDecoder.Decode(bytes);
+                string name = Path.GetFileNameWithoutExtension(fileName);
+                file = extension switch
+                {
+                    ".jsonl" => new DataFile(fileName, DataFileFormat.JsonLines, [JsonTableReader.ReadLines(text, name)], encoding),
+                    ".json" => new DataFile(fileName, DataFileFormat.Json, [JsonTableReader.ReadArray(text, name)], encoding),
+                    ".tsv" => new DataFile(fileName, DataFileFormat.Tsv, [DelimitedTableReader.Read(text, name, '\t')], encoding),
+                    _ => new DataFile(fileName, DataFileFormat.Csv, [DelimitedTableReader.Read(text, name)], encoding),
+                };
+            }
+            if (file.Sheets.Count == 0 || file.Sheets.All(s => s.Rows.All(r => r.IsBlank)))
+                throw new DataImportException(ImportErrorCode.EmptyFile, "The file holds no data.");
+            return file;
+        }
+        catch (DataImportException)
+        {
+            throw;
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            // A reader bug must not take the page down: report it as an unreadable file.
+            throw new DataImportException(ImportErrorCode.CorruptExcel, $"The file could not be read: {e.Message}", inner: e);
+        }
+    }
+
+    /// <summary>The first sheet whose header is recognised, else the first sheet with data.</summary>
+    public static int GuessSheet(DataFile file)
+    {
+        for (int i = 0; i < file.Sheets.Count; i++)
+            if (ColumnGuesser.Guess(file.Sheets[i]).HeaderRowIndex >= 0) return i;
+        for (int i = 0; i < file.Sheets.Count; i++)
+            if (file.Sheets[i].Rows.Any(r => !r.IsBlank)) return i;
+        return 0;
+    }
+
+    public ImportResult Build(DataFile file, ImportSettings settings)
+    {
+        int sheetIndex = Math.Clamp(settings.SheetIndex, 0, file.Sheets.Count - 1);
+        var sheet = file.Sheets[sheetIndex];
+        var mapping = settings.Mapping ?? ColumnGuesser.Guess(sheet);
+        bool excelCells = file.Format == DataFileFormat.Excel;
+        var fileIssues = new List<ValidationIssue>();
+        var rows = new List<ImportedRow>();
+        var firstRowByKey = new Dictionary<string, int>(StringComparer.Ordinal);
+
+        if (mapping.HeaderRowIndex < 0)
+            fileIssues.Add(new ValidationIssue(IssueKind.NoHeaderFound, 0));
+        foreach (string range in sheet.MergedRanges)
+            fileIssues.Add(new ValidationIssue(IssueKind.MergedCells, RowOf(range), range));
+
+        for (int i = 0; i < sheet.Rows.Count; i++)
+        {
+            var row = sheet.Rows[i];
+            if (i < mapping.HeaderRowIndex)
+            {
+                if (!row.IsBlank) fileIssues.Add(new ValidationIssue(IssueKind.RowAboveHeaderSkipped, row.Number));
+                continue;
+            }
+            if (i == mapping.HeaderRowIndex) continue;
+            if (row.IsBlank)
+            {
+                fileIssues.Add(new ValidationIssue(IssueKind.BlankRowSkipped, row.Number));
+                continue;
+            }
+
+            var issues = new List<ValidationIssue>();
+            string Take(int? column)
+            {
+                if (column is not { } c) return string.Empty;
+                var cell = row[c];
+                string address = excelCells ? $"{ColumnGuesser.ColumnLetter(c)}{row.Number}" : ColumnGuesser.ColumnLetter(c);
+                if (cell.FormulaHasNoCachedValue) issues.Add(new ValidationIssue(IssueKind.FormulaWithoutValue, row.Number, address));
+                else if (cell.IsFormula) issues.Add(new ValidationIssue(IssueKind.Formula, row.Number, address));
+                return cell.Text.Trim();
+            }
+
+            string instruction = Take(mapping.Instruction);
+            string output = Take(mapping.Output);
+            string input = Take(mapping.Input);
+            string? system = mapping.System is null ? null : Take(mapping.System) is { Length: > 0 } s ? s : null;
+            var qa = new QaRow(instruction, output, input, system, row.Number);
+
+            if (instruction.Length == 0) issues.Add(new ValidationIssue(IssueKind.EmptyInstruction, row.Number));
+            if (output.Length == 0) issues.Add(new ValidationIssue(IssueKind.EmptyOutput, row.Number));
+            if (instruction.Length > 0)
+            {
+                string key = ColumnGuesser.Normalize(instruction) + "\u0001" + ColumnGuesser.Normalize(input);
+                if (firstRowByKey.TryGetValue(key, out int first))
+                    issues.Add(new ValidationIssue(IssueKind.Duplicate, row.Number, OtherRow: first));
+                else
+                    firstRowByKey[key] = row.Number;
+            }
+            if (settings.CountTokens is { } count && instruction.Length > 0 && output.Length > 0)
+            {
+                int tokens = count(qa);
+                if (tokens > settings.MaxSeqLength) issues.Add(new ValidationIssue(IssueKind.TooLong, row.Number, Tokens: tokens));
+            }
+            rows.Add(new ImportedRow(qa, issues));
+        }
+
+        var header = mapping.HeaderRowIndex >= 0 ? sheet.Rows[mapping.HeaderRowIndex] : null;
+        var labels = Enumerable.Range(0, sheet.ColumnCount)
+            .Select(c => header is not null && !header[c].IsBlank ? $"{ColumnGuesser.ColumnLetter(c)}: {header[c].Text.Trim()}" : ColumnGuesser.ColumnLetter(c))
+            .ToArray();
+        var allIssues = fileIssues.Concat(rows.SelectMany(r => r.Issues)).OrderBy(i => i.Row).ThenBy(i => i.Kind).ToArray();
+        var report = new ValidationReport(rows.Count, rows.Count(r => r.IsUsable), allIssues);
+        return new ImportResult(file, sheetIndex, mapping, labels, rows, report);
+    }
+
+    /// <summary>SHA-256 of the rows as trained (not of the file bytes), so a re-saved file with the same content matches.</summary>
+    public static string Hash(IEnumerable<QaRow> rows)
+    {
+        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        foreach (var row in rows)
+            sha.AppendData(System.Text.Encoding.UTF8.GetBytes($"{row.System}\u0001{row.Instruction}\u0001{row.Input}\u0001{row.Output}\u0002"));
+        return Convert.ToHexStringLower(sha.GetHashAndReset());
+    }
+
+    private static int RowOf(string range)
+    {
+        var digits = new string(range.SkipWhile(ch => !char.IsAsciiDigit(ch)).TakeWhile(char.IsAsciiDigit).ToArray());
+        return int.TryParse(digits, out int row) ? row : 0;
+    }
+}

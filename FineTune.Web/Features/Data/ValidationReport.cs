@@ -1,0 +1,40 @@
+using FineTune.Engine.Data;
+
+namespace FineTune.Web.Features.Data;
+
+/// <summary>What the import found. Blocking kinds make a row unusable for training; the rest are warnings.</summary>
+public enum IssueKind
+{
+    EmptyInstruction,
+    EmptyOutput,
+    Duplicate,
+    TooLong,
+    Formula,
+    FormulaWithoutValue,
+    MergedCells,
+    BlankRowSkipped,
+    RowAboveHeaderSkipped,
+    NoHeaderFound,
+}
+
+/// <summary>One finding. <see cref="Row"/> is the 1-based row in the file (0 for file-wide findings).</summary>
+/// <param name="Cell">"B4" for Excel cells, a range "A3:A5" for merged cells, else null.</param>
+/// <param name="OtherRow">For duplicates: the earlier row it repeats.</param>
+/// <param name="Tokens">For rows too long: the token count.</param>
+public sealed record ValidationIssue(IssueKind Kind, int Row, string? Cell = null, int? OtherRow = null, int? Tokens = null)
+{
+    public bool IsBlocking => Kind is IssueKind.EmptyInstruction or IssueKind.EmptyOutput;
+}
+
+public sealed record ValidationReport(int DataRows, int UsableRows, IReadOnlyList<ValidationIssue> Issues)
+{
+    public int Count(IssueKind kind) => Issues.Count(i => i.Kind == kind);
+    public IReadOnlyList<int> RowsWith(IssueKind kind) => Issues.Where(i => i.Kind == kind).Select(i => i.Row).Distinct().ToArray();
+    public IEnumerable<IGrouping<IssueKind, ValidationIssue>> ByKind => Issues.GroupBy(i => i.Kind).OrderBy(g => g.Key);
+}
+
+/// <summary>A data row with the issues found on it.</summary>
+public sealed record ImportedRow(QaRow Row, IReadOnlyList<ValidationIssue> Issues)
+{
+    public bool IsUsable => !Issues.Any(i => i.IsBlocking);
+}
