@@ -24,7 +24,10 @@ public sealed class JinjaTemplate
     /// <summary>The clock strftime_now reads (tests pin it).</summary>
     public Func<DateTime> Now { get; init; } = () => DateTime.Now;
 
-    public string Render(IReadOnlyDictionary<string, object?> variables)
+    public string Render(IReadOnlyDictionary<string, object?> variables) => Render(variables, Now);
+
+    /// <param name="now">The clock for strftime_now in this render.</param>
+    public string Render(IReadOnlyDictionary<string, object?> variables, Func<DateTime> now)
     {
         var globals = new Dictionary<string, object?>(StringComparer.Ordinal)
         {
@@ -38,7 +41,7 @@ public sealed class JinjaTemplate
             ["dict"] = (JinjaCallable)((_, kwargs) => new Dictionary<string, object?>(kwargs, StringComparer.Ordinal)),
             ["raise_exception"] = (JinjaCallable)((args, _) =>
                 throw new ChatTemplateException("The chat template refused the messages: " + (args.Count > 0 ? Py.Str(args[0]) : "(no reason given)"))),
-            ["strftime_now"] = (JinjaCallable)((args, _) => Builtins.Strftime(Now(), args.Count > 0 ? Py.Str(args[0]) : "")),
+            ["strftime_now"] = (JinjaCallable)((args, _) => Builtins.Strftime(now(), args.Count > 0 ? Py.Str(args[0]) : "")),
         };
         foreach (var (k, v) in variables) globals[k] = Normalize(v);
         var context = new RenderContext([globals]);
