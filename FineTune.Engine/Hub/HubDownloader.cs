@@ -48,6 +48,15 @@ public sealed partial class HubDownloader
         Path.Combine(_options.CacheFolder, "models--" + ValidateModelId(modelId).Replace("/", "--"));
 
     /// <summary>
+    /// A local model folder is used as it is; anything else is taken as a Hub id and downloaded (or found in the cache).
+    /// </summary>
+    public Task<string> ResolveModelFolderAsync(string modelIdOrFolder, IProgress<DownloadProgress>? progress = null,
+        CancellationToken cancellationToken = default) =>
+        Directory.Exists(modelIdOrFolder) && File.Exists(Path.Combine(modelIdOrFolder, "config.json"))
+            ? Task.FromResult(Path.GetFullPath(modelIdOrFolder))
+            : DownloadAsync(modelIdOrFolder, progress, cancellationToken: cancellationToken);
+
+    /// <summary>
     /// Makes sure the model's files are in the cache and returns the snapshot folder holding them.
     /// Whole files already there are not fetched again; with no connection a complete cached snapshot is used.
     /// </summary>
@@ -55,6 +64,9 @@ public sealed partial class HubDownloader
         string revision = "main", CancellationToken cancellationToken = default)
     {
         string repository = RepositoryFolder(modelId);
+        if (_options.Offline)
+            return CachedSnapshot(repository, revision) ?? throw new HubOfflineException(
+                $"HF_HUB_OFFLINE is set and {modelId} is not in the cache ({repository}). Unset HF_HUB_OFFLINE to download it once.");
         (string commit, IReadOnlyList<HubFile> files) listing;
         try
         {

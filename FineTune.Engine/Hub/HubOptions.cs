@@ -14,6 +14,9 @@ public sealed record HubOptions
     /// <summary>Models live in &lt;CacheFolder&gt;/models--Org--Name/snapshots/&lt;commit&gt;/ and are reused across runs.</summary>
     public string CacheFolder { get; init; } = DefaultCacheFolder();
 
+    /// <summary>HF_HUB_OFFLINE=1: never touch the network, use only complete cached snapshots.</summary>
+    public bool Offline { get; init; } = Environment.GetEnvironmentVariable("HF_HUB_OFFLINE") is "1" or "true" or "TRUE" or "yes";
+
     /// <summary>Times a file download is resumed after a dropped connection before giving up.</summary>
     public int Retries { get; init; } = 3;
 

@@ -110,6 +110,25 @@ public sealed class HubDownloaderTests : IDisposable
     }
 
     [Fact]
+    public async Task Offline_mode_uses_only_the_cache_and_local_folders_are_used_as_they_are()
+    {
+        var offline = new HubDownloader(_http, new HubOptions { Endpoint = "http://127.0.0.1:9", CacheFolder = _cache, Offline = true });
+        var e = await Assert.ThrowsAsync<HubOfflineException>(() => offline.DownloadAsync("Qwen/Qwen2.5-0.5B-Instruct"));
+        Assert.Contains("HF_HUB_OFFLINE", e.Message);
+
+        string local = Directory.CreateDirectory(Path.Combine(_cache, "my-model")).FullName;
+        File.WriteAllText(Path.Combine(local, "config.json"), "{}");
+        Assert.Equal(local, await offline.ResolveModelFolderAsync(local));
+
+        await using var hub = await FakeHub.StartAsync(AddModel);
+        string folder = await Downloader(hub).DownloadAsync(hub.ModelId);
+        var cachedOnly = new HubDownloader(_http, new HubOptions { Endpoint = hub.Endpoint, CacheFolder = _cache, Offline = true });
+        int requests = hub.Requests.Count;
+        Assert.Equal(folder, await cachedOnly.ResolveModelFolderAsync(hub.ModelId));
+        Assert.Equal(requests, hub.Requests.Count);
+    }
+
+    [Fact]
     public async Task No_connection_and_no_cache_says_so()
     {
         var offline = new HubDownloader(_http, new HubOptions { Endpoint = "http://127.0.0.1:9", CacheFolder = _cache });
