@@ -1,5 +1,6 @@
 using FineTune.Web;
 using FineTune.Web.Components;
+using FineTune.Web.Features.Runs;
 using FineTune.Web.Infrastructure;
 
 // Headless commands (generate, train) run without the web server.
@@ -20,6 +21,7 @@ app.UseAntiforgery();
 
 app.MapStaticAssets();
 app.MapHealthEndpoint();
+app.MapHub<TrainingHub>(TrainingHub.Path);
 app.MapRazorComponents<App>()
     .AddInteractiveServerRenderMode();
 

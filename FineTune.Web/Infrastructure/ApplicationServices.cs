@@ -1,5 +1,8 @@
 using FineTune.Engine.Backend;
 using FineTune.Web.Features.Data;
+using FineTune.Web.Features.Runs;
+using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.DependencyInjection.Extensions;
 using MudBlazor.Services;
 
 namespace FineTune.Web.Infrastructure;
@@ -18,8 +21,20 @@ public static class ApplicationServices
         builder.Services.AddMudServices();
         builder.Services.AddSignalR();
 
+        builder.Services.AddSingleton<DataPaths>();
         builder.Services.AddSingleton<ExcelTableReader>();
         builder.Services.AddSingleton<DataImporter>();
+
+        // Run history (SQLite in the data folder) and the one-at-a-time training queue.
+        builder.Services.AddDbContextFactory<RunDbContext>((provider, options) =>
+            options.UseSqlite($"Data Source={provider.GetRequiredService<DataPaths>().Database}"));
+        builder.Services.AddSingleton<RunStore>();
+        builder.Services.AddSingleton<RunNotifier>();
+        builder.Services.TryAddSingleton<ITrainingRunner, EngineTrainingRunner>();
+        builder.Services.AddSingleton<RunQueue>();
+        builder.Services.AddHostedService<RunDatabaseStartup>();
+        builder.Services.AddHostedService(provider => provider.GetRequiredService<RunQueue>());
+        builder.Services.AddHostedService<TrainingHubForwarder>();
 
         // The compute backend is chosen once, before any TorchSharp call, and reported in the log and on /healthz.
         builder.Services.AddSingleton(provider =>
