@@ -1,5 +1,6 @@
 using FineTune.Web;
 using FineTune.Web.Components;
+using FineTune.Web.Features.Download;
 using FineTune.Web.Features.Runs;
 using FineTune.Web.Infrastructure;
 
@@ -17,10 +18,14 @@ if (!app.Environment.IsDevelopment())
     app.UseExceptionHandler("/Error", createScopeForErrors: true);
 }
 app.UseStatusCodePagesWithReExecute("/not-found", createScopeForStatusCodePages: true);
+app.UseRequestLocalization();
+app.UseAccessGate();
 app.UseAntiforgery();
 
 app.MapStaticAssets();
 app.MapHealthEndpoint();
+app.MapCultureEndpoint();
+app.MapDownloadEndpoints();
 app.MapHub<TrainingHub>(TrainingHub.Path);
 app.MapRazorComponents<App>()
     .AddInteractiveServerRenderMode();
