@@ -1,0 +1,41 @@
+using System.Diagnostics;
+using System.Text.Json;
+using FineTune.Engine.Backend;
+using static TorchSharp.torch;
+
+// FineTune.Bench COMMAND [options]: measurements for the GPU machine. Each command prints one JSON line.
+var backend = ComputeBackend.Initialize();
+string command = args.Length > 0 ? args[0] : "backend";
+switch (command)
+{
+    case "backend":
+        Console.WriteLine(JsonSerializer.Serialize(new
+        {
+            device = backend.IsCuda ? "cuda" : "cpu",
+            backend.Description,
+            backend.Reason,
+            backend.SupportsBFloat16,
+            matmulTflops = MatmulTflops(backend),
+        }));
+        return 0;
+    default:
+        Console.Error.WriteLine($"Unknown command '{command}'. Commands: backend.");
+        return 2;
+}
+
+// Sustained bf16 (GPU) or fp32 (CPU) matmul throughput: a sanity check that the libtorch in use is the fast one.
+static double MatmulTflops(BackendInfo backend)
+{
+    int n = backend.IsCuda ? 8192 : 512;
+    var dtype = backend.IsCuda ? ScalarType.BFloat16 : ScalarType.Float32;
+    using var scope = NewDisposeScope();
+    var a = randn(n, n, dtype: dtype, device: backend.Device);
+    var b = randn(n, n, dtype: dtype, device: backend.Device);
+    a.matmul(b);
+    if (backend.IsCuda) cuda.synchronize();
+    int repeats = backend.IsCuda ? 50 : 5;
+    var watch = Stopwatch.StartNew();
+    for (int i = 0; i < repeats; i++) a.matmul(b).Dispose();
+    if (backend.IsCuda) cuda.synchronize();
+    return 2.0 * n * n * n * repeats / watch.Elapsed.TotalSeconds / 1e12;
+}
