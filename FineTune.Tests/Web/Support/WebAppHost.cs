@@ -21,7 +21,10 @@ public class WebAppHost : IDisposable
             {
                 web.UseEnvironment("Production")
                     .UseSetting("FineTune:DataDirectory", DataDirectory)
-                    .UseUrls(urls);
+                    .UseUrls(urls)
+                    // Framework files (blazor.web.js) come from the build's static web assets manifest, which only
+                    // Development loads by itself; a published app has them in wwwroot instead.
+                    .UseStaticWebAssets();
                 foreach (var (key, value) in settings ?? new Dictionary<string, string?>())
                     web.UseSetting(key, value);
                 if (services is not null) web.ConfigureTestServices(services);
