@@ -12,6 +12,7 @@ public static class HeadlessCommands
         if (args.Length == 0) return false;
         switch (args[0])
         {
+            case Headless.GenerateCommand.Name: exitCode = Headless.GenerateCommand.Run(args[1..]); return true;
             case "train":
                 exitCode = Headless.TrainCommand.Run(args, Console.Out, Console.Error, Headless.CancelOnCtrlC.Token);
                 return true;

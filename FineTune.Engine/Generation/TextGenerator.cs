@@ -23,14 +23,21 @@ public sealed class TextGenerator(Generator generator, ITextTokenizer tokenizer)
     /// (BOS added where the tokenizer adds it, as HF tokenizer(text)), false for text rendered by a chat template,
     /// which writes its own special tokens (as HF apply_chat_template).
     /// </summary>
+    public IAsyncEnumerable<string> StreamAsync(
+        string prompt, GenerationSettings settings, bool addSpecialTokens = true, CancellationToken cancellationToken = default) =>
+        StreamAsync(Tokenizer.Encode(prompt, addSpecialTokens), settings, cancellationToken);
+
+    /// <summary>Streams the answer to prompt ids already encoded (e.g. by the prompt template used in training).</summary>
     public async IAsyncEnumerable<string> StreamAsync(
-        string prompt, GenerationSettings settings, bool addSpecialTokens = true, [EnumeratorCancellation] CancellationToken cancellationToken = default)
+        IReadOnlyList<int> ids, GenerationSettings settings, [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
-        var ids = Tokenizer.Encode(prompt, addSpecialTokens);
         var decoder = new StreamingDecoder(Tokenizer, skipSpecialTokens: true);
         await foreach (int id in Generator.GenerateAsync(ids, settings, cancellationToken).ConfigureAwait(false))
         {
             if (settings.StopTokenIds.Contains(id)) break;
+            // The model's vocabulary is often padded past the tokenizer's (Qwen2.5: 151936 rows, 151665 tokens);
+            // HF's decode drops such ids silently, and so do we.
+            if ((uint)id >= (uint)Tokenizer.VocabSize) continue;
             string piece = decoder.Push(id);
             if (piece.Length > 0) yield return piece;
         }

@@ -254,6 +254,25 @@ public sealed class AttentionMaskBuilder : IDisposable
             throw new ArgumentException($"The attention mask must be (B, S) or (B, 1, T, S); it has {mask.dim()} dimensions.", nameof(mask));
     }
 
+    /// <summary>
+    /// The (B, 1, T, T) bool mask for rows that pack several sequences, found from their position ids (B, T): a new
+    /// sequence starts wherever the position does not grow by one (usually back at 0). Each token attends causally
+    /// within its own sequence only: what HF computes for packed rows (DataCollatorWithFlattening + position_ids).
+    /// </summary>
+    public static Tensor PackedCausalMask(Tensor positionIds)
+    {
+        if (positionIds.dim() != 2) throw new ArgumentException($"Position ids must be (B, T); they are [{string.Join(", ", positionIds.shape)}].", nameof(positionIds));
+        using var scope = NewDisposeScope();
+        long t = positionIds.shape[1];
+        var positions = positionIds.to(ScalarType.Int64);
+        var continues = positions.narrow(1, 1, t - 1).eq(positions.narrow(1, 0, t - 1) + 1);     // (B, T-1)
+        var starts = cat([ones([positions.shape[0], 1], ScalarType.Bool, positions.device), continues.logical_not()], 1);
+        var sequence = starts.to(ScalarType.Int64).cumsum(1);                                     // (B, T) sequence number
+        var same = sequence.unsqueeze(2).eq(sequence.unsqueeze(1));                               // (B, T, T)
+        var causal = ones([t, t], ScalarType.Bool, positions.device).tril();                     // (T, T)
+        return scope.MoveToOuter(same.logical_and(causal).unsqueeze(1));                          // (B, 1, T, T)
+    }
+
     /// <summary>The mask for a layer; <paramref name="slidingWindow"/> null for full attention. Built once per window size.</summary>
     public AttentionMask For(int? slidingWindow)
     {

@@ -270,7 +270,8 @@ public sealed class SafeTensorsCheckpoint : IDisposable
         else if (File.Exists(single)) paths = [single];
         else
         {
-            var any = Directory.Exists(folder) ? Directory.GetFiles(folder, "*.safetensors").Order(StringComparer.Ordinal).ToArray() : [];
+            // Shards without an index (model-00001-of-00002.safetensors ...); not adapter_model.safetensors or other files.
+            var any = Directory.Exists(folder) ? Directory.GetFiles(folder, "model*.safetensors").Order(StringComparer.Ordinal).ToArray() : [];
             bool hasBin = Directory.Exists(folder) && Directory.GetFiles(folder, "*.bin").Length > 0;
             if (any.Length == 0)
                 throw new ModelFormatException(hasBin

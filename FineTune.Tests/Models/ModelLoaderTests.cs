@@ -116,3 +116,40 @@ public sealed class ModelLoaderTests : IDisposable
         Assert.True(diff > 0, "bf16 should not be bit-identical to fp32");
     }
 }
+
+public sealed class SlidingWindowTests : IDisposable
+{
+    private readonly string _folder = Directory.CreateTempSubdirectory("ft-sliding-").FullName;
+
+    public SlidingWindowTests() => _ = ComputeBackend.Current;
+
+    public void Dispose() => Directory.Delete(_folder, recursive: true);
+
+    [Fact]
+    public void A_sliding_window_changes_long_inputs_and_the_cache_respects_it()
+    {
+        string source = ModelFixtures.Folder("mistral");
+        File.Copy(Path.Combine(source, "model.safetensors"), Path.Combine(_folder, "model.safetensors"));
+        File.WriteAllText(Path.Combine(_folder, "config.json"),
+            File.ReadAllText(Path.Combine(source, "config.json")).Replace("\"sliding_window\": null", "\"sliding_window\": 4"));
+        using var full = ModelLoader.Load(source, new ModelLoadOptions { Device = CPU, DType = ScalarType.Float32 });
+        using var windowed = ModelLoader.Load(_folder, new ModelLoadOptions { Device = CPU, DType = ScalarType.Float32 });
+        Assert.True(windowed.Config.IsSlidingLayer(0));
+
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        var ids = tensor(new long[] { 901, 556, 68, 549, 600, 530, 370, 257, 844 }, [1, 9]);
+        var a = full.Logits(ids);
+        var b = windowed.Logits(ids);
+        // The first 4 positions see at most 4 keys either way; later ones lose the oldest keys.
+        Assert.True((a.narrow(1, 0, 4) - b.narrow(1, 0, 4)).abs().max().item<float>() < 1e-5);
+        Assert.True((a.narrow(1, 4, 5) - b.narrow(1, 4, 5)).abs().max().item<float>() > 1e-3);
+
+        using var cache = windowed.NewCache(9);
+        var prefix = windowed.Logits(ids.narrow(1, 0, 6), cache: cache);
+        var step7 = windowed.Logits(ids.narrow(1, 6, 1), cache: cache);
+        var rest = windowed.Logits(ids.narrow(1, 7, 2), cache: cache);
+        var incremental = cat([prefix, step7, rest], 1);
+        Assert.True((incremental - b).abs().max().item<float>() < 1e-5);
+    }
+}
