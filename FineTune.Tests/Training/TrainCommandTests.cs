@@ -65,6 +65,23 @@ public class TrainCommandTests
     }
 
     [Fact]
+    public void Base_model_name_is_the_hub_id_from_config_or_the_folder()
+    {
+        string folder = TestPaths.NewTempFolder("base-name");
+        try
+        {
+            File.WriteAllText(Path.Combine(folder, "config.json"), "{\"_name_or_path\": \"Qwen/Qwen2.5-0.5B-Instruct\"}");
+            Assert.Equal("Qwen/Qwen2.5-0.5B-Instruct", TrainCommand.BaseModelName(folder));
+            File.WriteAllText(Path.Combine(folder, "config.json"), "{\"_name_or_path\": \"/home/me/models/x\"}");
+            Assert.Equal(Path.GetFullPath(folder), TrainCommand.BaseModelName(folder));
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
+    [Fact]
     public void Qlora_run_writes_a_peft_zip_with_tokenizer_card_losses_and_settings()
     {
         string folder = TestPaths.NewTempFolder("train-qlora");
