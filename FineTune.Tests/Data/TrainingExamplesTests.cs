@@ -1,5 +1,7 @@
 using FineTune.Engine.Backend;
 using FineTune.Engine.Data;
+using FineTune.Engine.Tokenization;
+using FineTune.Tests.Adapters;
 using FineTune.Tests.Training;
 using static TorchSharp.torch;
 
@@ -60,14 +62,21 @@ public class TrainingExamplesTests
     }
 
     [Fact]
-    public void Tutorial_template_puts_instruction_and_answer_in_place()
+    public void Examples_through_the_shared_prompt_template_mask_the_prompt_and_end_with_eos()
     {
-        var (prompt, answer) = PromptFormats.Tutorial(new QaRow("如何聯繫客服？", "請來電。\n"));
-        Assert.Equal("### 指令:\n如何聯繫客服？\n\n### 回應:\n", prompt);
-        Assert.Equal("請來電。", answer);
-        var custom = PromptFormats.FromTemplate("<q>{instruction}</q>\\n");
-        Assert.Equal("<q>hi</q>\n", custom(new QaRow("hi", "yo")).Prompt);
-        Assert.Throws<ArgumentException>(() => PromptFormats.FromTemplate("no placeholder"));
+        var tokenizer = TokenizerLoader.Load(TestPaths.InRepo("FineTune.Tests", "Fixtures", "models", "qwen2"));
+        var template = PromptTemplate.Create(new PromptTemplateSettings(PromptStyle.Tutorial), tokenizer);
+        var row = new QaRow("可以退貨嗎？", "購買後7天內可申請退貨。");
+        var set = TrainingExamples.Build([row], template, new ExampleOptions());
+        var e = Assert.Single(set.Examples);
+        var encoded = template.Encode(row);
+        Assert.Equal(encoded.InputIds, e.InputIds);
+        int eos = tokenizer.EosTokenId!.Value;
+        Assert.Equal(eos, e.InputIds[^1]);
+        int promptLength = template.EncodePrompt(row with { Output = "" }).Count;
+        Assert.All(e.Targets[..(promptLength - 1)], t => Assert.Equal(-100, t));
+        Assert.Equal(e.InputIds[promptLength..], e.Targets[(promptLength - 1)..^1]);
+        Assert.Equal("購買後7天內可申請退貨。", tokenizer.Decode(e.InputIds[promptLength..^1]));
     }
 
     [Fact]

@@ -49,7 +49,8 @@ public static class TrainCommand
           --qlora             base model in NF4 (4-bit)           --max-length L      max tokens per row (1024)
           --batch B           rows per batch (1)                  --accum G           gradient accumulation (4)
           --save-steps S      checkpoint every S steps (0: none)  --save-limit K      checkpoints kept (2)
-          --template T        "tutorial" or a prompt with {instruction} (and {input}, {system})
+          --template T        tutorial (### 指令：/### 回應：), chat (the model's chat template), or a custom
+                              template with {instruction} and {output} (and {input}, {system}); \n for a new line
           --whole-text        loss on prompt and answer (default: answer only)
           --warmup-ratio R    (0)   --warmup-steps N (0)   --schedule linear|cosine|constant (linear)
           --seed N (42)   --logging-steps N (1)   --validation F (0.1, used from 20 rows)   --layout packed|grouped
@@ -68,7 +69,7 @@ public static class TrainCommand
         }
         catch (Exception e) when (e is CommandLineException or DataImportException or ArgumentException or FileNotFoundException
                                        or DirectoryNotFoundException or ModelFormatException or UnsupportedModelException or AdapterFormatException or CheckpointException
-                                       or LoraTargetNotFoundException or InvalidDataException or NotSupportedException)
+                                       or LoraTargetNotFoundException or InvalidDataException or NotSupportedException or PromptTemplateException)
         {
             error.WriteLine($"train: {e.Message}");
             if (e is CommandLineException) error.WriteLine(Usage);
@@ -101,9 +102,13 @@ public static class TrainCommand
         output.WriteLine($"data: {rows.Count} rows from {Path.GetFileName(o.Data)}");
 
         var tokenizer = TokenizerLoader.Load(o.Model);
-        var encoder = TextEncoder.From(tokenizer);
-        var format = o.Template is null or "tutorial" ? PromptFormats.Tutorial : PromptFormats.FromTemplate(o.Template);
-        var examples = TrainingExamples.Build(rows, format, encoder, new ExampleOptions(o.MaxLength, AnswerOnlyLoss: !o.WholeText), loggers.CreateLogger("FineTune.Data"));
+        var template = PromptTemplate.Create(o.Template switch
+        {
+            null or "tutorial" => new PromptTemplateSettings(PromptStyle.Tutorial),
+            "chat" => new PromptTemplateSettings(PromptStyle.ModelChatTemplate),
+            var custom => new PromptTemplateSettings(PromptStyle.Custom, custom.Replace("\\n", "\n", StringComparison.Ordinal)),
+        }, tokenizer);
+        var examples = TrainingExamples.Build(rows, template, new ExampleOptions(o.MaxLength, AnswerOnlyLoss: !o.WholeText), loggers.CreateLogger("FineTune.Data"));
         if (examples.TruncatedCount > 0) output.WriteLine($"warning: {examples.TruncatedCount} row(s) longer than {o.MaxLength} tokens were cut; raise --max-length to keep them whole.");
         var split = Batching.Split(examples.Examples, o.Training.Seed, o.ValidationFraction);
 
