@@ -249,6 +249,43 @@ public class TrainerTests
     }
 }
 
+public class FixtureModelTrainerTests
+{
+    public FixtureModelTrainerTests() => _ = ComputeBackend.Current;
+
+    [Fact]
+    public void Qlora_steps_on_a_fixture_model_lower_the_loss_and_leave_no_tensors_behind()
+    {
+        string folder = TestPaths.InRepo("FineTune.Tests", "Fixtures", "models", "qwen2");
+        using var lm = FineTune.Engine.Models.ModelLoader.Load(folder, new FineTune.Engine.Models.ModelLoadOptions
+        {
+            DType = ScalarType.Float32,
+            LoadLinearWeight = (name, layer, weight) =>
+            {
+                if (name == "lm_head") return false;
+                layer.QuantizeWeight(weight, ScalarType.Float32);
+                return true;
+            },
+        });
+        Assert.All(lm.NamedLinears().Where(l => l.Name != "lm_head"), l => Assert.True(l.Layer.IsQuantized));
+        var model = new CausalLmTraining(lm);
+        var settings = new LoraSettings(Rank: 8, Alpha: 16, Dropout: 0.05);
+        LoraInjector.Attach(model.NamedLinears(), settings, seed: 3);
+        var rows = TrainerTests.SyntheticRows(12);
+        var trainer = new LoraTrainer(model, settings, folder);
+        var options = new TrainingOptions { Epochs = 3, LearningRate = 5e-3, BatchSize = 3, GradientAccumulationSteps = 2 };
+        double before = trainer.Evaluate(rows, options, CPU);
+        trainer.Train(new DataSplit(rows, []), options);
+        long live = TorchSharp.DisposeScopeManager.Statistics.ThreadTotalLiveCount;
+        trainer.Train(new DataSplit(rows, []), options);
+        long leaked = TorchSharp.DisposeScopeManager.Statistics.ThreadTotalLiveCount - live;
+        double after = trainer.Evaluate(rows, options, CPU);
+        Assert.True(leaked <= 2, $"{leaked} tensors leaked");
+        Assert.True(after < before, $"loss {before} → {after}");
+        Assert.All(lm.NamedLinears().Where(l => l.Name != "lm_head"), l => Assert.True(l.Layer.IsQuantized));
+    }
+}
+
 /// <summary>IProgress that calls back on the reporting thread (Progress&lt;T&gt; posts to the thread pool).</summary>
 internal sealed class SyncProgress<T>(Action<T> report) : IProgress<T>
 {
