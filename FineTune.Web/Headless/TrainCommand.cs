@@ -85,6 +85,13 @@ public static class TrainCommand
             error.WriteLine("train: cancelled; the newest checkpoint (if any) can be resumed with --resume auto.");
             return 130;
         }
+        catch (Exception e) when (e is System.Runtime.InteropServices.ExternalException or InvalidOperationException or IOException or UnauthorizedAccessException)
+        {
+            // libtorch errors, unwritable output folders...: one line for the user, the details for whoever reads the log.
+            error.WriteLine($"train: failed: {e.Message}");
+            loggers.CreateLogger("FineTune.Train").LogError(e, "train failed");
+            return 1;
+        }
     }
 
     private static int Execute(TrainCommandOptions o, TextWriter output, ILoggerFactory loggers, CancellationToken cancellationToken)
