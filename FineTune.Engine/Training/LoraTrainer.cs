@@ -77,6 +77,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
 
                 // Dropout masks depend on (seed, step) alone, so a resumed run draws the same ones.
                 manual_seed(options.Seed + step);
+                if (device.type == DeviceType.CUDA) cuda.manual_seed_all(options.Seed + step);
                 // A TorchSharp Generator lives on the CPU; on CUDA the device's default generator, seeded just above, draws the masks.
                 using var dropoutGenerator = device.type == DeviceType.CPU ? new Generator((ulong)(options.Seed + step), device) : null;
                 foreach (var layer in adapterLayers) layer.DropoutGenerator = dropoutGenerator;
