@@ -1,5 +1,7 @@
 using FineTune.Web;
 using FineTune.Web.Components;
+using FineTune.Web.Features.Download;
+using FineTune.Web.Features.Runs;
 using FineTune.Web.Infrastructure;
 
 // Headless commands (generate, train) run without the web server.
@@ -16,10 +18,15 @@ if (!app.Environment.IsDevelopment())
     app.UseExceptionHandler("/Error", createScopeForErrors: true);
 }
 app.UseStatusCodePagesWithReExecute("/not-found", createScopeForStatusCodePages: true);
+app.UseRequestLocalization();
+app.UseAccessGate();
 app.UseAntiforgery();
 
 app.MapStaticAssets();
 app.MapHealthEndpoint();
+app.MapCultureEndpoint();
+app.MapDownloadEndpoints();
+app.MapHub<TrainingHub>(TrainingHub.Path);
 app.MapRazorComponents<App>()
     .AddInteractiveServerRenderMode();
 

@@ -1,5 +1,13 @@
 using FineTune.Engine.Backend;
+using FineTune.Web.Features.Chat;
 using FineTune.Web.Features.Data;
+using FineTune.Web.Features.Download;
+using FineTune.Web.Features.Models;
+using FineTune.Web.Features.Runs;
+using FineTune.Web.Features.Wizard;
+using Microsoft.AspNetCore.Http.Features;
+using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.DependencyInjection.Extensions;
 using MudBlazor.Services;
 
 namespace FineTune.Web.Infrastructure;
@@ -17,14 +25,39 @@ public static class ApplicationServices
         builder.Services.AddRazorComponents().AddInteractiveServerComponents();
         builder.Services.AddMudServices();
         builder.Services.AddSignalR();
+        builder.Services.AddAppLocalization();
+        builder.Services.AddAccessGate();
 
-        builder.Services.AddSingleton<ExcelTableReader>();
-        builder.Services.AddSingleton<DataImporter>();
+        // Uploads: the configured limit, also for plain HTTP forms (Blazor's file upload streams through the circuit).
+        long maxUpload = builder.Configuration.GetSection(FineTuneOptions.Section).Get<FineTuneOptions>()?.MaxUploadBytes ?? new FineTuneOptions().MaxUploadBytes;
+        builder.Services.Configure<FormOptions>(o => o.MultipartBodyLengthLimit = maxUpload);
 
         // The compute backend is chosen once, before any TorchSharp call, and reported in the log and on /healthz.
         builder.Services.AddSingleton(provider =>
             ComputeBackend.Initialize(provider.GetRequiredService<ILoggerFactory>().CreateLogger("FineTune.Backend")));
         builder.Services.AddHostedService<BackendStartup>();
+
+        builder.Services.AddSingleton<DataPaths>();
+        builder.Services.AddSingleton<ExcelTableReader>();
+        builder.Services.AddSingleton<DataImporter>();
+        builder.Services.AddSingleton<LocalModelFolders>();
+        builder.Services.AddScoped<WizardState>();
+
+        // Run history (SQLite in the data folder) and the one-at-a-time training queue.
+        builder.Services.AddDbContextFactory<RunDbContext>((provider, options) =>
+            options.UseSqlite($"Data Source={provider.GetRequiredService<DataPaths>().Database}"));
+        builder.Services.AddSingleton<RunStore>();
+        builder.Services.AddSingleton<RunNotifier>();
+        builder.Services.AddSingleton<ArtifactPackager>();
+        builder.Services.AddHostedService<RunDatabaseStartup>();
+        builder.Services.AddSingleton<RunQueue>();
+        builder.Services.AddHostedService(provider => provider.GetRequiredService<RunQueue>());
+        builder.Services.AddHostedService<TrainingHubForwarder>();
+
+        // The engine behind small interfaces: training, generation, merging.
+        builder.Services.TryAddSingleton<ITrainingRunner, EngineTrainingRunner>();
+        builder.Services.TryAddSingleton<IChatGenerator, EngineChatGenerator>();
+        builder.Services.TryAddSingleton<IModelMerger, EngineModelMerger>();
         return builder;
     }
 }

@@ -34,7 +34,11 @@ public sealed class DataImporter(ExcelTableReader excel)
     public static readonly string[] Extensions = [".xlsx", ".csv", ".tsv", ".txt", ".jsonl", ".json"];
 
     /// <summary>Reads a whole upload (at most <paramref name="maxBytes"/>) and parses it.</summary>
-    public async Task<DataFile> ReadAsync(Stream stream, string fileName, long maxBytes, CancellationToken cancellationToken = default)
+    public async Task<DataFile> ReadAsync(Stream stream, string fileName, long maxBytes, CancellationToken cancellationToken = default) =>
+        Parse(await ReadLimitedAsync(stream, maxBytes, cancellationToken), fileName);
+
+    /// <summary>The bytes of an upload, refusing more than <paramref name="maxBytes"/> while reading (the declared size may lie).</summary>
+    public static async Task<byte[]> ReadLimitedAsync(Stream stream, long maxBytes, CancellationToken cancellationToken = default)
     {
         using var buffer = new MemoryStream();
         var chunk = new byte[81920];
@@ -45,7 +49,7 @@ public sealed class DataImporter(ExcelTableReader excel)
                 throw new DataImportException(ImportErrorCode.TooLarge, $"The file is larger than the limit of {maxBytes / (1024 * 1024)} MB.");
             buffer.Write(chunk, 0, read);
         }
-        return Parse(buffer.ToArray(), fileName);
+        return buffer.ToArray();
     }
 
     public DataFile Parse(byte[] bytes, string fileName)

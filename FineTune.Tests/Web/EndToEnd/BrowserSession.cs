@@ -1,0 +1,95 @@
+using Microsoft.Playwright;
+
+namespace FineTune.Tests.Web.EndToEnd;
+
+/// <summary>
+/// Debian's Chromium driven by Playwright's bundled driver (no browser download): run these tests with
+/// `DEBIAN13_PACKAGES="chromium fonts-noto-cjk" ../shared/tools/debian13 dotnet test --filter Category=EndToEnd`.
+/// </summary>
+public sealed class BrowserSession : IAsyncDisposable
+{
+    public const string ChromiumPath = "/usr/bin/chromium";
+
+    private IPlaywright? _playwright;
+    private IBrowser? _browser;
+
+    public IBrowserContext Context { get; private set; } = null!;
+    /// <summary>Browser console lines and failed requests, for failure messages.</summary>
+    public List<string> ConsoleLog { get; } = [];
+    public IPage Page { get; private set; } = null!;
+    public string ScreenshotDirectory { get; } = Path.Combine(AppContext.BaseDirectory, "screenshots");
+
+    public static async Task<BrowserSession> StartAsync(Uri baseAddress, string locale = "zh-TW")
+    {
+        if (!File.Exists(ChromiumPath))
+            throw new InvalidOperationException(
+                $"{ChromiumPath} is missing. Run the end-to-end tests inside the Debian 13 root with DEBIAN13_PACKAGES=\"chromium fonts-noto-cjk\".");
+        Environment.SetEnvironmentVariable("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1");
+        var session = new BrowserSession();
+        session._playwright = await Playwright.CreateAsync();
+        session._browser = await session._playwright.Chromium.LaunchAsync(new BrowserTypeLaunchOptions
+        {
+            ExecutablePath = ChromiumPath,
+            Headless = true,
+            Args = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+        });
+        session.Context = await session._browser.NewContextAsync(new BrowserNewContextOptions
+        {
+            BaseURL = baseAddress.ToString(),
+            Locale = locale,
+            ExtraHTTPHeaders = new Dictionary<string, string> { ["Accept-Language"] = locale },
+            ViewportSize = new ViewportSize { Width = 1280, Height = 900 },
+            AcceptDownloads = true,
+        });
+        session.Context.SetDefaultTimeout(20_000);
+        session.Page = await session.Context.NewPageAsync();
+        session.Page.Console += (_, message) => session.ConsoleLog.Add($"{message.Type}: {message.Text}");
+        session.Page.RequestFailed += (_, request) => session.ConsoleLog.Add($"request failed: {request.Url} {request.Failure}");
+        Directory.CreateDirectory(session.ScreenshotDirectory);
+        return session;
+    }
+
+    /// <summary>Opens a page and waits until the Blazor circuit is interactive.</summary>
+    public async Task GotoAsync(string path)
+    {
+        await Page.GotoAsync(path);
+        try
+        {
+            await Page.Locator("[data-testid=interactive]").WaitForAsync(new LocatorWaitForOptions { State = WaitForSelectorState.Attached });
+        }
+        catch (TimeoutException e)
+        {
+            throw new TimeoutException($"The page never became interactive. Browser log:\n{string.Join("\n", ConsoleLog)}", e);
+        }
+    }
+
+    public async Task ScreenshotAsync(string name) =>
+        await Page.ScreenshotAsync(new PageScreenshotOptions { Path = Path.Combine(ScreenshotDirectory, name + ".png"), FullPage = true });
+
+    /// <summary>Picks an item of a MudSelect by its visible text.</summary>
+    public async Task SelectAsync(string testId, string itemText)
+    {
+        await Page.Locator($"[data-testid={testId}]").ClickAsync();
+        await Page.Locator(".mud-popover-open .mud-list-item").Filter(new LocatorFilterOptions { HasText = itemText }).First.ClickAsync();
+    }
+
+    /// <summary>Keeps what the page showed when a test failed: failure-&lt;name&gt;.png and .html next to the screenshots.</summary>
+    public async Task RecordFailureAsync(string name)
+    {
+        try
+        {
+            await ScreenshotAsync("failure-" + name);
+            await File.WriteAllTextAsync(Path.Combine(ScreenshotDirectory, $"failure-{name}.html"), await Page.ContentAsync());
+        }
+        catch (PlaywrightException)
+        {
+            // the page may be gone; the original failure matters more
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (_browser is not null) await _browser.DisposeAsync();
+        _playwright?.Dispose();
+    }
+}

@@ -1,0 +1,156 @@
+using System.IO.Compression;
+using System.Text.RegularExpressions;
+using FineTune.Tests.Support;
+using FineTune.Tests.Web.Support;
+using Microsoft.Playwright;
+
+namespace FineTune.Tests.Web.EndToEnd;
+
+/// <summary>
+/// The wizard in a real browser against the real app (Kestrel on 127.0.0.1), zh-TW, with the tutorial's
+/// workbook and the tiny Qwen2 fixture model. Screenshots of every step go to screenshots/ in the test output.
+/// </summary>
+[Trait(Category.Name, Category.EndToEnd)]
+[Trait(Category.Name, Category.Slow)]
+public sealed class WizardEndToEndTests
+{
+    private static WebAppHost StartApp() => new(settings: new Dictionary<string, string?>
+    {
+        ["FineTune:ModelRoots:0"] = TestFiles.Fixture("models"),
+    });
+
+    /// <summary>Model → data → settings: everything before training, with the checks a user sees.</summary>
+    [Fact]
+    public async Task Model_upload_and_settings_steps_in_zh_TW()
+    {
+        using var app = StartApp();
+        await using var browser = await BrowserSession.StartAsync(app.BaseAddress);
+        try
+        {
+            await ModelUploadSettings(browser);
+        }
+        catch
+        {
+            await browser.RecordFailureAsync(nameof(Model_upload_and_settings_steps_in_zh_TW));
+            throw;
+        }
+    }
+
+    private static async Task ModelUploadSettings(BrowserSession browser)
+    {
+        var page = browser.Page;
+        await browser.GotoAsync("/");
+
+        // 1. Model: the tiny fixture from a local folder under the configured root.
+        await Assertions.Expect(page.Locator("[data-testid=step-model]")).ToContainTextAsync("選擇基礎模型");
+        await page.GetByLabel("本機資料夾").CheckAsync(new LocatorCheckOptions { Force = true });
+        var folder = page.Locator("input[data-testid=model-local]");
+        await folder.FillAsync(TestFiles.Fixture("models/qwen2"));
+        await folder.PressAsync("Tab");
+        await Assertions.Expect(page.Locator("[data-testid=model-local-problem]")).ToHaveCountAsync(0);
+        await Assertions.Expect(page.Locator("[data-testid=model-memory]")).ToContainTextAsync("GB");
+        await browser.ScreenshotAsync("1-model");
+        await page.Locator("[data-testid=model-next]").ClickAsync();
+
+        // 2. Data: the tutorial workbook.
+        await Assertions.Expect(page.Locator("[data-testid=step-data]")).ToBeVisibleAsync();
+        await page.Locator("input[type=file]").SetInputFilesAsync(TestFiles.Fixture("samples/tutorial-qa.xlsx"));
+        await Assertions.Expect(page.Locator("[data-testid=data-usable]")).ToContainTextAsync("5 列中有 5 列");
+        await Assertions.Expect(page.Locator("[data-testid=data-preview]")).ToContainTextAsync("你們的產品保固期是多久？");
+        await Assertions.Expect(page.Locator("[data-testid=data-report]")).ToContainTextAsync("沒有發現問題");
+        await browser.ScreenshotAsync("2-data");
+        await page.Locator("[data-testid=data-next]").ClickAsync();
+
+        // 3. Settings: tutorial defaults; 5 rows, batch 1 × 4 → 2 steps per epoch × 3 = 6 steps.
+        var summary = page.Locator("[data-testid=summary-steps]");
+        await Assertions.Expect(summary).ToContainTextAsync("共 6 步");
+        var logging = page.Locator("[data-testid=settings-warning][data-code=LoggingAfterEnd]");
+        await Assertions.Expect(logging).ToBeVisibleAsync();
+        await logging.GetByRole(AriaRole.Button).ClickAsync();
+        await Assertions.Expect(logging).ToHaveCountAsync(0);
+        await Assertions.Expect(page.Locator("input[data-testid=field-logging-steps]")).ToHaveValueAsync("1");
+        await page.Locator("[data-testid=preset-quick]").ClickAsync();
+        await Assertions.Expect(summary).ToContainTextAsync("共 2 步");
+        await page.Locator("[data-testid=preset-balanced]").ClickAsync();
+        await Assertions.Expect(summary).ToContainTextAsync("共 6 步");
+        await browser.ScreenshotAsync("3-settings");
+    }
+
+    /// <summary>The template download serves a workbook the importer reads back.</summary>
+    [Fact]
+    public async Task Template_download_and_bad_upload_message()
+    {
+        using var app = StartApp();
+        await using var browser = await BrowserSession.StartAsync(app.BaseAddress);
+        var page = browser.Page;
+        await browser.GotoAsync("/");
+        await page.Locator("[data-testid=model-next]").ClickAsync();
+
+        var download = await page.RunAndWaitForDownloadAsync(() => page.Locator("[data-testid=data-template]").ClickAsync());
+        Assert.Equal("finetune-qa-template.xlsx", download.SuggestedFilename);
+
+        string bad = Path.Combine(Path.GetTempPath(), $"bad-{Guid.NewGuid():N}.xlsx");
+        await File.WriteAllTextAsync(bad, "not a workbook");
+        try
+        {
+            await page.Locator("input[type=file]").SetInputFilesAsync(bad);
+            await Assertions.Expect(page.Locator("[data-testid=data-error]")).ToContainTextAsync("無法讀取這個活頁簿");
+        }
+        finally
+        {
+            File.Delete(bad);
+        }
+    }
+
+    /// <summary>
+    /// The whole wizard: train (loss over SignalR), chat, download. Needs the engine's trainer and generator
+    /// (FineTune.Engine Training/Generation) wired into EngineTrainingRunner/EngineChatGenerator.
+    /// </summary>
+    [Fact(Skip = "Needs the engine's trainer and generator; remove this Skip when EngineTrainingRunner and EngineChatGenerator call them.")]
+    public async Task Whole_wizard_trains_chats_and_downloads_the_adapter()
+    {
+        using var app = StartApp();
+        await using var browser = await BrowserSession.StartAsync(app.BaseAddress);
+        var page = browser.Page;
+        await browser.GotoAsync("/");
+
+        await page.GetByLabel("本機資料夾").CheckAsync(new LocatorCheckOptions { Force = true });
+        var folder = page.Locator("input[data-testid=model-local]");
+        await folder.FillAsync(TestFiles.Fixture("models/qwen2"));
+        await folder.PressAsync("Tab");
+        await page.Locator("[data-testid=model-next]").ClickAsync();
+        await page.Locator("input[type=file]").SetInputFilesAsync(TestFiles.Fixture("samples/tutorial-qa.xlsx"));
+        await page.Locator("[data-testid=data-next]").ClickAsync();
+        await page.Locator("[data-testid=settings-warning][data-code=LoggingAfterEnd]").GetByRole(AriaRole.Button).ClickAsync();
+        await page.Locator("[data-testid=start-training]").ClickAsync();
+
+        // 4. Train: the URL names the run; loss points arrive over the live connection.
+        await page.WaitForURLAsync(new Regex("/runs/\\d+$"));
+        await Assertions.Expect(page.Locator("[data-testid=loss-chart]")).Not.ToHaveAttributeAsync("data-points", "0", new() { Timeout = 300_000 });
+        await browser.ScreenshotAsync("4-train-live");
+        await Assertions.Expect(page.Locator("[data-testid=train-status]")).ToHaveAttributeAsync("data-status", "Completed", new() { Timeout = 600_000 });
+        // A reload returns to the same run.
+        await page.ReloadAsync();
+        await Assertions.Expect(page.Locator("[data-testid=train-status]")).ToHaveAttributeAsync("data-status", "Completed");
+        await browser.ScreenshotAsync("4-train");
+
+        // 5. Test: an answer streams in.
+        await page.GetByRole(AriaRole.Tab).Nth(4).ClickAsync();
+        await page.Locator("textarea[data-testid=chat-prompt]").FillAsync("你們的產品保固期是多久？");
+        await page.Locator("[data-testid=chat-send]").ClickAsync();
+        await Assertions.Expect(page.Locator("[data-testid=chat-answer]")).Not.ToBeEmptyAsync(new() { Timeout = 120_000 });
+        await browser.ScreenshotAsync("5-test");
+
+        // 6. Download: the zip holds the PEFT adapter files.
+        await page.GetByRole(AriaRole.Tab).Nth(5).ClickAsync();
+        await browser.ScreenshotAsync("6-download");
+        var download = await page.RunAndWaitForDownloadAsync(() => page.Locator("[data-testid=download-adapter]").ClickAsync());
+        string zipPath = Path.Combine(browser.ScreenshotDirectory, download.SuggestedFilename);
+        await download.SaveAsAsync(zipPath);
+        using var zip = ZipFile.OpenRead(zipPath);
+        var names = zip.Entries.Select(e => e.FullName).ToArray();
+        Assert.Contains("adapter_config.json", names);
+        Assert.Contains("adapter_model.safetensors", names);
+        Assert.Contains("loss.csv", names);
+    }
+}

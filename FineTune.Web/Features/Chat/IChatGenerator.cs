@@ -1,0 +1,28 @@
+using FineTune.Web.Features.Settings;
+
+namespace FineTune.Web.Features.Chat;
+
+/// <summary>One generation request. AdapterDirectory null: the base model alone.</summary>
+public sealed record ChatRequest(
+    string Model,
+    ModelSource Source,
+    string? AdapterDirectory,
+    string Prompt,
+    int MaxNewTokens = 256,
+    double Temperature = 0.7,
+    double TopP = 0.9,
+    string? System = null);
+
+/// <summary>The web's door to the engine's generator: streams text pieces as tokens are decoded.</summary>
+public interface IChatGenerator
+{
+    IAsyncEnumerable<string> StreamAsync(ChatRequest request, CancellationToken cancellationToken);
+}
+
+/// <summary>The engine's generator. Until FineTune.Engine/Generation is part of this build, asking for text fails with this message.</summary>
+public sealed class EngineChatGenerator : IChatGenerator
+{
+    public IAsyncEnumerable<string> StreamAsync(ChatRequest request, CancellationToken cancellationToken) =>
+        throw new NotSupportedException(
+            "This build has no text generator yet (FineTune.Engine/Generation). Update FineTune to a version that includes it.");
+}

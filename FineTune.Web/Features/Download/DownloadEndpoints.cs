@@ -1,0 +1,36 @@
+namespace FineTune.Web.Features.Download;
+
+public static class DownloadEndpoints
+{
+    /// <summary>GET /runs/{id}/adapter.zip, /runs/{id}/merged.zip and /data/template.xlsx.</summary>
+    public static IEndpointRouteBuilder MapDownloadEndpoints(this IEndpointRouteBuilder endpoints)
+    {
+        endpoints.MapGet("/runs/{id:int}/adapter.zip", async (int id, ArtifactPackager packager, CancellationToken cancellationToken) =>
+        {
+            try
+            {
+                string zip = await packager.AdapterZipAsync(id, cancellationToken);
+                return Results.File(zip, "application/zip", Path.GetFileName(zip), enableRangeProcessing: true);
+            }
+            catch (Exception e) when (e is FileNotFoundException or KeyNotFoundException)
+            {
+                return Results.NotFound(e.Message);
+            }
+        });
+        endpoints.MapGet("/runs/{id:int}/merged.zip", (int id, ArtifactPackager packager) =>
+        {
+            try
+            {
+                string zip = packager.MergedZip(id);
+                return Results.File(zip, "application/zip", Path.GetFileName(zip), enableRangeProcessing: true);
+            }
+            catch (FileNotFoundException e)
+            {
+                return Results.NotFound(e.Message);
+            }
+        });
+        endpoints.MapGet("/data/template.xlsx", () =>
+            Results.File(Data.QaTemplate.Create(), Data.QaTemplate.ContentType, Data.QaTemplate.FileName));
+        return endpoints;
+    }
+}

@@ -1,0 +1,103 @@
+using System.Text.Json;
+using FineTune.Web.Features.Settings;
+
+namespace FineTune.Web.Features.Models;
+
+/// <summary>The shape numbers memory and time estimates need (from config.json).</summary>
+public sealed record ModelShape(
+    int HiddenSize, int Layers, int IntermediateSize, int VocabSize, int Heads, int KeyValueHeads, bool TiedEmbeddings)
+{
+    private int HeadDim => HiddenSize / Heads;
+
+    /// <summary>Parameters of all linear projections inside the decoder layers (what NF4 quantizes).</summary>
+    public long LinearParameters
+    {
+        get
+        {
+            long h = HiddenSize, kv = (long)KeyValueHeads * HeadDim;
+            long attention = h * h * 2 + h * kv * 2; // q, o + k, v
+            long mlp = 3L * h * IntermediateSize;     // gate, up, down
+            return (attention + mlp) * Layers;
+        }
+    }
+
+    /// <summary>Embeddings and LM head: kept in 16-bit even when the rest is 4-bit.</summary>
+    public long EmbeddingParameters => (long)VocabSize * HiddenSize * (TiedEmbeddings ? 1 : 2);
+
+    public long TotalParameters => LinearParameters + EmbeddingParameters + (long)Layers * HiddenSize * 2 + HiddenSize;
+
+    /// <summary>LoRA parameters for rank r on the attention projections q/k/v/o (the tutorial's targets).</summary>
+    public long LoraParameters(int r, IReadOnlyCollection<string> targets)
+    {
+        long h = HiddenSize, kv = (long)KeyValueHeads * HeadDim, i = IntermediateSize, total = 0;
+        foreach (string t in targets)
+        {
+            total += t switch
+            {
+                "q_proj" or "o_proj" or "attn.c_proj" => r * (h + h),
+                "k_proj" or "v_proj" => r * (h + kv),
+                "c_attn" => r * (h + 3 * h),
+                "gate_proj" or "up_proj" => r * (h + i),
+                "down_proj" => r * (i + h),
+                _ => r * (h + h),
+            };
+        }
+        return total * Layers;
+    }
+
+    /// <summary>Reads the fields of an HF config.json (Qwen2/Qwen3/Llama/Mistral; Qwen v1 names too).</summary>
+    public static ModelShape FromConfigJson(string json)
+    {
+        using var document = JsonDocument.Parse(json);
+        var root = document.RootElement;
+        int Int(params string[] names)
+        {
+            foreach (string name in names)
+                if (root.TryGetProperty(name, out var value) && value.ValueKind == JsonValueKind.Number)
+                    return value.GetInt32();
+            throw new InvalidDataException($"config.json has none of {string.Join(", ", names)}; is this a decoder-only language model?");
+        }
+        int hidden = Int("hidden_size", "n_embd");
+        int heads = Int("num_attention_heads", "n_head");
+        int kvHeads = root.TryGetProperty("num_key_value_heads", out var kv) && kv.ValueKind == JsonValueKind.Number ? kv.GetInt32() : heads;
+        int intermediate = Int("intermediate_size", "ffn_hidden_size");
+        // Qwen v1 states intermediate_size as twice the width of each MLP half.
+        if (root.TryGetProperty("model_type", out var type) && type.GetString() == "qwen") intermediate /= 2;
+        bool tied = root.TryGetProperty("tie_word_embeddings", out var tie) && tie.ValueKind == JsonValueKind.True;
+        return new ModelShape(hidden, Int("num_hidden_layers", "n_layer"), intermediate, Int("vocab_size", "padded_vocab_size"), heads, kvHeads, tied);
+    }
+}
+
+/// <summary>A model offered in the model step.</summary>
+/// <param name="Id">Hub id, used as the run's model.</param>
+/// <param name="DisplayName">Shown as is (model names are not translated).</param>
+/// <param name="NoteKey">Resource key of a one-line note.</param>
+/// <param name="TargetModules">The projections LoRA adapts for this family (q/k/v/o; Qwen v1 fuses q/k/v in c_attn).</param>
+public sealed record ModelPreset(string Id, string DisplayName, ModelShape Shape, string NoteKey, IReadOnlyList<string> TargetModules, bool Gated = false);
+
+public static class ModelCatalog
+{
+    public static readonly string[] AttentionTargets = ["q_proj", "k_proj", "v_proj", "o_proj"];
+
+    public static readonly IReadOnlyList<ModelPreset> Presets =
+    [
+        new("Qwen/Qwen2.5-0.5B-Instruct", "Qwen2.5 0.5B Instruct", new(896, 24, 4864, 151936, 14, 2, true), "Model_Note_Small", AttentionTargets),
+        new("Qwen/Qwen2.5-1.5B-Instruct", "Qwen2.5 1.5B Instruct", new(1536, 28, 8960, 151936, 12, 2, true), "Model_Note_Medium", AttentionTargets),
+        new("Qwen/Qwen2.5-7B-Instruct", "Qwen2.5 7B Instruct", new(3584, 28, 18944, 152064, 28, 4, false), "Model_Note_Large", AttentionTargets),
+        new("Qwen/Qwen-7B", "Qwen-7B (tutorial)", new(4096, 32, 11008, 151936, 32, 32, false), "Model_Note_Tutorial", ["c_attn", "attn.c_proj"]),
+        new("meta-llama/Llama-3.1-8B-Instruct", "Llama 3.1 8B Instruct", new(4096, 32, 14336, 128256, 32, 8, false), "Model_Note_Llama", AttentionTargets, Gated: true),
+    ];
+
+    public static ModelPreset? Find(string id) => Presets.FirstOrDefault(p => string.Equals(p.Id, id, StringComparison.OrdinalIgnoreCase));
+
+    /// <summary>The shape of the chosen model, when it can be known without downloading: a preset, or config.json in a local folder.</summary>
+    public static ModelShape? ShapeOf(TrainingSettings settings)
+    {
+        if (settings.Source != ModelSource.Local)
+            return Find(settings.Model)?.Shape;
+        string config = Path.Combine(settings.Model, "config.json");
+        if (!File.Exists(config)) return null;
+        try { return ModelShape.FromConfigJson(File.ReadAllText(config)); }
+        catch (Exception e) when (e is JsonException or InvalidDataException or IOException) { return null; }
+    }
+}

@@ -1,0 +1,78 @@
+using FineTune.Web.Features.Models;
+
+namespace FineTune.Web.Features.Settings;
+
+/// <summary>What the advisor checks. Each has a localized text "Warn_{Code}" and a remedy "Fix_{Code}".</summary>
+public enum WarningCode
+{
+    FewRows,
+    NoEvalRows,
+    LoggingAfterEnd,
+    NoCheckpointBeforeEnd,
+    DoesNotFit,
+    BFloat16Unsupported,
+    HighLearningRate,
+    LongRunOnCpu,
+    RowsTooLong,
+    UnknownModelSize,
+}
+
+/// <summary>A warning with the numbers its text needs and, where one exists, a one-click fix.</summary>
+public sealed record SettingsWarning(WarningCode Code, object[] Arguments, Action<TrainingSettings>? Fix = null);
+
+/// <summary>The facts the advice depends on.</summary>
+public sealed record TrainingContext(int Rows, int RowsTooLong, int TotalTokens, bool Cuda, bool SupportsBFloat16, long? DeviceMemoryBytes, int CpuThreads);
+
+public static class SettingsAdvisor
+{
+    public const int RecommendedRows = 50;
+
+    public static IReadOnlyList<SettingsWarning> Check(TrainingSettings s, ModelShape? shape, TrainingContext context)
+    {
+        var warnings = new List<SettingsWarning>();
+        var plan = TrainingEstimator.Plan(context.Rows, s);
+
+        if (context.Rows < RecommendedRows)
+            warnings.Add(new(WarningCode.FewRows, [context.Rows, RecommendedRows]));
+        if (s.EvalFraction > 0 && plan.EvalRows == 0)
+            warnings.Add(new(WarningCode.NoEvalRows, [context.Rows], x => x.EvalFraction = 0));
+        if (plan.TotalSteps > 0 && s.LoggingSteps > plan.TotalSteps)
+        {
+            int every = Math.Max(1, plan.TotalSteps / 10);
+            warnings.Add(new(WarningCode.LoggingAfterEnd, [s.LoggingSteps, plan.TotalSteps, every], x => x.LoggingSteps = every));
+        }
+        if (plan.TotalSteps > 0 && s.SaveSteps > plan.TotalSteps)
+        {
+            int every = Math.Max(1, plan.TotalSteps / 2);
+            warnings.Add(new(WarningCode.NoCheckpointBeforeEnd, [s.SaveSteps, plan.TotalSteps, every], x => x.SaveSteps = every));
+        }
+        if (shape is null)
+            warnings.Add(new(WarningCode.UnknownModelSize, []));
+        else if (context.DeviceMemoryBytes is { } available)
+        {
+            var need = TrainingEstimator.Memory(shape, s, s.Quantization == Quantization.Nf4);
+            if (need.Total > available)
+            {
+                Action<TrainingSettings>? fix = s.Quantization == Quantization.None
+                    ? x => x.Quantization = Quantization.Nf4
+                    : s.MaxSeqLength > 256 ? x => x.MaxSeqLength = 256 : null;
+                warnings.Add(new(WarningCode.DoesNotFit, [Gigabytes(need.Total), Gigabytes(available)], fix));
+            }
+        }
+        if (context.Cuda && !context.SupportsBFloat16 && s.Precision == Precision.BFloat16)
+            warnings.Add(new(WarningCode.BFloat16Unsupported, [], x => x.Precision = Precision.Float16));
+        if (s.LearningRate > 1e-3)
+            warnings.Add(new(WarningCode.HighLearningRate, [s.LearningRate], x => x.LearningRate = 2e-4));
+        if (!context.Cuda && shape is not null)
+        {
+            var time = TrainingEstimator.Time(shape, context.TotalTokens, s, cuda: false, context.CpuThreads);
+            if (time > TimeSpan.FromHours(2))
+                warnings.Add(new(WarningCode.LongRunOnCpu, [Math.Round(time.TotalHours, 1)]));
+        }
+        if (context.RowsTooLong > 0)
+            warnings.Add(new(WarningCode.RowsTooLong, [context.RowsTooLong, s.MaxSeqLength], x => x.MaxSeqLength = Math.Min(s.MaxSeqLength * 2, 2048)));
+        return warnings;
+    }
+
+    public static string Gigabytes(long bytes) => (bytes / 1e9).ToString("0.0", System.Globalization.CultureInfo.InvariantCulture);
+}

@@ -1,0 +1,60 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace FineTune.Web.Features.Settings;
+
+public enum ModelSource { Preset, Hub, Local }
+
+public enum Quantization { None, Nf4 }
+
+/// <summary>Compute precision of the frozen base weights and activations. Auto: bf16 where the GPU has it, else fp16 (CPU: fp32).</summary>
+public enum Precision { Auto, BFloat16, Float16, Float32 }
+
+/// <summary>
+/// Everything a run needs, saved as settings.json with the run. Defaults are the tutorial's
+/// (QLoRA on Qwen: NF4 with double quantization, r 16, alpha 32, dropout 0.05 on q/k/v/o, 3 epochs,
+/// batch 1 × accumulation 4, lr 2e-4, max length 512).
+/// </summary>
+public sealed class TrainingSettings
+{
+    public ModelSource Source { get; set; } = ModelSource.Preset;
+    /// <summary>Preset id, Hub id ("Qwen/Qwen2.5-0.5B-Instruct") or local folder.</summary>
+    public string Model { get; set; } = "Qwen/Qwen2.5-0.5B-Instruct";
+
+    public int LoraR { get; set; } = 16;
+    public int LoraAlpha { get; set; } = 32;
+    public double LoraDropout { get; set; } = 0.05;
+    public List<string> TargetModules { get; set; } = ["q_proj", "k_proj", "v_proj", "o_proj"];
+
+    public int Epochs { get; set; } = 3;
+    public int BatchSize { get; set; } = 1;
+    public int GradientAccumulationSteps { get; set; } = 4;
+    public double LearningRate { get; set; } = 2e-4;
+    /// <summary>Fraction of the optimizer steps spent warming the learning rate up.</summary>
+    public double WarmupRatio { get; set; } = 0.03;
+    public int MaxSeqLength { get; set; } = 512;
+    public int LoggingSteps { get; set; } = 10;
+    public int SaveSteps { get; set; } = 50;
+    public int SaveTotalLimit { get; set; } = 2;
+    /// <summary>Share of rows kept aside to measure eval loss (0: none).</summary>
+    public double EvalFraction { get; set; } = 0.1;
+
+    public Quantization Quantization { get; set; } = Quantization.Nf4;
+    public bool DoubleQuantization { get; set; } = true;
+    public Precision Precision { get; set; } = Precision.Auto;
+    public int Seed { get; set; } = 42;
+
+    private static readonly JsonSerializerOptions Json = new()
+    {
+        WriteIndented = true,
+        Converters = { new JsonStringEnumConverter() },
+    };
+
+    public string ToJson() => JsonSerializer.Serialize(this, Json);
+
+    public static TrainingSettings FromJson(string json) =>
+        JsonSerializer.Deserialize<TrainingSettings>(json, Json)
+        ?? throw new JsonException("settings.json holds null; expected a settings object.");
+
+    public TrainingSettings Clone() => FromJson(ToJson());
+}

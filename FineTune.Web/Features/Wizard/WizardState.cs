@@ -1,0 +1,46 @@
+using FineTune.Web.Features.Data;
+using FineTune.Web.Features.Settings;
+
+namespace FineTune.Web.Features.Wizard;
+
+public enum WizardStep { Model = 0, Data = 1, Settings = 2, Train = 3, Test = 4, Download = 5 }
+
+/// <summary>
+/// What the user has chosen so far, for one browser tab (scoped to the Blazor circuit). After a reload the
+/// wizard rebuilds from the run in the URL (/runs/{id}); before a run exists nothing needs to survive.
+/// </summary>
+public sealed class WizardState
+{
+    public TrainingSettings Settings { get; set; } = new();
+    public DataFile? File { get; set; }
+    public byte[]? OriginalFile { get; set; }
+    public DatasetDraft? Dataset { get; set; }
+    public int? RunId { get; set; }
+
+    public bool HasModel => !string.IsNullOrWhiteSpace(Settings.Model);
+    public bool HasData => Dataset is { FinalRows.Count: > 0 };
+
+    /// <summary>Which steps may be opened: later steps need the earlier ones done.</summary>
+    public bool CanOpen(WizardStep step) => step switch
+    {
+        WizardStep.Model => RunId is null,
+        WizardStep.Data => RunId is null && HasModel,
+        WizardStep.Settings => RunId is null && HasModel && HasData,
+        _ => RunId is not null,
+    };
+
+    public event Action? Changed;
+
+    public void NotifyChanged() => Changed?.Invoke();
+
+    /// <summary>Starts over for a new run, optionally from an earlier run's settings ("re-run with changes").</summary>
+    public void Reset(TrainingSettings? settings = null)
+    {
+        Settings = settings?.Clone() ?? new TrainingSettings();
+        File = null;
+        OriginalFile = null;
+        Dataset = null;
+        RunId = null;
+        NotifyChanged();
+    }
+}
