@@ -111,6 +111,20 @@ public sealed class GeneratorTests : IDisposable
     }
 
     [Fact]
+    public async Task Chat_streaming_renders_the_model_template()
+    {
+        var tokenizer = TokenizerLoader.Load(ModelFixtures.Folder("qwen2"));
+        var text = new TextGenerator(_generator, tokenizer);
+        var settings = GenerationSettings.Greedy(8);
+        ChatMessage[] messages = [ChatMessage.User("可以退貨嗎？")];
+        var pieces = new List<string>();
+        await foreach (string piece in text.StreamChatAsync(messages, settings)) pieces.Add(piece);
+
+        var ids = ChatTemplate.ForTokenizer(tokenizer)!.Encode(messages, addGenerationPrompt: true);
+        Assert.Equal(await text.GenerateAsync(tokenizer.Decode(ids), settings, addSpecialTokens: false), string.Concat(pieces));
+    }
+
+    [Fact]
     public void Default_settings_come_from_generation_config_and_the_tokenizer()
     {
         string folder = ModelFixtures.Folder("qwen-v1");
