@@ -84,6 +84,8 @@ public sealed partial class HubDownloader
                 $"{modelId} has no .safetensors weights at the top of its repository, so it cannot be loaded here. " +
                 "Pick a model whose 'Files' tab lists model.safetensors (most models from 2024 on have them).");
 
+        // One download of a model at a time, across runs and processes; a second caller waits, then finds it cached.
+        await using var gate = await LockAsync(repository, modelId, cancellationToken).ConfigureAwait(false);
         string snapshot = Path.Combine(repository, "snapshots", SafeName(listing.commit));
         if (File.Exists(Path.Combine(snapshot, CompleteMarker)) && wanted.All(f => IsWhole(Path.Combine(snapshot, f.Path), f.Size)))
         {
@@ -236,6 +238,24 @@ public sealed partial class HubDownloader
         if (_options.Token is { } token) request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
         request.Headers.UserAgent.ParseAdd("FineTune/1.0");
         return request;
+    }
+
+    private async Task<FileStream> LockAsync(string repository, string modelId, CancellationToken cancellationToken)
+    {
+        Directory.CreateDirectory(repository);
+        string path = Path.Combine(repository, ".lock");
+        for (int attempt = 0; ; attempt++)
+        {
+            try
+            {
+                return new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
+            }
+            catch (IOException e) when (!IsDiskFull(e))
+            {
+                if (attempt == 0) _logger.LogInformation("Another download of {ModelId} is running; waiting for it", modelId);
+                await Task.Delay(TimeSpan.FromMilliseconds(200), cancellationToken).ConfigureAwait(false);
+            }
+        }
     }
 
     /// <summary>Sends and turns every failure into a typed <see cref="HubException"/> with advice.</summary>

@@ -77,7 +77,8 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
 
                 // Dropout masks depend on (seed, step) alone, so a resumed run draws the same ones.
                 manual_seed(options.Seed + step);
-                using var dropoutGenerator = new Generator((ulong)(options.Seed + step), device);
+                // A TorchSharp Generator lives on the CPU; on CUDA the device's default generator, seeded just above, draws the masks.
+                using var dropoutGenerator = device.type == DeviceType.CPU ? new Generator((ulong)(options.Seed + step), device) : null;
                 foreach (var layer in adapterLayers) layer.DropoutGenerator = dropoutGenerator;
                 double lr = options.LearningRate * schedule.Factor(step);
                 foreach (var group in optimizer.ParamGroups) group.LearningRate = lr;

