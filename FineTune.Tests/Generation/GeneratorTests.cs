@@ -70,6 +70,8 @@ public sealed class GeneratorTests : IDisposable
         int[] tooLong = Enumerable.Repeat(100, _model.Config.MaxPositionEmbeddings).ToArray();
         var error = Assert.Throws<ArgumentException>(() => _generator.Generate(tooLong, GenerationSettings.Greedy(3)).ToArray());
         Assert.Contains("at most", error.Message);
+        var outside = Assert.Throws<ArgumentException>(() => _generator.Generate([1, _model.Config.VocabSize], GenerationSettings.Greedy(3)).ToArray());
+        Assert.Contains(_model.Config.VocabSize.ToString(System.Globalization.CultureInfo.InvariantCulture), outside.Message);
     }
 
     [Fact]
