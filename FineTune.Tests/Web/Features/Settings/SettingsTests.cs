@@ -24,10 +24,14 @@ public class SettingsTests
     }
 
     [Fact]
-    public void Eval_rows_are_taken_only_when_some_remain_and_warmup_rounds_up()
+    public void Eval_rows_are_split_off_from_20_rows_on_as_the_engine_does_and_warmup_rounds_up()
     {
         var s = new TrainingSettings { EvalFraction = 0.1, WarmupRatio = 0.03 };
         Assert.Equal((0, 5), (TrainingEstimator.Plan(5, s).EvalRows, TrainingEstimator.Plan(5, s).TrainRows));
+        Assert.Equal(0, TrainingEstimator.Plan(19, s).EvalRows);
+        Assert.Equal(2, TrainingEstimator.Plan(20, s).EvalRows);
+        Assert.Equal(2, TrainingEstimator.Plan(25, s).EvalRows);   // round(2.5) to even, as Math.Round in Batching.Split
+        Assert.Equal(1, TrainingEstimator.Plan(20, new TrainingSettings { EvalFraction = 0.01 }).EvalRows);
         var plan = TrainingEstimator.Plan(100, s);
         Assert.Equal((10, 90), (plan.EvalRows, plan.TrainRows));
         Assert.Equal(69, plan.TotalSteps); // ceil(90/4)=23 × 3
