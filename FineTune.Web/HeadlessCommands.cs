@@ -12,6 +12,10 @@ public static class HeadlessCommands
         if (args.Length == 0) return false;
         switch (args[0])
         {
+            case Headless.GenerateCommand.Name: exitCode = Headless.GenerateCommand.Run(args[1..]); return true;
+            case "train":
+                exitCode = Headless.TrainCommand.Run(args, Console.Out, Console.Error, Headless.CancelOnCtrlC.Token);
+                return true;
             case "healthcheck":
                 exitCode = HealthCheck(args.Length > 1 ? args[1] : "http://127.0.0.1:8080/healthz");
                 return true;

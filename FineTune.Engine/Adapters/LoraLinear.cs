@@ -8,7 +8,9 @@ namespace FineTune.Engine.Adapters;
 /// Every linear projection of our models: y = x·Wᵀ + b, plus an optional LoRA path
 /// B(A(dropout(x)))·scaling (PEFT lora.Linear). Parameter names equal the checkpoint's keys
 /// ("weight", "bias") and PEFT's ("lora_A.weight", "lora_B.weight").
-/// The base weight is frozen once an adapter is attached; it may also be held as NF4 (QLoRA).
+/// The base weight is frozen once an adapter is attached; it may also be held as NF4 (QLoRA):
+/// then "weight" is gone and the packed codes + quantization state are buffers, dequantized
+/// on the fly in forward and again in backward (no full-precision copy is kept).
 /// </summary>
 public sealed class LoraLinear : nn.Module<Tensor, Tensor>
 {
@@ -18,7 +20,39 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
 #pragma warning disable IDE1006 // names equal the checkpoint keys
     public Parameter? weight;   // (out, in); null while the base weight is held as NF4
     public Parameter? bias;     // (out)
+    public Linear? lora_A;      // in -> r, no bias; PEFT key lora_A.weight (r, in)
+    public Linear? lora_B;      // r -> out, no bias; PEFT key lora_B.weight (out, r)
+    public Dropout? lora_dropout;
+    public Tensor? weight_nf4;            // (ceil(out·in/2)) uint8, two codes per byte
+    public Tensor? weight_absmax_codes;   // (blocks) uint8
+    public Tensor? weight_absmax_nested;  // (ceil(blocks/256)) fp32
+    public Tensor? weight_absmax_offset;  // () fp32
 #pragma warning restore IDE1006
+
+    /// <summary>LoRA scaling: alpha/r (alpha/√r with rsLoRA); 0 when no adapter is attached.</summary>
+    public double Scaling { get; private set; }
+
+    /// <summary>True while the LoRA update is folded into the base weight.</summary>
+    public bool Merged { get; private set; }
+
+    /// <summary>When false the LoRA path is skipped (base model output), e.g. to compare before/after.</summary>
+    public bool AdapterEnabled { get; set; } = true;
+
+    /// <summary>The dtype the NF4 weight is dequantized to for compute (bf16, or fp16 where bf16 is missing).</summary>
+    public ScalarType ComputeDtype { get; set; } = ScalarType.BFloat16;
+
+    /// <summary>
+    /// The random source of LoRA dropout while training. The trainer sets one generator for all layers and
+    /// reseeds it every step, so dropout masks do not depend on other work using torch's global RNG
+    /// (a chat sampling tokens, tests running in parallel) and a resumed run draws the same masks.
+    /// Null: torch's global generator (nn.Dropout).
+    /// </summary>
+    public Generator? DropoutGenerator { get; set; }
+
+    public bool HasAdapter => lora_A is not null;
+    public bool IsQuantized => weight_nf4 is not null;
+
+    private long[] _quantizedShape = [];
 
     public LoraLinear(int inFeatures, int outFeatures, bool hasBias, Device? device = null, ScalarType? dtype = null)
         : base(nameof(LoraLinear))
@@ -30,13 +64,17 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    /// <summary>Copies a checkpoint weight (out, in) into this layer, converting dtype and device.</summary>
+    /// <summary>
+    /// Copies a checkpoint weight (out, in) into this layer, converting dtype and device; a layer built
+    /// on the meta device takes the source's device and dtype instead.
+    /// </summary>
     public void LoadWeight(Tensor source)
     {
         if (weight is null) throw new InvalidOperationException("This layer holds its weight quantized; it cannot take a dense weight.");
         CheckShape(source, [OutFeatures, InFeatures], "weight");
         using var _ = no_grad();
-        weight.copy_(source);
+        if (weight.is_meta) weight = Materialize(nameof(weight), weight, source);
+        else weight.copy_(source);
     }
 
     /// <summary>Copies a checkpoint bias (out) into this layer.</summary>
@@ -45,17 +83,241 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         if (bias is null) throw new InvalidOperationException("This layer was built without a bias.");
         CheckShape(source, [OutFeatures], "bias");
         using var _ = no_grad();
-        bias.copy_(source);
+        if (bias.is_meta) bias = Materialize(nameof(bias), bias, source);
+        else bias.copy_(source);
+    }
+
+    /// <summary>
+    /// A layer built on the meta device holds no memory until its checkpoint tensor arrives (ModelLoader
+    /// builds models that way); it then takes a copy of the source as given: its device and dtype.
+    /// </summary>
+    private Parameter Materialize(string name, Parameter placeholder, Tensor source)
+    {
+        var parameter = new Parameter(source.detach().clone(), requires_grad: placeholder.requires_grad);
+        parameter.DetachFromDisposeScope();
+        ConditionallyRegisterParameter(name, parameter);
+        placeholder.Dispose();
+        return parameter;
+    }
+
+    /// <summary>
+    /// Replaces the dense weight by its NF4 form (bitsandbytes' quantize_4bit, nf4, blocksize 64,
+    /// double quantization). <paramref name="source"/> is the checkpoint weight (out, in); when null the
+    /// layer's own weight is quantized. The dense weight is released.
+    /// </summary>
+    public void QuantizeWeight(Tensor? source = null, ScalarType computeDtype = ScalarType.BFloat16)
+    {
+        if (Merged) throw new InvalidOperationException("Unmerge the adapter before quantizing the base weight.");
+        var dense = source ?? weight ?? throw new InvalidOperationException("This layer's weight is already quantized.");
+        CheckShape(dense, [OutFeatures, InFeatures], "weight");
+        // A layer built on the meta device (ModelLoader) quantizes on the checkpoint tensor's device.
+        var device = weight is { is_meta: false } ? weight.device : weight_nf4?.device ?? dense.device;
+        using var onDevice = dense.device_type == device.type && dense.device_index == device.index ? null : dense.to(device);
+        var data = Nf4.Quantize(onDevice ?? dense);
+        ReleaseQuantized();
+        if (weight is not null)
+        {
+            _internal_params.Remove(nameof(weight));
+            weight.Dispose();
+            weight = null;
+        }
+        // The layer owns these: keep them out of any caller's dispose scope.
+        weight_nf4 = data.Packed.DetachFromDisposeScope();
+        weight_absmax_codes = data.AbsmaxCodes.DetachFromDisposeScope();
+        weight_absmax_nested = data.NestedAbsmax.DetachFromDisposeScope();
+        weight_absmax_offset = data.Offset.DetachFromDisposeScope();
+        _quantizedShape = data.Shape;
+        register_buffer(nameof(weight_nf4), weight_nf4);
+        register_buffer(nameof(weight_absmax_codes), weight_absmax_codes);
+        register_buffer(nameof(weight_absmax_nested), weight_absmax_nested);
+        register_buffer(nameof(weight_absmax_offset), weight_absmax_offset);
+        ComputeDtype = computeDtype;
+    }
+
+    /// <summary>The NF4 state of the base weight (views of the buffers; do not dispose).</summary>
+    public Nf4Data? QuantizedState => weight_nf4 is null ? null
+        : new Nf4Data(weight_nf4, weight_absmax_codes!, weight_absmax_nested!, weight_absmax_offset!, _quantizedShape);
+
+    /// <summary>The base weight (out, in) in <paramref name="dtype"/>: the dense one, or NF4 dequantized. Caller owns it.</summary>
+    public Tensor BaseWeight(ScalarType? dtype = null)
+    {
+        using var _ = no_grad();
+        if (weight is not null) return weight.detach().to(dtype ?? weight.dtype).clone();
+        return Nf4.Dequantize(QuantizedState!, dtype ?? ComputeDtype);
+    }
+
+    /// <summary>
+    /// Attaches a LoRA adapter like PEFT's lora.Linear.update_layer: lora_A Kaiming-uniform (a=√5,
+    /// nn.Linear's default), lora_B zeros, base weight and bias frozen. The adapter is fp32 unless
+    /// <paramref name="adapterDtype"/> says otherwise (PEFT keeps adapters in fp32 under autocast).
+    /// </summary>
+    public void AttachLora(int rank, double alpha, double dropout, bool useRsLora = false, ScalarType adapterDtype = ScalarType.Float32, Generator? generator = null)
+    {
+        if (HasAdapter) throw new InvalidOperationException("This layer already has a LoRA adapter.");
+        new LoraSettings(rank, alpha, dropout, UseRsLora: useRsLora).Validate();
+        var device = weight is { is_meta: false } ? weight.device : weight_nf4?.device ?? weight!.device;
+        lora_A = nn.Linear(InFeatures, rank, hasBias: false, device: device, dtype: adapterDtype);
+        lora_B = nn.Linear(rank, OutFeatures, hasBias: false, device: device, dtype: adapterDtype);
+        using (no_grad())
+        {
+            // kaiming_uniform_(a=√5) on (r, in): gain √(2/(1+5)), bound = gain·√(3/fan_in) = 1/√in.
+            double bound = 1.0 / Math.Sqrt(InFeatures);
+            if (generator is not null && device.type != DeviceType.CPU)
+            {
+                using var onCpu = empty(rank, InFeatures, dtype: adapterDtype).uniform_(-bound, bound, generator); // a CPU generator fills CPU tensors
+                lora_A.weight!.copy_(onCpu);
+            }
+            else
+            {
+                lora_A.weight!.uniform_(-bound, bound, generator);
+            }
+            nn.init.zeros_(lora_B.weight!);
+        }
+        lora_A.weight!.DetachFromDisposeScope();
+        lora_B.weight!.DetachFromDisposeScope();
+        lora_dropout = nn.Dropout(dropout);
+        register_module(nameof(lora_A), lora_A);
+        register_module(nameof(lora_B), lora_B);
+        register_module(nameof(lora_dropout), lora_dropout);
+        Scaling = useRsLora ? alpha / Math.Sqrt(rank) : alpha / rank;
+        weight?.requires_grad_(false);
+        bias?.requires_grad_(false);
+    }
+
+    /// <summary>The LoRA update B·A·scaling (out, in) in fp32 (PEFT get_delta_weight).</summary>
+    public Tensor DeltaWeight()
+    {
+        if (lora_A is null || lora_B is null) throw new InvalidOperationException("This layer has no LoRA adapter.");
+        using var _ = no_grad();
+        using var scope = NewDisposeScope();
+        var delta = matmul(lora_B.weight!.to(ScalarType.Float32), lora_A.weight!.to(ScalarType.Float32)) * Scaling; // (out, in)
+        return scope.MoveToOuter(delta);
+    }
+
+    /// <summary>
+    /// Folds the update into the base weight (W += B·A·scaling). Refuses when the result would hold
+    /// NaN or infinity (PEFT safe_merge). An NF4 base is dequantized, merged and kept dense.
+    /// </summary>
+    public void Merge()
+    {
+        if (Merged) return;
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        var baseWeight = BaseWeight(ScalarType.Float32);
+        var merged = baseWeight + DeltaWeight();
+        if (!isfinite(merged).all().item<bool>())
+            throw new ArithmeticException($"Merging the LoRA adapter into a {OutFeatures}×{InFeatures} layer gives NaN or infinite weights; the adapter is broken (train again with a lower learning rate).");
+        var dtype = weight?.dtype ?? ComputeDtype;
+        if (weight is null)
+        {
+            weight = new Parameter(merged.to(dtype).detach(), requires_grad: false);
+            weight.DetachFromDisposeScope();
+            ReleaseQuantized();
+            register_parameter(nameof(weight), weight);
+        }
+        else
+        {
+            weight.copy_(merged);
+        }
+        Merged = true;
+    }
+
+    /// <summary>Replaces an NF4 base weight by its dequantized dense form (for merged exports of layers without an adapter).</summary>
+    public void MakeDense()
+    {
+        if (weight is not null) return;
+        using var _ = no_grad();
+        weight = new Parameter(BaseWeight(ComputeDtype), requires_grad: false);
+        weight.DetachFromDisposeScope();
+        ReleaseQuantized();
+        register_parameter(nameof(weight), weight);
+    }
+
+    /// <summary>Takes the update back out of the base weight (W -= B·A·scaling).</summary>
+    public void Unmerge()
+    {
+        if (!Merged) return;
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        var restored = weight!.to(ScalarType.Float32) - DeltaWeight();
+        weight.copy_(restored);
+        Merged = false;
     }
 
     public override Tensor forward(Tensor x)
     {
-        return nn.functional.linear(x, weight!, bias);
+        using var scope = NewDisposeScope();
+        Tensor y = weight is not null
+            ? nn.functional.linear(x, weight, bias)
+            : Nf4Linear.apply(x.to(ComputeDtype), this);                      // (..., out)
+        if (weight is null && bias is not null) y = y + bias.to(y.dtype);
+        if (lora_A is not null && lora_B is not null && !Merged && AdapterEnabled)
+        {
+            var h = x.to(lora_A.weight!.dtype);                                  // PEFT casts x to the adapter's dtype
+            var update = lora_B.forward(lora_A.forward(Dropout(h))) * Scaling;      // (..., out)
+            y = y + update.to(y.dtype);
+        }
+        return scope.MoveToOuter(y);
+    }
+
+    private Tensor Dropout(Tensor h)
+    {
+        double p = lora_dropout!.p;
+        if (!training || p == 0) return h;
+        if (DropoutGenerator is null) return lora_dropout.forward(h);
+        var keep = empty_like(h).bernoulli_(1 - p, DropoutGenerator);           // (..., in) of 0/1
+        return h * keep / (1 - p);
+    }
+
+    /// <summary>The base weight dequantized in the compute dtype, for the NF4 matmul's forward and backward.</summary>
+    internal Tensor DequantizedForCompute() => Nf4.Dequantize(QuantizedState!, ComputeDtype);
+
+    private void ReleaseQuantized()
+    {
+        foreach (var name in new[] { nameof(weight_nf4), nameof(weight_absmax_codes), nameof(weight_absmax_nested), nameof(weight_absmax_offset) })
+            if (_internal_buffers.ContainsKey(name)) _internal_buffers.Remove(name);
+        weight_nf4?.Dispose();
+        weight_absmax_codes?.Dispose();
+        weight_absmax_nested?.Dispose();
+        weight_absmax_offset?.Dispose();
+        weight_nf4 = weight_absmax_codes = weight_absmax_nested = weight_absmax_offset = null;
     }
 
     private static void CheckShape(Tensor source, long[] expected, string what)
     {
         if (!source.shape.SequenceEqual(expected))
             throw new ArgumentException($"The checkpoint's {what} has shape [{string.Join(", ", source.shape)}], but the layer expects [{string.Join(", ", expected)}]. The config.json and the weights disagree.");
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing) ReleaseQuantized();
+        base.Dispose(disposing);
+    }
+}
+
+/// <summary>
+/// y = x·dequant(W)ᵀ with the NF4 weight dequantized again in backward instead of kept
+/// (bitsandbytes MatMul4Bit). The base weight is frozen, so only dx flows back.
+/// </summary>
+internal sealed class Nf4Linear : autograd.SingleTensorFunction<Nf4Linear>
+{
+    public override string Name => nameof(Nf4Linear);
+
+    public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
+    {
+        var x = (Tensor)vars[0];
+        var layer = (LoraLinear)vars[1];
+        ctx.save_data("layer", layer);
+        using var w = layer.DequantizedForCompute();                             // (out, in)
+        return nn.functional.linear(x, w);
+    }
+
+    public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
+    {
+        var layer = (LoraLinear)ctx.get_data("layer");
+        using var w = layer.DequantizedForCompute();                             // (out, in)
+        var dx = matmul(gradOutput.to(w.dtype), w);                              // (..., in)
+        return [dx, null!];                                                      // no gradient for the layer argument
     }
 }

@@ -78,9 +78,8 @@ public sealed class QwenTiktokenTokenizer : ITextTokenizer
         foreach (int id in ids)
         {
             if (id >= 0 && id < _bytesById.Length) { bytes.AddRange(_bytesById[id]); continue; }
-            if (!_specialById.TryGetValue(id, out string? special))
-                throw new ArgumentOutOfRangeException(nameof(ids), id, $"Token id {id} is not in this tokenizer's vocabulary (0..{VocabSize - 1}).");
-            if (skipSpecialTokens) continue;
+            // Ids past the vocabulary (the model's padded embedding rows) have no text.
+            if (!_specialById.TryGetValue(id, out string? special) || skipSpecialTokens) continue;
             bytes.AddRange(Encoding.UTF8.GetBytes(special));
         }
         return Encoding.UTF8.GetString(bytes.ToArray());

@@ -90,8 +90,8 @@ public sealed class TokenizerJson : ITextTokenizer, IDisposable
         var kept = new List<uint>();
         foreach (int id in ids)
         {
-            if (id < 0 || !_idToToken.ContainsKey(id))
-                throw new ArgumentOutOfRangeException(nameof(ids), id, $"Token id {id} is not in this tokenizer's vocabulary (0..{VocabSize - 1}).");
+            // Models pad their embedding past the tokenizer (Qwen: 151936 rows, 151665 tokens); HF drops such ids.
+            if (id < 0 || !_idToToken.ContainsKey(id)) continue;
             if (skipSpecialTokens && _special.Contains(id)) continue;
             kept.Add((uint)id);
         }

@@ -33,6 +33,7 @@ public class QwenTiktokenTokenizerTests
         Assert.Equal("<|im_start|>你好<|im_end|>", tokenizer.Decode(ids));
         Assert.Equal("你好", tokenizer.Decode(ids, skipSpecialTokens: true));
         Assert.Equal("\uFFFD", tokenizer.Decode([ids[1]]));
+        Assert.Equal("你好", tokenizer.Decode([.. ids.Skip(1).Take(6), 99_999]));
     }
 
     [Fact]

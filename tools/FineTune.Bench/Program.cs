@@ -1,26 +1,40 @@
 using System.Diagnostics;
 using System.Text.Json;
+using FineTune.Bench;
 using FineTune.Engine.Backend;
 using static TorchSharp.torch;
 
-// FineTune.Bench COMMAND [options]: measurements for the GPU machine. Each command prints one JSON line.
+// FineTune.Bench COMMAND [options]: measurements for the GPU machine (see tools/bench/README.md).
+// Each command prints one JSON line (and may write a JSON file with --out).
 var backend = ComputeBackend.Initialize();
 string command = args.Length > 0 ? args[0] : "backend";
-switch (command)
+try
 {
-    case "backend":
-        Console.WriteLine(JsonSerializer.Serialize(new
-        {
-            device = backend.IsCuda ? "cuda" : "cpu",
-            backend.Description,
-            backend.Reason,
-            backend.SupportsBFloat16,
-            matmulTflops = MatmulTflops(backend),
-        }));
-        return 0;
-    default:
-        Console.Error.WriteLine($"Unknown command '{command}'. Commands: backend.");
-        return 2;
+    switch (command)
+    {
+        case "backend":
+            Console.WriteLine(JsonSerializer.Serialize(new
+            {
+                device = backend.IsCuda ? "cuda" : "cpu",
+                backend.Description,
+                backend.Reason,
+                backend.SupportsBFloat16,
+                matmulTflops = MatmulTflops(backend),
+            }));
+            return 0;
+        case "parity":
+            return ParityCommand.Run(args[1..], backend);
+        case "train":
+            return TrainBenchCommand.Run(args[1..], backend);
+        default:
+            Console.Error.WriteLine($"Unknown command '{command}'. Commands: backend, parity FIXTURES_DIR, train --model DIR --workload qa|dense ...");
+            return 2;
+    }
+}
+catch (ArgumentException e)
+{
+    Console.Error.WriteLine(e.Message);
+    return 2;
 }
 
 // Sustained bf16 (GPU) or fp32 (CPU) matmul throughput: a sanity check that the libtorch in use is the fast one.

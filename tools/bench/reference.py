@@ -72,7 +72,7 @@ def train(args):
     n_params = sum(p.numel() for p in model.parameters())
 
     if args.workload == "qa":
-        rows = load_rows(args.data)
+        rows = load_rows(args.data)[:args.max_rows]
         data = [{"input_ids": r["prompt"] + r["answer"], "attention_mask": [1] * (len(r["prompt"]) + len(r["answer"])),
                  "labels": [-100] * len(r["prompt"]) + r["answer"]} for r in rows]
         batch, steps = 8, None
@@ -89,10 +89,10 @@ def train(args):
     else:
         g = torch.Generator().manual_seed(1)
         n_batches = args.dense_steps
-        ids = torch.randint(100000, 150000, (n_batches * 4, 512), generator=g)
+        batch = args.dense_batch
+        ids = torch.randint(100000, 150000, (n_batches * batch, 512), generator=g)
         data = [{"input_ids": r.tolist(), "attention_mask": [1] * 512, "labels": r.tolist()} for r in ids]
-        batch = 4
-        real_tokens = n_batches * 4 * 512
+        real_tokens = n_batches * batch * 512
 
         def collate(features):
             return {k: torch.tensor([f[k] for f in features]) for k in ("input_ids", "attention_mask", "labels")}
@@ -119,7 +119,7 @@ def train(args):
     peak = torch.cuda.max_memory_allocated()
     result = {"stack": "hf-transformers+peft", "versions": {"torch": torch.__version__,
               "transformers": __import__("transformers").__version__, "peft": __import__("peft").__version__},
-              "workload": args.workload, "model": os.path.basename(args.model.rstrip("/")), "params": n_params,
+              "workload": args.workload, "mode": "lora-16bit", "batch": batch, "model": os.path.basename(args.model.rstrip("/")), "params": n_params,
               "rows": len(data), "optimizer_steps": trainer.state.global_step, "wall_s": wall,
               "real_tokens": real_tokens, "tokens_per_s": real_tokens / wall, "peak_gpu_bytes": peak,
               "final_loss": losses[-1]["loss"] if losses else None,
@@ -137,6 +137,7 @@ def main():
     d = sub.add_parser("make-data"); d.add_argument("--out", required=True); d.add_argument("--rows", type=int, default=2000)
     t = sub.add_parser("train"); t.add_argument("--model", required=True); t.add_argument("--workload", choices=["qa", "dense"], required=True)
     t.add_argument("--data"); t.add_argument("--out", required=True); t.add_argument("--dense-steps", type=int, default=60)
+    t.add_argument("--dense-batch", type=int, default=4); t.add_argument("--max-rows", type=int, default=None)
     a = p.parse_args()
     if a.cmd == "make-model":
         make_model(a.shape, a.out)

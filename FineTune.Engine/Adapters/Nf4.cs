@@ -1,0 +1,194 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace FineTune.Engine.Adapters;
+
+/// <summary>
+/// A weight held as NF4 the way bitsandbytes' quantize_4bit(quant_type="nf4", blocksize=64,
+/// compress_statistics=True) holds it: two 4-bit codes per byte (first value in the high nibble),
+/// one absmax per 64 values, and the absmaxes double-quantized: (absmax - mean) as 8-bit codes of
+/// the signed dynamic map in blocks of 256, each block with its own fp32 absmax.
+/// </summary>
+/// <param name="Packed">(ceil(n/2),) uint8.</param>
+/// <param name="AbsmaxCodes">(blocks,) uint8: indices into <see cref="Nf4.DynamicMap"/>.</param>
+/// <param name="NestedAbsmax">(ceil(blocks/256),) fp32.</param>
+/// <param name="Offset">() fp32: the mean that was subtracted from the absmaxes.</param>
+/// <param name="Shape">The original shape, e.g. (out, in).</param>
+public sealed record Nf4Data(Tensor Packed, Tensor AbsmaxCodes, Tensor NestedAbsmax, Tensor Offset, long[] Shape) : IDisposable
+{
+    public long NumElements => Shape.Aggregate(1L, (a, b) => a * b);
+
+    public void Dispose()
+    {
+        Packed.Dispose();
+        AbsmaxCodes.Dispose();
+        NestedAbsmax.Dispose();
+        Offset.Dispose();
+    }
+}
+
+/// <summary>NF4 quantization and dequantization equal to bitsandbytes (see tools/golden/nf4_golden.py).</summary>
+public static class Nf4
+{
+    public const int BlockSize = 64;
+    public const int NestedBlockSize = 256;
+
+    /// <summary>The 16 NF4 values (bitsandbytes' NF4 table, fp32).</summary>
+    public static readonly float[] Code =
+    [
+        -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
+        -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
+        0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
+        0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f,
+    ];
+
+    /// <summary>bitsandbytes' create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8): 256 sorted fp32 values.</summary>
+    public static float[] DynamicMap => _dynamicMap ??= CreateDynamicMap();
+    private static float[]? _dynamicMap;
+
+    // The code tables on each device, made once: dequantization runs in every forward and backward.
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<(DeviceType, int, bool), Tensor> Tables = new();
+
+    private static Tensor Table(Device device, bool nf4) =>
+        Tables.GetOrAdd((device.type, device.index, nf4), _ =>
+            tensor(nf4 ? Code : DynamicMap, device: device).DetachFromDisposeScope());
+
+    // Elements per argmin chunk: bounds the (chunk, 16) or (chunk, 256) distance matrix.
+    private const long ChunkElements = 1 << 18;
+
+    /// <summary>Quantizes a weight (any float dtype, any device); returns tensors on the same device.</summary>
+    public static Nf4Data Quantize(Tensor weight)
+    {
+        if (!is_floating_point(weight))
+            throw new ArgumentException($"NF4 quantizes float weights; this one is {weight.dtype}.", nameof(weight));
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        var device = weight.device;
+        long n = weight.numel();
+        var flat = weight.reshape(-1).to(ScalarType.Float32);                  // (n)
+
+        var absmax = BlockAbsmax(flat, BlockSize);                              // (blocks)
+        var scaled = ScaleBlocks(flat, absmax, BlockSize);                      // (n) in [-1, 1]
+        if (n % 2 != 0) scaled = nn.functional.pad(scaled, [0, 1]);              // pairs for packing
+        var code = tensor(Code, device: device);
+        var q = NearestCode(scaled, code);                                      // (n') int64
+        var pairs = q.view(-1, 2);                                              // (n'/2, 2)
+        var packed = (pairs[.., 0] * 16 + pairs[.., 1]).to(ScalarType.Byte);   // high nibble first
+
+        // Double quantization of the absmaxes (compress_statistics=True).
+        var offset = absmax.mean();
+        var centred = absmax - offset;
+        var absmax2 = BlockAbsmax(centred, NestedBlockSize);
+        var scaled2 = ScaleBlocks(centred, absmax2, NestedBlockSize);
+        var dynamic = tensor(DynamicMap, device: device);
+        var codes2 = NearestCode(scaled2, dynamic).to(ScalarType.Byte);
+
+        var result = new Nf4Data(packed, codes2, absmax2, offset, weight.shape);
+        scope.MoveToOuter(packed, codes2, absmax2, offset);
+        return result;
+    }
+
+    /// <summary>The fp32 absmax of every 64-block, as bitsandbytes' dequantize_blockwise(...) + offset gives it.</summary>
+    public static Tensor DequantizeAbsmax(Nf4Data data)
+    {
+        using var scope = NewDisposeScope();
+        var dynamic = Table(data.AbsmaxCodes.device, nf4: false);
+        var values = dynamic.take(data.AbsmaxCodes.to(ScalarType.Int64));      // (blocks)
+        var absmax = ScaleBack(values, data.NestedAbsmax, NestedBlockSize) + data.Offset;
+        return scope.MoveToOuter(absmax);
+    }
+
+    /// <summary>
+    /// The weight in <paramref name="dtype"/>, computed like bitsandbytes' CUDA kernel:
+    /// fp32 code × fp32 absmax, rounded once to dtype.
+    /// </summary>
+    public static Tensor Dequantize(Nf4Data data, ScalarType dtype)
+    {
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        long n = data.NumElements;
+        var absmax = DequantizeAbsmax(data);                                    // (blocks)
+        var bytes = data.Packed.to(ScalarType.Int64);                          // (n'/2)
+        var nibbles = stack([bytes.bitwise_right_shift(tensor(4L)), bytes.bitwise_and(15)], 1).reshape(-1); // (n')
+        if (nibbles.shape[0] != n) nibbles = nibbles[..(int)n];
+        var code = Table(data.Packed.device, nf4: true);
+        var values = code.take(nibbles);                                        // (n) fp32
+        var w = ScaleBack(values, absmax, BlockSize).to(dtype).reshape(data.Shape);
+        return scope.MoveToOuter(w);
+    }
+
+    /// <summary>Max |x| per block; the last block may be partial (bitsandbytes handles a remainder the same way).</summary>
+    private static Tensor BlockAbsmax(Tensor flat, int blockSize)
+    {
+        long n = flat.shape[0];
+        long full = n / blockSize, rem = n % blockSize;
+        var parts = new List<Tensor>();
+        if (full > 0) parts.Add(flat[..(int)(full * blockSize)].view(full, blockSize).abs().amax([1]));
+        if (rem > 0) parts.Add(flat[(int)(full * blockSize)..].abs().amax([0]).reshape(1));
+        return parts.Count == 1 ? parts[0] : cat(parts, 0);
+    }
+
+    /// <summary>clamp(x * (1/absmax), -1, 1) per block, as in bitsandbytes' reference kernels.</summary>
+    private static Tensor ScaleBlocks(Tensor flat, Tensor absmax, int blockSize)
+    {
+        var inverse = absmax.reciprocal();
+        return ScaleBack(flat, inverse, blockSize).clamp(-1, 1);
+    }
+
+    /// <summary>x * s[block] for every element.</summary>
+    private static Tensor ScaleBack(Tensor flat, Tensor perBlock, int blockSize)
+    {
+        long n = flat.shape[0];
+        long full = n / blockSize, rem = n % blockSize;
+        var parts = new List<Tensor>();
+        if (full > 0) parts.Add((flat[..(int)(full * blockSize)].view(full, blockSize) * perBlock[..(int)full].view(full, 1)).reshape(-1));
+        if (rem > 0) parts.Add(flat[(int)(full * blockSize)..] * perBlock[(int)full]);
+        return parts.Count == 1 ? parts[0] : cat(parts, 0);
+    }
+
+    /// <summary>argmin |x - code| per element (first index on ties), in chunks.</summary>
+    private static Tensor NearestCode(Tensor x, Tensor code)
+    {
+        long n = x.shape[0];
+        var parts = new List<Tensor>();
+        for (long start = 0; start < n; start += ChunkElements)
+        {
+            long end = Math.Min(n, start + ChunkElements);
+            using var chunkScope = NewDisposeScope();
+            var chunk = x[(int)start..(int)end];
+            var index = (chunk.unsqueeze(1) - code.unsqueeze(0)).abs().argmin(1); // (chunk)
+            parts.Add(chunkScope.MoveToOuter(index));
+        }
+        return parts.Count == 1 ? parts[0] : cat(parts, 0);
+    }
+
+    /// <summary>
+    /// create_dynamic_map(signed=True): for exponents 10^-6 … 10^0, the midpoints of fp32 torch.linspace(0.1, 1, 2^i + 1)
+    /// scaled by the exponent, both signs; plus 0 and 1. torch.linspace itself is used because libtorch's
+    /// vectorised kernel rounds some points differently from the textbook formula; fp32 arithmetic otherwise.
+    /// </summary>
+    internal static float[] CreateDynamicMap()
+    {
+        const int maxExponentBits = 7;
+        var data = new List<float>();
+        float[] exponents = [1e-6f, 1e-5f, 1e-4f, 1e-3f, 1e-2f, 1e-1f, 1f];
+        for (int i = 0; i < maxExponentBits; i++)
+        {
+            int fractionItems = (1 << i) + 1;
+            float[] boundaries;
+            using (var b = linspace(0.1, 1.0, fractionItems, dtype: ScalarType.Float32, device: CPU))
+                boundaries = b.data<float>().ToArray();
+            for (int j = 0; j < fractionItems - 1; j++)
+            {
+                float mean = (boundaries[j] + boundaries[j + 1]) / 2.0f;
+                float value = exponents[i] * mean;
+                data.Add(value);
+                data.Add(-value);
+            }
+        }
+        data.Add(0f);
+        data.Add(1f);
+        data.Sort();
+        return [.. data];
+    }
+}

@@ -1,0 +1,155 @@
+using static TorchSharp.torch;
+
+namespace FineTune.Engine.Data;
+
+/// <summary>How rows of a batch are laid out.</summary>
+public enum BatchLayout
+{
+    /// <summary>All rows of a batch in one sequence, positions restarting per row and attention kept inside each row
+    /// (block-diagonal causal mask): no padding at all (HF DataCollatorWithFlattening).</summary>
+    Packed,
+    /// <summary>One row per sequence, padded to the longest in the batch; batches drawn from length-sorted groups
+    /// (HF group_by_length) so little padding is wasted.</summary>
+    LengthGrouped,
+}
+
+/// <summary>The training and validation examples.</summary>
+public sealed record DataSplit(IReadOnlyList<TrainingExample> Train, IReadOnlyList<TrainingExample> Validation);
+
+/// <summary>
+/// Tensors for one micro-batch. Targets are already shifted (see <see cref="TrainingExample"/>); padding has
+/// target -100. AttentionMask is (B, 1, T, T) bool (true = may attend) or null for plain causal attention.
+/// </summary>
+public sealed class TrainingBatch(Tensor inputIds, Tensor positionIds, Tensor targets, Tensor? attentionMask, int tokenCount, int targetCount) : IDisposable
+{
+    public Tensor InputIds { get; } = inputIds;            // (B, T) int64
+    public Tensor PositionIds { get; } = positionIds;      // (B, T) int64
+    public Tensor Targets { get; } = targets;              // (B, T) int64
+    public Tensor? AttentionMask { get; } = attentionMask; // (B, 1, T, T) bool
+    public int TokenCount { get; } = tokenCount;           // real (non-padding) tokens
+    public int TargetCount { get; } = targetCount;         // positions with a loss
+
+    public void Dispose()
+    {
+        InputIds.Dispose();
+        PositionIds.Dispose();
+        Targets.Dispose();
+        AttentionMask?.Dispose();
+    }
+}
+
+public static class Batching
+{
+    /// <summary>
+    /// Splits off a validation set: <paramref name="fraction"/> of the rows (default 10%) when there are at
+    /// least <paramref name="minimumRows"/> (default 20), chosen by a seeded shuffle; otherwise none.
+    /// </summary>
+    public static DataSplit Split(IReadOnlyList<TrainingExample> examples, int seed, double fraction = 0.1, int minimumRows = 20)
+    {
+        if (fraction < 0 || fraction >= 1) throw new ArgumentOutOfRangeException(nameof(fraction), fraction, "The validation fraction must be in [0, 1), e.g. 0.1.");
+        if (fraction == 0 || examples.Count < minimumRows) return new DataSplit(examples, []);
+        int validationCount = Math.Max(1, (int)Math.Round(examples.Count * fraction));
+        var order = Permutation(examples.Count, seed);
+        var validation = order.Take(validationCount).Order().Select(i => examples[i]).ToList();
+        var train = order.Skip(validationCount).Order().Select(i => examples[i]).ToList();
+        return new DataSplit(train, validation);
+    }
+
+    /// <summary>
+    /// torch.randperm(n) with a generator seeded by <paramref name="seed"/>: the order accelerate's seedable
+    /// sampler draws for epoch e with seed + e, so a Python run can reproduce it.
+    /// </summary>
+    public static int[] Permutation(int n, long seed)
+    {
+        if (n == 0) return [];
+        using var generator = new Generator((ulong)seed);
+        using var perm = randperm(n, generator: generator);
+        return [.. perm.data<long>().ToArray().Select(v => (int)v)];
+    }
+
+    /// <summary>The example order of one epoch: a permutation seeded with seed + epoch (or the file order when shuffle is off).</summary>
+    public static int[] EpochOrder(int count, int seed, int epoch, bool shuffle = true) =>
+        shuffle ? Permutation(count, seed + epoch) : [.. Enumerable.Range(0, count)];
+
+    /// <summary>
+    /// Groups an epoch's order into batches of <paramref name="batchSize"/> rows (the last may be smaller, as HF's
+    /// DataLoader without drop_last). LengthGrouped sorts each run of 50 batches by length, longest first.
+    /// </summary>
+    public static List<int[]> MakeBatches(IReadOnlyList<TrainingExample> examples, int[] order, int batchSize, BatchLayout layout)
+    {
+        if (batchSize < 1) throw new ArgumentOutOfRangeException(nameof(batchSize), batchSize, "The batch size must be at least 1.");
+        IEnumerable<int> sequence = order;
+        if (layout == BatchLayout.LengthGrouped && batchSize > 1)
+            sequence = order.Chunk(50 * batchSize).SelectMany(group => group.OrderByDescending(i => examples[i].Length));
+        return [.. sequence.Chunk(batchSize)];
+    }
+
+    /// <summary>Builds the tensors of one micro-batch on <paramref name="device"/>.</summary>
+    public static TrainingBatch Collate(IReadOnlyList<TrainingExample> examples, IReadOnlyList<int> indices, BatchLayout layout, Device device, int padTokenId = 0)
+    {
+        var rows = indices.Select(i => examples[i]).ToList();
+        int tokenCount = rows.Sum(r => r.Length);
+        int targetCount = rows.Sum(r => r.TargetCount);
+        if (layout == BatchLayout.Packed || rows.Count == 1)
+        {
+            var ids = rows.SelectMany(r => r.InputIds).Select(v => (long)v).ToArray();
+            var positions = rows.SelectMany(r => Enumerable.Range(0, r.Length)).Select(v => (long)v).ToArray();
+            var targets = rows.SelectMany(r => r.Targets).Select(v => (long)v).ToArray();
+            Tensor? mask = rows.Count == 1 ? null : BlockCausalMask(rows.Select(r => r.Length).ToArray(), device);
+            return new TrainingBatch(
+                tensor(ids, [1, ids.Length], device: device),
+                tensor(positions, [1, positions.Length], device: device),
+                tensor(targets, [1, targets.Length], device: device),
+                mask, tokenCount, targetCount);
+        }
+
+        int T = rows.Max(r => r.Length), B = rows.Count;
+        var idsPadded = new long[B * T];
+        var posPadded = new long[B * T];
+        var tgtPadded = new long[B * T];
+        Array.Fill(idsPadded, padTokenId);
+        Array.Fill(tgtPadded, TrainingExamples.IgnoreIndex);
+        var lengths = new int[B];
+        for (int b = 0; b < B; b++)
+        {
+            var r = rows[b];
+            lengths[b] = r.Length;
+            for (int t = 0; t < r.Length; t++)
+            {
+                idsPadded[b * T + t] = r.InputIds[t];
+                posPadded[b * T + t] = t;
+                tgtPadded[b * T + t] = r.Targets[t];
+            }
+        }
+        return new TrainingBatch(
+            tensor(idsPadded, [B, T], device: device),
+            tensor(posPadded, [B, T], device: device),
+            tensor(tgtPadded, [B, T], device: device),
+            PaddedCausalMask(lengths, T, device), tokenCount, targetCount);
+    }
+
+    /// <summary>(1, 1, T, T) bool: causal inside each packed row, nothing across rows.</summary>
+    public static Tensor BlockCausalMask(int[] lengths, Device device)
+    {
+        using var scope = NewDisposeScope();
+        var segment = tensor(lengths.SelectMany((len, i) => Enumerable.Repeat((long)i, len)).ToArray(), device: device); // (T)
+        int T = lengths.Sum();
+        var causal = ones(T, T, dtype: ScalarType.Bool, device: device).tril();      // (T, T)
+        var same = segment.unsqueeze(1).eq(segment.unsqueeze(0));                      // (T, T)
+        return scope.MoveToOuter(causal.logical_and(same).view(1, 1, T, T));
+    }
+
+    /// <summary>(B, 1, T, T) bool: causal, and no attention to padding keys. Padding queries attend to the first token so no row is empty.</summary>
+    public static Tensor PaddedCausalMask(int[] lengths, int T, Device device)
+    {
+        using var scope = NewDisposeScope();
+        int B = lengths.Length;
+        var keyValid = arange(T, device: device).unsqueeze(0).lt(tensor(lengths.Select(l => (long)l).ToArray(), device: device).unsqueeze(1)); // (B, T)
+        var causal = ones(T, T, dtype: ScalarType.Bool, device: device).tril();                                                          // (T, T)
+        var mask = causal.unsqueeze(0).logical_and(keyValid.unsqueeze(1));                                                                // (B, T, T)
+        var first = zeros(T, T, dtype: ScalarType.Bool, device: device);
+        first[.., 0] = true;
+        mask = mask.logical_or(first.unsqueeze(0));
+        return scope.MoveToOuter(mask.view(B, 1, T, T));
+    }
+}

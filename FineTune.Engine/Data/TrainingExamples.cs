@@ -1,0 +1,83 @@
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace FineTune.Engine.Data;
+
+/// <summary>
+/// One tokenized row. <see cref="Targets"/> is already shifted: Targets[t] is the token the model must
+/// predict after reading InputIds[0..t], or -100 where no loss is taken (prompt tokens, the last position).
+/// </summary>
+public sealed record TrainingExample(int[] InputIds, int[] Targets, int SourceRow)
+{
+    public int Length => InputIds.Length;
+    public int TargetCount => Targets.Count(t => t != TrainingExamples.IgnoreIndex);
+}
+
+/// <summary>How examples are built from rows.</summary>
+/// <param name="MaxSeqLength">Rows longer than this (prompt + answer + EOS) are cut at the end and counted.</param>
+/// <param name="AnswerOnlyLoss">True (default): loss only on the answer and EOS (labels -100 on the prompt); false: on the whole text.</param>
+public sealed record ExampleOptions(int MaxSeqLength = 1024, bool AnswerOnlyLoss = true);
+
+/// <summary>The examples built from a data file, with what had to be cut or dropped.</summary>
+public sealed record ExampleSet(IReadOnlyList<TrainingExample> Examples, int TruncatedCount, IReadOnlyList<int> DroppedSourceRows)
+{
+    public long TokenCount => Examples.Sum(e => (long)e.Length);
+}
+
+public static class TrainingExamples
+{
+    /// <summary>PyTorch cross-entropy's ignore_index: positions with this label add no loss.</summary>
+    public const int IgnoreIndex = -100;
+
+    /// <summary>
+    /// prompt ids + answer ids + EOS; labels -100 on the prompt (answer-only loss) then shifted by one so
+    /// Targets[t] = label[t+1] (what HF's causal-LM loss does inside the model). Rows longer than
+    /// MaxSeqLength are truncated at the end (counted, with a warning); a row left with nothing to learn
+    /// (its whole answer cut off) is dropped and named in the warning.
+    /// </summary>
+    public static ExampleSet Build(IEnumerable<QaRow> rows, PromptFormatter format, TextEncoder encoder, ExampleOptions options, ILogger? logger = null)
+    {
+        if (options.MaxSeqLength < 2) throw new ArgumentOutOfRangeException(nameof(options), options.MaxSeqLength, "max_seq_length must be at least 2 tokens.");
+        logger ??= NullLogger.Instance;
+        var examples = new List<TrainingExample>();
+        var dropped = new List<int>();
+        int truncated = 0, index = 0;
+        foreach (var row in rows)
+        {
+            index++;
+            var (prompt, answer) = format(row);
+            var promptIds = encoder.Encode(prompt);
+            var answerIds = encoder.Encode(answer);
+            var ids = new List<int>(promptIds.Count + answerIds.Count + 1);
+            ids.AddRange(promptIds);
+            ids.AddRange(answerIds);
+            ids.Add(encoder.EosTokenId);
+            var labels = new int[ids.Count];
+            for (int i = 0; i < ids.Count; i++)
+                labels[i] = options.AnswerOnlyLoss && i < promptIds.Count ? IgnoreIndex : ids[i];
+
+            int length = ids.Count;
+            if (length > options.MaxSeqLength)
+            {
+                truncated++;
+                length = options.MaxSeqLength;
+            }
+            var inputIds = ids.GetRange(0, length).ToArray();
+            var targets = new int[length];
+            for (int t = 0; t < length - 1; t++) targets[t] = labels[t + 1];
+            targets[length - 1] = IgnoreIndex;
+            int sourceRow = row.SourceRow > 0 ? row.SourceRow : index;
+            if (targets.All(t => t == IgnoreIndex))
+            {
+                dropped.Add(sourceRow);
+                continue;
+            }
+            examples.Add(new TrainingExample(inputIds, targets, sourceRow));
+        }
+        if (truncated > 0)
+            logger.LogWarning("{Count} row(s) were longer than max_seq_length {Max} tokens and were cut at the end; raise the maximum length to keep them whole.", truncated, options.MaxSeqLength);
+        if (dropped.Count > 0)
+            logger.LogWarning("{Count} row(s) had no answer tokens left after cutting and were left out (rows {Rows}).", dropped.Count, string.Join(", ", dropped));
+        return new ExampleSet(examples, truncated, dropped);
+    }
+}

@@ -1,0 +1,56 @@
+using System.Runtime.CompilerServices;
+using System.Text;
+using FineTune.Engine.Tokenization;
+
+namespace FineTune.Engine.Generation;
+
+/// <summary>
+/// Text in, text pieces out: tokenizes the (already formatted) prompt, runs the <see cref="Generator"/> and
+/// decodes the new ids as they come, holding back half-finished characters. The stop token is not shown.
+/// </summary>
+public sealed class TextGenerator(Generator generator, ITextTokenizer tokenizer)
+{
+    public Generator Generator { get; } = generator;
+
+    public ITextTokenizer Tokenizer { get; } = tokenizer;
+
+    /// <summary>The model folder's generation defaults, stopping also at the tokenizer's eos tokens (e.g. &lt;|im_end|&gt;).</summary>
+    public GenerationSettings DefaultSettings(string modelFolder) =>
+        GenerationSettings.FromModelFolder(modelFolder, Generator.Model.Config, Tokenizer.EosTokenIds);
+
+    /// <summary>
+    /// Streams the answer to <paramref name="prompt"/>. <paramref name="addSpecialTokens"/>: true for plain text
+    /// (BOS added where the tokenizer adds it, as HF tokenizer(text)), false for text rendered by a chat template,
+    /// which writes its own special tokens (as HF apply_chat_template).
+    /// </summary>
+    public IAsyncEnumerable<string> StreamAsync(
+        string prompt, GenerationSettings settings, bool addSpecialTokens = true, CancellationToken cancellationToken = default) =>
+        StreamAsync(Tokenizer.Encode(prompt, addSpecialTokens), settings, cancellationToken);
+
+    /// <summary>Streams the answer to prompt ids already encoded (e.g. by the prompt template used in training).</summary>
+    public async IAsyncEnumerable<string> StreamAsync(
+        IReadOnlyList<int> ids, GenerationSettings settings, [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        var decoder = new StreamingDecoder(Tokenizer, skipSpecialTokens: true);
+        await foreach (int id in Generator.GenerateAsync(ids, settings, cancellationToken).ConfigureAwait(false))
+        {
+            if (settings.StopTokenIds.Contains(id)) break;
+            // The model's vocabulary is often padded past the tokenizer's (Qwen2.5: 151936 rows, 151665 tokens);
+            // HF's decode drops such ids silently, and so do we.
+            if ((uint)id >= (uint)Tokenizer.VocabSize) continue;
+            string piece = decoder.Push(id);
+            if (piece.Length > 0) yield return piece;
+        }
+        string rest = decoder.Flush();
+        if (rest.Length > 0) yield return rest;
+    }
+
+    /// <summary>The whole answer at once.</summary>
+    public async Task<string> GenerateAsync(string prompt, GenerationSettings settings, bool addSpecialTokens = true, CancellationToken cancellationToken = default)
+    {
+        var text = new StringBuilder();
+        await foreach (string piece in StreamAsync(prompt, settings, addSpecialTokens, cancellationToken).ConfigureAwait(false))
+            text.Append(piece);
+        return text.ToString();
+    }
+}

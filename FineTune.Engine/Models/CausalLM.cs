@@ -1,0 +1,97 @@
+using FineTune.Engine.Adapters;
+using FineTune.Engine.Generation;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace FineTune.Engine.Models;
+
+#pragma warning disable IDE1006 // lm_head is named like the checkpoint key
+
+/// <summary>What every layer of one forward pass shares: RoPE cos/sin (B, T, hD), the masks, the KV cache.</summary>
+public sealed record DecoderPass(Tensor Cos, Tensor Sin, AttentionMaskBuilder Masks, KvCache? Cache);
+
+/// <summary>
+/// A decoder-only language model loaded from a Hugging Face folder (one subclass per family). Parameter names
+/// equal the checkpoint keys; every projection is a <see cref="LoraLinear"/>; base weights are frozen.
+/// </summary>
+public abstract class CausalLM : nn.Module<Tensor, Tensor>
+{
+    public LoraLinear lm_head;
+
+    protected CausalLM(string name, ModelConfig config, ModelBuild build) : base(name)
+    {
+        Config = config;
+        Build = build;
+        lm_head = build.Linear(config.HiddenSize, config.VocabSize, hasBias: false);
+    }
+
+    public ModelConfig Config { get; }
+
+    /// <summary>The device and dtype the weights live in.</summary>
+    public ModelBuild Build { get; }
+
+    public Device Device => Build.Device;
+
+    public ScalarType DType => Build.DType;
+
+    /// <summary>The checkpoint key of the input embedding ("model.embed_tokens.weight", Qwen v1: "transformer.wte.weight").</summary>
+    public abstract string EmbeddingKey { get; }
+
+    internal abstract TokenEmbedding InputEmbedding { get; }
+
+    /// <summary>
+    /// The final-normed hidden states (B, T, H) for token ids (B, T) int64.
+    /// <paramref name="positionIds"/> (B, T): default past..past+T-1; restart them per sequence when packing.
+    /// <paramref name="attentionMask"/>: (B, past+T) with 1 for real tokens and 0 for padding, or (B, 1, T, past+T)
+    /// bool, true where a query may attend a key (e.g. block-diagonal causal for packed sequences).
+    /// <paramref name="cache"/>: holds the past positions; this pass's keys and values are appended.
+    /// </summary>
+    public Tensor HiddenStates(Tensor inputIds, Tensor? positionIds = null, Tensor? attentionMask = null, KvCache? cache = null)
+    {
+        if (inputIds.dim() != 2)
+            throw new ArgumentException($"Token ids must be (B, T); they are [{string.Join(", ", inputIds.shape)}].", nameof(inputIds));
+        using var scope = NewDisposeScope();
+        var (b, t) = (inputIds.shape[0], (int)inputIds.shape[1]);
+        int past = cache?.Length ?? 0;
+        var ids = inputIds.to(ScalarType.Int64).to(Device);
+        var positions = positionIds?.to(ScalarType.Int64).to(Device)
+            ?? arange(past, past + t, dtype: ScalarType.Int64, device: Device).unsqueeze(0).expand(b, t); // (B, T)
+        using var masks = new AttentionMaskBuilder(t, past, attentionMask, DType, Device);
+        var h = Decode(ids, positions, masks, cache); // (B, T, H)
+        cache?.Advance(t);
+        return scope.MoveToOuter(h);
+    }
+
+    /// <summary>Logits (B, T, V) in the model's dtype; see <see cref="HiddenStates"/> for the arguments.</summary>
+    public Tensor Logits(Tensor inputIds, Tensor? positionIds = null, Tensor? attentionMask = null, KvCache? cache = null)
+    {
+        using var scope = NewDisposeScope();
+        var logits = lm_head.forward(HiddenStates(inputIds, positionIds, attentionMask, cache)); // (B, T, V)
+        return scope.MoveToOuter(logits);
+    }
+
+    /// <summary>Logits (B, T, V) for token ids (B, T), all positions causal.</summary>
+    public override Tensor forward(Tensor inputIds) => Logits(inputIds);
+
+    /// <summary>The family's decoder: embeddings, layers, final norm.</summary>
+    protected abstract Tensor Decode(Tensor inputIds, Tensor positionIds, AttentionMaskBuilder masks, KvCache? cache);
+
+    /// <summary>
+    /// Every linear projection with its checkpoint key prefix (e.g. "model.layers.0.self_attn.q_proj"), in model
+    /// order, lm_head last. With tied embeddings lm_head's weight is the embedding table: leave it dense and frozen.
+    /// </summary>
+    public IEnumerable<(string Name, LoraLinear Layer)> NamedLinears() =>
+        named_modules().Where(m => m.module is LoraLinear && m.module != lm_head).Select(m => (m.name, (LoraLinear)m.module))
+            .Append((nameof(lm_head), lm_head));
+
+    /// <summary>A KV cache for this model holding up to <paramref name="capacity"/> positions.</summary>
+    public KvCache NewCache(int capacity) => new(Config.NumHiddenLayers, capacity);
+
+    /// <summary>Tied input/output embeddings: the embedding uses lm_head's weight (one tensor).</summary>
+    internal void TieEmbeddings()
+    {
+        if (lm_head.weight is null || lm_head.weight.is_meta)
+            throw new InvalidOperationException("Load lm_head's weight before tying the embeddings to it.");
+        InputEmbedding.Share(lm_head.weight);
+    }
+}

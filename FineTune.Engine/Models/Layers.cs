@@ -1,0 +1,320 @@
+using FineTune.Engine.Adapters;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace FineTune.Engine.Models;
+
+#pragma warning disable IDE1006 // fields are named like the checkpoint keys (weight, gate_proj, ...)
+
+/// <summary>Where and in which dtype a model's modules are built. Weights start on the meta device (no memory).</summary>
+public sealed record ModelBuild(Device Device, ScalarType DType)
+{
+    /// <summary>A frozen parameter of this shape on the meta device; the loader replaces it with the checkpoint tensor.</summary>
+    public static Parameter Placeholder(params long[] shape) =>
+        new(empty(shape, device: META), requires_grad: false);
+
+    public LoraLinear Linear(int inFeatures, int outFeatures, bool hasBias) =>
+        new(inFeatures, outFeatures, hasBias, META, DType);
+}
+
+/// <summary>A module whose "weight" the loader fills from the checkpoint.</summary>
+internal interface ICheckpointWeight
+{
+    /// <summary>Takes the checkpoint tensor (already on the model's device, in its dtype) as this module's weight.</summary>
+    void LoadWeight(Tensor source);
+}
+
+/// <summary>Shared by the norm and embedding modules: one frozen "weight" that starts on the meta device.</summary>
+public abstract class WeightModule : nn.Module<Tensor, Tensor>, ICheckpointWeight
+{
+    public Parameter weight;
+
+    protected WeightModule(string name, long[] shape) : base(name)
+    {
+        weight = ModelBuild.Placeholder(shape);
+        RegisterComponents();
+    }
+
+    public void LoadWeight(Tensor source)
+    {
+        if (!source.shape.SequenceEqual(weight.shape))
+            throw new ModelFormatException(
+                $"The checkpoint's weight has shape [{string.Join(", ", source.shape)}], but the {GetType().Name} expects [{string.Join(", ", weight.shape)}]. The config.json and the weights disagree.");
+        using var _ = no_grad();
+        if (weight.is_meta) Replace(new Parameter(source.detach().clone(), requires_grad: false));
+        else weight.copy_(source);
+    }
+
+    /// <summary>Uses another module's weight object (tied input/output embeddings): one tensor, two users.</summary>
+    internal void Share(Parameter shared) => Replace(shared);
+
+    private void Replace(Parameter parameter)
+    {
+        parameter.DetachFromDisposeScope();
+        var old = weight;
+        weight = parameter;
+        ConditionallyRegisterParameter(nameof(weight), parameter);
+        if (!ReferenceEquals(old, parameter)) old.Dispose();
+    }
+}
+
+/// <summary>
+/// RMSNorm like HF LlamaRMSNorm / Qwen2RMSNorm: normalise in fp32, cast back to the input dtype,
+/// then multiply by the weight: weight * (x / sqrt(mean(x²) + eps)).
+/// </summary>
+public sealed class RmsNorm : WeightModule
+{
+    private readonly double _eps;
+
+    public RmsNorm(int size, double eps) : base(nameof(RmsNorm), [size])
+    {
+        _eps = eps;
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        var h = x.to(ScalarType.Float32);
+        var variance = h.pow(2).mean([-1], keepdim: true);
+        h = h * rsqrt(variance + _eps);
+        return scope.MoveToOuter(weight * h.to(x.dtype));
+    }
+}
+
+/// <summary>Token embedding table (vocab, hidden), as nn.Embedding; frozen.</summary>
+public sealed class TokenEmbedding : WeightModule
+{
+    public TokenEmbedding(int vocab, int hidden) : base(nameof(TokenEmbedding), [vocab, hidden]) { }
+
+    public override Tensor forward(Tensor inputIds)
+    {
+        using var scope = NewDisposeScope();
+        long[] shape = [.. inputIds.shape, weight.shape[1]];
+        var h = weight.index_select(0, inputIds.reshape(-1)).view(shape); // (B, T, H)
+        return scope.MoveToOuter(h);
+    }
+}
+
+/// <summary>The SwiGLU MLP of Llama, Mistral, Qwen2 and Qwen3: down_proj(silu(gate_proj(x)) * up_proj(x)).</summary>
+public sealed class SwiGluMlp : nn.Module<Tensor, Tensor>
+{
+    public readonly LoraLinear gate_proj;
+    public readonly LoraLinear up_proj;
+    public readonly LoraLinear down_proj;
+
+    public SwiGluMlp(ModelConfig config, ModelBuild build) : base(nameof(SwiGluMlp))
+    {
+        gate_proj = build.Linear(config.HiddenSize, config.IntermediateSize, config.MlpBias);
+        up_proj = build.Linear(config.HiddenSize, config.IntermediateSize, config.MlpBias);
+        down_proj = build.Linear(config.IntermediateSize, config.HiddenSize, config.MlpBias);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        var y = down_proj.forward(nn.functional.silu(gate_proj.forward(x)) * up_proj.forward(x));
+        return scope.MoveToOuter(y);
+    }
+}
+
+/// <summary>
+/// Rotary position embedding (HF *RotaryEmbedding): inv_freq = 1 / θ^(2i/d) in fp32, with the "linear" and
+/// "llama3" rescalings; cos/sin for given position ids, computed in fp32 and cast to the activations' dtype.
+/// </summary>
+public sealed class RotaryEmbedding : nn.Module
+{
+    private readonly Tensor inv_freq; // (hD/2) fp32, a buffer like HF's (not in checkpoints)
+
+    public RotaryEmbedding(int headDim, RopeSettings rope, Device device) : base(nameof(RotaryEmbedding))
+    {
+        inv_freq = InverseFrequencies(headDim, rope).to(device).DetachFromDisposeScope();
+        RegisterComponents();
+    }
+
+    /// <summary>HF's _compute_default_rope_parameters and _compute_llama3_parameters; linear divides positions by factor.</summary>
+    public static Tensor InverseFrequencies(int headDim, RopeSettings rope)
+    {
+        using var scope = NewDisposeScope();
+        var exponents = arange(0, headDim, 2, ScalarType.Int64).to(ScalarType.Float32) / headDim;
+        var invFreq = 1.0f / pow(tensor(rope.Theta, ScalarType.Float32), exponents); // (hD/2)
+        if (rope.Type == "linear") invFreq = invFreq / rope.Factor;
+        else if (rope.Type == "llama3") invFreq = Llama3Scaling(invFreq, rope);
+        return scope.MoveToOuter(invFreq);
+    }
+
+    private static Tensor Llama3Scaling(Tensor invFreq, RopeSettings rope)
+    {
+        double oldContext = rope.OriginalMaxPositionEmbeddings!.Value;
+        double lowFreqWavelen = oldContext / rope.LowFreqFactor;
+        double highFreqWavelen = oldContext / rope.HighFreqFactor;
+        var wavelen = 2 * Math.PI / invFreq;
+        // Long wavelengths are divided by factor, short ones kept, the band between smoothly interpolated.
+        var scaled = where(wavelen > lowFreqWavelen, invFreq / rope.Factor, invFreq);
+        var smooth = (oldContext / wavelen - rope.LowFreqFactor) / (rope.HighFreqFactor - rope.LowFreqFactor);
+        var smoothed = (1 - smooth) * scaled / rope.Factor + smooth * scaled;
+        var isMedium = (wavelen >= highFreqWavelen).logical_and(wavelen <= lowFreqWavelen);
+        return where(isMedium, smoothed, scaled);
+    }
+
+    /// <summary>cos and sin, each (B, T, hD), for position ids (B, T).</summary>
+    public (Tensor Cos, Tensor Sin) Compute(Tensor positionIds, ScalarType dtype)
+    {
+        using var scope = NewDisposeScope();
+        var freqs = positionIds.to(ScalarType.Float32).unsqueeze(-1) * inv_freq;  // (B, T, hD/2)
+        var emb = cat([freqs, freqs], -1);                                          // (B, T, hD)
+        var cos = emb.cos().to(dtype);
+        var sin = emb.sin().to(dtype);
+        return (scope.MoveToOuter(cos), scope.MoveToOuter(sin));
+    }
+}
+
+/// <summary>Attention math shared by every family: RoPE, GQA head repetition, scaled dot-product attention.</summary>
+public static class AttentionOps
+{
+    /// <summary>HF rotate_half: (x1, x2) → (−x2, x1) over the last dimension's halves.</summary>
+    public static Tensor RotateHalf(Tensor x)
+    {
+        long half = x.shape[^1] / 2;
+        using var x1 = x.narrow(-1, 0, half);
+        using var x2 = x.narrow(-1, half, half);
+        using var negX2 = x2.neg();
+        return cat([negX2, x1], -1);
+    }
+
+    /// <summary>q·cos + rotate_half(q)·sin for x (B, nH, T, hD) and cos/sin (B, T, hD).</summary>
+    public static Tensor ApplyRotary(Tensor x, Tensor cos, Tensor sin)
+    {
+        using var scope = NewDisposeScope();
+        var y = x * cos.unsqueeze(1) + RotateHalf(x) * sin.unsqueeze(1); // (B, nH, T, hD)
+        return scope.MoveToOuter(y);
+    }
+
+    /// <summary>HF repeat_kv: (B, nKV, S, hD) → (B, nKV·groups, S, hD), each kv head repeated for its group of query heads.</summary>
+    public static Tensor RepeatKv(Tensor x, int groups)
+    {
+        if (groups == 1) return x; // MHA: nothing to repeat (the caller's tensor, not a new one)
+        var (b, nKv, s, d) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+        using var scope = NewDisposeScope();
+        var y = x.unsqueeze(2).expand(b, nKv, groups, s, d).reshape(b, nKv * groups, s, d); // (B, nH, S, hD)
+        return scope.MoveToOuter(y);
+    }
+
+    /// <summary>
+    /// softmax(q·kᵀ/√hD + mask)·v for q (B, nH, T, hD) and k, v (B, nKV, S, hD); returns (B, T, nH·hD).
+    /// </summary>
+    public static Tensor Attend(Tensor q, Tensor k, Tensor v, AttentionMask mask)
+    {
+        using var scope = NewDisposeScope();
+        int groups = (int)(q.shape[1] / k.shape[1]);
+        var kk = RepeatKv(k, groups);                                                       // (B, nH, S, hD)
+        var vv = RepeatKv(v, groups);                                                       // (B, nH, S, hD)
+        var y = nn.functional.scaled_dot_product_attention(q, kk, vv, mask.Additive, 0.0, mask.IsCausal); // (B, nH, T, hD)
+        var (b, nH, t, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
+        y = y.transpose(1, 2).reshape(b, t, nH * d);                                        // (B, T, nH·hD)
+        return scope.MoveToOuter(y);
+    }
+}
+
+/// <summary>What one attention layer may see: an additive mask (B|1, 1, T, S), or plain causal, or everything (one new token).</summary>
+public sealed record AttentionMask(Tensor? Additive, bool IsCausal);
+
+/// <summary>
+/// Builds the attention masks of one forward pass, like HF's create_causal_mask / create_sliding_window_causal_mask:
+/// causal over past + new positions, minus padded keys ((B, S) mask, 1 = real token), or an explicit (B, 1, T, S)
+/// bool mask (true = may attend) such as the block-diagonal mask of packed sequences; optionally a sliding window.
+/// Masked entries get the dtype's lowest value rather than −∞ so a row with nothing to see stays finite.
+/// </summary>
+public sealed class AttentionMaskBuilder : IDisposable
+{
+    private readonly int _queryLength;
+    private readonly int _pastLength;
+    private readonly Tensor? _mask;
+    private readonly ScalarType _dtype;
+    private readonly Device _device;
+    private readonly Dictionary<int, AttentionMask> _built = [];
+
+    /// <param name="queryLength">T: new positions in this pass.</param>
+    /// <param name="pastLength">Positions already in the KV cache.</param>
+    /// <param name="mask">Null, (B, past+T) padding mask (1 = real), or (B, 1, T, past+T) bool.</param>
+    public AttentionMaskBuilder(int queryLength, int pastLength, Tensor? mask, ScalarType dtype, Device device)
+    {
+        _queryLength = queryLength;
+        _pastLength = pastLength;
+        _mask = mask;
+        _dtype = dtype;
+        _device = device;
+        int keyLength = pastLength + queryLength;
+        if (mask is not null && mask.dim() == 2 && mask.shape[1] != keyLength)
+            throw new ArgumentException($"The attention mask covers {mask.shape[1]} positions, but past + new positions are {keyLength}; pass a (B, past + T) mask.", nameof(mask));
+        if (mask is not null && mask.dim() == 4 && (mask.shape[1] != 1 || mask.shape[2] != queryLength || mask.shape[3] != keyLength))
+            throw new ArgumentException($"A 4-D attention mask must be (B, 1, {queryLength}, {keyLength}); it is [{string.Join(", ", mask.shape)}].", nameof(mask));
+        if (mask is not null && mask.dim() != 2 && mask.dim() != 4)
+            throw new ArgumentException($"The attention mask must be (B, S) or (B, 1, T, S); it has {mask.dim()} dimensions.", nameof(mask));
+    }
+
+    /// <summary>
+    /// The (B, 1, T, T) bool mask for rows that pack several sequences, found from their position ids (B, T): a new
+    /// sequence starts wherever the position does not grow by one (usually back at 0). Each token attends causally
+    /// within its own sequence only: what HF computes for packed rows (DataCollatorWithFlattening + position_ids).
+    /// </summary>
+    public static Tensor PackedCausalMask(Tensor positionIds)
+    {
+        if (positionIds.dim() != 2) throw new ArgumentException($"Position ids must be (B, T); they are [{string.Join(", ", positionIds.shape)}].", nameof(positionIds));
+        using var scope = NewDisposeScope();
+        long t = positionIds.shape[1];
+        var positions = positionIds.to(ScalarType.Int64);
+        var continues = positions.narrow(1, 1, t - 1).eq(positions.narrow(1, 0, t - 1) + 1);     // (B, T-1)
+        var starts = cat([ones([positions.shape[0], 1], ScalarType.Bool, positions.device), continues.logical_not()], 1);
+        var sequence = starts.to(ScalarType.Int64).cumsum(1);                                     // (B, T) sequence number
+        var same = sequence.unsqueeze(2).eq(sequence.unsqueeze(1));                               // (B, T, T)
+        var causal = ones([t, t], ScalarType.Bool, positions.device).tril();                     // (T, T)
+        return scope.MoveToOuter(same.logical_and(causal).unsqueeze(1));                          // (B, 1, T, T)
+    }
+
+    /// <summary>The mask for a layer; <paramref name="slidingWindow"/> null for full attention. Built once per window size.</summary>
+    public AttentionMask For(int? slidingWindow)
+    {
+        int key = slidingWindow ?? 0;
+        if (_built.TryGetValue(key, out var mask)) return mask;
+        mask = Build(slidingWindow);
+        _built[key] = mask;
+        return mask;
+    }
+
+    private AttentionMask Build(int? window)
+    {
+        int keyLength = _pastLength + _queryLength;
+        bool windowMatters = window is not null && keyLength > window.Value;
+        if (_mask is null && !windowMatters)
+        {
+            if (_queryLength == 1) return new AttentionMask(null, false);   // one new token sees all keys
+            if (_pastLength == 0) return new AttentionMask(null, true);     // plain causal: SDPA's fast path
+        }
+
+        using var scope = NewDisposeScope();
+        var queryPositions = arange(_pastLength, keyLength, device: _device).unsqueeze(-1);  // (T, 1)
+        var keyPositions = arange(0, keyLength, device: _device).unsqueeze(0);               // (1, S)
+        Tensor allowed;
+        if (_mask is not null && _mask.dim() == 4)
+            allowed = _mask.to(ScalarType.Bool).to(_device);                                 // (B, 1, T, S)
+        else
+        {
+            allowed = (keyPositions <= queryPositions).unsqueeze(0).unsqueeze(0);            // (1, 1, T, S)
+            if (_mask is not null)
+                allowed = allowed.logical_and(_mask.to(_device).ne(0).unsqueeze(1).unsqueeze(1)); // (B, 1, T, S)
+        }
+        if (window is not null)
+            allowed = allowed.logical_and((queryPositions - keyPositions < window.Value).unsqueeze(0).unsqueeze(0));
+        var additive = zeros(allowed.shape, _dtype, _device).masked_fill(allowed.logical_not(), finfo(_dtype).min);
+        additive.DetachFromDisposeScope();
+        return new AttentionMask(additive, false);
+    }
+
+    public void Dispose()
+    {
+        foreach (var mask in _built.Values) mask.Additive?.Dispose();
+        _built.Clear();
+    }
+}

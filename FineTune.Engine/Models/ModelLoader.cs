@@ -1,0 +1,173 @@
+using System.Diagnostics;
+using FineTune.Engine.Adapters;
+using FineTune.Engine.Backend;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace FineTune.Engine.Models;
+
+/// <summary>How to load a model.</summary>
+public sealed record ModelLoadOptions
+{
+    /// <summary>Where the weights go; default the compute backend's device.</summary>
+    public Device? Device { get; init; }
+
+    /// <summary>
+    /// The weights' dtype: Float32, BFloat16 or Float16. Default: Float32 on the CPU; on CUDA BFloat16,
+    /// or Float16 where the GPU lacks bf16.
+    /// </summary>
+    public ScalarType? DType { get; init; }
+
+    /// <summary>Called for each linear (checkpoint key prefix, layer) before its weight is loaded, e.g. to prepare quantization.</summary>
+    public Action<string, LoraLinear>? BeforeLoadLinear { get; init; }
+
+    /// <summary>
+    /// Optional replacement for the dense copy of a linear's weight: gets the key prefix, the layer and the
+    /// checkpoint weight (on the target device, in the target dtype; the loader disposes it afterwards) and
+    /// returns true when it took the weight itself (e.g. quantized it to NF4). Never called for a tied lm_head.
+    /// </summary>
+    public Func<string, LoraLinear, Tensor, bool>? LoadLinearWeight { get; init; }
+
+    public ILogger? Logger { get; init; }
+}
+
+/// <summary>
+/// Loads a Hugging Face model folder (config.json + safetensors) into the matching <see cref="CausalLM"/>.
+/// The modules are built on the meta device (no memory); each checkpoint tensor is then read, converted to
+/// the target device and dtype, taken by its module, and released before the next one is read.
+/// </summary>
+public static class ModelLoader
+{
+    public static readonly IReadOnlyList<ScalarType> SupportedDTypes = [ScalarType.Float32, ScalarType.BFloat16, ScalarType.Float16];
+
+    public static CausalLM Load(string folder, ModelLoadOptions? options = null)
+    {
+        options ??= new ModelLoadOptions();
+        var logger = options.Logger ?? NullLogger.Instance;
+        if (!Directory.Exists(folder))
+            throw new DirectoryNotFoundException($"The model folder '{folder}' does not exist.");
+        var config = ModelConfig.Load(folder);
+        var backend = ComputeBackend.Current;
+        var device = options.Device ?? backend.Device;
+        var dtype = options.DType ?? DefaultDType(device, backend);
+        if (!SupportedDTypes.Contains(dtype))
+            throw new ArgumentException($"Models load as {string.Join(", ", SupportedDTypes)}; {dtype} is not one of them.", nameof(options));
+
+        var watch = Stopwatch.StartNew();
+        using var checkpoint = SafeTensorsCheckpoint.Open(folder);
+        var model = Create(config, new ModelBuild(device, dtype));
+        try
+        {
+            Fill(model, checkpoint, options);
+            model.eval();
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+        logger.LogInformation("Loaded {ModelType} from {Folder} ({Layers} layers, {DType} on {Device}) in {Seconds:0.0} s",
+            config.ModelType, folder, config.NumHiddenLayers, dtype, device, watch.Elapsed.TotalSeconds);
+        return model;
+    }
+
+    /// <summary>The module tree for a config, weights on the meta device.</summary>
+    public static CausalLM Create(ModelConfig config, ModelBuild build) => config.ModelType switch
+    {
+        "llama" or "mistral" => new LlamaForCausalLM(config, build),
+        "qwen2" => new Qwen2ForCausalLM(config, build),
+        "qwen3" => new Qwen3ForCausalLM(config, build),
+        "qwen" => new QWenLMHeadModel(config, build),
+        _ => throw new UnsupportedModelException(
+            $"model_type '{config.ModelType}' is not supported. Supported model types: {string.Join(", ", ModelConfig.SupportedModelTypes)}."),
+    };
+
+    private static ScalarType DefaultDType(Device device, BackendInfo backend) =>
+        device.type != DeviceType.CUDA ? ScalarType.Float32
+        : backend.SupportsBFloat16 ? ScalarType.BFloat16 : ScalarType.Float16;
+
+    private static void Fill(CausalLM model, SafeTensorsCheckpoint checkpoint, ModelLoadOptions options)
+    {
+        bool tied = model.Config.TieWordEmbeddings;
+        var targets = Targets(model, options, tied);
+
+        // Tied: the checkpoint's embedding fills lm_head, and the embedding then shares it (one tensor).
+        // A tied checkpoint that also stores lm_head.weight holds the same values; it is skipped.
+        var loaded = new HashSet<string>(StringComparer.Ordinal);
+        var unexpected = new List<string>();
+        foreach (string key in checkpoint.Names.Order(StringComparer.Ordinal))
+        {
+            string target = tied && key == model.EmbeddingKey ? "lm_head.weight" : key;
+            if (tied && key == "lm_head.weight") continue;
+            if (key.EndsWith(".rotary_emb.inv_freq", StringComparison.Ordinal)) continue; // old checkpoints store RoPE's buffer
+            if (!targets.TryGetValue(target, out var load))
+            {
+                unexpected.Add(key);
+                continue;
+            }
+            CheckShape(key, checkpoint.Entry(key), model, target);
+            using (var scope = NewDisposeScope())
+            {
+                using var cpu = checkpoint.Read(key);
+                var onDevice = cpu.to(model.DType).to(model.Device);
+                load(onDevice);
+            }
+            loaded.Add(target);
+        }
+
+        var missing = targets.Keys.Where(k => !loaded.Contains(k)).Select(k => tied && k == "lm_head.weight" ? model.EmbeddingKey : k).ToList();
+        if (missing.Count > 0 || unexpected.Count > 0)
+            throw new ModelFormatException(KeyReport(model, missing, unexpected));
+        if (tied) model.TieEmbeddings();
+    }
+
+    /// <summary>Checkpoint key → what takes that tensor.</summary>
+    private static Dictionary<string, Action<Tensor>> Targets(CausalLM model, ModelLoadOptions options, bool tied)
+    {
+        var targets = new Dictionary<string, Action<Tensor>>(StringComparer.Ordinal);
+        foreach (var (name, module) in model.named_modules())
+        {
+            switch (module)
+            {
+                case LoraLinear linear:
+                    bool denseOnly = tied && name == "lm_head";
+                    targets[$"{name}.weight"] = source => LoadLinear(name, linear, source, denseOnly ? null : options);
+                    if (linear.bias is not null) targets[$"{name}.bias"] = linear.LoadBias;
+                    break;
+                case ICheckpointWeight holder when !(tied && ReferenceEquals(module, model.InputEmbedding)):
+                    targets[$"{name}.weight"] = holder.LoadWeight;
+                    break;
+            }
+        }
+        return targets;
+    }
+
+    private static void LoadLinear(string name, LoraLinear linear, Tensor source, ModelLoadOptions? options)
+    {
+        options?.BeforeLoadLinear?.Invoke(name, linear);
+        if (options?.LoadLinearWeight?.Invoke(name, linear, source) == true) return;
+        linear.LoadWeight(source);
+    }
+
+    private static void CheckShape(string key, SafeTensorEntry entry, CausalLM model, string target)
+    {
+        var parameter = model.get_parameter(target);
+        if (parameter is not null && !parameter.shape.SequenceEqual(entry.Shape))
+            throw new ModelFormatException(
+                $"'{key}' has shape [{string.Join(", ", entry.Shape)}] in the checkpoint, but config.json gives [{string.Join(", ", parameter.shape)}]. The config and the weights disagree (is config.json from another model size?).");
+        if (entry.ScalarType is not (ScalarType.Float32 or ScalarType.Float16 or ScalarType.BFloat16 or ScalarType.Float64))
+            throw new ModelFormatException($"'{key}' is stored as {entry.DType}; model weights must be F32, F16 or BF16 (quantized checkpoints are not supported).");
+    }
+
+    private static string KeyReport(CausalLM model, List<string> missing, List<string> unexpected)
+    {
+        static string Few(List<string> keys) => string.Join(", ", keys.Take(5)) + (keys.Count > 5 ? $" and {keys.Count - 5} more" : "");
+        var parts = new List<string>();
+        if (missing.Count > 0) parts.Add($"{missing.Count} weights missing from the checkpoint ({Few(missing)})");
+        if (unexpected.Count > 0) parts.Add($"{unexpected.Count} checkpoint tensors this {model.Config.ModelType} model has no place for ({Few(unexpected)})");
+        return $"The weights do not match a {model.Config.ModelType} model: {string.Join("; ", parts)}. Is the folder complete, and is config.json the one for these weights?";
+    }
+}

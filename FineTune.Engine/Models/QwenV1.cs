@@ -1,0 +1,141 @@
+using FineTune.Engine.Adapters;
+using FineTune.Engine.Generation;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace FineTune.Engine.Models;
+
+#pragma warning disable IDE1006 // fields are named like the checkpoint keys (Qwen's modeling_qwen.py, trust_remote_code)
+
+// Qwen (v1: Qwen-1.8B/7B/14B, -Chat): multi-head attention from one fused c_attn (with bias), RoPE with
+// base rotary_emb_base applied in fp32, MLP c_proj(w1(x) * silu(w2(x))), RMSNorm. Checkpoint keys:
+// transformer.wte, transformer.h.N.{ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.w1, mlp.w2, mlp.c_proj},
+// transformer.ln_f, lm_head. Within seq_length its dynamic NTK and logn scaling are inactive, so they are not
+// implemented: prompts + answers longer than seq_length are refused by the generator's length check.
+
+public sealed class QWenAttention : nn.Module
+{
+    public readonly LoraLinear c_attn;
+    public readonly LoraLinear c_proj;
+    private readonly int _layer, _heads, _headDim;
+
+    public QWenAttention(ModelConfig config, ModelBuild build, int layer) : base(nameof(QWenAttention))
+    {
+        (_layer, _heads, _headDim) = (layer, config.NumAttentionHeads, config.HeadDim);
+        c_attn = build.Linear(config.HiddenSize, 3 * _heads * _headDim, hasBias: true);
+        c_proj = build.Linear(_heads * _headDim, config.HiddenSize, config.MlpBias); // bias = not no_bias
+        RegisterComponents();
+    }
+
+    public Tensor forward(Tensor x, DecoderPass pass)
+    {
+        using var scope = NewDisposeScope();
+        var (b, t) = (x.shape[0], x.shape[1]);
+        var qkv = c_attn.forward(x).view(b, t, 3, _heads, _headDim);  // (B, T, 3, nH, hD)
+        var q = Rotate(qkv.select(2, 0).transpose(1, 2), pass);        // (B, nH, T, hD)
+        var k = Rotate(qkv.select(2, 1).transpose(1, 2), pass);        // (B, nH, T, hD)
+        var v = qkv.select(2, 2).transpose(1, 2);                      // (B, nH, T, hD)
+        if (pass.Cache is not null) (k, v) = pass.Cache.Update(_layer, k, v); // (B, nH, S, hD)
+        var y = AttentionOps.Attend(q, k, v, pass.Masks.For(null));    // (B, T, nH·hD)
+        return scope.MoveToOuter(c_proj.forward(y));
+    }
+
+    /// <summary>Qwen applies RoPE in fp32 and casts back (apply_rotary_pos_emb: t.float() ... type_as(t)).</summary>
+    private static Tensor Rotate(Tensor x, DecoderPass pass) =>
+        AttentionOps.ApplyRotary(x.to(ScalarType.Float32), pass.Cos, pass.Sin).to(x.dtype);
+}
+
+public sealed class QWenMlp : nn.Module<Tensor, Tensor>
+{
+    public readonly LoraLinear w1;
+    public readonly LoraLinear w2;
+    public readonly LoraLinear c_proj;
+
+    public QWenMlp(ModelConfig config, ModelBuild build) : base(nameof(QWenMlp))
+    {
+        w1 = build.Linear(config.HiddenSize, config.IntermediateSize, config.MlpBias);
+        w2 = build.Linear(config.HiddenSize, config.IntermediateSize, config.MlpBias);
+        c_proj = build.Linear(config.IntermediateSize, config.HiddenSize, config.MlpBias);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        var y = c_proj.forward(w1.forward(x) * nn.functional.silu(w2.forward(x))); // (B, T, H)
+        return scope.MoveToOuter(y);
+    }
+}
+
+public sealed class QWenBlock : nn.Module
+{
+    public readonly RmsNorm ln_1;
+    public readonly QWenAttention attn;
+    public readonly RmsNorm ln_2;
+    public readonly QWenMlp mlp;
+
+    public QWenBlock(ModelConfig config, ModelBuild build, int layer) : base(nameof(QWenBlock))
+    {
+        ln_1 = new RmsNorm(config.HiddenSize, config.RmsNormEps);
+        attn = new QWenAttention(config, build, layer);
+        ln_2 = new RmsNorm(config.HiddenSize, config.RmsNormEps);
+        mlp = new QWenMlp(config, build);
+        RegisterComponents();
+    }
+
+    public Tensor forward(Tensor x, DecoderPass pass)
+    {
+        using var scope = NewDisposeScope();
+        var h = x + attn.forward(ln_1.forward(x), pass);  // (B, T, H)
+        h = h + mlp.forward(ln_2.forward(h));             // (B, T, H)
+        return scope.MoveToOuter(h);
+    }
+}
+
+public sealed class QWenModel : nn.Module
+{
+    public readonly TokenEmbedding wte;
+    public readonly ModuleList<QWenBlock> h;
+    public readonly RmsNorm ln_f;
+    public readonly RotaryEmbedding rotary_emb;
+
+    public QWenModel(ModelConfig config, ModelBuild build) : base(nameof(QWenModel))
+    {
+        wte = new TokenEmbedding(config.VocabSize, config.HiddenSize);
+        h = new ModuleList<QWenBlock>(
+            Enumerable.Range(0, config.NumHiddenLayers).Select(i => new QWenBlock(config, build, i)).ToArray());
+        ln_f = new RmsNorm(config.HiddenSize, config.RmsNormEps);
+        rotary_emb = new RotaryEmbedding(config.HeadDim, config.Rope, build.Device);
+        RegisterComponents();
+    }
+
+    public Tensor forward(Tensor inputIds, Tensor positionIds, AttentionMaskBuilder masks, KvCache? cache)
+    {
+        using var scope = NewDisposeScope();
+        var x = wte.forward(inputIds);                                                 // (B, T, H)
+        var (cos, sin) = rotary_emb.Compute(positionIds, ScalarType.Float32);          // (B, T, hD) fp32
+        var pass = new DecoderPass(cos, sin, masks, cache);
+        foreach (var block in h) x = block.forward(x, pass);
+        return scope.MoveToOuter(ln_f.forward(x));
+    }
+}
+
+/// <summary>QWenLMHeadModel (Qwen v1 checkpoints, model_type "qwen").</summary>
+public sealed class QWenLMHeadModel : CausalLM
+{
+    public readonly QWenModel transformer;
+
+    public QWenLMHeadModel(ModelConfig config, ModelBuild build) : base(nameof(QWenLMHeadModel), config, build)
+    {
+        transformer = new QWenModel(config, build);
+        RegisterComponents();
+    }
+
+    public override string EmbeddingKey => "transformer.wte.weight";
+
+    internal override TokenEmbedding InputEmbedding => transformer.wte;
+
+    protected override Tensor Decode(Tensor inputIds, Tensor positionIds, AttentionMaskBuilder masks, KvCache? cache) =>
+        transformer.forward(inputIds, positionIds, masks, cache);
+}

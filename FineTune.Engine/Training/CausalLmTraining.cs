@@ -1,0 +1,20 @@
+using FineTune.Engine.Adapters;
+using FineTune.Engine.Models;
+using static TorchSharp.torch;
+
+namespace FineTune.Engine.Training;
+
+/// <summary>A loaded <see cref="CausalLM"/> seen by the trainer (no KV cache while training).</summary>
+public sealed class CausalLmTraining(CausalLM model) : ITrainableCausalLM
+{
+    public CausalLM Model { get; } = model;
+
+    public nn.Module Module => Model;
+
+    public LoraLinear LmHead => Model.lm_head;
+
+    public Tensor HiddenStates(Tensor inputIds, Tensor positionIds, Tensor? attentionMask) =>
+        Model.HiddenStates(inputIds, positionIds, attentionMask);
+
+    public IEnumerable<(string Name, LoraLinear Layer)> NamedLinears() => Model.NamedLinears();
+}

@@ -1,0 +1,27 @@
+using FineTune.Engine.Adapters;
+using static TorchSharp.torch;
+
+namespace FineTune.Engine.Training;
+
+/// <summary>
+/// What the trainer needs of a causal language model. FineTune.Engine.Models' CausalLM satisfies it
+/// directly or through a thin adapter (HiddenStates without a KV cache).
+/// </summary>
+public interface ITrainableCausalLM
+{
+    /// <summary>The module holding every parameter (train()/eval(), parameters(), to(device)).</summary>
+    nn.Module Module { get; }
+
+    /// <summary>
+    /// Final hidden states (after the last norm), (B, T, H).
+    /// <paramref name="attentionMask"/> is (B, 1, T, T) bool, true where a query may attend to a key,
+    /// or null for plain causal attention over the whole sequence.
+    /// </summary>
+    Tensor HiddenStates(Tensor inputIds, Tensor positionIds, Tensor? attentionMask);
+
+    /// <summary>The output projection (H → vocabulary).</summary>
+    LoraLinear LmHead { get; }
+
+    /// <summary>Every linear layer with its module path as in the checkpoint ("model.layers.0.self_attn.q_proj").</summary>
+    IEnumerable<(string Name, LoraLinear Layer)> NamedLinears();
+}

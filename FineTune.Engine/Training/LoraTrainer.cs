@@ -1,0 +1,266 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using FineTune.Engine.Adapters;
+using FineTune.Engine.Data;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace FineTune.Engine.Training;
+
+/// <summary>
+/// Trains the LoRA adapters of a model like HF Trainer + PEFT: AdamW, LambdaLR schedule with warmup,
+/// gradient accumulation with the loss normalised by the tokens of the whole accumulation window,
+/// clipping, checkpoints and resume. The loss is lm_head + cross-entropy at answer positions only,
+/// in chunks, in fp32.
+/// </summary>
+public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings, string baseModelName, ILogger? logger = null)
+{
+    private readonly ILogger _logger = logger ?? NullLogger.Instance;
+
+    /// <summary>
+    /// Runs (or resumes) training. <paramref name="checkpointsFolder"/> receives checkpoint-N folders when
+    /// SaveSteps &gt; 0; <paramref name="resumeFrom"/> is a checkpoint folder to continue from.
+    /// </summary>
+    public TrainingResult Train(DataSplit data, TrainingOptions options, IProgress<TrainingProgress>? progress = null,
+        CancellationToken cancellationToken = default, string? checkpointsFolder = null, string? resumeFrom = null)
+    {
+        options.Validate();
+        if (data.Train.Count == 0) throw new ArgumentException("There are no training rows left (all were empty or dropped). Check the data file.", nameof(data));
+        var trainable = model.Module.parameters().Where(p => p.requires_grad).ToList();
+        if (trainable.Count == 0) throw new InvalidOperationException("The model has no trainable parameters: attach LoRA adapters first (LoraInjector.Attach).");
+
+        var device = trainable[0].device;
+        var adapterLayers = model.NamedLinears().Select(l => l.Layer).Where(l => l.HasAdapter).ToList();
+        int stepsPerEpoch = options.StepsPerEpoch(data.Train.Count);
+        int totalSteps = options.TotalSteps(data.Train.Count);
+        var schedule = new LearningRateSchedule(options.Schedule, options.WarmupStepCount(totalSteps), totalSteps);
+        using var optimizer = new AdamW(trainable, options.LearningRate, options.AdamBeta1, options.AdamBeta2, options.AdamEpsilon, options.WeightDecay);
+        var scaler = options.UseLossScaling ? new LossScaler() : null;
+
+        var history = new List<StepRecord>();
+        int startStep = 0;
+        if (resumeFrom is not null)
+        {
+            var state = Checkpoints.Restore(resumeFrom, model, optimizer);
+            if (state.TrainRows != data.Train.Count || state.BatchSize != options.BatchSize || state.GradientAccumulationSteps != options.GradientAccumulationSteps || state.Seed != options.Seed)
+                throw new CheckpointException($"The checkpoint '{resumeFrom}' was made with {state.TrainRows} rows, batch {state.BatchSize} × {state.GradientAccumulationSteps}, seed {state.Seed}; this run has {data.Train.Count} rows, batch {options.BatchSize} × {options.GradientAccumulationSteps}, seed {options.Seed}. Resume with the same data and settings, or start a new run.");
+            startStep = state.GlobalStep;
+            history.AddRange(state.History);
+            if (scaler is not null && state.LossScale is double s) scaler.Scale = s;
+            _logger.LogInformation("Resuming from {Checkpoint} at step {Step} of {Total}", resumeFrom, startStep, totalSteps);
+        }
+
+        string? lastCheckpoint = null;
+        var clock = Stopwatch.StartNew();
+        long tokensSeen = 0;
+        int orderEpoch = -1;
+        List<int[]> batches = [];
+        double lossSinceLog = 0;
+        int stepsSinceLog = 0;
+        model.Module.train();
+        try
+        {
+            for (int step = startStep; step < totalSteps; step++)
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                int epoch = step / stepsPerEpoch, stepInEpoch = step % stepsPerEpoch;
+                if (epoch != orderEpoch)
+                {
+                    var order = Batching.EpochOrder(data.Train.Count, options.Seed, epoch, options.Shuffle);
+                    batches = Batching.MakeBatches(data.Train, order, options.BatchSize, options.Layout);
+                    orderEpoch = epoch;
+                }
+                var window = batches.Skip(stepInEpoch * options.GradientAccumulationSteps).Take(options.GradientAccumulationSteps).ToList();
+
+                // Dropout masks depend on (seed, step) alone, so a resumed run draws the same ones.
+                manual_seed(options.Seed + step);
+                // A TorchSharp Generator lives on the CPU; on CUDA the device's default generator, seeded just above, draws the masks.
+                using var dropoutGenerator = device.type == DeviceType.CPU ? new Generator((ulong)(options.Seed + step), device) : null;
+                foreach (var layer in adapterLayers) layer.DropoutGenerator = dropoutGenerator;
+                double lr = options.LearningRate * schedule.Factor(step);
+                foreach (var group in optimizer.ParamGroups) group.LearningRate = lr;
+
+                var (loss, gradNorm, tokens, skipped) = Step(window, data.Train, options, optimizer, trainable, scaler, device, cancellationToken);
+                tokensSeen += tokens;
+                double epochReached = (double)(step + 1) / stepsPerEpoch;
+                double? evalLoss = null;
+                bool last = step + 1 == totalSteps;
+                bool epochEnd = (step + 1) % stepsPerEpoch == 0;
+                if (data.Validation.Count > 0 && (last || (options.EvalSteps > 0 ? (step + 1) % options.EvalSteps == 0 : epochEnd)))
+                    evalLoss = Evaluate(data.Validation, options, device, cancellationToken);
+
+                // Logged like HF: the learning rate after the scheduler stepped (what the next step uses; 0 at the end).
+                double loggedLr = options.LearningRate * schedule.Factor(step + 1);
+                history.Add(new StepRecord(step + 1, Math.Round(epochReached, 4), loss, loggedLr, gradNorm, evalLoss));
+                if (skipped) _logger.LogWarning("Step {Step}: fp16 gradients overflowed; the step was skipped and the loss scale lowered to {Scale}", step + 1, scaler!.Scale);
+                lossSinceLog += loss;
+                stepsSinceLog++;
+                if ((step + 1) % options.LoggingSteps == 0 || last || evalLoss is not null)
+                {
+                    var elapsed = clock.Elapsed;
+                    int done = step + 1 - startStep;
+                    var eta = TimeSpan.FromSeconds(elapsed.TotalSeconds / Math.Max(1, done) * (totalSteps - step - 1));
+                    progress?.Report(new TrainingProgress(step + 1, totalSteps, epochReached, lossSinceLog / stepsSinceLog, loggedLr, gradNorm,
+                        tokensSeen / Math.Max(1e-9, elapsed.TotalSeconds), elapsed, eta,
+                        device.type == DeviceType.CUDA ? GpuMemory.UsedBytes() : null, evalLoss));
+                    lossSinceLog = 0;
+                    stepsSinceLog = 0;
+                }
+
+                if (checkpointsFolder is not null && options.SaveSteps > 0 && ((step + 1) % options.SaveSteps == 0 || last))
+                {
+                    var state = new CheckpointState(step + 1, totalSteps, options.Seed, data.Train.Count, options.BatchSize,
+                        options.GradientAccumulationSteps, options.Epochs, history, scaler?.Scale);
+                    lastCheckpoint = Checkpoints.Save(checkpointsFolder, model, optimizer, settings, baseModelName, state, options.SaveTotalLimit);
+                }
+                if (options.StopAfterSteps > 0 && step + 1 - startStep >= options.StopAfterSteps && !last)
+                    return Result(history, totalSteps, completed: false, lastCheckpoint);
+            }
+        }
+        finally
+        {
+            foreach (var layer in adapterLayers) layer.DropoutGenerator = null;
+            model.Module.eval();
+        }
+        return Result(history, totalSteps, completed: true, lastCheckpoint);
+    }
+
+    /// <summary>Mean token loss on the validation rows (no dropout, no gradients).</summary>
+    public double Evaluate(IReadOnlyList<TrainingExample> rows, TrainingOptions options, Device device, CancellationToken cancellationToken = default)
+    {
+        bool wasTraining = model.Module.training;
+        model.Module.eval();
+        try
+        {
+            using var _ = no_grad();
+            using var evalScope = NewDisposeScope();
+            double sum = 0;
+            long count = 0;
+            foreach (var indices in Enumerable.Range(0, rows.Count).Chunk(options.BatchSize))
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                using var scope = NewDisposeScope();
+                using var batch = Batching.Collate(rows, indices, options.Layout, device);
+                if (batch.TargetCount == 0) continue;
+                var hidden = model.HiddenStates(batch.InputIds, batch.PositionIds, batch.AttentionMask);
+                sum += LossSum(hidden, batch.Targets, options.LossChunkSize).item<float>();
+                count += batch.TargetCount;
+            }
+            return count == 0 ? double.NaN : sum / count;
+        }
+        finally
+        {
+            if (wasTraining) model.Module.train();
+        }
+    }
+
+    private (double Loss, double GradNorm, long Tokens, bool Skipped) Step(List<int[]> window, IReadOnlyList<TrainingExample> rows, TrainingOptions options,
+        AdamW optimizer, List<Parameter> trainable, LossScaler? scaler, Device device, CancellationToken cancellationToken)
+    {
+        int windowTargets = window.Sum(indices => indices.Sum(i => rows[i].TargetCount));
+        double lossValue = 0;
+        long tokens = 0;
+        // Also catches the tensor handles the optimizer and clipping create (p.grad wrappers).
+        using var stepScope = NewDisposeScope();
+        try
+        {
+            optimizer.zero_grad();
+            foreach (var indices in window)
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                using var scope = NewDisposeScope();
+                using var batch = Batching.Collate(rows, indices, options.Layout, device);
+                tokens += batch.TokenCount;
+                if (batch.TargetCount == 0) continue;
+                var hidden = model.HiddenStates(batch.InputIds, batch.PositionIds, batch.AttentionMask); // (B, T, H)
+                var loss = LossSum(hidden, batch.Targets, options.LossChunkSize) / windowTargets;
+                lossValue += loss.item<float>();
+                (scaler is null ? loss : loss * scaler.Scale).backward();
+            }
+            bool finite = true;
+            if (scaler is not null) finite = scaler.Unscale(trainable);
+            double gradNorm = options.MaxGradNorm > 0
+                ? nn.utils.clip_grad_norm_(trainable, options.MaxGradNorm)
+                : GradNorm(trainable);
+            if (finite && double.IsFinite(gradNorm)) optimizer.step();
+            else if (scaler is null) _logger.LogWarning("The gradient norm is {Norm}; the step was skipped. Lower the learning rate if this repeats.", gradNorm);
+            scaler?.Update(finite && double.IsFinite(gradNorm));
+            optimizer.zero_grad();
+            return (lossValue, gradNorm, tokens, scaler is not null && !(finite && double.IsFinite(gradNorm)));
+        }
+        catch (Exception e) when (IsOutOfMemory(e))
+        {
+            optimizer.zero_grad();
+            GC.Collect();
+            throw new TrainingOutOfMemoryException("a training step", e);
+        }
+    }
+
+    /// <summary>Sum of fp32 cross-entropy over positions whose target is not -100; lm_head runs on those positions only, in chunks.</summary>
+    internal Tensor LossSum(Tensor hidden, Tensor targets, int chunkSize)
+    {
+        using var scope = NewDisposeScope();
+        long H = hidden.shape[^1];
+        var flatTargets = targets.reshape(-1);                                     // (B·T)
+        var positions = flatTargets.ne(TrainingExamples.IgnoreIndex).nonzero().squeeze(1); // (N)
+        var h = hidden.reshape(-1, H).index_select(0, positions);                  // (N, H)
+        var t = flatTargets.index_select(0, positions);                            // (N)
+        Tensor total = zeros(1, dtype: ScalarType.Float32, device: hidden.device).squeeze();
+        long n = positions.shape[0];
+        for (long start = 0; start < n; start += chunkSize)
+        {
+            long end = Math.Min(n, start + chunkSize);
+            var logits = model.LmHead.forward(h[(int)start..(int)end]).to(ScalarType.Float32); // (n, V)
+            total = total + nn.functional.cross_entropy(logits, t[(int)start..(int)end], reduction: nn.Reduction.Sum);
+        }
+        return scope.MoveToOuter(total);
+    }
+
+    private static double GradNorm(List<Parameter> parameters)
+    {
+        using var scope = NewDisposeScope();
+        var norms = parameters.Where(p => p.grad is not null).Select(p => p.grad!.to(ScalarType.Float32).norm()).ToList();
+        return norms.Count == 0 ? 0 : stack(norms).norm().item<float>();
+    }
+
+    internal static bool IsOutOfMemory(Exception e) =>
+        e is OutOfMemoryException
+        || (e is ExternalException or InvalidOperationException or ArgumentException &&
+            (e.Message.Contains("out of memory", StringComparison.OrdinalIgnoreCase) || e.Message.Contains("can't allocate memory", StringComparison.OrdinalIgnoreCase)));
+
+    private static TrainingResult Result(List<StepRecord> history, int totalSteps, bool completed, string? lastCheckpoint)
+    {
+        double? finalTrain = history.Count > 0 ? history[^1].Loss : null;
+        double? finalEval = history.LastOrDefault(h => h.EvalLoss is not null)?.EvalLoss;
+        return new TrainingResult(history.Count > 0 ? history[^1].Step : 0, totalSteps, history, finalTrain, finalEval, completed, lastCheckpoint);
+    }
+
+    /// <summary>Dynamic loss scaling for fp16 (torch.amp.GradScaler's defaults: 2^16, ×2 after 2000 good steps, ÷2 on overflow).</summary>
+    private sealed class LossScaler
+    {
+        public double Scale { get; set; } = 65536;
+        private int _goodSteps;
+
+        public bool Unscale(List<Parameter> parameters)
+        {
+            using var _ = no_grad();
+            bool finite = true;
+            foreach (var p in parameters)
+            {
+                if (p.grad is null) continue;
+                p.grad.div_(Scale);
+                if (!isfinite(p.grad).all().item<bool>()) finite = false;
+            }
+            return finite;
+        }
+
+        public void Update(bool finite)
+        {
+            if (!finite) { Scale /= 2; _goodSteps = 0; return; }
+            if (++_goodSteps >= 2000) { Scale *= 2; _goodSteps = 0; }
+        }
+    }
+}

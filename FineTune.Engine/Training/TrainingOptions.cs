@@ -1,0 +1,77 @@
+using FineTune.Engine.Data;
+
+namespace FineTune.Engine.Training;
+
+public enum LearningRateScheduleKind
+{
+    /// <summary>HF get_linear_schedule_with_warmup.</summary>
+    Linear,
+    /// <summary>HF get_cosine_schedule_with_warmup (half a cosine).</summary>
+    Cosine,
+    /// <summary>HF get_constant_schedule_with_warmup.</summary>
+    Constant,
+}
+
+/// <summary>
+/// Trainer settings with HF TrainingArguments' meaning. Defaults follow the tutorial
+/// (3 epochs, batch 1 × accumulation 4, lr 2e-4) and HF (AdamW β 0.9/0.999, ε 1e-8, weight decay 0,
+/// clipping at 1.0, linear schedule, seed 42).
+/// </summary>
+public sealed record TrainingOptions
+{
+    public double Epochs { get; init; } = 3;
+    public double LearningRate { get; init; } = 2e-4;
+    public int BatchSize { get; init; } = 1;
+    public int GradientAccumulationSteps { get; init; } = 4;
+    public double WeightDecay { get; init; }
+    public double AdamBeta1 { get; init; } = 0.9;
+    public double AdamBeta2 { get; init; } = 0.999;
+    public double AdamEpsilon { get; init; } = 1e-8;
+    public double MaxGradNorm { get; init; } = 1.0;
+    public LearningRateScheduleKind Schedule { get; init; } = LearningRateScheduleKind.Linear;
+    /// <summary>Warmup optimizer steps; when 0, <see cref="WarmupRatio"/> of the total (rounded up) is used.</summary>
+    public int WarmupSteps { get; init; }
+    public double WarmupRatio { get; init; }
+    public int Seed { get; init; } = 42;
+    public bool Shuffle { get; init; } = true;
+    public BatchLayout Layout { get; init; } = BatchLayout.Packed;
+    /// <summary>A progress event every this many optimizer steps (and at the last step).</summary>
+    public int LoggingSteps { get; init; } = 1;
+    /// <summary>Validation loss every this many steps (0: only at the end of each epoch).</summary>
+    public int EvalSteps { get; init; }
+    /// <summary>A checkpoint every this many steps (0: none).</summary>
+    public int SaveSteps { get; init; }
+    /// <summary>Checkpoints kept (oldest deleted first); 0 keeps all.</summary>
+    public int SaveTotalLimit { get; init; } = 2;
+    /// <summary>Hidden states per lm_head chunk when computing the loss (bounds the fp32 logits held at once).</summary>
+    public int LossChunkSize { get; init; } = 1024;
+    /// <summary>Dynamic loss scaling for fp16 compute (where bf16 is missing).</summary>
+    public bool UseLossScaling { get; init; }
+    /// <summary>Stop after this many optimizer steps (for tests and "crash" simulation); 0: run to the end.</summary>
+    public int StopAfterSteps { get; init; }
+
+    public void Validate()
+    {
+        if (!(Epochs > 0)) throw new ArgumentOutOfRangeException(nameof(Epochs), Epochs, "Epochs must be more than 0 (e.g. 3).");
+        if (!(LearningRate > 0) || LearningRate > 1) throw new ArgumentOutOfRangeException(nameof(LearningRate), LearningRate, "The learning rate must be in (0, 1]; 2e-4 is usual for LoRA.");
+        if (BatchSize < 1) throw new ArgumentOutOfRangeException(nameof(BatchSize), BatchSize, "The batch size must be at least 1.");
+        if (GradientAccumulationSteps < 1) throw new ArgumentOutOfRangeException(nameof(GradientAccumulationSteps), GradientAccumulationSteps, "Gradient accumulation must be at least 1.");
+        if (WarmupSteps < 0 || WarmupRatio < 0 || WarmupRatio >= 1) throw new ArgumentOutOfRangeException(nameof(WarmupRatio), WarmupRatio, "Warmup steps must be ≥ 0 and the warmup ratio in [0, 1).");
+        if (LoggingSteps < 1) throw new ArgumentOutOfRangeException(nameof(LoggingSteps), LoggingSteps, "Logging steps must be at least 1.");
+        if (SaveSteps < 0 || SaveTotalLimit < 0 || EvalSteps < 0) throw new ArgumentOutOfRangeException(nameof(SaveSteps), "Save/eval steps and the checkpoint limit cannot be negative.");
+        if (MaxGradNorm < 0) throw new ArgumentOutOfRangeException(nameof(MaxGradNorm), MaxGradNorm, "max_grad_norm cannot be negative (0 turns clipping off).");
+    }
+
+    /// <summary>HF Trainer's optimizer steps per epoch: ceil(ceil(rows / batch) / accumulation), at least 1.</summary>
+    public int StepsPerEpoch(int trainRows)
+    {
+        int batches = (trainRows + BatchSize - 1) / BatchSize;
+        return Math.Max(1, (batches + GradientAccumulationSteps - 1) / GradientAccumulationSteps);
+    }
+
+    /// <summary>HF Trainer's max_steps: ceil(epochs × steps per epoch).</summary>
+    public int TotalSteps(int trainRows) => (int)Math.Ceiling(Epochs * StepsPerEpoch(trainRows));
+
+    /// <summary>HF get_warmup_steps: warmup_steps if &gt; 0, else ceil(total × warmup_ratio).</summary>
+    public int WarmupStepCount(int totalSteps) => WarmupSteps > 0 ? WarmupSteps : (int)Math.Ceiling(totalSteps * WarmupRatio);
+}

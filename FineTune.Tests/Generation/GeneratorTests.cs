@@ -1,0 +1,126 @@
+using FineTune.Engine.Backend;
+using FineTune.Engine.Generation;
+using FineTune.Engine.Models;
+using FineTune.Engine.Tokenization;
+using FineTune.Tests.Models;
+using static TorchSharp.torch;
+using Generator = FineTune.Engine.Generation.Generator;
+
+namespace FineTune.Tests.Generation;
+
+/// <summary>Generation behaviour on the tiny qwen2 fixture: cache consistency, stops, seeds, cancellation, text.</summary>
+public sealed class GeneratorTests : IDisposable
+{
+    private static readonly int[] Prompt = [497, 834, 515, 414, 532, 293];
+    private readonly CausalLM _model;
+    private readonly Generator _generator;
+
+    public GeneratorTests()
+    {
+        _ = ComputeBackend.Current;
+        _model = ModelLoader.Load(ModelFixtures.Folder("qwen2"), new ModelLoadOptions { Device = CPU, DType = ScalarType.Float32 });
+        _generator = new Generator(_model);
+    }
+
+    public void Dispose() => _model.Dispose();
+
+    [Fact]
+    public void Incremental_logits_with_the_cache_equal_a_full_forward()
+    {
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        var ids = tensor(Prompt.Select(i => (long)i).ToArray(), [1, Prompt.Length]);
+        var full = _model.Logits(ids);                                                   // (1, T, V)
+        using var cache = _model.NewCache(Prompt.Length);
+        var first = _model.Logits(ids.narrow(1, 0, 4), cache: cache);                    // positions 0..3
+        var second = _model.Logits(ids.narrow(1, 4, 1), cache: cache);                  // position 4
+        var third = _model.Logits(ids.narrow(1, 5, 1), cache: cache);                    // position 5
+        var incremental = cat([first, second, third], 1);
+        Assert.Equal(Prompt.Length, cache.Length);
+        double diff = (incremental - full).abs().max().item<float>();
+        Assert.True(diff < 1e-5, $"max diff {diff}");
+    }
+
+    [Fact]
+    public void Stops_after_a_stop_token_and_returns_it_last()
+    {
+        int[] free = _generator.Generate(Prompt, GenerationSettings.Greedy(8)).ToArray();
+        Assert.Equal(8, free.Length);
+        int stop = free[2];
+        int firstStop = Array.IndexOf(free, stop);
+        int[] stopped = _generator.Generate(Prompt, GenerationSettings.Greedy(8, [stop])).ToArray();
+        Assert.Equal(free.Take(firstStop + 1), stopped);
+    }
+
+    [Fact]
+    public void Sampling_with_a_seed_is_reproducible_and_differs_across_seeds()
+    {
+        var settings = new GenerationSettings { DoSample = true, Temperature = 1.5, TopK = 0, TopP = 1.0, MaxNewTokens = 24, Seed = 11 };
+        int[] a = _generator.Generate(Prompt, settings).ToArray();
+        int[] b = _generator.Generate(Prompt, settings).ToArray();
+        int[] c = _generator.Generate(Prompt, settings with { Seed = 12 }).ToArray();
+        Assert.Equal(a, b);
+        Assert.NotEqual(a, c);
+    }
+
+    [Fact]
+    public void Respects_max_new_tokens_and_the_context_length()
+    {
+        Assert.Equal(3, _generator.Generate(Prompt, GenerationSettings.Greedy(3)).Count());
+        int[] tooLong = Enumerable.Repeat(100, _model.Config.MaxPositionEmbeddings).ToArray();
+        var error = Assert.Throws<ArgumentException>(() => _generator.Generate(tooLong, GenerationSettings.Greedy(3)).ToArray());
+        Assert.Contains("at most", error.Message);
+    }
+
+    [Fact]
+    public async Task Streams_asynchronously_and_stops_when_cancelled()
+    {
+        using var cancel = new CancellationTokenSource();
+        var received = new List<int>();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(async () =>
+        {
+            await foreach (int id in _generator.GenerateAsync(Prompt, GenerationSettings.Greedy(50), cancel.Token))
+            {
+                received.Add(id);
+                if (received.Count == 3) await cancel.CancelAsync();
+            }
+        });
+        Assert.Equal(3, received.Count);
+        int[] expected = _generator.Generate(Prompt, GenerationSettings.Greedy(3)).ToArray();
+        Assert.Equal(expected, received);
+    }
+
+    [Fact]
+    public async Task Text_generation_streams_the_decoded_greedy_answer_without_the_stop_token()
+    {
+        string folder = ModelFixtures.Folder("qwen2");
+        var tokenizer = TokenizerLoader.Load(folder);
+        var text = new TextGenerator(_generator, tokenizer);
+        var settings = GenerationSettings.Greedy(12);
+        string prompt = "你們的產品保固期是多久？";
+        var pieces = new List<string>();
+        await foreach (string piece in text.StreamAsync(prompt, settings)) pieces.Add(piece);
+
+        int[] ids = _generator.Generate(tokenizer.Encode(prompt), settings).ToArray();
+        Assert.Equal(tokenizer.Decode(ids, skipSpecialTokens: true), string.Concat(pieces));
+        Assert.NotEmpty(pieces);
+
+        // With the first generated id as a stop id, nothing is shown.
+        string none = await text.GenerateAsync(prompt, settings with { StopTokenIds = new HashSet<int> { ids[0] } });
+        Assert.Equal("", none);
+    }
+
+    [Fact]
+    public void Default_settings_come_from_generation_config_and_the_tokenizer()
+    {
+        string folder = ModelFixtures.Folder("qwen-v1");
+        var config = ModelConfig.Load(folder);
+        var settings = GenerationSettings.FromModelFolder(folder, config, [4242]);
+        Assert.True(settings.DoSample);
+        Assert.Equal(0.8, settings.TopP);
+        Assert.Equal(0, settings.TopK);
+        Assert.Equal(1.1, settings.RepetitionPenalty);
+        Assert.Equal(512, settings.MaxNewTokens);
+        Assert.Equal(new HashSet<int> { 900, 902, 4242 }, settings.StopTokenIds); // eos, stop_words_ids [[900],[902]], extra
+    }
+}

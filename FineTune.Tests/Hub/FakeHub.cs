@@ -1,0 +1,148 @@
+using System.Collections.Concurrent;
+using System.Text;
+using System.Text.Json;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+
+namespace FineTune.Tests.Hub;
+
+/// <summary>
+/// A Hugging Face Hub stand-in on 127.0.0.1 (Kestrel): the revision API with sizes and resolve URLs with
+/// Range support, plus switches to demand a token, drop connections mid-file, and record every request.
+/// </summary>
+internal sealed class FakeHub : IAsyncDisposable
+{
+    private readonly WebApplication _app;
+
+    public string ModelId { get; init; } = "tiny-org/tiny-model";
+    public string Commit { get; set; } = "0123456789abcdef";
+    public Dictionary<string, byte[]> Files { get; } = new(StringComparer.Ordinal);
+    /// <summary>When set, requests need "Authorization: Bearer &lt;token&gt;" (a gated model).</summary>
+    public string? RequiredToken { get; set; }
+    /// <summary>A file download that would send more than this many bytes is cut off after them, CutCount times.</summary>
+    public int CutAfterBytes { get; set; }
+    public int CutCount { get; set; }
+    /// <summary>Files the listing names (with these sizes) but resolve does not serve.</summary>
+    public Dictionary<string, long> ListedOnly { get; } = new(StringComparer.Ordinal);
+    public ConcurrentQueue<string> Requests { get; } = new();
+    public string Endpoint { get; private set; } = "";
+
+    private FakeHub(WebApplication app) => _app = app;
+
+    public static async Task<FakeHub> StartAsync(Action<FakeHub>? configure = null)
+    {
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        builder.WebHost.UseUrls("http://127.0.0.1:0");
+        var app = builder.Build();
+        var hub = new FakeHub(app);
+        configure?.Invoke(hub);
+        app.MapGet("/api/models/{org}/{name}/revision/{revision}", hub.Revision);
+        app.MapGet("/{org}/{name}/resolve/{revision}/{**file}", hub.Resolve);
+        await app.StartAsync();
+        hub.Endpoint = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+        return hub;
+    }
+
+    public byte[] AddFile(string name, int size, int seed = 1)
+    {
+        var bytes = new byte[size];
+        new Random(seed).NextBytes(bytes);
+        Files[name] = bytes;
+        return bytes;
+    }
+
+    public void AddText(string name, string text) => Files[name] = Encoding.UTF8.GetBytes(text);
+
+    public int CountRequests(string contains) => Requests.Count(r => r.Contains(contains, StringComparison.Ordinal));
+
+    private async Task Revision(HttpContext context, string org, string name, string revision)
+    {
+        Log(context);
+        if (!await Admit(context, $"{org}/{name}")) return;
+        var body = new
+        {
+            id = ModelId,
+            sha = Commit,
+            siblings = Files.Select(f => new { rfilename = f.Key, size = (long)f.Value.Length })
+                .Concat(ListedOnly.Select(f => new { rfilename = f.Key, size = f.Value }))
+                .Append(new { rfilename = "original/consolidated.pth", size = 10L })
+                .Append(new { rfilename = "pytorch_model.bin", size = 10L }),
+        };
+        context.Response.ContentType = "application/json";
+        await context.Response.WriteAsync(JsonSerializer.Serialize(body));
+    }
+
+    private async Task Resolve(HttpContext context, string org, string name, string revision, string file)
+    {
+        Log(context);
+        if (!await Admit(context, $"{org}/{name}")) return;
+        if (!Files.TryGetValue(file, out var bytes))
+        {
+            context.Response.StatusCode = 404;
+            context.Response.Headers["X-Error-Code"] = "EntryNotFound";
+            return;
+        }
+        long start = 0;
+        string? range = context.Request.Headers.Range;
+        if (range is not null && range.StartsWith("bytes=", StringComparison.Ordinal) && range.EndsWith('-'))
+        {
+            start = long.Parse(range["bytes=".Length..^1]);
+            if (start >= bytes.Length)
+            {
+                context.Response.StatusCode = 416;
+                context.Response.Headers.ContentRange = $"bytes */{bytes.Length}";
+                return;
+            }
+            context.Response.StatusCode = 206;
+            context.Response.Headers.ContentRange = $"bytes {start}-{bytes.Length - 1}/{bytes.Length}";
+        }
+        long count = bytes.Length - start;
+        context.Response.ContentLength = count;
+        if (CutCount > 0 && count > CutAfterBytes)
+        {
+            CutCount--;
+            await context.Response.Body.WriteAsync(bytes.AsMemory((int)start, CutAfterBytes));
+            await context.Response.Body.FlushAsync();
+            await Task.Delay(100); // let the bytes reach the client before the reset
+            context.Abort();
+            return;
+        }
+        await context.Response.Body.WriteAsync(bytes.AsMemory((int)start, (int)count));
+    }
+
+    /// <summary>The Hub answers an unknown repository with 401 RepoNotFound without a token, 404 with one.</summary>
+    private async Task<bool> Admit(HttpContext context, string repo)
+    {
+        string auth = context.Request.Headers.Authorization.ToString();
+        if (repo != ModelId)
+        {
+            context.Response.StatusCode = auth.Length == 0 ? 401 : 404;
+            context.Response.Headers["X-Error-Code"] = "RepoNotFound";
+            await context.Response.WriteAsync("{\"error\":\"Repository Not Found\"}");
+            return false;
+        }
+        if (RequiredToken is not null && auth != $"Bearer {RequiredToken}")
+        {
+            context.Response.StatusCode = auth.Length == 0 ? 401 : 403;
+            context.Response.Headers["X-Error-Code"] = "GatedRepo";
+            await context.Response.WriteAsync("{\"error\":\"Access to model is restricted\"}");
+            return false;
+        }
+        return true;
+    }
+
+    private void Log(HttpContext context) =>
+        Requests.Enqueue($"{context.Request.Path} range={context.Request.Headers.Range} auth={context.Request.Headers.Authorization}");
+
+    public async ValueTask DisposeAsync()
+    {
+        await _app.StopAsync();
+        await _app.DisposeAsync();
+    }
+}

@@ -1,0 +1,225 @@
+using FineTune.Engine.Adapters;
+using FineTune.Engine.Backend;
+using FineTune.Engine.Data;
+using FineTune.Engine.Training;
+using FineTune.Tests.Adapters;
+using static TorchSharp.torch;
+
+namespace FineTune.Tests.Training;
+
+public class TrainerTests
+{
+    public TrainerTests() => _ = ComputeBackend.Current;
+
+    private static readonly LoraSettings Settings = new(Rank: 4, Alpha: 8, Dropout: 0.05, TargetModules: ["q_proj", "k_proj", "v_proj", "o_proj"]);
+
+    /// <summary>Rows "prompt tokens → answer tokens" where the answer is a fixed function of the prompt.</summary>
+    internal static List<TrainingExample> SyntheticRows(int count, int seed = 5)
+    {
+        var random = new Random(seed);
+        var rows = new List<TrainingExample>();
+        for (int i = 0; i < count; i++)
+        {
+            int a = random.Next(1, 30), b = random.Next(1, 30);
+            int[] prompt = [a, b, 60];
+            int[] answer = [(a + b) % 30 + 30, a, 63];
+            int[] ids = [.. prompt, .. answer];
+            var targets = new int[ids.Length];
+            for (int t = 0; t < ids.Length; t++) targets[t] = t + 1 < ids.Length && t + 1 >= prompt.Length ? ids[t + 1] : -100;
+            rows.Add(new TrainingExample(ids, targets, i + 1));
+        }
+        return rows;
+    }
+
+    private static TinyCausalLM ModelWithLora(LoraSettings? settings = null)
+    {
+        var model = new TinyCausalLM();
+        LoraInjector.Attach(model.NamedLinears(), settings ?? Settings, seed: 1);
+        return model;
+    }
+
+    [Theory]
+    [InlineData(5, 1, 4, 3, 6)]      // tutorial: ceil(5/1)=5 batches, ceil(5/4)=2 steps/epoch
+    [InlineData(100, 8, 4, 1, 4)]    // 13 batches → ceil(13/4)=4
+    [InlineData(3, 4, 4, 2, 2)]      // fewer batches than accumulation: 1 step per epoch
+    [InlineData(10, 2, 1, 1.5, 8)]   // fractional epochs: ceil(1.5 × 5)
+    public void Step_count_equals_hf_trainer(int rows, int batch, int accumulation, double epochs, int expected)
+    {
+        var options = new TrainingOptions { BatchSize = batch, GradientAccumulationSteps = accumulation, Epochs = epochs };
+        Assert.Equal(expected, options.TotalSteps(rows));
+    }
+
+    [Fact]
+    public void Schedules_follow_hf_lambdas()
+    {
+        var linear = new LearningRateSchedule(LearningRateScheduleKind.Linear, warmupSteps: 2, totalSteps: 10);
+        Assert.Equal([0.0, 0.5, 1.0, 7 / 8.0, 0.0], new[] { 0, 1, 2, 3, 10 }.Select(linear.Factor));
+        var cosine = new LearningRateSchedule(LearningRateScheduleKind.Cosine, warmupSteps: 0, totalSteps: 10);
+        Assert.Equal(1.0, cosine.Factor(0), 12);
+        Assert.Equal(0.5, cosine.Factor(5), 12);
+        Assert.Equal(0.0, cosine.Factor(10), 12);
+        var options = new TrainingOptions { WarmupRatio = 0.1 };
+        Assert.Equal(2, options.WarmupStepCount(11)); // ceil(1.1)
+    }
+
+    [Fact]
+    public void Training_lowers_the_loss_changes_only_the_adapters_and_reports_progress()
+    {
+        using var model = ModelWithLora();
+        var baseWeight = model.model.layers[0].self_attn.q_proj.weight!.clone();
+        var lmHead = model.lm_head.weight!.clone();
+        var rows = SyntheticRows(24);
+        var data = new DataSplit(rows, []);
+        var events = new List<TrainingProgress>();
+        var trainer = new LoraTrainer(model, Settings, "tiny");
+        var options = new TrainingOptions { Epochs = 8, LearningRate = 1e-2, BatchSize = 4, GradientAccumulationSteps = 1, LoggingSteps = 2 };
+
+        double before = trainer.Evaluate(rows, options, CPU);
+        var result = trainer.Train(data, options, new SyncProgress<TrainingProgress>(events.Add));
+        double after = trainer.Evaluate(rows, options, CPU);
+
+        Assert.True(result.Completed);
+        Assert.Equal(48, result.TotalSteps);
+        Assert.Equal(48, result.History.Count);
+        Assert.True(after < before * 0.8, $"loss {before} → {after}");
+        Assert.Equal(0, (model.model.layers[0].self_attn.q_proj.weight! - baseWeight).abs().max().item<float>());
+        Assert.Equal(0, (model.lm_head.weight! - lmHead).abs().max().item<float>());
+        Assert.True(model.model.layers[0].self_attn.q_proj.lora_B!.weight!.abs().max().item<float>() > 0);
+
+        Assert.Equal(24, events.Count);
+        Assert.Equal(new[] { 2, 4, 6 }, events.Take(3).Select(e => e.Step));
+        var last = events[^1];
+        Assert.Equal(48, last.Step);
+        Assert.Equal(48, last.TotalSteps);
+        Assert.Equal(8.0, last.Epoch, 6);
+        Assert.True(last.TokensPerSecond > 0);
+        Assert.True(double.IsFinite(last.GradNorm) && last.GradNorm > 0);
+        Assert.Equal(0, last.LearningRate, 12); // linear schedule ends at 0
+        Assert.Null(last.GpuMemoryBytes);
+    }
+
+    [Fact]
+    public void Resume_from_a_checkpoint_continues_the_same_loss_curve()
+    {
+        var rows = SyntheticRows(20);
+        var data = new DataSplit(rows, []);
+        var options = new TrainingOptions { Epochs = 2, LearningRate = 3e-3, BatchSize = 2, GradientAccumulationSteps = 2, WarmupSteps = 2, SaveSteps = 3, SaveTotalLimit = 2 };
+        string folder = TestPaths.NewTempFolder("resume");
+        try
+        {
+            TrainingResult straight;
+            using (var model = ModelWithLora())
+                straight = new LoraTrainer(model, Settings, "tiny").Train(data, options);
+
+            string checkpoints = Path.Combine(folder, "checkpoints");
+            using (var model = ModelWithLora())
+            {
+                var crashed = new LoraTrainer(model, Settings, "tiny").Train(data, options with { StopAfterSteps = 6 }, checkpointsFolder: checkpoints);
+                Assert.False(crashed.Completed);
+            }
+            string latest = Checkpoints.Latest(checkpoints)!;
+            Assert.EndsWith("checkpoint-6", latest);
+            Assert.True(File.Exists(Path.Combine(latest, PeftAdapter.WeightsFile)));
+            Assert.True(File.Exists(Path.Combine(latest, Checkpoints.OptimizerFile)));
+
+            TrainingResult resumed;
+            using (var model = ModelWithLora(Settings with { }))
+                resumed = new LoraTrainer(model, Settings, "tiny").Train(data, options, checkpointsFolder: checkpoints, resumeFrom: latest);
+
+            Assert.Equal(straight.History.Count, resumed.History.Count);
+            for (int i = 0; i < straight.History.Count; i++)
+            {
+                Assert.Equal(straight.History[i].Loss, resumed.History[i].Loss, 5);
+                Assert.Equal(straight.History[i].LearningRate, resumed.History[i].LearningRate, 12);
+            }
+            // save_total_limit 2: only the two newest checkpoints stay (9 and the final 10)
+            var kept = Directory.GetDirectories(checkpoints).Select(Path.GetFileName).Order().ToList();
+            Assert.Equal(["checkpoint-10", "checkpoint-9"], kept);
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
+    [Fact]
+    public void Resume_with_other_settings_is_refused_with_a_clear_message()
+    {
+        var rows = SyntheticRows(8);
+        string folder = TestPaths.NewTempFolder("resume-bad");
+        try
+        {
+            var options = new TrainingOptions { Epochs = 1, BatchSize = 2, GradientAccumulationSteps = 1, SaveSteps = 2 };
+            using (var model = ModelWithLora())
+                new LoraTrainer(model, Settings, "tiny").Train(new DataSplit(rows, []), options, checkpointsFolder: folder);
+            using var again = ModelWithLora();
+            var e = Assert.Throws<CheckpointException>(() => new LoraTrainer(again, Settings, "tiny")
+                .Train(new DataSplit(rows, []), options with { BatchSize = 4 }, resumeFrom: Checkpoints.Latest(folder)));
+            Assert.Contains("batch 2", e.Message);
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
+    [Fact]
+    public void Cancellation_stops_the_run_and_leaves_the_model_usable()
+    {
+        using var model = ModelWithLora();
+        var rows = SyntheticRows(16);
+        using var cancel = new CancellationTokenSource();
+        var trainer = new LoraTrainer(model, Settings, "tiny");
+        var options = new TrainingOptions { Epochs = 10, BatchSize = 2, GradientAccumulationSteps = 1 };
+        Assert.ThrowsAny<OperationCanceledException>(() => trainer.Train(new DataSplit(rows, []), options,
+            new SyncProgress<TrainingProgress>(p => { if (p.Step == 3) cancel.Cancel(); }), cancel.Token));
+        Assert.False(model.training);
+        Assert.True(double.IsFinite(trainer.Evaluate(rows, options, CPU)));
+    }
+
+    [Fact]
+    public void Validation_loss_is_reported_at_each_epoch_end()
+    {
+        using var model = ModelWithLora();
+        var rows = SyntheticRows(30);
+        var split = Batching.Split(rows, seed: 42);
+        var events = new List<TrainingProgress>();
+        var result = new LoraTrainer(model, Settings, "tiny").Train(split,
+            new TrainingOptions { Epochs = 2, BatchSize = 3, GradientAccumulationSteps = 3, LoggingSteps = 100 },
+            new SyncProgress<TrainingProgress>(events.Add));
+        Assert.Equal(2, events.Count(e => e.EvalLoss is not null));
+        Assert.NotNull(result.FinalEvalLoss);
+        Assert.Equal(6, result.TotalSteps); // 27 rows / 3 = 9 batches → 3 steps/epoch
+    }
+
+    [Fact]
+    public void Out_of_memory_errors_are_recognised()
+    {
+        Assert.True(LoraTrainer.IsOutOfMemory(new System.Runtime.InteropServices.ExternalException("CUDA out of memory. Tried to allocate 2.00 GiB")));
+        Assert.True(LoraTrainer.IsOutOfMemory(new OutOfMemoryException()));
+        Assert.False(LoraTrainer.IsOutOfMemory(new InvalidOperationException("shape mismatch")));
+        var typed = new TrainingOutOfMemoryException("a training step", new OutOfMemoryException());
+        Assert.Contains("smaller batch size", typed.Message);
+        Assert.Contains("4-bit", typed.Message);
+    }
+
+    [Fact]
+    public void A_training_step_leaves_no_tensors_behind()
+    {
+        using var model = ModelWithLora();
+        var rows = SyntheticRows(8);
+        var trainer = new LoraTrainer(model, Settings, "tiny");
+        var options = new TrainingOptions { Epochs = 1, BatchSize = 2, GradientAccumulationSteps = 2 };
+        trainer.Train(new DataSplit(rows, []), options); // warm-up: optimizer state, caches
+        long before = TorchSharp.DisposeScopeManager.Statistics.ThreadTotalLiveCount;
+        trainer.Train(new DataSplit(rows, []), options);
+        long after = TorchSharp.DisposeScopeManager.Statistics.ThreadTotalLiveCount;
+        Assert.True(after - before <= 2, $"{after - before} tensors leaked");
+    }
+}
+
+/// <summary>IProgress that calls back on the reporting thread (Progress&lt;T&gt; posts to the thread pool).</summary>
+internal sealed class SyncProgress<T>(Action<T> report) : IProgress<T>
+{
+    public void Report(T value) => report(value);
+}

@@ -1,0 +1,272 @@
+using System.Globalization;
+using FineTune.Engine.Adapters;
+using FineTune.Engine.Backend;
+using FineTune.Engine.Data;
+using FineTune.Engine.Models;
+using FineTune.Engine.Tokenization;
+using FineTune.Engine.Training;
+using FineTune.Web.Features.Data;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using static TorchSharp.torch;
+
+namespace FineTune.Web.Headless;
+
+/// <summary>A token cancelled by Ctrl+C (the first press; the process then ends after the current step).</summary>
+public static class CancelOnCtrlC
+{
+    public static CancellationToken Token
+    {
+        get
+        {
+            var source = new CancellationTokenSource();
+            Console.CancelKeyPress += (_, e) =>
+            {
+                if (source.IsCancellationRequested) return;
+                e.Cancel = true;
+                source.Cancel();
+            };
+            return source.Token;
+        }
+    }
+}
+
+/// <summary>Bad command-line input: the message says which option and what to write instead.</summary>
+public sealed class CommandLineException(string message) : ArgumentException(message);
+
+/// <summary>
+/// `train --model FOLDER --data FILE --output ZIP [options]`: LoRA/QLoRA training without the web server,
+/// one progress line per logging step, the PEFT adapter folder beside the zip.
+/// Exit codes: 0 done, 2 bad input, 3 out of memory, 130 cancelled (Ctrl+C), 1 other failure.
+/// </summary>
+public static class TrainCommand
+{
+    public const string Usage = """
+        Usage: train --model <model folder> --data <file.xlsx|csv|tsv|jsonl|json> --output <adapter.zip> [options]
+          --epochs N          training epochs (3)                 --lr X              learning rate (2e-4)
+          --rank R            LoRA r (16)                         --alpha A           lora_alpha (32)
+          --dropout D         lora_dropout (0.05)                 --targets a,b,...   target modules (q_proj,k_proj,v_proj,o_proj)
+          --qlora             base model in NF4 (4-bit)           --max-length L      max tokens per row (1024)
+          --batch B           rows per batch (1)                  --accum G           gradient accumulation (4)
+          --save-steps S      checkpoint every S steps (0: none)  --save-limit K      checkpoints kept (2)
+          --template T        "tutorial" or a prompt with {instruction} (and {input}, {system})
+          --whole-text        loss on prompt and answer (default: answer only)
+          --warmup-ratio R    (0)   --warmup-steps N (0)   --schedule linear|cosine|constant (linear)
+          --seed N (42)   --logging-steps N (1)   --validation F (0.1, used from 20 rows)   --layout packed|grouped
+          --resume DIR|auto   continue from a checkpoint (auto: the newest in the output's checkpoints folder)
+          --init-adapter DIR  start from these adapter weights instead of fresh ones (PEFT folder)
+          --merged DIR        also write base + LoRA merged as an HF model folder
+        """;
+
+    public static int Run(string[] args, TextWriter output, TextWriter error, CancellationToken cancellationToken = default, ILoggerFactory? loggers = null)
+    {
+        loggers ??= NullLoggerFactory.Instance;
+        try
+        {
+            var options = TrainCommandOptions.Parse(args);
+            return Execute(options, output, loggers, cancellationToken);
+        }
+        catch (Exception e) when (e is CommandLineException or DataImportException or ArgumentException or FileNotFoundException
+                                       or DirectoryNotFoundException or ModelFormatException or UnsupportedModelException or AdapterFormatException or CheckpointException
+                                       or LoraTargetNotFoundException or InvalidDataException or NotSupportedException)
+        {
+            error.WriteLine($"train: {e.Message}");
+            if (e is CommandLineException) error.WriteLine(Usage);
+            return 2;
+        }
+        catch (TrainingOutOfMemoryException e)
+        {
+            error.WriteLine($"train: {e.Message}");
+            return 3;
+        }
+        catch (OperationCanceledException)
+        {
+            error.WriteLine("train: cancelled; the newest checkpoint (if any) can be resumed with --resume auto.");
+            return 130;
+        }
+    }
+
+    private static int Execute(TrainCommandOptions o, TextWriter output, ILoggerFactory loggers, CancellationToken cancellationToken)
+    {
+        var backend = ComputeBackend.Initialize(loggers.CreateLogger("FineTune.Backend"));
+        output.WriteLine($"backend: {backend.Description}");
+
+        // Data: the web app's importer (Excel, CSV/TSV with encoding detection, JSONL/JSON).
+        var importer = new DataImporter(new ExcelTableReader(loggers.CreateLogger<ExcelTableReader>()));
+        var file = importer.Parse(File.ReadAllBytes(o.Data), Path.GetFileName(o.Data));
+        var import = importer.Build(file, new ImportSettings(DataImporter.GuessSheet(file), MaxSeqLength: o.MaxLength));
+        var rows = import.UsableRows;
+        if (rows.Count == 0)
+            throw new CommandLineException($"'{o.Data}' has no usable question–answer rows (each row needs a question and an answer).");
+        output.WriteLine($"data: {rows.Count} rows from {Path.GetFileName(o.Data)}");
+
+        var tokenizer = TokenizerLoader.Load(o.Model);
+        int eos = tokenizer.EosTokenId ?? tokenizer.EosTokenIds.FirstOrDefault(-1);
+        if (eos < 0) throw new CommandLineException($"The tokenizer of '{o.Model}' has no eos_token; training needs one to teach the model to stop.");
+        var encoder = new TextEncoder(text => tokenizer.Encode(text, addSpecialTokens: false), eos, ids => tokenizer.Decode(ids));
+        var format = o.Template is null or "tutorial" ? PromptFormats.Tutorial : PromptFormats.FromTemplate(o.Template);
+        var examples = TrainingExamples.Build(rows, format, encoder, new ExampleOptions(o.MaxLength, AnswerOnlyLoss: !o.WholeText), loggers.CreateLogger("FineTune.Data"));
+        if (examples.TruncatedCount > 0) output.WriteLine($"warning: {examples.TruncatedCount} row(s) longer than {o.MaxLength} tokens were cut; raise --max-length to keep them whole.");
+        var split = Batching.Split(examples.Examples, o.Training.Seed, o.ValidationFraction);
+
+        // Model: QLoRA quantizes every linear but lm_head to NF4 as it is read (bitsandbytes skips lm_head too).
+        var computeDtype = backend.IsCuda ? (backend.SupportsBFloat16 ? ScalarType.BFloat16 : ScalarType.Float16) : ScalarType.Float32;
+        var loadOptions = new ModelLoadOptions
+        {
+            DType = computeDtype,
+            Logger = loggers.CreateLogger("FineTune.Models"),
+            LoadLinearWeight = o.QLoRA
+                ? (name, layer, weight) =>
+                {
+                    if (name == "lm_head") return false;
+                    layer.QuantizeWeight(weight, computeDtype);
+                    return true;
+                }
+                : null,
+        };
+        using var model = ModelLoader.Load(o.Model, loadOptions);
+        var trainable = new CausalLmTraining(model);
+        var attached = LoraInjector.Attach(trainable.NamedLinears(), o.Lora, seed: o.Training.Seed);
+        if (o.InitAdapter is not null) PeftAdapter.Load(o.InitAdapter, trainable.NamedLinears());
+        output.WriteLine($"model: {model.Config.ModelType}, LoRA r={o.Lora.Rank} on {attached.Count} layers{(o.QLoRA ? ", base in NF4" : "")}, {split.Train.Count} train / {split.Validation.Count} validation rows");
+
+        string outputFolder = AdapterFolder(o.Output);
+        string checkpoints = Path.Combine(outputFolder + ".checkpoints");
+        string? resume = o.Resume switch
+        {
+            null => null,
+            "auto" => Checkpoints.Latest(checkpoints) ?? throw new CommandLineException($"--resume auto: there is no checkpoint in '{checkpoints}' yet."),
+            var folder => folder,
+        };
+        var trainingOptions = o.Training with { UseLossScaling = computeDtype == ScalarType.Float16 };
+        var trainer = new LoraTrainer(trainable, o.Lora, BaseModelName(o.Model), loggers.CreateLogger<LoraTrainer>());
+        var result = trainer.Train(split, trainingOptions, new LineProgress(output), cancellationToken, checkpoints, resume);
+
+        var info = new AdapterRunInfo(BaseModelName(o.Model), split.Train.Count, split.Validation.Count, o.Lora, trainingOptions,
+            o.MaxLength, o.QLoRA, o.Template ?? "tutorial", result, DateTimeOffset.UtcNow);
+        AdapterExport.WriteFolder(outputFolder, trainable.NamedLinears(), o.Model, info);
+        AdapterExport.Zip(outputFolder, o.Output);
+        output.WriteLine($"adapter: {o.Output} (folder {outputFolder})");
+        if (o.Merged is not null)
+        {
+            AdapterExport.WriteMerged(o.Merged, model, trainable.NamedLinears(), o.Model);
+            output.WriteLine($"merged model: {o.Merged}");
+        }
+        return 0;
+    }
+
+    /// <summary>The adapter folder written beside the zip: "out/adapter.zip" → "out/adapter".</summary>
+    public static string AdapterFolder(string zipPath) =>
+        Path.Combine(Path.GetDirectoryName(Path.GetFullPath(zipPath))!, Path.GetFileNameWithoutExtension(zipPath));
+
+    /// <summary>The name PEFT records as base_model_name_or_path: the Hub id when the folder says so, else the folder.</summary>
+    private static string BaseModelName(string folder)
+    {
+        string full = Path.GetFullPath(folder).TrimEnd(Path.DirectorySeparatorChar);
+        return full;
+    }
+
+    private sealed class LineProgress(TextWriter output) : IProgress<TrainingProgress>
+    {
+        public void Report(TrainingProgress p)
+        {
+            var line = string.Create(CultureInfo.InvariantCulture,
+                $"step {p.Step}/{p.TotalSteps} epoch {p.Epoch:0.00} loss {p.Loss:0.0000} lr {p.LearningRate:0.###e+0} grad_norm {p.GradNorm:0.000} tok/s {p.TokensPerSecond:0} elapsed {p.Elapsed:hh\\:mm\\:ss} eta {p.Eta:hh\\:mm\\:ss}");
+            if (p.EvalLoss is double e) line += string.Create(CultureInfo.InvariantCulture, $" eval_loss {e:0.0000}");
+            if (p.GpuMemoryBytes is long m) line += string.Create(CultureInfo.InvariantCulture, $" gpu_mem {m / 1e9:0.00}GB");
+            output.WriteLine(line);
+        }
+    }
+}
+
+/// <summary>The parsed command line of `train`.</summary>
+public sealed record TrainCommandOptions(
+    string Model, string Data, string Output, LoraSettings Lora, TrainingOptions Training, int MaxLength, bool QLoRA,
+    string? Template, bool WholeText, double ValidationFraction, string? Resume, string? InitAdapter, string? Merged)
+{
+    private static readonly HashSet<string> Flags = ["--qlora", "--whole-text"];
+
+    public static TrainCommandOptions Parse(string[] args)
+    {
+        var values = new Dictionary<string, string>(StringComparer.Ordinal);
+        var flags = new HashSet<string>(StringComparer.Ordinal);
+        int start = args.Length > 0 && args[0] == "train" ? 1 : 0;
+        for (int i = start; i < args.Length; i++)
+        {
+            string a = args[i];
+            if (!a.StartsWith("--", StringComparison.Ordinal)) throw new CommandLineException($"Unexpected argument '{a}'. Options start with --.");
+            if (Flags.Contains(a)) { flags.Add(a); continue; }
+            if (i + 1 >= args.Length) throw new CommandLineException($"{a} needs a value.");
+            values[a] = args[++i];
+        }
+        string Required(string name) => values.TryGetValue(name, out var v) && !string.IsNullOrWhiteSpace(v)
+            ? v : throw new CommandLineException($"{name} is required.");
+        string? Optional(string name) => values.GetValueOrDefault(name);
+        double Number(string name, double fallback)
+        {
+            if (!values.TryGetValue(name, out var v)) return fallback;
+            return double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double d) && double.IsFinite(d)
+                ? d : throw new CommandLineException($"{name} must be a number; got '{v}'.");
+        }
+        int Integer(string name, int fallback)
+        {
+            if (!values.TryGetValue(name, out var v)) return fallback;
+            return int.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n)
+                ? n : throw new CommandLineException($"{name} must be a whole number; got '{v}'.");
+        }
+        var known = new HashSet<string>(["--model", "--data", "--output", "--epochs", "--lr", "--rank", "--alpha", "--dropout", "--targets",
+            "--max-length", "--batch", "--accum", "--save-steps", "--save-limit", "--template", "--warmup-ratio", "--warmup-steps",
+            "--schedule", "--seed", "--logging-steps", "--validation", "--layout", "--resume", "--init-adapter", "--merged"]);
+        var unknown = values.Keys.FirstOrDefault(k => !known.Contains(k));
+        if (unknown is not null) throw new CommandLineException($"Unknown option {unknown}.");
+
+        string model = Required("--model");
+        if (!Directory.Exists(model)) throw new CommandLineException($"--model '{model}' is not a folder. Give a Hugging Face model folder (config.json, *.safetensors, tokenizer.json).");
+        if (!File.Exists(Path.Combine(model, "config.json"))) throw new CommandLineException($"--model '{model}' has no config.json; it is not a Hugging Face model folder.");
+        string data = Required("--data");
+        if (!File.Exists(data)) throw new CommandLineException($"--data '{data}' does not exist.");
+        string output = Required("--output");
+        if (!output.EndsWith(".zip", StringComparison.OrdinalIgnoreCase)) throw new CommandLineException($"--output must name a .zip file; got '{output}'.");
+
+        var lora = new LoraSettings(
+            Integer("--rank", 16), Number("--alpha", 32), Number("--dropout", 0.05),
+            Optional("--targets")?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
+        var schedule = Optional("--schedule") switch
+        {
+            null or "linear" => LearningRateScheduleKind.Linear,
+            "cosine" => LearningRateScheduleKind.Cosine,
+            "constant" => LearningRateScheduleKind.Constant,
+            var s => throw new CommandLineException($"--schedule must be linear, cosine or constant; got '{s}'."),
+        };
+        var layout = Optional("--layout") switch
+        {
+            null or "packed" => BatchLayout.Packed,
+            "grouped" => BatchLayout.LengthGrouped,
+            var s => throw new CommandLineException($"--layout must be packed or grouped; got '{s}'."),
+        };
+        var training = new TrainingOptions
+        {
+            Epochs = Number("--epochs", 3), LearningRate = Number("--lr", 2e-4), BatchSize = Integer("--batch", 1),
+            GradientAccumulationSteps = Integer("--accum", 4), SaveSteps = Integer("--save-steps", 0), SaveTotalLimit = Integer("--save-limit", 2),
+            WarmupRatio = Number("--warmup-ratio", 0), WarmupSteps = Integer("--warmup-steps", 0), Schedule = schedule,
+            Seed = Integer("--seed", 42), LoggingSteps = Integer("--logging-steps", 1), Layout = layout,
+        };
+        try
+        {
+            lora.Validate();
+            training.Validate();
+        }
+        catch (ArgumentOutOfRangeException e)
+        {
+            throw new CommandLineException(e.Message);
+        }
+        int maxLength = Integer("--max-length", 1024);
+        if (maxLength < 16) throw new CommandLineException($"--max-length must be at least 16 tokens; got {maxLength}.");
+        double validation = Number("--validation", 0.1);
+        if (validation < 0 || validation >= 1) throw new CommandLineException($"--validation must be in [0, 1); got {validation}.");
+        string? init = Optional("--init-adapter");
+        if (init is not null && !File.Exists(Path.Combine(init, PeftAdapter.ConfigFile))) throw new CommandLineException($"--init-adapter '{init}' has no {PeftAdapter.ConfigFile}.");
+        return new TrainCommandOptions(model, data, output, lora, training, maxLength, flags.Contains("--qlora"), Optional("--template"),
+            flags.Contains("--whole-text"), validation, Optional("--resume"), init, Optional("--merged"));
+    }
+}

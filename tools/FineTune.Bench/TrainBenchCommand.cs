@@ -1,0 +1,141 @@
+using System.Diagnostics;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using FineTune.Engine.Adapters;
+using FineTune.Engine.Backend;
+using FineTune.Engine.Data;
+using FineTune.Engine.Models;
+using FineTune.Engine.Training;
+using static TorchSharp.torch;
+
+namespace FineTune.Bench;
+
+/// <summary>
+/// `train --model DIR --workload qa|dense [--data qa.jsonl] [--max-rows N] [--dense-steps S --dense-batch B] [--qlora] [--layout packed|grouped] [--out result.json]`:
+/// FineTune's trainer on the same model folder and data as tools/bench/reference.py (HF transformers + PEFT),
+/// with the same LoRA (r 16, alpha 32, dropout 0.05, q/k/v/o), AdamW lr 2e-4, linear schedule, bf16.
+/// Q&A: 8 rows per optimizer step, one epoch, answer-only loss. Dense: 4 × 512 tokens per step.
+/// </summary>
+internal static class TrainBenchCommand
+{
+    public static int Run(string[] args, BackendInfo backend)
+    {
+        var o = new Options(args);
+        string modelFolder = o.Required("model");
+        string workload = o.Required("workload");
+        bool qlora = o.Flag("qlora");
+        var layout = (o.Optional("layout") ?? "packed") switch
+        {
+            "packed" => BatchLayout.Packed,
+            "grouped" => BatchLayout.LengthGrouped,
+            var other => throw new ArgumentException($"--layout {other}: use packed or grouped."),
+        };
+
+        var (examples, batch) = workload switch
+        {
+            "qa" => (QaExamples(o.Required("data"), o.Int("max-rows", int.MaxValue)), 8),
+            "dense" => (DenseExamples(o.Int("dense-steps", 60) * o.Int("dense-batch", 4)), o.Int("dense-batch", 4)),
+            _ => throw new ArgumentException($"--workload {workload}: use qa or dense."),
+        };
+        long realTokens = examples.Sum(e => (long)e.Length);
+
+        var dtype = backend.SupportsBFloat16 ? ScalarType.BFloat16 : ScalarType.Float16;
+        var load = Stopwatch.StartNew();
+        using var model = ModelLoader.Load(modelFolder, new ModelLoadOptions
+        {
+            Device = backend.Device,
+            DType = dtype,
+            LoadLinearWeight = qlora
+                ? (name, layer, weight) =>
+                {
+                    if (name == "lm_head") return false;
+                    layer.QuantizeWeight(weight, dtype);
+                    return true;
+                }
+                : null,
+        });
+        var trainable = new CausalLmTraining(model);
+        var lora = new LoraSettings(Rank: 16, Alpha: 32, Dropout: 0.05);
+        LoraInjector.Attach(trainable.NamedLinears(), lora, seed: 0);
+        if (backend.IsCuda) cuda.synchronize();
+        double loadSeconds = load.Elapsed.TotalSeconds;
+
+        var options = new TrainingOptions
+        {
+            Epochs = 1,
+            BatchSize = batch,
+            GradientAccumulationSteps = 1,
+            LearningRate = 2e-4,
+            Schedule = LearningRateScheduleKind.Linear,
+            Layout = layout,
+            LoggingSteps = 1,
+            Seed = 0,
+            UseLossScaling = dtype == ScalarType.Float16,
+        };
+        var trainer = new LoraTrainer(trainable, lora, modelFolder);
+        var clock = Stopwatch.StartNew();
+        var result = trainer.Train(new DataSplit(examples, []), options);
+        if (backend.IsCuda) cuda.synchronize();
+        double wall = clock.Elapsed.TotalSeconds;
+
+        var losses = result.History.Select(h => new JsonObject { ["step"] = h.Step, ["loss"] = h.Loss }).ToArray();
+        var summary = new JsonObject
+        {
+            ["stack"] = "finetune",
+            ["workload"] = workload,
+            ["mode"] = qlora ? "qlora-nf4" : "lora-16bit",
+            ["batch"] = batch,
+            ["layout"] = layout.ToString(),
+            ["model"] = Path.GetFileName(modelFolder.TrimEnd('/')),
+            ["rows"] = examples.Count,
+            ["optimizer_steps"] = result.History.Count,
+            ["load_s"] = loadSeconds,
+            ["wall_s"] = wall,
+            ["real_tokens"] = realTokens,
+            ["tokens_per_s"] = realTokens / wall,
+            ["final_loss"] = result.History[^1].Loss,
+            ["mean_loss_last_10"] = result.History.TakeLast(10).Average(h => h.Loss),
+            ["gpu"] = backend.Description,
+        };
+        Console.WriteLine(summary.ToJsonString());
+        if (o.Optional("out") is string outPath)
+        {
+            summary["losses"] = new JsonArray(losses);
+            File.WriteAllText(outPath, summary.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        }
+        return 0;
+    }
+
+    /// <summary>Rows of tools/bench/reference.py make-data: {"prompt": [ids], "answer": [ids ending with EOS]}.</summary>
+    private static List<TrainingExample> QaExamples(string path, int maxRows)
+    {
+        var examples = new List<TrainingExample>();
+        int row = 0;
+        foreach (string line in File.ReadLines(path).Take(maxRows))
+        {
+            row++;
+            var json = JsonNode.Parse(line)!;
+            int[] prompt = json["prompt"]!.AsArray().Select(v => v!.GetValue<int>()).ToArray();
+            int[] answer = json["answer"]!.AsArray().Select(v => v!.GetValue<int>()).ToArray();
+            int[] ids = [.. prompt, .. answer];
+            // Targets[t] = label[t + 1]: the answer tokens (and EOS) are predicted, the prompt is not.
+            int[] targets = new int[ids.Length];
+            for (int t = 0; t < ids.Length; t++)
+                targets[t] = t + 1 < ids.Length && t + 1 >= prompt.Length ? ids[t + 1] : TrainingExamples.IgnoreIndex;
+            examples.Add(new TrainingExample(ids, targets, row));
+        }
+        return examples;
+    }
+
+    /// <summary>Continuous text: rows of 512 random ids, loss on every next token.</summary>
+    private static List<TrainingExample> DenseExamples(int rows)
+    {
+        var random = new Random(1);
+        return Enumerable.Range(0, rows).Select(r =>
+        {
+            int[] ids = Enumerable.Range(0, 512).Select(_ => random.Next(100000, 150000)).ToArray();
+            int[] targets = ids.Skip(1).Append(TrainingExamples.IgnoreIndex).ToArray();
+            return new TrainingExample(ids, targets, r + 1);
+        }).ToList();
+    }
+}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One benchmark cell set on the GPU machine, both stacks in the same call (see tools/bench/README.md).
+#   bash tools/bench/run-gpu.sh SHAPE [ROWS]      SHAPE: qwen2.5-0.5b | qwen2-7b
+# Needs: .device/dotnet.tgz, .device/on-gpu.sh and .device/bench (FineTune.Bench published with TorchBackend=none).
+# Writes $OUT/bench/<shape>-<stack>-<workload>-<mode>.json, each with the peak device memory seen by nvidia-smi.
+set -uo pipefail
+shape=${1:?shape}; rows=${2:-2000}
+source .device/on-gpu.sh .device/dotnet.tgz >/dev/null
+source /opt/torch/.venv/bin/activate
+out=${OUT:-/tmp/out}/bench; mkdir -p "$out"
+models=/tmp/bench-models; mkdir -p $models
+[ -f /tmp/qa.jsonl ] || python3 tools/bench/reference.py make-data --out /tmp/qa.jsonl --rows 2000
+[ -d $models/$shape ] || python3 tools/bench/reference.py make-model --shape "$shape" --out $models/$shape 2>&1 | grep -v Writing
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$out/gpu.txt"
+
+# measure NAME COMMAND...: runs COMMAND with nvidia-smi sampling used memory every 100 ms; adds peak_device_bytes.
+measure() {
+  local name=$1; shift
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > /tmp/mem.$name.txt &
+  local sampler=$!
+  "$@" > /tmp/log.$name.txt 2>&1; local rc=$?
+  kill $sampler; wait $sampler 2>/dev/null
+  tail -2 /tmp/log.$name.txt
+  local peak; peak=$(sort -n /tmp/mem.$name.txt | tail -1)
+  if [ -f "$out/$name.json" ]; then
+    python3 - "$out/$name.json" "$peak" <<'PY'
+import json, sys
+p, peak = sys.argv[1], int(sys.argv[2])
+d = json.load(open(p)); d["peak_device_bytes"] = peak * 1024 * 1024; json.dump(d, open(p, "w"), indent=1)
+PY
+  else echo "$name failed (rc $rc)"; tail -20 /tmp/log.$name.txt; fi
+}
+
+bench=".device/bench/FineTune.Bench.dll"
+for workload in qa dense; do
+  measure "$shape-hf-$workload-lora" python3 tools/bench/reference.py train --model $models/$shape --workload $workload --data /tmp/qa.jsonl --max-rows $rows --out "$out/$shape-hf-$workload-lora.json"
+  measure "$shape-ft-$workload-lora" dotnet $bench train --model $models/$shape --workload $workload --data /tmp/qa.jsonl --max-rows $rows --out "$out/$shape-ft-$workload-lora.json"
+done
+measure "$shape-ft-qa-qlora" dotnet $bench train --model $models/$shape --workload qa --data /tmp/qa.jsonl --max-rows $rows --qlora --out "$out/$shape-ft-qa-qlora.json"
+measure "$shape-ft-dense1-qlora" dotnet $bench train --model $models/$shape --workload dense --dense-batch 1 --dense-steps 30 --qlora --out "$out/$shape-ft-dense1-qlora.json"
+python3 -c "import bitsandbytes" 2>/dev/null || echo "bitsandbytes is not installed on this machine: no QLoRA reference cells" | tee "$out/no-bitsandbytes.txt"
