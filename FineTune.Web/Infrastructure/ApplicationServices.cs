@@ -26,6 +26,9 @@ public static class ApplicationServices
         builder.Services.AddMudServices();
         builder.Services.AddSignalR();
         builder.Services.AddAppLocalization();
+        // Write Chinese text as is, not as &#x...; entities (pages a third of the size, readable source).
+        builder.Services.Configure<Microsoft.Extensions.WebEncoders.WebEncoderOptions>(o =>
+            o.TextEncoderSettings = new System.Text.Encodings.Web.TextEncoderSettings(System.Text.Unicode.UnicodeRanges.All));
         builder.Services.AddAccessGate();
 
         // Uploads: the configured limit, also for plain HTTP forms (Blazor's file upload streams through the circuit).

@@ -1,4 +1,6 @@
 using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Mvc.Testing;
 using Microsoft.AspNetCore.TestHost;
 using Microsoft.Extensions.DependencyInjection;
@@ -31,8 +33,10 @@ public class WebAppHost : IDisposable
             });
         _factory.UseKestrel();
         _factory.StartServer();
-        _factory.ClientOptions.AllowAutoRedirect = false;
-        Client = _factory.CreateClient();
+        // A plain client over the network stack: no redirect following (tests look at them), cookies kept.
+        var address = new Uri(_factory.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First());
+        if (address.Host is "0.0.0.0" or "[::]") address = new UriBuilder(address) { Host = "127.0.0.1" }.Uri; // bound to all: use loopback
+        Client = new HttpClient(new HttpClientHandler { AllowAutoRedirect = false, UseCookies = true }) { BaseAddress = address };
     }
 
     public void Dispose()

@@ -4,18 +4,21 @@ using FineTune.Web.Features.Settings;
 namespace FineTune.Web.Features.Models;
 
 /// <summary>The shape numbers memory and time estimates need (from config.json).</summary>
+/// <param name="HeadDimension">Width of one attention head when config.json states it (Qwen3: wider than hidden/heads); 0 = hidden/heads.</param>
+/// <param name="QueryKeyNorm">Qwen3's per-head RMSNorm on q and k.</param>
 public sealed record ModelShape(
-    int HiddenSize, int Layers, int IntermediateSize, int VocabSize, int Heads, int KeyValueHeads, bool TiedEmbeddings)
+    int HiddenSize, int Layers, int IntermediateSize, int VocabSize, int Heads, int KeyValueHeads, bool TiedEmbeddings,
+    int HeadDimension = 0, bool QueryKeyNorm = false)
 {
-    private int HeadDim => HiddenSize / Heads;
+    private int HeadDim => HeadDimension > 0 ? HeadDimension : HiddenSize / Heads;
 
     /// <summary>Parameters of all linear projections inside the decoder layers (what NF4 quantizes).</summary>
     public long LinearParameters
     {
         get
         {
-            long h = HiddenSize, kv = (long)KeyValueHeads * HeadDim;
-            long attention = h * h * 2 + h * kv * 2; // q, o + k, v
+            long h = HiddenSize, q = (long)Heads * HeadDim, kv = (long)KeyValueHeads * HeadDim;
+            long attention = h * q * 2 + h * kv * 2; // q, o + k, v
             long mlp = 3L * h * IntermediateSize;     // gate, up, down
             return (attention + mlp) * Layers;
         }
@@ -24,7 +27,8 @@ public sealed record ModelShape(
     /// <summary>Embeddings and LM head: kept in 16-bit even when the rest is 4-bit.</summary>
     public long EmbeddingParameters => (long)VocabSize * HiddenSize * (TiedEmbeddings ? 1 : 2);
 
-    public long TotalParameters => LinearParameters + EmbeddingParameters + (long)Layers * HiddenSize * 2 + HiddenSize;
+    /// <summary>All weights (biases aside: a few thousand per layer).</summary>
+    public long TotalParameters => LinearParameters + EmbeddingParameters + (long)Layers * (HiddenSize * 2 + (QueryKeyNorm ? HeadDim * 2 : 0)) + HiddenSize;
 
     /// <summary>LoRA parameters for rank r on the attention projections q/k/v/o (the tutorial's targets).</summary>
     public long LoraParameters(int r, IReadOnlyCollection<string> targets)
@@ -34,7 +38,8 @@ public sealed record ModelShape(
         {
             total += t switch
             {
-                "q_proj" or "o_proj" or "attn.c_proj" => r * (h + h),
+                "q_proj" or "o_proj" => r * (h + (long)Heads * HeadDim),
+                "attn.c_proj" => r * (h + h),
                 "k_proj" or "v_proj" => r * (h + kv),
                 "c_attn" => r * (h + 3 * h),
                 "gate_proj" or "up_proj" => r * (h + i),
@@ -64,7 +69,9 @@ public sealed record ModelShape(
         // Qwen v1 states intermediate_size as twice the width of each MLP half.
         if (root.TryGetProperty("model_type", out var type) && type.GetString() == "qwen") intermediate /= 2;
         bool tied = root.TryGetProperty("tie_word_embeddings", out var tie) && tie.ValueKind == JsonValueKind.True;
-        return new ModelShape(hidden, Int("num_hidden_layers", "n_layer"), intermediate, Int("vocab_size", "padded_vocab_size"), heads, kvHeads, tied);
+        int headDim = root.TryGetProperty("head_dim", out var hd) && hd.ValueKind == JsonValueKind.Number ? hd.GetInt32() : 0;
+        bool qkNorm = root.TryGetProperty("model_type", out var mt) && mt.GetString() == "qwen3";
+        return new ModelShape(hidden, Int("num_hidden_layers", "n_layer"), intermediate, Int("vocab_size", "padded_vocab_size"), heads, kvHeads, tied, headDim, qkNorm);
     }
 }
 

@@ -35,7 +35,7 @@ public static class SettingsAdvisor
         if (context.Rows < RecommendedRows)
             warnings.Add(new(WarningCode.FewRows, [context.Rows, RecommendedRows]));
         if (s.EvalFraction > 0 && plan.EvalRows == 0)
-            warnings.Add(new(WarningCode.NoEvalRows, [context.Rows], x => x.EvalFraction = 0));
+            warnings.Add(new(WarningCode.NoEvalRows, [context.Rows, TrainingEstimator.MinimumRowsForEval], x => x.EvalFraction = 0));
         if (plan.TotalSteps > 0 && s.LoggingSteps > plan.TotalSteps)
         {
             int every = Math.Max(1, plan.TotalSteps / 10);

@@ -18,14 +18,17 @@ public sealed record MemoryEstimate(long Weights, long Adapter, long Activations
 /// </summary>
 public static class TrainingEstimator
 {
+    /// <summary>Fewer rows than this train without an evaluation split (FineTune.Engine Batching.Split).</summary>
+    public const int MinimumRowsForEval = 20;
+
     /// <summary>
     /// HF Trainer: batches = ceil(train_rows / batch); updates per epoch = max(ceil(batches / accumulation), 1);
-    /// max_steps = ceil(epochs × updates per epoch). Eval rows: floor(rows × eval share), only when at least one row remains to train.
+    /// max_steps = ceil(epochs × updates per epoch). Eval rows as the engine's Batching.Split takes them:
+    /// round(rows × eval share), at least 1, and none below <see cref="MinimumRowsForEval"/> rows.
     /// </summary>
     public static StepPlan Plan(int rows, TrainingSettings s)
     {
-        int evalRows = s.EvalFraction > 0 ? (int)Math.Floor(rows * s.EvalFraction) : 0;
-        if (evalRows >= rows) evalRows = 0;
+        int evalRows = s.EvalFraction <= 0 || rows < MinimumRowsForEval ? 0 : Math.Max(1, (int)Math.Round(rows * s.EvalFraction));
         int trainRows = rows - evalRows;
         int batches = trainRows == 0 ? 0 : (trainRows + s.BatchSize - 1) / s.BatchSize;
         int perEpoch = Math.Max((batches + s.GradientAccumulationSteps - 1) / s.GradientAccumulationSteps, 1);

@@ -1,0 +1,68 @@
+using System.Globalization;
+using Bunit;
+using FineTune.Engine.Backend;
+using FineTune.Tests.Web.Support;
+using FineTune.Web.Features.Chat;
+using FineTune.Web.Features.Data;
+using FineTune.Web.Features.Download;
+using FineTune.Web.Features.Models;
+using FineTune.Web.Features.Runs;
+using FineTune.Web.Features.Wizard;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Options;
+using MudBlazor;
+using MudBlazor.Services;
+using TorchSharp;
+
+namespace FineTune.Tests.Web.Components;
+
+/// <summary>bUnit with MudBlazor, the app's zh-TW strings and real services over a temporary data folder.</summary>
+public abstract class ComponentTestContext : BunitContext, IAsyncLifetime
+{
+    private bool _disposedAsync;
+
+    protected RunTestServices Runs { get; } = new();
+    protected WizardState State { get; } = new();
+    protected ScriptedTrainingRunner Runner { get; } = new();
+    protected RunQueue Queue { get; }
+    protected DataImporter Importer { get; } = new(new ExcelTableReader(NullLogger<ExcelTableReader>.Instance));
+
+    protected ComponentTestContext()
+    {
+        CultureInfo.CurrentCulture = CultureInfo.CurrentUICulture = new CultureInfo("zh-TW");
+        JSInterop.Mode = JSRuntimeMode.Loose;
+        Services.AddMudServices();
+        Services.AddLocalization(o => o.ResourcesPath = "Resources");
+        Services.AddSingleton(new BackendInfo(DeviceType.CPU, "CPU: 2 threads", "test backend", "nuget"));
+        Services.AddSingleton(Options.Create(new FineTune.Web.Infrastructure.FineTuneOptions { DataDirectory = Runs.Paths.Root, MaxUploadMegabytes = 1 }));
+        Services.AddSingleton(State);
+        Services.AddSingleton(Importer);
+        Services.AddSingleton(Runs.Paths);
+        Services.AddSingleton(new LocalModelFolders(new FineTune.Web.Infrastructure.DataPaths(Runs.Paths.Root, [TestFiles.Fixture("models")])));
+        Services.AddSingleton(Runs.Store);
+        Services.AddSingleton(Runs.Notifier);
+        Queue = new RunQueue(Runs.Store, Runs.Notifier, Runner, NullLogger<RunQueue>.Instance);
+        Services.AddSingleton(Queue);
+        Services.AddSingleton(new ArtifactPackager(Runs.Store));
+        Services.AddSingleton<IChatGenerator, EngineChatGenerator>();
+        Services.AddSingleton<IModelMerger, EngineModelMerger>();
+        Render<MudPopoverProvider>();
+    }
+
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    /// <summary>MudBlazor's services are only IAsyncDisposable: xUnit calls this before Dispose.</summary>
+    async Task IAsyncLifetime.DisposeAsync()
+    {
+        await base.DisposeAsync();
+        Queue.Dispose();
+        Runs.Dispose();
+        _disposedAsync = true;
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (!_disposedAsync) base.Dispose(disposing);
+    }
+}

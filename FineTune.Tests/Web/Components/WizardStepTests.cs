@@ -1,0 +1,192 @@
+using System.Text;
+using Bunit;
+using FineTune.Tests.Web.Features.Runs;
+using FineTune.Tests.Web.Support;
+using FineTune.Web.Components.Pages.Wizard.Data;
+using FineTune.Web.Components.Pages.Wizard.Model;
+using FineTune.Web.Components.Pages.Wizard.Settings;
+using FineTune.Web.Components.Pages.Wizard.Train;
+using FineTune.Web.Components.Shared;
+using FineTune.Web.Features.Data;
+using FineTune.Web.Features.Runs;
+using FineTune.Web.Features.Settings;
+using Microsoft.AspNetCore.Components.Forms;
+
+namespace FineTune.Tests.Web.Components;
+
+public sealed class ModelStepTests : ComponentTestContext
+{
+    [Fact]
+    public void Presets_show_the_memory_estimate_and_whether_it_fits()
+    {
+        var cut = Render<ModelStep>();
+        var memory = cut.Find("[data-testid=model-memory]").TextContent;
+        Assert.Contains("0.49 B（十億）參數", memory);
+        Assert.Contains("16 位元（LoRA）", memory);
+        Assert.Contains("4 位元 NF4（QLoRA）", memory);
+        Assert.Equal("CPU: 2 threads", cut.Find("[data-testid=model-device]").TextContent);
+    }
+
+    [Fact]
+    public void Local_folders_outside_the_roots_are_refused_and_fixtures_accepted()
+    {
+        State.Settings.Source = ModelSource.Local;
+        State.Settings.Model = "/etc";
+        var cut = Render<ModelStep>();
+        Assert.Contains("不在允許的模型位置內", cut.Find("[data-testid=model-local-problem]").TextContent);
+        Assert.True(cut.Find("[data-testid=model-next]").HasAttribute("disabled"));
+
+        cut.Find("input[data-testid=model-local]").Change(TestFiles.Fixture("models/qwen2"));
+        Assert.Empty(cut.FindAll("[data-testid=model-local-problem]"));
+        Assert.False(cut.Find("[data-testid=model-next]").HasAttribute("disabled"));
+        Assert.Contains("M（百萬）參數", cut.Find("[data-testid=model-memory]").TextContent);
+    }
+}
+
+public sealed class DataStepTests : ComponentTestContext
+{
+    [Fact]
+    public void Uploading_the_tutorial_workbook_shows_rows_and_a_clean_report()
+    {
+        var cut = Render<DataStep>();
+        cut.FindComponent<InputFile>().UploadFiles(InputFileContent.CreateFromBinary(File.ReadAllBytes(TestFiles.Fixture("samples/tutorial-qa.xlsx")), "tutorial-qa.xlsx"));
+
+        cut.WaitForAssertion(() => Assert.Contains("5 列中有 5 列", cut.Find("[data-testid=data-usable]").TextContent));
+        Assert.Contains("如何聯繫客服？", cut.Find("[data-testid=data-preview]").TextContent);
+        Assert.Contains("沒有發現問題", cut.Find("[data-testid=data-report]").TextContent);
+        Assert.Equal(5, State.Dataset!.FinalRows.Count);
+        Assert.NotNull(State.OriginalFile);
+    }
+
+    [Fact]
+    public void A_broken_file_says_what_is_wrong()
+    {
+        var cut = Render<DataStep>();
+        cut.FindComponent<InputFile>().UploadFiles(InputFileContent.CreateFromText("not a workbook", "faq.xlsx"));
+        cut.WaitForAssertion(() => Assert.Contains("無法讀取這個活頁簿", cut.Find("[data-testid=data-error]").TextContent));
+        Assert.Null(State.Dataset);
+    }
+
+    [Fact]
+    public void Files_over_the_limit_are_refused_with_the_limit()
+    {
+        var cut = Render<DataStep>();
+        cut.FindComponent<InputFile>().UploadFiles(InputFileContent.CreateFromBinary(new byte[2 * 1024 * 1024], "big.csv"));
+        cut.WaitForAssertion(() => Assert.Contains("檔案超過 1 MB", cut.Find("[data-testid=data-error]").TextContent));
+    }
+
+    [Fact]
+    public void A_row_without_an_answer_can_be_fixed_in_place()
+    {
+        var cut = Render<DataStep>();
+        cut.FindComponent<InputFile>().UploadFiles(InputFileContent.CreateFromText("問題,回答\n可以退貨嗎？,可以\n運送多久？,\n", "d.csv"));
+        cut.WaitForAssertion(() => Assert.Contains("2 列中有 1 列", cut.Find("[data-testid=data-usable]").TextContent));
+        Assert.Contains("1 列沒有回答", cut.Find("[data-testid=data-report]").TextContent);
+
+        cut.FindAll("[data-testid=data-preview] tbody tr")[1].QuerySelector("button")!.Click();
+        cut.Find("textarea[data-testid=data-edit-answer], input[data-testid=data-edit-answer]").Change("三到五天");
+        cut.FindAll("[data-testid=data-preview] tbody tr")[1].QuerySelector("button")!.Click();
+
+        Assert.Contains("2 列中有 2 列", cut.Find("[data-testid=data-usable]").TextContent);
+        Assert.Equal("三到五天", State.Dataset!.FinalRows[1].Output);
+    }
+}
+
+public sealed class SettingsStepTests : ComponentTestContext
+{
+    private void LoadTutorialRows()
+    {
+        var file = Importer.Parse(File.ReadAllBytes(TestFiles.Fixture("samples/tutorial-qa.xlsx")), "tutorial-qa.xlsx");
+        State.File = file;
+        State.OriginalFile = [1, 2, 3];
+        State.Dataset = new DatasetDraft(Importer.Build(file, new ImportSettings()));
+    }
+
+    [Fact]
+    public void Shows_the_step_count_and_fixes_warnings_in_one_click()
+    {
+        LoadTutorialRows();
+        var cut = Render<SettingsStep>();
+        Assert.Contains("共 6 步（每輪 2 步 × 3 輪）", cut.Find("[data-testid=summary-steps]").TextContent);
+
+        var logging = cut.Find("[data-testid=settings-warning][data-code=LoggingAfterEnd]");
+        logging.QuerySelector("button")!.Click();
+        Assert.Equal(1, State.Settings.LoggingSteps);
+        Assert.Empty(cut.FindAll("[data-testid=settings-warning][data-code=LoggingAfterEnd]"));
+
+        cut.Find("[data-testid=preset-quick]").Click();
+        Assert.Contains("共 2 步", cut.Find("[data-testid=summary-steps]").TextContent);
+        Assert.Equal("true", cut.Find("[data-testid=preset-quick]").GetAttribute("aria-pressed"));
+    }
+
+    [Fact]
+    public async Task Start_creates_a_queued_run_with_the_rows_and_the_original_file()
+    {
+        LoadTutorialRows();
+        int? started = null;
+        var cut = Render<SettingsStep>(p => p.Add(c => c.OnStarted, id => started = id));
+
+        await cut.Find("[data-testid=start-training]").ClickAsync(new());
+
+        Assert.NotNull(started);
+        Assert.Equal(started, State.RunId);
+        var run = (await Runs.Store.GetAsync(started!.Value))!;
+        Assert.Equal((RunStatus.Queued, 5, "tutorial-qa.xlsx"), (run.Status, run.DatasetRows, run.DatasetFileName));
+        Assert.Equal(1, Queue.PositionOf(run.Id));
+        Assert.Equal(new byte[] { 1, 2, 3 }, File.ReadAllBytes(Path.Combine(Runs.Store.RunDirectory(run.Id), "original", "tutorial-qa.xlsx")));
+    }
+}
+
+public sealed class TrainStepTests : ComponentTestContext
+{
+    [Fact]
+    public async Task Live_progress_and_status_changes_update_the_page()
+    {
+        var run = await Runs.Store.CreateAsync(new TrainingSettings(), RunStoreTests.Rows, "d.csv", null);
+        await Runs.Store.SetStatusAsync(run.Id, RunStatus.Training);
+        await Runs.Store.AddMetricAsync(new RunMetric { RunId = run.Id, Step = 1, Loss = 2.5, At = DateTime.UtcNow });
+        var cut = Render<TrainStep>(p => p.Add(c => c.RunId, run.Id));
+        cut.WaitForAssertion(() => Assert.Equal("1", cut.Find("[data-testid=loss-chart]").GetAttribute("data-points")));
+        Assert.Contains("訓練中", cut.Find("[data-testid=train-status]").TextContent);
+
+        await Runs.Notifier.PublishAsync(new RunProgressEvent(run.Id, new TrainingProgress(2, 6, 1, Loss: 1.75, EvalLoss: 1.9, LearningRate: 2e-4, TokensPerSecond: 120, Elapsed: TimeSpan.FromSeconds(30), Eta: TimeSpan.FromSeconds(90))));
+        cut.WaitForAssertion(() => Assert.Equal("3", cut.Find("[data-testid=loss-chart]").GetAttribute("data-points")));
+        Assert.Equal("2 / 6", cut.Find("[data-testid=train-step]").TextContent);
+        Assert.Equal("1.7500", cut.Find("[data-testid=train-loss]").TextContent);
+        Assert.Contains("1 分 30 秒", cut.Find("[data-testid=train-stats]").TextContent);
+
+        await Runs.Store.SetStatusAsync(run.Id, RunStatus.Failed, "CUDA out of memory");
+        await Runs.Notifier.PublishAsync(new RunStatusEvent(run.Id, RunStatus.Failed, "CUDA out of memory"));
+        cut.WaitForAssertion(() => Assert.Contains("訓練失敗：CUDA out of memory", cut.Find("[data-testid=train-error]").TextContent));
+        Assert.Contains("重新訓練", cut.Find("[data-testid=train-restart]").TextContent);
+
+        // Events of other runs are ignored; disposing unsubscribes.
+        await Runs.Notifier.PublishAsync(new RunProgressEvent(run.Id + 1, new TrainingProgress(5, 6, 1, Loss: 0.1)));
+        Assert.Equal("3", cut.Find("[data-testid=loss-chart]").GetAttribute("data-points"));
+        int before = Runs.Notifier.SubscriberCount;
+        await DisposeComponentsAsync();
+        Assert.Equal(before - 1, Runs.Notifier.SubscriberCount);
+    }
+}
+
+public sealed class LossChartTests : ComponentTestContext
+{
+    [Fact]
+    public void Draws_one_line_per_series_and_says_when_there_is_nothing_yet()
+    {
+        var empty = Render<LossChart>(p => p.Add(c => c.Series, [new LossChart.ChartSeries("train", "#000", [])]));
+        Assert.Contains("記錄第一步後會出現曲線", empty.Markup);
+        Assert.Empty(empty.FindAll("polyline"));
+
+        var cut = Render<LossChart>(p => p.Add(c => c.Series,
+        [
+            new LossChart.ChartSeries("<b>train</b>", "#1e88e5", [new(1, 2.0), new(2, 1.5), new(3, 1.0)]),
+            new LossChart.ChartSeries("eval", "#e53935", [new(3, 1.2)], Dashed: true),
+        ]));
+        var lines = cut.FindAll("polyline");
+        Assert.Equal(2, lines.Count);
+        Assert.Equal(3, lines[0].GetAttribute("points")!.Split(' ').Length);
+        Assert.Equal("6 4", lines[1].GetAttribute("stroke-dasharray"));
+        Assert.Contains("&lt;b&gt;train&lt;/b&gt;", cut.Markup); // names are text, never markup
+    }
+}

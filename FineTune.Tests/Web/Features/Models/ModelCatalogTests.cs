@@ -1,0 +1,123 @@
+using System.Buffers.Binary;
+using System.Text.Json;
+using FineTune.Tests.Web.Support;
+using FineTune.Web.Features.Models;
+using FineTune.Web.Features.Settings;
+using FineTune.Web.Infrastructure;
+
+namespace FineTune.Tests.Web.Features.Models;
+
+public class ModelCatalogTests
+{
+    /// <summary>Weights stored in a safetensors file (biases left out, as ModelShape leaves them out).</summary>
+    private static long StoredWeights(string safetensors)
+    {
+        using var file = File.OpenRead(safetensors);
+        Span<byte> length = stackalloc byte[8];
+        file.ReadExactly(length);
+        var header = new byte[BinaryPrimitives.ReadUInt64LittleEndian(length)];
+        file.ReadExactly(header);
+        using var json = JsonDocument.Parse(header);
+        return json.RootElement.EnumerateObject()
+            .Where(p => p.Name != "__metadata__" && !p.Name.EndsWith(".bias", StringComparison.Ordinal))
+            .Sum(p => p.Value.GetProperty("shape").EnumerateArray().Aggregate(1L, (n, d) => n * d.GetInt64()));
+    }
+
+    [Theory]
+    [InlineData("qwen2")]
+    [InlineData("qwen3")]
+    [InlineData("llama3")]
+    [InlineData("mistral")]
+    [InlineData("qwen-v1")]
+    public void Parameter_count_from_config_matches_the_checkpoint(string model)
+    {
+        string folder = TestFiles.Fixture($"models/{model}");
+        var shape = ModelShape.FromConfigJson(File.ReadAllText(Path.Combine(folder, "config.json")));
+        Assert.Equal(StoredWeights(Path.Combine(folder, "model.safetensors")), shape.TotalParameters);
+    }
+
+    [Theory]
+    [InlineData("Qwen/Qwen2.5-0.5B-Instruct", 494_032_768)]   // model card numbers (with biases)
+    [InlineData("Qwen/Qwen2.5-1.5B-Instruct", 1_543_714_304)]
+    [InlineData("Qwen/Qwen2.5-7B-Instruct", 7_615_616_512)]
+    [InlineData("meta-llama/Llama-3.1-8B-Instruct", 8_030_261_248)]
+    public void Preset_sizes_match_the_published_counts(string id, long published)
+    {
+        var shape = ModelCatalog.Find(id)!.Shape;
+        Assert.InRange(shape.TotalParameters, published * 0.999, published * 1.0);
+    }
+
+    [Fact]
+    public void Lora_parameters_on_qkvo_match_peft_for_qwen2_5_0_5b()
+    {
+        // PEFT print_trainable_parameters for r=16 on q/k/v/o of Qwen2.5-0.5B: 2,162,688.
+        var shape = ModelCatalog.Find("Qwen/Qwen2.5-0.5B-Instruct")!.Shape;
+        Assert.Equal(2_162_688, shape.LoraParameters(16, ModelCatalog.AttentionTargets));
+    }
+
+    [Fact]
+    public void Four_bit_needs_much_less_weight_memory_than_16_bit()
+    {
+        var shape = ModelCatalog.Find("Qwen/Qwen2.5-7B-Instruct")!.Shape;
+        var settings = new TrainingSettings();
+        var fp16 = TrainingEstimator.Memory(shape, settings, fourBit: false);
+        var nf4 = TrainingEstimator.Memory(shape, settings, fourBit: true);
+        Assert.InRange(fp16.Weights / 1e9, 15.0, 15.5);           // 7.6 B × 2 bytes
+        Assert.InRange(nf4.Weights / 1e9, 5.3, 5.8);              // 6.5 B linears at ~4.1 bits (3.4 GB) + 1.1 B × 2 embedding/LM head in 16-bit
+        Assert.True(nf4.Total < fp16.Total);
+        Assert.True(fp16.Total > 16e9 && nf4.Total < 12e9, $"16-bit {fp16.Total / 1e9:0.0} GB, 4-bit {nf4.Total / 1e9:0.0} GB");
+    }
+
+    [Theory]
+    [InlineData("Qwen/Qwen2.5-0.5B-Instruct", true)]
+    [InlineData("meta-llama/Llama-3.1-8B-Instruct", true)]
+    [InlineData("a/b", true)]
+    [InlineData("Qwen2.5-0.5B", false)]
+    [InlineData("../etc/passwd", false)]
+    [InlineData("a/../b", false)]
+    [InlineData("https://huggingface.co/Qwen/Qwen2.5", false)]
+    [InlineData("", false)]
+    public void Hub_ids_are_checked(string id, bool valid) => Assert.Equal(valid, ModelIds.IsValidHubId(id));
+}
+
+public sealed class LocalModelFoldersTests : IDisposable
+{
+    private readonly string _root = Directory.CreateTempSubdirectory("finetune-roots-").FullName;
+    private readonly string _outside = Directory.CreateTempSubdirectory("finetune-outside-").FullName;
+
+    public void Dispose()
+    {
+        Directory.Delete(_root, true);
+        Directory.Delete(_outside, true);
+    }
+
+    private static void MakeModel(string folder)
+    {
+        Directory.CreateDirectory(folder);
+        File.WriteAllText(Path.Combine(folder, "config.json"), "{}");
+        File.WriteAllBytes(Path.Combine(folder, "model.safetensors"), [0]);
+    }
+
+    [Fact]
+    public void Only_folders_under_the_roots_open()
+    {
+        var models = Path.Combine(_root, "models");
+        MakeModel(Path.Combine(models, "tiny"));
+        MakeModel(Path.Combine(_outside, "secret"));
+        Directory.CreateDirectory(Path.Combine(models, "empty"));
+        Directory.CreateSymbolicLink(Path.Combine(models, "link"), Path.Combine(_outside, "secret"));
+        var folders = new LocalModelFolders(new DataPaths(Path.Combine(_root, "data"), [models]));
+
+        Assert.Equal(LocalFolderProblem.None, folders.Check(Path.Combine(models, "tiny")).Problem);
+        Assert.Equal(LocalFolderProblem.OutsideRoots, folders.Check(Path.Combine(_outside, "secret")).Problem);
+        Assert.Equal(LocalFolderProblem.OutsideRoots, folders.Check(Path.Combine(models, "..", "..", Path.GetFileName(_outside), "secret")).Problem);
+        Assert.Equal(LocalFolderProblem.OutsideRoots, folders.Check(Path.Combine(models, "link")).Problem);
+        Assert.Equal(LocalFolderProblem.OutsideRoots, folders.Check("/etc").Problem);
+        Assert.Equal(LocalFolderProblem.OutsideRoots, folders.Check(models + "-evil").Problem);
+        Assert.Equal(LocalFolderProblem.NoConfig, folders.Check(Path.Combine(models, "empty")).Problem);
+        Assert.Equal(LocalFolderProblem.NotFound, folders.Check(Path.Combine(models, "missing")).Problem);
+        Assert.Equal(LocalFolderProblem.Empty, folders.Check("  ").Problem);
+        Assert.Contains(Path.Combine(models, "tiny"), folders.List());
+        Assert.DoesNotContain(Path.Combine(models, "empty"), folders.List());
+    }
+}
