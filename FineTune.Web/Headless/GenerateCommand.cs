@@ -130,15 +130,21 @@ public static class GenerateCommand
         if (options.Raw) return tokenizer.Encode(options.Prompt, addSpecialTokens: true);
         var chat = ChatTemplate.ForTokenizer(tokenizer);
         string template = options.Template ?? TrainedTemplate(adapter) ?? (chat is not null ? "chat" : "tutorial");
-        if (template == "chat")
+        if (template == "chat" && chat is null)
+            throw new NotSupportedException("this model has no chat template; use --template tutorial, --raw or a custom --template with {instruction}.");
+        // The same PromptTemplate the train command uses, so a question reads exactly as it did in training.
+        var prompt = PromptTemplate.Create(template switch
         {
-            if (chat is null) throw new NotSupportedException("this model has no chat template; use --template tutorial, --raw or a custom --template with {instruction}.");
-            return chat.Encode([ChatMessage.User(options.Prompt)], addGenerationPrompt: true);
-        }
-        // As the train command: the prompt part of the row's text, tokenized without BOS/EOS.
-        PromptFormatter format = template == "tutorial" ? PromptFormats.Tutorial : PromptFormats.FromTemplate(template);
-        return tokenizer.Encode(format(new QaRow(options.Prompt, "")).Prompt, addSpecialTokens: false);
+            "chat" => new PromptTemplateSettings(PromptStyle.ModelChatTemplate),
+            "tutorial" => new PromptTemplateSettings(PromptStyle.Tutorial),
+            var custom => new PromptTemplateSettings(PromptStyle.Custom, WithOutputPlaceholder(custom.Replace("\\n", "\n", StringComparison.Ordinal))),
+        }, tokenizer);
+        return prompt.EncodePrompt(new QaRow(options.Prompt, ""));
     }
+
+    /// <summary>At inference a custom template may stop where the answer starts: "Q: {instruction}\nA: ".</summary>
+    private static string WithOutputPlaceholder(string template) =>
+        template.Contains("{output}", StringComparison.Ordinal) ? template : template + "{output}";
 
     /// <summary>The template an adapter was trained with (settings.json "template"), when it says.</summary>
     private static string? TrainedTemplate(string? adapter)
