@@ -11,19 +11,20 @@ public sealed record CheckpointState(
     double Epochs, List<StepRecord> History, double? LossScale = null);
 
 /// <summary>
-/// checkpoint-{step}/ folders: the adapter (PEFT format), the optimizer state (optimizer.bin, TorchSharp's
-/// format), and trainer_state.json (step, loss history, run shape). The learning-rate schedule and data
+/// checkpoint-{step}/ folders: the adapter (PEFT format), the optimizer state (optimizer.safetensors: FlatAdamW's
+/// step count and moments), and trainer_state.json (step, loss history, run shape). The learning-rate schedule and data
 /// order are functions of the step and seed, and every step reseeds the RNG with seed + step, so these
 /// are all a resume needs to continue the same loss curve.
 /// </summary>
 public static class Checkpoints
 {
     public const string StateFile = "trainer_state.json";
-    public const string OptimizerFile = "optimizer.bin";
+    public const string OptimizerFile = "optimizer.safetensors";
+    private const string OldOptimizerFile = "optimizer.bin"; // TorchSharp's AdamW state, written before FlatAdamW
     private const string Prefix = "checkpoint-";
     private static readonly JsonSerializerOptions Json = new() { WriteIndented = true };
 
-    public static string Save(string checkpointsFolder, ITrainableCausalLM model, TorchSharp.Modules.OptimizerHelper optimizer,
+    public static string Save(string checkpointsFolder, ITrainableCausalLM model, FlatAdamW optimizer,
         LoraSettings settings, string baseModel, CheckpointState state, int saveTotalLimit)
     {
         string folder = Path.Combine(checkpointsFolder, Prefix + state.GlobalStep.ToString(CultureInfo.InvariantCulture));
@@ -31,7 +32,7 @@ public static class Checkpoints
         if (Directory.Exists(temporary)) Directory.Delete(temporary, recursive: true);
         Directory.CreateDirectory(temporary);
         PeftAdapter.Save(temporary, model.NamedLinears(), settings, baseModel);
-        optimizer.save_state_dict(Path.Combine(temporary, OptimizerFile));
+        optimizer.SaveState(Path.Combine(temporary, OptimizerFile));
         File.WriteAllText(Path.Combine(temporary, StateFile), JsonSerializer.Serialize(state, Json));
         // Written whole, then renamed: a crash mid-save never leaves a half checkpoint that looks complete.
         if (Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
@@ -63,13 +64,16 @@ public static class Checkpoints
     }
 
     /// <summary>Loads adapter weights and optimizer state of a checkpoint into a model that already has adapters attached.</summary>
-    public static CheckpointState Restore(string checkpointFolder, ITrainableCausalLM model, TorchSharp.Modules.OptimizerHelper optimizer)
+    public static CheckpointState Restore(string checkpointFolder, ITrainableCausalLM model, FlatAdamW optimizer)
     {
         var state = ReadState(checkpointFolder);
         PeftAdapter.Load(checkpointFolder, model.NamedLinears());
         string optimizerPath = Path.Combine(checkpointFolder, OptimizerFile);
-        if (!File.Exists(optimizerPath)) throw new CheckpointException($"'{checkpointFolder}' has no {OptimizerFile}; it cannot be resumed.");
-        optimizer.load_state_dict(optimizerPath);
+        if (!File.Exists(optimizerPath))
+            throw new CheckpointException(File.Exists(Path.Combine(checkpointFolder, OldOptimizerFile))
+                ? $"'{checkpointFolder}' was made by an older FineTune ({OldOptimizerFile}) and cannot be resumed; its adapter can still be used. Start a new run."
+                : $"'{checkpointFolder}' has no {OptimizerFile}; it cannot be resumed.");
+        optimizer.LoadState(optimizerPath);
         return state;
     }
 

@@ -14,7 +14,9 @@ namespace FineTune.Engine.Training;
 /// Trains the LoRA adapters of a model like HF Trainer + PEFT: AdamW, LambdaLR schedule with warmup,
 /// gradient accumulation with the loss normalised by the tokens of the whole accumulation window,
 /// clipping, checkpoints and resume. The loss is lm_head + cross-entropy at answer positions only,
-/// in chunks, in fp32.
+/// in chunks, in fp32. The adapters' weights and gradients live in flat buffers (<see cref="FlatAdamW"/>), so
+/// zeroing, unscaling, clipping and the AdamW update are a few kernels per step, and the host reads the
+/// device once per optimizer step (loss and gradient norm together).
 /// </summary>
 public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings, string baseModelName, ILogger? logger = null)
 {
@@ -37,7 +39,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         int stepsPerEpoch = options.StepsPerEpoch(data.Train.Count);
         int totalSteps = options.TotalSteps(data.Train.Count);
         var schedule = new LearningRateSchedule(options.Schedule, options.WarmupStepCount(totalSteps), totalSteps);
-        using var optimizer = new AdamW(trainable, options.LearningRate, options.AdamBeta1, options.AdamBeta2, options.AdamEpsilon, options.WeightDecay);
+        using var optimizer = new FlatAdamW(trainable, options.LearningRate, options.AdamBeta1, options.AdamBeta2, options.AdamEpsilon, options.WeightDecay);
         var scaler = options.UseLossScaling ? new LossScaler() : null;
 
         var history = new List<StepRecord>();
@@ -82,9 +84,9 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
                 using var dropoutGenerator = device.type == DeviceType.CPU ? new Generator((ulong)(options.Seed + step), device) : null;
                 foreach (var layer in adapterLayers) layer.DropoutGenerator = dropoutGenerator;
                 double lr = options.LearningRate * schedule.Factor(step);
-                foreach (var group in optimizer.ParamGroups) group.LearningRate = lr;
+                optimizer.LearningRate = lr;
 
-                var (loss, gradNorm, tokens, skipped) = Step(window, data.Train, options, optimizer, trainable, scaler, device, cancellationToken);
+                var (loss, gradNorm, tokens, skipped) = Step(window, data.Train, options, optimizer, scaler, device, cancellationToken);
                 tokensSeen += tokens;
                 double epochReached = (double)(step + 1) / stepsPerEpoch;
                 double? evalLoss = null;
@@ -159,16 +161,17 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
     }
 
     private (double Loss, double GradNorm, long Tokens, bool Skipped) Step(List<int[]> window, IReadOnlyList<TrainingExample> rows, TrainingOptions options,
-        AdamW optimizer, List<Parameter> trainable, LossScaler? scaler, Device device, CancellationToken cancellationToken)
+        FlatAdamW optimizer, LossScaler? scaler, Device device, CancellationToken cancellationToken)
     {
         int windowTargets = window.Sum(indices => indices.Sum(i => rows[i].TargetCount));
-        double lossValue = 0;
         long tokens = 0;
-        // Also catches the tensor handles the optimizer and clipping create (p.grad wrappers).
         using var stepScope = NewDisposeScope();
         try
         {
-            optimizer.zero_grad();
+            optimizer.ZeroGrad();
+            // Summed on the device (fp64, as the host sum of fp32 items was) and read once with the gradient norm:
+            // a read per micro-batch would stall the GPU queue each time.
+            var lossSum = zeros(1, dtype: ScalarType.Float64, device: device); // (1)
             foreach (var indices in window)
             {
                 cancellationToken.ThrowIfCancellationRequested();
@@ -178,23 +181,24 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
                 if (batch.TargetCount == 0) continue;
                 var hidden = model.HiddenStates(batch.InputIds, batch.PositionIds, batch.AttentionMask); // (B, T, H)
                 var loss = LossSum(hidden, batch.Targets, options.LossChunkSize) / windowTargets;
-                lossValue += loss.item<float>();
+                lossSum.add_(loss.detach().to(ScalarType.Float64));
                 (scaler is null ? loss : loss * scaler.Scale).backward();
             }
-            bool finite = true;
-            if (scaler is not null) finite = scaler.Unscale(trainable);
-            double gradNorm = options.MaxGradNorm > 0
-                ? nn.utils.clip_grad_norm_(trainable, options.MaxGradNorm)
-                : GradNorm(trainable);
-            if (finite && double.IsFinite(gradNorm)) optimizer.step();
+            scaler?.Unscale(optimizer.Gradients);
+            // The norm before clipping (what clip_grad_norm_ returns and HF logs); an inf/NaN gradient makes it non-finite,
+            // which is the overflow check the loss scaler needs.
+            var gradNormTensor = optimizer.ClipGradNorm(options.MaxGradNorm);
+            var values = cat([lossSum, gradNormTensor.to(ScalarType.Float64).reshape(1)]).cpu().data<double>().ToArray(); // the step's one host read
+            double lossValue = values[0], gradNorm = values[1];
+            bool finite = double.IsFinite(gradNorm);
+            if (finite) optimizer.Step();
             else if (scaler is null) _logger.LogWarning("The gradient norm is {Norm}; the step was skipped. Lower the learning rate if this repeats.", gradNorm);
-            scaler?.Update(finite && double.IsFinite(gradNorm));
-            optimizer.zero_grad();
-            return (lossValue, gradNorm, tokens, scaler is not null && !(finite && double.IsFinite(gradNorm)));
+            scaler?.Update(finite);
+            return (lossValue, gradNorm, tokens, scaler is not null && !finite);
         }
         catch (Exception e) when (IsOutOfMemory(e))
         {
-            optimizer.zero_grad();
+            optimizer.ZeroGrad();
             GC.Collect();
             throw new TrainingOutOfMemoryException("a training step", e);
         }
@@ -220,13 +224,6 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         return scope.MoveToOuter(total);
     }
 
-    private static double GradNorm(List<Parameter> parameters)
-    {
-        using var scope = NewDisposeScope();
-        var norms = parameters.Where(p => p.grad is not null).Select(p => p.grad!.to(ScalarType.Float32).norm()).ToList();
-        return norms.Count == 0 ? 0 : stack(norms).norm().item<float>();
-    }
-
     internal static bool IsOutOfMemory(Exception e) =>
         e is OutOfMemoryException
         || (e is ExternalException or InvalidOperationException or ArgumentException &&
@@ -245,17 +242,11 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         public double Scale { get; set; } = 65536;
         private int _goodSteps;
 
-        public bool Unscale(List<Parameter> parameters)
+        /// <summary>Divides the (flat) gradients by the scale; overflow shows as a non-finite gradient norm afterwards.</summary>
+        public void Unscale(Tensor gradients)
         {
             using var _ = no_grad();
-            bool finite = true;
-            foreach (var p in parameters)
-            {
-                if (p.grad is null) continue;
-                p.grad.div_(Scale);
-                if (!isfinite(p.grad).all().item<bool>()) finite = false;
-            }
-            return finite;
+            gradients.div_(Scale);
         }
 
         public void Update(bool finite)
