@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text.Json;
+using System.Text.Json.Serialization;
 using FineTune.Engine.Adapters;
 using TorchSharp;
 
@@ -22,7 +23,8 @@ public static class Checkpoints
     public const string OptimizerFile = "optimizer.safetensors";
     private const string OldOptimizerFile = "optimizer.bin"; // TorchSharp's AdamW state, written before FlatAdamW
     private const string Prefix = "checkpoint-";
-    private static readonly JsonSerializerOptions Json = new() { WriteIndented = true };
+    // Named literals: a step skipped for an fp16 overflow logs an inf/NaN gradient norm, and the state must still save.
+    private static readonly JsonSerializerOptions Json = new() { WriteIndented = true, NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals };
 
     public static string Save(string checkpointsFolder, ITrainableCausalLM model, FlatAdamW optimizer,
         LoraSettings settings, string baseModel, CheckpointState state, int saveTotalLimit)
@@ -54,7 +56,7 @@ public static class Checkpoints
         if (!File.Exists(path)) throw new CheckpointException($"'{checkpointFolder}' is not a checkpoint: it has no {StateFile}.");
         try
         {
-            return JsonSerializer.Deserialize<CheckpointState>(File.ReadAllText(path))
+            return JsonSerializer.Deserialize<CheckpointState>(File.ReadAllText(path), Json)
                    ?? throw new CheckpointException($"{path} is empty.");
         }
         catch (JsonException e)

@@ -235,6 +235,66 @@ public class TrainerTests
     }
 
     [Fact]
+    public void Loss_scaling_leaves_an_fp32_run_unchanged()
+    {
+        // Scaling by 2^16 and dividing back is exact in fp32, so the scaled run must match step for step.
+        var rows = SyntheticRows(16);
+        var options = new TrainingOptions { Epochs = 2, LearningRate = 5e-3, BatchSize = 2, GradientAccumulationSteps = 2 };
+        TrainingResult plain, scaled;
+        using (var model = ModelWithLora()) plain = new LoraTrainer(model, Settings, "tiny").Train(new DataSplit(rows, []), options);
+        using (var model = ModelWithLora()) scaled = new LoraTrainer(model, Settings, "tiny").Train(new DataSplit(rows, []), options with { UseLossScaling = true });
+        Assert.Equal(plain.History.Select(h => h.Loss), scaled.History.Select(h => h.Loss));
+        Assert.Equal(plain.History.Select(h => h.GradNorm), scaled.History.Select(h => h.GradNorm));
+    }
+
+    /// <summary>A model whose hidden states (and so loss and gradients) become NaN while <see cref="Poison"/> is set.</summary>
+    private sealed class NaNGradients(TinyCausalLM inner) : ITrainableCausalLM
+    {
+        public bool Poison { get; set; } = true;
+        public nn.Module Module => inner;
+        public LoraLinear LmHead => inner.LmHead;
+        public IEnumerable<(string Name, LoraLinear Layer)> NamedLinears() => inner.NamedLinears();
+        public Tensor HiddenStates(Tensor inputIds, Tensor positionIds, Tensor? attentionMask)
+        {
+            var h = inner.HiddenStates(inputIds, positionIds, attentionMask);
+            return Poison ? h * float.NaN : h;
+        }
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Steps_with_non_finite_gradients_are_skipped_and_lower_the_loss_scale(bool lossScaling)
+    {
+        using var inner = ModelWithLora();
+        var model = new NaNGradients(inner);
+        var loraB = inner.model.layers[0].self_attn.q_proj.lora_B!.weight!;
+        var rows = SyntheticRows(8);
+        string folder = TestPaths.NewTempFolder("nan-steps");
+        try
+        {
+            // Move lora_B off zero first, so a skipped step would show if it were taken.
+            model.Poison = false;
+            var options = new TrainingOptions { Epochs = 1, LearningRate = 1e-2, BatchSize = 2, GradientAccumulationSteps = 1, UseLossScaling = lossScaling, SaveSteps = 4 };
+            new LoraTrainer(model, Settings, "tiny").Train(new DataSplit(rows, []), options);
+            var before = loraB.clone();
+            Assert.True(before.abs().max().item<float>() > 0);
+
+            model.Poison = true;
+            var result = new LoraTrainer(model, Settings, "tiny").Train(new DataSplit(rows, []), options, checkpointsFolder: folder);
+            Assert.All(result.History, h => Assert.True(double.IsNaN(h.GradNorm)));
+            Assert.Equal(0, (loraB - before).abs().max().item<float>());
+            double? scale = Checkpoints.ReadState(Checkpoints.Latest(folder)!).LossScale;
+            if (lossScaling) Assert.Equal(65536.0 / 16, scale); // halved at each of the 4 steps
+            else Assert.Null(scale);
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
+    [Fact]
     public void A_training_step_leaves_no_tensors_behind()
     {
         using var model = ModelWithLora();
