@@ -129,9 +129,3 @@ public interface IModelMerger
     Task MergeAsync(int runId, string adapterDirectory, TrainingSettings settings, string outputDirectory, CancellationToken cancellationToken);
 }
 
-/// <summary>The engine's merge. Until FineTune.Engine ships it, merging fails with this message.</summary>
-public sealed class EngineModelMerger : IModelMerger
-{
-    public Task MergeAsync(int runId, string adapterDirectory, TrainingSettings settings, string outputDirectory, CancellationToken cancellationToken) =>
-        throw new NotSupportedException("This build cannot merge adapters yet (FineTune.Engine/Adapters merge). Download the adapter instead.");
-}
