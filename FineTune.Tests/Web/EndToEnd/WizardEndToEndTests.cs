@@ -149,13 +149,17 @@ public sealed class WizardEndToEndTests
 
         // 5. Test: an answer streams in.
         await page.GetByRole(AriaRole.Tab).Nth(4).ClickAsync();
+        await Assertions.Expect(page.Locator("[data-testid=step-test]")).ToBeVisibleAsync();
         await page.Locator("textarea[data-testid=chat-prompt]").FillAsync("你們的產品保固期是多久？");
         await page.Locator("[data-testid=chat-send]").ClickAsync();
         await Assertions.Expect(page.Locator("[data-testid=chat-answer]")).Not.ToBeEmptyAsync(new() { Timeout = 120_000 });
+        await Assertions.Expect(page.Locator("[data-testid=chat-send]")).ToBeEnabledAsync(new() { Timeout = 300_000 }); // generation finished
         await browser.ScreenshotAsync("5-test");
 
         // 6. Download: the zip holds the PEFT adapter files.
         await page.GetByRole(AriaRole.Tab).Nth(5).ClickAsync();
+        await Assertions.Expect(page.Locator("[data-testid=step-download]")).ToBeVisibleAsync();
+        await Assertions.Expect(page.Locator("[data-testid=step-download]")).ToContainTextAsync("adapter_model.safetensors");
         await browser.ScreenshotAsync("6-download");
         var download = await page.RunAndWaitForDownloadAsync(() => page.Locator("[data-testid=download-adapter]").ClickAsync());
         string zipPath = Path.Combine(browser.ScreenshotDirectory, download.SuggestedFilename);
@@ -165,5 +169,7 @@ public sealed class WizardEndToEndTests
         Assert.Contains("adapter_config.json", names);
         Assert.Contains("adapter_model.safetensors", names);
         Assert.Contains("loss.csv", names);
+        Assert.Contains("README.md", names);
+        Assert.Equal(names.Distinct().Count(), names.Length);
     }
 }
