@@ -61,6 +61,7 @@ public static class ApplicationServices
         // The engine behind small interfaces: training, generation, merging.
         builder.Services.AddHttpClient();
         builder.Services.AddSingleton<EngineModels>();
+        builder.Services.AddSingleton<TokenCounter>();
         builder.Services.TryAddSingleton<ITrainingRunner, EngineTrainingRunner>();
         builder.Services.TryAddSingleton<IChatGenerator, EngineChatGenerator>();
         builder.Services.TryAddSingleton<IModelMerger, EngineModelMerger>();

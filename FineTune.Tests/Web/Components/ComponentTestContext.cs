@@ -44,6 +44,7 @@ public abstract class ComponentTestContext : BunitContext, IAsyncLifetime
         Queue = new RunQueue(Runs.Store, Runs.Notifier, Runner, NullLogger<RunQueue>.Instance);
         Services.AddSingleton(Queue);
         Services.AddSingleton(new ArtifactPackager(Runs.Store));
+        Services.AddSingleton(new FineTune.Web.Features.Engine.TokenCounter(NullLogger<FineTune.Web.Features.Engine.TokenCounter>.Instance));
         Render<MudPopoverProvider>();
     }
 
