@@ -309,6 +309,9 @@ internal sealed class Nf4Linear : autograd.SingleTensorFunction<Nf4Linear>
         var x = (Tensor)vars[0];
         var layer = (LoraLinear)vars[1];
         ctx.save_data("layer", layer);
+        // No graph inside: the dequantized weight must not be kept alive by an inner autograd node
+        // (it was, and QLoRA memory grew with every step); backward dequantizes it again.
+        using var _ = no_grad();
         using var w = layer.DequantizedForCompute();                             // (out, in)
         return nn.functional.linear(x, w);
     }
@@ -316,6 +319,7 @@ internal sealed class Nf4Linear : autograd.SingleTensorFunction<Nf4Linear>
     public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
     {
         var layer = (LoraLinear)ctx.get_data("layer");
+        using var _ = no_grad();
         using var w = layer.DequantizedForCompute();                             // (out, in)
         var dx = matmul(gradOutput.to(w.dtype), w);                              // (..., in)
         return [dx, null!];                                                      // no gradient for the layer argument

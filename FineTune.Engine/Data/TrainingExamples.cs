@@ -30,12 +30,37 @@ public static class TrainingExamples
     public const int IgnoreIndex = -100;
 
     /// <summary>
-    /// prompt ids + answer ids + EOS; labels -100 on the prompt (answer-only loss) then shifted by one so
-    /// Targets[t] = label[t+1] (what HF's causal-LM loss does inside the model). Rows longer than
-    /// MaxSeqLength are truncated at the end (counted, with a warning); a row left with nothing to learn
-    /// (its whole answer cut off) is dropped and named in the warning.
+    /// prompt ids + answer ids + EOS through a text encoder and a prompt formatter (tests, simple layouts);
+    /// see <see cref="Build(IEnumerable{QaRow}, Tokenization.PromptTemplate, ExampleOptions, ILogger?)"/> for the model's templates.
     /// </summary>
-    public static ExampleSet Build(IEnumerable<QaRow> rows, PromptFormatter format, TextEncoder encoder, ExampleOptions options, ILogger? logger = null)
+    public static ExampleSet Build(IEnumerable<QaRow> rows, PromptFormatter format, TextEncoder encoder, ExampleOptions options, ILogger? logger = null) =>
+        Build(rows, row =>
+        {
+            var (prompt, answer) = format(row);
+            var promptIds = encoder.Encode(prompt);
+            int[] ids = [.. promptIds, .. encoder.Encode(answer), encoder.EosTokenId];
+            int[] labels = [.. ids.Select((id, i) => i < promptIds.Count ? IgnoreIndex : id)];
+            return (ids, labels);
+        }, options, logger);
+
+    /// <summary>
+    /// Examples through the prompt template shared with inference (FineTune.Engine.Tokenization): the model's
+    /// chat template, the tutorial's "### 指令：/### 回應：" layout or a custom one; EOS ends each answer.
+    /// </summary>
+    public static ExampleSet Build(IEnumerable<QaRow> rows, Tokenization.PromptTemplate template, ExampleOptions options, ILogger? logger = null) =>
+        Build(rows, row =>
+        {
+            var encoded = template.Encode(row);
+            return (encoded.InputIds, encoded.Labels);
+        }, options, logger);
+
+    /// <summary>
+    /// Token ids and labels (-100 on the prompt: answer-only loss; with AnswerOnlyLoss false every token is a
+    /// label), then shifted by one so Targets[t] = label[t+1] (what HF's causal-LM loss does inside the model).
+    /// Rows longer than MaxSeqLength are truncated at the end (counted, with a warning); a row left with nothing
+    /// to learn (its whole answer cut off) is dropped and named in the warning.
+    /// </summary>
+    public static ExampleSet Build(IEnumerable<QaRow> rows, Func<QaRow, (int[] InputIds, int[] Labels)> encode, ExampleOptions options, ILogger? logger = null)
     {
         if (options.MaxSeqLength < 2) throw new ArgumentOutOfRangeException(nameof(options), options.MaxSeqLength, "max_seq_length must be at least 2 tokens.");
         logger ??= NullLogger.Instance;
@@ -45,27 +70,18 @@ public static class TrainingExamples
         foreach (var row in rows)
         {
             index++;
-            var (prompt, answer) = format(row);
-            var promptIds = encoder.Encode(prompt);
-            var answerIds = encoder.Encode(answer);
-            var ids = new List<int>(promptIds.Count + answerIds.Count + 1);
-            ids.AddRange(promptIds);
-            ids.AddRange(answerIds);
-            ids.Add(encoder.EosTokenId);
-            var labels = new int[ids.Count];
-            for (int i = 0; i < ids.Count; i++)
-                labels[i] = options.AnswerOnlyLoss && i < promptIds.Count ? IgnoreIndex : ids[i];
-
-            int length = ids.Count;
+            var (ids, labels) = encode(row);
+            if (!options.AnswerOnlyLoss) labels = ids;
+            int length = ids.Length;
             if (length > options.MaxSeqLength)
             {
                 truncated++;
                 length = options.MaxSeqLength;
             }
-            var inputIds = ids.GetRange(0, length).ToArray();
+            var inputIds = ids[..length];
             var targets = new int[length];
             for (int t = 0; t < length - 1; t++) targets[t] = labels[t + 1];
-            targets[length - 1] = IgnoreIndex;
+            if (length > 0) targets[length - 1] = IgnoreIndex;
             int sourceRow = row.SourceRow > 0 ? row.SourceRow : index;
             if (targets.All(t => t == IgnoreIndex))
             {

@@ -36,6 +36,9 @@ public sealed class Generator(CausalLM model)
     {
         settings.Validate();
         if (promptIds.Count == 0) throw new ArgumentException("The prompt has no tokens; generation needs at least one.", nameof(promptIds));
+        int vocab = Model.Config.VocabSize;
+        if (promptIds.Any(id => id < 0 || id >= vocab))
+            throw new ArgumentException($"The prompt holds token id {promptIds.First(id => id < 0 || id >= vocab)}, outside this model's vocabulary (0..{vocab - 1}). Was it tokenized for another model?", nameof(promptIds));
         int contextLength = Model.Config.MaxPositionEmbeddings;
         if (promptIds.Count >= contextLength)
             throw new ArgumentException($"The prompt has {promptIds.Count} tokens; this model reads at most {contextLength}. Shorten the prompt.", nameof(promptIds));

@@ -45,6 +45,18 @@ public sealed class TextGenerator(Generator generator, ITextTokenizer tokenizer)
         if (rest.Length > 0) yield return rest;
     }
 
+    /// <summary>
+    /// Streams the assistant's next reply to a conversation, rendered with the model's chat template (as HF
+    /// apply_chat_template(messages, add_generation_prompt=True)); throws when the model has no chat template.
+    /// </summary>
+    public IAsyncEnumerable<string> StreamChatAsync(
+        IReadOnlyList<ChatMessage> messages, GenerationSettings settings, CancellationToken cancellationToken = default)
+    {
+        var chat = ChatTemplate.ForTokenizer(Tokenizer)
+            ?? throw new PromptTemplateException("This model has no chat template; use a plain or tutorial prompt with StreamAsync instead.");
+        return StreamAsync(chat.Encode(messages, addGenerationPrompt: true), settings, cancellationToken);
+    }
+
     /// <summary>The whole answer at once.</summary>
     public async Task<string> GenerateAsync(string prompt, GenerationSettings settings, bool addSpecialTokens = true, CancellationToken cancellationToken = default)
     {

@@ -31,7 +31,19 @@ public sealed record ModelLoadOptions
     /// </summary>
     public Func<string, LoraLinear, Tensor, bool>? LoadLinearWeight { get; init; }
 
+    /// <summary>Reported after each tensor: bytes of the checkpoint read so far and in all.</summary>
+    public IProgress<ModelLoadProgress>? Progress { get; init; }
+
+    /// <summary>Stops loading between tensors (the partly built model is released).</summary>
+    public CancellationToken CancellationToken { get; init; }
+
     public ILogger? Logger { get; init; }
+}
+
+/// <summary>Loading progress: <paramref name="BytesLoaded"/> of <paramref name="TotalBytes"/>, the last tensor read.</summary>
+public sealed record ModelLoadProgress(long BytesLoaded, long TotalBytes, string Tensor)
+{
+    public double Fraction => TotalBytes == 0 ? 1 : (double)BytesLoaded / TotalBytes;
 }
 
 /// <summary>
@@ -94,34 +106,37 @@ public static class ModelLoader
         bool tied = model.Config.TieWordEmbeddings;
         var targets = Targets(model, options, tied);
 
-        // Tied: the checkpoint's embedding fills lm_head, and the embedding then shares it (one tensor).
-        // A tied checkpoint that also stores lm_head.weight holds the same values; it is skipped.
-        var loaded = new HashSet<string>(StringComparer.Ordinal);
-        var unexpected = new List<string>();
-        foreach (string key in checkpoint.Names.Order(StringComparer.Ordinal))
-        {
-            string target = tied && key == model.EmbeddingKey ? "lm_head.weight" : key;
-            if (tied && key == "lm_head.weight") continue;
-            if (key.EndsWith(".rotary_emb.inv_freq", StringComparison.Ordinal)) continue; // old checkpoints store RoPE's buffer
-            if (!targets.TryGetValue(target, out var load))
-            {
-                unexpected.Add(key);
-                continue;
-            }
-            CheckShape(key, checkpoint.Entry(key), model, target);
-            using (var scope = NewDisposeScope())
-            {
-                using var cpu = checkpoint.Read(key);
-                var onDevice = cpu.to(model.DType).to(model.Device);
-                load(onDevice);
-            }
-            loaded.Add(target);
-        }
-
-        var missing = targets.Keys.Where(k => !loaded.Contains(k)).Select(k => tied && k == "lm_head.weight" ? model.EmbeddingKey : k).ToList();
+        // Match names first (headers only), so a wrong folder fails before any data is read.
+        var plan = checkpoint.InFileOrder.Select(e => (Entry: e, Target: TargetOf(e.Name))).ToList();
+        var unexpected = plan.Where(p => p.Target is not null && !targets.ContainsKey(p.Target)).Select(p => p.Entry.Name).ToList();
+        var planned = plan.Where(p => p.Target is not null).Select(p => p.Target!).ToHashSet(StringComparer.Ordinal);
+        var missing = targets.Keys.Where(k => !planned.Contains(k)).Select(k => tied && k == "lm_head.weight" ? model.EmbeddingKey : k).ToList();
         if (missing.Count > 0 || unexpected.Count > 0)
             throw new ModelFormatException(KeyReport(model, missing, unexpected));
+
+        long total = checkpoint.TotalBytes, done = 0;
+        foreach (var (entry, target) in plan)
+        {
+            options.CancellationToken.ThrowIfCancellationRequested();
+            if (target is not null)
+            {
+                CheckShape(entry.Name, entry, model, target);
+                using var scope = NewDisposeScope();
+                using var cpu = checkpoint.Read(entry.Name);
+                targets[target](cpu.to(model.DType).to(model.Device));
+            }
+            done += entry.Length;
+            options.Progress?.Report(new ModelLoadProgress(done, total, entry.Name));
+        }
         if (tied) model.TieEmbeddings();
+
+        // The parameter a checkpoint key fills, or null for keys that are skipped. Tied: the checkpoint's embedding
+        // fills lm_head and the embedding then shares it (one tensor); a stored lm_head.weight holds the same values.
+        string? TargetOf(string key) =>
+            tied && key == "lm_head.weight" ? null
+            : key.EndsWith(".rotary_emb.inv_freq", StringComparison.Ordinal) ? null // old checkpoints store RoPE's buffer
+            : tied && key == model.EmbeddingKey ? "lm_head.weight"
+            : key;
     }
 
     /// <summary>Checkpoint key → what takes that tensor.</summary>

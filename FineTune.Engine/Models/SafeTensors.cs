@@ -254,6 +254,12 @@ public sealed class SafeTensorsCheckpoint : IDisposable
 
     public IEnumerable<SafeTensorEntry> Entries => _files.SelectMany(f => f.Entries);
 
+    /// <summary>Every tensor in the order it lies on disk (file by file, by offset): sequential reads.</summary>
+    public IEnumerable<SafeTensorEntry> InFileOrder => _files.SelectMany(f => f.Entries.OrderBy(e => e.Offset));
+
+    /// <summary>Bytes of tensor data in all files.</summary>
+    public long TotalBytes => Entries.Sum(e => e.Length);
+
     public bool Contains(string name) => _byName.ContainsKey(name);
 
     public SafeTensorEntry Entry(string name) => FileOf(name).Entry(name);

@@ -127,6 +127,13 @@ public class LoraLinearTests
         var expected = x.matmul(dequantized.t()) + layer.bias!
                        + x.matmul(layer.lora_A!.weight!.t()).matmul(layer.lora_B!.weight!.t()) * 2.0;
         Assert.True(allclose(y, expected, rtol: 1e-5, atol: 1e-5));
+        using (no_grad())
+        {
+            // Inference (chat with a QLoRA model) runs the same path without a graph.
+            var inference = layer.forward(x.detach());
+            Assert.False(inference.requires_grad);
+            Assert.True(allclose(inference, expected.detach(), rtol: 1e-5, atol: 1e-5));
+        }
 
         // Backward through the re-dequantizing matmul: dx and the adapter gradients equal the dense path's.
         var g = randn(5, 48);

@@ -1,5 +1,7 @@
 using FineTune.Engine.Backend;
 using FineTune.Engine.Data;
+using FineTune.Engine.Tokenization;
+using FineTune.Tests.Adapters;
 using FineTune.Tests.Training;
 using static TorchSharp.torch;
 
@@ -60,14 +62,21 @@ public class TrainingExamplesTests
     }
 
     [Fact]
-    public void Tutorial_template_puts_instruction_and_answer_in_place()
+    public void Examples_through_the_shared_prompt_template_mask_the_prompt_and_end_with_eos()
     {
-        var (prompt, answer) = PromptFormats.Tutorial(new QaRow("如何聯繫客服？", "請來電。\n"));
-        Assert.Equal("### 指令:\n如何聯繫客服？\n\n### 回應:\n", prompt);
-        Assert.Equal("請來電。", answer);
-        var custom = PromptFormats.FromTemplate("<q>{instruction}</q>\\n");
-        Assert.Equal("<q>hi</q>\n", custom(new QaRow("hi", "yo")).Prompt);
-        Assert.Throws<ArgumentException>(() => PromptFormats.FromTemplate("no placeholder"));
+        var tokenizer = TokenizerLoader.Load(TestPaths.InRepo("FineTune.Tests", "Fixtures", "models", "qwen2"));
+        var template = PromptTemplate.Create(new PromptTemplateSettings(PromptStyle.Tutorial), tokenizer);
+        var row = new QaRow("可以退貨嗎？", "購買後7天內可申請退貨。");
+        var set = TrainingExamples.Build([row], template, new ExampleOptions());
+        var e = Assert.Single(set.Examples);
+        var encoded = template.Encode(row);
+        Assert.Equal(encoded.InputIds, e.InputIds);
+        int eos = tokenizer.EosTokenId!.Value;
+        Assert.Equal(eos, e.InputIds[^1]);
+        int promptLength = template.EncodePrompt(row with { Output = "" }).Count;
+        Assert.All(e.Targets[..(promptLength - 1)], t => Assert.Equal(-100, t));
+        Assert.Equal(e.InputIds[promptLength..], e.Targets[(promptLength - 1)..^1]);
+        Assert.Equal("購買後7天內可申請退貨。", tokenizer.Decode(e.InputIds[promptLength..^1]));
     }
 
     [Fact]
@@ -91,6 +100,24 @@ public class TrainingExamplesTests
         Assert.NotEqual(Batching.EpochOrder(10, 42, 0), Batching.EpochOrder(10, 42, 1));
         Assert.Equal(Enumerable.Range(0, 5), Batching.EpochOrder(5, 42, 0, shuffle: false));
         Assert.Equal(10, Batching.EpochOrder(10, 42, 3).Distinct().Count());
+    }
+
+    [Fact]
+    public void Rows_of_one_length_batch_side_by_side_with_plain_causal_attention()
+    {
+        var examples = new List<TrainingExample>
+        {
+            new([1, 2, 3], [-100, 3, 63], 1),
+            new([4, 5, 6], [5, 6, -100], 2),
+        };
+        foreach (var layout in new[] { BatchLayout.Packed, BatchLayout.LengthGrouped })
+        {
+            using var batch = Batching.Collate(examples, [0, 1], layout, CPU);
+            Assert.Equal(new long[] { 2, 3 }, batch.InputIds.shape);
+            Assert.Equal(new long[] { 0, 1, 2, 0, 1, 2 }, batch.PositionIds.data<long>().ToArray());
+            Assert.Equal(new long[] { -100, 3, 63, 5, 6, -100 }, batch.Targets.data<long>().ToArray());
+            Assert.Null(batch.AttentionMask); // no padding and no packing: the model's causal attention is exact
+        }
     }
 
     [Fact]

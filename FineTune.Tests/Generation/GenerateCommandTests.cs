@@ -1,3 +1,5 @@
+using System.IO.Compression;
+using FineTune.Engine.Adapters;
 using FineTune.Engine.Backend;
 using FineTune.Engine.Generation;
 using FineTune.Engine.Models;
@@ -72,10 +74,6 @@ public class GenerateCommandTests
         Assert.Single(missing.Err.TrimEnd('\n').Split('\n'));
         Assert.Contains("/no/such/model", missing.Err);
 
-        var hub = await Run("--model", "Qwen/Qwen2.5-0.5B-Instruct", "--prompt", "hi");
-        Assert.Equal(1, hub.Code);
-        Assert.Contains("Qwen/Qwen2.5-0.5B-Instruct", hub.Err);
-
         string empty = Directory.CreateTempSubdirectory("ft-empty-model-").FullName;
         try
         {
@@ -87,6 +85,62 @@ public class GenerateCommandTests
         finally
         {
             Directory.Delete(empty, recursive: true);
+        }
+    }
+
+    [Fact]
+    public async Task Chat_template_is_the_default_when_the_model_has_one()
+    {
+        string folder = ModelFixtures.Folder("qwen2");
+        var chat = await Run("--model", folder, "--prompt", "可以退貨嗎？", "--greedy", "--max-new-tokens", "6");
+        var explicitChat = await Run("--model", folder, "--prompt", "可以退貨嗎？", "--template", "chat", "--greedy", "--max-new-tokens", "6");
+        var tutorial = await Run("--model", folder, "--prompt", "可以退貨嗎？", "--template", "tutorial", "--greedy", "--max-new-tokens", "6");
+        Assert.True(chat.Code == 0, chat.Err);
+        Assert.Equal(explicitChat.Out, chat.Out);
+        Assert.NotEqual(tutorial.Out, chat.Out);
+
+        var custom = await Run("--model", folder, "--prompt", "hi", "--template", "no placeholder here");
+        Assert.Equal(1, custom.Code);
+        Assert.Contains("{instruction}", custom.Err);
+    }
+
+    [Fact]
+    public async Task An_adapter_folder_or_zip_changes_the_answer()
+    {
+        string folder = ModelFixtures.Folder("qwen3");
+        string work = Directory.CreateTempSubdirectory("ft-generate-adapter-").FullName;
+        try
+        {
+            string adapter = Path.Combine(work, "adapter");
+            _ = ComputeBackend.Current;
+            using (var model = ModelLoader.Load(folder, new ModelLoadOptions { Device = CPU, DType = ScalarType.Float32 }))
+            {
+                var settings = new LoraSettings(4, 8, 0.0);
+                LoraInjector.Attach(model.NamedLinears(), settings, seed: 1);
+                using (no_grad())
+                    foreach (var (_, layer) in model.NamedLinears().Where(l => l.Layer.HasAdapter))
+                        layer.lora_B!.weight!.copy_(randn(layer.lora_B.weight.shape) * 0.5);
+                PeftAdapter.Save(adapter, model.NamedLinears(), settings, folder);
+            }
+            string zip = Path.Combine(work, "adapter.zip");
+            ZipFile.CreateFromDirectory(adapter, zip);
+
+            string[] common = ["--model", folder, "--prompt", "如何聯繫客服？", "--template", "tutorial", "--greedy", "--max-new-tokens", "12"];
+            var plain = await Run(common);
+            var withFolder = await Run([.. common, "--adapter", adapter]);
+            var withZip = await Run([.. common, "--adapter", zip]);
+            Assert.True(withFolder.Code == 0, withFolder.Err);
+            Assert.True(withZip.Code == 0, withZip.Err);
+            Assert.Equal(withFolder.Out, withZip.Out);
+            Assert.NotEqual(plain.Out, withFolder.Out);
+
+            var missing = await Run([.. common, "--adapter", Path.Combine(work, "nope.zip")]);
+            Assert.Equal(1, missing.Code);
+            Assert.Contains("nope.zip", missing.Err);
+        }
+        finally
+        {
+            Directory.Delete(work, recursive: true);
         }
     }
 }

@@ -70,6 +70,8 @@ public sealed class GeneratorTests : IDisposable
         int[] tooLong = Enumerable.Repeat(100, _model.Config.MaxPositionEmbeddings).ToArray();
         var error = Assert.Throws<ArgumentException>(() => _generator.Generate(tooLong, GenerationSettings.Greedy(3)).ToArray());
         Assert.Contains("at most", error.Message);
+        var outside = Assert.Throws<ArgumentException>(() => _generator.Generate([1, _model.Config.VocabSize], GenerationSettings.Greedy(3)).ToArray());
+        Assert.Contains(_model.Config.VocabSize.ToString(System.Globalization.CultureInfo.InvariantCulture), outside.Message);
     }
 
     [Fact]
@@ -108,6 +110,20 @@ public sealed class GeneratorTests : IDisposable
         // With the first generated id as a stop id, nothing is shown.
         string none = await text.GenerateAsync(prompt, settings with { StopTokenIds = new HashSet<int> { ids[0] } });
         Assert.Equal("", none);
+    }
+
+    [Fact]
+    public async Task Chat_streaming_renders_the_model_template()
+    {
+        var tokenizer = TokenizerLoader.Load(ModelFixtures.Folder("qwen2"));
+        var text = new TextGenerator(_generator, tokenizer);
+        var settings = GenerationSettings.Greedy(8);
+        ChatMessage[] messages = [ChatMessage.User("可以退貨嗎？")];
+        var pieces = new List<string>();
+        await foreach (string piece in text.StreamChatAsync(messages, settings)) pieces.Add(piece);
+
+        var ids = ChatTemplate.ForTokenizer(tokenizer)!.Encode(messages, addGenerationPrompt: true);
+        Assert.Equal(await text.GenerateAsync(tokenizer.Decode(ids), settings, addSpecialTokens: false), string.Concat(pieces));
     }
 
     [Fact]

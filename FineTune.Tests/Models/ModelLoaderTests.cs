@@ -99,6 +99,28 @@ public sealed class ModelLoaderTests : IDisposable
     }
 
     [Fact]
+    public void Reports_progress_tensor_by_tensor_and_can_be_cancelled()
+    {
+        string folder = ModelFixtures.Folder("qwen2-v5");
+        var reports = new List<ModelLoadProgress>();
+        using (ModelLoader.Load(folder, new ModelLoadOptions { Device = CPU, Progress = new Recorder(reports) })) { }
+        using var checkpoint = SafeTensorsCheckpoint.Open(folder);
+        Assert.Equal(checkpoint.Names.Count, reports.Count);
+        Assert.Equal(checkpoint.TotalBytes, reports[^1].BytesLoaded);
+        Assert.Equal(1.0, reports[^1].Fraction);
+        Assert.True(reports.Zip(reports.Skip(1)).All(p => p.First.BytesLoaded < p.Second.BytesLoaded));
+
+        using var cancel = new CancellationTokenSource();
+        cancel.Cancel();
+        Assert.Throws<OperationCanceledException>(() => ModelLoader.Load(folder, new ModelLoadOptions { Device = CPU, CancellationToken = cancel.Token }));
+    }
+
+    private sealed class Recorder(List<ModelLoadProgress> reports) : IProgress<ModelLoadProgress>
+    {
+        public void Report(ModelLoadProgress value) => reports.Add(value);
+    }
+
+    [Fact]
     public void Bfloat16_weights_give_logits_close_to_float32()
     {
         string folder = ModelFixtures.Folder("llama3");

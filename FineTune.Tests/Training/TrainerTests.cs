@@ -94,7 +94,7 @@ public class TrainerTests
         Assert.Equal(8.0, last.Epoch, 6);
         Assert.True(last.TokensPerSecond > 0);
         Assert.True(double.IsFinite(last.GradNorm) && last.GradNorm > 0);
-        Assert.Equal(0, last.LearningRate, 12); // linear schedule ends at 0
+        Assert.Equal(1e-2 / 48, last.LearningRate, 12); // the last step of a linear schedule runs at 1/48 of the peak
         Assert.Null(last.GpuMemoryBytes);
     }
 
@@ -203,6 +203,37 @@ public class TrainerTests
         Assert.Contains("4-bit", typed.Message);
     }
 
+    /// <summary>A model whose forward asks libtorch for an impossible amount of memory (a real allocator failure).</summary>
+    private sealed class GreedyForMemory(TinyCausalLM inner) : ITrainableCausalLM
+    {
+        public bool Fail { get; set; } = true;
+        public nn.Module Module => inner;
+        public LoraLinear LmHead => inner.LmHead;
+        public IEnumerable<(string Name, LoraLinear Layer)> NamedLinears() => inner.NamedLinears();
+        public Tensor HiddenStates(Tensor inputIds, Tensor positionIds, Tensor? attentionMask)
+        {
+            if (Fail) using (var huge = empty(1L << 45)) { }
+            return inner.HiddenStates(inputIds, positionIds, attentionMask);
+        }
+    }
+
+    [Fact]
+    public void Out_of_memory_in_a_step_is_a_typed_error_and_training_works_afterwards()
+    {
+        using var inner = ModelWithLora();
+        var model = new GreedyForMemory(inner);
+        var trainer = new LoraTrainer(model, Settings, "tiny");
+        var data = new DataSplit(SyntheticRows(8), []);
+        var options = new TrainingOptions { Epochs = 1, BatchSize = 2, GradientAccumulationSteps = 1 };
+        var e = Assert.Throws<TrainingOutOfMemoryException>(() => trainer.Train(data, options));
+        Assert.Contains("smaller batch size", e.Message);
+        Assert.False(inner.training);
+        model.Fail = false;
+        var result = trainer.Train(data, options);
+        Assert.True(result.Completed);
+        Assert.All(result.History, h => Assert.True(double.IsFinite(h.Loss)));
+    }
+
     [Fact]
     public void A_training_step_leaves_no_tensors_behind()
     {
@@ -215,6 +246,43 @@ public class TrainerTests
         trainer.Train(new DataSplit(rows, []), options);
         long after = TorchSharp.DisposeScopeManager.Statistics.ThreadTotalLiveCount;
         Assert.True(after - before <= 2, $"{after - before} tensors leaked");
+    }
+}
+
+public class FixtureModelTrainerTests
+{
+    public FixtureModelTrainerTests() => _ = ComputeBackend.Current;
+
+    [Fact]
+    public void Qlora_steps_on_a_fixture_model_lower_the_loss_and_leave_no_tensors_behind()
+    {
+        string folder = TestPaths.InRepo("FineTune.Tests", "Fixtures", "models", "qwen2");
+        using var lm = FineTune.Engine.Models.ModelLoader.Load(folder, new FineTune.Engine.Models.ModelLoadOptions
+        {
+            DType = ScalarType.Float32,
+            LoadLinearWeight = (name, layer, weight) =>
+            {
+                if (name == "lm_head") return false;
+                layer.QuantizeWeight(weight, ScalarType.Float32);
+                return true;
+            },
+        });
+        Assert.All(lm.NamedLinears().Where(l => l.Name != "lm_head"), l => Assert.True(l.Layer.IsQuantized));
+        var model = new CausalLmTraining(lm);
+        var settings = new LoraSettings(Rank: 8, Alpha: 16, Dropout: 0.05);
+        LoraInjector.Attach(model.NamedLinears(), settings, seed: 3);
+        var rows = TrainerTests.SyntheticRows(12);
+        var trainer = new LoraTrainer(model, settings, folder);
+        var options = new TrainingOptions { Epochs = 3, LearningRate = 5e-3, BatchSize = 3, GradientAccumulationSteps = 2 };
+        double before = trainer.Evaluate(rows, options, CPU);
+        trainer.Train(new DataSplit(rows, []), options);
+        long live = TorchSharp.DisposeScopeManager.Statistics.ThreadTotalLiveCount;
+        trainer.Train(new DataSplit(rows, []), options);
+        long leaked = TorchSharp.DisposeScopeManager.Statistics.ThreadTotalLiveCount - live;
+        double after = trainer.Evaluate(rows, options, CPU);
+        Assert.True(leaked <= 2, $"{leaked} tensors leaked");
+        Assert.True(after < before, $"loss {before} → {after}");
+        Assert.All(lm.NamedLinears().Where(l => l.Name != "lm_head"), l => Assert.True(l.Layer.IsQuantized));
     }
 }
 

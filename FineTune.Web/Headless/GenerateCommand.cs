@@ -1,6 +1,11 @@
 using System.Globalization;
+using System.IO.Compression;
+using System.Text.Json;
+using FineTune.Engine.Adapters;
 using FineTune.Engine.Backend;
+using FineTune.Engine.Data;
 using FineTune.Engine.Generation;
+using FineTune.Engine.Hub;
 using FineTune.Engine.Models;
 using FineTune.Engine.Tokenization;
 
@@ -11,6 +16,9 @@ namespace FineTune.Web.Headless;
 /// [--greedy | --temperature T --top-p P [--top-k K]] [--max-new-tokens N] [--seed N] [--adapter &lt;zip|folder&gt;]</c>:
 /// prints only the generated text on stdout, as it is generated. Bad arguments or an unreadable model: one line
 /// on stderr and a non-zero exit code (2 for usage, 1 for everything else, 130 when interrupted).
+/// Prompt formats: --raw (the text as is, BOS where the tokenizer adds one), chat (the model's chat template),
+/// tutorial or a custom template with {instruction} (both as the train command formats prompts). Default: the
+/// adapter's training template (its settings.json), else chat when the model has a chat template, else tutorial.
 /// </summary>
 public static class GenerateCommand
 {
@@ -19,9 +27,6 @@ public static class GenerateCommand
     public const string Usage =
         "usage: generate --model <folder|hub id> --prompt TEXT [--raw] [--template chat|tutorial|TEXT] " +
         "[--greedy | --temperature T --top-p P [--top-k K]] [--max-new-tokens N] [--seed N] [--adapter <zip|folder>]";
-
-    /// <summary>The tutorial's prompt layout (the same as training's default), {prompt} standing for the question.</summary>
-    public const string TutorialTemplate = "### 指令:\n{prompt}\n\n### 回應:\n";
 
     /// <summary>Runs on the console (Ctrl+C stops generation); <paramref name="args"/> excludes the word "generate".</summary>
     public static int Run(string[] args)
@@ -58,18 +63,19 @@ public static class GenerateCommand
             return 2;
         }
 
+        string? extracted = null;
         try
         {
-            string folder = ResolveModelFolder(options.Model);
-            if (options.Adapter is not null)
-                throw new NotSupportedException($"--adapter {options.Adapter}: loading LoRA adapters is not available in this build yet; generate with the base model, or merge the adapter first.");
+            string folder = await ResolveModelFolderAsync(options.Model, cancellationToken).ConfigureAwait(false);
+            string? adapter = options.Adapter is null ? null : AdapterFolder(options.Adapter, out extracted);
             ComputeBackend.Initialize();
             var tokenizer = TokenizerLoader.Load(folder);
             using var model = ModelLoader.Load(folder);
+            if (adapter is not null) PeftAdapter.Load(adapter, model.NamedLinears());
             var text = new TextGenerator(new Generator(model), tokenizer);
             var settings = options.Apply(text.DefaultSettings(folder));
-            var (prompt, addSpecialTokens) = FormatPrompt(options, tokenizer);
-            await foreach (string piece in text.StreamAsync(prompt, settings, addSpecialTokens, cancellationToken).ConfigureAwait(false))
+            var promptIds = EncodePrompt(options, tokenizer, adapter);
+            await foreach (string piece in text.StreamAsync(promptIds, settings, cancellationToken).ConfigureAwait(false))
             {
                 await output.WriteAsync(piece).ConfigureAwait(false);
                 await output.FlushAsync(cancellationToken).ConfigureAwait(false);
@@ -81,38 +87,79 @@ public static class GenerateCommand
             await error.WriteLineAsync("generate: interrupted").ConfigureAwait(false);
             return 130;
         }
-        catch (Exception e) when (e is ModelFormatException or UnsupportedModelException or TokenizerLoadException
+        catch (Exception e) when (e is ModelFormatException or UnsupportedModelException or TokenizerLoadException or HubException
+                                      or AdapterFormatException or PromptTemplateException or FineTune.Engine.Tokenization.Jinja.ChatTemplateException
                                       or IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException
-                                      or InvalidOperationException or System.Runtime.InteropServices.ExternalException)
+                                      or InvalidOperationException or InvalidDataException or HttpRequestException
+                                      or System.Runtime.InteropServices.ExternalException)
         {
             await error.WriteLineAsync($"generate: {OneLine(e.Message)}").ConfigureAwait(false);
             return 1;
         }
+        finally
+        {
+            if (extracted is not null) Directory.Delete(extracted, recursive: true);
+        }
     }
 
-    private static string ResolveModelFolder(string model)
+    /// <summary>A model folder as it is; anything else is a Hub id, downloaded into (or found in) the Hub cache.</summary>
+    private static async Task<string> ResolveModelFolderAsync(string model, CancellationToken cancellationToken)
     {
         if (Directory.Exists(model)) return Path.GetFullPath(model);
-        bool looksLikeHubId = !model.Contains('\\') && model.Count(c => c == '/') == 1 && !model.StartsWith('.') && !model.StartsWith('/');
-        if (looksLikeHubId)
-            throw new NotSupportedException($"--model {model}: downloading from the Hugging Face Hub is not available in this build; download the model folder and pass its path.");
-        throw new DirectoryNotFoundException($"--model {model}: no such folder.");
+        if (model.StartsWith('.') || model.StartsWith('/') || model.Contains('\\') || model.Count(c => c == '/') != 1)
+            throw new DirectoryNotFoundException($"--model {model}: no such folder (and not a Hub id such as Qwen/Qwen2.5-0.5B-Instruct).");
+        using var http = new HttpClient();
+        return await new HubDownloader(http).ResolveModelFolderAsync(model, cancellationToken: cancellationToken).ConfigureAwait(false);
     }
 
-    private static (string Prompt, bool AddSpecialTokens) FormatPrompt(Options options, ITextTokenizer tokenizer)
+    /// <summary>An adapter folder, or a zip (the app's download) extracted to a temporary folder.</summary>
+    private static string AdapterFolder(string adapter, out string? extracted)
     {
-        if (options.Raw) return (options.Prompt, true);
-        string template = options.Template ?? (tokenizer.ChatTemplate is not null ? "chat" : "tutorial");
-        return template switch
+        extracted = null;
+        if (Directory.Exists(adapter)) return adapter;
+        if (!File.Exists(adapter)) throw new FileNotFoundException($"--adapter {adapter}: no such folder or zip file.");
+        extracted = Directory.CreateTempSubdirectory("finetune-adapter-").FullName;
+        ZipFile.ExtractToDirectory(adapter, extracted);
+        // The app's zip is flat; a zip of the folder itself holds one folder with the files.
+        string[] inner = Directory.GetDirectories(extracted);
+        return File.Exists(Path.Combine(extracted, "adapter_config.json")) || inner.Length != 1 ? extracted : inner[0];
+    }
+
+    private static IReadOnlyList<int> EncodePrompt(Options options, ITextTokenizer tokenizer, string? adapter)
+    {
+        if (options.Raw) return tokenizer.Encode(options.Prompt, addSpecialTokens: true);
+        var chat = ChatTemplate.ForTokenizer(tokenizer);
+        string template = options.Template ?? TrainedTemplate(adapter) ?? (chat is not null ? "chat" : "tutorial");
+        if (template == "chat" && chat is null)
+            throw new NotSupportedException("this model has no chat template; use --template tutorial, --raw or a custom --template with {instruction}.");
+        // The same PromptTemplate the train command uses, so a question reads exactly as it did in training.
+        var prompt = PromptTemplate.Create(template switch
         {
-            "chat" => throw new NotSupportedException(
-                tokenizer.ChatTemplate is null
-                    ? "this model has no chat template; use --template tutorial, --raw or a custom --template with {prompt}."
-                    : "chat templates cannot be rendered in this build yet; use --template tutorial, --raw or a custom --template with {prompt}."),
-            "tutorial" => (TutorialTemplate.Replace("{prompt}", options.Prompt, StringComparison.Ordinal), true),
-            _ when template.Contains("{prompt}", StringComparison.Ordinal) => (template.Replace("{prompt}", options.Prompt, StringComparison.Ordinal), true),
-            _ => throw new ArgumentException($"--template '{template}' is neither chat, tutorial nor a custom template containing {{prompt}}."),
-        };
+            "chat" => new PromptTemplateSettings(PromptStyle.ModelChatTemplate),
+            "tutorial" => new PromptTemplateSettings(PromptStyle.Tutorial),
+            var custom => new PromptTemplateSettings(PromptStyle.Custom, WithOutputPlaceholder(custom.Replace("\\n", "\n", StringComparison.Ordinal))),
+        }, tokenizer);
+        return prompt.EncodePrompt(new QaRow(options.Prompt, ""));
+    }
+
+    /// <summary>At inference a custom template may stop where the answer starts: "Q: {instruction}\nA: ".</summary>
+    private static string WithOutputPlaceholder(string template) =>
+        template.Contains("{output}", StringComparison.Ordinal) ? template : template + "{output}";
+
+    /// <summary>The template an adapter was trained with (settings.json "template"), when it says.</summary>
+    private static string? TrainedTemplate(string? adapter)
+    {
+        string? path = adapter is null ? null : Path.Combine(adapter, "settings.json");
+        if (path is null || !File.Exists(path)) return null;
+        try
+        {
+            using var document = JsonDocument.Parse(File.ReadAllText(path));
+            return document.RootElement.TryGetProperty("template", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString() : null;
+        }
+        catch (JsonException)
+        {
+            return null;
+        }
     }
 
     private static string OneLine(string message) => message.ReplaceLineEndings(" ").Trim();

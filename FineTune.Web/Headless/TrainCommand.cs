@@ -49,7 +49,8 @@ public static class TrainCommand
           --qlora             base model in NF4 (4-bit)           --max-length L      max tokens per row (1024)
           --batch B           rows per batch (1)                  --accum G           gradient accumulation (4)
           --save-steps S      checkpoint every S steps (0: none)  --save-limit K      checkpoints kept (2)
-          --template T        "tutorial" or a prompt with {instruction} (and {input}, {system})
+          --template T        tutorial (### 指令：/### 回應：), chat (the model's chat template), or a custom
+                              template with {instruction} and {output} (and {input}, {system}); \n for a new line
           --whole-text        loss on prompt and answer (default: answer only)
           --warmup-ratio R    (0)   --warmup-steps N (0)   --schedule linear|cosine|constant (linear)
           --seed N (42)   --logging-steps N (1)   --validation F (0.1, used from 20 rows)   --layout packed|grouped
@@ -68,7 +69,7 @@ public static class TrainCommand
         }
         catch (Exception e) when (e is CommandLineException or DataImportException or ArgumentException or FileNotFoundException
                                        or DirectoryNotFoundException or ModelFormatException or UnsupportedModelException or AdapterFormatException or CheckpointException
-                                       or LoraTargetNotFoundException or InvalidDataException or NotSupportedException)
+                                       or LoraTargetNotFoundException or InvalidDataException or NotSupportedException or PromptTemplateException)
         {
             error.WriteLine($"train: {e.Message}");
             if (e is CommandLineException) error.WriteLine(Usage);
@@ -83,6 +84,13 @@ public static class TrainCommand
         {
             error.WriteLine("train: cancelled; the newest checkpoint (if any) can be resumed with --resume auto.");
             return 130;
+        }
+        catch (Exception e) when (e is System.Runtime.InteropServices.ExternalException or InvalidOperationException or IOException or UnauthorizedAccessException)
+        {
+            // libtorch errors, unwritable output folders...: one line for the user, the details for whoever reads the log.
+            error.WriteLine($"train: failed: {e.Message}");
+            loggers.CreateLogger("FineTune.Train").LogError(e, "train failed");
+            return 1;
         }
     }
 
@@ -101,11 +109,13 @@ public static class TrainCommand
         output.WriteLine($"data: {rows.Count} rows from {Path.GetFileName(o.Data)}");
 
         var tokenizer = TokenizerLoader.Load(o.Model);
-        int eos = tokenizer.EosTokenId ?? tokenizer.EosTokenIds.FirstOrDefault(-1);
-        if (eos < 0) throw new CommandLineException($"The tokenizer of '{o.Model}' has no eos_token; training needs one to teach the model to stop.");
-        var encoder = new TextEncoder(text => tokenizer.Encode(text, addSpecialTokens: false), eos, ids => tokenizer.Decode(ids));
-        var format = o.Template is null or "tutorial" ? PromptFormats.Tutorial : PromptFormats.FromTemplate(o.Template);
-        var examples = TrainingExamples.Build(rows, format, encoder, new ExampleOptions(o.MaxLength, AnswerOnlyLoss: !o.WholeText), loggers.CreateLogger("FineTune.Data"));
+        var template = PromptTemplate.Create(o.Template switch
+        {
+            null or "tutorial" => new PromptTemplateSettings(PromptStyle.Tutorial),
+            "chat" => new PromptTemplateSettings(PromptStyle.ModelChatTemplate),
+            var custom => new PromptTemplateSettings(PromptStyle.Custom, custom.Replace("\\n", "\n", StringComparison.Ordinal)),
+        }, tokenizer);
+        var examples = TrainingExamples.Build(rows, template, new ExampleOptions(o.MaxLength, AnswerOnlyLoss: !o.WholeText), loggers.CreateLogger("FineTune.Data"));
         if (examples.TruncatedCount > 0) output.WriteLine($"warning: {examples.TruncatedCount} row(s) longer than {o.MaxLength} tokens were cut; raise --max-length to keep them whole.");
         var split = Batching.Split(examples.Examples, o.Training.Seed, o.ValidationFraction);
 
@@ -159,11 +169,24 @@ public static class TrainCommand
     public static string AdapterFolder(string zipPath) =>
         Path.Combine(Path.GetDirectoryName(Path.GetFullPath(zipPath))!, Path.GetFileNameWithoutExtension(zipPath));
 
-    /// <summary>The name PEFT records as base_model_name_or_path: the Hub id when the folder says so, else the folder.</summary>
-    private static string BaseModelName(string folder)
+    /// <summary>
+    /// The name PEFT records as base_model_name_or_path: the Hub id ("Qwen/Qwen2.5-0.5B-Instruct") when
+    /// config.json's _name_or_path holds one, else the folder's full path.
+    /// </summary>
+    public static string BaseModelName(string folder)
     {
-        string full = Path.GetFullPath(folder).TrimEnd(Path.DirectorySeparatorChar);
-        return full;
+        try
+        {
+            var config = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(folder, "config.json")));
+            if (config?["_name_or_path"] is System.Text.Json.Nodes.JsonValue v && v.TryGetValue(out string? name)
+                && System.Text.RegularExpressions.Regex.IsMatch(name, @"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$"))
+                return name;
+        }
+        catch (System.Text.Json.JsonException)
+        {
+            // ModelLoader reports a broken config.json with a better message.
+        }
+        return Path.GetFullPath(folder).TrimEnd(Path.DirectorySeparatorChar);
     }
 
     private sealed class LineProgress(TextWriter output) : IProgress<TrainingProgress>

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # One benchmark cell set on the GPU machine, both stacks in the same call (see tools/bench/README.md).
-#   bash tools/bench/run-gpu.sh SHAPE [ROWS]      SHAPE: qwen2.5-0.5b | qwen2-7b
+#   bash tools/bench/run-gpu.sh SHAPE [ROWS] [CELLS]   SHAPE: qwen2.5-0.5b | qwen2-7b; CELLS: all (default) | lora | qlora
 # Needs: .device/dotnet.tgz, .device/on-gpu.sh and .device/bench (FineTune.Bench published with TorchBackend=none).
 # Writes $OUT/bench/<shape>-<stack>-<workload>-<mode>.json, each with the peak device memory seen by nvidia-smi.
 set -uo pipefail
-shape=${1:?shape}; rows=${2:-2000}
+shape=${1:?shape}; rows=${2:-2000}; cells=${3:-all}
 source .device/on-gpu.sh .device/dotnet.tgz >/dev/null
 source /opt/torch/.venv/bin/activate
 out=${OUT:-/tmp/out}/bench; mkdir -p "$out"
@@ -32,10 +32,11 @@ PY
 }
 
 bench=".device/bench/FineTune.Bench.dll"
-for workload in qa dense; do
+[ "$cells" = qlora ] || for workload in qa dense; do
   measure "$shape-hf-$workload-lora" python3 tools/bench/reference.py train --model $models/$shape --workload $workload --data /tmp/qa.jsonl --max-rows $rows --out "$out/$shape-hf-$workload-lora.json"
   measure "$shape-ft-$workload-lora" dotnet $bench train --model $models/$shape --workload $workload --data /tmp/qa.jsonl --max-rows $rows --out "$out/$shape-ft-$workload-lora.json"
 done
+[ "$cells" = lora ] && exit 0
 measure "$shape-ft-qa-qlora" dotnet $bench train --model $models/$shape --workload qa --data /tmp/qa.jsonl --max-rows $rows --qlora --out "$out/$shape-ft-qa-qlora.json"
 measure "$shape-ft-dense1-qlora" dotnet $bench train --model $models/$shape --workload dense --dense-batch 1 --dense-steps 30 --qlora --out "$out/$shape-ft-dense1-qlora.json"
 python3 -c "import bitsandbytes" 2>/dev/null || echo "bitsandbytes is not installed on this machine: no QLoRA reference cells" | tee "$out/no-bitsandbytes.txt"

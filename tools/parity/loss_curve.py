@@ -16,7 +16,7 @@ Run on the GPU machine (torch, transformers, peft, safetensors). Three steps:
        ({"steps": [{"step", "loss", "learning_rate", "grad_norm"}], "settings": {...}}); with --compare it prints the
        largest per-step loss difference to ours.
 
-What is kept equal: the tutorial prompt layout (FineTune.Engine/Data/TextEncoder.cs PromptFormats.Tutorial), answer-only
+What is kept equal: the tutorial prompt layout (FineTune.Engine/Tokenization/PromptTemplate.cs, style Tutorial), answer-only
 labels with EOS appended, the per-epoch order torch.randperm(n, generator seeded with seed + epoch), batch 1 (FineTune's
 packed batches of several rows equal HF's DataCollatorWithFlattening, which needs flash attention; keep --batch 1 here),
 AdamW (0.9, 0.999, 1e-8, weight decay 0), clipping 1.0, linear schedule, fp32 on the CPU, dropout 0 (the two RNG streams
@@ -30,15 +30,21 @@ import os
 import torch
 
 
-def tutorial_prompt(instruction, inp="", system=None):
-    parts = []
-    if system and system.strip():
-        parts.append(system.strip() + "\n\n")
-    parts.append("### 指令:\n" + instruction.strip() + "\n\n")
+def tutorial_prompt(instruction, inp=""):
+    """FineTune.Engine/Tokenization/PromptTemplate.cs TutorialTemplate(WithInput), the text before {output}."""
     if inp and inp.strip():
-        parts.append("### 輸入:\n" + inp.strip() + "\n\n")
-    parts.append("### 回應:\n")
-    return "".join(parts)
+        return "### 指令：\n" + instruction + "\n\n### 輸入：\n" + inp + "\n\n### 回應：\n"
+    return "### 指令：\n" + instruction + "\n\n### 回應：\n"
+
+
+def special_prefix(tok, text):
+    """The ids the tokenizer puts before a text when adding special tokens (Llama's BOS; nothing for Qwen)."""
+    with_special = tok(text)["input_ids"]
+    without = tok(text, add_special_tokens=False)["input_ids"]
+    for start in range(0, len(with_special) - len(without) + 1):
+        if with_special[start:start + len(without)] == without:
+            return with_special[:start]
+    return []
 
 
 def read_rows(path):
@@ -81,10 +87,13 @@ def cmd_train(args):
     eos = tok.eos_token_id
     examples = []
     for instruction, output, inp in read_rows(args.data):
-        p = tok(tutorial_prompt(instruction, inp), add_special_tokens=False)["input_ids"]
-        a = tok(output.strip(), add_special_tokens=False)["input_ids"]
-        ids = (p + a + [eos])[: args.max_length]
-        labels = ([-100] * len(p) + a + [eos])[: args.max_length]
+        prompt = tutorial_prompt(instruction, inp)
+        p = special_prefix(tok, prompt) + tok(prompt, add_special_tokens=False)["input_ids"]
+        a = tok(output, add_special_tokens=False)["input_ids"]
+        if not a or a[-1] != eos:
+            a = a + [eos]
+        ids = (p + a)[: args.max_length]
+        labels = ([-100] * len(p) + a)[: args.max_length]
         examples.append({"input_ids": ids, "labels": labels})
 
     class Rows(Dataset):

@@ -55,7 +55,7 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = False
     os.makedirs(args.out, exist_ok=True)
     tok = AutoTokenizer.from_pretrained(args.base)
-    texts = ["### 指令:\n你們的產品保固期是多久？\n\n### 回應:\n", "Hello, how are you today?", "可以退貨嗎？ 7 天內"]
+    texts = ["### 指令：\n你們的產品保固期是多久？\n\n### 回應：\n", "Hello, how are you today?", "可以退貨嗎？ 7 天內"]
     batches = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     with open(os.path.join(args.out, "inputs.json"), "w") as f:
         json.dump({"texts": texts, "input_ids": batches}, f, ensure_ascii=False, indent=1)
