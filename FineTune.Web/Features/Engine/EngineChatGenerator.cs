@@ -20,7 +20,7 @@ public sealed class EngineChatGenerator(EngineModels models) : IChatGenerator, I
     private readonly SemaphoreSlim _gate = new(1, 1);
     private Loaded? _loaded;
 
-    private sealed record Loaded(string Key, CausalLM Model, IReadOnlyList<(string Name, LoraLinear Layer)> Linears, TextGenerator Text, string Folder) : IDisposable
+    private sealed record Loaded(string Key, CausalLM Model, IReadOnlyList<(string Name, LoraLinear Layer)> Linears, TextGenerator Text, PromptTemplate Template, string Folder) : IDisposable
     {
         public void Dispose() => Model.Dispose();
     }
@@ -34,7 +34,6 @@ public sealed class EngineChatGenerator(EngineModels models) : IChatGenerator, I
             bool useAdapter = request.AdapterDirectory is not null;
             foreach (var (_, layer) in loaded.Linears) layer.AdapterEnabled = useAdapter;
 
-            var (prompt, _) = PromptFormats.Tutorial(new QaRow(request.Prompt, string.Empty, System: request.System));
             var settings = loaded.Text.DefaultSettings(loaded.Folder) with
             {
                 MaxNewTokens = request.MaxNewTokens,
@@ -43,7 +42,7 @@ public sealed class EngineChatGenerator(EngineModels models) : IChatGenerator, I
                 TopP = request.TopP,
             };
             settings.Validate();
-            var ids = loaded.Text.Tokenizer.Encode(prompt, addSpecialTokens: false);
+            var ids = loaded.Template.EncodePrompt(new QaRow(request.Prompt, string.Empty, System: request.System));
             await foreach (string piece in loaded.Text.StreamAsync(ids, settings, cancellationToken))
                 yield return piece;
         }
@@ -75,8 +74,10 @@ public sealed class EngineChatGenerator(EngineModels models) : IChatGenerator, I
                 PeftAdapter.Load(adapter, linears);
             }
             model.eval();
-            var text = new TextGenerator(new Generator(model), TokenizerLoader.Load(folder));
-            return _loaded = new Loaded(key, model, linears, text, folder);
+            var tokenizer = TokenizerLoader.Load(folder);
+            var text = new TextGenerator(new Generator(model), tokenizer);
+            var template = PromptTemplate.Create(new PromptTemplateSettings(PromptStyle.Tutorial), tokenizer);
+            return _loaded = new Loaded(key, model, linears, text, template, folder);
         }
         catch
         {

@@ -32,10 +32,9 @@ public sealed class EngineTrainingRunner(EngineModels models, ILoggerFactory log
     {
         var s = job.Settings;
         var tokenizer = TokenizerLoader.Load(folder);
-        int eos = tokenizer.EosTokenId ?? tokenizer.EosTokenIds.FirstOrDefault(-1);
-        if (eos < 0) throw new InvalidOperationException($"The tokenizer of '{s.Model}' has no eos_token; training needs one to teach the model to stop.");
-        var encoder = new TextEncoder(text => tokenizer.Encode(text, addSpecialTokens: false), eos, ids => tokenizer.Decode(ids));
-        var examples = TrainingExamples.Build(job.Rows, PromptFormats.Tutorial, encoder, new ExampleOptions(s.MaxSeqLength), loggers.CreateLogger("FineTune.Data"));
+        // The tutorial's layout ("### 指令：… ### 回應："), the same PromptTemplate the train and generate commands use.
+        var template = PromptTemplate.Create(new PromptTemplateSettings(PromptStyle.Tutorial), tokenizer);
+        var examples = TrainingExamples.Build(job.Rows, template, new ExampleOptions(s.MaxSeqLength), loggers.CreateLogger("FineTune.Data"));
         var split = Batching.Split(examples.Examples, s.Seed, s.EvalFraction, TrainingEstimator.MinimumRowsForEval);
 
         var dtype = models.ComputeDtype(s.Precision);

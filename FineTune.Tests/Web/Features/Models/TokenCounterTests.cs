@@ -18,9 +18,8 @@ public class TokenCounterTests
         var counter = new TokenCounter(NullLogger<TokenCounter>.Instance);
         var settings = new TrainingSettings { Source = ModelSource.Local, Model = folder };
 
-        var tokenizer = TokenizerLoader.Load(folder);
-        var encoder = new TextEncoder(t => tokenizer.Encode(t, addSpecialTokens: false), tokenizer.EosTokenId ?? tokenizer.EosTokenIds[0]);
-        var example = TrainingExamples.Build([Row], PromptFormats.Tutorial, encoder, new ExampleOptions(4096)).Examples.Single();
+        var template = PromptTemplate.Create(new PromptTemplateSettings(PromptStyle.Tutorial), TokenizerLoader.Load(folder));
+        var example = TrainingExamples.Build([Row], template, new ExampleOptions(4096)).Examples.Single();
 
         Assert.True(counter.IsExact(settings));
         Assert.Equal(example.InputIds.Length, counter.For(settings)(Row));
