@@ -100,7 +100,10 @@ public static class Batching
         var rows = indices.Select(i => examples[i]).ToList();
         int tokenCount = rows.Sum(r => r.Length);
         int targetCount = rows.Sum(r => r.TargetCount);
-        if (layout == BatchLayout.Packed || rows.Count == 1)
+        // Rows of one length need neither padding nor a block mask: a (B, T) batch with plain causal attention
+        // (the fused causal kernels) is the packed layout's equal without its mask.
+        bool sameLength = rows.All(r => r.Length == rows[0].Length);
+        if ((layout == BatchLayout.Packed || rows.Count == 1) && !(sameLength && rows.Count > 1))
         {
             var ids = rows.SelectMany(r => r.InputIds).Select(v => (long)v).ToArray();
             var positions = rows.SelectMany(r => Enumerable.Range(0, r.Length)).Select(v => (long)v).ToArray();
@@ -135,7 +138,7 @@ public static class Batching
             tensor(idsPadded, [B, T], device: device),
             tensor(posPadded, [B, T], device: device),
             tensor(tgtPadded, [B, T], device: device),
-            PaddedCausalMask(lengths, T, device), tokenCount, targetCount);
+            sameLength ? null : PaddedCausalMask(lengths, T, device), tokenCount, targetCount);
     }
 
     /// <summary>(1, 1, T, T) bool: causal inside each packed row, nothing across rows.</summary>

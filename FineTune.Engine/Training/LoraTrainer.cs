@@ -93,8 +93,8 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
                 if (data.Validation.Count > 0 && (last || (options.EvalSteps > 0 ? (step + 1) % options.EvalSteps == 0 : epochEnd)))
                     evalLoss = Evaluate(data.Validation, options, device, cancellationToken);
 
-                // Logged like HF: the learning rate after the scheduler stepped (what the next step uses; 0 at the end).
-                double loggedLr = options.LearningRate * schedule.Factor(step + 1);
+                // Logged like HF Trainer (transformers 5.17, checked against its log): the rate this step used.
+                double loggedLr = lr;
                 history.Add(new StepRecord(step + 1, Math.Round(epochReached, 4), loss, loggedLr, gradNorm, evalLoss));
                 if (skipped) _logger.LogWarning("Step {Step}: fp16 gradients overflowed; the step was skipped and the loss scale lowered to {Scale}", step + 1, scaler!.Scale);
                 lossSinceLog += loss;

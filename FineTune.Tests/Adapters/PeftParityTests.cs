@@ -9,8 +9,8 @@ namespace FineTune.Tests.Adapters;
 
 /// <summary>
 /// Logit parity with HF PEFT on the qwen2 fixture, from tools/parity/peft_check.py's output in
-/// FineTune.Tests/Adapters/Golden/peft (made on the GPU machine; see the script). Until that output is
-/// committed, only the reproducibility of our adapter fixture (the input of the script) is checked.
+/// FineTune.Tests/Adapters/Golden/peft (made on the GPU machine with transformers 5.17 + peft 0.21: see
+/// versions.json there): PEFT's own adapter loaded by us, and our adapter loaded by PEFT, give equal logits.
 /// </summary>
 [Trait(Category.Name, Category.Parity)]
 public class PeftParityTests
@@ -58,30 +58,33 @@ public class PeftParityTests
     [Fact]
     public void Peft_made_adapter_gives_pefts_logits_and_ours_gives_what_peft_computes_for_it()
     {
-        if (!File.Exists(Golden("inputs.json"))) return; // the GPU output is not committed yet (see the class summary)
         using var doc = JsonDocument.Parse(File.ReadAllText(Golden("inputs.json")));
         var inputs = doc.RootElement.GetProperty("input_ids").EnumerateArray()
             .Select(a => a.EnumerateArray().Select(v => v.GetInt64()).ToArray()).ToList();
 
-        void Compare(string logitsFile, Action<CausalLM>? prepare)
+        float Compare(string logitsFile, Action<CausalLM>? prepare)
         {
             using var model = ModelLoader.Load(Fixture, new ModelLoadOptions { DType = ScalarType.Float32 });
             prepare?.Invoke(model);
             var golden = SafeTensors.LoadAll(Golden(logitsFile));
             using var _ = no_grad();
+            float fromBase = 0;
+            using var baseModel = ModelLoader.Load(Fixture, new ModelLoadOptions { DType = ScalarType.Float32 });
             for (int i = 0; i < inputs.Count; i++)
             {
                 using var scope = NewDisposeScope();
                 var logits = model.Logits(tensor(inputs[i], [1, inputs[i].Length]))[0];
                 float diff = (logits - golden[$"logits.{i}"]).abs().max().item<float>();
                 Assert.True(diff <= 1e-4f, $"{logitsFile} input {i}: max |Δ| {diff}");
+                fromBase = Math.Max(fromBase, (golden[$"logits.{i}"] - baseModel.Logits(tensor(inputs[i], [1, inputs[i].Length]))[0]).abs().max().item<float>());
             }
             foreach (var t in golden.Values) t.Dispose();
+            return fromBase;
         }
 
-        Compare("base_logits.safetensors", null);
-        Compare("peft_logits.safetensors", m => PeftAdapter.Load(Golden("peft_adapter"), m.NamedLinears()));
-        if (File.Exists(Golden("ours_in_peft_logits.safetensors")))
-            Compare("ours_in_peft_logits.safetensors", m => PeftAdapter.Load(Golden("ours_adapter"), m.NamedLinears()));
+        Assert.Equal(0f, Compare("base_logits.safetensors", null), 4);
+        // Both adapters move the logits well beyond the tolerance, so equality with PEFT is a real check.
+        Assert.True(Compare("peft_logits.safetensors", m => PeftAdapter.Load(Golden("peft_adapter"), m.NamedLinears())) > 1e-2f);
+        Assert.True(Compare("ours_in_peft_logits.safetensors", m => PeftAdapter.Load(Golden("ours_adapter"), m.NamedLinears())) > 1e-2f);
     }
 }

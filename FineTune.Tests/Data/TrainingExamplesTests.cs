@@ -110,6 +110,24 @@ public class TrainingExamplesTests
     }
 
     [Fact]
+    public void Rows_of_one_length_batch_side_by_side_with_plain_causal_attention()
+    {
+        var examples = new List<TrainingExample>
+        {
+            new([1, 2, 3], [-100, 3, 63], 1),
+            new([4, 5, 6], [5, 6, -100], 2),
+        };
+        foreach (var layout in new[] { BatchLayout.Packed, BatchLayout.LengthGrouped })
+        {
+            using var batch = Batching.Collate(examples, [0, 1], layout, CPU);
+            Assert.Equal(new long[] { 2, 3 }, batch.InputIds.shape);
+            Assert.Equal(new long[] { 0, 1, 2, 0, 1, 2 }, batch.PositionIds.data<long>().ToArray());
+            Assert.Equal(new long[] { -100, 3, 63, 5, 6, -100 }, batch.Targets.data<long>().ToArray());
+            Assert.Null(batch.AttentionMask); // no padding and no packing: the model's causal attention is exact
+        }
+    }
+
+    [Fact]
     public void Packed_batches_restart_positions_and_keep_attention_inside_rows()
     {
         var examples = new List<TrainingExample>
