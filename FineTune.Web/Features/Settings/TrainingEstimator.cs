@@ -1,5 +1,4 @@
 using FineTune.Engine.Data;
-using FineTune.Engine.Training;
 using FineTune.Web.Features.Models;
 
 namespace FineTune.Web.Features.Settings;
@@ -29,12 +28,9 @@ public static class TrainingEstimator
     /// </summary>
     public static StepPlan Plan(int rows, TrainingSettings s)
     {
-        int evalRows = Batching.ValidationCount(rows, s.EvalFraction);
+        int evalRows = Batching.ValidationCount(rows, s.EvalFraction, MinimumRowsForEval);
         int trainRows = rows - evalRows;
-        var options = new TrainingOptions
-        {
-            Epochs = s.Epochs, BatchSize = s.BatchSize, GradientAccumulationSteps = s.GradientAccumulationSteps, WarmupRatio = s.WarmupRatio,
-        };
+        var options = s.ToTrainingOptions();
         int total = trainRows == 0 ? 0 : options.TotalSteps(trainRows);
         return new StepPlan(trainRows, evalRows, options.BatchesPerEpoch(trainRows), options.StepsPerEpoch(trainRows), total, options.WarmupStepCount(total));
     }
