@@ -44,18 +44,9 @@ public sealed class EngineTrainingRunner(EngineModels models, ILoggerFactory log
         var lora = new LoraSettings(s.LoraR, s.LoraAlpha, s.LoraDropout, s.TargetModules);
         LoraInjector.Attach(trainable.NamedLinears(), lora, seed: s.Seed);
 
-        var options = new TrainingOptions
+        var options = s.ToTrainingOptions() with
         {
-            Epochs = s.Epochs,
-            LearningRate = s.LearningRate,
-            BatchSize = s.BatchSize,
-            GradientAccumulationSteps = s.GradientAccumulationSteps,
-            WarmupRatio = s.WarmupRatio,
-            Seed = s.Seed,
-            LoggingSteps = s.LoggingSteps,
             EvalSteps = split.Validation.Count > 0 ? s.LoggingSteps : 0,
-            SaveSteps = s.SaveSteps,
-            SaveTotalLimit = s.SaveTotalLimit,
             UseLossScaling = dtype == ScalarType.Float16,
         };
         string checkpoints = Path.Combine(job.OutputDirectory, CheckpointsFolder);
