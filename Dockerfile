@@ -1,4 +1,6 @@
-# FineTune in a container: docker build -t finetune . && docker run -p 8080:8080 -v finetune-data:/data finetune
+# FineTune in a container: docker build -t finetune . &&
+#   docker run -p 8080:8080 -v finetune-data:/data -e FineTune__AccessToken=CHOOSE-ONE finetune
+# (reachable from other machines, so the app asks for the access token; it refuses to start without one)
 # CUDA build (where the package source serves TorchSharp-cuda-linux): --build-arg TORCH_BACKEND=cuda
 # and run with --gpus all.
 ARG TORCH_BACKEND=cpu

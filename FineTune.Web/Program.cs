@@ -31,7 +31,7 @@ app.MapRazorComponents<App>()
     .AddInteractiveServerRenderMode();
 
 app.Run();
-return 0;
+return Environment.ExitCode;
 
 /// <summary>The web app's entry point, visible to tests (WebApplicationFactory).</summary>
 public partial class Program;

@@ -2,6 +2,7 @@ using System.Globalization;
 using System.IO.Compression;
 using System.Text;
 using System.Text.Json;
+using FineTune.Engine.Models;
 using FineTune.Engine.Training;
 using static TorchSharp.torch;
 
@@ -149,7 +150,7 @@ public static class AdapterExport
             .Where(kv => !kv.Key.Contains(".lora_", StringComparison.Ordinal) && !kv.Key.Contains("weight_nf4", StringComparison.Ordinal)
                          && !kv.Key.Contains("weight_absmax", StringComparison.Ordinal))
             .ToDictionary(kv => kv.Key, kv => kv.Value);
-        SafeTensorsFile.Save(Path.Combine(folder, "model.safetensors"), tensors, new Dictionary<string, string> { ["format"] = "pt" });
+        SafeTensors.Save(Path.Combine(folder, "model.safetensors"), tensors, new Dictionary<string, string> { ["format"] = "pt" });
         foreach (var file in TokenizerFiles.Append("config.json").Append("generation_config.json"))
         {
             string source = Path.Combine(baseModelFolder, file);

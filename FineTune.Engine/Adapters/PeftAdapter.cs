@@ -1,11 +1,17 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using FineTune.Engine.Models;
 using static TorchSharp.torch;
 
 namespace FineTune.Engine.Adapters;
 
 /// <summary>The adapter folder is not one we (or PEFT) can load into this model.</summary>
-public sealed class AdapterFormatException(string message) : IOException(message);
+public sealed class AdapterFormatException : IOException
+{
+    public AdapterFormatException(string message) : base(message) { }
+
+    public AdapterFormatException(string message, Exception inner) : base(message, inner) { }
+}
 
 /// <summary>
 /// PEFT's on-disk adapter format: adapter_config.json (LoraConfig.to_dict as save_pretrained writes it)
@@ -74,7 +80,7 @@ public static class PeftAdapter
         try
         {
             if (tensors.Count == 0) throw new InvalidOperationException("The model has no LoRA adapter to save.");
-            SafeTensorsFile.Save(Path.Combine(folder, WeightsFile), tensors, new Dictionary<string, string> { ["format"] = "pt" });
+            SafeTensors.Save(Path.Combine(folder, WeightsFile), tensors, new Dictionary<string, string> { ["format"] = "pt" });
             var config = BuildConfig(settings, baseModelNameOrPath, settings.Targets);
             File.WriteAllText(Path.Combine(folder, ConfigFile), config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
         }
@@ -120,7 +126,16 @@ public static class PeftAdapter
         if (!File.Exists(weightsPath))
             throw new AdapterFormatException($"'{folder}' has no {WeightsFile}. (adapter_model.bin from old PEFT versions is not supported: re-save it with safetensors.)");
         var byName = linears.ToDictionary(l => l.Name, l => l.Layer);
-        var tensors = SafeTensorsFile.Load(weightsPath);
+        Dictionary<string, Tensor> tensors;
+        try
+        {
+            tensors = SafeTensors.LoadAll(weightsPath);
+        }
+        catch (ModelFormatException e)
+        {
+            // An adapter problem for the caller (an IOException, as a bad adapter folder always is), not a base-model one.
+            throw new AdapterFormatException($"{weightsPath} cannot be read: {e.Message}", e);
+        }
         var loaded = new List<string>();
         try
         {

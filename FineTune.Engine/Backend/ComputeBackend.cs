@@ -40,6 +40,7 @@ public static class ComputeBackend
 {
     public const string LibTorchVariable = "FINETUNE_LIBTORCH";
     public const string ForceCpuVariable = "FINETUNE_DEVICE";
+    private const string AllocatorConfigVariable = "PYTORCH_CUDA_ALLOC_CONF";
 
     private static readonly Lock Gate = new();
     private static BackendInfo? _current;
@@ -61,6 +62,15 @@ public static class ComputeBackend
 
     private static BackendInfo Choose(ILogger logger)
     {
+        // Variable-length batches fragment PyTorch's CUDA cache; expandable segments keep the peak near what is
+        // allocated. Read by libtorch from the C environment (not .NET's copy) when its allocator starts; a user's
+        // own PYTORCH_CUDA_ALLOC_CONF wins.
+        if (OperatingSystem.IsLinux() && Environment.GetEnvironmentVariable(AllocatorConfigVariable) is null)
+        {
+            NativeEnvironment.Set(AllocatorConfigVariable, "expandable_segments:True");
+            Environment.SetEnvironmentVariable(AllocatorConfigVariable, "expandable_segments:True");
+        }
+
         bool cpuForced = string.Equals(Environment.GetEnvironmentVariable(ForceCpuVariable), "cpu", StringComparison.OrdinalIgnoreCase);
 
         // 1. An existing PyTorch install, named or found through python3.
@@ -183,6 +193,15 @@ public static class ComputeBackend
             return null; // no python3 on PATH
         }
     }
+}
+
+/// <summary>setenv(3): .NET's Environment.SetEnvironmentVariable does not reach native getenv on Unix.</summary>
+internal static partial class NativeEnvironment
+{
+    [LibraryImport("libc", EntryPoint = "setenv", StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int SetEnv(string name, string value, int overwrite);
+
+    public static void Set(string name, string value) => SetEnv(name, value, 0);
 }
 
 /// <summary>The few CUDA driver calls needed to name the GPU and its memory (libcuda ships with every NVIDIA driver).</summary>

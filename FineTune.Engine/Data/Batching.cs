@@ -40,15 +40,25 @@ public sealed class TrainingBatch(Tensor inputIds, Tensor positionIds, Tensor ta
 
 public static class Batching
 {
+    /// <summary>Fewer rows than this train without a validation split.</summary>
+    public const int MinimumRowsForValidation = 20;
+
+    /// <summary>
+    /// How many of <paramref name="rows"/> rows <see cref="Split"/> keeps for validation: round(rows × fraction)
+    /// (to even, as Math.Round), at least 1; none when the fraction is 0 or there are fewer than <paramref name="minimumRows"/>.
+    /// </summary>
+    public static int ValidationCount(int rows, double fraction = 0.1, int minimumRows = MinimumRowsForValidation) =>
+        fraction <= 0 || rows < minimumRows ? 0 : Math.Max(1, (int)Math.Round(rows * fraction));
+
     /// <summary>
     /// Splits off a validation set: <paramref name="fraction"/> of the rows (default 10%) when there are at
     /// least <paramref name="minimumRows"/> (default 20), chosen by a seeded shuffle; otherwise none.
     /// </summary>
-    public static DataSplit Split(IReadOnlyList<TrainingExample> examples, int seed, double fraction = 0.1, int minimumRows = 20)
+    public static DataSplit Split(IReadOnlyList<TrainingExample> examples, int seed, double fraction = 0.1, int minimumRows = MinimumRowsForValidation)
     {
         if (fraction < 0 || fraction >= 1) throw new ArgumentOutOfRangeException(nameof(fraction), fraction, "The validation fraction must be in [0, 1), e.g. 0.1.");
-        if (fraction == 0 || examples.Count < minimumRows) return new DataSplit(examples, []);
-        int validationCount = Math.Max(1, (int)Math.Round(examples.Count * fraction));
+        int validationCount = ValidationCount(examples.Count, fraction, minimumRows);
+        if (validationCount == 0) return new DataSplit(examples, []);
         var order = Permutation(examples.Count, seed);
         var validation = order.Take(validationCount).Order().Select(i => examples[i]).ToList();
         var train = order.Skip(validationCount).Order().Select(i => examples[i]).ToList();
@@ -90,7 +100,10 @@ public static class Batching
         var rows = indices.Select(i => examples[i]).ToList();
         int tokenCount = rows.Sum(r => r.Length);
         int targetCount = rows.Sum(r => r.TargetCount);
-        if (layout == BatchLayout.Packed || rows.Count == 1)
+        // Rows of one length need neither padding nor a block mask: a (B, T) batch with plain causal attention
+        // (the fused causal kernels) is the packed layout's equal without its mask.
+        bool sameLength = rows.All(r => r.Length == rows[0].Length);
+        if ((layout == BatchLayout.Packed || rows.Count == 1) && !(sameLength && rows.Count > 1))
         {
             var ids = rows.SelectMany(r => r.InputIds).Select(v => (long)v).ToArray();
             var positions = rows.SelectMany(r => Enumerable.Range(0, r.Length)).Select(v => (long)v).ToArray();
@@ -125,7 +138,7 @@ public static class Batching
             tensor(idsPadded, [B, T], device: device),
             tensor(posPadded, [B, T], device: device),
             tensor(tgtPadded, [B, T], device: device),
-            PaddedCausalMask(lengths, T, device), tokenCount, targetCount);
+            sameLength ? null : PaddedCausalMask(lengths, T, device), tokenCount, targetCount);
     }
 
     /// <summary>(1, 1, T, T) bool: causal inside each packed row, nothing across rows.</summary>

@@ -30,20 +30,6 @@ public static class TrainingExamples
     public const int IgnoreIndex = -100;
 
     /// <summary>
-    /// prompt ids + answer ids + EOS through a text encoder and a prompt formatter (tests, simple layouts);
-    /// see <see cref="Build(IEnumerable{QaRow}, Tokenization.PromptTemplate, ExampleOptions, ILogger?)"/> for the model's templates.
-    /// </summary>
-    public static ExampleSet Build(IEnumerable<QaRow> rows, PromptFormatter format, TextEncoder encoder, ExampleOptions options, ILogger? logger = null) =>
-        Build(rows, row =>
-        {
-            var (prompt, answer) = format(row);
-            var promptIds = encoder.Encode(prompt);
-            int[] ids = [.. promptIds, .. encoder.Encode(answer), encoder.EosTokenId];
-            int[] labels = [.. ids.Select((id, i) => i < promptIds.Count ? IgnoreIndex : id)];
-            return (ids, labels);
-        }, options, logger);
-
-    /// <summary>
     /// Examples through the prompt template shared with inference (FineTune.Engine.Tokenization): the model's
     /// chat template, the tutorial's "### 指令：/### 回應：" layout or a custom one; EOS ends each answer.
     /// </summary>

@@ -42,12 +42,13 @@ public static class SafeTensors
     {
         foreach (var (name, t) in DTypes)
             if (t == type) return name;
-        throw new ArgumentException($"Tensors of type {type} cannot be written to safetensors here.", nameof(type));
+        throw new NotSupportedException($"Tensors of type {type} cannot be written to safetensors here (supported: {string.Join(", ", DTypes.Select(d => d.Name))}).");
     }
 
     /// <summary>
     /// Writes tensors to a .safetensors file (any device; copied to the CPU one at a time), keys sorted,
     /// with optional string metadata such as {"format": "pt"} (what PEFT and transformers write).
+    /// The folder is created if missing; the file appears whole or not at all (written to path.tmp, then moved).
     /// </summary>
     public static void Save(string path, IEnumerable<KeyValuePair<string, Tensor>> tensors, IReadOnlyDictionary<string, string>? metadata = null)
     {
@@ -63,6 +64,7 @@ public static class SafeTensors
         }
         byte[] json = JsonSerializer.SerializeToUtf8Bytes(header);
         int padded = (json.Length + 7) / 8 * 8; // the data starts 8-byte aligned; the format pads the header with spaces
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
         string tempPath = path + ".tmp";
         using (var stream = new FileStream(tempPath, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
         {

@@ -28,7 +28,7 @@ public sealed record PromptPair(string Prompt, string Answer)
 /// <summary>Token ids of one example and labels with -100 (ignored by the loss) over the prompt.</summary>
 public sealed record EncodedExample(int[] InputIds, int[] Labels)
 {
-    public const int IgnoreIndex = -100;
+    public const int IgnoreIndex = TrainingExamples.IgnoreIndex;
     public int PromptLength => Array.FindIndex(Labels, l => l != IgnoreIndex) is var i and >= 0 ? i : Labels.Length;
 }
 

@@ -62,12 +62,12 @@ public sealed record TrainingOptions
         if (MaxGradNorm < 0) throw new ArgumentOutOfRangeException(nameof(MaxGradNorm), MaxGradNorm, "max_grad_norm cannot be negative (0 turns clipping off).");
     }
 
+    /// <summary>Micro-batches per epoch (HF's len(dataloader)): ceil(rows / batch).</summary>
+    public int BatchesPerEpoch(int trainRows) => (trainRows + BatchSize - 1) / BatchSize;
+
     /// <summary>HF Trainer's optimizer steps per epoch: ceil(ceil(rows / batch) / accumulation), at least 1.</summary>
-    public int StepsPerEpoch(int trainRows)
-    {
-        int batches = (trainRows + BatchSize - 1) / BatchSize;
-        return Math.Max(1, (batches + GradientAccumulationSteps - 1) / GradientAccumulationSteps);
-    }
+    public int StepsPerEpoch(int trainRows) =>
+        Math.Max(1, (BatchesPerEpoch(trainRows) + GradientAccumulationSteps - 1) / GradientAccumulationSteps);
 
     /// <summary>HF Trainer's max_steps: ceil(epochs × steps per epoch).</summary>
     public int TotalSteps(int trainRows) => (int)Math.Ceiling(Epochs * StepsPerEpoch(trainRows));

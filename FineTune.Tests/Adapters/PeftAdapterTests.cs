@@ -1,6 +1,7 @@
 using System.Text.Json.Nodes;
 using FineTune.Engine.Adapters;
 using FineTune.Engine.Backend;
+using FineTune.Engine.Models;
 using FineTune.Tests.Training;
 using static TorchSharp.torch;
 
@@ -51,8 +52,10 @@ public class PeftAdapterTests
         try
         {
             PeftAdapter.Save(folder, model.NamedLinears(), settings, "Qwen/Qwen2.5-0.5B-Instruct");
-            var tensors = SafeTensorsFile.Load(Path.Combine(folder, PeftAdapter.WeightsFile), out var metadata);
-            Assert.Equal("pt", metadata["format"]);
+            string weights = Path.Combine(folder, PeftAdapter.WeightsFile);
+            using (var reader = SafeTensorsReader.Open(weights))
+                Assert.Equal("pt", reader.Metadata["format"]);
+            var tensors = SafeTensors.LoadAll(weights);
             Assert.Equal(8, tensors.Count);
             Assert.Equal(new long[] { 4, 32 }, tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"].shape);
             Assert.Equal(new long[] { 32, 4 }, tensors["base_model.model.model.layers.0.self_attn.o_proj.lora_B.weight"].shape);
@@ -120,30 +123,23 @@ public class PeftAdapterTests
     }
 
     [Fact]
-    public void Safetensors_round_trip_keeps_dtypes_and_values()
+    public void A_truncated_weights_file_is_an_adapter_format_error()
     {
-        string folder = TestPaths.NewTempFolder("st");
+        var settings = new LoraSettings(Rank: 2, Alpha: 4, Dropout: 0);
+        string folder = TestPaths.NewTempFolder("peft-truncated");
         try
         {
-            using var scope = NewDisposeScope();
-            var tensors = new Dictionary<string, Tensor>
+            using (var model = new TinyCausalLM(layers: 1))
             {
-                ["a"] = randn(3, 5),
-                ["b"] = randn(4).to(ScalarType.BFloat16),
-                ["c"] = tensor(new byte[] { 1, 2, 255 }),
-                ["d"] = randn(2, 2).to(ScalarType.Float16),
-            };
-            string path = Path.Combine(folder, "x.safetensors");
-            SafeTensorsFile.Save(path, tensors, new Dictionary<string, string> { ["format"] = "pt" });
-            var back = SafeTensorsFile.Load(path);
-            foreach (var (k, v) in tensors)
-            {
-                Assert.Equal(v.dtype, back[k].dtype);
-                Assert.Equal(v.shape, back[k].shape);
-                Assert.True(v.to(ScalarType.Float32).eq(back[k].to(ScalarType.Float32)).all().item<bool>());
+                LoraInjector.Attach(model.NamedLinears(), settings);
+                PeftAdapter.Save(folder, model.NamedLinears(), settings, "tiny");
             }
-            byte[] head = File.ReadAllBytes(path)[..8];
-            Assert.Equal(0, (BitConverter.ToInt64(head) + 8) % 8);
+            string weights = Path.Combine(folder, PeftAdapter.WeightsFile);
+            File.WriteAllBytes(weights, File.ReadAllBytes(weights)[..^16]);
+            using var fresh = new TinyCausalLM(layers: 1);
+            var error = Assert.Throws<AdapterFormatException>(() => PeftAdapter.Load(folder, fresh.NamedLinears()));
+            Assert.Contains(PeftAdapter.WeightsFile, error.Message);
+            Assert.Contains("truncated", error.Message);
         }
         finally
         {

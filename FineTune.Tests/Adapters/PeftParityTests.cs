@@ -42,8 +42,8 @@ public class PeftParityTests
         try
         {
             WriteOurAdapter(folder);
-            var fresh = SafeTensorsFile.Load(Path.Combine(folder, PeftAdapter.WeightsFile));
-            var stored = SafeTensorsFile.Load(Path.Combine(committed, PeftAdapter.WeightsFile));
+            var fresh = SafeTensors.LoadAll(Path.Combine(folder, PeftAdapter.WeightsFile));
+            var stored = SafeTensors.LoadAll(Path.Combine(committed, PeftAdapter.WeightsFile));
             Assert.Equal(stored.Keys.Order(), fresh.Keys.Order());
             foreach (var (key, t) in stored)
                 Assert.True(t.eq(fresh[key]).all().item<bool>(), key);
@@ -66,7 +66,7 @@ public class PeftParityTests
         {
             using var model = ModelLoader.Load(Fixture, new ModelLoadOptions { DType = ScalarType.Float32 });
             prepare?.Invoke(model);
-            var golden = SafeTensorsFile.Load(Golden(logitsFile));
+            var golden = SafeTensors.LoadAll(Golden(logitsFile));
             using var _ = no_grad();
             float fromBase = 0;
             using var baseModel = ModelLoader.Load(Fixture, new ModelLoadOptions { DType = ScalarType.Float32 });

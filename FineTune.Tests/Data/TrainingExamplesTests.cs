@@ -11,15 +11,22 @@ public class TrainingExamplesTests
 {
     public TrainingExamplesTests() => _ = ComputeBackend.Current;
 
-    /// <summary>One id per character (1 + code % 60), EOS 63: enough to check layouts.</summary>
-    internal static readonly TextEncoder CharEncoder = new(text => [.. text.Select(c => 1 + c % 60)], 63);
-
-    private static (string, string) Plain(QaRow row) => ($"Q:{row.Instruction}|A:", row.Output);
+    /// <summary>
+    /// Prompt "Q:{instruction}|A:", one id per character (1 + code % 60), then the answer and EOS 63, labels -100
+    /// on the prompt: the (ids, labels) a template gives, simple enough to check the layout by hand.
+    /// </summary>
+    private static (int[] InputIds, int[] Labels) Plain(QaRow row)
+    {
+        static int[] Chars(string text) => [.. text.Select(c => 1 + c % 60)];
+        int[] prompt = Chars($"Q:{row.Instruction}|A:");
+        int[] ids = [.. prompt, .. Chars(row.Output), 63];
+        return (ids, [.. ids.Select((id, i) => i < prompt.Length ? TrainingExamples.IgnoreIndex : id)]);
+    }
 
     [Fact]
     public void Answer_only_labels_mask_the_prompt_append_eos_and_are_shifted()
     {
-        var set = TrainingExamples.Build([new QaRow("ab", "xyz")], Plain, CharEncoder, new ExampleOptions());
+        var set = TrainingExamples.Build([new QaRow("ab", "xyz")], Plain, new ExampleOptions());
         var e = Assert.Single(set.Examples);
         int promptLength = "Q:ab|A:".Length;
         Assert.Equal(promptLength + 3 + 1, e.Length);
@@ -37,7 +44,7 @@ public class TrainingExamplesTests
     [Fact]
     public void Whole_text_loss_labels_every_next_token()
     {
-        var set = TrainingExamples.Build([new QaRow("ab", "xyz", SourceRow: 7)], Plain, CharEncoder, new ExampleOptions(AnswerOnlyLoss: false));
+        var set = TrainingExamples.Build([new QaRow("ab", "xyz", SourceRow: 7)], Plain, new ExampleOptions(AnswerOnlyLoss: false));
         var e = Assert.Single(set.Examples);
         Assert.Equal(e.Length - 1, e.TargetCount);
         Assert.Equal(e.InputIds[1..], e.Targets[..^1]);
@@ -53,7 +60,7 @@ public class TrainingExamplesTests
             new QaRow("a", new string('x', 50)),
             new QaRow(new string('q', 40), "gone", SourceRow: 12),
         };
-        var set = TrainingExamples.Build(rows, Plain, CharEncoder, new ExampleOptions(MaxSeqLength: 20));
+        var set = TrainingExamples.Build(rows, Plain, new ExampleOptions(MaxSeqLength: 20));
         Assert.Equal(2, set.TruncatedCount);
         Assert.Equal([12], set.DroppedSourceRows);
         Assert.Equal(2, set.Examples.Count);
@@ -100,6 +107,24 @@ public class TrainingExamplesTests
         Assert.NotEqual(Batching.EpochOrder(10, 42, 0), Batching.EpochOrder(10, 42, 1));
         Assert.Equal(Enumerable.Range(0, 5), Batching.EpochOrder(5, 42, 0, shuffle: false));
         Assert.Equal(10, Batching.EpochOrder(10, 42, 3).Distinct().Count());
+    }
+
+    [Fact]
+    public void Rows_of_one_length_batch_side_by_side_with_plain_causal_attention()
+    {
+        var examples = new List<TrainingExample>
+        {
+            new([1, 2, 3], [-100, 3, 63], 1),
+            new([4, 5, 6], [5, 6, -100], 2),
+        };
+        foreach (var layout in new[] { BatchLayout.Packed, BatchLayout.LengthGrouped })
+        {
+            using var batch = Batching.Collate(examples, [0, 1], layout, CPU);
+            Assert.Equal(new long[] { 2, 3 }, batch.InputIds.shape);
+            Assert.Equal(new long[] { 0, 1, 2, 0, 1, 2 }, batch.PositionIds.data<long>().ToArray());
+            Assert.Equal(new long[] { -100, 3, 63, 5, 6, -100 }, batch.Targets.data<long>().ToArray());
+            Assert.Null(batch.AttentionMask); // no padding and no packing: the model's causal attention is exact
+        }
     }
 
     [Fact]

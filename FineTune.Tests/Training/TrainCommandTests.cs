@@ -103,7 +103,7 @@ public class TrainCommandTests
             string adapter = TrainCommand.AdapterFolder(zip);
             var config = JsonNode.Parse(File.ReadAllText(Path.Combine(adapter, "adapter_config.json")))!;
             Assert.Equal(4, (int)config["r"]!);
-            var tensors = SafeTensorsFile.Load(Path.Combine(adapter, "adapter_model.safetensors"));
+            var tensors = SafeTensors.LoadAll(Path.Combine(adapter, "adapter_model.safetensors"));
             Assert.Contains("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", tensors.Keys);
             Assert.Equal(2 * 4 * 2, tensors.Count); // 2 layers × q/k/v/o × A/B
             foreach (var t in tensors.Values) t.Dispose();

@@ -134,6 +134,7 @@ public sealed class ListeningAddresses(IServer server, IOptions<FineTuneOptions>
                 catch (InvalidOperationException e)
                 {
                     logger.LogCritical("{Problem}", e.Message);
+                    Environment.ExitCode = 1; // a refused start is a failure for scripts and container supervisors
                     lifetime.StopApplication();
                 }
             });

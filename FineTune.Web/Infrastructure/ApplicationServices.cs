@@ -2,6 +2,7 @@ using FineTune.Engine.Backend;
 using FineTune.Web.Features.Chat;
 using FineTune.Web.Features.Data;
 using FineTune.Web.Features.Download;
+using FineTune.Web.Features.Engine;
 using FineTune.Web.Features.Models;
 using FineTune.Web.Features.Runs;
 using FineTune.Web.Features.Wizard;
@@ -58,6 +59,9 @@ public static class ApplicationServices
         builder.Services.AddHostedService<TrainingHubForwarder>();
 
         // The engine behind small interfaces: training, generation, merging.
+        builder.Services.AddHttpClient();
+        builder.Services.AddSingleton<EngineModels>();
+        builder.Services.AddSingleton<TokenCounter>();
         builder.Services.TryAddSingleton<ITrainingRunner, EngineTrainingRunner>();
         builder.Services.TryAddSingleton<IChatGenerator, EngineChatGenerator>();
         builder.Services.TryAddSingleton<IModelMerger, EngineModelMerger>();

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # One benchmark cell set on the GPU machine, both stacks in the same call (see tools/bench/README.md).
-#   bash tools/bench/run-gpu.sh SHAPE [ROWS] [CELLS]   SHAPE: qwen2.5-0.5b | qwen2-7b; CELLS: all (default) | lora | qlora
+#   bash tools/bench/run-gpu.sh SHAPE [ROWS] [CELL ...]   SHAPE: qwen2.5-0.5b | qwen2-7b
+#   CELL: hf-qa-lora ft-qa-lora hf-dense-lora ft-dense-lora ft-qa-qlora ft-dense1-qlora (default: all of them)
 # Needs: .device/dotnet.tgz, .device/on-gpu.sh and .device/bench (FineTune.Bench published with TorchBackend=none).
 # Writes $OUT/bench/<shape>-<stack>-<workload>-<mode>.json, each with the peak device memory seen by nvidia-smi.
 set -uo pipefail
-shape=${1:?shape}; rows=${2:-2000}; cells=${3:-all}
+shape=${1:?shape}; rows=${2:-2000}; shift $(( $# >= 2 ? 2 : $# ))
+cells=${*:-hf-qa-lora ft-qa-lora hf-dense-lora ft-dense-lora ft-qa-qlora ft-dense1-qlora}
 source .device/on-gpu.sh .device/dotnet.tgz >/dev/null
 source /opt/torch/.venv/bin/activate
 out=${OUT:-/tmp/out}/bench; mkdir -p "$out"
@@ -32,11 +34,16 @@ PY
 }
 
 bench=".device/bench/FineTune.Bench.dll"
-[ "$cells" = qlora ] || for workload in qa dense; do
-  measure "$shape-hf-$workload-lora" python3 tools/bench/reference.py train --model $models/$shape --workload $workload --data /tmp/qa.jsonl --max-rows $rows --out "$out/$shape-hf-$workload-lora.json"
-  measure "$shape-ft-$workload-lora" dotnet $bench train --model $models/$shape --workload $workload --data /tmp/qa.jsonl --max-rows $rows --out "$out/$shape-ft-$workload-lora.json"
+data="--data /tmp/qa.jsonl --max-rows $rows"
+for cell in $cells; do
+  case $cell in
+    hf-qa-lora)      measure "$shape-$cell" python3 tools/bench/reference.py train --model $models/$shape --workload qa $data --out "$out/$shape-$cell.json" ;;
+    hf-dense-lora)   measure "$shape-$cell" python3 tools/bench/reference.py train --model $models/$shape --workload dense --out "$out/$shape-$cell.json" ;;
+    ft-qa-lora)      measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload qa $data --out "$out/$shape-$cell.json" ;;
+    ft-dense-lora)   measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload dense --out "$out/$shape-$cell.json" ;;
+    ft-qa-qlora)     measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload qa $data --qlora --out "$out/$shape-$cell.json" ;;
+    ft-dense1-qlora) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload dense --dense-batch 1 --dense-steps 30 --qlora --out "$out/$shape-$cell.json" ;;
+    *) echo "unknown cell $cell"; exit 2 ;;
+  esac
 done
-[ "$cells" = lora ] && exit 0
-measure "$shape-ft-qa-qlora" dotnet $bench train --model $models/$shape --workload qa --data /tmp/qa.jsonl --max-rows $rows --qlora --out "$out/$shape-ft-qa-qlora.json"
-measure "$shape-ft-dense1-qlora" dotnet $bench train --model $models/$shape --workload dense --dense-batch 1 --dense-steps 30 --qlora --out "$out/$shape-ft-dense1-qlora.json"
 python3 -c "import bitsandbytes" 2>/dev/null || echo "bitsandbytes is not installed on this machine: no QLoRA reference cells" | tee "$out/no-bitsandbytes.txt"

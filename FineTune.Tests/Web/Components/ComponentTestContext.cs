@@ -2,7 +2,6 @@ using System.Globalization;
 using Bunit;
 using FineTune.Engine.Backend;
 using FineTune.Tests.Web.Support;
-using FineTune.Web.Features.Chat;
 using FineTune.Web.Features.Data;
 using FineTune.Web.Features.Download;
 using FineTune.Web.Features.Models;
@@ -45,8 +44,7 @@ public abstract class ComponentTestContext : BunitContext, IAsyncLifetime
         Queue = new RunQueue(Runs.Store, Runs.Notifier, Runner, NullLogger<RunQueue>.Instance);
         Services.AddSingleton(Queue);
         Services.AddSingleton(new ArtifactPackager(Runs.Store));
-        Services.AddSingleton<IChatGenerator, EngineChatGenerator>();
-        Services.AddSingleton<IModelMerger, EngineModelMerger>();
+        Services.AddSingleton(new FineTune.Web.Features.Engine.TokenCounter(NullLogger<FineTune.Web.Features.Engine.TokenCounter>.Instance));
         Render<MudPopoverProvider>();
     }
 

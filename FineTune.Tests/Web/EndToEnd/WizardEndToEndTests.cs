@@ -103,14 +103,27 @@ public sealed class WizardEndToEndTests
     }
 
     /// <summary>
-    /// The whole wizard: train (loss over SignalR), chat, download. Needs the engine's trainer and generator
-    /// (FineTune.Engine Training/Generation) wired into EngineTrainingRunner/EngineChatGenerator.
+    /// The whole wizard on the tiny Qwen2 fixture: train with the engine (loss points arrive live), reload,
+    /// chat (an answer streams in), download the adapter zip.
     /// </summary>
-    [Fact(Skip = "Needs the engine's trainer and generator; remove this Skip when EngineTrainingRunner and EngineChatGenerator call them.")]
+    [Fact]
     public async Task Whole_wizard_trains_chats_and_downloads_the_adapter()
     {
         using var app = StartApp();
         await using var browser = await BrowserSession.StartAsync(app.BaseAddress);
+        try
+        {
+            await WholeWizard(browser);
+        }
+        catch
+        {
+            await browser.RecordFailureAsync(nameof(Whole_wizard_trains_chats_and_downloads_the_adapter));
+            throw;
+        }
+    }
+
+    private static async Task WholeWizard(BrowserSession browser)
+    {
         var page = browser.Page;
         await browser.GotoAsync("/");
 
@@ -136,13 +149,17 @@ public sealed class WizardEndToEndTests
 
         // 5. Test: an answer streams in.
         await page.GetByRole(AriaRole.Tab).Nth(4).ClickAsync();
+        await Assertions.Expect(page.Locator("[data-testid=step-test]")).ToBeVisibleAsync();
         await page.Locator("textarea[data-testid=chat-prompt]").FillAsync("你們的產品保固期是多久？");
         await page.Locator("[data-testid=chat-send]").ClickAsync();
         await Assertions.Expect(page.Locator("[data-testid=chat-answer]")).Not.ToBeEmptyAsync(new() { Timeout = 120_000 });
+        await Assertions.Expect(page.Locator("[data-testid=chat-send]")).ToBeEnabledAsync(new() { Timeout = 300_000 }); // generation finished
         await browser.ScreenshotAsync("5-test");
 
         // 6. Download: the zip holds the PEFT adapter files.
         await page.GetByRole(AriaRole.Tab).Nth(5).ClickAsync();
+        await Assertions.Expect(page.Locator("[data-testid=step-download]")).ToBeVisibleAsync();
+        await Assertions.Expect(page.Locator("[data-testid=step-download]")).ToContainTextAsync("adapter_model.safetensors");
         await browser.ScreenshotAsync("6-download");
         var download = await page.RunAndWaitForDownloadAsync(() => page.Locator("[data-testid=download-adapter]").ClickAsync());
         string zipPath = Path.Combine(browser.ScreenshotDirectory, download.SuggestedFilename);
@@ -152,5 +169,7 @@ public sealed class WizardEndToEndTests
         Assert.Contains("adapter_config.json", names);
         Assert.Contains("adapter_model.safetensors", names);
         Assert.Contains("loss.csv", names);
+        Assert.Contains("README.md", names);
+        Assert.Equal(names.Distinct().Count(), names.Length);
     }
 }

@@ -11,7 +11,8 @@ public sealed record ChatRequest(
     int MaxNewTokens = 256,
     double Temperature = 0.7,
     double TopP = 0.9,
-    string? System = null);
+    string? System = null,
+    bool FourBit = false);
 
 /// <summary>The web's door to the engine's generator: streams text pieces as tokens are decoded.</summary>
 public interface IChatGenerator
@@ -19,10 +20,3 @@ public interface IChatGenerator
     IAsyncEnumerable<string> StreamAsync(ChatRequest request, CancellationToken cancellationToken);
 }
 
-/// <summary>The engine's generator. Until FineTune.Engine/Generation is part of this build, asking for text fails with this message.</summary>
-public sealed class EngineChatGenerator : IChatGenerator
-{
-    public IAsyncEnumerable<string> StreamAsync(ChatRequest request, CancellationToken cancellationToken) =>
-        throw new NotSupportedException(
-            "This build has no text generator yet (FineTune.Engine/Generation). Update FineTune to a version that includes it.");
-}

@@ -39,11 +39,11 @@ public sealed class ArtifactPackager(RunStore store)
             string adapter = AdapterDirectory(runId);
             foreach (string path in Directory.EnumerateFiles(adapter, "*", SearchOption.AllDirectories))
                 archive.CreateEntryFromFile(path, Path.GetRelativePath(adapter, path).Replace('\\', '/'), CompressionLevel.Fastest);
+            // The engine writes its own model card, loss curve and settings; fill in only what is missing.
             var metrics = await store.MetricsAsync(runId, cancellationToken);
-            if (!File.Exists(Path.Combine(adapter, "README.md")))
-                Add(archive, "README.md", ModelCard(run, metrics));
-            Add(archive, "loss.csv", LossCsv(metrics));
-            Add(archive, "settings.json", run.SettingsJson);
+            if (!File.Exists(Path.Combine(adapter, "README.md"))) Add(archive, "README.md", ModelCard(run, metrics));
+            if (!File.Exists(Path.Combine(adapter, "loss.csv"))) Add(archive, "loss.csv", LossCsv(metrics));
+            if (!File.Exists(Path.Combine(adapter, "settings.json"))) Add(archive, "settings.json", run.SettingsJson);
         }
         File.Move(temporary, zip, overwrite: true);
         return zip;
@@ -129,9 +129,3 @@ public interface IModelMerger
     Task MergeAsync(int runId, string adapterDirectory, TrainingSettings settings, string outputDirectory, CancellationToken cancellationToken);
 }
 
-/// <summary>The engine's merge. Until FineTune.Engine ships it, merging fails with this message.</summary>
-public sealed class EngineModelMerger : IModelMerger
-{
-    public Task MergeAsync(int runId, string adapterDirectory, TrainingSettings settings, string outputDirectory, CancellationToken cancellationToken) =>
-        throw new NotSupportedException("This build cannot merge adapters yet (FineTune.Engine/Adapters merge). Download the adapter instead.");
-}

@@ -23,7 +23,7 @@ public sealed record TrainingProgress(
     string? CheckpointPath = null);
 
 /// <summary>How a finished training ended.</summary>
-public sealed record TrainingOutcome(double? FinalTrainLoss, double? FinalEvalLoss, string AdapterDirectory);
+public sealed record TrainingOutcome(double? FinalTrainLoss, double? FinalEvalLoss, string AdapterDirectory, string? LastCheckpoint = null);
 
 /// <summary>
 /// The web's one door to the training engine. The queue calls it for one run at a time; it reports through

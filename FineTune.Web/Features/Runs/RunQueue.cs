@@ -116,6 +116,7 @@ public sealed class RunQueue(RunStore store, RunNotifier notifier, ITrainingRunn
             {
                 r.FinalTrainLoss = outcome.FinalTrainLoss ?? r.FinalTrainLoss;
                 r.FinalEvalLoss = outcome.FinalEvalLoss ?? r.FinalEvalLoss;
+                r.LastCheckpoint = outcome.LastCheckpoint ?? r.LastCheckpoint;
             }, CancellationToken.None);
             await FinishAsync(runId, RunStatus.Completed, null);
         }

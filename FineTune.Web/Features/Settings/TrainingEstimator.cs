@@ -19,22 +19,20 @@ public sealed record MemoryEstimate(long Weights, long Adapter, long Activations
 public static class TrainingEstimator
 {
     /// <summary>Fewer rows than this train without an evaluation split (FineTune.Engine Batching.Split).</summary>
-    public const int MinimumRowsForEval = 20;
+    public const int MinimumRowsForEval = Batching.MinimumRowsForValidation;
 
     /// <summary>
-    /// HF Trainer: batches = ceil(train_rows / batch); updates per epoch = max(ceil(batches / accumulation), 1);
-    /// max_steps = ceil(epochs × updates per epoch). Eval rows as the engine's Batching.Split takes them:
-    /// round(rows × eval share), at least 1, and none below <see cref="MinimumRowsForEval"/> rows.
+    /// The engine's own numbers (HF Trainer's formula, TrainingOptions): batches = ceil(train_rows / batch);
+    /// updates per epoch = max(ceil(batches / accumulation), 1); max_steps = ceil(epochs × updates per epoch);
+    /// warmup = ceil(max_steps × warmup_ratio). Eval rows as Batching.Split takes them. No rows: no steps.
     /// </summary>
     public static StepPlan Plan(int rows, TrainingSettings s)
     {
-        int evalRows = s.EvalFraction <= 0 || rows < MinimumRowsForEval ? 0 : Math.Max(1, (int)Math.Round(rows * s.EvalFraction));
+        int evalRows = Batching.ValidationCount(rows, s.EvalFraction, MinimumRowsForEval);
         int trainRows = rows - evalRows;
-        int batches = trainRows == 0 ? 0 : (trainRows + s.BatchSize - 1) / s.BatchSize;
-        int perEpoch = Math.Max((batches + s.GradientAccumulationSteps - 1) / s.GradientAccumulationSteps, 1);
-        int total = trainRows == 0 ? 0 : (int)Math.Ceiling(s.Epochs * (double)perEpoch);
-        int warmup = (int)Math.Ceiling(total * s.WarmupRatio);
-        return new StepPlan(trainRows, evalRows, batches, perEpoch, total, warmup);
+        var options = s.ToTrainingOptions();
+        int total = trainRows == 0 ? 0 : options.TotalSteps(trainRows);
+        return new StepPlan(trainRows, evalRows, options.BatchesPerEpoch(trainRows), options.StepsPerEpoch(trainRows), total, options.WarmupStepCount(total));
     }
 
     /// <summary>Training memory for batch × max length tokens, with or without 4-bit NF4 base weights.</summary>

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using FineTune.Engine.Training;
 
 namespace FineTune.Web.Features.Settings;
 
@@ -43,6 +44,23 @@ public sealed class TrainingSettings
     public bool DoubleQuantization { get; set; } = true;
     public Precision Precision { get; set; } = Precision.Auto;
     public int Seed { get; set; } = 42;
+
+    /// <summary>
+    /// The engine's trainer options for these settings: what the runner trains with and what the settings page's
+    /// step plan counts with. Run-dependent options (eval steps, loss scaling) are set by the runner on top.
+    /// </summary>
+    public TrainingOptions ToTrainingOptions() => new()
+    {
+        Epochs = Epochs,
+        LearningRate = LearningRate,
+        BatchSize = BatchSize,
+        GradientAccumulationSteps = GradientAccumulationSteps,
+        WarmupRatio = WarmupRatio,
+        Seed = Seed,
+        LoggingSteps = LoggingSteps,
+        SaveSteps = SaveSteps,
+        SaveTotalLimit = SaveTotalLimit,
+    };
 
     private static readonly JsonSerializerOptions Json = new()
     {

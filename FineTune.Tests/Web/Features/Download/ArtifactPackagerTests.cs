@@ -49,6 +49,22 @@ public sealed class ArtifactPackagerTests : IDisposable
     }
 
     [Fact]
+    public async Task Files_the_trainer_wrote_are_not_added_twice()
+    {
+        var packager = new ArtifactPackager(_services.Store);
+        int id = await FinishedRunAsync(_services.Store);
+        string adapter = packager.AdapterDirectory(id);
+        File.WriteAllText(Path.Combine(adapter, "loss.csv"), "step,loss\n1,2.0\n");
+        File.WriteAllText(Path.Combine(adapter, "README.md"), "engine card");
+
+        using var zip = ZipFile.OpenRead(await packager.AdapterZipAsync(id));
+        var names = zip.Entries.Select(e => e.FullName).ToArray();
+        Assert.Equal(names.Distinct().Count(), names.Length);
+        using var reader = new StreamReader(zip.GetEntry("loss.csv")!.Open());
+        Assert.Equal("step,loss\n1,2.0\n", reader.ReadToEnd());
+    }
+
+    [Fact]
     public async Task No_adapter_no_zip()
     {
         var packager = new ArtifactPackager(_services.Store);

@@ -1,0 +1,118 @@
+using FineTune.Engine.Backend;
+using FineTune.Engine.Data;
+using FineTune.Tests.Support;
+using FineTune.Tests.Web.Support;
+using FineTune.Web.Features.Chat;
+using FineTune.Web.Features.Engine;
+using FineTune.Web.Features.Models;
+using FineTune.Web.Features.Runs;
+using FineTune.Web.Features.Settings;
+using FineTune.Web.Infrastructure;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace FineTune.Tests.Web.Features.Engine;
+
+/// <summary>The web's engine wiring on the tiny Qwen2 fixture (CPU): training, checkpoints, resume, cancel, chat.</summary>
+[Trait(Category.Name, Category.Slow)]
+public sealed class EngineTrainingRunnerTests : IDisposable
+{
+    private readonly string _output = Directory.CreateTempSubdirectory("finetune-engine-").FullName;
+    private readonly ServiceProvider _services;
+    private readonly EngineModels _models;
+
+    private static readonly QaRow[] Rows =
+    [
+        .. FineTune.Web.Features.Data.QaTemplate.TutorialRows.Select((r, i) => new QaRow(r.Question, r.Answer, SourceRow: i + 2)),
+    ];
+
+    public EngineTrainingRunnerTests()
+    {
+        _services = new ServiceCollection().AddLogging().AddHttpClient().BuildServiceProvider();
+        var folders = new LocalModelFolders(new DataPaths(Path.Combine(_output, "data"), [TestFiles.Fixture("models")]));
+        _models = new EngineModels(ComputeBackend.Initialize(), folders, _services.GetRequiredService<IHttpClientFactory>(), NullLoggerFactory.Instance);
+    }
+
+    public void Dispose()
+    {
+        _services.Dispose();
+        Directory.Delete(_output, recursive: true);
+    }
+
+    private static TrainingSettings Settings() => new()
+    {
+        Source = ModelSource.Local,
+        Model = TestFiles.Fixture("models/qwen2"),
+        Quantization = Quantization.Nf4,
+        LoggingSteps = 1,
+        SaveSteps = 2,
+        Epochs = 3,
+        LearningRate = 1e-3,
+    };
+
+    private sealed class Recorder : IProgress<TrainingProgress>
+    {
+        public List<TrainingProgress> Reports { get; } = [];
+        public Action<TrainingProgress>? OnReport { get; init; }
+        public void Report(TrainingProgress value)
+        {
+            lock (Reports) Reports.Add(value);
+            OnReport?.Invoke(value);
+        }
+    }
+
+    [Fact]
+    public async Task Trains_reports_every_step_and_writes_a_peft_adapter()
+    {
+        var runner = new EngineTrainingRunner(_models, NullLoggerFactory.Instance);
+        var progress = new Recorder();
+
+        var outcome = await runner.RunAsync(new TrainingJob(1, Settings(), Rows, _output), progress, CancellationToken.None);
+
+        Assert.Equal(Enumerable.Range(1, 6), progress.Reports.Select(r => r.Step));
+        Assert.All(progress.Reports, r => Assert.True(r.Loss is > 0 && double.IsFinite(r.Loss.Value)));
+        Assert.All(progress.Reports, r => Assert.Equal(6, r.TotalSteps));
+        Assert.Contains(progress.Reports, r => r.CheckpointPath is not null);
+        Assert.True(File.Exists(Path.Combine(outcome.AdapterDirectory, "adapter_config.json")));
+        Assert.True(File.Exists(Path.Combine(outcome.AdapterDirectory, "adapter_model.safetensors")));
+        Assert.True(File.Exists(Path.Combine(outcome.AdapterDirectory, "tokenizer.json")));
+        Assert.Equal(progress.Reports[^1].Loss!.Value, outcome.FinalTrainLoss!.Value, 6);
+        Assert.NotNull(outcome.LastCheckpoint);
+
+        // The fine-tuned model answers through the same prompt layout, and the base model too (adapter off).
+        using var chat = new EngineChatGenerator(_models);
+        var request = new ChatRequest(Settings().Model, ModelSource.Local, outcome.AdapterDirectory, "可以退貨嗎？", MaxNewTokens: 8, Temperature: 0, FourBit: true);
+        var tuned = new List<string>();
+        await foreach (string piece in chat.StreamAsync(request, CancellationToken.None)) tuned.Add(piece);
+        var basePieces = new List<string>();
+        await foreach (string piece in chat.StreamAsync(request with { AdapterDirectory = null }, CancellationToken.None)) basePieces.Add(piece);
+        Assert.NotEmpty(string.Concat(tuned) + string.Concat(basePieces));
+    }
+
+    [Fact]
+    public async Task Cancelling_stops_training_and_resuming_from_the_checkpoint_finishes_it()
+    {
+        var runner = new EngineTrainingRunner(_models, NullLoggerFactory.Instance);
+        using var cancel = new CancellationTokenSource();
+        string? checkpoint = null;
+        var first = new Recorder
+        {
+            OnReport = p =>
+            {
+                checkpoint = p.CheckpointPath ?? checkpoint;
+                if (p.Step >= 3) cancel.Cancel();
+            },
+        };
+
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => runner.RunAsync(new TrainingJob(2, Settings(), Rows, _output), first, cancel.Token));
+        Assert.NotNull(checkpoint);
+        Assert.True(first.Reports.Max(r => r.Step) < 6);
+
+        var second = new Recorder();
+        var outcome = await runner.RunAsync(new TrainingJob(2, Settings(), Rows, _output, checkpoint), second, CancellationToken.None);
+
+        Assert.Equal(3, second.Reports.Min(r => r.Step));   // resumed after step 2's checkpoint
+        Assert.Equal(6, second.Reports.Max(r => r.Step));
+        Assert.True(File.Exists(Path.Combine(outcome.AdapterDirectory, "adapter_model.safetensors")));
+    }
+}

@@ -1,0 +1,69 @@
+using FineTune.Engine.Backend;
+using FineTune.Engine.Hub;
+using FineTune.Engine.Models;
+using FineTune.Web.Features.Models;
+using FineTune.Web.Features.Settings;
+using static TorchSharp.torch;
+
+namespace FineTune.Web.Features.Engine;
+
+/// <summary>Where a run's model lives on disk, and how it is loaded for training and chat (one place for both).</summary>
+public sealed class EngineModels(BackendInfo backend, LocalModelFolders localFolders, IHttpClientFactory http, ILoggerFactory loggers)
+{
+    /// <summary>A local folder (checked against the allowed roots) or the Hub id downloaded into the Hugging Face cache.</summary>
+    public async Task<string> ResolveFolderAsync(TrainingSettings settings, CancellationToken cancellationToken)
+    {
+        if (settings.Source == ModelSource.Local)
+        {
+            var (full, problem) = localFolders.Check(settings.Model);
+            if (problem != LocalFolderProblem.None)
+                throw new DirectoryNotFoundException($"The model folder '{settings.Model}' cannot be used ({problem}); choose a folder with config.json and *.safetensors under {string.Join(", ", localFolders.Roots)}.");
+            return full!;
+        }
+        if (!ModelIds.IsValidHubId(settings.Model))
+            throw new ArgumentException($"'{settings.Model}' is not a Hugging Face model id (owner/name).");
+        var downloader = new HubDownloader(http.CreateClient(nameof(HubDownloader)), new HubOptions(), loggers.CreateLogger<HubDownloader>());
+        return await downloader.ResolveModelFolderAsync(settings.Model, progress: null, cancellationToken: cancellationToken);
+    }
+
+    /// <summary>The compute dtype: the user's choice, or bf16 where the GPU has it, fp16 on older GPUs, fp32 on the CPU.</summary>
+    public ScalarType ComputeDtype(Precision precision) => precision switch
+    {
+        Precision.BFloat16 => ScalarType.BFloat16,
+        Precision.Float16 => ScalarType.Float16,
+        Precision.Float32 => ScalarType.Float32,
+        _ => backend.IsCuda ? (backend.SupportsBFloat16 ? ScalarType.BFloat16 : ScalarType.Float16) : ScalarType.Float32,
+    };
+
+    /// <summary>Loads the base model; with <paramref name="fourBit"/> every linear but lm_head is quantized to NF4 as it is read (as bitsandbytes does).</summary>
+    public CausalLM Load(string folder, ScalarType dtype, bool fourBit) => ModelLoader.Load(folder, new ModelLoadOptions
+    {
+        DType = dtype,
+        Logger = loggers.CreateLogger("FineTune.Models"),
+        LoadLinearWeight = fourBit
+            ? (name, layer, weight) =>
+            {
+                if (name == "lm_head") return false;
+                layer.QuantizeWeight(weight, dtype);
+                return true;
+            }
+            : null,
+    });
+
+    /// <summary>"owner/name" from config.json's _name_or_path when it is a Hub id, else the folder: what PEFT's base_model_name_or_path should say.</summary>
+    public static string BaseModelName(string folder, TrainingSettings settings)
+    {
+        if (settings.Source != ModelSource.Local) return settings.Model;
+        try
+        {
+            var config = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(folder, "config.json")));
+            if (config?["_name_or_path"] is System.Text.Json.Nodes.JsonValue value && value.TryGetValue(out string? name) && ModelIds.IsValidHubId(name))
+                return name;
+        }
+        catch (System.Text.Json.JsonException)
+        {
+            // ModelLoader reports a broken config.json with a better message.
+        }
+        return Path.GetFullPath(folder).TrimEnd(Path.DirectorySeparatorChar);
+    }
+}

@@ -1,0 +1,43 @@
+using System.Collections.Concurrent;
+using FineTune.Engine.Data;
+using FineTune.Engine.Tokenization;
+using FineTune.Web.Features.Settings;
+
+namespace FineTune.Web.Features.Engine;
+
+/// <summary>
+/// Token counts of rows as training will see them (the tutorial PromptTemplate: prompt, answer, end token),
+/// encoded by the model's own tokenizer when its folder is on disk; otherwise the estimate (TrainingEstimator.EstimateTokens).
+/// </summary>
+public sealed class TokenCounter(ILogger<TokenCounter> logger)
+{
+    private readonly ConcurrentDictionary<string, PromptTemplate?> _templates = new(StringComparer.Ordinal);
+
+    /// <summary>True when counts for these settings come from the real tokenizer.</summary>
+    public bool IsExact(TrainingSettings settings) => Tokenizer(settings) is not null;
+
+    public Func<QaRow, int> For(TrainingSettings settings)
+    {
+        var template = Tokenizer(settings);
+        if (template is null) return TrainingEstimator.EstimateTokens;
+        return row => template.Encode(row).InputIds.Length;
+    }
+
+    /// <summary>The training prompt template over the model's tokenizer, or null when the model is not on disk.</summary>
+    private PromptTemplate? Tokenizer(TrainingSettings settings)
+    {
+        if (settings.Source != ModelSource.Local || !File.Exists(Path.Combine(settings.Model, "config.json"))) return null;
+        return _templates.GetOrAdd(Path.GetFullPath(settings.Model), folder =>
+        {
+            try
+            {
+                return PromptTemplate.Create(new PromptTemplateSettings(PromptStyle.Tutorial), TokenizerLoader.Load(folder));
+            }
+            catch (Exception e) when (e is TokenizerLoadException or IOException or InvalidDataException or System.Text.Json.JsonException)
+            {
+                logger.LogWarning(e, "No tokenizer in {Folder}; token counts are estimated", folder);
+                return null;
+            }
+        });
+    }
+}

@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""Turns the JSON files of tools/bench/run-gpu.sh into the table of docs/benchmarks.md.
+
+    python3 tools/bench/summarize.py RAW_DIR [RAW_DIR ...] > table.md
+
+MFU = 4 x N_matmul x real_tokens / (wall_s x peak), with N_matmul the decoder + lm_head weights
+(frozen base: forward 2N, backward input gradients 2N per token; attention's own FLOPs left out, so
+this understates both stacks alike) and peak = 989 TFLOP/s (H100/H200 SXM dense bf16).
+"""
+import json, os, sys
+
+SHAPES = {"qwen2.5-0.5b": dict(hidden=896, layers=24, inter=4864, heads=14, kv=2, vocab=151936),
+          "qwen2-7b": dict(hidden=3584, layers=28, inter=18944, heads=28, kv=4, vocab=152064)}
+PEAK = 989e12
+
+
+def n_matmul(shape):
+    s = SHAPES[shape]
+    hd = s["hidden"] // s["heads"]
+    attn = s["hidden"] * hd * (s["heads"] * 2 + s["kv"] * 2)
+    mlp = 3 * s["hidden"] * s["inter"]
+    return s["layers"] * (attn + mlp) + s["vocab"] * s["hidden"]
+
+
+def load(dirs):
+    cells = {}
+    for d in dirs:
+        for f in sorted(os.listdir(d)):
+            if f.endswith(".json"):
+                r = json.load(open(os.path.join(d, f)))
+                shape = f.split("-hf-")[0].split("-ft-")[0]
+                cells[f[:-5]] = dict(r, shape=shape)
+    return cells
+
+
+def main():
+    cells = load(sys.argv[1:])
+    print("| model | workload | mode | stack | wall s | real tokens/s | vs HF | peak GPU GiB | final loss | MFU |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for name, c in sorted(cells.items()):
+        stack = "HF transformers + PEFT" if c["stack"].startswith("hf") else "FineTune"
+        ref = cells.get(name.replace("-ft-", "-hf-"))
+        ratio = f"{c['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref and ref is not c else ("1.00x" if ref is c else "no reference")
+        mfu = 4 * n_matmul(c["shape"]) * c["real_tokens"] / (c["wall_s"] * PEAK)
+        workload = {"qa": "Q&A 2,000 rows, 8/step", "dense": f"dense {c.get('batch', 4)} x 512"}[c["workload"]]
+        print(f"| {c['shape']} | {workload} | {c.get('mode', 'lora-16bit')} | {stack} | {c['wall_s']:.1f} | {c['tokens_per_s']:,.0f} | {ratio} "
+              f"| {c.get('peak_device_bytes', 0) / 2**30:.1f} | {c['final_loss']:.4f} | {mfu:.1%} |")
+
+
+if __name__ == "__main__":
+    main()
