@@ -36,6 +36,10 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
 
         var device = trainable[0].device;
         var adapterLayers = model.NamedLinears().Select(l => l.Layer).Where(l => l.HasAdapter).ToList();
+        // TorchSharp's custom autograd functions (the NF4 matmul) keep their inputs reachable from managed
+        // contexts that only the garbage collector releases; without a collection per step a QLoRA run's GPU
+        // memory grew with every step (measured on an H200: 97 GB for a 0.5B model). Dense LoRA does not need it.
+        bool collectEachStep = model.NamedLinears().Any(l => l.Layer.IsQuantized);
         int stepsPerEpoch = options.StepsPerEpoch(data.Train.Count);
         int totalSteps = options.TotalSteps(data.Train.Count);
         var schedule = new LearningRateSchedule(options.Schedule, options.WarmupStepCount(totalSteps), totalSteps);
@@ -87,6 +91,11 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
                 optimizer.LearningRate = lr;
 
                 var (loss, gradNorm, tokens, skipped) = Step(window, data.Train, options, optimizer, scaler, device, cancellationToken);
+                if (collectEachStep)
+                {
+                    GC.Collect();
+                    GC.WaitForPendingFinalizers();
+                }
                 tokensSeen += tokens;
                 double epochReached = (double)(step + 1) / stepsPerEpoch;
                 double? evalLoss = null;
