@@ -42,7 +42,7 @@ def main():
         ref = cells.get(name.replace("-ft-", "-hf-"))
         ratio = f"{c['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref and ref is not c else ("1.00x" if ref is c else "no reference")
         mfu = 4 * n_matmul(c["shape"]) * c["real_tokens"] / (c["wall_s"] * PEAK)
-        workload = {"qa": "Q&A 2,000 rows, 8/step", "dense": f"dense {c.get('batch', 4)} x 512"}[c["workload"]]
+        workload = f"Q&A {c['rows']:,} rows, 8/step" if c["workload"] == "qa" else f"dense {c.get('batch', 4)} x 512"
         print(f"| {c['shape']} | {workload} | {c.get('mode', 'lora-16bit')} | {stack} | {c['wall_s']:.1f} | {c['tokens_per_s']:,.0f} | {ratio} "
               f"| {c.get('peak_device_bytes', 0) / 2**30:.1f} | {c['final_loss']:.4f} | {mfu:.1%} |")
 
