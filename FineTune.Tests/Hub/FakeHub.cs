@@ -30,6 +30,9 @@ internal sealed class FakeHub : IAsyncDisposable
     /// <summary>Files the listing names (with these sizes) but resolve does not serve.</summary>
     public Dictionary<string, long> ListedOnly { get; } = new(StringComparer.Ordinal);
     public ConcurrentQueue<string> Requests { get; } = new();
+    /// <summary>When set, a download of <see cref="HoldFile"/> sends its first half, then waits for this task (a slow link).</summary>
+    public Task? Hold { get; set; }
+    public string? HoldFile { get; set; }
     public string Endpoint { get; private set; } = "";
 
     private FakeHub(WebApplication app) => _app = app;
@@ -111,6 +114,15 @@ internal sealed class FakeHub : IAsyncDisposable
             await context.Response.Body.FlushAsync();
             await Task.Delay(100); // let the bytes reach the client before the reset
             context.Abort();
+            return;
+        }
+        if (Hold is { } hold && file == HoldFile && count > 1)
+        {
+            int half = (int)(count / 2);
+            await context.Response.Body.WriteAsync(bytes.AsMemory((int)start, half));
+            await context.Response.Body.FlushAsync();
+            await hold.WaitAsync(context.RequestAborted);
+            await context.Response.Body.WriteAsync(bytes.AsMemory((int)start + half, (int)count - half));
             return;
         }
         await context.Response.Body.WriteAsync(bytes.AsMemory((int)start, (int)count));

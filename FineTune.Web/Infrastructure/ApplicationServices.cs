@@ -1,4 +1,5 @@
 using FineTune.Engine.Backend;
+using FineTune.Engine.Hub;
 using FineTune.Web.Features.Chat;
 using FineTune.Web.Features.Data;
 using FineTune.Web.Features.Download;
@@ -60,6 +61,8 @@ public static class ApplicationServices
 
         // The engine behind small interfaces: training, generation, merging.
         builder.Services.AddHttpClient();
+        builder.Services.TryAddSingleton(_ => new HubOptions());
+        builder.Services.AddSingleton<ModelDownloadService>();
         builder.Services.AddSingleton<EngineModels>();
         builder.Services.AddSingleton<TokenCounter>();
         builder.Services.TryAddSingleton<ITrainingRunner, EngineTrainingRunner>();

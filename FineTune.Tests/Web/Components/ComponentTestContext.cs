@@ -1,6 +1,7 @@
 using System.Globalization;
 using Bunit;
 using FineTune.Engine.Backend;
+using FineTune.Engine.Hub;
 using FineTune.Tests.Web.Support;
 using FineTune.Web.Features.Data;
 using FineTune.Web.Features.Download;
@@ -26,6 +27,11 @@ public abstract class ComponentTestContext : BunitContext, IAsyncLifetime
     protected ScriptedTrainingRunner Runner { get; } = new();
     protected RunQueue Queue { get; }
     protected DataImporter Importer { get; } = new(new ExcelTableReader(NullLogger<ExcelTableReader>.Instance));
+    private readonly HttpClient _http = new();
+
+    /// <summary>Where ModelDownloadService downloads from: nothing listens on port 9 unless a test points it at a FakeHub
+    /// (set before the first render that needs the service).</summary>
+    protected HubOptions HubOptions { get; set; }
 
     protected ComponentTestContext()
     {
@@ -45,6 +51,8 @@ public abstract class ComponentTestContext : BunitContext, IAsyncLifetime
         Services.AddSingleton(Queue);
         Services.AddSingleton(new ArtifactPackager(Runs.Store));
         Services.AddSingleton(new FineTune.Web.Features.Engine.TokenCounter(NullLogger<FineTune.Web.Features.Engine.TokenCounter>.Instance));
+        HubOptions = new HubOptions { Endpoint = "http://127.0.0.1:9", CacheFolder = Path.Combine(Runs.Paths.Root, "hub"), Token = null, Offline = false, Retries = 0, RetryDelay = TimeSpan.Zero, ProgressInterval = TimeSpan.Zero };
+        Services.AddSingleton(_ => new ModelDownloadService(new SingleClientFactory(_http), HubOptions, NullLogger<ModelDownloadService>.Instance, NullLoggerFactory.Instance));
         Render<MudPopoverProvider>();
     }
 
@@ -56,6 +64,7 @@ public abstract class ComponentTestContext : BunitContext, IAsyncLifetime
         await base.DisposeAsync();
         Queue.Dispose();
         Runs.Dispose();
+        _http.Dispose();
         _disposedAsync = true;
     }
 

@@ -190,3 +190,45 @@ public sealed class LossChartTests : ComponentTestContext
         Assert.Contains("&lt;b&gt;train&lt;/b&gt;", cut.Markup); // names are text, never markup
     }
 }
+
+public sealed class ModelStepDownloadTests : ComponentTestContext
+{
+    [Fact]
+    public async Task Download_shows_progress_while_running_then_the_folder()
+    {
+        var release = new TaskCompletionSource();
+        await using var hub = await FineTune.Tests.Hub.FakeHub.StartAsync(h =>
+        {
+            h.AddText("config.json", "{\"model_type\":\"qwen2\"}");
+            h.AddFile("model.safetensors", 300_000);
+            h.Hold = release.Task;
+            h.HoldFile = "model.safetensors";
+        });
+        HubOptions = HubOptions with { Endpoint = hub.Endpoint };
+        State.Settings.Source = ModelSource.Hub;
+        State.Settings.Model = hub.ModelId;
+        var cut = Render<ModelStep>();
+
+        cut.Find("[data-testid=model-download-start]").Click();
+        // config.json is whole and half of model.safetensors has arrived; the Hub holds the rest.
+        cut.WaitForAssertion(() => Assert.Contains("第 2 個檔案，共 2 個", cut.Find("[data-testid=model-download-bytes]").TextContent), TimeSpan.FromSeconds(20));
+        Assert.NotEmpty(cut.FindAll(".mud-progress-linear"));
+        Assert.EndsWith("/ 0.3 MB（第 2 個檔案，共 2 個）", cut.Find("[data-testid=model-download-bytes]").TextContent);
+        Assert.Contains("MB/秒", cut.Find("[data-testid=model-download-speed]").TextContent);
+        Assert.NotEmpty(cut.FindAll("[data-testid=model-download-cancel]"));
+
+        release.SetResult();
+        cut.WaitForAssertion(() => Assert.Contains("已下載到", cut.Find("[data-testid=model-download-done]").TextContent), TimeSpan.FromSeconds(20));
+        Assert.Empty(cut.FindAll(".mud-progress-linear"));
+    }
+
+    [Fact]
+    public void An_unreachable_hub_is_reported_as_offline()
+    {
+        State.Settings.Source = ModelSource.Hub;
+        State.Settings.Model = "tiny-org/absent";
+        var cut = Render<ModelStep>();
+        cut.Find("[data-testid=model-download-start]").Click();
+        cut.WaitForAssertion(() => Assert.Contains("無法連線到 Hugging Face", cut.Find("[data-testid=model-download-error]").TextContent), TimeSpan.FromSeconds(20));
+    }
+}

@@ -1,5 +1,4 @@
 using FineTune.Engine.Backend;
-using FineTune.Engine.Hub;
 using FineTune.Engine.Models;
 using FineTune.Web.Features.Models;
 using FineTune.Web.Features.Settings;
@@ -8,7 +7,7 @@ using static TorchSharp.torch;
 namespace FineTune.Web.Features.Engine;
 
 /// <summary>Where a run's model lives on disk, and how it is loaded for training and chat (one place for both).</summary>
-public sealed class EngineModels(BackendInfo backend, LocalModelFolders localFolders, IHttpClientFactory http, ILoggerFactory loggers)
+public sealed class EngineModels(BackendInfo backend, LocalModelFolders localFolders, ModelDownloadService downloads, ILoggerFactory loggers)
 {
     /// <summary>A local folder (checked against the allowed roots) or the Hub id downloaded into the Hugging Face cache.</summary>
     public async Task<string> ResolveFolderAsync(TrainingSettings settings, CancellationToken cancellationToken)
@@ -22,8 +21,8 @@ public sealed class EngineModels(BackendInfo backend, LocalModelFolders localFol
         }
         if (!ModelIds.IsValidHubId(settings.Model))
             throw new ArgumentException($"'{settings.Model}' is not a Hugging Face model id (owner/name).");
-        var downloader = new HubDownloader(http.CreateClient(nameof(HubDownloader)), new HubOptions(), loggers.CreateLogger<HubDownloader>());
-        return await downloader.ResolveModelFolderAsync(settings.Model, progress: null, cancellationToken: cancellationToken);
+        // The same download the Model step started (or its finished folder), so training does not fetch the model again.
+        return await downloads.ResolveAsync(settings.Model, cancellationToken);
     }
 
     /// <summary>The compute dtype: the user's choice, or bf16 where the GPU has it, fp16 on older GPUs, fp32 on the CPU.</summary>

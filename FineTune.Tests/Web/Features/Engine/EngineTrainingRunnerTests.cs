@@ -30,7 +30,9 @@ public sealed class EngineTrainingRunnerTests : IDisposable
     {
         _services = new ServiceCollection().AddLogging().AddHttpClient().BuildServiceProvider();
         var folders = new LocalModelFolders(new DataPaths(Path.Combine(_output, "data"), [TestFiles.Fixture("models")]));
-        _models = new EngineModels(ComputeBackend.Initialize(), folders, _services.GetRequiredService<IHttpClientFactory>(), NullLoggerFactory.Instance);
+        var downloads = new ModelDownloadService(_services.GetRequiredService<IHttpClientFactory>(), new FineTune.Engine.Hub.HubOptions(),
+            NullLogger<ModelDownloadService>.Instance, NullLoggerFactory.Instance);
+        _models = new EngineModels(ComputeBackend.Initialize(), folders, downloads, NullLoggerFactory.Instance);
     }
 
     public void Dispose()
