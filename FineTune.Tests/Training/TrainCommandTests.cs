@@ -19,6 +19,9 @@ public class TrainCommandTests
 
     private static string Fixture(string name) => TestPaths.InRepo("FineTune.Tests", "Fixtures", "models", name);
 
+    private static string TutorialXlsx() =>
+        TestPaths.SharedSample("tutorial-qa.xlsx") ?? throw new FileNotFoundException("../shared/samples/tutorial-qa.xlsx is missing beside the checkout.");
+
     private static string TutorialCsv() =>
         TestPaths.SharedSample("tutorial-qa.csv") ?? throw new FileNotFoundException("../shared/samples/tutorial-qa.csv is missing beside the checkout.");
 
@@ -122,7 +125,7 @@ public class TrainCommandTests
     }
 
     /// <summary>
-    /// The acceptance test of the issue: the tutorial's five rows, trained through the `train` command on a tiny
+    /// The acceptance test of the issue: the tutorial's five rows (its Excel workbook), trained through the `train` command on a tiny
     /// fixture model, are answered word for word by greedy generation with the adapter loaded back from the zip's folder.
     /// </summary>
     [Fact]
@@ -134,7 +137,7 @@ public class TrainCommandTests
         {
             string zip = Path.Combine(folder, "tutorial.zip");
             string model = Fixture("qwen2");
-            var (code, _, error) = Run("train", "--model", model, "--data", TutorialCsv(), "--output", zip,
+            var (code, _, error) = Run("train", "--model", model, "--data", TutorialXlsx(), "--output", zip,
                 "--epochs", TutorialEpochs, "--lr", "3e-3", "--rank", "32", "--alpha", "32", "--dropout", "0", "--batch", "1", "--accum", "1",
                 "--schedule", "constant", "--targets", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head", "--logging-steps", "50");
             Assert.True(code == 0, error);

@@ -26,10 +26,12 @@ try
             return ParityCommand.Run(args[1..], backend);
         case "train":
             return TrainBenchCommand.Run(args[1..], backend);
+        case "generate":
+            return GenerateBenchCommand.Run(args[1..], backend);
         case "optim":
             return OptimizerBenchCommand.Run(args[1..], backend);
         default:
-            Console.Error.WriteLine($"Unknown command '{command}'. Commands: backend, parity FIXTURES_DIR, train --model DIR --workload qa|dense ..., optim [--layers 24 --steps 100].");
+            Console.Error.WriteLine($"Unknown command '{command}'. Commands: backend, parity FIXTURES_DIR, train --model DIR --workload qa|dense ..., generate --model DIR [--new-tokens 256], optim [--layers 24 --steps 100].");
             return 2;
     }
 }

@@ -130,6 +130,34 @@ def train(args):
     print(json.dumps({k: v for k, v in result.items() if k != "losses"}))
 
 
+def generate(args):
+    """HF generate(): batch 1, greedy, exactly --new-tokens new tokens (eos ignored), KV cache, bf16, sdpa."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16, attn_implementation="sdpa").cuda().eval()
+    prompt = torch.tensor([TEMPLATE_HEAD + list(range(100000, 100032)) + TEMPLATE_MID], device="cuda")
+    kwargs = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False, use_cache=True,
+                  eos_token_id=None, pad_token_id=EOS)
+    with torch.no_grad():
+        model.generate(prompt, **kwargs)  # warm-up
+        torch.cuda.synchronize()
+        runs = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            out = model.generate(prompt, **kwargs)
+            torch.cuda.synchronize()
+            runs.append(time.perf_counter() - start)
+    new = out.shape[1] - prompt.shape[1]
+    best = min(runs)
+    result = {"stack": "hf-transformers", "workload": "generate", "model": os.path.basename(args.model.rstrip("/")),
+              "prompt_tokens": prompt.shape[1], "new_tokens": new, "wall_s": best, "runs_s": runs,
+              "tokens_per_s": new / best, "gpu": torch.cuda.get_device_name(0),
+              "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__}}
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(json.dumps(result))
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -138,11 +166,15 @@ def main():
     t = sub.add_parser("train"); t.add_argument("--model", required=True); t.add_argument("--workload", choices=["qa", "dense"], required=True)
     t.add_argument("--data"); t.add_argument("--out", required=True); t.add_argument("--dense-steps", type=int, default=60)
     t.add_argument("--dense-batch", type=int, default=4); t.add_argument("--max-rows", type=int, default=None)
+    g = sub.add_parser("generate"); g.add_argument("--model", required=True); g.add_argument("--out", required=True)
+    g.add_argument("--new-tokens", type=int, default=256); g.add_argument("--repeats", type=int, default=3)
     a = p.parse_args()
     if a.cmd == "make-model":
         make_model(a.shape, a.out)
     elif a.cmd == "make-data":
         make_data(a.out, a.rows)
+    elif a.cmd == "generate":
+        generate(a)
     else:
         train(a)
 
