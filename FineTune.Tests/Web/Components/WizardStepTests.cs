@@ -169,6 +169,28 @@ public sealed class TrainStepTests : ComponentTestContext
     }
 }
 
+public sealed class TrainStepCultureTests : ComponentTestContext
+{
+    /// <summary>Training events come from the queue's thread, whose culture is not the page's: the page stays zh-TW.</summary>
+    [Fact]
+    public async Task Events_raised_on_an_english_thread_render_in_the_circuits_language()
+    {
+        var run = await Runs.Store.CreateAsync(new TrainingSettings(), RunStoreTests.Rows, "d.csv", null);
+        await Runs.Store.SetStatusAsync(run.Id, RunStatus.Training);
+        var cut = Render<TrainStep>(p => p.Add(c => c.RunId, run.Id));
+        cut.WaitForAssertion(() => Assert.Contains("訓練中", cut.Find("[data-testid=train-status]").TextContent));
+
+        await Task.Run(async () =>
+        {
+            System.Globalization.CultureInfo.CurrentCulture = System.Globalization.CultureInfo.CurrentUICulture = new System.Globalization.CultureInfo("en-US");
+            await Runs.Store.SetStatusAsync(run.Id, RunStatus.Failed, "CUDA out of memory");
+            await Runs.Notifier.PublishAsync(new RunStatusEvent(run.Id, RunStatus.Failed, "CUDA out of memory"));
+        });
+
+        cut.WaitForAssertion(() => Assert.Contains("訓練失敗：CUDA out of memory", cut.Find("[data-testid=train-error]").TextContent));
+    }
+}
+
 public sealed class LossChartTests : ComponentTestContext
 {
     [Fact]

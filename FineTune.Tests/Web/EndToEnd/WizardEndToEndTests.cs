@@ -138,7 +138,8 @@ public sealed class WizardEndToEndTests
         await page.Locator("[data-testid=start-training]").ClickAsync();
 
         // 4. Train: the URL names the run; loss points arrive over the live connection.
-        await page.WaitForURLAsync(new Regex("/runs/\\d+$"));
+        // Training starts at once and shares the machine's cores with the page: wait for the URL, not for a full load.
+        await page.WaitForURLAsync(new Regex("/runs/\\d+$"), new() { WaitUntil = WaitUntilState.Commit, Timeout = 120_000 });
         await Assertions.Expect(page.Locator("[data-testid=loss-chart]")).Not.ToHaveAttributeAsync("data-points", "0", new() { Timeout = 300_000 });
         await browser.ScreenshotAsync("4-train-live");
         await Assertions.Expect(page.Locator("[data-testid=train-status]")).ToHaveAttributeAsync("data-status", "Completed", new() { Timeout = 600_000 });
