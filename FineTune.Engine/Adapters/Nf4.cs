@@ -30,6 +30,18 @@ public sealed record Nf4Data(Tensor Packed, Tensor AbsmaxCodes, Tensor NestedAbs
 /// <summary>NF4 quantization and dequantization equal to bitsandbytes (see tools/golden/nf4_golden.py).</summary>
 public static class Nf4
 {
+    /// <summary>
+    /// The loader hook for QLoRA (ModelLoadOptions.LoadLinearWeight): every linear but lm_head takes its checkpoint
+    /// weight as NF4 as it is read, so the 16-bit model never sits whole on the device (bitsandbytes skips lm_head too).
+    /// </summary>
+    public static Func<string, LoraLinear, Tensor, bool> QuantizeOnLoad(ScalarType computeDtype) =>
+        (name, layer, weight) =>
+        {
+            if (name == "lm_head") return false;
+            layer.QuantizeWeight(weight, computeDtype);
+            return true;
+        };
+
     public const int BlockSize = 64;
     public const int NestedBlockSize = 256;
 

@@ -4,6 +4,7 @@ using System.Runtime.InteropServices;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using TorchSharp;
+using ScalarType = TorchSharp.torch.ScalarType;
 
 namespace FineTune.Engine.Backend;
 
@@ -25,6 +26,9 @@ public sealed record BackendInfo(
     public bool IsCuda => Kind == DeviceType.CUDA;
 
     public torch.Device Device => IsCuda ? torch.CUDA : torch.CPU;
+
+    /// <summary>What models compute in here: fp32 on the CPU; bf16 on CUDA, or fp16 where the GPU lacks bf16.</summary>
+    public ScalarType ComputeDType => !IsCuda ? ScalarType.Float32 : SupportsBFloat16 ? ScalarType.BFloat16 : ScalarType.Float16;
 
     /// <summary>True when the device computes bf16 natively (Ampere and newer); the T4 of the tutorial does not.</summary>
     public bool SupportsBFloat16 { get; init; }

@@ -98,8 +98,7 @@ public static class ModelLoader
     };
 
     private static ScalarType DefaultDType(Device device, BackendInfo backend) =>
-        device.type != DeviceType.CUDA ? ScalarType.Float32
-        : backend.SupportsBFloat16 ? ScalarType.BFloat16 : ScalarType.Float16;
+        device.type != DeviceType.CUDA ? ScalarType.Float32 : backend.ComputeDType;
 
     private static void Fill(CausalLM model, SafeTensorsCheckpoint checkpoint, ModelLoadOptions options)
     {

@@ -120,19 +120,12 @@ public static class TrainCommand
         var split = Batching.Split(examples.Examples, o.Training.Seed, o.ValidationFraction);
 
         // Model: QLoRA quantizes every linear but lm_head to NF4 as it is read (bitsandbytes skips lm_head too).
-        var computeDtype = backend.IsCuda ? (backend.SupportsBFloat16 ? ScalarType.BFloat16 : ScalarType.Float16) : ScalarType.Float32;
+        var computeDtype = backend.ComputeDType;
         var loadOptions = new ModelLoadOptions
         {
             DType = computeDtype,
             Logger = loggers.CreateLogger("FineTune.Models"),
-            LoadLinearWeight = o.QLoRA
-                ? (name, layer, weight) =>
-                {
-                    if (name == "lm_head") return false;
-                    layer.QuantizeWeight(weight, computeDtype);
-                    return true;
-                }
-                : null,
+            LoadLinearWeight = o.QLoRA ? Nf4.QuantizeOnLoad(computeDtype) : null,
         };
         using var model = ModelLoader.Load(o.Model, loadOptions);
         var trainable = new CausalLmTraining(model);

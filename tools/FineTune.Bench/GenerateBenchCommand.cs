@@ -23,7 +23,7 @@ internal static class GenerateBenchCommand
         var o = new Options(args);
         string folder = o.Required("model");
         int newTokens = o.Int("new-tokens", 256), repeats = o.Int("repeats", 3);
-        var dtype = backend.IsCuda ? (backend.SupportsBFloat16 ? ScalarType.BFloat16 : ScalarType.Float16) : ScalarType.Float32;
+        var dtype = backend.ComputeDType;
         using var model = ModelLoader.Load(folder, new ModelLoadOptions { Device = backend.Device, DType = dtype });
         var generator = new Generator(model);
         // The same ids as the reference; folded into small vocabularies (the test fixtures) so the command runs there too.

@@ -39,20 +39,13 @@ internal static class TrainBenchCommand
         };
         long realTokens = examples.Sum(e => (long)e.Length);
 
-        var dtype = backend.SupportsBFloat16 ? ScalarType.BFloat16 : ScalarType.Float16;
+        var dtype = backend.ComputeDType;
         var load = Stopwatch.StartNew();
         using var model = ModelLoader.Load(modelFolder, new ModelLoadOptions
         {
             Device = backend.Device,
             DType = dtype,
-            LoadLinearWeight = qlora
-                ? (name, layer, weight) =>
-                {
-                    if (name == "lm_head") return false;
-                    layer.QuantizeWeight(weight, dtype);
-                    return true;
-                }
-                : null,
+            LoadLinearWeight = qlora ? Nf4.QuantizeOnLoad(dtype) : null,
         });
         var trainable = new CausalLmTraining(model);
         var lora = new LoraSettings(Rank: 16, Alpha: 32, Dropout: 0.05);

@@ -1,3 +1,4 @@
+using FineTune.Engine.Adapters;
 using FineTune.Engine.Backend;
 using FineTune.Engine.Models;
 using FineTune.Web.Features.Models;
@@ -31,7 +32,7 @@ public sealed class EngineModels(BackendInfo backend, LocalModelFolders localFol
         Precision.BFloat16 => ScalarType.BFloat16,
         Precision.Float16 => ScalarType.Float16,
         Precision.Float32 => ScalarType.Float32,
-        _ => backend.IsCuda ? (backend.SupportsBFloat16 ? ScalarType.BFloat16 : ScalarType.Float16) : ScalarType.Float32,
+        _ => backend.ComputeDType,
     };
 
     /// <summary>Loads the base model; with <paramref name="fourBit"/> every linear but lm_head is quantized to NF4 as it is read (as bitsandbytes does).</summary>
@@ -39,14 +40,7 @@ public sealed class EngineModels(BackendInfo backend, LocalModelFolders localFol
     {
         DType = dtype,
         Logger = loggers.CreateLogger("FineTune.Models"),
-        LoadLinearWeight = fourBit
-            ? (name, layer, weight) =>
-            {
-                if (name == "lm_head") return false;
-                layer.QuantizeWeight(weight, dtype);
-                return true;
-            }
-            : null,
+        LoadLinearWeight = fourBit ? Nf4.QuantizeOnLoad(dtype) : null,
     });
 
     /// <summary>"owner/name" from config.json's _name_or_path when it is a Hub id, else the folder: what PEFT's base_model_name_or_path should say.</summary>
