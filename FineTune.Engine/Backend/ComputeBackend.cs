@@ -115,6 +115,11 @@ public static class ComputeBackend
         torch.InitializeDeviceType(DeviceType.CUDA);
         if (!torch.cuda.is_available())
             return CpuInfo($"{reason}, but no CUDA device is visible", libTorchSource);
+        // cuDNN's attention builds a new execution plan for every sequence length it meets (150-600 ms each on an
+        // H200, measured with tools/bench: 1.25 ms per call once built); variable-length training batches meet a new
+        // length almost every step. PyTorch's flash and memory-efficient kernels need no plan and were faster there.
+        if (!AttentionKernels.TryDisableCudnnAttention())
+            reason += "; cuDNN attention could not be switched off";
         var (name, totalBytes, major) = CudaDriver.DescribeDevice(0);
         string description = name is null
             ? "CUDA: GPU 0"
@@ -196,6 +201,32 @@ public static class ComputeBackend
         {
             return null; // no python3 on PATH
         }
+    }
+}
+
+/// <summary>
+/// Which kernels scaled_dot_product_attention may use. TorchSharp 0.107 exposes the flash and math switches only;
+/// the cuDNN one is libtorch's at::globalContext().setSDPUseCuDNN(bool), reached by its exported C++ symbol.
+/// </summary>
+internal static class AttentionKernels
+{
+    private const string GlobalContextSymbol = "_ZN2at13globalContextEv";        // at::globalContext()
+    private const string SetUseCudnnSymbol = "_ZN2at7Context14setSDPUseCuDNNEb"; // at::Context::setSDPUseCuDNN(bool)
+    private const string UserEnabledCudnnSymbol = "_ZNK2at7Context19userEnabledCuDNNSDPEv"; // at::Context::userEnabledCuDNNSDP() const
+
+    /// <summary>Switches cuDNN attention off; false when this libtorch does not export the switch (nothing changes then).</summary>
+    public static unsafe bool TryDisableCudnnAttention()
+    {
+        if (!NativeLibrary.TryLoad("libtorch_cpu.so", out var library) && !NativeLibrary.TryLoad("torch_cpu", typeof(torch).Assembly, null, out library))
+            return false;
+        if (!NativeLibrary.TryGetExport(library, GlobalContextSymbol, out var globalContext)
+            || !NativeLibrary.TryGetExport(library, SetUseCudnnSymbol, out var setUseCudnn)
+            || !NativeLibrary.TryGetExport(library, UserEnabledCudnnSymbol, out var userEnabled))
+            return false;
+        // A member function takes `this` as its first argument (Itanium C++ ABI).
+        nint context = ((delegate* unmanaged<nint>)globalContext)();
+        ((delegate* unmanaged<nint, byte, void>)setUseCudnn)(context, 0);
+        return ((delegate* unmanaged<nint, byte>)userEnabled)(context) == 0;
     }
 }
 
