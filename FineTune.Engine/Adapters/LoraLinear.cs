@@ -253,9 +253,13 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         if (weight is null && bias is not null) y = y + bias.to(y.dtype);
         if (lora_A is not null && lora_B is not null && !Merged && AdapterEnabled)
         {
-            var h = x.to(lora_A.weight!.dtype);                                  // PEFT casts x to the adapter's dtype
-            var update = lora_B.forward(lora_A.forward(Dropout(h))) * Scaling;      // (..., out)
-            y = y + update.to(y.dtype);
+            // In the activations' dtype, as PEFT under HF Trainer's bf16/fp16 autocast computes it: the fp32 adapter
+            // weights are cast (their gradients still reach the fp32 weights), the activations are not. A cast of
+            // x to fp32 per projection was the alternative: a fp32 copy of x kept for backward in every projection.
+            var dtype = y.dtype;
+            var down = nn.functional.linear(Dropout(x.to(dtype)), lora_A.weight!.to(dtype));   // (..., r)
+            var up = nn.functional.linear(down, lora_B.weight!.to(dtype));                      // (..., out)
+            y = y.add(up, Scaling);                                                             // y + up·scaling, one kernel
         }
         return scope.MoveToOuter(y);
     }
