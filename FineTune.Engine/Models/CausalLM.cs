@@ -7,8 +7,19 @@ namespace FineTune.Engine.Models;
 
 #pragma warning disable IDE1006 // lm_head is named like the checkpoint key
 
-/// <summary>What every layer of one forward pass shares: RoPE cos/sin (B, T, hD), the masks, the KV cache.</summary>
-public sealed record DecoderPass(Tensor Cos, Tensor Sin, AttentionMaskBuilder Masks, KvCache? Cache);
+/// <summary>
+/// What every layer of one forward pass shares: the RoPE tables of <see cref="AttentionOps.RotaryTables"/>
+/// (cos and signed sin, (B, 1, T, hD)), the masks, the KV cache.
+/// </summary>
+public sealed record DecoderPass(Tensor Cos, Tensor SignedSin, AttentionMaskBuilder Masks, KvCache? Cache)
+{
+    /// <summary>A pass for cos and sin (B, T, hD) as <see cref="RotaryEmbedding.Compute"/> returns them.</summary>
+    public static DecoderPass Create(Tensor cos, Tensor sin, AttentionMaskBuilder masks, KvCache? cache)
+    {
+        var (headCos, signedSin) = AttentionOps.RotaryTables(cos, sin);
+        return new DecoderPass(headCos, signedSin, masks, cache);
+    }
+}
 
 /// <summary>
 /// A decoder-only language model loaded from a Hugging Face folder (one subclass per family). Parameter names

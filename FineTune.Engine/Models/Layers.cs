@@ -183,11 +183,27 @@ public static class AttentionOps
         return cat([negX2, x1], -1);
     }
 
-    /// <summary>q·cos + rotate_half(q)·sin for x (B, nH, T, hD) and cos/sin (B, T, hD).</summary>
-    public static Tensor ApplyRotary(Tensor x, Tensor cos, Tensor sin)
+    /// <summary>
+    /// The tables <see cref="ApplyRotary"/> takes, from cos and sin (B, T, hD): cos (B, 1, T, hD) and sin with its first
+    /// half negated (B, 1, T, hD). Made once per forward pass and shared by every layer.
+    /// </summary>
+    public static (Tensor Cos, Tensor SignedSin) RotaryTables(Tensor cos, Tensor sin)
     {
         using var scope = NewDisposeScope();
-        var y = x * cos.unsqueeze(1) + RotateHalf(x) * sin.unsqueeze(1); // (B, nH, T, hD)
+        long half = sin.shape[^1] / 2;
+        var signedSin = cat([sin.narrow(-1, 0, half).neg(), sin.narrow(-1, half, half)], -1); // (B, T, hD)
+        return (scope.MoveToOuter(cos.unsqueeze(1)), scope.MoveToOuter(signedSin.unsqueeze(1)));
+    }
+
+    /// <summary>
+    /// HF's q·cos + rotate_half(q)·sin for x (B, nH, T, hD), with the tables of <see cref="RotaryTables"/>.
+    /// rotate_half(x) = cat(−x2, x1) = roll(x, hD/2) with the first half negated, so rotate_half(x)·sin equals
+    /// roll(x, hD/2)·signedSin exactly (negation is exact): four kernels instead of nine.
+    /// </summary>
+    public static Tensor ApplyRotary(Tensor x, Tensor cos, Tensor signedSin)
+    {
+        using var scope = NewDisposeScope();
+        var y = x * cos + x.roll(x.shape[^1] / 2, -1) * signedSin; // (B, nH, T, hD)
         return scope.MoveToOuter(y);
     }
 

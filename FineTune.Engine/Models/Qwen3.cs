@@ -45,8 +45,8 @@ public sealed class Qwen3Attention : nn.Module
         var q = q_norm.forward(q_proj.forward(x).view(b, t, _heads, _headDim)).transpose(1, 2);   // (B, nH, T, hD)
         var k = k_norm.forward(k_proj.forward(x).view(b, t, _kvHeads, _headDim)).transpose(1, 2); // (B, nKV, T, hD)
         var v = v_proj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2); // (B, nKV, T, hD)
-        q = AttentionOps.ApplyRotary(q, pass.Cos, pass.Sin);
-        k = AttentionOps.ApplyRotary(k, pass.Cos, pass.Sin);
+        q = AttentionOps.ApplyRotary(q, pass.Cos, pass.SignedSin);
+        k = AttentionOps.ApplyRotary(k, pass.Cos, pass.SignedSin);
         if (pass.Cache is not null) (k, v) = pass.Cache.Update(_layer, k, v);       // (B, nKV, S, hD)
         var y = AttentionOps.Attend(q, k, v, pass.Masks.For(_window));              // (B, T, nH·hD)
         return scope.MoveToOuter(o_proj.forward(y));
@@ -100,7 +100,7 @@ public sealed class Qwen3Model : nn.Module
         using var scope = NewDisposeScope();
         var h = embed_tokens.forward(inputIds);                       // (B, T, H)
         var (cos, sin) = rotary_emb.Compute(positionIds, h.dtype);    // (B, T, hD)
-        var pass = new DecoderPass(cos, sin, masks, cache);
+        var pass = DecoderPass.Create(cos, sin, masks, cache);
         foreach (var layer in layers) h = layer.forward(h, pass);
         return scope.MoveToOuter(norm.forward(h));
     }

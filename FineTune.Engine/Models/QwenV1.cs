@@ -43,7 +43,7 @@ public sealed class QWenAttention : nn.Module
 
     /// <summary>Qwen applies RoPE in fp32 and casts back (apply_rotary_pos_emb: t.float() ... type_as(t)).</summary>
     private static Tensor Rotate(Tensor x, DecoderPass pass) =>
-        AttentionOps.ApplyRotary(x.to(ScalarType.Float32), pass.Cos, pass.Sin).to(x.dtype);
+        AttentionOps.ApplyRotary(x.to(ScalarType.Float32), pass.Cos, pass.SignedSin).to(x.dtype);
 }
 
 public sealed class QWenMlp : nn.Module<Tensor, Tensor>
@@ -115,7 +115,7 @@ public sealed class QWenModel : nn.Module
         using var scope = NewDisposeScope();
         var x = wte.forward(inputIds);                                                 // (B, T, H)
         var (cos, sin) = rotary_emb.Compute(positionIds, ScalarType.Float32);          // (B, T, hD) fp32
-        var pass = new DecoderPass(cos, sin, masks, cache);
+        var pass = DecoderPass.Create(cos, sin, masks, cache);
         foreach (var block in h) x = block.forward(x, pass);
         return scope.MoveToOuter(ln_f.forward(x));
     }

@@ -47,11 +47,28 @@ public class LayersTests
         Assert.Equal(new[] { 1f, 0.1f }, invFreq.data<float>().ToArray());
         using var rope = new RotaryEmbedding(4, new RopeSettings(100.0), CPU);
         var (cos, sin) = rope.Compute(tensor(new long[] { 2 }, [1, 1]), ScalarType.Float32);
-        var y = AttentionOps.ApplyRotary(x, cos, sin).data<float>().ToArray();
+        var (headCos, signedSin) = AttentionOps.RotaryTables(cos, sin);
+        var y = AttentionOps.ApplyRotary(x, headCos, signedSin).data<float>().ToArray();
         Assert.Equal(1 * Math.Cos(2) - 3 * Math.Sin(2), y[0], 1e-5);
         Assert.Equal(2 * Math.Cos(0.2) - 4 * Math.Sin(0.2), y[1], 1e-5);
         Assert.Equal(3 * Math.Cos(2) + 1 * Math.Sin(2), y[2], 1e-5);
         Assert.Equal(4 * Math.Cos(0.2) + 2 * Math.Sin(0.2), y[3], 1e-5);
+    }
+
+    [Fact]
+    public void Rope_by_roll_equals_hf_rotate_half_bit_for_bit()
+    {
+        using var scope = NewDisposeScope();
+        using var rope = new RotaryEmbedding(64, new RopeSettings(1e6), CPU);
+        var positions = arange(0, 37, dtype: ScalarType.Int64).unsqueeze(0);        // (1, 37)
+        foreach (var dtype in new[] { ScalarType.Float32, ScalarType.BFloat16 })
+        {
+            var x = randn([1, 3, 37, 64], generator: new Generator(5)).to(dtype);      // (B, nH, T, hD)
+            var (cos, sin) = rope.Compute(positions, dtype);                            // (B, T, hD)
+            var hf = x * cos.unsqueeze(1) + AttentionOps.RotateHalf(x) * sin.unsqueeze(1);
+            var (headCos, signedSin) = AttentionOps.RotaryTables(cos, sin);
+            Assert.True(AttentionOps.ApplyRotary(x, headCos, signedSin).eq(hf).all().item<bool>(), dtype.ToString());
+        }
     }
 
     [Fact]
