@@ -19,9 +19,12 @@ public sealed record DataSplit(IReadOnlyList<TrainingExample> Train, IReadOnlyLi
 /// <summary>
 /// Tensors for one micro-batch. Targets are already shifted (see <see cref="TrainingExample"/>); padding has
 /// target -100. AttentionMask is (B, 1, T, T) bool (true = may attend) or null for plain causal attention.
+/// TargetPositions are the flat (b·T + t) positions whose target is not -100, found on the host so the loss needs
+/// no device-to-host read (a nonzero() on the device would stall the queue once per micro-batch).
 /// </summary>
-public sealed class TrainingBatch(Tensor inputIds, Tensor positionIds, Tensor targets, Tensor? attentionMask, int tokenCount, int targetCount) : IDisposable
+public sealed class TrainingBatch(Tensor inputIds, Tensor positionIds, Tensor targets, Tensor? attentionMask, int tokenCount, int targetCount, Tensor targetPositions) : IDisposable
 {
+    public Tensor TargetPositions { get; } = targetPositions; // (N) int64, N = TargetCount
     public Tensor InputIds { get; } = inputIds;            // (B, T) int64
     public Tensor PositionIds { get; } = positionIds;      // (B, T) int64
     public Tensor Targets { get; } = targets;              // (B, T) int64
@@ -35,6 +38,7 @@ public sealed class TrainingBatch(Tensor inputIds, Tensor positionIds, Tensor ta
         PositionIds.Dispose();
         Targets.Dispose();
         AttentionMask?.Dispose();
+        TargetPositions.Dispose();
     }
 }
 
@@ -113,7 +117,7 @@ public static class Batching
                 tensor(ids, [1, ids.Length], device: device),
                 tensor(positions, [1, positions.Length], device: device),
                 tensor(targets, [1, targets.Length], device: device),
-                mask, tokenCount, targetCount);
+                mask, tokenCount, targetCount, TargetPositions(targets, device));
         }
 
         int T = rows.Max(r => r.Length), B = rows.Count;
@@ -138,8 +142,12 @@ public static class Batching
             tensor(idsPadded, [B, T], device: device),
             tensor(posPadded, [B, T], device: device),
             tensor(tgtPadded, [B, T], device: device),
-            sameLength ? null : PaddedCausalMask(lengths, T, device), tokenCount, targetCount);
+            sameLength ? null : PaddedCausalMask(lengths, T, device), tokenCount, targetCount, TargetPositions(tgtPadded, device));
     }
+
+    /// <summary>(N) int64: the flat indices of the targets that are not -100.</summary>
+    private static Tensor TargetPositions(long[] flatTargets, Device device) =>
+        tensor(Enumerable.Range(0, flatTargets.Length).Where(i => flatTargets[i] != TrainingExamples.IgnoreIndex).Select(i => (long)i).ToArray(), device: device);
 
     /// <summary>(1, 1, T, T) bool: causal inside each packed row, nothing across rows.</summary>
     public static Tensor BlockCausalMask(int[] lengths, Device device)

@@ -158,7 +158,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
                 using var batch = Batching.Collate(rows, indices, options.Layout, device);
                 if (batch.TargetCount == 0) continue;
                 var hidden = model.HiddenStates(batch.InputIds, batch.PositionIds, batch.AttentionMask);
-                sum += LossSum(hidden, batch.Targets, options.LossChunkSize).item<float>();
+                sum += LossSum(hidden, batch, options.LossChunkSize).item<float>();
                 count += batch.TargetCount;
             }
             return count == 0 ? double.NaN : sum / count;
@@ -189,7 +189,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
                 tokens += batch.TokenCount;
                 if (batch.TargetCount == 0) continue;
                 var hidden = model.HiddenStates(batch.InputIds, batch.PositionIds, batch.AttentionMask); // (B, T, H)
-                var loss = LossSum(hidden, batch.Targets, options.LossChunkSize) / windowTargets;
+                var loss = LossSum(hidden, batch, options.LossChunkSize) / windowTargets;
                 lossSum.add_(loss.detach().to(ScalarType.Float64));
                 (scaler is null ? loss : loss * scaler.Scale).backward();
             }
@@ -213,15 +213,14 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         }
     }
 
-    /// <summary>Sum of fp32 cross-entropy over positions whose target is not -100; lm_head runs on those positions only, in chunks.</summary>
-    internal Tensor LossSum(Tensor hidden, Tensor targets, int chunkSize)
+    /// <summary>Sum of fp32 cross-entropy over the batch's target positions; lm_head runs on those positions only, in chunks.</summary>
+    internal Tensor LossSum(Tensor hidden, TrainingBatch batch, int chunkSize)
     {
         using var scope = NewDisposeScope();
         long H = hidden.shape[^1];
-        var flatTargets = targets.reshape(-1);                                     // (B·T)
-        var positions = flatTargets.ne(TrainingExamples.IgnoreIndex).nonzero().squeeze(1); // (N)
+        var positions = batch.TargetPositions;                                     // (N)
         var h = hidden.reshape(-1, H).index_select(0, positions);                  // (N, H)
-        var t = flatTargets.index_select(0, positions);                            // (N)
+        var t = batch.Targets.reshape(-1).index_select(0, positions);              // (N)
         Tensor total = zeros(1, dtype: ScalarType.Float32, device: hidden.device).squeeze();
         long n = positions.shape[0];
         for (long start = 0; start < n; start += chunkSize)

@@ -123,6 +123,7 @@ public class TrainingExamplesTests
             Assert.Equal(new long[] { 2, 3 }, batch.InputIds.shape);
             Assert.Equal(new long[] { 0, 1, 2, 0, 1, 2 }, batch.PositionIds.data<long>().ToArray());
             Assert.Equal(new long[] { -100, 3, 63, 5, 6, -100 }, batch.Targets.data<long>().ToArray());
+            Assert.Equal(new long[] { 1, 2, 3, 4 }, batch.TargetPositions.data<long>().ToArray());
             Assert.Null(batch.AttentionMask); // no padding and no packing: the model's causal attention is exact
         }
     }
@@ -139,6 +140,7 @@ public class TrainingExamplesTests
         Assert.Equal(new long[] { 1, 5 }, batch.InputIds.shape);
         Assert.Equal(new long[] { 0, 1, 2, 0, 1 }, batch.PositionIds.data<long>().ToArray());
         Assert.Equal(new long[] { -100, 3, 63, 5, -100 }, batch.Targets.data<long>().ToArray());
+        Assert.Equal(new long[] { 1, 2, 3 }, batch.TargetPositions.data<long>().ToArray());
         var mask = batch.AttentionMask!.reshape(5, 5).data<bool>().ToArray();
         bool[] expected =
         [
