@@ -28,6 +28,10 @@ try
             return TrainBenchCommand.Run(args[1..], backend);
         case "generate":
             return GenerateBenchCommand.Run(args[1..], backend);
+        case "peft-parity":
+            return PeftParityCommand.Run(args[1..], backend);
+        case "profile":
+            return ProfileCommand.Run(args[1..], backend);
         case "optim":
             return OptimizerBenchCommand.Run(args[1..], backend);
         default:

@@ -100,7 +100,7 @@ internal static class TrainBenchCommand
     }
 
     /// <summary>Rows of tools/bench/reference.py make-data: {"prompt": [ids], "answer": [ids ending with EOS]}.</summary>
-    private static List<TrainingExample> QaExamples(string path, int maxRows)
+    internal static List<TrainingExample> QaExamples(string path, int maxRows)
     {
         var examples = new List<TrainingExample>();
         int row = 0;
@@ -121,7 +121,7 @@ internal static class TrainBenchCommand
     }
 
     /// <summary>Continuous text: rows of 512 random ids, loss on every next token.</summary>
-    private static List<TrainingExample> DenseExamples(int rows)
+    internal static List<TrainingExample> DenseExamples(int rows)
     {
         var random = new Random(1);
         return Enumerable.Range(0, rows).Select(r =>

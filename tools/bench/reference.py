@@ -158,6 +158,63 @@ def generate(args):
     print(json.dumps(result))
 
 
+def profile(args):
+    """Where an HF + PEFT training step's time goes (FineTune.Bench profile's counterpart): forward (loss included),
+    backward and AdamW, first as HF runs them (host time; the GPU runs behind), then with a sync after each phase."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16, attn_implementation="sdpa").cuda()
+    model.config.use_cache = False
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05,
+                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM"))
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4, fused=True)
+    rows = load_rows(args.data)
+    batches = []
+    for b in range(0, 8 * (args.steps + 3), 8):
+        chunk = rows[b:b + 8]
+        T = max(len(r["prompt"]) + len(r["answer"]) for r in chunk)
+        ids = [r["prompt"] + r["answer"] + [EOS] * (T - len(r["prompt"]) - len(r["answer"])) for r in chunk]
+        mask = [[1] * (len(r["prompt"]) + len(r["answer"])) + [0] * (T - len(r["prompt"]) - len(r["answer"])) for r in chunk]
+        labels = [[-100] * len(r["prompt"]) + r["answer"] + [-100] * (T - len(r["prompt"]) - len(r["answer"])) for r in chunk]
+        batches.append({k: torch.tensor(v) for k, v in (("input_ids", ids), ("attention_mask", mask), ("labels", labels))})
+    result = {"stack": "hf-transformers+peft", "gpu": torch.cuda.get_device_name(0)}
+    for synced in (False, True):
+        totals = {"collate": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+        wall = 0.0
+        for s, batch in enumerate(batches):
+            start = time.perf_counter(); t = start
+            def mark(name):
+                nonlocal t
+                if synced: torch.cuda.synchronize()
+                now = time.perf_counter()
+                if s >= 3: totals[name] += (now - t) * 1000
+                t = now
+            batch = {k: v.cuda() for k, v in batch.items()}; mark("collate")
+            loss = model(**batch).loss; mark("forward")
+            loss.backward(); mark("backward")
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step(); opt.zero_grad(); loss.item()
+            torch.cuda.synchronize(); mark("optimizer")
+            if s >= 3: wall += (time.perf_counter() - start) * 1000
+        result["synced" if synced else "host"] = {"step_ms": wall / args.steps, **{k + "_ms": v / args.steps for k, v in totals.items()}}
+    x = torch.ones(1024, dtype=torch.bfloat16, device="cuda")
+    for _ in range(2):
+        torch.cuda.synchronize(); start = time.perf_counter()
+        for _ in range(20000):
+            y = x * 2
+        new = (time.perf_counter() - start) * 1e6 / 20000; start = time.perf_counter()
+        for _ in range(20000):
+            x.mul_(1.0)
+        inplace = (time.perf_counter() - start) * 1e6 / 20000
+        torch.cuda.synchronize()
+    result["small_op_us"] = {"mul_new_tensor_us": new, "mul_in_place_us": inplace}
+    print(json.dumps(result))
+    if args.out:
+        json.dump(result, open(args.out, "w"), indent=1)
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -168,11 +225,15 @@ def main():
     t.add_argument("--dense-batch", type=int, default=4); t.add_argument("--max-rows", type=int, default=None)
     g = sub.add_parser("generate"); g.add_argument("--model", required=True); g.add_argument("--out", required=True)
     g.add_argument("--new-tokens", type=int, default=256); g.add_argument("--repeats", type=int, default=3)
+    f = sub.add_parser("profile"); f.add_argument("--model", required=True); f.add_argument("--data", required=True)
+    f.add_argument("--steps", type=int, default=20); f.add_argument("--out")
     a = p.parse_args()
     if a.cmd == "make-model":
         make_model(a.shape, a.out)
     elif a.cmd == "make-data":
         make_data(a.out, a.rows)
+    elif a.cmd == "profile":
+        profile(a)
     elif a.cmd == "generate":
         generate(a)
     else:

@@ -1,0 +1,155 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using FineTune.Engine.Adapters;
+using FineTune.Engine.Backend;
+using FineTune.Engine.Data;
+using FineTune.Engine.Models;
+using FineTune.Engine.Training;
+using static TorchSharp.torch;
+
+namespace FineTune.Bench;
+
+/// <summary>
+/// `profile --model DIR --workload qa|dense [--data qa.jsonl] [--steps 20] [--qlora]`: where a training step's time
+/// goes. Runs the trainer's step (collate, forward, loss, backward, clip + AdamW) phase by phase, twice: as the
+/// trainer does (host time per phase; the GPU runs behind) and with a device sync after each phase (device time per
+/// phase). Host time close to the synced time means the step is bound by the host (launch and dispatch cost).
+/// Also the host cost of one small op (`overhead`), to compare with PyTorch's from Python on the same machine.
+/// </summary>
+internal static class ProfileCommand
+{
+    private static readonly string[] Phases = ["collate", "forward", "loss", "backward", "optimizer"];
+
+    public static int Run(string[] args, BackendInfo backend)
+    {
+        var o = new Options(args);
+        string modelFolder = o.Required("model");
+        string workload = o.Required("workload");
+        int steps = o.Int("steps", 20);
+        bool qlora = o.Flag("qlora");
+        var (examples, batchSize) = workload switch
+        {
+            "qa" => (TrainBenchCommand.QaExamples(o.Required("data"), 8 * (steps + 3) * 2), 8),
+            "dense" => (TrainBenchCommand.DenseExamples(4 * (steps + 3) * 2), 4),
+            _ => throw new ArgumentException($"--workload {workload}: use qa or dense."),
+        };
+        var dtype = backend.ComputeDType;
+        using var model = ModelLoader.Load(modelFolder, new ModelLoadOptions
+        {
+            Device = backend.Device, DType = dtype, LoadLinearWeight = qlora ? Nf4.QuantizeOnLoad(dtype) : null,
+        });
+        var trainable = new CausalLmTraining(model);
+        var lora = new LoraSettings(Rank: 16, Alpha: 32, Dropout: 0.05);
+        LoraInjector.Attach(trainable.NamedLinears(), lora, seed: 0);
+        var parameters = model.parameters().Where(p => p.requires_grad).ToList();
+        using var optimizer = new FlatAdamW(parameters, 2e-4);
+        var trainer = new LoraTrainer(trainable, lora, modelFolder);
+        var batches = Batching.MakeBatches(examples, [.. Enumerable.Range(0, examples.Count)], batchSize, BatchLayout.Packed);
+        model.train();
+
+        var result = new JsonObject { ["workload"] = workload, ["mode"] = qlora ? "qlora-nf4" : "lora-16bit", ["gpu"] = backend.Description };
+        int next = 0;
+        foreach (bool synced in new[] { false, true, false })
+        {
+            var totals = new double[Phases.Length];
+            double wall = 0;
+            long tokens = 0;
+            for (int s = 0; s < steps + 3; s++)
+            {
+                bool measured = s >= 3; // three warm-up steps (allocator, cuBLAS handles, autotuning)
+                var times = new double[Phases.Length];
+                var stepClock = Stopwatch.StartNew();
+                var clock = Stopwatch.StartNew();
+                void Mark(int phase)
+                {
+                    if (synced && backend.IsCuda) cuda.synchronize();
+                    times[phase] += clock.Elapsed.TotalMilliseconds;
+                    clock.Restart();
+                }
+                using (var scope = NewDisposeScope())
+                {
+                    optimizer.ZeroGrad();
+                    var indices = batches[next++ % batches.Count];
+                    using var batch = Batching.Collate(examples, indices, BatchLayout.Packed, backend.Device);
+                    Mark(0);
+                    var hidden = trainable.HiddenStates(batch.InputIds, batch.PositionIds, batch.AttentionMask);
+                    Mark(1);
+                    var loss = trainer.LossSum(hidden, batch, 4096) / batch.TargetCount;
+                    Mark(2);
+                    loss.backward();
+                    Mark(3);
+                    var norm = optimizer.ClipGradNorm(1.0);
+                    var values = cat([loss.detach().to(ScalarType.Float64).reshape(1), norm.to(ScalarType.Float64).reshape(1)]).cpu().data<double>().ToArray();
+                    optimizer.Step();
+                    if (backend.IsCuda) cuda.synchronize();
+                    Mark(4);
+                    if (measured) tokens += batch.TokenCount;
+                }
+                if (qlora) { GC.Collect(); GC.WaitForPendingFinalizers(); }
+                if (measured)
+                {
+                    wall += stepClock.Elapsed.TotalMilliseconds;
+                    for (int i = 0; i < Phases.Length; i++) totals[i] += times[i];
+                }
+            }
+            var entry = new JsonObject { ["step_ms"] = wall / steps, ["tokens_per_step"] = (double)tokens / steps };
+            for (int i = 0; i < Phases.Length; i++) entry[Phases[i] + "_ms"] = totals[i] / steps;
+            result[synced ? "synced" : result.ContainsKey("host") ? "host_again" : "host"] = entry;
+        }
+
+        // No-grad forward and a forward with the adapters switched off: what autograd and the LoRA path add.
+        using (no_grad())
+        {
+            result["forward_nograd_ms"] = TimeForward(trainable, examples, batches, backend, steps);
+        }
+        foreach (var (_, layer) in trainable.NamedLinears()) layer.AdapterEnabled = false;
+        result["forward_no_lora_ms"] = TimeForward(trainable, examples, batches, backend, steps);
+        foreach (var (_, layer) in trainable.NamedLinears()) layer.AdapterEnabled = true;
+        result["small_op_us"] = SmallOpMicroseconds(backend);
+        Console.WriteLine(result.ToJsonString());
+        if (o.Optional("out") is string path) File.WriteAllText(path, result.ToJsonString());
+        return 0;
+    }
+
+    private static double TimeForward(CausalLmTraining model, List<TrainingExample> examples, List<int[]> batches, BackendInfo backend, int steps)
+    {
+        double total = 0;
+        for (int s = 0; s < steps + 3; s++)
+        {
+            using var scope = NewDisposeScope();
+            using var batch = Batching.Collate(examples, batches[s % batches.Count], BatchLayout.Packed, backend.Device);
+            if (backend.IsCuda) cuda.synchronize();
+            var clock = Stopwatch.StartNew();
+            model.HiddenStates(batch.InputIds, batch.PositionIds, batch.AttentionMask);
+            if (backend.IsCuda) cuda.synchronize();
+            if (s >= 3) total += clock.Elapsed.TotalMilliseconds;
+        }
+        return total / steps;
+    }
+
+    /// <summary>Host microseconds per small op: y = x * 2 + 1 on a 1024-element tensor, in a dispose scope, as model code does.</summary>
+    private static JsonObject SmallOpMicroseconds(BackendInfo backend)
+    {
+        using var x = ones(1024, dtype: ScalarType.BFloat16, device: backend.Device);
+        var result = new JsonObject();
+        for (int round = 0; round < 2; round++)
+        {
+            if (backend.IsCuda) cuda.synchronize();
+            var clock = Stopwatch.StartNew();
+            const int n = 20000;
+            for (int i = 0; i < n; i++)
+            {
+                using var scope = NewDisposeScope();
+                var y = x * 2;
+            }
+            double perOp = clock.Elapsed.TotalMilliseconds * 1000 / n;
+            clock.Restart();
+            for (int i = 0; i < n; i++) x.mul_(1.0);
+            double inPlace = clock.Elapsed.TotalMilliseconds * 1000 / n;
+            if (backend.IsCuda) cuda.synchronize();
+            result["mul_new_tensor_us"] = perOp;
+            result["mul_in_place_us"] = inPlace;
+        }
+        return result;
+    }
+}
