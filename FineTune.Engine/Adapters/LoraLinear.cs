@@ -268,8 +268,15 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
     {
         double p = lora_dropout!.p;
         if (!training || p == 0) return h;
-        if (DropoutGenerator is null) return lora_dropout.forward(h);
+        var tape = DropoutTape.Current;
+        if (tape is { Replaying: true })
+        {
+            using var recorded = tape.Value.Tape.Next();                        // (..., in) bool
+            return h * recorded / (1 - p);
+        }
+        if (DropoutGenerator is null && tape is null) return lora_dropout.forward(h);
         var keep = empty_like(h).bernoulli_(1 - p, DropoutGenerator);           // (..., in) of 0/1
+        tape?.Tape.Add(keep);
         return h * keep / (1 - p);
     }
 

@@ -13,11 +13,45 @@ namespace FineTune.Engine.Models;
 /// </summary>
 public sealed record DecoderPass(Tensor Cos, Tensor SignedSin, AttentionMaskBuilder Masks, KvCache? Cache)
 {
+    /// <summary>Run each layer through <see cref="GradientCheckpoint"/> when gradients are being recorded.</summary>
+    public bool GradientCheckpointing { get; init; }
+
     /// <summary>A pass for cos and sin (B, T, hD) as <see cref="RotaryEmbedding.Compute"/> returns them.</summary>
-    public static DecoderPass Create(Tensor cos, Tensor sin, AttentionMaskBuilder masks, KvCache? cache)
+    public static DecoderPass Create(Tensor cos, Tensor sin, AttentionMaskBuilder masks, KvCache? cache, bool gradientCheckpointing = false)
     {
         var (headCos, signedSin) = AttentionOps.RotaryTables(cos, sin);
-        return new DecoderPass(headCos, signedSin, masks, cache);
+        return new DecoderPass(headCos, signedSin, masks, cache) { GradientCheckpointing = gradientCheckpointing };
+    }
+
+    private RetainedPass? _retained;
+
+    /// <summary>
+    /// This pass for a layer's backward, which runs after the pass's dispose scopes have ended: one copy with its
+    /// own tensor handles, shared by the pass's layers and disposed when the last of them has run backward.
+    /// </summary>
+    internal RetainedPass RetainForBackward()
+    {
+        _retained ??= new RetainedPass(new DecoderPass(Cos.detach().DetachFromDisposeScope(), SignedSin.detach().DetachFromDisposeScope(), Masks.Retain(), null));
+        _retained.AddUser();
+        return _retained;
+    }
+}
+
+/// <summary>A <see cref="DecoderPass"/> kept for backward; each user calls <see cref="Release"/> once.</summary>
+internal sealed class RetainedPass(DecoderPass pass)
+{
+    private int _users;
+
+    public DecoderPass Pass { get; } = pass;
+
+    public void AddUser() => Interlocked.Increment(ref _users);
+
+    public void Release()
+    {
+        if (Interlocked.Decrement(ref _users) != 0) return;
+        Pass.Cos.Dispose();
+        Pass.SignedSin.Dispose();
+        Pass.Masks.Dispose();
     }
 }
 
@@ -44,6 +78,12 @@ public abstract class CausalLM : nn.Module<Tensor, Tensor>
     public Device Device => Build.Device;
 
     public ScalarType DType => Build.DType;
+
+    /// <summary>
+    /// HF's gradient_checkpointing_enable(): while gradients are recorded, each decoder layer keeps only its input
+    /// and runs again in backward (see <see cref="GradientCheckpoint"/>). Off by default.
+    /// </summary>
+    public bool GradientCheckpointing { get; set; }
 
     /// <summary>The checkpoint key of the input embedding ("model.embed_tokens.weight", Qwen v1: "transformer.wte.weight").</summary>
     public abstract string EmbeddingKey { get; }

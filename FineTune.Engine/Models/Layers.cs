@@ -328,9 +328,27 @@ public sealed class AttentionMaskBuilder : IDisposable
         return new AttentionMask(additive, false);
     }
 
+    /// <summary>
+    /// A builder that outlives this pass's dispose scopes (gradient checkpointing builds the masks again in backward):
+    /// it shares this one's tensors through handles of its own. Dispose it when backward is done.
+    /// </summary>
+    internal AttentionMaskBuilder Retain()
+    {
+        var retained = new AttentionMaskBuilder(_queryLength, _pastLength, _mask?.detach().DetachFromDisposeScope(), _dtype, _device, ownsMask: true);
+        foreach (var (key, mask) in _built)
+            retained._built[key] = mask with { Additive = mask.Additive?.detach().DetachFromDisposeScope() };
+        return retained;
+    }
+
+    private readonly bool _ownsMask;
+
+    private AttentionMaskBuilder(int queryLength, int pastLength, Tensor? mask, ScalarType dtype, Device device, bool ownsMask)
+        : this(queryLength, pastLength, mask, dtype, device) => _ownsMask = ownsMask;
+
     public void Dispose()
     {
         foreach (var mask in _built.Values) mask.Additive?.Dispose();
         _built.Clear();
+        if (_ownsMask) _mask?.Dispose();
     }
 }

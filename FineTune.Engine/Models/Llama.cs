@@ -90,13 +90,13 @@ public sealed class LlamaModel : nn.Module
         RegisterComponents();
     }
 
-    public Tensor forward(Tensor inputIds, Tensor positionIds, AttentionMaskBuilder masks, KvCache? cache)
+    public Tensor forward(Tensor inputIds, Tensor positionIds, AttentionMaskBuilder masks, KvCache? cache, bool gradientCheckpointing = false)
     {
         using var scope = NewDisposeScope();
         var h = embed_tokens.forward(inputIds);                       // (B, T, H)
         var (cos, sin) = rotary_emb.Compute(positionIds, h.dtype);    // (B, T, hD)
-        var pass = DecoderPass.Create(cos, sin, masks, cache);
-        foreach (var layer in layers) h = layer.forward(h, pass);
+        var pass = DecoderPass.Create(cos, sin, masks, cache, gradientCheckpointing);
+        foreach (var layer in layers) h = GradientCheckpoint.Apply(layer.forward, h, pass);
         return scope.MoveToOuter(norm.forward(h));
     }
 }
@@ -117,5 +117,5 @@ public sealed class LlamaForCausalLM : CausalLM
     internal override TokenEmbedding InputEmbedding => model.embed_tokens;
 
     protected override Tensor Decode(Tensor inputIds, Tensor positionIds, AttentionMaskBuilder masks, KvCache? cache) =>
-        model.forward(inputIds, positionIds, masks, cache);
+        model.forward(inputIds, positionIds, masks, cache, GradientCheckpointing);
 }

@@ -110,13 +110,13 @@ public sealed class QWenModel : nn.Module
         RegisterComponents();
     }
 
-    public Tensor forward(Tensor inputIds, Tensor positionIds, AttentionMaskBuilder masks, KvCache? cache)
+    public Tensor forward(Tensor inputIds, Tensor positionIds, AttentionMaskBuilder masks, KvCache? cache, bool gradientCheckpointing = false)
     {
         using var scope = NewDisposeScope();
         var x = wte.forward(inputIds);                                                 // (B, T, H)
         var (cos, sin) = rotary_emb.Compute(positionIds, ScalarType.Float32);          // (B, T, hD) fp32
-        var pass = DecoderPass.Create(cos, sin, masks, cache);
-        foreach (var block in h) x = block.forward(x, pass);
+        var pass = DecoderPass.Create(cos, sin, masks, cache, gradientCheckpointing);
+        foreach (var block in h) x = GradientCheckpoint.Apply(block.forward, x, pass);
         return scope.MoveToOuter(ln_f.forward(x));
     }
 }
@@ -137,5 +137,5 @@ public sealed class QWenLMHeadModel : CausalLM
     internal override TokenEmbedding InputEmbedding => transformer.wte;
 
     protected override Tensor Decode(Tensor inputIds, Tensor positionIds, AttentionMaskBuilder masks, KvCache? cache) =>
-        transformer.forward(inputIds, positionIds, masks, cache);
+        transformer.forward(inputIds, positionIds, masks, cache, GradientCheckpointing);
 }

@@ -13,6 +13,12 @@ public sealed class CausalLmTraining(CausalLM model) : ITrainableCausalLM
 
     public LoraLinear LmHead => Model.lm_head;
 
+    public bool GradientCheckpointing
+    {
+        get => Model.GradientCheckpointing;
+        set => Model.GradientCheckpointing = value;
+    }
+
     public Tensor HiddenStates(Tensor inputIds, Tensor positionIds, Tensor? attentionMask) =>
         Model.HiddenStates(inputIds, positionIds, attentionMask);
 

@@ -19,6 +19,12 @@ public interface ITrainableCausalLM
     /// </summary>
     Tensor HiddenStates(Tensor inputIds, Tensor positionIds, Tensor? attentionMask);
 
+    /// <summary>
+    /// Recompute each decoder layer's activations in backward instead of keeping them (HF gradient checkpointing).
+    /// A model that cannot throws NotSupportedException when asked to.
+    /// </summary>
+    bool GradientCheckpointing { get; set; }
+
     /// <summary>The output projection (H → vocabulary).</summary>
     LoraLinear LmHead { get; }
 

@@ -34,6 +34,12 @@ internal sealed class TinyCausalLM : nn.Module, ITrainableCausalLM
     public nn.Module Module => this;
     public LoraLinear LmHead => lm_head;
 
+    public bool GradientCheckpointing
+    {
+        get => false;
+        set { if (value) throw new NotSupportedException("TinyCausalLM keeps every activation; use a fixture CausalLM to test checkpointing."); }
+    }
+
     public Tensor HiddenStates(Tensor inputIds, Tensor positionIds, Tensor? attentionMask) =>
         model.forward(inputIds, positionIds, attentionMask);
 

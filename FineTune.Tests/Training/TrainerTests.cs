@@ -209,6 +209,7 @@ public class TrainerTests
         public bool Fail { get; set; } = true;
         public nn.Module Module => inner;
         public LoraLinear LmHead => inner.LmHead;
+        public bool GradientCheckpointing { get => inner.GradientCheckpointing; set => inner.GradientCheckpointing = value; }
         public IEnumerable<(string Name, LoraLinear Layer)> NamedLinears() => inner.NamedLinears();
         public Tensor HiddenStates(Tensor inputIds, Tensor positionIds, Tensor? attentionMask)
         {
@@ -253,6 +254,7 @@ public class TrainerTests
         public bool Poison { get; set; } = true;
         public nn.Module Module => inner;
         public LoraLinear LmHead => inner.LmHead;
+        public bool GradientCheckpointing { get => inner.GradientCheckpointing; set => inner.GradientCheckpointing = value; }
         public IEnumerable<(string Name, LoraLinear Layer)> NamedLinears() => inner.NamedLinears();
         public Tensor HiddenStates(Tensor inputIds, Tensor positionIds, Tensor? attentionMask)
         {
@@ -336,6 +338,7 @@ public class FixtureModelTrainerTests
         var options = new TrainingOptions { Epochs = 3, LearningRate = 5e-3, BatchSize = 3, GradientAccumulationSteps = 2 };
         double before = trainer.Evaluate(rows, options, CPU);
         trainer.Train(new DataSplit(rows, []), options);
+        Assert.True(lm.GradientCheckpointing, "a 4-bit base trains with gradient checkpointing unless told otherwise");
         long live = TorchSharp.DisposeScopeManager.Statistics.ThreadTotalLiveCount;
         trainer.Train(new DataSplit(rows, []), options);
         long leaked = TorchSharp.DisposeScopeManager.Statistics.ThreadTotalLiveCount - live;
