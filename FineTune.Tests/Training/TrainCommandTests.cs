@@ -48,6 +48,10 @@ public class TrainCommandTests
             Assert.Equal(2, badNumber.Code);
             Assert.Contains("--lr must be a number", badNumber.Err);
 
+            var badCheckpointing = Run("train", "--model", Fixture("qwen2"), "--data", TutorialCsv(), "--output", zip, "--gradient-checkpointing", "yes");
+            Assert.Equal(2, badCheckpointing.Code);
+            Assert.Contains("--gradient-checkpointing must be auto, on or off", badCheckpointing.Err);
+
             var notZip = Run("train", "--model", Fixture("qwen2"), "--data", TutorialCsv(), "--output", Path.Combine(folder, "a.bin"));
             Assert.Equal(2, notZip.Code);
 
@@ -65,6 +69,18 @@ public class TrainCommandTests
         {
             Directory.Delete(folder, recursive: true);
         }
+    }
+
+    [Theory]
+    [InlineData(null, null)]
+    [InlineData("auto", null)]
+    [InlineData("on", true)]
+    [InlineData("off", false)]
+    public void Gradient_checkpointing_option_reaches_the_training_options(string? value, bool? expected)
+    {
+        string[] args = ["train", "--model", Fixture("qwen2"), "--data", TutorialCsv(), "--output", "a.zip"];
+        if (value is not null) args = [.. args, "--gradient-checkpointing", value];
+        Assert.Equal(expected, TrainCommandOptions.Parse(args).Training.GradientCheckpointing);
     }
 
     [Fact]

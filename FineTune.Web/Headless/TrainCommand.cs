@@ -57,6 +57,8 @@ public static class TrainCommand
           --resume DIR|auto   continue from a checkpoint (auto: the newest in the output's checkpoints folder)
           --init-adapter DIR  start from these adapter weights instead of fresh ones (PEFT folder)
           --merged DIR        also write base + LoRA merged as an HF model folder
+          --gradient-checkpointing auto|on|off   recompute layer activations in backward to save memory
+                              (auto: on with --qlora, as PEFT's prepare_model_for_kbit_training)
         """;
 
     public static int Run(string[] args, TextWriter output, TextWriter error, CancellationToken cancellationToken = default, ILoggerFactory? loggers = null)
@@ -232,7 +234,7 @@ public sealed record TrainCommandOptions(
         }
         var known = new HashSet<string>(["--model", "--data", "--output", "--epochs", "--lr", "--rank", "--alpha", "--dropout", "--targets",
             "--max-length", "--batch", "--accum", "--save-steps", "--save-limit", "--template", "--warmup-ratio", "--warmup-steps",
-            "--schedule", "--seed", "--logging-steps", "--validation", "--layout", "--resume", "--init-adapter", "--merged"]);
+            "--schedule", "--seed", "--logging-steps", "--validation", "--layout", "--resume", "--init-adapter", "--merged", "--gradient-checkpointing"]);
         var unknown = values.Keys.FirstOrDefault(k => !known.Contains(k));
         if (unknown is not null) throw new CommandLineException($"Unknown option {unknown}.");
 
@@ -260,12 +262,20 @@ public sealed record TrainCommandOptions(
             "grouped" => BatchLayout.LengthGrouped,
             var s => throw new CommandLineException($"--layout must be packed or grouped; got '{s}'."),
         };
+        bool? checkpointing = Optional("--gradient-checkpointing") switch
+        {
+            null or "auto" => null,
+            "on" => true,
+            "off" => false,
+            var s => throw new CommandLineException($"--gradient-checkpointing must be auto, on or off; got '{s}'."),
+        };
         var training = new TrainingOptions
         {
             Epochs = Number("--epochs", 3), LearningRate = Number("--lr", 2e-4), BatchSize = Integer("--batch", 1),
             GradientAccumulationSteps = Integer("--accum", 4), SaveSteps = Integer("--save-steps", 0), SaveTotalLimit = Integer("--save-limit", 2),
             WarmupRatio = Number("--warmup-ratio", 0), WarmupSteps = Integer("--warmup-steps", 0), Schedule = schedule,
             Seed = Integer("--seed", 42), LoggingSteps = Integer("--logging-steps", 1), Layout = layout,
+            GradientCheckpointing = checkpointing,
         };
         try
         {

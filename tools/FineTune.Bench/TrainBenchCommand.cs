@@ -11,7 +11,7 @@ using static TorchSharp.torch;
 namespace FineTune.Bench;
 
 /// <summary>
-/// `train --model DIR --workload qa|dense [--data qa.jsonl] [--max-rows N] [--dense-steps S --dense-batch B] [--qlora] [--layout packed|grouped] [--out result.json]`:
+/// `train --model DIR --workload qa|dense [--data qa.jsonl] [--max-rows N] [--dense-steps S --dense-batch B] [--qlora] [--gradient-checkpointing auto|on|off] [--layout packed|grouped] [--out result.json]`:
 /// FineTune's trainer on the same model folder and data as tools/bench/reference.py (HF transformers + PEFT),
 /// with the same LoRA (r 16, alpha 32, dropout 0.05, q/k/v/o), AdamW lr 2e-4, linear schedule, bf16.
 /// Q&A: 8 rows per optimizer step, one epoch, answer-only loss. Dense: 4 × 512 tokens per step.
@@ -24,6 +24,13 @@ internal static class TrainBenchCommand
         string modelFolder = o.Required("model");
         string workload = o.Required("workload");
         bool qlora = o.Flag("qlora");
+        bool? checkpointing = (o.Optional("gradient-checkpointing") ?? "auto") switch
+        {
+            "auto" => null,
+            "on" => true,
+            "off" => false,
+            var other => throw new ArgumentException($"--gradient-checkpointing {other}: use auto, on or off."),
+        };
         var layout = (o.Optional("layout") ?? "packed") switch
         {
             "packed" => BatchLayout.Packed,
@@ -64,6 +71,7 @@ internal static class TrainBenchCommand
             LoggingSteps = 1,
             Seed = 0,
             UseLossScaling = dtype == ScalarType.Float16,
+            GradientCheckpointing = checkpointing,
         };
         var trainer = new LoraTrainer(trainable, lora, modelFolder);
         var clock = Stopwatch.StartNew();
@@ -79,6 +87,7 @@ internal static class TrainBenchCommand
             ["mode"] = qlora ? "qlora-nf4" : "lora-16bit",
             ["batch"] = batch,
             ["layout"] = layout.ToString(),
+            ["gradient_checkpointing"] = trainable.GradientCheckpointing,
             ["model"] = Path.GetFileName(modelFolder.TrimEnd('/')),
             ["rows"] = examples.Count,
             ["optimizer_steps"] = result.History.Count,

@@ -2,7 +2,8 @@
 # One benchmark cell set on the GPU machine, both stacks in the same call (see tools/bench/README.md).
 #   bash tools/bench/run-gpu.sh SHAPE [ROWS] [CELL ...]   SHAPE: qwen2.5-0.5b | qwen2-7b
 #   CELL: hf-qa-lora ft-qa-lora hf-dense-lora ft-dense-lora ft-qa-qlora ft-dense1-qlora (default: these six),
-#         hf-generate ft-generate (batch 1, greedy, 256 new tokens)
+#         hf-generate ft-generate (batch 1, greedy, 256 new tokens),
+#         ft-dense1-qlora-keep (QLoRA 1 x 512 keeping all activations: gradient checkpointing off)
 # Needs: .device/dotnet.tgz, .device/on-gpu.sh and .device/bench (FineTune.Bench published with TorchBackend=none).
 # Writes $OUT/bench/<shape>-<stack>-<workload>-<mode>.json, each with the peak device memory seen by nvidia-smi.
 set -uo pipefail
@@ -44,6 +45,7 @@ for cell in $cells; do
     ft-dense-lora)   measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload dense --out "$out/$shape-$cell.json" ;;
     ft-qa-qlora)     measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload qa $data --qlora --out "$out/$shape-$cell.json" ;;
     ft-dense1-qlora) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload dense --dense-batch 1 --dense-steps 30 --qlora --out "$out/$shape-$cell.json" ;;
+    ft-dense1-qlora-keep) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload dense --dense-batch 1 --dense-steps 30 --qlora --gradient-checkpointing off --out "$out/$shape-$cell.json" ;;
     hf-generate)     measure "$shape-$cell" python3 tools/bench/reference.py generate --model $models/$shape --out "$out/$shape-$cell.json" ;;
     ft-generate)     measure "$shape-$cell" dotnet $bench generate --model $models/$shape --out "$out/$shape-$cell.json" ;;
     *) echo "unknown cell $cell"; exit 2 ;;
