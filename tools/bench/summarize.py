@@ -29,22 +29,44 @@ def load(dirs):
             if f.endswith(".json"):
                 r = json.load(open(os.path.join(d, f)))
                 shape = f.split("-hf-")[0].split("-ft-")[0]
-                cells[f[:-5]] = dict(r, shape=shape)
+                if "stack" in r:  # bench cells only (not parity or profile files)
+                    cells[f[:-5]] = dict(r, shape=shape)
     return cells
+
+
+def mode_of(c):
+    mode = c.get("mode", "lora-16bit")
+    if c.get("gradient_checkpointing") is True:
+        mode += ", checkpointing"
+    elif c.get("gradient_checkpointing") is False and mode.startswith("qlora"):
+        mode += ", no checkpointing"
+    return mode
 
 
 def main():
     cells = load(sys.argv[1:])
-    print("| model | workload | mode | stack | wall s | real tokens/s | vs HF | peak GPU GiB | final loss | MFU |")
-    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
-    for name, c in sorted(cells.items()):
+    train = {k: c for k, c in cells.items() if c["workload"] != "generate"}
+    generate = {k: c for k, c in cells.items() if c["workload"] == "generate"}
+    print("| model | workload | mode | stack | wall s | real tokens/s | vs HF | peak GPU GiB | final loss | mean loss, last 10 steps | MFU |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, c in sorted(train.items()):
         stack = "HF transformers + PEFT" if c["stack"].startswith("hf") else "FineTune"
-        ref = cells.get(name.replace("-ft-", "-hf-"))
+        ref = train.get(name.replace("-ft-", "-hf-"))
         ratio = f"{c['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref and ref is not c else ("1.00x" if ref is c else "no reference")
         mfu = 4 * n_matmul(c["shape"]) * c["real_tokens"] / (c["wall_s"] * PEAK)
         workload = f"Q&A {c['rows']:,} rows, 8/step" if c["workload"] == "qa" else f"dense {c.get('batch', 4)} x 512"
-        print(f"| {c['shape']} | {workload} | {c.get('mode', 'lora-16bit')} | {stack} | {c['wall_s']:.1f} | {c['tokens_per_s']:,.0f} | {ratio} "
-              f"| {c.get('peak_device_bytes', 0) / 2**30:.1f} | {c['final_loss']:.4f} | {mfu:.1%} |")
+        print(f"| {c['shape']} | {workload} | {mode_of(c)} | {stack} | {c['wall_s']:.1f} | {c['tokens_per_s']:,.0f} | {ratio} "
+              f"| {c.get('peak_device_bytes', 0) / 2**30:.2f} | {c['final_loss']:.4f} | {c.get('mean_loss_last_10', float('nan')):.4f} | {mfu:.1%} |")
+    if generate:
+        print()
+        print("| model | generation | stack | best of 3, s | tokens/s | vs HF | peak GPU GiB |")
+        print("|---|---|---|---:|---:|---:|---:|")
+        for name, c in sorted(generate.items()):
+            stack = "HF transformers generate()" if c["stack"].startswith("hf") else "FineTune Generator"
+            ref = generate.get(name.replace("-ft-", "-hf-"))
+            ratio = f"{c['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else "no reference"
+            print(f"| {c['shape']} | batch 1, {c['prompt_tokens']}-token prompt, {c['new_tokens']} greedy tokens | {stack} | {c['wall_s']:.2f} "
+                  f"| {c['tokens_per_s']:.1f} | {ratio} | {c.get('peak_device_bytes', 0) / 2**30:.2f} |")
 
 
 if __name__ == "__main__":
