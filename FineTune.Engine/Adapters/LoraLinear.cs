@@ -27,6 +27,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
     public Tensor? weight_absmax_codes;   // (blocks) uint8
     public Tensor? weight_absmax_nested;  // (ceil(blocks/256)) fp32
     public Tensor? weight_absmax_offset;  // () fp32
+    public Tensor? weight_absmax;         // (blocks) fp32, instead of the three above without double quantization
 #pragma warning restore IDE1006
 
     /// <summary>LoRA scaling: alpha/r (alpha/√r with rsLoRA); 0 when no adapter is attached.</summary>
@@ -101,11 +102,11 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
     }
 
     /// <summary>
-    /// Replaces the dense weight by its NF4 form (bitsandbytes' quantize_4bit, nf4, blocksize 64,
+    /// Replaces the dense weight by its NF4 form (bitsandbytes' quantize_4bit, nf4, blocksize 64, with or without
     /// double quantization). <paramref name="source"/> is the checkpoint weight (out, in); when null the
     /// layer's own weight is quantized. The dense weight is released.
     /// </summary>
-    public void QuantizeWeight(Tensor? source = null, ScalarType computeDtype = ScalarType.BFloat16)
+    public void QuantizeWeight(Tensor? source = null, ScalarType computeDtype = ScalarType.BFloat16, bool doubleQuantization = true)
     {
         if (Merged) throw new InvalidOperationException("Unmerge the adapter before quantizing the base weight.");
         var dense = source ?? weight ?? throw new InvalidOperationException("This layer's weight is already quantized.");
@@ -113,7 +114,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         // A layer built on the meta device (ModelLoader) quantizes on the checkpoint tensor's device.
         var device = weight is { is_meta: false } ? weight.device : weight_nf4?.device ?? dense.device;
         using var onDevice = dense.device_type == device.type && dense.device_index == device.index ? null : dense.to(device);
-        var data = Nf4.Quantize(onDevice ?? dense);
+        var data = Nf4.Quantize(onDevice ?? dense, doubleQuantization);
         ReleaseQuantized();
         if (weight is not null)
         {
@@ -123,20 +124,25 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         }
         // The layer owns these: keep them out of any caller's dispose scope.
         weight_nf4 = data.Packed.DetachFromDisposeScope();
-        weight_absmax_codes = data.AbsmaxCodes.DetachFromDisposeScope();
-        weight_absmax_nested = data.NestedAbsmax.DetachFromDisposeScope();
-        weight_absmax_offset = data.Offset.DetachFromDisposeScope();
+        weight_absmax_codes = data.AbsmaxCodes?.DetachFromDisposeScope();
+        weight_absmax_nested = data.NestedAbsmax?.DetachFromDisposeScope();
+        weight_absmax_offset = data.Offset?.DetachFromDisposeScope();
+        weight_absmax = data.Absmax?.DetachFromDisposeScope();
         _quantizedShape = data.Shape;
         register_buffer(nameof(weight_nf4), weight_nf4);
-        register_buffer(nameof(weight_absmax_codes), weight_absmax_codes);
-        register_buffer(nameof(weight_absmax_nested), weight_absmax_nested);
-        register_buffer(nameof(weight_absmax_offset), weight_absmax_offset);
+        if (weight_absmax is not null) register_buffer(nameof(weight_absmax), weight_absmax);
+        else
+        {
+            register_buffer(nameof(weight_absmax_codes), weight_absmax_codes!);
+            register_buffer(nameof(weight_absmax_nested), weight_absmax_nested!);
+            register_buffer(nameof(weight_absmax_offset), weight_absmax_offset!);
+        }
         ComputeDtype = computeDtype;
     }
 
     /// <summary>The NF4 state of the base weight (views of the buffers; do not dispose).</summary>
     public Nf4Data? QuantizedState => weight_nf4 is null ? null
-        : new Nf4Data(weight_nf4, weight_absmax_codes!, weight_absmax_nested!, weight_absmax_offset!, _quantizedShape);
+        : new Nf4Data(weight_nf4, weight_absmax_codes, weight_absmax_nested, weight_absmax_offset, _quantizedShape) { Absmax = weight_absmax };
 
     /// <summary>The base weight (out, in) in <paramref name="dtype"/>: the dense one, or NF4 dequantized. Caller owns it.</summary>
     public Tensor BaseWeight(ScalarType? dtype = null)
@@ -285,13 +291,14 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
 
     private void ReleaseQuantized()
     {
-        foreach (var name in new[] { nameof(weight_nf4), nameof(weight_absmax_codes), nameof(weight_absmax_nested), nameof(weight_absmax_offset) })
+        foreach (var name in new[] { nameof(weight_nf4), nameof(weight_absmax_codes), nameof(weight_absmax_nested), nameof(weight_absmax_offset), nameof(weight_absmax) })
             if (_internal_buffers.ContainsKey(name)) _internal_buffers.Remove(name);
         weight_nf4?.Dispose();
         weight_absmax_codes?.Dispose();
         weight_absmax_nested?.Dispose();
         weight_absmax_offset?.Dispose();
-        weight_nf4 = weight_absmax_codes = weight_absmax_nested = weight_absmax_offset = null;
+        weight_absmax?.Dispose();
+        weight_nf4 = weight_absmax_codes = weight_absmax_nested = weight_absmax_offset = weight_absmax = null;
     }
 
     private static void CheckShape(Tensor source, long[] expected, string what)

@@ -4,26 +4,33 @@ using static TorchSharp.torch;
 namespace FineTune.Engine.Adapters;
 
 /// <summary>
-/// A weight held as NF4 the way bitsandbytes' quantize_4bit(quant_type="nf4", blocksize=64,
-/// compress_statistics=True) holds it: two 4-bit codes per byte (first value in the high nibble),
-/// one absmax per 64 values, and the absmaxes double-quantized: (absmax - mean) as 8-bit codes of
-/// the signed dynamic map in blocks of 256, each block with its own fp32 absmax.
+/// A weight held as NF4 the way bitsandbytes' quantize_4bit(quant_type="nf4", blocksize=64) holds it: two 4-bit
+/// codes per byte (first value in the high nibble) and one absmax per 64 values. With double quantization
+/// (compress_statistics=True, bnb_4bit_use_double_quant) the absmaxes are themselves quantized: (absmax - mean) as
+/// 8-bit codes of the signed dynamic map in blocks of 256, each block with its own fp32 absmax; without it they
+/// stay fp32 (<see cref="Absmax"/>).
 /// </summary>
 /// <param name="Packed">(ceil(n/2),) uint8.</param>
-/// <param name="AbsmaxCodes">(blocks,) uint8: indices into <see cref="Nf4.DynamicMap"/>.</param>
-/// <param name="NestedAbsmax">(ceil(blocks/256),) fp32.</param>
-/// <param name="Offset">() fp32: the mean that was subtracted from the absmaxes.</param>
+/// <param name="AbsmaxCodes">(blocks,) uint8: indices into <see cref="Nf4.DynamicMap"/>; null without double quantization.</param>
+/// <param name="NestedAbsmax">(ceil(blocks/256),) fp32; null without double quantization.</param>
+/// <param name="Offset">() fp32: the mean that was subtracted from the absmaxes; null without double quantization.</param>
 /// <param name="Shape">The original shape, e.g. (out, in).</param>
-public sealed record Nf4Data(Tensor Packed, Tensor AbsmaxCodes, Tensor NestedAbsmax, Tensor Offset, long[] Shape) : IDisposable
+public sealed record Nf4Data(Tensor Packed, Tensor? AbsmaxCodes, Tensor? NestedAbsmax, Tensor? Offset, long[] Shape) : IDisposable
 {
+    /// <summary>(blocks,) fp32, when the absmaxes are not double-quantized.</summary>
+    public Tensor? Absmax { get; init; }
+
+    public bool DoubleQuantized => AbsmaxCodes is not null;
+
     public long NumElements => Shape.Aggregate(1L, (a, b) => a * b);
 
     public void Dispose()
     {
         Packed.Dispose();
-        AbsmaxCodes.Dispose();
-        NestedAbsmax.Dispose();
-        Offset.Dispose();
+        AbsmaxCodes?.Dispose();
+        NestedAbsmax?.Dispose();
+        Offset?.Dispose();
+        Absmax?.Dispose();
     }
 }
 
@@ -34,11 +41,11 @@ public static class Nf4
     /// The loader hook for QLoRA (ModelLoadOptions.LoadLinearWeight): every linear but lm_head takes its checkpoint
     /// weight as NF4 as it is read, so the 16-bit model never sits whole on the device (bitsandbytes skips lm_head too).
     /// </summary>
-    public static Func<string, LoraLinear, Tensor, bool> QuantizeOnLoad(ScalarType computeDtype) =>
+    public static Func<string, LoraLinear, Tensor, bool> QuantizeOnLoad(ScalarType computeDtype, bool doubleQuantization = true) =>
         (name, layer, weight) =>
         {
             if (name == "lm_head") return false;
-            layer.QuantizeWeight(weight, computeDtype);
+            layer.QuantizeWeight(weight, computeDtype, doubleQuantization);
             return true;
         };
 
@@ -79,8 +86,11 @@ public static class Nf4
     // Elements per argmin chunk: bounds the (chunk, 16) or (chunk, 256) distance matrix.
     private const long ChunkElements = 1 << 18;
 
-    /// <summary>Quantizes a weight (any float dtype, any device); returns tensors on the same device.</summary>
-    public static Nf4Data Quantize(Tensor weight)
+    /// <summary>
+    /// Quantizes a weight (any float dtype, any device); returns tensors on the same device.
+    /// <paramref name="doubleQuantization"/>: bitsandbytes' compress_statistics (the tutorial's bnb_4bit_use_double_quant=True).
+    /// </summary>
+    public static Nf4Data Quantize(Tensor weight, bool doubleQuantization = true)
     {
         if (!is_floating_point(weight))
             throw new ArgumentException($"NF4 quantizes float weights; this one is {weight.dtype}.", nameof(weight));
@@ -97,6 +107,12 @@ public static class Nf4
         var q = NearestCode(scaled, code);                                      // (n') uint8 in 0..15
         var pairs = q.view(-1, 2);                                              // (n'/2, 2)
         var packed = pairs[.., 0] * 16 + pairs[.., 1];                          // uint8, high nibble first
+        if (!doubleQuantization)
+        {
+            var single = new Nf4Data(packed, null, null, null, weight.shape) { Absmax = absmax };
+            scope.MoveToOuter(packed, absmax);
+            return single;
+        }
 
         // Double quantization of the absmaxes (compress_statistics=True).
         var offset = absmax.mean();
@@ -114,10 +130,11 @@ public static class Nf4
     /// <summary>The fp32 absmax of every 64-block, as bitsandbytes' dequantize_blockwise(...) + offset gives it.</summary>
     public static Tensor DequantizeAbsmax(Nf4Data data)
     {
+        if (!data.DoubleQuantized) return data.Absmax!.alias();                  // a handle of the caller's own
         using var scope = NewDisposeScope();
-        var dynamic = Table(data.AbsmaxCodes.device, nf4: false);
+        var dynamic = Table(data.AbsmaxCodes!.device, nf4: false);
         var values = dynamic.take(data.AbsmaxCodes.to(ScalarType.Int64));      // (blocks)
-        var absmax = ScaleBack(values, data.NestedAbsmax, NestedBlockSize) + data.Offset;
+        var absmax = ScaleBack(values, data.NestedAbsmax!, NestedBlockSize) + data.Offset!;
         return scope.MoveToOuter(absmax);
     }
 

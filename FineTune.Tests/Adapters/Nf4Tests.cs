@@ -64,9 +64,10 @@ public class Nf4Tests
             using var data = Nf4.Quantize(input);
 
             Assert.True(c.Packed.SequenceEqual(data.Packed.data<byte>().ToArray()), $"{c.Name}: packed bytes differ");
-            Assert.True(c.AbsmaxCodes.SequenceEqual(data.AbsmaxCodes.data<byte>().ToArray()), $"{c.Name}: absmax codes differ");
-            Assert.Equal(c.Offset, data.Offset.item<float>(), 1e-6f * Math.Abs(c.Offset) + 1e-12f);
-            var nested = data.NestedAbsmax.data<float>().ToArray();
+            Assert.True(data.DoubleQuantized);
+            Assert.True(c.AbsmaxCodes.SequenceEqual(data.AbsmaxCodes!.data<byte>().ToArray()), $"{c.Name}: absmax codes differ");
+            Assert.Equal(c.Offset, data.Offset!.item<float>(), 1e-6f * Math.Abs(c.Offset) + 1e-12f);
+            var nested = data.NestedAbsmax!.data<float>().ToArray();
             Assert.Equal(c.NestedAbsmax.Length, nested.Length);
             for (int i = 0; i < nested.Length; i++)
                 Assert.Equal(c.NestedAbsmax[i], nested[i], 1e-6f * Math.Abs(c.NestedAbsmax[i]) + 1e-12f);
@@ -91,6 +92,43 @@ public class Nf4Tests
             for (int i = 0; i < values.Length; i++)
                 Assert.True(Math.Abs(values[i] - c.Dequantized[i]) <= 2e-6f * Math.Abs(c.Dequantized[i]) + 1e-12f, $"{c.Name}: value {i}: {values[i]} vs {c.Dequantized[i]}");
         }
+    }
+
+    [Fact]
+    public void Without_double_quantization_the_absmax_stays_fp32_and_dequantizes_exactly()
+    {
+        // bitsandbytes' compress_statistics=False: the same packed codes, the block absmaxes kept as they are.
+        var (_, cases) = LoadGolden();
+        foreach (var c in cases)
+        {
+            using var scope = NewDisposeScope();
+            using var data = Nf4.Quantize(tensor(c.Input, c.Shape), doubleQuantization: false);
+            Assert.False(data.DoubleQuantized);
+            Assert.Null(data.AbsmaxCodes);
+            Assert.True(c.Packed.SequenceEqual(data.Packed.data<byte>().ToArray()), $"{c.Name}: packed bytes differ");
+            Assert.Equal(c.Absmax, data.Absmax!.data<float>().ToArray());
+            var values = Nf4.Dequantize(data, ScalarType.Float32).data<float>().ToArray();
+            for (int i = 0; i < values.Length; i++)
+            {
+                int nibble = i % 2 == 0 ? c.Packed[i / 2] >> 4 : c.Packed[i / 2] & 15;
+                Assert.Equal(Nf4.Code[nibble] * c.Absmax[i / Nf4.BlockSize], values[i]);
+            }
+        }
+    }
+
+    [Fact]
+    public void A_layer_quantized_without_double_quantization_keeps_one_fp32_absmax_buffer()
+    {
+        using var scope = NewDisposeScope();
+        using var layer = new LoraLinear(128, 64, hasBias: false);
+        using (no_grad()) layer.LoadWeight(randn(64, 128) * 0.02);
+        using var dense = layer.BaseWeight();
+        layer.QuantizeWeight(computeDtype: ScalarType.Float32, doubleQuantization: false);
+        var buffers = layer.named_buffers().Select(b => b.name).ToList();
+        Assert.Equal(["weight_nf4", "weight_absmax"], buffers);
+        var back = layer.BaseWeight();
+        var error = (back - dense).abs().max().item<float>();
+        Assert.True(error <= (1 - 0.6961928009986877) / 2 * dense.abs().max().item<float>(), $"max error {error}");
     }
 
     [Fact]
