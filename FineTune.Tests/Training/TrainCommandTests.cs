@@ -84,6 +84,14 @@ public class TrainCommandTests
     }
 
     [Fact]
+    public void Double_quantization_is_on_unless_turned_off()
+    {
+        string[] args = ["train", "--model", Fixture("qwen2"), "--data", TutorialCsv(), "--output", "a.zip", "--qlora"];
+        Assert.True(TrainCommandOptions.Parse(args).DoubleQuantization);
+        Assert.False(TrainCommandOptions.Parse([.. args, "--no-double-quant"]).DoubleQuantization);
+    }
+
+    [Fact]
     public void Base_model_name_is_the_hub_id_from_config_or_the_folder()
     {
         string folder = TestPaths.NewTempFolder("base-name");

@@ -47,6 +47,7 @@ public static class TrainCommand
           --rank R            LoRA r (16)                         --alpha A           lora_alpha (32)
           --dropout D         lora_dropout (0.05)                 --targets a,b,...   target modules (q_proj,k_proj,v_proj,o_proj)
           --qlora             base model in NF4 (4-bit)           --max-length L      max tokens per row (1024)
+          --no-double-quant   with --qlora: keep the NF4 block scales in fp32 (default: double quantization, as the tutorial)
           --batch B           rows per batch (1)                  --accum G           gradient accumulation (4)
           --save-steps S      checkpoint every S steps (0: none)  --save-limit K      checkpoints kept (2)
           --template T        tutorial (### 指令：/### 回應：), chat (the model's chat template), or a custom
@@ -127,13 +128,13 @@ public static class TrainCommand
         {
             DType = computeDtype,
             Logger = loggers.CreateLogger("FineTune.Models"),
-            LoadLinearWeight = o.QLoRA ? Nf4.QuantizeOnLoad(computeDtype) : null,
+            LoadLinearWeight = o.QLoRA ? Nf4.QuantizeOnLoad(computeDtype, o.DoubleQuantization) : null,
         };
         using var model = ModelLoader.Load(o.Model, loadOptions);
         var trainable = new CausalLmTraining(model);
         var attached = LoraInjector.Attach(trainable.NamedLinears(), o.Lora, seed: o.Training.Seed);
         if (o.InitAdapter is not null) PeftAdapter.Load(o.InitAdapter, trainable.NamedLinears());
-        output.WriteLine($"model: {model.Config.ModelType}, LoRA r={o.Lora.Rank} on {attached.Count} layers{(o.QLoRA ? ", base in NF4" : "")}, {split.Train.Count} train / {split.Validation.Count} validation rows");
+        output.WriteLine($"model: {model.Config.ModelType}, LoRA r={o.Lora.Rank} on {attached.Count} layers{(o.QLoRA ? (o.DoubleQuantization ? ", base in NF4 (double quantization)" : ", base in NF4") : "")}, {split.Train.Count} train / {split.Validation.Count} validation rows");
 
         string outputFolder = AdapterFolder(o.Output);
         string checkpoints = Path.Combine(outputFolder + ".checkpoints");
@@ -202,7 +203,10 @@ public sealed record TrainCommandOptions(
     string Model, string Data, string Output, LoraSettings Lora, TrainingOptions Training, int MaxLength, bool QLoRA,
     string? Template, bool WholeText, double ValidationFraction, string? Resume, string? InitAdapter, string? Merged)
 {
-    private static readonly HashSet<string> Flags = ["--qlora", "--whole-text"];
+    private static readonly HashSet<string> Flags = ["--qlora", "--whole-text", "--no-double-quant"];
+
+    /// <summary>bitsandbytes' bnb_4bit_use_double_quant for the NF4 base (--no-double-quant turns it off).</summary>
+    public bool DoubleQuantization { get; init; } = true;
 
     public static TrainCommandOptions Parse(string[] args)
     {
@@ -293,6 +297,9 @@ public sealed record TrainCommandOptions(
         string? init = Optional("--init-adapter");
         if (init is not null && !File.Exists(Path.Combine(init, PeftAdapter.ConfigFile))) throw new CommandLineException($"--init-adapter '{init}' has no {PeftAdapter.ConfigFile}.");
         return new TrainCommandOptions(model, data, output, lora, training, maxLength, flags.Contains("--qlora"), Optional("--template"),
-            flags.Contains("--whole-text"), validation, Optional("--resume"), init, Optional("--merged"));
+            flags.Contains("--whole-text"), validation, Optional("--resume"), init, Optional("--merged"))
+        {
+            DoubleQuantization = !flags.Contains("--no-double-quant"),
+        };
     }
 }

@@ -12,7 +12,8 @@ public sealed record ChatRequest(
     double Temperature = 0.7,
     double TopP = 0.9,
     string? System = null,
-    bool FourBit = false);
+    bool FourBit = false,
+    bool DoubleQuantization = true);
 
 /// <summary>The web's door to the engine's generator: streams text pieces as tokens are decoded.</summary>
 public interface IChatGenerator

@@ -58,13 +58,13 @@ public sealed class EngineChatGenerator(EngineModels models) : IChatGenerator, I
         string folder = await models.ResolveFolderAsync(settings, cancellationToken);
         // The adapter folder stays attached for both answers; asking for the base alone reuses a loaded fine-tuned model.
         string adapter = request.AdapterDirectory ?? _loaded?.Key.Split('|')[1] ?? string.Empty;
-        string key = $"{folder}|{adapter}|{request.FourBit}";
+        string key = $"{folder}|{adapter}|{request.FourBit}|{request.DoubleQuantization}";
         if (_loaded?.Key == key || (request.AdapterDirectory is null && _loaded is not null && _loaded.Key.StartsWith(folder + "|", StringComparison.Ordinal)))
             return _loaded!;
 
         _loaded?.Dispose();
         _loaded = null;
-        var model = await Task.Run(() => models.Load(folder, models.ComputeDtype(Precision.Auto), request.FourBit), cancellationToken);
+        var model = await Task.Run(() => models.Load(folder, models.ComputeDtype(Precision.Auto), request.FourBit, request.DoubleQuantization), cancellationToken);
         try
         {
             var linears = new CausalLmTraining(model).NamedLinears().ToArray();

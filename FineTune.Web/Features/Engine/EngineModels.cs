@@ -35,12 +35,15 @@ public sealed class EngineModels(BackendInfo backend, LocalModelFolders localFol
         _ => backend.ComputeDType,
     };
 
-    /// <summary>Loads the base model; with <paramref name="fourBit"/> every linear but lm_head is quantized to NF4 as it is read (as bitsandbytes does).</summary>
-    public CausalLM Load(string folder, ScalarType dtype, bool fourBit) => ModelLoader.Load(folder, new ModelLoadOptions
+    /// <summary>
+    /// Loads the base model; with <paramref name="fourBit"/> every linear but lm_head is quantized to NF4 as it is read
+    /// (as bitsandbytes does), its absmaxes double-quantized unless <paramref name="doubleQuantization"/> is false.
+    /// </summary>
+    public CausalLM Load(string folder, ScalarType dtype, bool fourBit, bool doubleQuantization = true) => ModelLoader.Load(folder, new ModelLoadOptions
     {
         DType = dtype,
         Logger = loggers.CreateLogger("FineTune.Models"),
-        LoadLinearWeight = fourBit ? Nf4.QuantizeOnLoad(dtype) : null,
+        LoadLinearWeight = fourBit ? Nf4.QuantizeOnLoad(dtype, doubleQuantization) : null,
     });
 
     /// <summary>"owner/name" from config.json's _name_or_path when it is a Hub id, else the folder: what PEFT's base_model_name_or_path should say.</summary>

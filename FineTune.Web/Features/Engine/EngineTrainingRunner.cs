@@ -39,7 +39,7 @@ public sealed class EngineTrainingRunner(EngineModels models, ILoggerFactory log
 
         var dtype = models.ComputeDtype(s.Precision);
         bool fourBit = s.Quantization == Quantization.Nf4;
-        using var model = models.Load(folder, dtype, fourBit);
+        using var model = models.Load(folder, dtype, fourBit, s.DoubleQuantization);
         var trainable = new CausalLmTraining(model);
         var lora = new LoraSettings(s.LoraR, s.LoraAlpha, s.LoraDropout, s.TargetModules);
         LoraInjector.Attach(trainable.NamedLinears(), lora, seed: s.Seed);

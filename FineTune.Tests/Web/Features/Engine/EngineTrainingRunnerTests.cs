@@ -63,6 +63,18 @@ public sealed class EngineTrainingRunnerTests : IDisposable
         }
     }
 
+    [Theory]
+    [InlineData(true, "weight_absmax_codes")]
+    [InlineData(false, "weight_absmax")]
+    public void The_double_quantization_switch_reaches_the_nf4_weights(bool doubleQuantization, string absmaxBuffer)
+    {
+        using var model = _models.Load(TestFiles.Fixture("models/qwen2"), TorchSharp.torch.ScalarType.Float32, fourBit: true, doubleQuantization);
+        var q = model.NamedLinears().First(l => l.Name.EndsWith("q_proj", StringComparison.Ordinal)).Layer;
+        Assert.True(q.IsQuantized);
+        Assert.Equal(doubleQuantization, q.QuantizedState!.DoubleQuantized);
+        Assert.Contains(absmaxBuffer, q.named_buffers().Select(b => b.name));
+    }
+
     [Fact]
     public async Task Trains_reports_every_step_and_writes_a_peft_adapter()
     {
