@@ -15,7 +15,13 @@ namespace FineTune.Tests.Adapters;
 [Trait(Category.Name, Category.Parity)]
 public class PeftParityTests
 {
-    public PeftParityTests() => _ = ComputeBackend.Current;
+    private readonly Xunit.Abstractions.ITestOutputHelper _log;
+
+    public PeftParityTests(Xunit.Abstractions.ITestOutputHelper log)
+    {
+        _ = ComputeBackend.Current;
+        _log = log;
+    }
 
     private static string Golden(params string[] parts) => TestPaths.InRepo(["FineTune.Tests", "Adapters", "Golden", "peft", .. parts]);
     private static string Fixture => TestPaths.InRepo("FineTune.Tests", "Fixtures", "models", "qwen2");
@@ -68,7 +74,7 @@ public class PeftParityTests
             prepare?.Invoke(model);
             var golden = SafeTensors.LoadAll(Golden(logitsFile));
             using var _ = no_grad();
-            float fromBase = 0;
+            float fromBase = 0, worst = 0;
             using var baseModel = ModelLoader.Load(Fixture, new ModelLoadOptions { DType = ScalarType.Float32 });
             for (int i = 0; i < inputs.Count; i++)
             {
@@ -76,9 +82,11 @@ public class PeftParityTests
                 var logits = model.Logits(tensor(inputs[i], [1, inputs[i].Length]))[0];
                 float diff = (logits - golden[$"logits.{i}"]).abs().max().item<float>();
                 Assert.True(diff <= 1e-4f, $"{logitsFile} input {i}: max |Δ| {diff}");
+                worst = Math.Max(worst, diff);
                 fromBase = Math.Max(fromBase, (golden[$"logits.{i}"] - baseModel.Logits(tensor(inputs[i], [1, inputs[i].Length]))[0]).abs().max().item<float>());
             }
             foreach (var t in golden.Values) t.Dispose();
+            _log.WriteLine($"{logitsFile}: max |logit difference| {worst:G3} over {inputs.Count} inputs (these logits differ from the base model's by up to {fromBase:G3})");
             return fromBase;
         }
 
