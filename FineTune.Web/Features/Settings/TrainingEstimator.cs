@@ -47,7 +47,11 @@ public static class TrainingEstimator
         long tokens = (long)s.BatchSize * s.MaxSeqLength;
         // Per layer ~34 bytes × hidden per token in 16-bit (Korthikanti et al.) plus attention scores; fp32 logits and their gradient.
         long perLayer = tokens * shape.HiddenSize * 34 + 5L * shape.Heads * s.MaxSeqLength * s.MaxSeqLength * s.BatchSize;
-        long activations = perLayer * shape.Layers + tokens * shape.VocabSize * 8;
+        // A 4-bit base trains with gradient checkpointing (the engine's default, as PEFT's prepare_model_for_kbit_training):
+        // each layer keeps only its 16-bit input, and one layer's activations exist at a time while backward recomputes it.
+        bool checkpointing = fourBit;
+        long layerActivations = checkpointing ? tokens * shape.HiddenSize * 2 * shape.Layers + perLayer : perLayer * shape.Layers;
+        long activations = layerActivations + tokens * shape.VocabSize * 8;
         long overhead = 512L * 1024 * 1024 + (weights + adapter + activations) / 10;
         return new MemoryEstimate(weights, adapter, activations, overhead);
     }
