@@ -66,13 +66,12 @@ public static class Nf4
     private static float[]? _dynamicMap;
 
     // The code tables on each device, made once: dequantization runs in every forward and backward.
-    private static readonly System.Collections.Concurrent.ConcurrentDictionary<(DeviceType, int, bool), Tensor> Tables = new();
-
-    private static Tensor Table(Device device, bool nf4) =>
-        Tables.GetOrAdd((device.type, device.index, nf4), _ =>
-            tensor(nf4 ? Code : DynamicMap, device: device).DetachFromDisposeScope());
-
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<(DeviceType, int), Tensor> DynamicMapTables = new();
     private static readonly System.Collections.Concurrent.ConcurrentDictionary<(DeviceType, int), Tensor> PairTables = new();
+
+    /// <summary><see cref="DynamicMap"/> as a (256,) fp32 tensor on the device.</summary>
+    private static Tensor DynamicMapTable(Device device) =>
+        DynamicMapTables.GetOrAdd((device.type, device.index), _ => tensor(DynamicMap, device: device).DetachFromDisposeScope());
 
     /// <summary>Row b holds the two NF4 values packed in byte b: (code[b &gt;&gt; 4], code[b &amp; 15]), fp32.</summary>
     private static Tensor PairTable(Device device) =>
@@ -119,8 +118,7 @@ public static class Nf4
         var centred = absmax - offset;
         var absmax2 = BlockAbsmax(centred, NestedBlockSize);
         var scaled2 = ScaleBlocks(centred, absmax2, NestedBlockSize);
-        var dynamic = tensor(DynamicMap, device: device);
-        var codes2 = NearestCode(scaled2, dynamic);
+        var codes2 = NearestCode(scaled2, DynamicMapTable(device));
 
         var result = new Nf4Data(packed, codes2, absmax2, offset, weight.shape);
         scope.MoveToOuter(packed, codes2, absmax2, offset);
@@ -132,9 +130,9 @@ public static class Nf4
     {
         if (!data.DoubleQuantized) return data.Absmax!.alias();                  // a handle of the caller's own
         using var scope = NewDisposeScope();
-        var dynamic = Table(data.AbsmaxCodes!.device, nf4: false);
-        var values = dynamic.take(data.AbsmaxCodes.to(ScalarType.Int64));      // (blocks)
-        var absmax = ScaleBack(values, data.NestedAbsmax!, NestedBlockSize) + data.Offset!;
+        var absmax = DynamicMapTable(data.AbsmaxCodes!.device).take(data.AbsmaxCodes.to(ScalarType.Int64)); // (blocks)
+        ScaleBackInPlace(absmax, data.NestedAbsmax!, NestedBlockSize);
+        absmax.add_(data.Offset!);
         return scope.MoveToOuter(absmax);
     }
 
@@ -179,15 +177,12 @@ public static class Nf4
         return ScaleBack(flat, inverse, blockSize).clamp(-1, 1);
     }
 
-    /// <summary>x * s[block] for every element.</summary>
+    /// <summary>x * s[block] for every element, in a new tensor (flat may be the caller's own weight).</summary>
     private static Tensor ScaleBack(Tensor flat, Tensor perBlock, int blockSize)
     {
-        long n = flat.shape[0];
-        long full = n / blockSize, rem = n % blockSize;
-        var parts = new List<Tensor>();
-        if (full > 0) parts.Add((flat[..(int)(full * blockSize)].view(full, blockSize) * perBlock[..(int)full].view(full, 1)).reshape(-1));
-        if (rem > 0) parts.Add(flat[(int)(full * blockSize)..] * perBlock[(int)full]);
-        return parts.Count == 1 ? parts[0] : cat(parts, 0);
+        var scaled = flat.clone();
+        ScaleBackInPlace(scaled, perBlock, blockSize);
+        return scaled;
     }
 
     /// <summary>flat[i] *= s[block of i], in place.</summary>

@@ -173,16 +173,6 @@ public sealed class RotaryEmbedding : nn.Module
 /// <summary>Attention math shared by every family: RoPE, GQA head repetition, scaled dot-product attention.</summary>
 public static class AttentionOps
 {
-    /// <summary>HF rotate_half: (x1, x2) → (−x2, x1) over the last dimension's halves.</summary>
-    public static Tensor RotateHalf(Tensor x)
-    {
-        long half = x.shape[^1] / 2;
-        using var x1 = x.narrow(-1, 0, half);
-        using var x2 = x.narrow(-1, half, half);
-        using var negX2 = x2.neg();
-        return cat([negX2, x1], -1);
-    }
-
     /// <summary>
     /// The tables <see cref="ApplyRotary"/> takes, from cos and sin (B, T, hD): cos (B, 1, T, hD) and sin with its first
     /// half negated (B, 1, T, hD). Made once per forward pass and shared by every layer.

@@ -35,12 +35,19 @@ public class LayersTests
         Assert.True((y.to(ScalarType.Float32) - expected).abs().max().item<float>() < 1e-2);
     }
 
+    /// <summary>HF's rotate_half, the reference the engine's roll form must equal: (x1, x2) → (−x2, x1) over the last dimension's halves.</summary>
+    private static Tensor HfRotateHalf(Tensor x)
+    {
+        long half = x.shape[^1] / 2;
+        return cat([x.narrow(-1, half, half).neg(), x.narrow(-1, 0, half)], -1);
+    }
+
     [Fact]
     public void Rotate_half_and_rope_rotate_each_pair_by_position_times_frequency()
     {
         using var scope = NewDisposeScope();
         var x = tensor(new float[] { 1f, 2f, 3f, 4f }, [1, 1, 1, 4]);
-        Assert.Equal(new[] { -3f, -4f, 1f, 2f }, AttentionOps.RotateHalf(x).data<float>().ToArray());
+        Assert.Equal(new[] { -3f, -4f, 1f, 2f }, HfRotateHalf(x).data<float>().ToArray());
 
         // head_dim 4, θ = 100: inv_freq = (1, 0.1); position 2 → angles (2, 0.2) for pairs (x0, x2) and (x1, x3).
         var invFreq = RotaryEmbedding.InverseFrequencies(4, new RopeSettings(100.0));
@@ -65,7 +72,7 @@ public class LayersTests
         {
             var x = randn([1, 3, 37, 64], generator: new Generator(5)).to(dtype);      // (B, nH, T, hD)
             var (cos, sin) = rope.Compute(positions, dtype);                            // (B, T, hD)
-            var hf = x * cos.unsqueeze(1) + AttentionOps.RotateHalf(x) * sin.unsqueeze(1);
+            var hf = x * cos.unsqueeze(1) + HfRotateHalf(x) * sin.unsqueeze(1);
             var (headCos, signedSin) = AttentionOps.RotaryTables(cos, sin);
             Assert.True(AttentionOps.ApplyRotary(x, headCos, signedSin).eq(hf).all().item<bool>(), dtype.ToString());
         }

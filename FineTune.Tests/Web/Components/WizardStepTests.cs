@@ -84,10 +84,11 @@ public sealed class DataStepTests : ComponentTestContext
         Assert.Contains("1 列沒有回答", cut.Find("[data-testid=data-report]").TextContent);
 
         cut.FindAll("[data-testid=data-preview] tbody tr")[1].QuerySelector("button")!.Click();
-        cut.Find("textarea[data-testid=data-edit-answer], input[data-testid=data-edit-answer]").Change("三到五天");
+        // The editor appears on a later render (the table re-renders asynchronously): wait for it, do not race it.
+        cut.WaitForElement("textarea[data-testid=data-edit-answer], input[data-testid=data-edit-answer]").Change("三到五天");
         cut.FindAll("[data-testid=data-preview] tbody tr")[1].QuerySelector("button")!.Click();
 
-        Assert.Contains("2 列中有 2 列", cut.Find("[data-testid=data-usable]").TextContent);
+        cut.WaitForAssertion(() => Assert.Contains("2 列中有 2 列", cut.Find("[data-testid=data-usable]").TextContent));
         Assert.Equal("三到五天", State.Dataset!.FinalRows[1].Output);
     }
 }
