@@ -42,7 +42,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         // TorchSharp's custom autograd functions (the NF4 matmul, checkpointed layers) keep their inputs reachable
         // from managed contexts that only the garbage collector releases; without a collection per step a QLoRA
         // run's GPU memory grew with every step (measured on an H200: 97 GB for a 0.5B model). Dense LoRA does not need it.
-        bool collectEachStep = quantized || checkpointing;
+        var collector = quantized || checkpointing ? new StepCollector() : null;
         int stepsPerEpoch = options.StepsPerEpoch(data.Train.Count);
         int totalSteps = options.TotalSteps(data.Train.Count);
         var schedule = new LearningRateSchedule(options.Schedule, options.WarmupStepCount(totalSteps), totalSteps);
@@ -94,15 +94,11 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
                 optimizer.LearningRate = lr;
 
                 var (loss, gradNorm, tokens, skipped) = Step(window, data.Train, options, optimizer, scaler, device, cancellationToken);
-                if (collectEachStep)
-                {
-                    GC.Collect();
-                    GC.WaitForPendingFinalizers();
-                }
+                bool last = step + 1 == totalSteps;
+                collector?.AfterStep(force: last);
                 tokensSeen += tokens;
                 double epochReached = (double)(step + 1) / stepsPerEpoch;
                 double? evalLoss = null;
-                bool last = step + 1 == totalSteps;
                 bool epochEnd = (step + 1) % stepsPerEpoch == 0;
                 if (data.Validation.Count > 0 && (last || (options.EvalSteps > 0 ? (step + 1) % options.EvalSteps == 0 : epochEnd)))
                     evalLoss = Evaluate(data.Validation, options, device, cancellationToken);
@@ -141,6 +137,31 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
             model.Module.eval();
         }
         return Result(history, totalSteps, completed: true, lastCheckpoint);
+    }
+
+    /// <summary>
+    /// The forced collection after a step that frees what TorchSharp's autograd contexts hold. A blocking full
+    /// collection stops every thread of the process, the web server's included; after millisecond steps of a tiny
+    /// model on the CPU, one per step kept the wizard's run page from loading for minutes (the browser test timed out
+    /// in about half of the full-suite runs). So it collects after a step unless that would spend more than a tenth of
+    /// the time collecting, and always after the last; GPU steps, hundreds of milliseconds against a few for a
+    /// collection, still get one each.
+    /// </summary>
+    private sealed class StepCollector
+    {
+        private const int TimeBetweenPerCollection = 10;
+        private readonly Stopwatch _sinceLast = Stopwatch.StartNew();
+        private TimeSpan _lastCost;
+
+        public void AfterStep(bool force)
+        {
+            if (!force && _sinceLast.Elapsed < _lastCost * TimeBetweenPerCollection) return;
+            var cost = Stopwatch.StartNew();
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
+            _lastCost = cost.Elapsed;
+            _sinceLast.Restart();
+        }
     }
 
     /// <summary>Mean token loss on the validation rows (no dropout, no gradients).</summary>
