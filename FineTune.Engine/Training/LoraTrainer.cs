@@ -158,7 +158,6 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
             if (!force && _sinceLast.Elapsed < _lastCost * TimeBetweenPerCollection) return;
             var cost = Stopwatch.StartNew();
             GC.Collect();
-            GC.WaitForPendingFinalizers();
             _lastCost = cost.Elapsed;
             _sinceLast.Restart();
         }
