@@ -10,6 +10,14 @@ namespace FineTune.Tests.Web.EndToEnd;
 /// The wizard in a real browser against the real app (Kestrel on 127.0.0.1), zh-TW, with the tutorial's
 /// workbook and the tiny Qwen2 fixture model. Screenshots of every step go to screenshots/ in the test output.
 /// </summary>
+/// <summary>
+/// The browser tests wait on pages with fixed timeouts while the suite's other CPU-heavy tests (model training on
+/// a 2-core machine) run in parallel; they timed out on any step now and then. They run after the parallel tests, alone.
+/// </summary>
+[CollectionDefinition(nameof(WizardEndToEndTests), DisableParallelization = true)]
+public sealed class WizardEndToEndCollection;
+
+[Collection(nameof(WizardEndToEndTests))]
 [Trait(Category.Name, Category.EndToEnd)]
 [Trait(Category.Name, Category.Slow)]
 public sealed class WizardEndToEndTests
