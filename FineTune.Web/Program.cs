@@ -20,6 +20,7 @@ if (!app.Environment.IsDevelopment())
 app.UseStatusCodePagesWithReExecute("/not-found", createScopeForStatusCodePages: true);
 app.UseRequestLocalization();
 app.UseAccessGate();
+app.UseDataFolderGuard();
 app.UseAntiforgery();
 
 app.MapStaticAssets();

@@ -109,6 +109,13 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
                 if (skipped) _logger.LogWarning("Step {Step}: fp16 gradients overflowed; the step was skipped and the loss scale lowered to {Scale}", step + 1, scaler!.Scale);
                 lossSinceLog += loss;
                 stepsSinceLog++;
+                // Saved (durably) before this step is reported, so a report never names a checkpoint that is not on the disk yet.
+                if (checkpointsFolder is not null && options.SaveSteps > 0 && ((step + 1) % options.SaveSteps == 0 || last))
+                {
+                    var state = new CheckpointState(step + 1, totalSteps, options.Seed, data.Train.Count, options.BatchSize,
+                        options.GradientAccumulationSteps, options.Epochs, history, scaler?.Scale);
+                    lastCheckpoint = Checkpoints.Save(checkpointsFolder, model, optimizer, settings, baseModelName, state, options.SaveTotalLimit);
+                }
                 if ((step + 1) % options.LoggingSteps == 0 || last || evalLoss is not null)
                 {
                     var elapsed = clock.Elapsed;
@@ -121,12 +128,6 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
                     stepsSinceLog = 0;
                 }
 
-                if (checkpointsFolder is not null && options.SaveSteps > 0 && ((step + 1) % options.SaveSteps == 0 || last))
-                {
-                    var state = new CheckpointState(step + 1, totalSteps, options.Seed, data.Train.Count, options.BatchSize,
-                        options.GradientAccumulationSteps, options.Epochs, history, scaler?.Scale);
-                    lastCheckpoint = Checkpoints.Save(checkpointsFolder, model, optimizer, settings, baseModelName, state, options.SaveTotalLimit);
-                }
                 if (options.StopAfterSteps > 0 && step + 1 - startStep >= options.StopAfterSteps && !last)
                     return Result(history, totalSteps, completed: false, lastCheckpoint);
             }

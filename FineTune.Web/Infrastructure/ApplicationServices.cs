@@ -7,6 +7,9 @@ using FineTune.Web.Features.Engine;
 using FineTune.Web.Features.Models;
 using FineTune.Web.Features.Runs;
 using FineTune.Web.Features.Wizard;
+using Microsoft.AspNetCore.DataProtection;
+using Microsoft.AspNetCore.DataProtection.KeyManagement;
+using Microsoft.AspNetCore.DataProtection.Repositories;
 using Microsoft.AspNetCore.Http.Features;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.DependencyInjection.Extensions;
@@ -43,6 +46,17 @@ public static class ApplicationServices
         builder.Services.AddHostedService<BackendStartup>();
 
         builder.Services.AddSingleton<DataPaths>();
+        builder.Services.AddSingleton<DataFolderStatus>();
+        // Data-protection keys (sign-in cookie, antiforgery) live in the data folder, with everything else FineTune
+        // keeps, instead of ~/.aspnet (lost with a container, shared with every other app of the user).
+        builder.Services.AddDataProtection().SetApplicationName("FineTune");
+        builder.Services.AddOptions<KeyManagementOptions>().Configure<DataPaths, ILoggerFactory>((o, paths, loggers) =>
+            o.XmlRepository = new FileSystemXmlRepository(new DirectoryInfo(paths.Keys), loggers));
+        // Started from the build output (bin/…, not a publish) outside the project folder, the framework and package
+        // files (_content/…, _framework/…) are found through the build's static web assets manifest; without it every
+        // one of them was a 500.
+        if (File.Exists(Path.Combine(AppContext.BaseDirectory, builder.Environment.ApplicationName + ".staticwebassets.runtime.json")))
+            builder.WebHost.UseStaticWebAssets();
         builder.Services.AddSingleton<ExcelTableReader>();
         builder.Services.AddSingleton<DataImporter>();
         builder.Services.AddSingleton<LocalModelFolders>();
