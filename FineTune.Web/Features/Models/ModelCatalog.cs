@@ -59,17 +59,34 @@ public sealed record ModelShape(
         {
             foreach (string name in names)
                 if (root.TryGetProperty(name, out var value) && value.ValueKind == JsonValueKind.Number)
-                    return value.GetInt32();
+                    return Checked(name, value);
             throw new InvalidDataException($"config.json has none of {string.Join(", ", names)}; is this a decoder-only language model?");
         }
+        // A value that makes no model (0 heads, 1e9 wide) is refused here, naming the field, instead of dividing by
+        // zero or overflowing in the estimates of a page (both ended the wizard's circuit).
+        static int Checked(string name, JsonElement value)
+        {
+            if (!value.TryGetInt32(out int n) || n <= 0 || n > Limit(name))
+                throw new InvalidDataException($"config.json: {name} is {value.GetRawText()}; it must be a whole number from 1 to {Limit(name):N0}.");
+            return n;
+        }
+        static int Limit(string name) => name switch
+        {
+            "vocab_size" or "padded_vocab_size" => 4 << 20,
+            "intermediate_size" or "ffn_hidden_size" => 1 << 20,
+            "num_hidden_layers" or "n_layer" or "num_attention_heads" or "n_head" or "num_key_value_heads" or "head_dim" => 4096,
+            _ => 1 << 17,
+        };
         int hidden = Int("hidden_size", "n_embd");
         int heads = Int("num_attention_heads", "n_head");
-        int kvHeads = root.TryGetProperty("num_key_value_heads", out var kv) && kv.ValueKind == JsonValueKind.Number ? kv.GetInt32() : heads;
+        int kvHeads = root.TryGetProperty("num_key_value_heads", out var kv) && kv.ValueKind == JsonValueKind.Number ? Checked("num_key_value_heads", kv) : heads;
         int intermediate = Int("intermediate_size", "ffn_hidden_size");
         // Qwen v1 states intermediate_size as twice the width of each MLP half.
         if (root.TryGetProperty("model_type", out var type) && type.GetString() == "qwen") intermediate /= 2;
         bool tied = root.TryGetProperty("tie_word_embeddings", out var tie) && tie.ValueKind == JsonValueKind.True;
-        int headDim = root.TryGetProperty("head_dim", out var hd) && hd.ValueKind == JsonValueKind.Number ? hd.GetInt32() : 0;
+        int headDim = root.TryGetProperty("head_dim", out var hd) && hd.ValueKind == JsonValueKind.Number ? Checked("head_dim", hd) : 0;
+        if (headDim == 0 && hidden % heads != 0)
+            throw new InvalidDataException($"config.json: hidden_size {hidden} is not divisible by num_attention_heads {heads}.");
         bool qkNorm = root.TryGetProperty("model_type", out var mt) && mt.GetString() == "qwen3";
         return new ModelShape(hidden, Int("num_hidden_layers", "n_layer"), intermediate, Int("vocab_size", "padded_vocab_size"), heads, kvHeads, tied, headDim, qkNorm);
     }
