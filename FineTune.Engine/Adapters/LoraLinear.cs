@@ -1,3 +1,4 @@
+using FineTune.Engine.Backend;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -256,7 +257,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         Tensor y = weight is not null
             ? nn.functional.linear(x, weight, bias)
             : Nf4Linear.apply(x.to(ComputeDtype), this);                      // (..., out)
-        if (weight is null && bias is not null) y = y + bias.to(y.dtype);
+        if (weight is null && bias is not null) y = y.Plus(bias.to(y.dtype));
         if (lora_A is not null && lora_B is not null && !Merged && AdapterEnabled)
         {
             // In the activations' dtype, as PEFT under HF Trainer's bf16/fp16 autocast computes it: the fp32 adapter
@@ -265,7 +266,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
             var dtype = y.dtype;
             var down = nn.functional.linear(Dropout(x.to(dtype)), lora_A.weight!.to(dtype));   // (..., r)
             var up = nn.functional.linear(down, lora_B.weight!.to(dtype));                      // (..., out)
-            y = y.add(up, Scaling);                                                             // y + up·scaling, one kernel
+            y = y.PlusScaled(up, Scaling);                                                      // y + up·scaling, one kernel
         }
         return scope.MoveToOuter(y);
     }
@@ -278,12 +279,12 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         if (tape is { Replaying: true })
         {
             using var recorded = tape.Value.Tape.Next();                        // (..., in) bool
-            return h * recorded / (1 - p);
+            return (h * recorded).DividedBy(1 - p);
         }
         if (DropoutGenerator is null && tape is null) return lora_dropout.forward(h);
         var keep = empty_like(h).bernoulli_(1 - p, DropoutGenerator);           // (..., in) of 0/1
         tape?.Tape.Add(keep);
-        return h * keep / (1 - p);
+        return (h * keep).DividedBy(1 - p);
     }
 
     /// <summary>The base weight dequantized in the compute dtype, for the NF4 matmul's forward and backward.</summary>

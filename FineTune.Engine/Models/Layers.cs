@@ -1,3 +1,4 @@
+using FineTune.Engine.Backend;
 using FineTune.Engine.Adapters;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -77,7 +78,7 @@ public sealed class RmsNorm : WeightModule
         using var scope = NewDisposeScope();
         var h = x.to(ScalarType.Float32);
         var variance = h.pow(2).mean([-1], keepdim: true);
-        h = h * rsqrt(variance + _eps);
+        h = h * rsqrt(variance.Plus(_eps));
         return scope.MoveToOuter(weight * h.to(x.dtype));
     }
 }
@@ -193,7 +194,7 @@ public static class AttentionOps
     public static Tensor ApplyRotary(Tensor x, Tensor cos, Tensor signedSin)
     {
         using var scope = NewDisposeScope();
-        var y = x * cos + x.roll(x.shape[^1] / 2, -1) * signedSin; // (B, nH, T, hD)
+        var y = (x * cos).Plus(x.roll(x.shape[^1] / 2, -1) * signedSin); // (B, nH, T, hD)
         return scope.MoveToOuter(y);
     }
 
@@ -271,7 +272,7 @@ public sealed class AttentionMaskBuilder : IDisposable
         using var scope = NewDisposeScope();
         long t = positionIds.shape[1];
         var positions = positionIds.to(ScalarType.Int64);
-        var continues = positions.narrow(1, 1, t - 1).eq(positions.narrow(1, 0, t - 1) + 1);     // (B, T-1)
+        var continues = positions.narrow(1, 1, t - 1).eq(positions.narrow(1, 0, t - 1).Plus(1L));     // (B, T-1)
         var starts = cat([ones([positions.shape[0], 1], ScalarType.Bool, positions.device), continues.logical_not()], 1);
         var sequence = starts.to(ScalarType.Int64).cumsum(1);                                     // (B, T) sequence number
         var same = sequence.unsqueeze(2).eq(sequence.unsqueeze(1));                               // (B, T, T)

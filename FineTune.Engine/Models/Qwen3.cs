@@ -1,3 +1,4 @@
+using FineTune.Engine.Backend;
 using FineTune.Engine.Adapters;
 using FineTune.Engine.Generation;
 using TorchSharp;
@@ -72,8 +73,8 @@ public sealed class Qwen3DecoderLayer : nn.Module
     public Tensor forward(Tensor x, DecoderPass pass)
     {
         using var scope = NewDisposeScope();
-        var h = x + self_attn.forward(input_layernorm.forward(x), pass);  // (B, T, H)
-        h = h + mlp.forward(post_attention_layernorm.forward(h));         // (B, T, H)
+        var h = x.Plus(self_attn.forward(input_layernorm.forward(x), pass));  // (B, T, H)
+        h = h.Plus(mlp.forward(post_attention_layernorm.forward(h)));         // (B, T, H)
         return scope.MoveToOuter(h);
     }
 }

@@ -1,3 +1,4 @@
+using FineTune.Engine.Backend;
 using FineTune.Engine.Adapters;
 using FineTune.Engine.Generation;
 using TorchSharp;
@@ -87,8 +88,8 @@ public sealed class QWenBlock : nn.Module
     public Tensor forward(Tensor x, DecoderPass pass)
     {
         using var scope = NewDisposeScope();
-        var h = x + attn.forward(ln_1.forward(x), pass);  // (B, T, H)
-        h = h + mlp.forward(ln_2.forward(h));             // (B, T, H)
+        var h = x.Plus(attn.forward(ln_1.forward(x), pass));  // (B, T, H)
+        h = h.Plus(mlp.forward(ln_2.forward(h)));             // (B, T, H)
         return scope.MoveToOuter(h);
     }
 }

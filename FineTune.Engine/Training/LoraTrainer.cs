@@ -1,3 +1,4 @@
+using FineTune.Engine.Backend;
 using System.Diagnostics;
 using System.Runtime.InteropServices;
 using FineTune.Engine.Adapters;
@@ -213,9 +214,9 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
                 tokens += batch.TokenCount;
                 if (batch.TargetCount == 0) continue;
                 var hidden = model.HiddenStates(batch.InputIds, batch.PositionIds, batch.AttentionMask); // (B, T, H)
-                var loss = LossSum(hidden, batch, options.LossChunkSize) / windowTargets;
-                lossSum.add_(loss.detach().to(ScalarType.Float64));
-                (scaler is null ? loss : loss * scaler.Scale).backward();
+                var loss = LossSum(hidden, batch, options.LossChunkSize).DividedBy(windowTargets);
+                lossSum.PlusInPlace(loss.detach().to(ScalarType.Float64));
+                (scaler is null ? loss : loss.Times(scaler.Scale)).backward();
             }
             scaler?.Unscale(optimizer.Gradients);
             // The norm before clipping (what clip_grad_norm_ returns and HF logs); an inf/NaN gradient makes it non-finite,
@@ -251,7 +252,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         {
             long end = Math.Min(n, start + chunkSize);
             var logits = model.LmHead.forward(h[(int)start..(int)end]).to(ScalarType.Float32); // (n, V)
-            total = total + nn.functional.cross_entropy(logits, t[(int)start..(int)end], reduction: nn.Reduction.Sum);
+            total = total.Plus(nn.functional.cross_entropy(logits, t[(int)start..(int)end], reduction: nn.Reduction.Sum));
         }
         return scope.MoveToOuter(total);
     }
@@ -278,7 +279,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         public void Unscale(Tensor gradients)
         {
             using var _ = no_grad();
-            gradients.div_(Scale);
+            gradients.DividedByInPlace(Scale);
         }
 
         public void Update(bool finite)
