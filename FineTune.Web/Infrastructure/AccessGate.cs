@@ -45,12 +45,13 @@ public static class AccessGate
             options.AddPolicy(LoginRateLimit, context => RateLimitPartition.GetFixedWindowLimiter(
                 context.Connection.RemoteIpAddress?.ToString() ?? "unknown",
                 _ => new FixedWindowRateLimiterOptions { PermitLimit = LoginAttemptsPerMinute, Window = TimeSpan.FromMinutes(1), QueueLimit = 0 }));
-            options.OnRejected = (context, _) =>
+            options.OnRejected = async (context, cancellationToken) =>
             {
                 context.HttpContext.Response.Headers.RetryAfter = "60";
                 context.HttpContext.RequestServices.GetRequiredService<ILoggerFactory>().CreateLogger(typeof(AccessGate))
                     .LogWarning("Sign-in attempts from {Address} are refused for a minute: more than {Limit} in one", context.HttpContext.Connection.RemoteIpAddress, LoginAttemptsPerMinute);
-                return ValueTask.CompletedTask;
+                // A body, so the status-code pages do not re-execute the request as a page (that answered 401).
+                await context.HttpContext.Response.WriteAsync("Too many sign-in attempts; wait a minute and try again.", cancellationToken);
             };
         });
         services.AddSingleton<ListeningAddresses>();
