@@ -96,9 +96,9 @@ public class TrainCommandTests
         try
         {
             File.WriteAllText(Path.Combine(folder, "config.json"), "{\"_name_or_path\": \"Qwen/Qwen2.5-0.5B-Instruct\"}");
-            Assert.Equal("Qwen/Qwen2.5-0.5B-Instruct", TrainCommand.BaseModelName(folder));
+            Assert.Equal("Qwen/Qwen2.5-0.5B-Instruct", PeftAdapter.BaseModelName(folder));
             File.WriteAllText(Path.Combine(folder, "config.json"), "{\"_name_or_path\": \"/home/me/models/x\"}");
-            Assert.Equal(Path.GetFullPath(folder), TrainCommand.BaseModelName(folder));
+            Assert.Equal(Path.GetFullPath(folder), PeftAdapter.BaseModelName(folder));
         }
         finally
         {
