@@ -15,6 +15,7 @@ RUN dotnet restore FineTune.Web/FineTune.Web.csproj -p:TorchBackend=${TORCH_BACK
 COPY FineTune.Engine/ FineTune.Engine/
 COPY FineTune.Web/ FineTune.Web/
 COPY wwwroot/ wwwroot/
+COPY samples/tutorial-qa.xlsx samples/
 RUN dotnet publish FineTune.Web/FineTune.Web.csproj -c Release -o /app --no-restore -p:TorchBackend=${TORCH_BACKEND}
 
 # Ubuntu 24.04 has the GCC 13 C++ runtime that TorchSharp 0.107 needs.
