@@ -6,10 +6,20 @@ namespace FineTune.Web;
 /// </summary>
 public static class HeadlessCommands
 {
+    /// <summary>The commands that need libtorch (the others only read files or call HTTP).</summary>
+    private static readonly HashSet<string> ComputingCommands = ["train", Headless.GenerateCommand.Name];
+
     public static bool TryRun(string[] args, out int exitCode)
     {
         exitCode = 0;
         if (args.Length == 0) return false;
+        if (ComputingCommands.Contains(args[0]) && !args.Contains("--help") && Engine.Backend.ComputeBackend.Initialize() is { CanCompute: false } backend)
+        {
+            // libtorch cannot load here: one line that says why and what to run instead, not a loader trace.
+            Console.Error.WriteLine($"{args[0]}: {backend.UnavailableReason}");
+            exitCode = 1;
+            return true;
+        }
         switch (args[0])
         {
             case Headless.GenerateCommand.Name: exitCode = Headless.GenerateCommand.Run(args[1..]); return true;

@@ -9,7 +9,8 @@ public static class HealthEndpoint
     {
         endpoints.MapGet("/healthz", (BackendInfo backend) => Results.Ok(new
         {
-            status = "ok",
+            // degraded: the app serves pages but cannot train (libtorch did not load); the reason says what to do.
+            status = backend.CanCompute ? "ok" : "degraded",
             backend = new
             {
                 device = backend.IsCuda ? "cuda" : "cpu",
@@ -18,6 +19,8 @@ public static class HealthEndpoint
                 libtorch = backend.LibTorchSource,
                 gpu = backend.GpuName,
                 gpuMemoryBytes = backend.GpuMemoryBytes,
+                canTrain = backend.CanCompute,
+                unavailableReason = backend.UnavailableReason,
             },
         }));
         return endpoints;
