@@ -32,6 +32,7 @@ public static class ApplicationServices
         builder.Services.Configure<Microsoft.Extensions.WebEncoders.WebEncoderOptions>(o =>
             o.TextEncoderSettings = new System.Text.Encodings.Web.TextEncoderSettings(System.Text.Unicode.UnicodeRanges.All));
         builder.Services.AddAccessGate();
+        builder.Services.AddDataProtectionKeysInDataFolder();
 
         // Uploads: the configured limit, also for plain HTTP forms (Blazor's file upload streams through the circuit).
         long maxUpload = builder.Configuration.GetSection(FineTuneOptions.Section).Get<FineTuneOptions>()?.MaxUploadBytes ?? new FineTuneOptions().MaxUploadBytes;

@@ -51,7 +51,7 @@ public sealed class DataStepTests : ComponentTestContext
     public void Uploading_the_tutorial_workbook_shows_rows_and_a_clean_report()
     {
         var cut = Render<DataStep>();
-        cut.FindComponent<InputFile>().UploadFiles(InputFileContent.CreateFromBinary(File.ReadAllBytes(TestFiles.Fixture("samples/tutorial-qa.xlsx")), "tutorial-qa.xlsx"));
+        cut.FindComponent<InputFile>().UploadFiles(InputFileContent.CreateFromBinary(File.ReadAllBytes(TestFiles.Sample("tutorial-qa.xlsx")), "tutorial-qa.xlsx"));
 
         cut.WaitForAssertion(() => Assert.Contains("5 列中有 5 列", cut.Find("[data-testid=data-usable]").TextContent));
         Assert.Contains("如何聯繫客服？", cut.Find("[data-testid=data-preview]").TextContent);
@@ -102,6 +102,18 @@ public sealed class DataStepTests : ComponentTestContext
     }
 
     [Fact]
+    public void The_tutorials_example_file_loads_with_one_click()
+    {
+        var cut = Render<DataStep>();
+        cut.Find("[data-testid=data-example]").Click();
+
+        cut.WaitForAssertion(() => Assert.Contains("5 列中有 5 列", cut.Find("[data-testid=data-usable]").TextContent));
+        Assert.Contains("tutorial-qa.xlsx", cut.Find("[data-testid=data-file]").TextContent);
+        Assert.Equal(File.ReadAllBytes(TestFiles.Sample("tutorial-qa.xlsx")), State.OriginalFile);
+        Assert.Equal(5, State.Dataset!.FinalRows.Count);
+    }
+
+    [Fact]
     public void A_broken_file_says_what_is_wrong()
     {
         var cut = Render<DataStep>();
@@ -140,7 +152,7 @@ public sealed class SettingsStepTests : ComponentTestContext
 {
     private void LoadTutorialRows()
     {
-        var file = Importer.Parse(File.ReadAllBytes(TestFiles.Fixture("samples/tutorial-qa.xlsx")), "tutorial-qa.xlsx");
+        var file = Importer.Parse(File.ReadAllBytes(TestFiles.Sample("tutorial-qa.xlsx")), "tutorial-qa.xlsx");
         State.File = file;
         State.OriginalFile = [1, 2, 3];
         State.Dataset = new DatasetDraft(Importer.Build(file, new ImportSettings()));
