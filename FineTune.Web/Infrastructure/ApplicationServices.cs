@@ -47,7 +47,9 @@ public static class ApplicationServices
         builder.Services.AddSingleton<DataPaths>();
         builder.Services.AddSingleton<ExcelTableReader>();
         builder.Services.AddSingleton<DataImporter>();
-        builder.Services.AddSingleton<LocalModelFolders>();
+        // Roots apply only when the app is reachable from other machines (token mode); on localhost any folder opens.
+        builder.Services.AddSingleton(provider => new LocalModelFolders(provider.GetRequiredService<DataPaths>(),
+            () => provider.GetRequiredService<ListeningAddresses>().IsExposed));
         builder.Services.AddScoped<WizardState>();
 
         // Run history (SQLite in the data folder) and the one-at-a-time training queue.
