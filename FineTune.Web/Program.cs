@@ -24,7 +24,7 @@ app.UseDataFolderGuard();
 app.UseAntiforgery();
 
 app.MapStaticAssets();
-app.MapHealthEndpoint();
+app.MapHealthChecks();
 app.MapCultureEndpoint();
 app.MapDownloadEndpoints();
 app.MapHub<TrainingHub>(TrainingHub.Path);

@@ -52,7 +52,7 @@ public class AdapterHardeningTests
             Assert.Contains("at r", e.Message);
 
             var trainError = new StringWriter();
-            int trainCode = TrainCommand.Run(["--model", ModelFixtures.Folder("qwen2"), "--data", TestPaths.InRepo("FineTune.Tests", "Fixtures", "samples", "tutorial-qa.csv"),
+            int trainCode = TrainCommand.Run(["--model", ModelFixtures.Folder("qwen2"), "--data", TestPaths.InRepo("samples", "tutorial-qa.csv"),
                 "--output", Path.Combine(folder, "out.zip"), "--init-adapter", adapter, "--epochs", "1"], new StringWriter(), trainError);
             Assert.Equal(2, trainCode);
             Assert.Contains("cannot be read at r", trainError.ToString());

@@ -7,9 +7,6 @@ using FineTune.Web.Features.Engine;
 using FineTune.Web.Features.Models;
 using FineTune.Web.Features.Runs;
 using FineTune.Web.Features.Wizard;
-using Microsoft.AspNetCore.DataProtection;
-using Microsoft.AspNetCore.DataProtection.KeyManagement;
-using Microsoft.AspNetCore.DataProtection.Repositories;
 using Microsoft.AspNetCore.Http.Features;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.DependencyInjection.Extensions;
@@ -35,6 +32,7 @@ public static class ApplicationServices
         builder.Services.Configure<Microsoft.Extensions.WebEncoders.WebEncoderOptions>(o =>
             o.TextEncoderSettings = new System.Text.Encodings.Web.TextEncoderSettings(System.Text.Unicode.UnicodeRanges.All));
         builder.Services.AddAccessGate();
+        builder.Services.AddDataProtectionKeysInDataFolder();
 
         // Uploads: the configured limit, also for plain HTTP forms (Blazor's file upload streams through the circuit).
         long maxUpload = builder.Configuration.GetSection(FineTuneOptions.Section).Get<FineTuneOptions>()?.MaxUploadBytes ?? new FineTuneOptions().MaxUploadBytes;
@@ -44,14 +42,10 @@ public static class ApplicationServices
         builder.Services.AddSingleton(provider =>
             ComputeBackend.Initialize(provider.GetRequiredService<ILoggerFactory>().CreateLogger("FineTune.Backend")));
         builder.Services.AddHostedService<BackendStartup>();
+        builder.Services.AddAppHealthChecks();
 
         builder.Services.AddSingleton<DataPaths>();
         builder.Services.AddSingleton<DataFolderStatus>();
-        // Data-protection keys (sign-in cookie, antiforgery) live in the data folder, with everything else FineTune
-        // keeps, instead of ~/.aspnet (lost with a container, shared with every other app of the user).
-        builder.Services.AddDataProtection().SetApplicationName("FineTune");
-        builder.Services.AddOptions<KeyManagementOptions>().Configure<DataPaths, ILoggerFactory>((o, paths, loggers) =>
-            o.XmlRepository = new FileSystemXmlRepository(new DirectoryInfo(paths.Keys), loggers));
         // Started from the build output (bin/…, not a publish) outside the project folder, the framework and package
         // files (_content/…, _framework/…) are found through the build's static web assets manifest; without it every
         // one of them was a 500.
@@ -59,7 +53,9 @@ public static class ApplicationServices
             builder.WebHost.UseStaticWebAssets();
         builder.Services.AddSingleton<ExcelTableReader>();
         builder.Services.AddSingleton<DataImporter>();
-        builder.Services.AddSingleton<LocalModelFolders>();
+        // Roots apply only when the app is reachable from other machines (token mode); on localhost any folder opens.
+        builder.Services.AddSingleton(provider => new LocalModelFolders(provider.GetRequiredService<DataPaths>(),
+            () => provider.GetRequiredService<ListeningAddresses>().IsExposed));
         builder.Services.AddScoped<WizardState>();
 
         // Run history (SQLite in the data folder) and the one-at-a-time training queue.
