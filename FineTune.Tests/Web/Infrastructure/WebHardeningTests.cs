@@ -117,7 +117,9 @@ public partial class WebHardeningTests
             string html = await page.Content.ReadAsStringAsync();
             Assert.Contains("data-folder-problem", html);
             Assert.Contains(WebUtility.HtmlEncode(blocker), html);
-            Assert.Equal(HttpStatusCode.OK, (await app.Client.GetAsync("/healthz")).StatusCode);
+            var health = await app.Client.GetAsync("/healthz"); // answered, and unhealthy: the data folder is not writable
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, health.StatusCode);
+            Assert.Contains("\"status\"", await health.Content.ReadAsStringAsync());
             var critical = Assert.Single(logs.Lines, l => l.StartsWith("Critical", StringComparison.Ordinal));
             Assert.DoesNotContain("   at ", critical); // one line, no stack trace
         }
