@@ -32,6 +32,9 @@ public sealed record BackendInfo(
 
     /// <summary>True when the device computes bf16 natively (Ampere and newer); the T4 of the tutorial does not.</summary>
     public bool SupportsBFloat16 { get; init; }
+
+    /// <summary>FineTune's own CUDA kernels (Kernels/CudaKernels.cs): "on: NVRTC 13.0 (...), sm_90, ..." or "off: why".</summary>
+    public string Kernels { get; init; } = "off: not on a CUDA backend";
 }
 
 /// <summary>
@@ -59,7 +62,7 @@ public static class ComputeBackend
             if (_current is not null) return _current;
             logger ??= NullLogger.Instance;
             _current = Choose(logger);
-            logger.LogInformation("Compute backend: {Description} ({Reason})", _current.Description, _current.Reason);
+            logger.LogInformation("Compute backend: {Description} ({Reason}); kernels {Kernels}", _current.Description, _current.Reason, _current.Kernels);
             return _current;
         }
     }
@@ -127,6 +130,7 @@ public static class ComputeBackend
         return new BackendInfo(DeviceType.CUDA, description, reason, libTorchSource, name, totalBytes)
         {
             SupportsBFloat16 = major is null or >= 8,
+            Kernels = Kernels.CudaKernels.Start(Directory.Exists(libTorchSource) ? libTorchSource : null),
         };
     }
 

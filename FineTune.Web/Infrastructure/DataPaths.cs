@@ -22,6 +22,7 @@ public sealed class DataPaths
     public string Database => Path.Combine(Root, "finetune.db");
     public string Runs => Path.Combine(Root, "runs");
     public string Models => Path.Combine(Root, "models");
+    public string Kernels => Path.Combine(Root, "kernels");
     public IReadOnlyList<string> ModelRoots { get; }
 
     public string RunDirectory(int runId) => Path.Combine(Runs, runId.ToString(System.Globalization.CultureInfo.InvariantCulture));
