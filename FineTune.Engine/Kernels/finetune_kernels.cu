@@ -30,11 +30,15 @@ __device__ __forceinline__ u16 f32_to_f16(float f) { u16 h; asm("cvt.rn.f16.f32 
 __device__ __forceinline__ u32 pack_bf16(float lo, float hi) { return (u32)f32_to_bf16(lo) | ((u32)f32_to_bf16(hi) << 16); }
 __device__ __forceinline__ u32 pack_f16(float lo, float hi) { return (u32)f32_to_f16(lo) | ((u32)f32_to_f16(hi) << 16); }
 
+// (make_uint4/make_float4 live in a CUDA header that NVRTC may not have; these need none.)
+__device__ __forceinline__ uint4 u4(u32 x, u32 y, u32 z, u32 w) { uint4 r; r.x = x; r.y = y; r.z = z; r.w = w; return r; }
+__device__ __forceinline__ float4 f4(float x, float y, float z, float w) { float4 r; r.x = x; r.y = y; r.z = z; r.w = w; return r; }
+
 __device__ __forceinline__ void store16_f32(float* dst, const float* v)
 {
     float4* d = (float4*)dst;
 #pragma unroll
-    for (int i = 0; i < 4; i++) d[i] = make_float4(v[4 * i], v[4 * i + 1], v[4 * i + 2], v[4 * i + 3]);
+    for (int i = 0; i < 4; i++) d[i] = f4(v[4 * i], v[4 * i + 1], v[4 * i + 2], v[4 * i + 3]);
 }
 __device__ __forceinline__ void load16_f32(const float* src, float* v)
 {
@@ -48,7 +52,7 @@ __device__ __forceinline__ void store16_##SUFFIX(u16* dst, const float* v)      
 {                                                                                                                     \
     uint4* d = (uint4*)dst;                                                                                           \
     _Pragma("unroll") for (int i = 0; i < 2; i++)                                                                     \
-        d[i] = make_uint4(pack_##SUFFIX(v[8 * i], v[8 * i + 1]), pack_##SUFFIX(v[8 * i + 2], v[8 * i + 3]),            \
+        d[i] = u4(pack_##SUFFIX(v[8 * i], v[8 * i + 1]), pack_##SUFFIX(v[8 * i + 2], v[8 * i + 3]),            \
                           pack_##SUFFIX(v[8 * i + 4], v[8 * i + 5]), pack_##SUFFIX(v[8 * i + 6], v[8 * i + 7]));       \
 }                                                                                                                     \
 __device__ __forceinline__ void load16_##SUFFIX(const u16* src, float* v)                                             \
