@@ -37,8 +37,9 @@ public static unsafe class FusedOps
     {
         if (!CudaKernels.On(data.Packed.device) || Suffix(dtype) is not string suffix || !data.Packed.is_contiguous()) return null;
         long n = data.NumElements;
-        var output = empty([n], dtype, data.Packed.device);
+        using var output = empty([n], dtype, data.Packed.device);
         LaunchNf4(data, $"nf4_dequantize_{suffix}", (n + 15) / 16, output, extra: null);
+        // The caller owns the view alone: a flat handle left to the finalizer would keep a whole weight's memory.
         return output.view(data.Shape);
     }
 
