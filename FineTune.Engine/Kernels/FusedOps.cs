@@ -38,7 +38,8 @@ public static unsafe class FusedOps
         if (!CudaKernels.On(data.Packed.device) || Suffix(dtype) is not string suffix || !data.Packed.is_contiguous()) return null;
         long n = data.NumElements;
         using var output = empty([n], dtype, data.Packed.device);
-        LaunchNf4(data, $"nf4_dequantize_{suffix}", (n + 15) / 16, output, extra: null);
+        long threads = (n + 15) / 16;                                           // 16 values a thread
+        LaunchNf4(data, $"nf4_dequantize_{suffix}", (threads + Threads - 1) / Threads, output, extra: null);
         // The caller owns the view alone: a flat handle left to the finalizer would keep a whole weight's memory.
         return output.view(data.Shape);
     }
