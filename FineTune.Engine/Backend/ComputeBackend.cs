@@ -15,6 +15,10 @@ namespace FineTune.Engine.Backend;
 /// <param name="LibTorchSource">"nuget" (libtorch from the TorchSharp packages) or the folder of a PyTorch install.</param>
 /// <param name="GpuName">The GPU's name when Kind is CUDA.</param>
 /// <param name="GpuMemoryBytes">The GPU's total memory when Kind is CUDA.</param>
+/// <remarks>
+/// When libtorch cannot be loaded at all (<see cref="UnavailableReason"/> set), the app still starts: data and settings
+/// can be prepared, but nothing may compute, so no TorchSharp call is made in this process.
+/// </remarks>
 public sealed record BackendInfo(
     DeviceType Kind,
     string Description,
@@ -35,7 +39,22 @@ public sealed record BackendInfo(
 
     /// <summary>FineTune's own CUDA kernels (Kernels/CudaKernels.cs): "on: NVRTC 13.0 (...), sm_90, ..." or "off: why".</summary>
     public string Kernels { get; init; } = "off: not on a CUDA backend";
+
+    /// <summary>One line saying why libtorch could not be loaded and what to do instead; null when it loaded.</summary>
+    public string? UnavailableReason { get; init; }
+
+    /// <summary>False when libtorch could not be loaded: training, chat and merging are off.</summary>
+    public bool CanCompute => UnavailableReason is null;
+
+    /// <summary>Throws <see cref="ComputeUnavailableException"/> when nothing can compute here.</summary>
+    public void EnsureCanCompute()
+    {
+        if (UnavailableReason is not null) throw new ComputeUnavailableException(UnavailableReason);
+    }
 }
+
+/// <summary>libtorch could not be loaded in this process; the message is the one line for the user.</summary>
+public sealed class ComputeUnavailableException(string message) : InvalidOperationException(message);
 
 /// <summary>
 /// The one place that decides the compute backend. It must run before any other TorchSharp call:
@@ -61,9 +80,30 @@ public static class ComputeBackend
         {
             if (_current is not null) return _current;
             logger ??= NullLogger.Instance;
-            _current = Choose(logger);
-            logger.LogInformation("Compute backend: {Description} ({Reason}); kernels {Kernels}", _current.Description, _current.Reason, _current.Kernels);
+            _current = NativeRuntimeCheck.Problem() is { } problem ? Unavailable(problem) : ChooseOrReportLoadFailure(logger);
+            if (_current.UnavailableReason is { } reason)
+                logger.LogError("{Reason}", reason);
+            else
+                logger.LogInformation("Compute backend: {Description} ({Reason}); kernels {Kernels}", _current.Description, _current.Reason, _current.Kernels);
             return _current;
+        }
+    }
+
+    /// <summary>A backend that cannot compute: the app runs for data and settings only.</summary>
+    private static BackendInfo Unavailable(string reason) =>
+        new(DeviceType.CPU, "No compute backend", reason, "none") { UnavailableReason = reason };
+
+    private static BackendInfo ChooseOrReportLoadFailure(ILogger logger)
+    {
+        try
+        {
+            return Choose(logger);
+        }
+        catch (Exception e) when (NativeRuntimeCheck.IsNativeLoadFailure(e))
+        {
+            // TorchSharp's own message is a page of loader trace; keep its first line for the log and say what to do.
+            logger.LogDebug(e, "libtorch could not be loaded");
+            return Unavailable(NativeRuntimeCheck.LoadFailureLine(e));
         }
     }
 

@@ -63,6 +63,7 @@ public static class ModelLoader
             throw new DirectoryNotFoundException($"The model folder '{folder}' does not exist.");
         var config = ModelConfig.Load(folder);
         var backend = ComputeBackend.Current;
+        backend.EnsureCanCompute();
         var device = options.Device ?? backend.Device;
         var dtype = options.DType ?? DefaultDType(device, backend);
         if (!SupportedDTypes.Contains(dtype))

@@ -19,11 +19,9 @@ public class TrainCommandTests
 
     private static string Fixture(string name) => TestPaths.InRepo("FineTune.Tests", "Fixtures", "models", name);
 
-    private static string TutorialXlsx() =>
-        TestPaths.SharedSample("tutorial-qa.xlsx") ?? throw new FileNotFoundException("../shared/samples/tutorial-qa.xlsx is missing beside the checkout.");
+    private static string TutorialXlsx() => TestPaths.InRepo("samples", "tutorial-qa.xlsx");
 
-    private static string TutorialCsv() =>
-        TestPaths.SharedSample("tutorial-qa.csv") ?? throw new FileNotFoundException("../shared/samples/tutorial-qa.csv is missing beside the checkout.");
+    private static string TutorialCsv() => TestPaths.InRepo("samples", "tutorial-qa.csv");
 
     private static (int Code, string Out, string Err) Run(params string[] args)
     {
@@ -98,9 +96,9 @@ public class TrainCommandTests
         try
         {
             File.WriteAllText(Path.Combine(folder, "config.json"), "{\"_name_or_path\": \"Qwen/Qwen2.5-0.5B-Instruct\"}");
-            Assert.Equal("Qwen/Qwen2.5-0.5B-Instruct", TrainCommand.BaseModelName(folder));
+            Assert.Equal("Qwen/Qwen2.5-0.5B-Instruct", PeftAdapter.BaseModelName(folder));
             File.WriteAllText(Path.Combine(folder, "config.json"), "{\"_name_or_path\": \"/home/me/models/x\"}");
-            Assert.Equal(Path.GetFullPath(folder), TrainCommand.BaseModelName(folder));
+            Assert.Equal(Path.GetFullPath(folder), PeftAdapter.BaseModelName(folder));
         }
         finally
         {

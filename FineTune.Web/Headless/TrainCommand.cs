@@ -7,8 +7,6 @@ using FineTune.Engine.Tokenization;
 using FineTune.Engine.Training;
 using FineTune.Web.Features.Data;
 using Microsoft.Extensions.Logging;
-using Microsoft.Extensions.Logging.Abstractions;
-using static TorchSharp.torch;
 
 namespace FineTune.Web.Headless;
 
@@ -64,7 +62,8 @@ public static class TrainCommand
 
     public static int Run(string[] args, TextWriter output, TextWriter error, CancellationToken cancellationToken = default, ILoggerFactory? loggers = null)
     {
-        loggers ??= NullLoggerFactory.Instance;
+        using var lines = loggers is null ? LineLoggerProvider.Factory(output) : null;
+        loggers ??= lines!;
         try
         {
             var options = TrainCommandOptions.Parse(args);
@@ -111,79 +110,18 @@ public static class TrainCommand
             throw new CommandLineException($"'{o.Data}' has no usable question–answer rows (each row needs a question and an answer).");
         output.WriteLine($"data: {rows.Count} rows from {Path.GetFileName(o.Data)}");
 
-        var tokenizer = TokenizerLoader.Load(o.Model);
-        var template = PromptTemplate.Create(o.Template switch
-        {
-            null or "tutorial" => new PromptTemplateSettings(PromptStyle.Tutorial),
-            "chat" => new PromptTemplateSettings(PromptStyle.ModelChatTemplate),
-            var custom => new PromptTemplateSettings(PromptStyle.Custom, custom.Replace("\\n", "\n", StringComparison.Ordinal)),
-        }, tokenizer);
-        var examples = TrainingExamples.Build(rows, template, new ExampleOptions(o.MaxLength, AnswerOnlyLoss: !o.WholeText), loggers.CreateLogger("FineTune.Data"));
-        if (examples.TruncatedCount > 0) output.WriteLine($"warning: {examples.TruncatedCount} row(s) longer than {o.MaxLength} tokens were cut; raise --max-length to keep them whole.");
-        var split = Batching.Split(examples.Examples, o.Training.Seed, o.ValidationFraction);
-
-        // Model: QLoRA quantizes every linear but lm_head to NF4 as it is read (bitsandbytes skips lm_head too).
-        var computeDtype = backend.ComputeDType;
-        var loadOptions = new ModelLoadOptions
-        {
-            DType = computeDtype,
-            Logger = loggers.CreateLogger("FineTune.Models"),
-            LoadLinearWeight = o.QLoRA ? Nf4.QuantizeOnLoad(computeDtype, o.DoubleQuantization) : null,
-        };
-        using var model = ModelLoader.Load(o.Model, loadOptions);
-        var trainable = new CausalLmTraining(model);
-        var attached = LoraInjector.Attach(trainable.NamedLinears(), o.Lora, seed: o.Training.Seed);
-        if (o.InitAdapter is not null) PeftAdapter.Load(o.InitAdapter, trainable.NamedLinears());
-        output.WriteLine($"model: {model.Config.ModelType}, LoRA r={o.Lora.Rank} on {attached.Count} layers{(o.QLoRA ? (o.DoubleQuantization ? ", base in NF4 (double quantization)" : ", base in NF4") : "")}, {split.Train.Count} train / {split.Validation.Count} validation rows");
-
-        string outputFolder = AdapterFolder(o.Output);
-        string checkpoints = Path.Combine(outputFolder + ".checkpoints");
-        string? resume = o.Resume switch
-        {
-            null => null,
-            "auto" => Checkpoints.Latest(checkpoints) ?? throw new CommandLineException($"--resume auto: there is no checkpoint in '{checkpoints}' yet."),
-            var folder => folder,
-        };
-        var trainingOptions = o.Training with { UseLossScaling = computeDtype == ScalarType.Float16 };
-        var trainer = new LoraTrainer(trainable, o.Lora, BaseModelName(o.Model), loggers.CreateLogger<LoraTrainer>());
-        var result = trainer.Train(split, trainingOptions, new LineProgress(output), cancellationToken, checkpoints, resume);
-
-        var info = new AdapterRunInfo(BaseModelName(o.Model), split.Train.Count, split.Validation.Count, o.Lora, trainingOptions,
-            o.MaxLength, o.QLoRA, o.Template ?? "tutorial", result, DateTimeOffset.UtcNow);
-        AdapterExport.WriteFolder(outputFolder, trainable.NamedLinears(), o.Model, info);
-        AdapterExport.Zip(outputFolder, o.Output);
-        output.WriteLine($"adapter: {o.Output} (folder {outputFolder})");
-        if (o.Merged is not null)
-        {
-            AdapterExport.WriteMerged(o.Merged, model, trainable.NamedLinears(), o.Model);
-            output.WriteLine($"merged model: {o.Merged}");
-        }
+        string adapterFolder = AdapterFolder(o.Output);
+        var job = o.ToJob(rows);
+        var outcome = new FineTunePipeline(loggers).Run(job, new LineProgress(output), cancellationToken);
+        AdapterExport.Zip(adapterFolder, o.Output);
+        output.WriteLine($"adapter: {o.Output} (folder {adapterFolder})");
+        if (outcome.MergedFolder is not null) output.WriteLine($"merged model: {outcome.MergedFolder}");
         return 0;
     }
 
     /// <summary>The adapter folder written beside the zip: "out/adapter.zip" → "out/adapter".</summary>
     public static string AdapterFolder(string zipPath) =>
         Path.Combine(Path.GetDirectoryName(Path.GetFullPath(zipPath))!, Path.GetFileNameWithoutExtension(zipPath));
-
-    /// <summary>
-    /// The name PEFT records as base_model_name_or_path: the Hub id ("Qwen/Qwen2.5-0.5B-Instruct") when
-    /// config.json's _name_or_path holds one, else the folder's full path.
-    /// </summary>
-    public static string BaseModelName(string folder)
-    {
-        try
-        {
-            var config = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(folder, "config.json")));
-            if (config?["_name_or_path"] is System.Text.Json.Nodes.JsonValue v && v.TryGetValue(out string? name)
-                && System.Text.RegularExpressions.Regex.IsMatch(name, @"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$"))
-                return name;
-        }
-        catch (System.Text.Json.JsonException)
-        {
-            // ModelLoader reports a broken config.json with a better message.
-        }
-        return Path.GetFullPath(folder).TrimEnd(Path.DirectorySeparatorChar);
-    }
 
     private sealed class LineProgress(TextWriter output) : IProgress<TrainingProgress>
     {
@@ -207,6 +145,41 @@ public sealed record TrainCommandOptions(
 
     /// <summary>bitsandbytes' bnb_4bit_use_double_quant for the NF4 base (--no-double-quant turns it off).</summary>
     public bool DoubleQuantization { get; init; } = true;
+
+    /// <summary>The engine's job for these options: the adapter folder beside the zip, checkpoints beside that.</summary>
+    public FineTuneJob ToJob(IReadOnlyList<QaRow> rows)
+    {
+        string adapterFolder = TrainCommand.AdapterFolder(Output);
+        string checkpoints = adapterFolder + ".checkpoints";
+        return new FineTuneJob
+        {
+            ModelFolder = Model,
+            Rows = rows,
+            Template = Template switch
+            {
+                null or "tutorial" => new PromptTemplateSettings(PromptStyle.Tutorial),
+                "chat" => new PromptTemplateSettings(PromptStyle.ModelChatTemplate),
+                var custom => new PromptTemplateSettings(PromptStyle.Custom, custom.Replace("\\n", "\n", StringComparison.Ordinal)),
+            },
+            MaxSeqLength = MaxLength,
+            AnswerOnlyLoss = !WholeText,
+            ValidationFraction = ValidationFraction,
+            Lora = Lora,
+            Training = Training,
+            FourBit = QLoRA,
+            DoubleQuantization = DoubleQuantization,
+            OutputFolder = adapterFolder,
+            CheckpointsFolder = checkpoints,
+            ResumeFrom = Resume switch
+            {
+                null => null,
+                "auto" => Checkpoints.Latest(checkpoints) ?? throw new CommandLineException($"--resume auto: there is no checkpoint in '{checkpoints}' yet."),
+                var folder => folder,
+            },
+            InitAdapter = InitAdapter,
+            MergedFolder = Merged,
+        };
+    }
 
     public static TrainCommandOptions Parse(string[] args)
     {

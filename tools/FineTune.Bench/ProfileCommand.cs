@@ -3,7 +3,6 @@ using System.Text.Json.Nodes;
 using FineTune.Engine.Adapters;
 using FineTune.Engine.Backend;
 using FineTune.Engine.Data;
-using FineTune.Engine.Models;
 using FineTune.Engine.Training;
 using static TorchSharp.torch;
 
@@ -33,14 +32,12 @@ internal static class ProfileCommand
             "dense" => (TrainBenchCommand.DenseExamples(4 * (steps + 3) * 2), 4),
             _ => throw new ArgumentException($"--workload {workload}: use qa or dense."),
         };
-        var dtype = backend.ComputeDType;
-        using var model = ModelLoader.Load(modelFolder, new ModelLoadOptions
-        {
-            Device = backend.Device, DType = dtype, LoadLinearWeight = qlora ? Nf4.QuantizeOnLoad(dtype) : null,
-        });
-        var trainable = new CausalLmTraining(model);
-        var lora = new LoraSettings(Rank: 16, Alpha: 32, Dropout: 0.05);
-        LoraInjector.Attach(trainable.NamedLinears(), lora, seed: 0);
+        // The benchmark's job (tools/bench/reference.py's settings), loaded by the pipeline that trains it.
+        var job = TrainBenchCommand.Job(modelFolder, examples, batchSize, qlora, BatchLayout.Packed, gradientCheckpointing: null, backend);
+        using var loaded = new FineTunePipeline().LoadModel(job);
+        var model = loaded.Model;
+        var trainable = loaded.Trainable;
+        var lora = job.Lora;
         var parameters = model.parameters().Where(p => p.requires_grad).ToList();
         using var optimizer = new FlatAdamW(parameters, 2e-4);
         var trainer = new LoraTrainer(trainable, lora, modelFolder);

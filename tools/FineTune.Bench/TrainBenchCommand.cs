@@ -1,22 +1,19 @@
-using System.Diagnostics;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using FineTune.Engine.Adapters;
 using FineTune.Engine.Backend;
 using FineTune.Engine.Data;
-using FineTune.Engine.Models;
 using FineTune.Engine.Training;
-using static TorchSharp.torch;
 
 namespace FineTune.Bench;
 
 /// <summary>
-/// `train --model DIR --workload qa|dense [--data qa.jsonl] [--max-rows N] [--dense-steps S --dense-batch B] [--qlora] [--gradient-checkpointing auto|on|off] [--layout packed|grouped] [--out result.json]`:
+/// `train --model DIR --workload qa|dense [--data qa.jsonl] [--max-rows N] [--dense-steps S --dense-batch B] [--qlora] [--gradient-checkpointing auto|on|off] [--layout packed|grouped] [--out result.json] [--output ADAPTER_DIR]`:
 /// FineTune's trainer on the same model folder and data as tools/bench/reference.py (HF transformers + PEFT),
 /// with the same LoRA (r 16, alpha 32, dropout 0.05, q/k/v/o), AdamW lr 2e-4, linear schedule, bf16.
 /// Q&A: 8 rows per optimizer step, one epoch, answer-only loss. Dense: 4 × 512 tokens per step.
 /// </summary>
-internal static class TrainBenchCommand
+public static class TrainBenchCommand
 {
     public static int Run(string[] args, BackendInfo backend)
     {
@@ -46,38 +43,11 @@ internal static class TrainBenchCommand
         };
         long realTokens = examples.Sum(e => (long)e.Length);
 
-        var dtype = backend.ComputeDType;
-        var load = Stopwatch.StartNew();
-        using var model = ModelLoader.Load(modelFolder, new ModelLoadOptions
-        {
-            Device = backend.Device,
-            DType = dtype,
-            LoadLinearWeight = qlora ? Nf4.QuantizeOnLoad(dtype) : null,
-        });
-        var trainable = new CausalLmTraining(model);
-        var lora = new LoraSettings(Rank: 16, Alpha: 32, Dropout: 0.05);
-        LoraInjector.Attach(trainable.NamedLinears(), lora, seed: 0);
-        if (backend.IsCuda) cuda.synchronize();
-        double loadSeconds = load.Elapsed.TotalSeconds;
-
-        var options = new TrainingOptions
-        {
-            Epochs = 1,
-            BatchSize = batch,
-            GradientAccumulationSteps = 1,
-            LearningRate = 2e-4,
-            Schedule = LearningRateScheduleKind.Linear,
-            Layout = layout,
-            LoggingSteps = 1,
-            Seed = 0,
-            UseLossScaling = dtype == ScalarType.Float16,
-            GradientCheckpointing = checkpointing,
-        };
-        var trainer = new LoraTrainer(trainable, lora, modelFolder);
-        var clock = Stopwatch.StartNew();
-        var result = trainer.Train(new DataSplit(examples, []), options);
-        if (backend.IsCuda) cuda.synchronize();
-        double wall = clock.Elapsed.TotalSeconds;
+        var job = Job(modelFolder, examples, batch, qlora, layout, checkpointing, backend) with { OutputFolder = o.Optional("output") };
+        var outcome = new FineTunePipeline().Run(job);
+        var result = outcome.Training;
+        double loadSeconds = outcome.LoadTime.TotalSeconds;
+        double wall = outcome.TrainTime.TotalSeconds;
 
         var losses = result.History.Select(h => new JsonObject { ["step"] = h.Step, ["loss"] = h.Loss }).ToArray();
         var summary = new JsonObject
@@ -87,7 +57,7 @@ internal static class TrainBenchCommand
             ["mode"] = qlora ? "qlora-nf4" : "lora-16bit",
             ["batch"] = batch,
             ["layout"] = layout.ToString(),
-            ["gradient_checkpointing"] = trainable.GradientCheckpointing,
+            ["gradient_checkpointing"] = outcome.GradientCheckpointing,
             ["model"] = Path.GetFileName(modelFolder.TrimEnd('/')),
             ["rows"] = examples.Count,
             ["optimizer_steps"] = result.History.Count,
@@ -108,8 +78,36 @@ internal static class TrainBenchCommand
         return 0;
     }
 
+    /// <summary>
+    /// The job tools/bench/reference.py runs with HF: LoRA r 16, alpha 32, dropout 0.05 on q/k/v/o; one epoch of AdamW at
+    /// lr 2e-4 on a linear schedule, no warmup, no validation split, seed 0; the backend's device and dtype.
+    /// </summary>
+    public static FineTuneJob Job(string modelFolder, IReadOnlyList<TrainingExample> examples, int batch, bool qlora, BatchLayout layout,
+        bool? gradientCheckpointing, BackendInfo backend) => new()
+    {
+        ModelFolder = modelFolder,
+        Examples = examples,
+        ValidationFraction = 0,
+        Lora = new LoraSettings(Rank: 16, Alpha: 32, Dropout: 0.05),
+        Training = new TrainingOptions
+        {
+            Epochs = 1,
+            BatchSize = batch,
+            GradientAccumulationSteps = 1,
+            LearningRate = 2e-4,
+            Schedule = LearningRateScheduleKind.Linear,
+            Layout = layout,
+            LoggingSteps = 1,
+            Seed = 0,
+            GradientCheckpointing = gradientCheckpointing,
+        },
+        FourBit = qlora,
+        ComputeDType = backend.ComputeDType,
+        Device = backend.Device,
+    };
+
     /// <summary>Rows of tools/bench/reference.py make-data: {"prompt": [ids], "answer": [ids ending with EOS]}.</summary>
-    internal static List<TrainingExample> QaExamples(string path, int maxRows)
+    public static List<TrainingExample> QaExamples(string path, int maxRows)
     {
         var examples = new List<TrainingExample>();
         int row = 0;

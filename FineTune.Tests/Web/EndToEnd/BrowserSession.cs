@@ -4,7 +4,7 @@ namespace FineTune.Tests.Web.EndToEnd;
 
 /// <summary>
 /// Debian's Chromium driven by Playwright's bundled driver (no browser download): run these tests with
-/// `DEBIAN13_PACKAGES="chromium fonts-noto-cjk" ../shared/tools/debian13 dotnet test --filter Category=EndToEnd`.
+/// `DEBIAN13_PACKAGES="chromium fonts-noto-cjk" tools/debian13 dotnet test --filter Category=EndToEnd`.
 /// </summary>
 public sealed class BrowserSession : IAsyncDisposable
 {

@@ -62,7 +62,7 @@ public sealed class WizardEndToEndTests
 
         // 2. Data: the tutorial workbook.
         await Assertions.Expect(page.Locator("[data-testid=step-data]")).ToBeVisibleAsync();
-        await page.Locator("input[type=file]").SetInputFilesAsync(TestFiles.Fixture("samples/tutorial-qa.xlsx"));
+        await page.Locator("input[type=file]").SetInputFilesAsync(TestFiles.Sample("tutorial-qa.xlsx"));
         await Assertions.Expect(page.Locator("[data-testid=data-usable]")).ToContainTextAsync("5 列中有 5 列");
         await Assertions.Expect(page.Locator("[data-testid=data-preview]")).ToContainTextAsync("你們的產品保固期是多久？");
         await Assertions.Expect(page.Locator("[data-testid=data-report]")).ToContainTextAsync("沒有發現問題");
@@ -140,7 +140,7 @@ public sealed class WizardEndToEndTests
         await folder.FillAsync(TestFiles.Fixture("models/qwen2"));
         await folder.PressAsync("Tab");
         await page.Locator("[data-testid=model-next]").ClickAsync();
-        await page.Locator("input[type=file]").SetInputFilesAsync(TestFiles.Fixture("samples/tutorial-qa.xlsx"));
+        await page.Locator("input[type=file]").SetInputFilesAsync(TestFiles.Sample("tutorial-qa.xlsx"));
         await page.Locator("[data-testid=data-next]").ClickAsync();
         await page.Locator("[data-testid=settings-warning][data-code=LoggingAfterEnd]").GetByRole(AriaRole.Button).ClickAsync();
         await page.Locator("[data-testid=start-training]").ClickAsync();

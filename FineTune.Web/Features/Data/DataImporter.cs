@@ -52,7 +52,8 @@ public sealed class DataImporter(ExcelTableReader excel)
         return buffer.ToArray();
     }
 
-    public DataFile Parse(byte[] bytes, string fileName)
+    /// <summary>Parses a file; <paramref name="encoding"/> overrides the detected text encoding (the user's choice).</summary>
+    public DataFile Parse(byte[] bytes, string fileName, TextEncoding? encoding = null)
     {
         string extension = Path.GetExtension(fileName).ToLowerInvariant();
         if (!Extensions.Contains(extension))
@@ -71,14 +72,14 @@ public sealed class DataImporter(ExcelTableReader excel)
             }
             else
             {
-                var (text, encoding) = TextDecoder.Decode(bytes);
+                var (text, used) = encoding is { } chosen ? TextDecoder.Decode(bytes, chosen) : TextDecoder.Decode(bytes);
                 string name = Path.GetFileNameWithoutExtension(fileName);
                 file = extension switch
                 {
-                    ".jsonl" => new DataFile(fileName, DataFileFormat.JsonLines, [JsonTableReader.ReadLines(text, name)], encoding),
-                    ".json" => new DataFile(fileName, DataFileFormat.Json, [JsonTableReader.ReadArray(text, name)], encoding),
-                    ".tsv" => new DataFile(fileName, DataFileFormat.Tsv, [DelimitedTableReader.Read(text, name, '\t')], encoding),
-                    _ => new DataFile(fileName, DataFileFormat.Csv, [DelimitedTableReader.Read(text, name)], encoding),
+                    ".jsonl" => new DataFile(fileName, DataFileFormat.JsonLines, [JsonTableReader.ReadLines(text, name)], used),
+                    ".json" => new DataFile(fileName, DataFileFormat.Json, [JsonTableReader.ReadArray(text, name)], used),
+                    ".tsv" => new DataFile(fileName, DataFileFormat.Tsv, [DelimitedTableReader.Read(text, name, '\t')], used),
+                    _ => new DataFile(fileName, DataFileFormat.Csv, [DelimitedTableReader.Read(text, name)], used),
                 };
             }
             if (file.Sheets.Count == 0 || file.Sheets.All(s => s.Rows.All(r => r.IsBlank)))
@@ -116,6 +117,7 @@ public sealed class DataImporter(ExcelTableReader excel)
         var rows = new List<ImportedRow>();
         var firstRowByKey = new Dictionary<string, int>(StringComparer.Ordinal);
 
+        fileIssues.AddRange(sheet.ReadIssues);
         if (mapping.HeaderRowIndex < 0)
             fileIssues.Add(new ValidationIssue(IssueKind.NoHeaderFound, 0));
         foreach (string range in sheet.MergedRanges)

@@ -9,26 +9,54 @@ namespace FineTune.Web.Features.Data;
 /// </summary>
 public static class JsonTableReader
 {
+    /// <summary>
+    /// One object per line. A line that is not a JSON object is left out and reported (<see cref="IssueKind.InvalidJsonLine"/>,
+    /// <see cref="IssueKind.NotAnObjectLine"/>) so one broken line does not reject the file; only a file with no
+    /// readable line at all is refused, at its first bad line.
+    /// </summary>
     public static SheetTable ReadLines(string text, string name)
     {
         var objects = new List<(int Number, JsonElement Value)>();
+        var skipped = new List<ValidationIssue>();
+        DataImportException? first = null;
         string[] lines = text.Split('\n');
         for (int i = 0; i < lines.Length; i++)
         {
             string line = lines[i].Trim();
             if (line.Length == 0) continue;
+            int number = i + 1;
             try
             {
                 using var document = JsonDocument.Parse(line);
-                objects.Add((i + 1, document.RootElement.Clone()));
+                if (document.RootElement.ValueKind == JsonValueKind.Object)
+                {
+                    objects.Add((number, document.RootElement.Clone()));
+                    continue;
+                }
+                skipped.Add(new ValidationIssue(IssueKind.NotAnObjectLine, number));
+                first ??= NotAnObject(document.RootElement.ValueKind, $"line {number}");
             }
             catch (JsonException e)
             {
-                throw new DataImportException(ImportErrorCode.InvalidJson, e.Message, $"line {i + 1}", e);
+                skipped.Add(new ValidationIssue(IssueKind.InvalidJsonLine, number));
+                first ??= new DataImportException(ImportErrorCode.InvalidJson, ParserMessage(e), $"line {number}", e);
             }
         }
-        return Build(objects, name, "line");
+        if (objects.Count == 0 && first is not null) throw first;
+        return Build(objects, name, "line") with { ReadIssues = skipped };
     }
+
+    /// <summary>The parser's message without its own position suffix (which counts lines from 0 within the one line parsed), plus the column.</summary>
+    private static string ParserMessage(JsonException e)
+    {
+        string message = e.Message;
+        int position = message.IndexOf(" LineNumber:", StringComparison.Ordinal);
+        if (position > 0) message = message[..position].TrimEnd();
+        return e.BytePositionInLine is { } column ? $"{message} (column {column + 1})" : message;
+    }
+
+    private static DataImportException NotAnObject(JsonValueKind kind, string location) =>
+        new(ImportErrorCode.UnexpectedJsonShape, $"Expected an object like {{\"instruction\": ..., \"output\": ...}}, found a {kind}.", location);
 
     public static SheetTable ReadArray(string text, string name)
     {
@@ -40,7 +68,7 @@ public static class JsonTableReader
         }
         catch (JsonException e)
         {
-            throw new DataImportException(ImportErrorCode.InvalidJson, e.Message, e.LineNumber is { } l ? $"line {l + 1}" : null, e);
+            throw new DataImportException(ImportErrorCode.InvalidJson, ParserMessage(e), e.LineNumber is { } l ? $"line {l + 1}" : null, e);
         }
         if (root.ValueKind == JsonValueKind.Object && root.TryGetProperty("data", out var data) && data.ValueKind == JsonValueKind.Array)
             root = data;
@@ -56,8 +84,7 @@ public static class JsonTableReader
         foreach (var (number, value) in objects)
         {
             if (value.ValueKind != JsonValueKind.Object)
-                throw new DataImportException(ImportErrorCode.UnexpectedJsonShape,
-                    $"Expected an object like {{\"instruction\": ..., \"output\": ...}}, found a {value.ValueKind}.", $"{unit} {number}");
+                throw NotAnObject(value.ValueKind, $"{unit} {number}");
             foreach (var property in value.EnumerateObject())
                 if (!keys.Contains(property.Name)) keys.Add(property.Name);
         }

@@ -20,6 +20,9 @@ public sealed record TableRow(int Number, IReadOnlyList<TableCell> Cells)
 /// <param name="MergedRanges">Excel merged ranges such as "A3:A5".</param>
 public sealed record SheetTable(string Name, IReadOnlyList<TableRow> Rows, IReadOnlyList<string> MergedRanges)
 {
+    /// <summary>What the reader left out and why (JSONL lines that are not JSON objects); reported with the rows' issues.</summary>
+    public IReadOnlyList<ValidationIssue> ReadIssues { get; init; } = [];
+
     public int ColumnCount => Rows.Count == 0 ? 0 : Rows.Max(r => r.Cells.Count);
 }
 
@@ -29,11 +32,15 @@ public enum DataFileFormat { Excel, Csv, Tsv, JsonLines, Json }
 /// <param name="FileName">The name the user uploaded.</param>
 /// <param name="Format">How it was read.</param>
 /// <param name="Sheets">One table per sheet (one for text formats).</param>
-/// <param name="EncodingName">For text formats: the detected encoding ("UTF-8", "UTF-8 BOM", "Big5", "UTF-16 LE").</param>
+/// <param name="Encoding">For text formats: the encoding read with (detected, or chosen by the user).</param>
 /// <param name="UsedFallbackReader">True when ClosedXML could not open the workbook and cell values were read with the OpenXml SDK.</param>
 public sealed record DataFile(
     string FileName,
     DataFileFormat Format,
     IReadOnlyList<SheetTable> Sheets,
-    string? EncodingName = null,
-    bool UsedFallbackReader = false);
+    TextEncoding? Encoding = null,
+    bool UsedFallbackReader = false)
+{
+    /// <summary>"UTF-8", "Big5", "GB18030 / GBK", ... for text formats; null for workbooks.</summary>
+    public string? EncodingName => Encoding?.DisplayName();
+}

@@ -15,6 +15,10 @@ public enum IssueKind
     BlankRowSkipped,
     RowAboveHeaderSkipped,
     NoHeaderFound,
+    /// <summary>A JSONL line that is not valid JSON: left out.</summary>
+    InvalidJsonLine,
+    /// <summary>A JSONL line that is valid JSON but not an object: left out.</summary>
+    NotAnObjectLine,
 }
 
 /// <summary>One finding. <see cref="Row"/> is the 1-based row in the file (0 for file-wide findings).</summary>

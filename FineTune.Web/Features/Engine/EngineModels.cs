@@ -46,20 +46,7 @@ public sealed class EngineModels(BackendInfo backend, LocalModelFolders localFol
         LoadLinearWeight = fourBit ? Nf4.QuantizeOnLoad(dtype, doubleQuantization) : null,
     });
 
-    /// <summary>"owner/name" from config.json's _name_or_path when it is a Hub id, else the folder: what PEFT's base_model_name_or_path should say.</summary>
-    public static string BaseModelName(string folder, TrainingSettings settings)
-    {
-        if (settings.Source != ModelSource.Local) return settings.Model;
-        try
-        {
-            var config = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(folder, "config.json")));
-            if (config?["_name_or_path"] is System.Text.Json.Nodes.JsonValue value && value.TryGetValue(out string? name) && ModelIds.IsValidHubId(name))
-                return name;
-        }
-        catch (System.Text.Json.JsonException)
-        {
-            // ModelLoader reports a broken config.json with a better message.
-        }
-        return Path.GetFullPath(folder).TrimEnd(Path.DirectorySeparatorChar);
-    }
+    /// <summary>What PEFT's base_model_name_or_path should say: the Hub id the run was started with, else the engine's reading of the folder.</summary>
+    public static string BaseModelName(string folder, TrainingSettings settings) =>
+        settings.Source != ModelSource.Local ? settings.Model : PeftAdapter.BaseModelName(folder);
 }

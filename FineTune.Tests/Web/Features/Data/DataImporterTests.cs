@@ -31,7 +31,7 @@ public class DataImporterTests
     [Fact]
     public void Imports_the_tutorial_workbook()
     {
-        var result = Import(File.ReadAllBytes(TestFiles.Fixture("samples/tutorial-qa.xlsx")), "tutorial-qa.xlsx");
+        var result = Import(File.ReadAllBytes(TestFiles.Sample("tutorial-qa.xlsx")), "tutorial-qa.xlsx");
 
         AssertTutorialRows(result);
         Assert.Equal(0, result.Mapping.HeaderRowIndex);
@@ -44,7 +44,7 @@ public class DataImporterTests
     [Fact]
     public void Imports_the_tutorial_csv_with_multi_line_quoted_cells()
     {
-        var result = Import(File.ReadAllBytes(TestFiles.Fixture("samples/tutorial-qa.csv")), "tutorial-qa.csv");
+        var result = Import(File.ReadAllBytes(TestFiles.Sample("tutorial-qa.csv")), "tutorial-qa.csv");
 
         AssertTutorialRows(result);
         Assert.Equal("UTF-8", result.File.EncodingName);
@@ -77,13 +77,77 @@ public class DataImporterTests
         Assert.Equal("一般3-5個工作天。", result.UsableRows[1].Output);
     }
 
+    private const string SimplifiedCsv =
+        "问题,回答\r\n" +
+        "可以退货吗？,购买后7天内可申请退货，请保留发票与原包装。\r\n" +
+        "运送需要多久？,一般3-5个工作天，偏远地区会再多两天。\r\n" +
+        "怎么联系客服？,请拨打客服电话或者在官网留言，我们会尽快回复。\r\n";
+
+    private const string TraditionalCsv =
+        "問題,回答\r\n" +
+        "可以退貨嗎？,購買後7天內可申請退貨，請保留發票與原包裝。\r\n" +
+        "運送需要多久？,一般3-5個工作天，偏遠地區會再多兩天。\r\n" +
+        "怎麼聯繫客服？,請撥打客服電話或者在官網留言，我們會盡快回覆。\r\n";
+
+    [Fact]
+    public void A_gbk_file_of_simplified_chinese_is_read_as_gb18030_with_its_header_found()
+    {
+        Encoding.RegisterProvider(CodePagesEncodingProvider.Instance);
+        byte[] gbk = Encoding.GetEncoding(936).GetBytes(SimplifiedCsv);
+
+        var result = Import(gbk, "zh-cn.csv");
+
+        Assert.Equal(TextEncoding.Gb18030, result.File.Encoding);
+        Assert.Equal(0, result.Mapping.HeaderRowIndex);
+        Assert.Equal(3, result.Report.UsableRows);
+        Assert.Equal("可以退货吗？", result.UsableRows[0].Instruction);
+        Assert.Equal("请拨打客服电话或者在官网留言，我们会尽快回复。", result.UsableRows[2].Output);
+    }
+
+    [Fact]
+    public void A_big5_file_of_traditional_chinese_is_read_as_big5()
+    {
+        Encoding.RegisterProvider(CodePagesEncodingProvider.Instance);
+        byte[] big5 = Encoding.GetEncoding(950).GetBytes(TraditionalCsv);
+
+        var result = Import(big5, "zh-tw.csv");
+
+        Assert.Equal(TextEncoding.Big5, result.File.Encoding);
+        Assert.Equal(0, result.Mapping.HeaderRowIndex);
+        Assert.Equal("怎麼聯繫客服？", result.UsableRows[2].Instruction);
+    }
+
+    [Fact]
+    public void The_user_can_override_the_encoding_and_the_header_is_guessed_again()
+    {
+        Encoding.RegisterProvider(CodePagesEncodingProvider.Instance);
+        byte[] gbk = Encoding.GetEncoding(936).GetBytes(SimplifiedCsv);
+
+        var wrong = Importer.Parse(gbk, "zh-cn.csv", TextEncoding.Big5);
+        Assert.Equal(TextEncoding.Big5, wrong.Encoding);
+        Assert.NotEqual("问题", wrong.Sheets[0].Rows[0][0].Text);
+
+        var right = Importer.Build(Importer.Parse(gbk, "zh-cn.csv", TextEncoding.Gb18030), new ImportSettings());
+        Assert.Equal("问题", right.Sheet.Rows[0][0].Text);
+        Assert.Equal(0, right.Mapping.HeaderRowIndex);
+        Assert.Equal(3, right.Report.UsableRows);
+    }
+
+    [Fact]
+    public void Utf16_without_a_byte_order_mark_is_detected_from_its_zero_bytes()
+    {
+        Assert.Equal(TextEncoding.Utf16LE, TextDecoder.Detect(Encoding.Unicode.GetBytes(TraditionalCsv)));
+        Assert.Equal(TextEncoding.Utf16BE, TextDecoder.Detect(Encoding.BigEndianUnicode.GetBytes(TraditionalCsv)));
+        Assert.Equal(TextEncoding.Utf8, TextDecoder.Detect(Encoding.UTF8.GetBytes(SimplifiedCsv)));
+    }
+
     [Fact]
     public void Big5_bytes_are_not_mistaken_for_utf8()
     {
         Encoding.RegisterProvider(CodePagesEncodingProvider.Instance);
         byte[] big5 = Encoding.GetEncoding(950).GetBytes("保固");
         Assert.Throws<DecoderFallbackException>(() => new UTF8Encoding(false, true).GetString(big5));
-        Assert.Equal("Big5", TextDecoder.Decode(big5).EncodingName);
+        Assert.Equal(TextEncoding.Big5, TextDecoder.Decode(big5).Encoding);
     }
 
     [Fact]
@@ -131,11 +195,31 @@ public class DataImporterTests
     }
 
     [Fact]
-    public void Invalid_jsonl_names_the_line()
+    public void Broken_jsonl_lines_are_reported_by_line_and_left_out_and_the_rest_imports()
     {
-        var e = Assert.Throws<DataImportException>(() => Importer.Parse(Encoding.UTF8.GetBytes("{\"instruction\":\"q\",\"output\":\"a\"}\n{oops\n"), "d.jsonl"));
+        string jsonl = "{\"instruction\":\"q1\",\"output\":\"a1\"}\n"
+            + "{\"instruction\":\"q2\",\"output\":\"a2\"}\n"
+            + "\n"
+            + "{\"instruction\":\"q4\",\"output\":\"a4\",}\n"  // trailing comma: not JSON
+            + "[\"q5\",\"a5\"]\n"                                // JSON, but not an object
+            + "{\"instruction\":\"q6\",\"output\":\"a6\"}\n";
+
+        var result = Import(Encoding.UTF8.GetBytes(jsonl), "d.jsonl");
+
+        Assert.Equal(new[] { "q1", "q2", "q6" }, result.UsableRows.Select(r => r.Instruction));
+        Assert.Equal(new[] { 1, 2, 6 }, result.UsableRows.Select(r => r.SourceRow));
+        Assert.Equal(new[] { 4 }, result.Report.RowsWith(IssueKind.InvalidJsonLine));
+        Assert.Equal(new[] { 5 }, result.Report.RowsWith(IssueKind.NotAnObjectLine));
+        Assert.Equal(3, result.Report.UsableRows);
+    }
+
+    [Fact]
+    public void A_jsonl_file_without_one_readable_line_is_refused_at_its_first_bad_line_without_the_parsers_own_position()
+    {
+        var e = Assert.Throws<DataImportException>(() => Importer.Parse(Encoding.UTF8.GetBytes("\n{oops\n{also bad\n"), "d.jsonl"));
         Assert.Equal(ImportErrorCode.InvalidJson, e.Code);
         Assert.Equal("line 2", e.Location);
+        Assert.DoesNotContain("LineNumber", e.Detail);
 
         var shape = Assert.Throws<DataImportException>(() => Importer.Parse(Encoding.UTF8.GetBytes("[1,2]"), "d.json"));
         Assert.Equal(ImportErrorCode.UnexpectedJsonShape, shape.Code);
@@ -276,7 +360,7 @@ public class DataImporterTests
     [Fact]
     public void A_workbook_with_a_picture_still_imports()
     {
-        byte[] xlsx = TestFiles.WithPicture(File.ReadAllBytes(TestFiles.Fixture("samples/tutorial-qa.xlsx")));
+        byte[] xlsx = TestFiles.WithPicture(File.ReadAllBytes(TestFiles.Sample("tutorial-qa.xlsx")));
 
         var result = Import(xlsx, "with-picture.xlsx");
 
@@ -349,8 +433,8 @@ public class DataImporterTests
     [Fact]
     public void The_dataset_hash_depends_on_content_not_on_the_file()
     {
-        var fromXlsx = Import(File.ReadAllBytes(TestFiles.Fixture("samples/tutorial-qa.xlsx")), "a.xlsx").UsableRows;
-        var fromCsv = Import(File.ReadAllBytes(TestFiles.Fixture("samples/tutorial-qa.csv")), "a.csv").UsableRows;
+        var fromXlsx = Import(File.ReadAllBytes(TestFiles.Sample("tutorial-qa.xlsx")), "a.xlsx").UsableRows;
+        var fromCsv = Import(File.ReadAllBytes(TestFiles.Sample("tutorial-qa.csv")), "a.csv").UsableRows;
         Assert.Equal(DataImporter.Hash(fromXlsx), DataImporter.Hash(fromCsv));
         Assert.NotEqual(DataImporter.Hash(fromXlsx), DataImporter.Hash(fromXlsx.Take(4)));
     }
