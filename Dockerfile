@@ -15,6 +15,7 @@ RUN dotnet restore FineTune.Web/FineTune.Web.csproj -p:TorchBackend=${TORCH_BACK
 COPY FineTune.Engine/ FineTune.Engine/
 COPY FineTune.Web/ FineTune.Web/
 COPY wwwroot/ wwwroot/
+COPY samples/tutorial-qa.xlsx samples/
 RUN dotnet publish FineTune.Web/FineTune.Web.csproj -c Release -o /app --no-restore -p:TorchBackend=${TORCH_BACKEND}
 
 # Ubuntu 24.04 has the GCC 13 C++ runtime that TorchSharp 0.107 needs.
@@ -23,7 +24,11 @@ WORKDIR /app
 COPY --from=build /app ./
 RUN mkdir -p /data && chown $APP_UID /data
 VOLUME /data
+# Everything durable lives on the /data volume: database, uploads, runs and data-protection keys (FineTune's data
+# folder), and the Hugging Face cache and token (HF_HOME: /data/huggingface/hub, /data/huggingface/token), so a
+# recreated container neither downloads models again nor signs its users out.
 ENV FineTune__DataDirectory=/data \
+    HF_HOME=/data/huggingface \
     Urls=http://+:8080
 EXPOSE 8080
 USER $APP_UID

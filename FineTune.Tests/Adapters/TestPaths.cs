@@ -15,13 +15,6 @@ internal static class TestPaths
 
     public static string InRepo(params string[] parts) => Path.Combine([RepoRoot, .. parts]);
 
-    /// <summary>The shared samples folder (../shared/samples beside the checkout), or null where it is missing.</summary>
-    public static string? SharedSample(string name)
-    {
-        string path = Path.GetFullPath(Path.Combine(RepoRoot, "..", "shared", "samples", name));
-        return File.Exists(path) ? path : null;
-    }
-
     public static string NewTempFolder(string prefix)
     {
         string path = Path.Combine(Path.GetTempPath(), $"{prefix}-{Guid.NewGuid():N}");

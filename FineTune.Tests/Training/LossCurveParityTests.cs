@@ -37,7 +37,7 @@ public class LossCurveParityTests
             using var error = new StringWriter();
             int code = TrainCommand.Run(["train",
                 "--model", TestPaths.InRepo("FineTune.Tests", "Fixtures", "models", "qwen2"),
-                "--data", TestPaths.InRepo("FineTune.Tests", "Fixtures", "samples", "tutorial-qa.csv"),
+                "--data", TestPaths.InRepo("samples", "tutorial-qa.csv"),
                 "--output", zip, "--init-adapter", Golden("init_adapter"), "--dropout", "0", "--validation", "0",
                 "--rank", "16", "--alpha", "32", "--epochs", "3", "--lr", "2e-4", "--batch", "1", "--accum", "4"], output, error);
             Assert.True(code == 0, error.ToString());

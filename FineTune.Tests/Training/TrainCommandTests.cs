@@ -19,11 +19,9 @@ public class TrainCommandTests
 
     private static string Fixture(string name) => TestPaths.InRepo("FineTune.Tests", "Fixtures", "models", name);
 
-    private static string TutorialXlsx() =>
-        TestPaths.SharedSample("tutorial-qa.xlsx") ?? throw new FileNotFoundException("../shared/samples/tutorial-qa.xlsx is missing beside the checkout.");
+    private static string TutorialXlsx() => TestPaths.InRepo("samples", "tutorial-qa.xlsx");
 
-    private static string TutorialCsv() =>
-        TestPaths.SharedSample("tutorial-qa.csv") ?? throw new FileNotFoundException("../shared/samples/tutorial-qa.csv is missing beside the checkout.");
+    private static string TutorialCsv() => TestPaths.InRepo("samples", "tutorial-qa.csv");
 
     private static (int Code, string Out, string Err) Run(params string[] args)
     {

@@ -28,7 +28,7 @@ public sealed class WizardEndToEndTests
     });
 
     /// <summary>Model → data → settings: everything before training, with the checks a user sees.</summary>
-    [Fact]
+    [BrowserFact]
     public async Task Model_upload_and_settings_steps_in_zh_TW()
     {
         using var app = StartApp();
@@ -62,7 +62,7 @@ public sealed class WizardEndToEndTests
 
         // 2. Data: the tutorial workbook.
         await Assertions.Expect(page.Locator("[data-testid=step-data]")).ToBeVisibleAsync();
-        await page.Locator("input[type=file]").SetInputFilesAsync(TestFiles.Fixture("samples/tutorial-qa.xlsx"));
+        await page.Locator("input[type=file]").SetInputFilesAsync(TestFiles.Sample("tutorial-qa.xlsx"));
         await Assertions.Expect(page.Locator("[data-testid=data-usable]")).ToContainTextAsync("5 列中有 5 列");
         await Assertions.Expect(page.Locator("[data-testid=data-preview]")).ToContainTextAsync("你們的產品保固期是多久？");
         await Assertions.Expect(page.Locator("[data-testid=data-report]")).ToContainTextAsync("沒有發現問題");
@@ -85,7 +85,7 @@ public sealed class WizardEndToEndTests
     }
 
     /// <summary>The template download serves a workbook the importer reads back.</summary>
-    [Fact]
+    [BrowserFact]
     public async Task Template_download_and_bad_upload_message()
     {
         using var app = StartApp();
@@ -114,7 +114,7 @@ public sealed class WizardEndToEndTests
     /// The whole wizard on the tiny Qwen2 fixture: train with the engine (loss points arrive live), reload,
     /// chat (an answer streams in), download the adapter zip.
     /// </summary>
-    [Fact]
+    [BrowserFact]
     public async Task Whole_wizard_trains_chats_and_downloads_the_adapter()
     {
         using var app = StartApp();
@@ -140,7 +140,7 @@ public sealed class WizardEndToEndTests
         await folder.FillAsync(TestFiles.Fixture("models/qwen2"));
         await folder.PressAsync("Tab");
         await page.Locator("[data-testid=model-next]").ClickAsync();
-        await page.Locator("input[type=file]").SetInputFilesAsync(TestFiles.Fixture("samples/tutorial-qa.xlsx"));
+        await page.Locator("input[type=file]").SetInputFilesAsync(TestFiles.Sample("tutorial-qa.xlsx"));
         await page.Locator("[data-testid=data-next]").ClickAsync();
         await page.Locator("[data-testid=settings-warning][data-code=LoggingAfterEnd]").GetByRole(AriaRole.Button).ClickAsync();
         await page.Locator("[data-testid=start-training]").ClickAsync();

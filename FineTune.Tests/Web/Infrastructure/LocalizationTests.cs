@@ -12,7 +12,7 @@ namespace FineTune.Tests.Web.Infrastructure;
 
 public partial class LocalizationTests
 {
-    private static string WebFolder => Path.Combine(Path.GetDirectoryName(TestFiles.Fixture("samples"))!, "..", "..", "FineTune.Web");
+    private static string WebFolder => Adapters.TestPaths.InRepo("FineTune.Web");
 
     private static Dictionary<string, string> Resx(string name) =>
         XDocument.Load(Path.Combine(WebFolder, "Resources", name)).Root!.Elements("data")

@@ -24,6 +24,9 @@ public static class TestFiles
         throw new FileNotFoundException($"Fixture '{relativePath}' not found above {AppContext.BaseDirectory}.");
     }
 
+    /// <summary>A file of the repository's samples/ folder (the tutorial's Q&amp;A workbook and CSV, also offered by the wizard).</summary>
+    public static string Sample(string name) => Adapters.TestPaths.InRepo("samples", name);
+
     /// <summary>An .xlsx built with ClosedXML; <paramref name="fill"/> writes the cells.</summary>
     public static byte[] Workbook(Action<XLWorkbook> fill)
     {

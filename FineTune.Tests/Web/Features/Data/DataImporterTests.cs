@@ -31,7 +31,7 @@ public class DataImporterTests
     [Fact]
     public void Imports_the_tutorial_workbook()
     {
-        var result = Import(File.ReadAllBytes(TestFiles.Fixture("samples/tutorial-qa.xlsx")), "tutorial-qa.xlsx");
+        var result = Import(File.ReadAllBytes(TestFiles.Sample("tutorial-qa.xlsx")), "tutorial-qa.xlsx");
 
         AssertTutorialRows(result);
         Assert.Equal(0, result.Mapping.HeaderRowIndex);
@@ -44,7 +44,7 @@ public class DataImporterTests
     [Fact]
     public void Imports_the_tutorial_csv_with_multi_line_quoted_cells()
     {
-        var result = Import(File.ReadAllBytes(TestFiles.Fixture("samples/tutorial-qa.csv")), "tutorial-qa.csv");
+        var result = Import(File.ReadAllBytes(TestFiles.Sample("tutorial-qa.csv")), "tutorial-qa.csv");
 
         AssertTutorialRows(result);
         Assert.Equal("UTF-8", result.File.EncodingName);
@@ -360,7 +360,7 @@ public class DataImporterTests
     [Fact]
     public void A_workbook_with_a_picture_still_imports()
     {
-        byte[] xlsx = TestFiles.WithPicture(File.ReadAllBytes(TestFiles.Fixture("samples/tutorial-qa.xlsx")));
+        byte[] xlsx = TestFiles.WithPicture(File.ReadAllBytes(TestFiles.Sample("tutorial-qa.xlsx")));
 
         var result = Import(xlsx, "with-picture.xlsx");
 
@@ -433,8 +433,8 @@ public class DataImporterTests
     [Fact]
     public void The_dataset_hash_depends_on_content_not_on_the_file()
     {
-        var fromXlsx = Import(File.ReadAllBytes(TestFiles.Fixture("samples/tutorial-qa.xlsx")), "a.xlsx").UsableRows;
-        var fromCsv = Import(File.ReadAllBytes(TestFiles.Fixture("samples/tutorial-qa.csv")), "a.csv").UsableRows;
+        var fromXlsx = Import(File.ReadAllBytes(TestFiles.Sample("tutorial-qa.xlsx")), "a.xlsx").UsableRows;
+        var fromCsv = Import(File.ReadAllBytes(TestFiles.Sample("tutorial-qa.csv")), "a.csv").UsableRows;
         Assert.Equal(DataImporter.Hash(fromXlsx), DataImporter.Hash(fromCsv));
         Assert.NotEqual(DataImporter.Hash(fromXlsx), DataImporter.Hash(fromXlsx.Take(4)));
     }
