@@ -42,6 +42,7 @@ public static class ApplicationServices
         builder.Services.AddSingleton(provider =>
             ComputeBackend.Initialize(provider.GetRequiredService<ILoggerFactory>().CreateLogger("FineTune.Backend")));
         builder.Services.AddHostedService<BackendStartup>();
+        builder.Services.AddAppHealthChecks();
 
         builder.Services.AddSingleton<DataPaths>();
         builder.Services.AddSingleton<ExcelTableReader>();
