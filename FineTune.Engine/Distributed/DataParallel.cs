@@ -69,6 +69,12 @@ public sealed class DataParallelGroup : IDisposable
         var indices = devices.Select(d => d.index < 0 ? 0 : (int)d.index).ToList();
         if (indices.Distinct().Count() != indices.Count)
             throw new ArgumentException($"A GPU is listed twice: {string.Join(", ", devices)}. Each replica needs a GPU of its own.", nameof(devices));
+        // Each GPU's first allocation here, one after the other, before the replica threads start. libtorch's
+        // expandable-segment allocator settles its memory handle type at the first allocation (falling back when one is
+        // not permitted); with both replicas making their first allocation at once, one failed in the allocator's map
+        // with "CUDA driver error: operation not permitted" (2 H200s, torch 2.11), while a process that had allocated
+        // before the threads started ran.
+        foreach (var device in devices) zeros(1, device: device).Dispose();
         var id = Nccl.NewUniqueId();
         return new DataParallelGroup(devices, rank => new NcclCommunicator(rank, devices.Count, id, indices[rank]));
     }
@@ -82,6 +88,13 @@ public sealed class DataParallelGroup : IDisposable
         var communicator = _join(rank);
         _communicators[rank] = communicator;
         return new DataParallelReplica(this, communicator, Devices[rank]);
+    }
+
+    /// <summary>A replica finished: frees its communicator on its own thread (where its device is current).</summary>
+    public void Leave(int rank)
+    {
+        var communicator = Interlocked.Exchange(ref _communicators[rank], null);
+        communicator?.Dispose();
     }
 
     /// <summary>
@@ -112,7 +125,17 @@ public sealed class DataParallelGroup : IDisposable
 
     public void Dispose()
     {
-        foreach (var communicator in _communicators) communicator?.Dispose();
+        foreach (var communicator in _communicators)
+        {
+            try
+            {
+                communicator?.Dispose();
+            }
+            catch (NcclException)
+            {
+                // A communicator left behind by a failed replica; the failure itself is what the caller sees.
+            }
+        }
         _stepBarrier.Dispose();
         _failed.Dispose();
     }

@@ -72,7 +72,9 @@ public sealed class FineTunePipeline(ILoggerFactory? loggers = null)
             try
             {
                 var replica = group.Join(rank);
-                return Train(job with { Device = device, Devices = null }, split, replica, progress, cancellationToken);
+                var outcome = Train(job with { Device = device, Devices = null }, split, replica, progress, cancellationToken);
+                group.Leave(rank);
+                return outcome;
             }
             catch (Exception e)
             {

@@ -61,6 +61,14 @@ public sealed class DataParallelTests(ITestOutputHelper output) : IDisposable
     }
 
     [Fact]
+    public void Data_pointer_is_the_first_element_of_a_view()
+    {
+        using var values = tensor(new[] { 1f, 2f, 3f, 4f });
+        using var tail = values.narrow(0, 2, 2);
+        Assert.Equal(3f, BitConverter.Int32BitsToSingle(System.Runtime.InteropServices.Marshal.ReadInt32(TensorMemory.DataPointer(tail))));
+    }
+
+    [Fact]
     public void Every_process_the_app_starts_has_nvlink_multicast_off()
     {
         MulticastSafety.Apply();
