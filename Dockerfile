@@ -24,7 +24,11 @@ WORKDIR /app
 COPY --from=build /app ./
 RUN mkdir -p /data && chown $APP_UID /data
 VOLUME /data
+# Everything durable lives on the /data volume: database, uploads, runs and data-protection keys (FineTune's data
+# folder), and the Hugging Face cache and token (HF_HOME: /data/huggingface/hub, /data/huggingface/token), so a
+# recreated container neither downloads models again nor signs its users out.
 ENV FineTune__DataDirectory=/data \
+    HF_HOME=/data/huggingface \
     Urls=http://+:8080
 EXPOSE 8080
 USER $APP_UID

@@ -10,16 +10,22 @@ using Microsoft.Extensions.Logging.Abstractions;
 namespace FineTune.Engine.Hub;
 
 /// <summary>
-/// Downloads the files of a Hugging Face model that FineTune needs (configs, tokenizer, safetensors) into a
-/// cache folder reused across runs. Files are written as "&lt;name&gt;.incomplete" and renamed when whole; an
-/// interrupted file is resumed with an HTTP Range request, in this run (after a dropped connection) or the next.
-/// Layout: &lt;cache&gt;/models--Org--Name/refs/&lt;revision&gt; holds the commit; snapshots/&lt;commit&gt;/ the files.
+/// Downloads the files of a Hugging Face model that FineTune needs (configs, tokenizer, safetensors) into the
+/// Hugging Face cache, laid out as Python's huggingface_hub lays it (file_download.py), so either finds what the
+/// other downloaded:
+/// <code>
+/// &lt;cache&gt;/models--Org--Name/
+///   blobs/&lt;etag&gt;                 file contents, named by the Hub's ETag (LFS sha256, else git blob id)
+///   snapshots/&lt;commit&gt;/&lt;file&gt;    relative symlinks ../../blobs/&lt;etag&gt; (the file itself where links are refused)
+///   refs/&lt;revision&gt;             the commit the revision ("main") pointed to, no newline
+///   .no_exist/&lt;commit&gt;/&lt;file&gt;    empty: an optional file this commit does not have
+/// &lt;cache&gt;/.locks/models--Org--Name/   lock files
+/// </code>
+/// A blob is written as "&lt;etag&gt;.incomplete" and renamed when whole; an interrupted blob is resumed with an HTTP
+/// Range request, in this run (after a dropped connection) or the next.
 /// </summary>
 public sealed partial class HubDownloader
 {
-    /// <summary>Written into a snapshot once every wanted file is there, so a later run needs no network.</summary>
-    public const string CompleteMarker = ".finetune-complete";
-
     private static readonly string[] WantedNames =
     [
         "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -43,7 +49,7 @@ public sealed partial class HubDownloader
     public static bool IsWanted(string path) =>
         !path.Contains('/') && (WantedNames.Contains(path) || path.EndsWith(".safetensors", StringComparison.Ordinal));
 
-    /// <summary>"Qwen/Qwen2.5-0.5B-Instruct" → &lt;cache&gt;/models--Qwen--Qwen2.5-0.5B-Instruct.</summary>
+    /// <summary>"Qwen/Qwen2.5-0.5B-Instruct" → &lt;cache&gt;/models--Qwen--Qwen2.5-0.5B-Instruct (huggingface_hub's repo_folder_name).</summary>
     public string RepositoryFolder(string modelId) =>
         Path.Combine(_options.CacheFolder, "models--" + ValidateModelId(modelId).Replace("/", "--"));
 
@@ -58,7 +64,8 @@ public sealed partial class HubDownloader
 
     /// <summary>
     /// Makes sure the model's files are in the cache and returns the snapshot folder holding them.
-    /// Whole files already there are not fetched again; with no connection a complete cached snapshot is used.
+    /// Files already there (from us or from Python) are not fetched again; a blob shared with another revision is
+    /// linked, not downloaded; with no connection (or HF_HUB_OFFLINE) a complete cached snapshot is used.
     /// </summary>
     public async Task<string> DownloadAsync(string modelId, IProgress<DownloadProgress>? progress = null,
         string revision = "main", CancellationToken cancellationToken = default)
@@ -87,21 +94,20 @@ public sealed partial class HubDownloader
         // One download of a model at a time, across runs and processes; a second caller waits, then finds it cached.
         await using var gate = await LockAsync(repository, modelId, cancellationToken).ConfigureAwait(false);
         string snapshot = Path.Combine(repository, "snapshots", SafeName(listing.commit));
-        if (File.Exists(Path.Combine(snapshot, CompleteMarker)) && wanted.All(f => IsWhole(Path.Combine(snapshot, f.Path), f.Size)))
+        if (!wanted.All(f => IsWhole(Path.Combine(snapshot, f.Path), f.Size)))
         {
-            await WriteRefAsync(repository, revision, listing.commit).ConfigureAwait(false);
-            return snapshot;
+            Directory.CreateDirectory(snapshot);
+            EnsureDiskSpace(repository, snapshot, wanted, modelId);
+            var tracker = new ProgressTracker(modelId, wanted, progress, _options.ProgressInterval);
+            for (int i = 0; i < wanted.Count; i++)
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                await DownloadFileAsync(modelId, listing.commit, wanted[i], i, repository, snapshot, tracker, cancellationToken).ConfigureAwait(false);
+            }
         }
-
-        Directory.CreateDirectory(snapshot);
-        EnsureDiskSpace(snapshot, wanted, modelId);
-        var tracker = new ProgressTracker(modelId, wanted, progress, _options.ProgressInterval);
-        for (int i = 0; i < wanted.Count; i++)
-        {
-            cancellationToken.ThrowIfCancellationRequested();
-            await DownloadFileAsync(modelId, listing.commit, wanted[i], i, snapshot, tracker, cancellationToken).ConfigureAwait(false);
-        }
-        await File.WriteAllTextAsync(Path.Combine(snapshot, CompleteMarker), listing.commit, cancellationToken).ConfigureAwait(false);
+        // What this commit lacks, recorded as huggingface_hub records it, so Python offline does not look for it either.
+        foreach (string optional in WantedNames.Where(n => !listing.files.Any(f => f.Path == n)))
+            MarkMissing(repository, listing.commit, optional);
         await WriteRefAsync(repository, revision, listing.commit).ConfigureAwait(false);
         return snapshot;
     }
@@ -126,11 +132,11 @@ public sealed partial class HubDownloader
                 foreach (var sibling in siblings.EnumerateArray())
                 {
                     if (!sibling.TryGetProperty("rfilename", out var name) || name.GetString() is not { } path) continue;
-                    long? size = sibling.TryGetProperty("size", out var s) && s.ValueKind == JsonValueKind.Number ? s.GetInt64() : null;
-                    if (size is null && sibling.TryGetProperty("lfs", out var lfs) && lfs.ValueKind == JsonValueKind.Object &&
-                        lfs.TryGetProperty("size", out var ls) && ls.ValueKind == JsonValueKind.Number)
-                        size = ls.GetInt64();
-                    files.Add(new HubFile(path, size));
+                    // An LFS file's own size is under lfs (the top-level one may be its git pointer's).
+                    long? size = sibling.TryGetProperty("lfs", out var lfs) && lfs.ValueKind == JsonValueKind.Object &&
+                                 lfs.TryGetProperty("size", out var ls) && ls.ValueKind == JsonValueKind.Number ? ls.GetInt64()
+                        : sibling.TryGetProperty("size", out var s) && s.ValueKind == JsonValueKind.Number ? s.GetInt64() : null;
+                    files.Add(new HubFile(path, size, Etag(sibling)));
                 }
             }
             return (commit, files);
@@ -146,22 +152,48 @@ public sealed partial class HubDownloader
         }
     }
 
-    private async Task DownloadFileAsync(string modelId, string commit, HubFile file, int index, string snapshot,
+    /// <summary>
+    /// The Hub's ETag of a listed file, as huggingface_hub names the blob: an LFS file's sha256, else the git blob id
+    /// (the listing's "blobId" with ?blobs=true).
+    /// </summary>
+    private static string? Etag(JsonElement sibling)
+    {
+        string? etag = sibling.TryGetProperty("lfs", out var lfs) && lfs.ValueKind == JsonValueKind.Object &&
+                       lfs.TryGetProperty("sha256", out var sha) && sha.ValueKind == JsonValueKind.String ? sha.GetString()
+            : sibling.TryGetProperty("blobId", out var blob) && blob.ValueKind == JsonValueKind.String ? blob.GetString()
+            : null;
+        return etag is not null && EtagPattern().IsMatch(etag) ? etag : null;
+    }
+
+    /// <summary>The blob a file's snapshot entry points to; without an ETag the file lives in the snapshot itself.</summary>
+    private static string BlobPath(string repository, string snapshot, HubFile file) =>
+        file.Etag is { } etag ? Path.Combine(repository, "blobs", etag) : Path.Combine(snapshot, file.Path);
+
+    private async Task DownloadFileAsync(string modelId, string commit, HubFile file, int index, string repository, string snapshot,
         ProgressTracker tracker, CancellationToken cancellationToken)
     {
-        string target = Path.Combine(snapshot, file.Path);
-        if (IsWhole(target, file.Size))
+        string pointer = Path.Combine(snapshot, file.Path);
+        if (IsWhole(pointer, file.Size))
         {
-            tracker.Skip(index, new FileInfo(target).Length);
+            tracker.Skip(index, ResolvedLength(pointer) ?? 0);
             return;
         }
-        string partial = target + ".incomplete";
+        string blob = BlobPath(repository, snapshot, file);
+        if (IsWhole(blob, file.Size)) // the same contents under another revision, or a snapshot link lost
+        {
+            Link(blob, pointer, newBlob: false);
+            tracker.Skip(index, ResolvedLength(blob) ?? 0);
+            return;
+        }
+        Directory.CreateDirectory(Path.GetDirectoryName(blob)!);
+        string partial = blob + ".incomplete";
         for (int attempt = 0; ; attempt++)
         {
             try
             {
                 await TransferAsync(modelId, commit, file, index, partial, tracker, cancellationToken).ConfigureAwait(false);
-                File.Move(partial, target, overwrite: true);
+                File.Move(partial, blob, overwrite: true);
+                if (blob != pointer) Link(blob, pointer, newBlob: true);
                 tracker.Done(index);
                 return;
             }
@@ -240,10 +272,42 @@ public sealed partial class HubDownloader
         return request;
     }
 
+    /// <summary>
+    /// The snapshot entry as huggingface_hub's _create_symlink makes it: a symlink relative to the entry's folder, so the
+    /// cache can be moved or mounted elsewhere; where the file system refuses links (Windows without Developer Mode),
+    /// a new blob is moved into the snapshot and a shared one copied, as huggingface_hub does there.
+    /// </summary>
+    private void Link(string blob, string pointer, bool newBlob)
+    {
+        Directory.CreateDirectory(Path.GetDirectoryName(pointer)!);
+        if (File.Exists(pointer) || new FileInfo(pointer).LinkTarget is not null) File.Delete(pointer); // a stale or broken entry
+        string relative = Path.GetRelativePath(Path.GetDirectoryName(pointer)!, blob);
+        try
+        {
+            File.CreateSymbolicLink(pointer, relative);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException && !(e is IOException io && IsDiskFull(io)))
+        {
+            _logger.LogDebug("Symbolic links are refused in {Folder} ({Reason}); keeping a copy in the snapshot", Path.GetDirectoryName(pointer), e.Message);
+            if (newBlob) File.Move(blob, pointer);
+            else File.Copy(blob, pointer);
+        }
+    }
+
+    private static void MarkMissing(string repository, string commit, string file)
+    {
+        string marker = Path.Combine(repository, ".no_exist", SafeName(commit), file);
+        if (File.Exists(marker)) return;
+        Directory.CreateDirectory(Path.GetDirectoryName(marker)!);
+        File.WriteAllBytes(marker, []);
+    }
+
+    /// <summary>huggingface_hub keeps its locks beside the repositories, in &lt;cache&gt;/.locks/models--Org--Name/.</summary>
     private async Task<FileStream> LockAsync(string repository, string modelId, CancellationToken cancellationToken)
     {
-        Directory.CreateDirectory(repository);
-        string path = Path.Combine(repository, ".lock");
+        string folder = Path.Combine(_options.CacheFolder, ".locks", Path.GetFileName(repository));
+        Directory.CreateDirectory(folder);
+        string path = Path.Combine(folder, "finetune-download.lock");
         for (int attempt = 0; ; attempt++)
         {
             try
@@ -294,7 +358,7 @@ public sealed partial class HubDownloader
             if (errorCode == "GatedRepo" || status is 401 or 403)
                 throw new HubAccessDeniedException(_options.Token is null
                     ? $"{modelId} is a gated model: accept the licence on the model page ({page}) while logged in, " +
-                      "then set HF_TOKEN to an access token of that account and try again."
+                      "then set HF_TOKEN to an access token of that account (or run `hf auth login` once) and try again."
                     : $"Access to {what} was refused (HTTP {status}). Accept the licence on the model page ({page}) with the " +
                       "account whose token is in HF_TOKEN, and check that the token is valid and allows reading.", status);
             if (status == 404)
@@ -319,15 +383,15 @@ public sealed partial class HubDownloader
     };
 
     /// <summary>Refuses early when the free space cannot hold what is still missing (sizes known from the listing).</summary>
-    private void EnsureDiskSpace(string snapshot, IReadOnlyList<HubFile> files, string modelId)
+    private void EnsureDiskSpace(string repository, string snapshot, IReadOnlyList<HubFile> files, string modelId)
     {
         long missing = 0;
         foreach (var f in files)
         {
             if (f.Size is not { } size) continue;
-            string target = Path.Combine(snapshot, f.Path);
-            if (IsWhole(target, size)) continue;
-            string partial = target + ".incomplete";
+            string blob = BlobPath(repository, snapshot, f);
+            if (IsWhole(Path.Combine(snapshot, f.Path), size) || IsWhole(blob, size)) continue;
+            string partial = blob + ".incomplete";
             missing += size - (File.Exists(partial) ? Math.Min(size, new FileInfo(partial).Length) : 0);
         }
         long free;
@@ -342,22 +406,60 @@ public sealed partial class HubDownloader
     internal static bool IsDiskFull(IOException e) =>
         (e.HResult & 0xFFFF) is 28 or 112 /* ENOSPC; ERROR_DISK_FULL */ || e.Message.Contains("No space left", StringComparison.OrdinalIgnoreCase);
 
+    /// <summary>True when the file (or the file a snapshot link points to) is there with the expected size.</summary>
     private static bool IsWhole(string path, long? size) =>
-        File.Exists(path) && (size is null || new FileInfo(path).Length == size);
+        ResolvedLength(path) is { } length && (size is null || length == size);
 
-    private string? CachedSnapshot(string repository, string revision)
+    /// <summary>The length of the file, following a symlink; null when there is none or the link is broken.</summary>
+    private static long? ResolvedLength(string path)
     {
-        string reference = Path.Combine(repository, "refs", SafeName(revision));
-        if (!File.Exists(reference)) return null;
-        string snapshot = Path.Combine(repository, "snapshots", SafeName(File.ReadAllText(reference).Trim()));
-        return File.Exists(Path.Combine(snapshot, CompleteMarker)) ? snapshot : null;
+        var info = new FileInfo(path);
+        if (info.LinkTarget is not null)
+            return info.ResolveLinkTarget(returnFinalTarget: true) is FileInfo { Exists: true } target ? target.Length : null;
+        return info.Exists ? info.Length : null;
     }
 
+    /// <summary>
+    /// The snapshot that refs/&lt;revision&gt; names (or the revision itself when it is a cached commit), if it holds a
+    /// model we can load: config.json, a tokenizer, and every weight file (each shard the index names).
+    /// </summary>
+    private static string? CachedSnapshot(string repository, string revision)
+    {
+        string reference = Path.Combine(repository, "refs", SafeName(revision));
+        string commit = File.Exists(reference) ? File.ReadAllText(reference).Trim() : revision;
+        string snapshot = Path.Combine(repository, "snapshots", SafeName(commit));
+        return IsLoadable(snapshot) ? snapshot : null;
+    }
+
+    internal static bool IsLoadable(string snapshot)
+    {
+        if (!Directory.Exists(snapshot) || !IsWhole(Path.Combine(snapshot, "config.json"), null)) return false;
+        if (!IsWhole(Path.Combine(snapshot, "tokenizer.json"), null) && !IsWhole(Path.Combine(snapshot, "qwen.tiktoken"), null)) return false;
+        string index = Path.Combine(snapshot, "model.safetensors.index.json");
+        if (!IsWhole(index, null))
+            return IsWhole(Path.Combine(snapshot, "model.safetensors"), null);
+        try
+        {
+            using var json = JsonDocument.Parse(File.ReadAllText(index));
+            return json.RootElement.TryGetProperty("weight_map", out var map) && map.ValueKind == JsonValueKind.Object &&
+                   map.EnumerateObject().Select(p => p.Value.GetString()).Distinct()
+                       .All(shard => shard is not null && !shard.Contains('/') && IsWhole(Path.Combine(snapshot, shard), null));
+        }
+        catch (JsonException)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>refs/&lt;revision&gt; holds the commit, without a newline; a revision that is the commit itself gets no ref.</summary>
     private static async Task WriteRefAsync(string repository, string revision, string commit)
     {
+        if (revision == commit) return;
         string refs = Path.Combine(repository, "refs");
+        string reference = Path.Combine(refs, SafeName(revision));
+        if (File.Exists(reference) && File.ReadAllText(reference) == commit) return;
         Directory.CreateDirectory(refs);
-        await File.WriteAllTextAsync(Path.Combine(refs, SafeName(revision)), commit).ConfigureAwait(false);
+        await File.WriteAllTextAsync(reference, commit).ConfigureAwait(false);
     }
 
     private static string ValidateModelId(string modelId)
@@ -381,6 +483,10 @@ public sealed partial class HubDownloader
 
     [GeneratedRegex(@"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")]
     private static partial Regex ModelIdPattern();
+
+    /// <summary>A git blob id or an LFS sha256: safe as a file name.</summary>
+    [GeneratedRegex("^[0-9a-f]{40}([0-9a-f]{24})?$")]
+    private static partial Regex EtagPattern();
 
     /// <summary>Keeps totals across files and reports at most every ProgressInterval (and at each file's end).</summary>
     private sealed class ProgressTracker

@@ -8,14 +8,20 @@ public sealed record HubOptions
     /// <summary>HF_ENDPOINT, else https://huggingface.co (a mirror such as https://hf-mirror.com also works).</summary>
     public string Endpoint { get; init; } = Environment.GetEnvironmentVariable("HF_ENDPOINT") is { Length: > 0 } e ? e : DefaultEndpoint;
 
-    /// <summary>HF_TOKEN, sent as a Bearer token; needed for gated models (Llama) after accepting their licence.</summary>
-    public string? Token { get; init; } = Environment.GetEnvironmentVariable("HF_TOKEN") is { Length: > 0 } t ? t : null;
+    /// <summary>
+    /// Sent as a Bearer token; needed for gated models (Llama) after accepting their licence. As huggingface_hub finds it:
+    /// HF_TOKEN (or the older HUGGING_FACE_HUB_TOKEN), else the file <c>hf auth login</c> saved (<see cref="HubPaths.TokenFile"/>).
+    /// </summary>
+    public string? Token { get; init; } = HubPaths.FindToken();
 
-    /// <summary>Models live in &lt;CacheFolder&gt;/models--Org--Name/snapshots/&lt;commit&gt;/ and are reused across runs.</summary>
-    public string CacheFolder { get; init; } = DefaultCacheFolder();
+    /// <summary>
+    /// The Hugging Face cache shared with Python (<see cref="HubPaths.CacheFolder"/>): a model downloaded by either
+    /// is found by the other. Layout: models--Org--Name/{blobs,snapshots/&lt;commit&gt;,refs/&lt;revision&gt;}.
+    /// </summary>
+    public string CacheFolder { get; init; } = HubPaths.CacheFolder();
 
-    /// <summary>HF_HUB_OFFLINE=1: never touch the network, use only complete cached snapshots.</summary>
-    public bool Offline { get; init; } = Environment.GetEnvironmentVariable("HF_HUB_OFFLINE") is "1" or "true" or "TRUE" or "yes";
+    /// <summary>HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) = 1/ON/YES/TRUE: never touch the network, use only cached snapshots.</summary>
+    public bool Offline { get; init; } = HubPaths.IsTrue("HF_HUB_OFFLINE") || HubPaths.IsTrue("TRANSFORMERS_OFFLINE");
 
     /// <summary>Times a file download is resumed after a dropped connection before giving up.</summary>
     public int Retries { get; init; } = 3;
@@ -25,15 +31,14 @@ public sealed record HubOptions
 
     /// <summary>Shortest time between two progress reports of one file.</summary>
     public TimeSpan ProgressInterval { get; init; } = TimeSpan.FromMilliseconds(250);
-
-    public static string DefaultCacheFolder() =>
-        Environment.GetEnvironmentVariable("FINETUNE_HUB_CACHE") is { Length: > 0 } folder
-            ? folder
-            : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.LocalApplicationData, Environment.SpecialFolderOption.Create), "FineTune", "hub");
 }
 
-/// <summary>One file of a model repository as the Hub lists it; Size is null when the listing does not say.</summary>
-public sealed record HubFile(string Path, long? Size);
+/// <summary>
+/// One file of a model repository as the Hub lists it; Size is null when the listing does not say. Etag names the
+/// file's blob in the cache as huggingface_hub names it (the Hub's ETag): the sha256 of an LFS file, else its git
+/// blob id; null when the listing does not say (a mirror without blob ids), and the file is then kept in the snapshot.
+/// </summary>
+public sealed record HubFile(string Path, long? Size, string? Etag = null);
 
 /// <summary>
 /// Download progress. Bytes/TotalBytes count the whole model (TotalBytes null while a size is unknown);

@@ -118,9 +118,9 @@ public sealed class FineTunePipeline(ILoggerFactory? loggers = null)
 
         if (main && job.OutputFolder is not null)
         {
-            var info = new AdapterRunInfo(baseModelName, split.Train.Count, split.Validation.Count, job.Lora, options,
-                job.MaxSeqLength, job.FourBit, job.TemplateName, result, DateTimeOffset.UtcNow);
-            AdapterExport.WriteFolder(job.OutputFolder, model.Trainable.NamedLinears(), job.ModelFolder, info);
+            var info = new AdapterRunInfo(job, baseModelName, split.Train.Count, split.Validation.Count, options, model.ComputeDType,
+                model.Trainable.GradientCheckpointing, result, DateTimeOffset.UtcNow);
+            AdapterExport.WriteFolder(job.OutputFolder, model.Trainable.NamedLinears(), info);
         }
         if (main && job.MergedFolder is not null)
             AdapterExport.WriteMerged(job.MergedFolder, model.Model, model.Trainable.NamedLinears(), job.ModelFolder);

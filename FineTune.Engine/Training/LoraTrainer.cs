@@ -121,23 +121,31 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
                 if (skipped) _logger.LogWarning("Step {Step}: fp16 gradients overflowed; the step was skipped and the loss scale lowered to {Scale}", step + 1, scaler!.Scale);
                 lossSinceLog += loss;
                 stepsSinceLog++;
-                if ((step + 1) % options.LoggingSteps == 0 || last || evalLoss is not null)
-                {
-                    var elapsed = clock.Elapsed;
-                    int done = step + 1 - startStep;
-                    var eta = TimeSpan.FromSeconds(elapsed.TotalSeconds / Math.Max(1, done) * (totalSteps - step - 1));
-                    progress?.Report(new TrainingProgress(step + 1, totalSteps, epochReached, lossSinceLog / stepsSinceLog, loggedLr, gradNorm,
-                        tokensSeen / Math.Max(1e-9, elapsed.TotalSeconds), elapsed, eta,
-                        device.type == DeviceType.CUDA ? GpuMemory.UsedBytes() : null, evalLoss));
-                    lossSinceLog = 0;
-                    stepsSinceLog = 0;
-                }
 
+                string? savedCheckpoint = null;
                 if (checkpointsFolder is not null && options.SaveSteps > 0 && ((step + 1) % options.SaveSteps == 0 || last))
                 {
                     var state = new CheckpointState(step + 1, totalSteps, options.Seed, data.Train.Count, options.BatchSize,
                         options.GradientAccumulationSteps, options.Epochs, history, scaler?.Scale);
-                    lastCheckpoint = Checkpoints.Save(checkpointsFolder, model, optimizer, settings, baseModelName, state, options.SaveTotalLimit);
+                    savedCheckpoint = lastCheckpoint = Checkpoints.Save(checkpointsFolder, model, optimizer, settings, baseModelName, state, options.SaveTotalLimit);
+                }
+                // Reported after the save, so a checkpoint path in a report names a folder that is already complete.
+                bool logged = (step + 1) % options.LoggingSteps == 0 || last || evalLoss is not null;
+                if (logged || savedCheckpoint is not null)
+                {
+                    var elapsed = clock.Elapsed;
+                    int done = step + 1 - startStep;
+                    var eta = TimeSpan.FromSeconds(elapsed.TotalSeconds / Math.Max(1, done) * (totalSteps - step - 1));
+                    long? gpuMemory = device.type == DeviceType.CUDA ? GpuMemory.UsedBytes() : null;
+                    progress?.Report(logged
+                        ? new TrainingProgress(step + 1, totalSteps, epochReached, lossSinceLog / stepsSinceLog, evalLoss, loggedLr, gradNorm,
+                            tokensSeen / Math.Max(1e-9, elapsed.TotalSeconds), elapsed, eta, gpuMemory, savedCheckpoint)
+                        : new TrainingProgress(step + 1, totalSteps, epochReached, Elapsed: elapsed, Eta: eta, GpuMemoryBytes: gpuMemory, CheckpointPath: savedCheckpoint));
+                    if (logged)
+                    {
+                        lossSinceLog = 0;
+                        stepsSinceLog = 0;
+                    }
                 }
                 if (options.StopAfterSteps > 0 && step + 1 - startStep >= options.StopAfterSteps && !last)
                     return Result(history, totalSteps, completed: false, lastCheckpoint);

@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
 using Microsoft.AspNetCore.Builder;
@@ -12,8 +13,9 @@ using Microsoft.Extensions.Logging;
 namespace FineTune.Tests.Hub;
 
 /// <summary>
-/// A Hugging Face Hub stand-in on 127.0.0.1 (Kestrel): the revision API with sizes and resolve URLs with
-/// Range support, plus switches to demand a token, drop connections mid-file, and record every request.
+/// A Hugging Face Hub stand-in on 127.0.0.1 (Kestrel): the revision API with sizes and blob ids as the Hub gives them
+/// with ?blobs=true (git blob id; LFS sha256 and size for *.safetensors) and resolve URLs with Range support and the
+/// Hub's X-Repo-Commit/ETag headers, plus switches to demand a token, drop connections mid-file, and record every request.
 /// </summary>
 internal sealed class FakeHub : IAsyncDisposable
 {
@@ -33,6 +35,8 @@ internal sealed class FakeHub : IAsyncDisposable
     /// <summary>When set, a download of <see cref="HoldFile"/> sends its first half, then waits for this task (a slow link).</summary>
     public Task? Hold { get; set; }
     public string? HoldFile { get; set; }
+    /// <summary>Lists files without blobId/lfs, as a mirror that does not serve them might.</summary>
+    public bool WithoutBlobIds { get; set; }
     public string Endpoint { get; private set; } = "";
 
     private FakeHub(WebApplication app) => _app = app;
@@ -72,13 +76,41 @@ internal sealed class FakeHub : IAsyncDisposable
         {
             id = ModelId,
             sha = Commit,
-            siblings = Files.Select(f => new { rfilename = f.Key, size = (long)f.Value.Length })
-                .Concat(ListedOnly.Select(f => new { rfilename = f.Key, size = f.Value }))
-                .Append(new { rfilename = "original/consolidated.pth", size = 10L })
-                .Append(new { rfilename = "pytorch_model.bin", size = 10L }),
+            siblings = Files.Select(f => Sibling(f.Key, f.Value))
+                .Concat(ListedOnly.Select(f => new Dictionary<string, object> { ["rfilename"] = f.Key, ["size"] = f.Value }))
+                .Append(new Dictionary<string, object> { ["rfilename"] = "original/consolidated.pth", ["size"] = 10L })
+                .Append(new Dictionary<string, object> { ["rfilename"] = "pytorch_model.bin", ["size"] = 10L }),
         };
         context.Response.ContentType = "application/json";
         await context.Response.WriteAsync(JsonSerializer.Serialize(body));
+    }
+
+    /// <summary>The Hub stores *.safetensors in LFS: its ETag is then the sha256, else the git blob id.</summary>
+    public static bool IsLfs(string file) => file.EndsWith(".safetensors", StringComparison.Ordinal);
+
+    /// <summary>git's object id of a blob: sha1("blob &lt;size&gt;\0" + contents).</summary>
+    public static string GitBlobId(byte[] bytes) =>
+        Convert.ToHexStringLower(SHA1.HashData([.. Encoding.ASCII.GetBytes($"blob {bytes.Length}\0"), .. bytes]));
+
+    /// <summary>The name huggingface_hub gives the file's blob in the cache.</summary>
+    public static string Etag(string file, byte[] bytes) => IsLfs(file) ? Convert.ToHexStringLower(SHA256.HashData(bytes)) : GitBlobId(bytes);
+
+    private Dictionary<string, object> Sibling(string file, byte[] bytes)
+    {
+        var sibling = new Dictionary<string, object> { ["rfilename"] = file, ["size"] = (long)bytes.Length };
+        if (WithoutBlobIds) return sibling;
+        if (IsLfs(file))
+        {
+            // blobId is the git id of the LFS pointer file; the real file is described under lfs.
+            byte[] pointer = Encoding.ASCII.GetBytes($"version https://git-lfs.github.com/spec/v1\noid sha256:{Etag(file, bytes)}\nsize {bytes.Length}\n");
+            sibling["blobId"] = GitBlobId(pointer);
+            sibling["lfs"] = new { sha256 = Etag(file, bytes), size = (long)bytes.Length, pointerSize = pointer.Length };
+        }
+        else
+        {
+            sibling["blobId"] = GitBlobId(bytes);
+        }
+        return sibling;
     }
 
     private async Task Resolve(HttpContext context, string org, string name, string revision, string file)
@@ -91,6 +123,8 @@ internal sealed class FakeHub : IAsyncDisposable
             context.Response.Headers["X-Error-Code"] = "EntryNotFound";
             return;
         }
+        context.Response.Headers["X-Repo-Commit"] = Commit;
+        context.Response.Headers.ETag = $"\"{Etag(file, bytes)}\"";
         long start = 0;
         string? range = context.Request.Headers.Range;
         if (range is not null && range.StartsWith("bytes=", StringComparison.Ordinal) && range.EndsWith('-'))

@@ -84,7 +84,9 @@ public sealed class HubDownloaderTests : IDisposable
 
         var broken = await Assert.ThrowsAsync<HubOfflineException>(() => Downloader(hub, retries: 0).DownloadAsync(hub.ModelId));
         Assert.Contains("model.safetensors", broken.Message);
-        string partial = Path.Combine(_cache, "models--tiny-org--tiny-model", "snapshots", hub.Commit, "model.safetensors.incomplete");
+        // As huggingface_hub keeps it: the blob being written, named by the file's sha256, with ".incomplete".
+        string partial = Path.Combine(_cache, "models--tiny-org--tiny-model", "blobs",
+            FakeHub.Etag("model.safetensors", hub.Files["model.safetensors"]) + ".incomplete");
         long kept = new FileInfo(partial).Length;
         Assert.InRange(kept, 1, 120_000);
 
@@ -108,10 +110,18 @@ public sealed class HubDownloaderTests : IDisposable
             Assert.Equal(folder, await Downloader(hub).DownloadAsync(hub.ModelId, progress));
             Assert.Equal(fetches, hub.CountRequests("/resolve/"));
 
-            // A file lost from the cache is fetched again, and only that one.
+            // A snapshot entry lost while its blob is there is linked again, without a fetch.
             File.Delete(Path.Combine(folder, "config.json"));
             await Downloader(hub).DownloadAsync(hub.ModelId);
+            Assert.Equal(fetches, hub.CountRequests("/resolve/"));
+            Assert.Equal(hub.Files["config.json"], File.ReadAllBytes(Path.Combine(folder, "config.json")));
+
+            // A file lost from the cache (entry and contents) is fetched again, and only that one.
+            File.Delete(Path.Combine(folder, "config.json"));
+            File.Delete(Path.Combine(_cache, "models--tiny-org--tiny-model", "blobs", FakeHub.Etag("config.json", hub.Files["config.json"])));
+            await Downloader(hub).DownloadAsync(hub.ModelId);
             Assert.Equal(fetches + 1, hub.CountRequests("/resolve/"));
+            Assert.Equal(hub.Files["config.json"], File.ReadAllBytes(Path.Combine(folder, "config.json")));
         }
 
         // The hub is gone now: the complete snapshot is used without the network.

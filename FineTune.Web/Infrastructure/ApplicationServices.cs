@@ -32,6 +32,7 @@ public static class ApplicationServices
         builder.Services.Configure<Microsoft.Extensions.WebEncoders.WebEncoderOptions>(o =>
             o.TextEncoderSettings = new System.Text.Encodings.Web.TextEncoderSettings(System.Text.Unicode.UnicodeRanges.All));
         builder.Services.AddAccessGate();
+        builder.Services.AddDataProtectionKeysInDataFolder();
 
         // Uploads: the configured limit, also for plain HTTP forms (Blazor's file upload streams through the circuit).
         long maxUpload = builder.Configuration.GetSection(FineTuneOptions.Section).Get<FineTuneOptions>()?.MaxUploadBytes ?? new FineTuneOptions().MaxUploadBytes;
@@ -41,11 +42,14 @@ public static class ApplicationServices
         builder.Services.AddSingleton(provider =>
             ComputeBackend.Initialize(provider.GetRequiredService<ILoggerFactory>().CreateLogger("FineTune.Backend")));
         builder.Services.AddHostedService<BackendStartup>();
+        builder.Services.AddAppHealthChecks();
 
         builder.Services.AddSingleton<DataPaths>();
         builder.Services.AddSingleton<ExcelTableReader>();
         builder.Services.AddSingleton<DataImporter>();
-        builder.Services.AddSingleton<LocalModelFolders>();
+        // Roots apply only when the app is reachable from other machines (token mode); on localhost any folder opens.
+        builder.Services.AddSingleton(provider => new LocalModelFolders(provider.GetRequiredService<DataPaths>(),
+            () => provider.GetRequiredService<ListeningAddresses>().IsExposed));
         builder.Services.AddScoped<WizardState>();
 
         // Run history (SQLite in the data folder) and the one-at-a-time training queue.
@@ -68,6 +72,8 @@ public static class ApplicationServices
         builder.Services.TryAddSingleton<ITrainingRunner, EngineTrainingRunner>();
         builder.Services.TryAddSingleton<IChatGenerator, EngineChatGenerator>();
         builder.Services.TryAddSingleton<IModelMerger, EngineModelMerger>();
+        builder.Services.AddSingleton<GgufDownloads>();
+        builder.Services.TryAddSingleton<IGgufExporter, EngineGgufExporter>();
         return builder;
     }
 }

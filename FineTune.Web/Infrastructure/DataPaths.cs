@@ -22,6 +22,8 @@ public sealed class DataPaths
     public string Database => Path.Combine(Root, "finetune.db");
     public string Runs => Path.Combine(Root, "runs");
     public string Models => Path.Combine(Root, "models");
+    /// <summary>ASP.NET data-protection keys (sign-in cookies survive a restart or a recreated container).</summary>
+    public string Keys => Path.Combine(Root, "keys");
     public IReadOnlyList<string> ModelRoots { get; }
 
     public string RunDirectory(int runId) => Path.Combine(Runs, runId.ToString(System.Globalization.CultureInfo.InvariantCulture));

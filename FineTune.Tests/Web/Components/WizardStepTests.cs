@@ -11,6 +11,7 @@ using FineTune.Web.Features.Data;
 using FineTune.Web.Features.Runs;
 using FineTune.Web.Features.Settings;
 using Microsoft.AspNetCore.Components.Forms;
+using FineTune.Engine.Training;
 
 namespace FineTune.Tests.Web.Components;
 
@@ -24,7 +25,9 @@ public sealed class ModelStepTests : ComponentTestContext
         Assert.Contains("0.49 B（十億）參數", memory);
         Assert.Contains("16 位元（LoRA）", memory);
         Assert.Contains("4 位元 NF4（QLoRA）", memory);
-        Assert.Equal("CPU: 2 threads", cut.Find("[data-testid=model-device]").TextContent);
+        // The engine's English description ("CPU: 2 threads") stays behind the details toggle on a zh-TW page.
+        Assert.Equal($"CPU，{Environment.ProcessorCount} 執行緒（沒有可用的 GPU）", cut.Find("[data-testid=model-device]").TextContent);
+        Assert.Empty(cut.FindAll("[data-testid=model-device-details]"));
     }
 
     [Fact]
@@ -33,7 +36,7 @@ public sealed class ModelStepTests : ComponentTestContext
         State.Settings.Source = ModelSource.Local;
         State.Settings.Model = "/etc";
         var cut = Render<ModelStep>();
-        Assert.Contains("不在允許的模型位置內", cut.Find("[data-testid=model-local-problem]").TextContent);
+        Assert.Contains("只能開啟位於", cut.Find("[data-testid=model-local-problem]").TextContent);
         Assert.True(cut.Find("[data-testid=model-next]").HasAttribute("disabled"));
 
         cut.Find("input[data-testid=model-local]").Change(TestFiles.Fixture("models/qwen2"));
@@ -56,6 +59,47 @@ public sealed class DataStepTests : ComponentTestContext
         Assert.Contains("沒有發現問題", cut.Find("[data-testid=data-report]").TextContent);
         Assert.Equal(5, State.Dataset!.FinalRows.Count);
         Assert.NotNull(State.OriginalFile);
+        // MudBlazor's own pager text ("1-5 of 5") in the page's language.
+        string pager = cut.Find(".mud-table-pagination").TextContent;
+        Assert.Contains("第 1–5 列，共 5 列", pager);
+        Assert.DoesNotContain(" of ", pager);
+    }
+
+    [Fact]
+    public void A_gbk_csv_shows_the_detected_encoding_and_another_can_be_chosen()
+    {
+        System.Text.Encoding.RegisterProvider(System.Text.CodePagesEncodingProvider.Instance);
+        byte[] gbk = System.Text.Encoding.GetEncoding(936).GetBytes("问题,回答\r\n可以退货吗？,购买后7天内可申请退货。\r\n运送需要多久？,一般3-5个工作天。\r\n");
+        var cut = Render<DataStep>();
+        cut.FindComponent<InputFile>().UploadFiles(InputFileContent.CreateFromBinary(gbk, "zh-cn.csv"));
+
+        cut.WaitForAssertion(() => Assert.Contains("2 列中有 2 列", cut.Find("[data-testid=data-usable]").TextContent));
+        Assert.Contains("可以退货吗？", cut.Find("[data-testid=data-preview]").TextContent);
+        var encoding = cut.FindComponent<MudBlazor.MudSelect<TextEncoding>>();
+        Assert.Equal(TextEncoding.Gb18030, State.File!.Encoding);
+
+        // The user's choice reads the file again: the preview and the header guess follow.
+        cut.InvokeAsync(() => encoding.Instance.ValueChanged.InvokeAsync(TextEncoding.Big5));
+        cut.WaitForAssertion(() => Assert.Equal(TextEncoding.Big5, State.File!.Encoding));
+        Assert.DoesNotContain("可以退货吗？", cut.Find("[data-testid=data-preview]").TextContent);
+        cut.InvokeAsync(() => cut.FindComponent<MudBlazor.MudSelect<TextEncoding>>().Instance.ValueChanged.InvokeAsync(TextEncoding.Gb18030));
+        cut.WaitForAssertion(() => Assert.Contains("可以退货吗？", cut.Find("[data-testid=data-preview]").TextContent));
+        Assert.Equal(0, State.Dataset!.Import.Mapping.HeaderRowIndex);
+    }
+
+    [Fact]
+    public void A_jsonl_file_with_a_broken_line_imports_the_rest_and_names_the_line()
+    {
+        string jsonl = "{\"instruction\":\"q1\",\"output\":\"a1\"}\n{\"instruction\":\"q2\",\"output\":\"a2\"}\n{\"instruction\":\"q3\",\"output\":\"a3\",}\n{\"instruction\":\"q4\",\"output\":\"a4\"}\n";
+        var cut = Render<DataStep>();
+        cut.FindComponent<InputFile>().UploadFiles(InputFileContent.CreateFromText(jsonl, "d.jsonl"));
+
+        cut.WaitForAssertion(() => Assert.Contains("3 列中有 3 列", cut.Find("[data-testid=data-usable]").TextContent));
+        string report = cut.Find("[data-testid=data-report]").TextContent;
+        Assert.Contains("1 行不是有效的 JSON（已略過）", report);
+        Assert.Contains("第 3 行", report);
+        Assert.DoesNotContain("LineNumber", report);
+        Assert.Empty(cut.FindAll("[data-testid=data-error]"));
     }
 
     [Fact]
@@ -150,6 +194,29 @@ public sealed class SettingsStepTests : ComponentTestContext
     }
 }
 
+public sealed class SettingsStepEnglishTests : ComponentTestContext
+{
+    public SettingsStepEnglishTests() =>
+        System.Globalization.CultureInfo.CurrentCulture = System.Globalization.CultureInfo.CurrentUICulture = new System.Globalization.CultureInfo("en");
+
+    [Fact]
+    public void Counts_read_right_in_english_and_a_warning_is_separated_from_its_fix()
+    {
+        var file = Importer.Parse(File.ReadAllBytes(TestFiles.Fixture("samples/tutorial-qa.xlsx")), "tutorial-qa.xlsx");
+        State.File = file;
+        State.Dataset = new DatasetDraft(Importer.Build(file, new ImportSettings()));
+        var cut = Render<SettingsStep>();
+
+        string summary = cut.Find("[data-testid=summary-steps]").TextContent;
+        Assert.Contains("warm-up steps: 1", summary);
+        Assert.DoesNotContain("1 warm-up steps", summary);
+        string fewRows = cut.Find("[data-testid=settings-warning][data-code=FewRows]").TextContent;
+        Assert.Contains("memorize them. ", fewRows);
+        string fix = cut.Find("[data-testid=settings-warning][data-code=LoggingAfterEnd] button").TextContent;
+        Assert.Equal("Set the logging interval to 1", fix.Trim());
+    }
+}
+
 public sealed class TrainStepTests : ComponentTestContext
 {
     [Fact]
@@ -162,10 +229,12 @@ public sealed class TrainStepTests : ComponentTestContext
         cut.WaitForAssertion(() => Assert.Equal("1", cut.Find("[data-testid=loss-chart]").GetAttribute("data-points")));
         Assert.Contains("訓練中", cut.Find("[data-testid=train-status]").TextContent);
 
-        await Runs.Notifier.PublishAsync(new RunProgressEvent(run.Id, new TrainingProgress(2, 6, 1, Loss: 1.75, EvalLoss: 1.9, LearningRate: 2e-4, TokensPerSecond: 120, Elapsed: TimeSpan.FromSeconds(30), Eta: TimeSpan.FromSeconds(90))));
+        await Runs.Notifier.PublishAsync(new RunProgressEvent(run.Id, new TrainingProgress(2, 6, 1, Loss: 1.75, EvalLoss: 1.9, LearningRate: 2e-4, GradNorm: 0.8125, TokensPerSecond: 120, Elapsed: TimeSpan.FromSeconds(30), Eta: TimeSpan.FromSeconds(90))));
         cut.WaitForAssertion(() => Assert.Equal("3", cut.Find("[data-testid=loss-chart]").GetAttribute("data-points")));
         Assert.Equal("2 / 6", cut.Find("[data-testid=train-step]").TextContent);
         Assert.Equal("1.7500", cut.Find("[data-testid=train-loss]").TextContent);
+        Assert.Equal("0.8125", cut.Find("[data-testid=train-grad-norm]").TextContent);
+        Assert.Equal("2E-4", cut.Find("[data-testid=train-lr]").TextContent);
         Assert.Contains("1 分 30 秒", cut.Find("[data-testid=train-stats]").TextContent);
 
         await Runs.Store.SetStatusAsync(run.Id, RunStatus.Failed, "CUDA out of memory");
@@ -179,6 +248,46 @@ public sealed class TrainStepTests : ComponentTestContext
         int before = Runs.Notifier.SubscriberCount;
         await DisposeComponentsAsync();
         Assert.Equal(before - 1, Runs.Notifier.SubscriberCount);
+    }
+}
+
+public sealed class TrainStepNextActionTests : ComponentTestContext
+{
+    [Fact]
+    public async Task A_finished_run_offers_test_and_download_and_shows_no_remaining_time()
+    {
+        var run = await Runs.Store.CreateAsync(new TrainingSettings(), RunStoreTests.Rows, "d.csv", null);
+        await Runs.Store.SetStatusAsync(run.Id, RunStatus.Completed);
+        int tests = 0, downloads = 0;
+        var cut = Render<TrainStep>(p => p.Add(c => c.RunId, run.Id).Add(c => c.OnTest, () => tests++).Add(c => c.OnDownload, () => downloads++));
+
+        cut.WaitForAssertion(() => Assert.Contains("訓練完成", cut.Find("[data-testid=train-done]").TextContent));
+        Assert.Equal("—", cut.Find("[data-testid=train-eta]").TextContent);
+        await cut.Find("[data-testid=next-test]").ClickAsync(new());
+        await cut.Find("[data-testid=next-download]").ClickAsync(new());
+        Assert.Equal((1, 1), (tests, downloads));
+        Assert.Empty(cut.FindAll("[data-testid=train-cancel]"));
+    }
+
+    [Fact]
+    public async Task Cancel_asks_first_and_a_cancelled_run_shows_no_remaining_time()
+    {
+        var run = await Runs.Store.CreateAsync(new TrainingSettings(), RunStoreTests.Rows, "d.csv", null);
+        await Queue.EnqueueAsync(run.Id); // waiting: the queue's worker is not started in these tests
+        var cut = Render<TrainStep>(p => p.Add(c => c.RunId, run.Id));
+        await Runs.Notifier.PublishAsync(new RunProgressEvent(run.Id, new TrainingProgress(1, 6, 0.5, Loss: 2.0, Eta: TimeSpan.FromSeconds(90))));
+        cut.WaitForAssertion(() => Assert.Contains("1 分 30 秒", cut.Find("[data-testid=train-eta]").TextContent));
+
+        cut.Find("[data-testid=train-cancel]").Click();
+        Assert.Contains("要停止訓練嗎", cut.Find("[data-testid=train-cancel-confirm]").TextContent);
+        cut.Find("[data-testid=train-cancel-no]").Click();
+        Assert.Empty(cut.FindAll("[data-testid=train-cancel-confirm]"));
+        Assert.True((await Runs.Store.GetAsync(run.Id))!.IsActive);
+
+        cut.Find("[data-testid=train-cancel]").Click();
+        await cut.Find("[data-testid=train-cancel-yes]").ClickAsync(new());
+        cut.WaitForAssertion(() => Assert.Equal(nameof(RunStatus.Cancelled), cut.Find("[data-testid=train-status]").GetAttribute("data-status")), TimeSpan.FromSeconds(30));
+        Assert.Equal("—", cut.Find("[data-testid=train-eta]").TextContent);
     }
 }
 

@@ -4,6 +4,7 @@ using FineTune.Tests.Web.Support;
 using FineTune.Web.Features.Models;
 using FineTune.Web.Features.Settings;
 using FineTune.Web.Infrastructure;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace FineTune.Tests.Web.Features.Models;
 
@@ -130,5 +131,27 @@ public sealed class LocalModelFoldersTests : IDisposable
         Assert.Equal(LocalFolderProblem.Empty, folders.Check("  ").Problem);
         Assert.Contains(Path.Combine(models, "tiny"), folders.List());
         Assert.DoesNotContain(Path.Combine(models, "empty"), folders.List());
+    }
+
+    [Fact]
+    public void Roots_apply_only_when_enforced()
+    {
+        MakeModel(Path.Combine(_outside, "mine"));
+        var paths = new DataPaths(Path.Combine(_root, "data"));
+
+        Assert.Equal(LocalFolderProblem.None, new LocalModelFolders(paths, () => false).Check(Path.Combine(_outside, "mine")).Problem);
+        Assert.Equal(LocalFolderProblem.OutsideRoots, new LocalModelFolders(paths, () => true).Check(Path.Combine(_outside, "mine")).Problem);
+    }
+
+    [Fact]
+    public void The_web_app_on_localhost_opens_any_readable_model_folder_and_behind_a_token_only_the_roots()
+    {
+        MakeModel(Path.Combine(_outside, "mine"));
+
+        using (var local = new WebAppHost())
+            Assert.Equal(LocalFolderProblem.None, local.Services.GetRequiredService<LocalModelFolders>().Check(Path.Combine(_outside, "mine")).Problem);
+
+        using var exposed = new WebAppHost(settings: new Dictionary<string, string?> { ["FineTune:AccessToken"] = "open-sesame-42" }, urls: "http://0.0.0.0:0");
+        Assert.Equal(LocalFolderProblem.OutsideRoots, exposed.Services.GetRequiredService<LocalModelFolders>().Check(Path.Combine(_outside, "mine")).Problem);
     }
 }

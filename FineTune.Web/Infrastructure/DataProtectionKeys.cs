@@ -1,0 +1,23 @@
+using Microsoft.AspNetCore.DataProtection;
+using Microsoft.AspNetCore.DataProtection.KeyManagement;
+using Microsoft.AspNetCore.DataProtection.Repositories;
+using Microsoft.Extensions.Options;
+
+namespace FineTune.Web.Infrastructure;
+
+/// <summary>
+/// The keys that sign the sign-in cookie and Blazor's circuit state live in the data folder (<see cref="DataPaths.Keys"/>),
+/// beside the data they guard: a recreated container with the same /data volume keeps its users signed in, where
+/// ASP.NET's default (~/.aspnet/DataProtection-Keys, inside the container) lost them on every recreate.
+/// </summary>
+public static class DataProtectionKeys
+{
+    public static IServiceCollection AddDataProtectionKeysInDataFolder(this IServiceCollection services)
+    {
+        services.AddDataProtection().SetApplicationName("FineTune");
+        services.AddSingleton<IConfigureOptions<KeyManagementOptions>>(provider => new ConfigureOptions<KeyManagementOptions>(options =>
+            options.XmlRepository = new FileSystemXmlRepository(
+                Directory.CreateDirectory(provider.GetRequiredService<DataPaths>().Keys), provider.GetRequiredService<ILoggerFactory>())));
+        return services;
+    }
+}
