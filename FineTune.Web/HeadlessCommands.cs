@@ -2,7 +2,7 @@ namespace FineTune.Web;
 
 /// <summary>
 /// Commands that run without the web server, for automation and containers:
-/// `generate` and `train` (see README) and `healthcheck URL` (Docker HEALTHCHECK; the runtime image has no curl).
+/// `generate`, `train` and `export-gguf` (see README) and `healthcheck URL` (Docker HEALTHCHECK; the runtime image has no curl).
 /// </summary>
 public static class HeadlessCommands
 {
@@ -25,6 +25,9 @@ public static class HeadlessCommands
             case Headless.GenerateCommand.Name: exitCode = Headless.GenerateCommand.Run(args[1..]); return true;
             case "train":
                 exitCode = Headless.TrainCommand.Run(args, Console.Out, Console.Error, Headless.CancelOnCtrlC.Token);
+                return true;
+            case Headless.ExportGgufCommand.Name:
+                exitCode = Headless.ExportGgufCommand.RunAsync(args[1..], Console.Out, Console.Error, Headless.CancelOnCtrlC.Token).GetAwaiter().GetResult();
                 return true;
             case "healthcheck":
                 exitCode = HealthCheck(args.Length > 1 ? args[1] : "http://127.0.0.1:8080/healthz");

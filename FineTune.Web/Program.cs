@@ -23,7 +23,7 @@ app.UseAccessGate();
 app.UseAntiforgery();
 
 app.MapStaticAssets();
-app.MapHealthEndpoint();
+app.MapHealthChecks();
 app.MapCultureEndpoint();
 app.MapDownloadEndpoints();
 app.MapHub<TrainingHub>(TrainingHub.Path);

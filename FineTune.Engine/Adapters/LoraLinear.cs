@@ -194,9 +194,15 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
     public Tensor DeltaWeight()
     {
         if (lora_A is null || lora_B is null) throw new InvalidOperationException("This layer has no LoRA adapter.");
+        return DeltaWeight(lora_A.weight!, lora_B.weight!, Scaling);
+    }
+
+    /// <summary>B·A·scaling in fp32 from lora_A (r, in) and lora_B (out, r): the update of the (out, in) base weight.</summary>
+    public static Tensor DeltaWeight(Tensor loraA, Tensor loraB, double scaling)
+    {
         using var _ = no_grad();
         using var scope = NewDisposeScope();
-        var delta = matmul(lora_B.weight!.to(ScalarType.Float32), lora_A.weight!.to(ScalarType.Float32)) * Scaling; // (out, in)
+        var delta = matmul(loraB.to(ScalarType.Float32), loraA.to(ScalarType.Float32)) * scaling; // (out, in)
         return scope.MoveToOuter(delta);
     }
 

@@ -103,7 +103,7 @@ public static class GenerateCommand
     }
 
     /// <summary>A model folder as it is; anything else is a Hub id, downloaded into (or found in) the Hub cache.</summary>
-    private static async Task<string> ResolveModelFolderAsync(string model, CancellationToken cancellationToken)
+    internal static async Task<string> ResolveModelFolderAsync(string model, CancellationToken cancellationToken)
     {
         if (Directory.Exists(model)) return Path.GetFullPath(model);
         if (model.StartsWith('.') || model.StartsWith('/') || model.Contains('\\') || model.Count(c => c == '/') != 1)
@@ -113,7 +113,7 @@ public static class GenerateCommand
     }
 
     /// <summary>An adapter folder, or a zip (the app's download) extracted to a temporary folder.</summary>
-    private static string AdapterFolder(string adapter, out string? extracted)
+    internal static string AdapterFolder(string adapter, out string? extracted)
     {
         extracted = null;
         if (Directory.Exists(adapter)) return adapter;
@@ -133,21 +133,24 @@ public static class GenerateCommand
         if (template == "chat" && chat is null)
             throw new NotSupportedException("this model has no chat template; use --template tutorial, --raw or a custom --template with {instruction}.");
         // The same PromptTemplate the train command uses, so a question reads exactly as it did in training.
-        var prompt = PromptTemplate.Create(template switch
-        {
-            "chat" => new PromptTemplateSettings(PromptStyle.ModelChatTemplate),
-            "tutorial" => new PromptTemplateSettings(PromptStyle.Tutorial),
-            var custom => new PromptTemplateSettings(PromptStyle.Custom, WithOutputPlaceholder(custom.Replace("\\n", "\n", StringComparison.Ordinal))),
-        }, tokenizer);
+        var prompt = PromptTemplate.Create(TemplateSettings(template), tokenizer);
         return prompt.EncodePrompt(new QaRow(options.Prompt, ""));
     }
+
+    /// <summary>A run's template name as settings.json and --template write it: chat, tutorial or the custom text.</summary>
+    internal static PromptTemplateSettings TemplateSettings(string template) => template switch
+    {
+        "chat" => new PromptTemplateSettings(PromptStyle.ModelChatTemplate),
+        "tutorial" => new PromptTemplateSettings(PromptStyle.Tutorial),
+        var custom => new PromptTemplateSettings(PromptStyle.Custom, WithOutputPlaceholder(custom.Replace("\\n", "\n", StringComparison.Ordinal))),
+    };
 
     /// <summary>At inference a custom template may stop where the answer starts: "Q: {instruction}\nA: ".</summary>
     private static string WithOutputPlaceholder(string template) =>
         template.Contains("{output}", StringComparison.Ordinal) ? template : template + "{output}";
 
     /// <summary>The template an adapter was trained with (settings.json "template"), when it says.</summary>
-    private static string? TrainedTemplate(string? adapter)
+    internal static string? TrainedTemplate(string? adapter)
     {
         string? path = adapter is null ? null : Path.Combine(adapter, "settings.json");
         if (path is null || !File.Exists(path)) return null;

@@ -42,6 +42,7 @@ public static class ApplicationServices
         builder.Services.AddSingleton(provider =>
             ComputeBackend.Initialize(provider.GetRequiredService<ILoggerFactory>().CreateLogger("FineTune.Backend")));
         builder.Services.AddHostedService<BackendStartup>();
+        builder.Services.AddAppHealthChecks();
 
         builder.Services.AddSingleton<DataPaths>();
         builder.Services.AddSingleton<ExcelTableReader>();
@@ -71,6 +72,8 @@ public static class ApplicationServices
         builder.Services.TryAddSingleton<ITrainingRunner, EngineTrainingRunner>();
         builder.Services.TryAddSingleton<IChatGenerator, EngineChatGenerator>();
         builder.Services.TryAddSingleton<IModelMerger, EngineModelMerger>();
+        builder.Services.AddSingleton<GgufDownloads>();
+        builder.Services.TryAddSingleton<IGgufExporter, EngineGgufExporter>();
         return builder;
     }
 }

@@ -11,6 +11,7 @@ using FineTune.Web.Features.Data;
 using FineTune.Web.Features.Runs;
 using FineTune.Web.Features.Settings;
 using Microsoft.AspNetCore.Components.Forms;
+using FineTune.Engine.Training;
 
 namespace FineTune.Tests.Web.Components;
 
@@ -249,10 +250,12 @@ public sealed class TrainStepTests : ComponentTestContext
         cut.WaitForAssertion(() => Assert.Equal("1", cut.Find("[data-testid=loss-chart]").GetAttribute("data-points")));
         Assert.Contains("訓練中", cut.Find("[data-testid=train-status]").TextContent);
 
-        await Runs.Notifier.PublishAsync(new RunProgressEvent(run.Id, new TrainingProgress(2, 6, 1, Loss: 1.75, EvalLoss: 1.9, LearningRate: 2e-4, TokensPerSecond: 120, Elapsed: TimeSpan.FromSeconds(30), Eta: TimeSpan.FromSeconds(90))));
+        await Runs.Notifier.PublishAsync(new RunProgressEvent(run.Id, new TrainingProgress(2, 6, 1, Loss: 1.75, EvalLoss: 1.9, LearningRate: 2e-4, GradNorm: 0.8125, TokensPerSecond: 120, Elapsed: TimeSpan.FromSeconds(30), Eta: TimeSpan.FromSeconds(90))));
         cut.WaitForAssertion(() => Assert.Equal("3", cut.Find("[data-testid=loss-chart]").GetAttribute("data-points")));
         Assert.Equal("2 / 6", cut.Find("[data-testid=train-step]").TextContent);
         Assert.Equal("1.7500", cut.Find("[data-testid=train-loss]").TextContent);
+        Assert.Equal("0.8125", cut.Find("[data-testid=train-grad-norm]").TextContent);
+        Assert.Equal("2E-4", cut.Find("[data-testid=train-lr]").TextContent);
         Assert.Contains("1 分 30 秒", cut.Find("[data-testid=train-stats]").TextContent);
 
         await Runs.Store.SetStatusAsync(run.Id, RunStatus.Failed, "CUDA out of memory");

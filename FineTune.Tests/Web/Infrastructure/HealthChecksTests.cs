@@ -1,0 +1,62 @@
+using System.Net;
+using System.Text.Json;
+using FineTune.Tests.Web.Support;
+
+namespace FineTune.Tests.Web.Infrastructure;
+
+public class HealthChecksTests
+{
+    [Fact]
+    public async Task Healthz_reports_every_check_and_keeps_the_backend_details()
+    {
+        using var app = new WebAppHost();
+
+        var response = await app.Client.GetAsync("/healthz");
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        using var json = JsonDocument.Parse(await response.Content.ReadAsStringAsync());
+        var root = json.RootElement;
+        Assert.Equal("ok", root.GetProperty("status").GetString());
+        // The shape README documents and scripts read: backend.device/description/reason at the top.
+        var backend = root.GetProperty("backend");
+        Assert.Contains(backend.GetProperty("device").GetString(), new[] { "cpu", "cuda" });
+        Assert.False(string.IsNullOrWhiteSpace(backend.GetProperty("reason").GetString()));
+        Assert.False(string.IsNullOrWhiteSpace(backend.GetProperty("description").GetString()));
+        var checks = root.GetProperty("checks");
+        foreach (string name in new[] { "database", "data-folder", "disk", "backend" })
+            Assert.Equal("ok", checks.GetProperty(name).GetProperty("status").GetString());
+        Assert.Contains(app.DataDirectory, checks.GetProperty("data-folder").GetProperty("description").GetString());
+        Assert.True(checks.GetProperty("disk").GetProperty("data").GetProperty("dataFreeBytes").GetInt64() > 0);
+    }
+
+    [Fact]
+    public async Task Healthz_answers_503_and_says_why_when_the_data_folder_is_gone()
+    {
+        using var app = new WebAppHost();
+        Assert.Equal(HttpStatusCode.OK, (await app.Client.GetAsync("/healthz")).StatusCode);
+        try
+        {
+            // The volume went away and something else took its place: nothing can be written or read there.
+            Directory.Delete(app.DataDirectory, recursive: true);
+            File.WriteAllText(app.DataDirectory, "");
+            // Pooled SQLite connections still hold the deleted file open; a new connection is what finds it gone.
+            Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
+
+            var response = await app.Client.GetAsync("/healthz");
+
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, response.StatusCode);
+            using var json = JsonDocument.Parse(await response.Content.ReadAsStringAsync());
+            Assert.Equal("unhealthy", json.RootElement.GetProperty("status").GetString());
+            var checks = json.RootElement.GetProperty("checks");
+            Assert.Equal("unhealthy", checks.GetProperty("data-folder").GetProperty("status").GetString());
+            Assert.Contains("Cannot write to the data folder", checks.GetProperty("data-folder").GetProperty("description").GetString());
+            Assert.Equal("unhealthy", checks.GetProperty("database").GetProperty("status").GetString());
+            Assert.Equal("ok", checks.GetProperty("backend").GetProperty("status").GetString());
+        }
+        finally
+        {
+            File.Delete(app.DataDirectory);
+            Directory.CreateDirectory(app.DataDirectory);
+        }
+    }
+}
