@@ -32,6 +32,8 @@ try
             return PeftParityCommand.Run(args[1..], backend);
         case "profile":
             return ProfileCommand.Run(args[1..], backend);
+        case "dp-check":
+            return DataParallelCheckCommand.Run(args[1..], backend);
         case "optim":
             return OptimizerBenchCommand.Run(args[1..], backend);
         default:
