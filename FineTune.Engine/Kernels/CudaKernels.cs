@@ -39,8 +39,9 @@ public static unsafe class CudaKernels
     /// <summary>For tests: run with the kernels off (true) or back on (false, only where they loaded).</summary>
     internal static bool Suspended { get; set; }
 
-    /// <summary>True when a kernel may run on tensors of <paramref name="device"/>.</summary>
-    public static bool On(Device device) => Enabled && !Suspended && device.type == DeviceType.CUDA;
+    /// <summary>True when a kernel may run on tensors of <paramref name="device"/>: GPU 0, whose context the kernels
+    /// are loaded in (the other GPUs of a data-parallel run take the torch ops).</summary>
+    public static bool On(Device device) => Enabled && !Suspended && device.type == DeviceType.CUDA && device.index <= 0;
 
     /// <summary>
     /// Finds NVRTC and the driver, compiles (or takes from the cache) and loads the kernels for GPU 0. Called once by

@@ -75,6 +75,8 @@ public static class ApplicationServices
         builder.Services.TryAddSingleton<ITrainingRunner, EngineTrainingRunner>();
         builder.Services.TryAddSingleton<IChatGenerator, EngineChatGenerator>();
         builder.Services.TryAddSingleton<IModelMerger, EngineModelMerger>();
+        builder.Services.AddSingleton<GgufDownloads>();
+        builder.Services.TryAddSingleton<IGgufExporter, EngineGgufExporter>();
         return builder;
     }
 }
