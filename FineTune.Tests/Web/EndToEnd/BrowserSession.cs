@@ -3,13 +3,11 @@ using Microsoft.Playwright;
 namespace FineTune.Tests.Web.EndToEnd;
 
 /// <summary>
-/// Debian's Chromium driven by Playwright's bundled driver (no browser download): run these tests with
-/// `DEBIAN13_PACKAGES="chromium fonts-noto-cjk" tools/debian13 dotnet test --filter Category=EndToEnd`.
+/// A Chromium found on this machine (<see cref="Chromium"/>) driven by Playwright's bundled driver (no browser download).
+/// Tests using it are <see cref="BrowserFactAttribute"/>s: skipped where there is no browser, except in CI.
 /// </summary>
 public sealed class BrowserSession : IAsyncDisposable
 {
-    public const string ChromiumPath = "/usr/bin/chromium";
-
     private IPlaywright? _playwright;
     private IBrowser? _browser;
 
@@ -21,15 +19,13 @@ public sealed class BrowserSession : IAsyncDisposable
 
     public static async Task<BrowserSession> StartAsync(Uri baseAddress, string locale = "zh-TW")
     {
-        if (!File.Exists(ChromiumPath))
-            throw new InvalidOperationException(
-                $"{ChromiumPath} is missing. Run the end-to-end tests inside the Debian 13 root with DEBIAN13_PACKAGES=\"chromium fonts-noto-cjk\".");
+        string chromium = Chromium.Path ?? throw new InvalidOperationException(Chromium.Missing);
         Environment.SetEnvironmentVariable("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1");
         var session = new BrowserSession();
         session._playwright = await Playwright.CreateAsync();
         session._browser = await session._playwright.Chromium.LaunchAsync(new BrowserTypeLaunchOptions
         {
-            ExecutablePath = ChromiumPath,
+            ExecutablePath = chromium,
             Headless = true,
             Args = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
         });

@@ -28,7 +28,7 @@ public sealed class WizardEndToEndTests
     });
 
     /// <summary>Model → data → settings: everything before training, with the checks a user sees.</summary>
-    [Fact]
+    [BrowserFact]
     public async Task Model_upload_and_settings_steps_in_zh_TW()
     {
         using var app = StartApp();
@@ -85,7 +85,7 @@ public sealed class WizardEndToEndTests
     }
 
     /// <summary>The template download serves a workbook the importer reads back.</summary>
-    [Fact]
+    [BrowserFact]
     public async Task Template_download_and_bad_upload_message()
     {
         using var app = StartApp();
@@ -114,7 +114,7 @@ public sealed class WizardEndToEndTests
     /// The whole wizard on the tiny Qwen2 fixture: train with the engine (loss points arrive live), reload,
     /// chat (an answer streams in), download the adapter zip.
     /// </summary>
-    [Fact]
+    [BrowserFact]
     public async Task Whole_wizard_trains_chats_and_downloads_the_adapter()
     {
         using var app = StartApp();

@@ -1,4 +1,5 @@
 using FineTune.Engine.Data;
+using FineTune.Engine.Training;
 using FineTune.Web.Features.Settings;
 
 namespace FineTune.Web.Features.Runs;
@@ -8,26 +9,12 @@ namespace FineTune.Web.Features.Runs;
 /// <param name="ResumeFromCheckpoint">The newest complete checkpoint of an interrupted run, or null to start fresh.</param>
 public sealed record TrainingJob(int RunId, TrainingSettings Settings, IReadOnlyList<QaRow> Rows, string OutputDirectory, string? ResumeFromCheckpoint = null);
 
-/// <summary>One progress report (every logging step, every eval, every checkpoint).</summary>
-public sealed record TrainingProgress(
-    int Step,
-    int TotalSteps,
-    double Epoch,
-    double? Loss = null,
-    double? EvalLoss = null,
-    double? LearningRate = null,
-    double? TokensPerSecond = null,
-    TimeSpan Elapsed = default,
-    TimeSpan? Eta = null,
-    long? GpuMemoryBytes = null,
-    string? CheckpointPath = null);
-
 /// <summary>How a finished training ended.</summary>
 public sealed record TrainingOutcome(double? FinalTrainLoss, double? FinalEvalLoss, string AdapterDirectory, string? LastCheckpoint = null);
 
 /// <summary>
-/// The web's one door to the training engine. The queue calls it for one run at a time; it reports through
-/// <paramref name="progress"/> synchronously (the queue orders and persists reports) and stops on cancellation
+/// The web's one door to the training engine. The queue calls it for one run at a time; it reports the engine's
+/// <see cref="TrainingProgress"/> through <paramref name="progress"/> synchronously (the queue orders and persists reports) and stops on cancellation
 /// by throwing <see cref="OperationCanceledException"/>.
 /// </summary>
 public interface ITrainingRunner

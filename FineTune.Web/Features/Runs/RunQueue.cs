@@ -1,3 +1,4 @@
+using FineTune.Engine.Training;
 using System.Collections.Concurrent;
 using System.Threading.Channels;
 using FineTune.Web.Features.Settings;
@@ -262,11 +263,7 @@ public sealed class RunQueue(RunStore store, RunNotifier notifier, ITrainingRunn
             try
             {
                 if (p.Loss is not null || p.EvalLoss is not null)
-                    await store.AddMetricAsync(new RunMetric
-                    {
-                        RunId = runId, Step = p.Step, Epoch = p.Epoch, Loss = p.Loss, EvalLoss = p.EvalLoss,
-                        LearningRate = p.LearningRate, TokensPerSecond = p.TokensPerSecond, GpuMemoryBytes = p.GpuMemoryBytes, At = DateTime.UtcNow,
-                    });
+                    await store.AddMetricAsync(RunMetric.From(runId, p, DateTime.UtcNow));
                 await store.UpdateAsync(runId, r =>
                 {
                     r.TotalSteps = p.TotalSteps;

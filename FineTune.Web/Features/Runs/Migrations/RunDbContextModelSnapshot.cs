@@ -105,6 +105,9 @@ namespace FineTune.Web.Features.Runs.Migrations
                     b.Property<long?>("GpuMemoryBytes")
                         .HasColumnType("INTEGER");
 
+                    b.Property<double?>("GradNorm")
+                        .HasColumnType("REAL");
+
                     b.Property<double?>("LearningRate")
                         .HasColumnType("REAL");
 
