@@ -1,3 +1,4 @@
+using FineTune.Engine.Training;
 using FineTune.Tests.Support;
 using FineTune.Tests.Web.Support;
 using FineTune.Web.Features.Runs;
