@@ -2,6 +2,7 @@ using FineTune.Web;
 using FineTune.Web.Components;
 using FineTune.Web.Features.Download;
 using FineTune.Web.Features.Runs;
+using FineTune.Web.Features.Wizard;
 using FineTune.Web.Infrastructure;
 
 // Headless commands (generate, train) run without the web server.
@@ -20,6 +21,7 @@ if (!app.Environment.IsDevelopment())
 app.UseStatusCodePagesWithReExecute("/not-found", createScopeForStatusCodePages: true);
 app.UseRequestLocalization();
 app.UseAccessGate();
+app.UseBrowserIdentity();
 app.UseAntiforgery();
 
 app.MapStaticAssets();

@@ -51,6 +51,7 @@ public static class ApplicationServices
         builder.Services.AddSingleton(provider => new LocalModelFolders(provider.GetRequiredService<DataPaths>(),
             () => provider.GetRequiredService<ListeningAddresses>().IsExposed));
         builder.Services.AddScoped<WizardState>();
+        builder.Services.AddScoped<WizardDraftStore>();
 
         // Run history (SQLite in the data folder) and the one-at-a-time training queue.
         builder.Services.AddDbContextFactory<RunDbContext>((provider, options) =>
