@@ -17,6 +17,9 @@ public sealed class WizardState
     public DatasetDraft? Dataset { get; set; }
     public int? RunId { get; set; }
 
+    /// <summary>The sampling the test step last chatted with; the GGUF export's Modelfile takes it over.</summary>
+    public (double Temperature, double TopP) TestSampling { get; set; } = (0.7, 0.9);
+
     public bool HasModel => !string.IsNullOrWhiteSpace(Settings.Model);
     public bool HasData => Dataset is { FinalRows.Count: > 0 };
 
