@@ -76,6 +76,7 @@ public static class ApplicationServices
         builder.Services.TryAddSingleton<IChatGenerator, EngineChatGenerator>();
         builder.Services.TryAddSingleton<IModelMerger, EngineModelMerger>();
         builder.Services.AddSingleton<GgufDownloads>();
+        builder.Services.AddSingleton<FineTune.Web.Features.OpenAi.OpenAiModels>();
         builder.Services.TryAddSingleton<IGgufExporter, EngineGgufExporter>();
         return builder;
     }
