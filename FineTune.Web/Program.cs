@@ -1,6 +1,7 @@
 using FineTune.Web;
 using FineTune.Web.Components;
 using FineTune.Web.Features.Download;
+using FineTune.Web.Features.OpenAi;
 using FineTune.Web.Features.Runs;
 using FineTune.Web.Features.Wizard;
 using FineTune.Web.Infrastructure;
@@ -28,6 +29,7 @@ app.MapStaticAssets();
 app.MapHealthChecks();
 app.MapCultureEndpoint();
 app.MapDownloadEndpoints();
+app.MapOpenAiEndpoints();
 app.MapHub<TrainingHub>(TrainingHub.Path);
 app.MapRazorComponents<App>()
     .AddInteractiveServerRenderMode();

@@ -40,7 +40,10 @@ public static class ApplicationServices
 
         // The compute backend is chosen once, before any TorchSharp call, and reported in the log and on /healthz.
         builder.Services.AddSingleton(provider =>
-            ComputeBackend.Initialize(provider.GetRequiredService<ILoggerFactory>().CreateLogger("FineTune.Backend")));
+        {
+            FineTune.Engine.Kernels.CudaKernels.CacheFolder = provider.GetRequiredService<DataPaths>().Kernels; // compiled kernels live with the data
+            return ComputeBackend.Initialize(provider.GetRequiredService<ILoggerFactory>().CreateLogger("FineTune.Backend"));
+        });
         builder.Services.AddHostedService<BackendStartup>();
         builder.Services.AddAppHealthChecks();
 
@@ -74,6 +77,7 @@ public static class ApplicationServices
         builder.Services.TryAddSingleton<IChatGenerator, EngineChatGenerator>();
         builder.Services.TryAddSingleton<IModelMerger, EngineModelMerger>();
         builder.Services.AddSingleton<GgufDownloads>();
+        builder.Services.AddSingleton<FineTune.Web.Features.OpenAi.OpenAiModels>();
         builder.Services.TryAddSingleton<IGgufExporter, EngineGgufExporter>();
         return builder;
     }
