@@ -177,6 +177,27 @@ public sealed class SettingsStepTests : ComponentTestContext
     }
 
     [Fact]
+    public void An_out_of_range_value_is_kept_and_explained_at_its_field_and_training_cannot_start()
+    {
+        LoadTutorialRows();
+        var cut = Render<SettingsStep>();
+
+        cut.Find("input[data-field=LoraR]").Change("0");
+
+        Assert.Equal(0, State.Settings.LoraR); // not clamped to 1 behind the user's back
+        string field = cut.Find("input[data-field=LoraR]").Closest(".mud-input-control")!.TextContent;
+        Assert.Contains("允許範圍：1 到 256。", field);
+        Assert.Contains("秩為 0 不會訓練任何參數", field);
+        Assert.True(cut.Find("[data-testid=start-training]").HasAttribute("disabled"));
+        Assert.Contains("1 個", cut.Find("[data-testid=settings-invalid]").TextContent);
+
+        cut.Find("input[data-field=LoraR]").Change("16");
+        Assert.Equal(16, State.Settings.LoraR);
+        cut.WaitForAssertion(() => Assert.Empty(cut.FindAll("[data-testid=settings-invalid]")));
+        Assert.False(cut.Find("[data-testid=start-training]").HasAttribute("disabled"));
+    }
+
+    [Fact]
     public async Task Start_creates_a_queued_run_with_the_rows_and_the_original_file()
     {
         LoadTutorialRows();
@@ -202,7 +223,7 @@ public sealed class SettingsStepEnglishTests : ComponentTestContext
     [Fact]
     public void Counts_read_right_in_english_and_a_warning_is_separated_from_its_fix()
     {
-        var file = Importer.Parse(File.ReadAllBytes(TestFiles.Fixture("samples/tutorial-qa.xlsx")), "tutorial-qa.xlsx");
+        var file = Importer.Parse(File.ReadAllBytes(TestFiles.Sample("tutorial-qa.xlsx")), "tutorial-qa.xlsx");
         State.File = file;
         State.Dataset = new DatasetDraft(Importer.Build(file, new ImportSettings()));
         var cut = Render<SettingsStep>();
