@@ -43,6 +43,9 @@ public sealed record BackendInfo(
     /// <summary>True when the device computes bf16 natively (Ampere and newer); the T4 of the tutorial does not.</summary>
     public bool SupportsBFloat16 { get; init; }
 
+    /// <summary>FineTune's own CUDA kernels (Kernels/CudaKernels.cs): "on: NVRTC 13.0 (...), sm_90, ..." or "off: why".</summary>
+    public string Kernels { get; init; } = "off: not on a CUDA backend";
+
     /// <summary>One line saying why libtorch could not be loaded and what to do instead; null when it loaded.</summary>
     public string? UnavailableReason { get; init; }
 
@@ -96,7 +99,7 @@ public static class ComputeBackend
             if (_current.UnavailableReason is { } reason)
                 logger.LogError("{Reason}", reason);
             else
-                logger.LogInformation("Compute backend: {Description} ({Reason})", _current.Description, _current.Reason);
+                logger.LogInformation("Compute backend: {Description} ({Reason}); kernels {Kernels}", _current.Description, _current.Reason, _current.Kernels);
             return _current;
         }
     }
@@ -193,6 +196,7 @@ public static class ComputeBackend
         {
             SupportsBFloat16 = major is null or >= 8,
             Gpus = gpus,
+            Kernels = Kernels.CudaKernels.Start(Directory.Exists(libTorchSource) ? libTorchSource : null),
         };
     }
 

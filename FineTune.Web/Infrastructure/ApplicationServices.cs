@@ -40,7 +40,10 @@ public static class ApplicationServices
 
         // The compute backend is chosen once, before any TorchSharp call, and reported in the log and on /healthz.
         builder.Services.AddSingleton(provider =>
-            ComputeBackend.Initialize(provider.GetRequiredService<ILoggerFactory>().CreateLogger("FineTune.Backend")));
+        {
+            FineTune.Engine.Kernels.CudaKernels.CacheFolder = provider.GetRequiredService<DataPaths>().Kernels; // compiled kernels live with the data
+            return ComputeBackend.Initialize(provider.GetRequiredService<ILoggerFactory>().CreateLogger("FineTune.Backend"));
+        });
         builder.Services.AddHostedService<BackendStartup>();
         builder.Services.AddAppHealthChecks();
 

@@ -157,6 +157,7 @@ internal sealed class ComputeBackendCheck(IServiceProvider services) : IHealthCh
             ["libtorch"] = backend.LibTorchSource,
             ["gpu"] = backend.GpuName,
             ["gpuMemoryBytes"] = backend.GpuMemoryBytes,
+            ["kernels"] = backend.Kernels,
         };
         return Task.FromResult(HealthCheckResult.Healthy(backend.Description, data!));
     }

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using FineTune.Engine.Models;
 using FineTune.Web.Features.Settings;
 
 namespace FineTune.Web.Features.Models;
@@ -78,21 +79,28 @@ public sealed record ModelShape(
 /// <summary>A model offered in the model step.</summary>
 /// <param name="Id">Hub id, used as the run's model.</param>
 /// <param name="DisplayName">Shown as is (model names are not translated).</param>
+/// <param name="ModelType">Its config.json model_type: the engine's family registry says what LoRA adapts in it.</param>
 /// <param name="NoteKey">Resource key of a one-line note.</param>
-/// <param name="TargetModules">The projections LoRA adapts for this family (q/k/v/o; Qwen v1 fuses q/k/v in c_attn).</param>
-public sealed record ModelPreset(string Id, string DisplayName, ModelShape Shape, string NoteKey, IReadOnlyList<string> TargetModules, bool Gated = false);
+public sealed record ModelPreset(string Id, string DisplayName, string ModelType, ModelShape Shape, string NoteKey, bool Gated = false)
+{
+    public ModelFamily Family => ModelFamilies.Get(ModelType);
+
+    /// <summary>The projections LoRA adapts by default in this family (q/k/v/o; Qwen v1 fuses q/k/v in c_attn).</summary>
+    public IReadOnlyList<string> TargetModules => Family.DefaultLoraTargets;
+}
 
 public static class ModelCatalog
 {
-    public static readonly string[] AttentionTargets = ["q_proj", "k_proj", "v_proj", "o_proj"];
+    /// <summary>The tutorial's targets for Llama-style families (Qwen2): q/k/v/o.</summary>
+    public static IReadOnlyList<string> AttentionTargets => ModelFamilies.Get("qwen2").DefaultLoraTargets;
 
     public static readonly IReadOnlyList<ModelPreset> Presets =
     [
-        new("Qwen/Qwen2.5-0.5B-Instruct", "Qwen2.5 0.5B Instruct", new(896, 24, 4864, 151936, 14, 2, true), "Model_Note_Small", AttentionTargets),
-        new("Qwen/Qwen2.5-1.5B-Instruct", "Qwen2.5 1.5B Instruct", new(1536, 28, 8960, 151936, 12, 2, true), "Model_Note_Medium", AttentionTargets),
-        new("Qwen/Qwen2.5-7B-Instruct", "Qwen2.5 7B Instruct", new(3584, 28, 18944, 152064, 28, 4, false), "Model_Note_Large", AttentionTargets),
-        new("Qwen/Qwen-7B", "Qwen-7B (tutorial)", new(4096, 32, 11008, 151936, 32, 32, false), "Model_Note_Tutorial", ["c_attn", "attn.c_proj"]),
-        new("meta-llama/Llama-3.1-8B-Instruct", "Llama 3.1 8B Instruct", new(4096, 32, 14336, 128256, 32, 8, false), "Model_Note_Llama", AttentionTargets, Gated: true),
+        new("Qwen/Qwen2.5-0.5B-Instruct", "Qwen2.5 0.5B Instruct", "qwen2", new(896, 24, 4864, 151936, 14, 2, true), "Model_Note_Small"),
+        new("Qwen/Qwen2.5-1.5B-Instruct", "Qwen2.5 1.5B Instruct", "qwen2", new(1536, 28, 8960, 151936, 12, 2, true), "Model_Note_Medium"),
+        new("Qwen/Qwen2.5-7B-Instruct", "Qwen2.5 7B Instruct", "qwen2", new(3584, 28, 18944, 152064, 28, 4, false), "Model_Note_Large"),
+        new("Qwen/Qwen-7B", "Qwen-7B (tutorial)", "qwen", new(4096, 32, 11008, 151936, 32, 32, false), "Model_Note_Tutorial"),
+        new("meta-llama/Llama-3.1-8B-Instruct", "Llama 3.1 8B Instruct", "llama", new(4096, 32, 14336, 128256, 32, 8, false), "Model_Note_Llama", Gated: true),
     ];
 
     public static ModelPreset? Find(string id) => Presets.FirstOrDefault(p => string.Equals(p.Id, id, StringComparison.OrdinalIgnoreCase));
