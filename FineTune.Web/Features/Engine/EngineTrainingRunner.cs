@@ -38,8 +38,8 @@ public sealed class EngineTrainingRunner(EngineModels models, ILoggerFactory log
             MaxSeqLength = s.MaxSeqLength,
             ValidationFraction = s.EvalFraction,
             Lora = new LoraSettings(s.LoraR, s.LoraAlpha, s.LoraDropout, s.TargetModules),
-            // Validation loss at every logged step, so the chart draws both curves together.
-            Training = s.ToTrainingOptions() with { EvalSteps = s.LoggingSteps },
+            // Validation loss about ten times per run (not at every logged step: each evaluation runs the whole split).
+            Training = s.ToTrainingOptions() with { EvalSteps = TrainingEstimator.EvalInterval(TrainingEstimator.Plan(job.Rows.Count, s).TotalSteps) },
             FourBit = s.Quantization == Quantization.Nf4,
             DoubleQuantization = s.DoubleQuantization,
             ComputeDType = models.ComputeDtype(s.Precision),
