@@ -148,11 +148,21 @@ public class AdapterHardeningTests
     [InlineData("vocab_size", "-5")]
     public void An_impossible_config_is_refused_naming_the_field(string field, string value)
     {
-        string json = File.ReadAllText(Path.Combine(ModelFixtures.Folder("qwen2"), "config.json"));
-        json = System.Text.RegularExpressions.Regex.Replace(json, $"\"{field}\": [^,\n]+", $"\"{field}\": {value}");
-        // Before: DivideByZeroException in ModelShape, OverflowException in the estimates (the wizard's circuit died).
-        var e = Assert.Throws<InvalidDataException>(() => ModelShape.FromConfigJson(json));
-        Assert.Contains(field, e.Message);
+        string folder = TestPaths.NewTempFolder("bad-shape");
+        try
+        {
+            foreach (string file in Directory.GetFiles(ModelFixtures.Folder("qwen2"))) File.Copy(file, Path.Combine(folder, Path.GetFileName(file)));
+            string config = Path.Combine(folder, "config.json");
+            File.WriteAllText(config, System.Text.RegularExpressions.Regex.Replace(File.ReadAllText(config), $"\"{field}\": [^,\n]+", $"\"{field}\": {value}"));
+            // Before: DivideByZeroException in ModelShape, OverflowException in the estimates (the wizard's circuit died).
+            var e = Assert.Throws<ModelFormatException>(() => ModelConfig.Load(folder));
+            Assert.Contains(field, e.Message);
+            Assert.Null(ModelCatalog.ShapeOf(new FineTune.Web.Features.Settings.TrainingSettings { Source = FineTune.Web.Features.Settings.ModelSource.Local, Model = folder }));
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
     }
 
     [Fact]
