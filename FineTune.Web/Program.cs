@@ -1,7 +1,9 @@
 using FineTune.Web;
 using FineTune.Web.Components;
 using FineTune.Web.Features.Download;
+using FineTune.Web.Features.OpenAi;
 using FineTune.Web.Features.Runs;
+using FineTune.Web.Features.Wizard;
 using FineTune.Web.Infrastructure;
 
 // Headless commands (generate, train) run without the web server.
@@ -20,12 +22,14 @@ if (!app.Environment.IsDevelopment())
 app.UseStatusCodePagesWithReExecute("/not-found", createScopeForStatusCodePages: true);
 app.UseRequestLocalization();
 app.UseAccessGate();
+app.UseBrowserIdentity();
 app.UseAntiforgery();
 
 app.MapStaticAssets();
 app.MapHealthChecks();
 app.MapCultureEndpoint();
 app.MapDownloadEndpoints();
+app.MapOpenAiEndpoints();
 app.MapHub<TrainingHub>(TrainingHub.Path);
 app.MapRazorComponents<App>()
     .AddInteractiveServerRenderMode();

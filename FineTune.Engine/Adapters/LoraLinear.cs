@@ -1,3 +1,4 @@
+using FineTune.Engine.Models;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -261,7 +262,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         Tensor y = weight is not null
             ? nn.functional.linear(x, weight, bias)
-            : Nf4Linear.apply(x.to(ComputeDtype), this);                      // (..., out)
+            : Nf4Forward(x.to(ComputeDtype));                                  // (..., out)
         if (weight is null && bias is not null) y = y + bias.to(y.dtype);
         if (lora_A is not null && lora_B is not null && !Merged && AdapterEnabled)
         {
@@ -290,6 +291,29 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         var keep = empty_like(h).bernoulli_(1 - p, DropoutGenerator);           // (..., in) of 0/1
         tape?.Tape.Add(keep);
         return h * keep / (1 - p);
+    }
+
+    /// <summary>
+    /// x·dequant(W)ᵀ for the NF4 base weight. Where no gradient flows (generation, a checkpointed layer's first pass):
+    /// the NF4 matrix-vector kernel for one row, else the weight dequantized for one matmul. In a checkpointed layer's
+    /// backward recompute: a plain matmul, whose graph keeps the dequantized weight only until this layer's backward
+    /// runs, right after. Otherwise <see cref="Nf4Linear"/>, which dequantizes again in backward instead of keeping it.
+    /// </summary>
+    private Tensor Nf4Forward(Tensor x)
+    {
+        if (!is_grad_enabled() || !x.requires_grad)
+        {
+            using var _ = no_grad();
+            if (Kernels.FusedOps.Nf4MatVec(x, QuantizedState!) is { } y) return y;
+            using var w = DequantizedForCompute();                               // (out, in)
+            return nn.functional.linear(x, w);
+        }
+        if (GradientCheckpoint.Recomputing)
+        {
+            using var w = DequantizedForCompute();                               // (out, in), kept by the graph until backward
+            return nn.functional.linear(x, w);
+        }
+        return Nf4Linear.apply(x, this);
     }
 
     /// <summary>The base weight dequantized in the compute dtype, for the NF4 matmul's forward and backward.</summary>

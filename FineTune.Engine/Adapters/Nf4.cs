@@ -70,7 +70,7 @@ public static class Nf4
     private static readonly System.Collections.Concurrent.ConcurrentDictionary<(DeviceType, int), Tensor> PairTables = new();
 
     /// <summary><see cref="DynamicMap"/> as a (256,) fp32 tensor on the device.</summary>
-    private static Tensor DynamicMapTable(Device device) =>
+    internal static Tensor DynamicMapTable(Device device) =>
         DynamicMapTables.GetOrAdd((device.type, device.index), _ => tensor(DynamicMap, device: device).DetachFromDisposeScope());
 
     /// <summary>Row b holds the two NF4 values packed in byte b: (code[b &gt;&gt; 4], code[b &amp; 15]), fp32.</summary>
@@ -145,7 +145,11 @@ public static class Nf4
     /// one lookup of a (256, 2) table turns each packed byte into its two fp32 values (no int64 nibble tensors), and
     /// the absmax scaling happens in place. For a 7B MLP weight the transient peak is ~0.55 GB (it was ~1.3 GB).
     /// </remarks>
-    public static Tensor Dequantize(Nf4Data data, ScalarType dtype)
+    public static Tensor Dequantize(Nf4Data data, ScalarType dtype) =>
+        Kernels.FusedOps.Nf4Dequantize(data, dtype) ?? DequantizeWithTorch(data, dtype);
+
+    /// <summary><see cref="Dequantize"/> through torch ops: the CPU path, and the reference of the CUDA kernel.</summary>
+    internal static Tensor DequantizeWithTorch(Nf4Data data, ScalarType dtype)
     {
         using var scope = NewDisposeScope();
         using var _ = no_grad();

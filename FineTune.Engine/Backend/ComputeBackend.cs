@@ -34,8 +34,17 @@ public sealed record BackendInfo(
     /// <summary>What models compute in here: fp32 on the CPU; bf16 on CUDA, or fp16 where the GPU lacks bf16.</summary>
     public ScalarType ComputeDType => !IsCuda ? ScalarType.Float32 : SupportsBFloat16 ? ScalarType.BFloat16 : ScalarType.Float16;
 
+    /// <summary>Every GPU of this machine, in CUDA's order (empty on the CPU backend): what a run may train on.</summary>
+    public IReadOnlyList<GpuDevice> Gpus { get; init; } = [];
+
+    /// <summary>All GPUs as devices: a data-parallel run on every GPU (<c>FineTuneJob.Devices</c>).</summary>
+    public IReadOnlyList<torch.Device> GpuDevices => [.. Gpus.Select(g => g.Device)];
+
     /// <summary>True when the device computes bf16 natively (Ampere and newer); the T4 of the tutorial does not.</summary>
     public bool SupportsBFloat16 { get; init; }
+
+    /// <summary>FineTune's own CUDA kernels (Kernels/CudaKernels.cs): "on: NVRTC 13.0 (...), sm_90, ..." or "off: why".</summary>
+    public string Kernels { get; init; } = "off: not on a CUDA backend";
 
     /// <summary>One line saying why libtorch could not be loaded and what to do instead; null when it loaded.</summary>
     public string? UnavailableReason { get; init; }
@@ -48,6 +57,15 @@ public sealed record BackendInfo(
     {
         if (UnavailableReason is not null) throw new ComputeUnavailableException(UnavailableReason);
     }
+}
+
+/// <summary>One GPU of the machine.</summary>
+/// <param name="Index">CUDA's ordinal (cuda:Index).</param>
+/// <param name="Name">The card's name, e.g. "NVIDIA H200".</param>
+/// <param name="MemoryBytes">Its total memory.</param>
+public sealed record GpuDevice(int Index, string Name, long MemoryBytes)
+{
+    public torch.Device Device => new(DeviceType.CUDA, Index);
 }
 
 /// <summary>libtorch could not be loaded in this process; the message is the one line for the user.</summary>
@@ -81,7 +99,7 @@ public static class ComputeBackend
             if (_current.UnavailableReason is { } reason)
                 logger.LogError("{Reason}", reason);
             else
-                logger.LogInformation("Compute backend: {Description} ({Reason})", _current.Description, _current.Reason);
+                logger.LogInformation("Compute backend: {Description} ({Reason}); kernels {Kernels}", _current.Description, _current.Reason, _current.Kernels);
             return _current;
         }
     }
@@ -114,6 +132,9 @@ public static class ComputeBackend
             NativeEnvironment.Set(AllocatorConfigVariable, "expandable_segments:True");
             Environment.SetEnvironmentVariable(AllocatorConfigVariable, "expandable_segments:True");
         }
+
+        // Before libtorch (and the NCCL it links) reads its environment.
+        Distributed.MulticastSafety.Apply();
 
         bool cpuForced = string.Equals(Environment.GetEnvironmentVariable(ForceCpuVariable), "cpu", StringComparison.OrdinalIgnoreCase);
 
@@ -164,9 +185,18 @@ public static class ComputeBackend
         string description = name is null
             ? "CUDA: GPU 0"
             : $"CUDA: {name}, {totalBytes / 1e9:0.#} GB";
+        int count = torch.cuda.device_count();
+        var gpus = Enumerable.Range(0, count).Select(i =>
+        {
+            var (gpuName, gpuBytes, _) = CudaDriver.DescribeDevice(i);
+            return new GpuDevice(i, gpuName ?? $"GPU {i}", gpuBytes);
+        }).ToList();
+        if (count > 1) description += $" (× {count} GPUs)";
         return new BackendInfo(DeviceType.CUDA, description, reason, libTorchSource, name, totalBytes)
         {
             SupportsBFloat16 = major is null or >= 8,
+            Gpus = gpus,
+            Kernels = Kernels.CudaKernels.Start(Directory.Exists(libTorchSource) ? libTorchSource : null),
         };
     }
 
@@ -276,7 +306,8 @@ internal static partial class NativeEnvironment
     [LibraryImport("libc", EntryPoint = "setenv", StringMarshalling = StringMarshalling.Utf8)]
     private static partial int SetEnv(string name, string value, int overwrite);
 
-    public static void Set(string name, string value) => SetEnv(name, value, 0);
+    /// <summary>Sets the variable unless it is set already (<paramref name="overwrite"/>: always).</summary>
+    public static void Set(string name, string value, bool overwrite = false) => SetEnv(name, value, overwrite ? 1 : 0);
 }
 
 /// <summary>The few CUDA driver calls needed to name the GPU and its memory (libcuda ships with every NVIDIA driver).</summary>

@@ -96,6 +96,30 @@ public static class GgufExport
         return new GgufExportResult(outputPath, arch.Architecture, vocabulary.PreTokenizer, bytes, infos, adapter?.Count ?? 0);
     }
 
+    /// <summary>
+    /// A GGUF with the metadata and tokenizer only, no tensors (convert_hf_to_gguf.py --vocab-only): what llama.cpp's
+    /// tokenizer tools and vocab-only loading read. Needs config.json and the tokenizer files, no weights.
+    /// </summary>
+    public static void ExportVocabulary(string modelFolder, string outputPath, GgufExportOptions? options = null)
+    {
+        options ??= new GgufExportOptions();
+        var config = ModelConfig.Load(modelFolder);
+        if (!Architectures.TryGetValue(config.ModelType, out var arch))
+            throw new GgufExportException($"GGUF export supports model types {string.Join(", ", Architectures.Keys)}; this model is '{config.ModelType}'.");
+        var tokenizer = TokenizerLoader.Load(modelFolder);
+        var vocabulary = GgufVocabulary.FromTokenizerJson(Path.Combine(modelFolder, "tokenizer.json"), config.VocabSize, tokenizer.SpecialTokenIds);
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(outputPath))!);
+        using var stream = new FileStream(outputPath + ".partial", FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);
+        using (var writer = new GgufWriter(stream))
+        {
+            WriteMetadata(writer, config, arch.Architecture, options, tokenizer, vocabulary, modelFolder);
+            writer.WriteHeader();
+            writer.Finish();
+        }
+        stream.Close();
+        File.Move(outputPath + ".partial", outputPath, overwrite: true);
+    }
+
     /// <summary>One GGUF tensor: its checkpoint source (null for generated ones), shape, type and treatment.</summary>
     private sealed record PlannedTensor(string Name, string? Source, long[] Shape, GgmlType Type, int PermuteHeads, float[]? Generated = null);
 

@@ -33,6 +33,14 @@ public static class OllamaModelfile
         return text.ToString();
     }
 
+    /// <summary>`ollama create NAME -f FILE.Modelfile`, the name made from the file's (lower case, [a-z0-9._-]).</summary>
+    public static string CreateCommand(string modelfilePath)
+    {
+        string stem = Path.GetFileNameWithoutExtension(modelfilePath).ToLowerInvariant();
+        string name = new string(stem.Select(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.' ? c : '-').ToArray()).Trim('-', '.');
+        return $"ollama create {(name.Length > 0 ? name : "finetune")} -f {Path.GetFileName(modelfilePath)}";
+    }
+
     /// <summary>The text of each end-of-sequence id (e.g. &lt;|im_end|&gt;, &lt;|endoftext|&gt;).</summary>
     public static IReadOnlyList<string> StopWords(ITextTokenizer tokenizer) =>
         tokenizer.EosTokenIds.Select(tokenizer.IdToToken).OfType<string>().Distinct(StringComparer.Ordinal).ToList();

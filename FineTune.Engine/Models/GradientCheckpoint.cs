@@ -25,6 +25,12 @@ public static class GradientCheckpoint
         return CheckpointedLayer.apply(input, layer, pass.RetainForBackward());
     }
 
+    /// <summary>True on the thread that is running a checkpointed layer again for its backward: the graph built then
+    /// lives only until that layer's backward, right after.</summary>
+    public static bool Recomputing => _recomputing > 0;
+
+    [ThreadStatic] private static int _recomputing;
+
     private sealed class CheckpointedLayer : autograd.SingleTensorFunction<CheckpointedLayer>
     {
         public override string Name => nameof(CheckpointedLayer);
@@ -55,7 +61,15 @@ public static class GradientCheckpoint
             {
                 var input = ctx.get_saved_variables()[0].detach().requires_grad_(true); // (B, T, H)
                 Tensor output;
-                using (tape.Replay()) output = layer(input, pass.Pass);
+                _recomputing++;
+                try
+                {
+                    using (tape.Replay()) output = layer(input, pass.Pass);
+                }
+                finally
+                {
+                    _recomputing--;
+                }
                 // Accumulates into the LoRA weights' .grad, as the first forward would have.
                 autograd.backward([output], [gradOutput]);
                 inputGrad = scope.MoveToOuter(input.grad!);

@@ -1,4 +1,5 @@
 using FineTune.Engine.Adapters;
+using FineTune.Engine.Kernels;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -74,11 +75,7 @@ public sealed class RmsNorm : WeightModule
 
     public override Tensor forward(Tensor x)
     {
-        using var scope = NewDisposeScope();
-        var h = x.to(ScalarType.Float32);
-        var variance = h.pow(2).mean([-1], keepdim: true);
-        h = h * rsqrt(variance + _eps);
-        return scope.MoveToOuter(weight * h.to(x.dtype));
+        return FusedOps.RmsNorm(x, weight, _eps); // one kernel on CUDA where no gradient flows; else the torch ops
     }
 }
 
@@ -114,7 +111,7 @@ public sealed class SwiGluMlp : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        var y = down_proj.forward(nn.functional.silu(gate_proj.forward(x)) * up_proj.forward(x));
+        var y = down_proj.forward(FusedOps.SiluMul(gate_proj.forward(x), up_proj.forward(x)));
         return scope.MoveToOuter(y);
     }
 }
@@ -192,9 +189,7 @@ public static class AttentionOps
     /// </summary>
     public static Tensor ApplyRotary(Tensor x, Tensor cos, Tensor signedSin)
     {
-        using var scope = NewDisposeScope();
-        var y = x * cos + x.roll(x.shape[^1] / 2, -1) * signedSin; // (B, nH, T, hD)
-        return scope.MoveToOuter(y);
+        return FusedOps.Rotary(x, cos, signedSin); // (B, nH, T, hD); one kernel on CUDA where no gradient flows
     }
 
     /// <summary>HF repeat_kv: (B, nKV, S, hD) → (B, nKV·groups, S, hD), each kv head repeated for its group of query heads.</summary>

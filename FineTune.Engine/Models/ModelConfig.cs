@@ -25,7 +25,11 @@ public sealed record RopeSettings(
 /// </summary>
 public sealed class ModelConfig
 {
-    public static readonly IReadOnlyList<string> SupportedModelTypes = ["qwen", "qwen2", "qwen3", "llama", "mistral"];
+    /// <summary>The model_type values FineTune runs (<see cref="ModelFamilies"/>).</summary>
+    public static IReadOnlyList<string> SupportedModelTypes => ModelFamilies.SupportedModelTypes;
+
+    /// <summary>The registry entry of this config's model_type.</summary>
+    public ModelFamily Family => ModelFamilies.Get(ModelType);
 
     public required string ModelType { get; init; }
     public required int HiddenSize { get; init; }
@@ -89,12 +93,10 @@ public sealed class ModelConfig
             var reader = new ConfigReader(document.RootElement, source);
             string modelType = reader.String("model_type")
                 ?? throw new ModelFormatException($"{source} has no model_type; it is not a transformers model config.");
-            return modelType switch
+            return ModelFamilies.Get(modelType, source).Config switch
             {
-                "qwen" => ParseQwenV1(reader),
-                "qwen2" or "qwen3" or "llama" or "mistral" => ParseLlamaStyle(reader, modelType),
-                _ => throw new UnsupportedModelException(
-                    $"model_type '{modelType}' ({source}) is not supported. Supported model types: {string.Join(", ", SupportedModelTypes)}."),
+                ConfigStyle.QwenV1 => ParseQwenV1(reader),
+                _ => ParseLlamaStyle(reader, modelType),
             };
         }
     }

@@ -88,15 +88,7 @@ public static class ModelLoader
     }
 
     /// <summary>The module tree for a config, weights on the meta device.</summary>
-    public static CausalLM Create(ModelConfig config, ModelBuild build) => config.ModelType switch
-    {
-        "llama" or "mistral" => new LlamaForCausalLM(config, build),
-        "qwen2" => new Qwen2ForCausalLM(config, build),
-        "qwen3" => new Qwen3ForCausalLM(config, build),
-        "qwen" => new QWenLMHeadModel(config, build),
-        _ => throw new UnsupportedModelException(
-            $"model_type '{config.ModelType}' is not supported. Supported model types: {string.Join(", ", ModelConfig.SupportedModelTypes)}."),
-    };
+    public static CausalLM Create(ModelConfig config, ModelBuild build) => config.Family.Create(config, build);
 
     private static ScalarType DefaultDType(Device device, BackendInfo backend) =>
         device.type != DeviceType.CUDA ? ScalarType.Float32 : backend.ComputeDType;

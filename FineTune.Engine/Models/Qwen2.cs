@@ -1,121 +1,13 @@
-using FineTune.Engine.Adapters;
-using FineTune.Engine.Generation;
-using TorchSharp;
-using TorchSharp.Modules;
-using static TorchSharp.torch;
-
 namespace FineTune.Engine.Models;
 
-#pragma warning disable IDE1006 // fields are named like the checkpoint keys (HF modeling_qwen2.py)
+// Qwen2 / Qwen2.5 (HF modular_qwen2.py): Llama's decoder with bias on q/k/v (not o), whatever attention_bias says;
+// sliding window only where config.json asks (use_sliding_window / layer_types). Same checkpoint keys as Llama.
 
-// Qwen2 / Qwen2.5: GQA attention with bias on q/k/v (not o), RoPE, SwiGLU MLP, RMSNorm; sliding window only
-// where config.json asks (use_sliding_window / layer_types). Checkpoint keys: model.embed_tokens,
-// model.layers.N.{input_layernorm, self_attn.{q,k,v,o}_proj, post_attention_layernorm, mlp.{gate,up,down}_proj},
-// model.norm, lm_head.
-
-public sealed class Qwen2Attention : nn.Module
+/// <summary>Qwen2's attention: <see cref="LlamaAttention"/> with q/k/v bias and no o bias.</summary>
+public sealed class Qwen2Attention(ModelConfig config, ModelBuild build, int layer)
+    : LlamaAttention(nameof(Qwen2Attention), config, build, layer, qkvBias: true, outputBias: false)
 {
-    public readonly LoraLinear q_proj;
-    public readonly LoraLinear k_proj;
-    public readonly LoraLinear v_proj;
-    public readonly LoraLinear o_proj;
-    private readonly int _layer, _heads, _kvHeads, _headDim;
-    private readonly int? _window;
-
-    public Qwen2Attention(ModelConfig config, ModelBuild build, int layer) : base(nameof(Qwen2Attention))
-    {
-        (_layer, _heads, _kvHeads, _headDim) = (layer, config.NumAttentionHeads, config.NumKeyValueHeads, config.HeadDim);
-        _window = config.IsSlidingLayer(layer) ? config.SlidingWindow : null;
-        q_proj = build.Linear(config.HiddenSize, _heads * _headDim, hasBias: true);
-        k_proj = build.Linear(config.HiddenSize, _kvHeads * _headDim, hasBias: true);
-        v_proj = build.Linear(config.HiddenSize, _kvHeads * _headDim, hasBias: true);
-        o_proj = build.Linear(_heads * _headDim, config.HiddenSize, hasBias: false);
-        RegisterComponents();
-    }
-
-    public Tensor forward(Tensor x, DecoderPass pass)
-    {
-        using var scope = NewDisposeScope();
-        var (b, t) = (x.shape[0], x.shape[1]);
-        var q = q_proj.forward(x).view(b, t, _heads, _headDim).transpose(1, 2);   // (B, nH, T, hD)
-        var k = k_proj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2); // (B, nKV, T, hD)
-        var v = v_proj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2); // (B, nKV, T, hD)
-        q = AttentionOps.ApplyRotary(q, pass.Cos, pass.SignedSin);
-        k = AttentionOps.ApplyRotary(k, pass.Cos, pass.SignedSin);
-        if (pass.Cache is not null) (k, v) = pass.Cache.Update(_layer, k, v);       // (B, nKV, S, hD)
-        var y = AttentionOps.Attend(q, k, v, pass.Masks.For(_window));              // (B, T, nH·hD)
-        return scope.MoveToOuter(o_proj.forward(y));
-    }
-}
-
-public sealed class Qwen2DecoderLayer : nn.Module
-{
-    public readonly RmsNorm input_layernorm;
-    public readonly Qwen2Attention self_attn;
-    public readonly RmsNorm post_attention_layernorm;
-    public readonly SwiGluMlp mlp;
-
-    public Qwen2DecoderLayer(ModelConfig config, ModelBuild build, int layer) : base(nameof(Qwen2DecoderLayer))
-    {
-        input_layernorm = new RmsNorm(config.HiddenSize, config.RmsNormEps);
-        self_attn = new Qwen2Attention(config, build, layer);
-        post_attention_layernorm = new RmsNorm(config.HiddenSize, config.RmsNormEps);
-        mlp = new SwiGluMlp(config, build);
-        RegisterComponents();
-    }
-
-    public Tensor forward(Tensor x, DecoderPass pass)
-    {
-        using var scope = NewDisposeScope();
-        var h = x + self_attn.forward(input_layernorm.forward(x), pass);  // (B, T, H)
-        h = h + mlp.forward(post_attention_layernorm.forward(h));         // (B, T, H)
-        return scope.MoveToOuter(h);
-    }
-}
-
-public sealed class Qwen2Model : nn.Module
-{
-    public readonly TokenEmbedding embed_tokens;
-    public readonly ModuleList<Qwen2DecoderLayer> layers;
-    public readonly RmsNorm norm;
-    public readonly RotaryEmbedding rotary_emb;
-
-    public Qwen2Model(ModelConfig config, ModelBuild build) : base(nameof(Qwen2Model))
-    {
-        embed_tokens = new TokenEmbedding(config.VocabSize, config.HiddenSize);
-        layers = new ModuleList<Qwen2DecoderLayer>(
-            Enumerable.Range(0, config.NumHiddenLayers).Select(i => new Qwen2DecoderLayer(config, build, i)).ToArray());
-        norm = new RmsNorm(config.HiddenSize, config.RmsNormEps);
-        rotary_emb = new RotaryEmbedding(config.HeadDim, config.Rope, build.Device);
-        RegisterComponents();
-    }
-
-    public Tensor forward(Tensor inputIds, Tensor positionIds, AttentionMaskBuilder masks, KvCache? cache, bool gradientCheckpointing = false)
-    {
-        using var scope = NewDisposeScope();
-        var h = embed_tokens.forward(inputIds);                       // (B, T, H)
-        var (cos, sin) = rotary_emb.Compute(positionIds, h.dtype);    // (B, T, hD)
-        var pass = DecoderPass.Create(cos, sin, masks, cache, gradientCheckpointing);
-        foreach (var layer in layers) h = GradientCheckpoint.Apply(layer.forward, h, pass);
-        return scope.MoveToOuter(norm.forward(h));
-    }
-}
-
-/// <summary>Qwen2ForCausalLM (Qwen2, Qwen2.5 and their instruct/coder variants).</summary>
-public sealed class Qwen2ForCausalLM : CausalLM
-{
-    public readonly Qwen2Model model;
-
-    public Qwen2ForCausalLM(ModelConfig config, ModelBuild build) : base(nameof(Qwen2ForCausalLM), config, build)
-    {
-        model = new Qwen2Model(config, build);
-        RegisterComponents();
-    }
-
-    public override string EmbeddingKey => "model.embed_tokens.weight";
-
-    internal override TokenEmbedding InputEmbedding => model.embed_tokens;
-
-    protected override Tensor Decode(Tensor inputIds, Tensor positionIds, AttentionMaskBuilder masks, KvCache? cache) =>
-        model.forward(inputIds, positionIds, masks, cache, GradientCheckpointing);
+    /// <summary>Qwen2ForCausalLM (Qwen2, Qwen2.5 and their instruct/coder variants).</summary>
+    internal static readonly DecoderParts Qwen2Decoder =
+        new("Qwen2ForCausalLM", DecoderNames.Llama, (config, build, layer) => new Qwen2Attention(config, build, layer), (config, build) => new SwiGluMlp(config, build));
 }

@@ -1,126 +1,33 @@
-using FineTune.Engine.Adapters;
-using FineTune.Engine.Generation;
-using TorchSharp;
-using TorchSharp.Modules;
 using static TorchSharp.torch;
 
 namespace FineTune.Engine.Models;
 
 #pragma warning disable IDE1006 // fields are named like the checkpoint keys (HF modeling_qwen3.py)
 
-// Qwen3: GQA attention without bias whose queries and keys get a per-head RMSNorm (q_norm, k_norm) before RoPE;
-// head_dim is explicit and may differ from hidden/heads. Checkpoint keys: model.embed_tokens,
-// model.layers.N.{input_layernorm, self_attn.{q,k,v,o}_proj, self_attn.{q,k}_norm, post_attention_layernorm,
-// mlp.{gate,up,down}_proj},
-// model.norm, lm_head.
+// Qwen3 (HF modular_qwen3.py): Llama's decoder whose queries and keys get a per-head RMSNorm (q_norm, k_norm)
+// before RoPE; head_dim is explicit and may differ from hidden/heads. Extra checkpoint keys: self_attn.{q,k}_norm.
 
-public sealed class Qwen3Attention : nn.Module
+/// <summary>Qwen3's attention: <see cref="LlamaAttention"/> with per-head RMSNorm on queries and keys.</summary>
+public sealed class Qwen3Attention : LlamaAttention
 {
-    public readonly LoraLinear q_proj;
-    public readonly LoraLinear k_proj;
-    public readonly LoraLinear v_proj;
-    public readonly LoraLinear o_proj;
     public readonly RmsNorm q_norm;
     public readonly RmsNorm k_norm;
-    private readonly int _layer, _heads, _kvHeads, _headDim;
-    private readonly int? _window;
 
-    public Qwen3Attention(ModelConfig config, ModelBuild build, int layer) : base(nameof(Qwen3Attention))
+    public Qwen3Attention(ModelConfig config, ModelBuild build, int layer)
+        : base(nameof(Qwen3Attention), config, build, layer, qkvBias: config.AttentionBias, outputBias: config.AttentionBias)
     {
-        (_layer, _heads, _kvHeads, _headDim) = (layer, config.NumAttentionHeads, config.NumKeyValueHeads, config.HeadDim);
-        _window = config.IsSlidingLayer(layer) ? config.SlidingWindow : null;
-        q_proj = build.Linear(config.HiddenSize, _heads * _headDim, config.AttentionBias);
-        k_proj = build.Linear(config.HiddenSize, _kvHeads * _headDim, config.AttentionBias);
-        v_proj = build.Linear(config.HiddenSize, _kvHeads * _headDim, config.AttentionBias);
-        o_proj = build.Linear(_heads * _headDim, config.HiddenSize, config.AttentionBias);
-        q_norm = new RmsNorm(_headDim, config.RmsNormEps);
-        k_norm = new RmsNorm(_headDim, config.RmsNormEps);
-        RegisterComponents();
+        q_norm = new RmsNorm(config.HeadDim, config.RmsNormEps);
+        k_norm = new RmsNorm(config.HeadDim, config.RmsNormEps);
+        // After the projections, as in the checkpoint (the base registered those before these fields were set).
+        register_module(nameof(q_norm), q_norm);
+        register_module(nameof(k_norm), k_norm);
     }
 
-    public Tensor forward(Tensor x, DecoderPass pass)
-    {
-        using var scope = NewDisposeScope();
-        var (b, t) = (x.shape[0], x.shape[1]);
-        var q = q_norm.forward(q_proj.forward(x).view(b, t, _heads, _headDim)).transpose(1, 2);   // (B, nH, T, hD)
-        var k = k_norm.forward(k_proj.forward(x).view(b, t, _kvHeads, _headDim)).transpose(1, 2); // (B, nKV, T, hD)
-        var v = v_proj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2); // (B, nKV, T, hD)
-        q = AttentionOps.ApplyRotary(q, pass.Cos, pass.SignedSin);
-        k = AttentionOps.ApplyRotary(k, pass.Cos, pass.SignedSin);
-        if (pass.Cache is not null) (k, v) = pass.Cache.Update(_layer, k, v);       // (B, nKV, S, hD)
-        var y = AttentionOps.Attend(q, k, v, pass.Masks.For(_window));              // (B, T, nH·hD)
-        return scope.MoveToOuter(o_proj.forward(y));
-    }
-}
+    protected override Tensor QueryNorm(Tensor q) => q_norm.forward(q); // (B, T, nH, hD)
 
-public sealed class Qwen3DecoderLayer : nn.Module
-{
-    public readonly RmsNorm input_layernorm;
-    public readonly Qwen3Attention self_attn;
-    public readonly RmsNorm post_attention_layernorm;
-    public readonly SwiGluMlp mlp;
+    protected override Tensor KeyNorm(Tensor k) => k_norm.forward(k);   // (B, T, nKV, hD)
 
-    public Qwen3DecoderLayer(ModelConfig config, ModelBuild build, int layer) : base(nameof(Qwen3DecoderLayer))
-    {
-        input_layernorm = new RmsNorm(config.HiddenSize, config.RmsNormEps);
-        self_attn = new Qwen3Attention(config, build, layer);
-        post_attention_layernorm = new RmsNorm(config.HiddenSize, config.RmsNormEps);
-        mlp = new SwiGluMlp(config, build);
-        RegisterComponents();
-    }
-
-    public Tensor forward(Tensor x, DecoderPass pass)
-    {
-        using var scope = NewDisposeScope();
-        var h = x + self_attn.forward(input_layernorm.forward(x), pass);  // (B, T, H)
-        h = h + mlp.forward(post_attention_layernorm.forward(h));         // (B, T, H)
-        return scope.MoveToOuter(h);
-    }
-}
-
-public sealed class Qwen3Model : nn.Module
-{
-    public readonly TokenEmbedding embed_tokens;
-    public readonly ModuleList<Qwen3DecoderLayer> layers;
-    public readonly RmsNorm norm;
-    public readonly RotaryEmbedding rotary_emb;
-
-    public Qwen3Model(ModelConfig config, ModelBuild build) : base(nameof(Qwen3Model))
-    {
-        embed_tokens = new TokenEmbedding(config.VocabSize, config.HiddenSize);
-        layers = new ModuleList<Qwen3DecoderLayer>(
-            Enumerable.Range(0, config.NumHiddenLayers).Select(i => new Qwen3DecoderLayer(config, build, i)).ToArray());
-        norm = new RmsNorm(config.HiddenSize, config.RmsNormEps);
-        rotary_emb = new RotaryEmbedding(config.HeadDim, config.Rope, build.Device);
-        RegisterComponents();
-    }
-
-    public Tensor forward(Tensor inputIds, Tensor positionIds, AttentionMaskBuilder masks, KvCache? cache, bool gradientCheckpointing = false)
-    {
-        using var scope = NewDisposeScope();
-        var h = embed_tokens.forward(inputIds);                       // (B, T, H)
-        var (cos, sin) = rotary_emb.Compute(positionIds, h.dtype);    // (B, T, hD)
-        var pass = DecoderPass.Create(cos, sin, masks, cache, gradientCheckpointing);
-        foreach (var layer in layers) h = GradientCheckpoint.Apply(layer.forward, h, pass);
-        return scope.MoveToOuter(norm.forward(h));
-    }
-}
-
-/// <summary>Qwen3ForCausalLM (dense Qwen3 models).</summary>
-public sealed class Qwen3ForCausalLM : CausalLM
-{
-    public readonly Qwen3Model model;
-
-    public Qwen3ForCausalLM(ModelConfig config, ModelBuild build) : base(nameof(Qwen3ForCausalLM), config, build)
-    {
-        model = new Qwen3Model(config, build);
-        RegisterComponents();
-    }
-
-    public override string EmbeddingKey => "model.embed_tokens.weight";
-
-    internal override TokenEmbedding InputEmbedding => model.embed_tokens;
-
-    protected override Tensor Decode(Tensor inputIds, Tensor positionIds, AttentionMaskBuilder masks, KvCache? cache) =>
-        model.forward(inputIds, positionIds, masks, cache, GradientCheckpointing);
+    /// <summary>Qwen3ForCausalLM (dense Qwen3 models).</summary>
+    internal static readonly DecoderParts Qwen3Decoder =
+        new("Qwen3ForCausalLM", DecoderNames.Llama, (config, build, layer) => new Qwen3Attention(config, build, layer), (config, build) => new SwiGluMlp(config, build));
 }

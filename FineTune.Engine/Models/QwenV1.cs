@@ -1,7 +1,5 @@
 using FineTune.Engine.Adapters;
-using FineTune.Engine.Generation;
 using TorchSharp;
-using TorchSharp.Modules;
 using static TorchSharp.torch;
 
 namespace FineTune.Engine.Models;
@@ -11,10 +9,10 @@ namespace FineTune.Engine.Models;
 // Qwen (v1: Qwen-1.8B/7B/14B, -Chat): multi-head attention from one fused c_attn (with bias), RoPE with
 // base rotary_emb_base applied in fp32, MLP c_proj(w1(x) * silu(w2(x))), RMSNorm. Checkpoint keys:
 // transformer.wte, transformer.h.N.{ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.w1, mlp.w2, mlp.c_proj},
-// transformer.ln_f, lm_head. Within seq_length its dynamic NTK and logn scaling are inactive, so they are not
+// transformer.ln_f, lm_head. The block, model and LM head are the shared decoder (Decoder.cs) under these names. Within seq_length its dynamic NTK and logn scaling are inactive, so they are not
 // implemented: prompts + answers longer than seq_length are refused by the generator's length check.
 
-public sealed class QWenAttention : nn.Module
+public sealed class QWenAttention : DecoderAttention
 {
     public readonly LoraLinear c_attn;
     public readonly LoraLinear c_proj;
@@ -28,7 +26,7 @@ public sealed class QWenAttention : nn.Module
         RegisterComponents();
     }
 
-    public Tensor forward(Tensor x, DecoderPass pass)
+    public override Tensor forward(Tensor x, DecoderPass pass)
     {
         using var scope = NewDisposeScope();
         var (b, t) = (x.shape[0], x.shape[1]);
@@ -68,74 +66,12 @@ public sealed class QWenMlp : nn.Module<Tensor, Tensor>
     }
 }
 
-public sealed class QWenBlock : nn.Module
+/// <summary>The names of Qwen's modeling_qwen.py for the shared decoder: transformer.wte, transformer.h.N.{ln_1, attn, ln_2, mlp}, transformer.ln_f.</summary>
+internal static class QWen
 {
-    public readonly RmsNorm ln_1;
-    public readonly QWenAttention attn;
-    public readonly RmsNorm ln_2;
-    public readonly QWenMlp mlp;
+    public static readonly DecoderNames Names = new("transformer", "wte", "h", "ln_f", "ln_1", "attn", "ln_2", "mlp");
 
-    public QWenBlock(ModelConfig config, ModelBuild build, int layer) : base(nameof(QWenBlock))
-    {
-        ln_1 = new RmsNorm(config.HiddenSize, config.RmsNormEps);
-        attn = new QWenAttention(config, build, layer);
-        ln_2 = new RmsNorm(config.HiddenSize, config.RmsNormEps);
-        mlp = new QWenMlp(config, build);
-        RegisterComponents();
-    }
-
-    public Tensor forward(Tensor x, DecoderPass pass)
-    {
-        using var scope = NewDisposeScope();
-        var h = x + attn.forward(ln_1.forward(x), pass);  // (B, T, H)
-        h = h + mlp.forward(ln_2.forward(h));             // (B, T, H)
-        return scope.MoveToOuter(h);
-    }
-}
-
-public sealed class QWenModel : nn.Module
-{
-    public readonly TokenEmbedding wte;
-    public readonly ModuleList<QWenBlock> h;
-    public readonly RmsNorm ln_f;
-    public readonly RotaryEmbedding rotary_emb;
-
-    public QWenModel(ModelConfig config, ModelBuild build) : base(nameof(QWenModel))
-    {
-        wte = new TokenEmbedding(config.VocabSize, config.HiddenSize);
-        h = new ModuleList<QWenBlock>(
-            Enumerable.Range(0, config.NumHiddenLayers).Select(i => new QWenBlock(config, build, i)).ToArray());
-        ln_f = new RmsNorm(config.HiddenSize, config.RmsNormEps);
-        rotary_emb = new RotaryEmbedding(config.HeadDim, config.Rope, build.Device);
-        RegisterComponents();
-    }
-
-    public Tensor forward(Tensor inputIds, Tensor positionIds, AttentionMaskBuilder masks, KvCache? cache, bool gradientCheckpointing = false)
-    {
-        using var scope = NewDisposeScope();
-        var x = wte.forward(inputIds);                                                 // (B, T, H)
-        var (cos, sin) = rotary_emb.Compute(positionIds, ScalarType.Float32);          // (B, T, hD) fp32
-        var pass = DecoderPass.Create(cos, sin, masks, cache, gradientCheckpointing);
-        foreach (var block in h) x = GradientCheckpoint.Apply(block.forward, x, pass);
-        return scope.MoveToOuter(ln_f.forward(x));
-    }
-}
-
-/// <summary>QWenLMHeadModel (Qwen v1 checkpoints, model_type "qwen").</summary>
-public sealed class QWenLMHeadModel : CausalLM
-{
-    public readonly QWenModel transformer;
-
-    public QWenLMHeadModel(ModelConfig config, ModelBuild build) : base(nameof(QWenLMHeadModel), config, build)
-    {
-        transformer = new QWenModel(config, build);
-        RegisterComponents();
-    }
-
-    public override string EmbeddingKey => "transformer.wte.weight";
-
-    internal override TokenEmbedding InputEmbedding => transformer.wte;
-
-    protected override Tensor Decode(Tensor inputIds, Tensor positionIds, AttentionMaskBuilder masks, KvCache? cache) =>
-        transformer.forward(inputIds, positionIds, masks, cache, GradientCheckpointing);
+    /// <summary>QWenLMHeadModel (Qwen v1 checkpoints, model_type "qwen"): RoPE tables in fp32, as Qwen computes them.</summary>
+    public static readonly DecoderParts Parts =
+        new("QWenLMHeadModel", Names, (config, build, layer) => new QWenAttention(config, build, layer), (config, build) => new QWenMlp(config, build), RopeDType: ScalarType.Float32);
 }

@@ -52,6 +52,17 @@ public sealed record FineTuneJob
     /// <summary>Where the model goes; null: the compute backend's device.</summary>
     public Device? Device { get; init; }
 
+    /// <summary>
+    /// The GPUs of a data-parallel run, one replica each (<see cref="Distributed.DataParallelGroup"/>); every GPU of the
+    /// machine is <see cref="Backend.BackendInfo.GpuDevices"/>. With more than one, each optimizer step's rows are shared
+    /// out and the gradients summed: the same global batch, steps, schedule and checkpoints as on one device. Null or
+    /// one device: <see cref="Device"/>, the single-device path.
+    /// </summary>
+    public IReadOnlyList<Device>? Devices { get; init; }
+
+    /// <summary>True when the job trains on more than one device.</summary>
+    public bool IsDataParallel => Devices is { Count: > 1 };
+
     /// <summary>The adapter folder to write (PEFT files, tokenizer, model card, loss.csv, settings.json); null: none (benchmarks).</summary>
     public string? OutputFolder { get; init; }
 
@@ -82,6 +93,7 @@ public sealed record FineTuneJob
 /// <param name="GradientCheckpointing">Whether layer activations were recomputed in backward.</param>
 /// <param name="LoadTime">Loading the model and attaching the adapters.</param>
 /// <param name="TrainTime">The training loop (device work finished).</param>
+/// <param name="DeviceCount">How many devices trained (replicas of a data-parallel run).</param>
 public sealed record FineTuneOutcome(
     TrainingResult Training, int TrainRows, int ValidationRows, string? AdapterFolder, string? MergedFolder,
-    bool GradientCheckpointing, TimeSpan LoadTime, TimeSpan TrainTime);
+    bool GradientCheckpointing, TimeSpan LoadTime, TimeSpan TrainTime, int DeviceCount = 1);

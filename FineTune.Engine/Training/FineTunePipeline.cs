@@ -1,7 +1,9 @@
 using System.Diagnostics;
+using System.Runtime.ExceptionServices;
 using FineTune.Engine.Adapters;
 using FineTune.Engine.Backend;
 using FineTune.Engine.Data;
+using FineTune.Engine.Distributed;
 using FineTune.Engine.Models;
 using FineTune.Engine.Tokenization;
 using Microsoft.Extensions.Logging;
@@ -42,14 +44,60 @@ public sealed class FineTunePipeline(ILoggerFactory? loggers = null)
     public Task<FineTuneOutcome> RunAsync(FineTuneJob job, IProgress<TrainingProgress>? progress, CancellationToken cancellationToken) =>
         Task.Factory.StartNew(() => Run(job, progress, cancellationToken), cancellationToken, TaskCreationOptions.LongRunning, TaskScheduler.Default);
 
-    /// <summary>Runs the job on the calling thread; throws <see cref="OperationCanceledException"/> when cancelled.</summary>
+    /// <summary>Runs the job on the calling thread (on one thread per device when data-parallel); throws <see cref="OperationCanceledException"/> when cancelled.</summary>
     public FineTuneOutcome Run(FineTuneJob job, IProgress<TrainingProgress>? progress = null, CancellationToken cancellationToken = default)
     {
-        var logger = _loggers.CreateLogger(LogCategory);
         // The data first: a bad template or file fails in a second, not after minutes of loading weights.
         var split = Split(job);
         cancellationToken.ThrowIfCancellationRequested();
+        return job.IsDataParallel
+            ? RunDataParallel(job, job.Devices!, split, progress, cancellationToken)
+            : Train(job, split, replica: null, progress, cancellationToken);
+    }
 
+    /// <summary>
+    /// One replica per device, each on a thread of its own (see <see cref="DataParallelGroup"/> for why threads): each
+    /// loads the model on its device and trains its share of every step; rank 0 reports progress and writes the
+    /// checkpoints and the adapter. When a replica fails, the group aborts the others' collectives and the first
+    /// failure is what the caller sees.
+    /// </summary>
+    private FineTuneOutcome RunDataParallel(FineTuneJob job, IReadOnlyList<Device> devices, DataSplit split,
+        IProgress<TrainingProgress>? progress, CancellationToken cancellationToken)
+    {
+        using var group = DataParallelGroup.Create(devices);
+        _loggers.CreateLogger(LogCategory).LogInformation("Data parallel on {Count} devices ({Devices}); each optimizer step's rows are shared out",
+            devices.Count, string.Join(", ", devices));
+        var replicas = devices.Select((device, rank) => Task.Factory.StartNew(() =>
+        {
+            try
+            {
+                var replica = group.Join(rank);
+                var outcome = Train(job with { Device = device, Devices = null }, split, replica, progress, cancellationToken);
+                group.Leave(rank);
+                return outcome;
+            }
+            catch (Exception e)
+            {
+                group.Fail(e);
+                throw;
+            }
+        }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default)).ToArray();
+        try
+        {
+            Task.WaitAll(replicas);
+        }
+        catch (AggregateException) when (group.FirstFailure is { } first)
+        {
+            ExceptionDispatchInfo.Capture(first).Throw();
+        }
+        return replicas[0].Result with { DeviceCount = devices.Count };
+    }
+
+    /// <summary>Loads, trains and (on the main replica) exports: the single-device run, or one replica of a data-parallel one.</summary>
+    private FineTuneOutcome Train(FineTuneJob job, DataSplit split, DataParallelReplica? replica, IProgress<TrainingProgress>? progress, CancellationToken cancellationToken)
+    {
+        bool main = replica?.IsMain ?? true;
+        var logger = main ? _loggers.CreateLogger(LogCategory) : NullLogger.Instance;
         var clock = Stopwatch.StartNew();
         using var model = LoadModel(job);
         if (job.InitAdapter is not null) PeftAdapter.Load(job.InitAdapter, model.Trainable.NamedLinears());
@@ -61,22 +109,22 @@ public sealed class FineTunePipeline(ILoggerFactory? loggers = null)
 
         var options = job.Training with { UseLossScaling = model.ComputeDType == ScalarType.Float16 };
         string baseModelName = job.BaseModelName ?? PeftAdapter.BaseModelName(job.ModelFolder);
-        var trainer = new LoraTrainer(model.Trainable, job.Lora, baseModelName, _loggers.CreateLogger<LoraTrainer>());
+        var trainer = new LoraTrainer(model.Trainable, job.Lora, baseModelName, main ? _loggers.CreateLogger<LoraTrainer>() : null) { Replica = replica };
         clock.Restart();
-        var result = trainer.Train(split, options, progress, cancellationToken, job.CheckpointsFolder, job.ResumeFrom);
+        var result = trainer.Train(split, options, main ? progress : null, cancellationToken, main ? job.CheckpointsFolder : null, job.ResumeFrom);
         Synchronize(job);
         var trainTime = clock.Elapsed;
         cancellationToken.ThrowIfCancellationRequested();
 
-        if (job.OutputFolder is not null)
+        if (main && job.OutputFolder is not null)
         {
-            var info = new AdapterRunInfo(baseModelName, split.Train.Count, split.Validation.Count, job.Lora, options,
-                job.MaxSeqLength, job.FourBit, job.TemplateName, result, DateTimeOffset.UtcNow);
-            AdapterExport.WriteFolder(job.OutputFolder, model.Trainable.NamedLinears(), job.ModelFolder, info);
+            var info = new AdapterRunInfo(job, baseModelName, split.Train.Count, split.Validation.Count, options, model.ComputeDType,
+                model.Trainable.GradientCheckpointing, result, DateTimeOffset.UtcNow);
+            AdapterExport.WriteFolder(job.OutputFolder, model.Trainable.NamedLinears(), info);
         }
-        if (job.MergedFolder is not null)
+        if (main && job.MergedFolder is not null)
             AdapterExport.WriteMerged(job.MergedFolder, model.Model, model.Trainable.NamedLinears(), job.ModelFolder);
-        return new FineTuneOutcome(result, split.Train.Count, split.Validation.Count, job.OutputFolder, job.MergedFolder,
+        return new FineTuneOutcome(result, split.Train.Count, split.Validation.Count, main ? job.OutputFolder : null, main ? job.MergedFolder : null,
             model.Trainable.GradientCheckpointing, loadTime, trainTime);
     }
 
@@ -124,6 +172,7 @@ public sealed class FineTunePipeline(ILoggerFactory? loggers = null)
     /// <summary>Waits for the device's queued work, so the load and train times are the device's, not the host's.</summary>
     private static void Synchronize(FineTuneJob job)
     {
-        if ((job.Device ?? ComputeBackend.Current.Device).type == TorchSharp.DeviceType.CUDA) cuda.synchronize();
+        var device = job.Device ?? ComputeBackend.Current.Device;
+        if (device.type == TorchSharp.DeviceType.CUDA) cuda.synchronize(device);
     }
 }

@@ -112,7 +112,7 @@ public sealed class GgufExportTests(ITestOutputHelper output) : IDisposable
 
         output.WriteLine(stdout.ToString());
         Assert.True(code == 0, stderr.ToString());
-        Assert.Contains("ollama create qwen2-run -f", stdout.ToString());
+        Assert.Contains("ollama create qwen2-run -f qwen2-run.Modelfile", stdout.ToString());
         string modelfile = File.ReadAllText(Path.Combine(_folder, "out", "qwen2-run.Modelfile"));
         output.WriteLine(modelfile);
         Assert.StartsWith("FROM ./qwen2-run.gguf\n", modelfile);

@@ -1,5 +1,6 @@
 using FineTune.Engine.Tokenization;
 using FineTune.Tests.Adapters;
+using FineTune.Tests.Export;
 using FineTune.Tests.Support;
 using FineTune.Tests.Web.Support;
 
@@ -72,10 +73,10 @@ public class ManagedTokenizerParityTests
         }
     }
 
-    [TestDataFact("tokenizer-qwen3/tokenizer.json")]
+    [NpmTokenizerFact]
     public void Managed_gives_the_rust_tokenizers_ids_on_qwen3s_real_tokenizer()
     {
-        string folder = TestPaths.InRepo(".testdata", "tokenizer-qwen3");
+        string folder = Qwen3TokenizerGgufTests.Models ?? throw new InvalidOperationException("Run tools/fixtures/npm-tokenizers.sh first.");
         var settings = TokenizerSettings.Load(folder);
         string[] texts = [.. TokenizerParityTests.Golden("qwen3").GetProperty("tokenizer").EnumerateArray().Select(g => g.GetProperty("text").GetString()!),
             LongMixedText];
@@ -105,16 +106,3 @@ public class ManagedTokenizerParityTests
     }
 }
 
-/// <summary>
-/// A test on data that tools/fetch-test-data.sh puts in .testdata/ (too big to commit): skipped when it is not there,
-/// except in CI (CI=true), where .ci/run fetches it and its absence must fail the test.
-/// </summary>
-public sealed class TestDataFactAttribute : FactAttribute
-{
-    public TestDataFactAttribute(string relativePath)
-    {
-        if (!File.Exists(TestPaths.InRepo(".testdata", relativePath)) &&
-            !string.Equals(Environment.GetEnvironmentVariable("CI"), "true", StringComparison.OrdinalIgnoreCase))
-            Skip = $".testdata/{relativePath} is missing: run tools/fetch-test-data.sh (needs npm) to fetch it.";
-    }
-}

@@ -17,6 +17,7 @@ using FineTune.Web.Headless;
 using FineTune.Web.Infrastructure;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging.Abstractions;
+using FineTune.Engine.Training;
 
 namespace FineTune.Tests.Training;
 

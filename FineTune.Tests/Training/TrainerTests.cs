@@ -93,8 +93,8 @@ public class TrainerTests
         Assert.Equal(48, last.TotalSteps);
         Assert.Equal(8.0, last.Epoch, 6);
         Assert.True(last.TokensPerSecond > 0);
-        Assert.True(double.IsFinite(last.GradNorm) && last.GradNorm > 0);
-        Assert.Equal(1e-2 / 48, last.LearningRate, 12); // the last step of a linear schedule runs at 1/48 of the peak
+        Assert.True(double.IsFinite(last.GradNorm!.Value) && last.GradNorm > 0);
+        Assert.Equal(1e-2 / 48, last.LearningRate!.Value, 12); // the last step of a linear schedule runs at 1/48 of the peak
         Assert.Null(last.GpuMemoryBytes);
     }
 

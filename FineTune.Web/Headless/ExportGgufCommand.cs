@@ -1,7 +1,6 @@
 using FineTune.Engine.Adapters;
 using FineTune.Engine.Backend;
 using FineTune.Engine.Export;
-using FineTune.Engine.Generation;
 using FineTune.Engine.Hub;
 using FineTune.Engine.Models;
 using FineTune.Engine.Tokenization;
@@ -51,10 +50,14 @@ public static class ExportGgufCommand
             ComputeBackend.Initialize();
             var tokenizer = TokenizerLoader.Load(folder);
             string template = GenerateCommand.TrainedTemplate(adapter) ?? (ChatTemplate.ForTokenizer(tokenizer) is not null ? "chat" : "tutorial");
-            var result = Export(folder, adapter, outPath, type, GenerateCommand.TemplateSettings(template), tokenizer, Path.GetFileName(model.TrimEnd('/', '\\')), cancellationToken);
-            await output.WriteLineAsync($"wrote {result.Gguf} ({result.Bytes / 1048576.0:0.0} MiB, {result.Architecture}, {typeName}, {result.MergedLayers} LoRA layers merged)").ConfigureAwait(false);
+            var options = new GgufExportOptions(type, adapter, GenerateCommand.TemplateSettings(template), Path.GetFileName(model.TrimEnd('/', '\\')))
+            {
+                CancellationToken = cancellationToken,
+            };
+            var result = GgufPackage.Write(folder, outPath, options);
+            await output.WriteLineAsync($"wrote {result.Gguf} ({result.Export.Bytes / 1048576.0:0.0} MiB, {result.Export.Architecture}, {typeName}, {result.Export.MergedLayers} LoRA layers merged)").ConfigureAwait(false);
             await output.WriteLineAsync($"wrote {result.Modelfile}").ConfigureAwait(false);
-            await output.WriteLineAsync(OllamaHint(result.Modelfile)).ConfigureAwait(false);
+            await output.WriteLineAsync($"in {Path.GetDirectoryName(Path.GetFullPath(result.Modelfile))}: {result.OllamaCreate}").ConfigureAwait(false);
             return 0;
         }
         catch (OperationCanceledException)
@@ -75,34 +78,6 @@ public static class ExportGgufCommand
         {
             if (extracted is not null) Directory.Delete(extracted, recursive: true);
         }
-    }
-
-    /// <summary>What an export wrote.</summary>
-    public sealed record Written(string Gguf, string Modelfile, long Bytes, string Architecture, int MergedLayers);
-
-    /// <summary>
-    /// Writes the GGUF and its Modelfile (the one export the CLI and the download step share). The Modelfile's
-    /// sampling comes from <paramref name="sampling"/> (the test step's) or else the model's generation_config.json.
-    /// </summary>
-    public static Written Export(string modelFolder, string? adapterFolder, string outPath, GgufFileType type, PromptTemplateSettings template,
-        ITextTokenizer tokenizer, string name, CancellationToken cancellationToken, GenerationSettings? sampling = null)
-    {
-        var result = GgufExport.Export(modelFolder, outPath, new GgufExportOptions(type, adapterFolder, template, name) { CancellationToken = cancellationToken });
-        sampling ??= GenerationSettings.FromModelFolder(modelFolder, ModelConfig.Load(modelFolder), tokenizer.EosTokenIds);
-        string modelfile = Path.ChangeExtension(outPath, ".Modelfile");
-        File.WriteAllText(modelfile, OllamaModelfile.Build(Path.GetFileName(outPath), template, tokenizer,
-            sampling.DoSample ? sampling.Temperature : 0, sampling.DoSample ? sampling.TopP : 1));
-        return new Written(outPath, modelfile, result.Bytes, result.Architecture, result.MergedLayers);
-    }
-
-    /// <summary>The one line that makes an Ollama model of the export.</summary>
-    public static string OllamaHint(string modelfile) =>
-        $"ollama create {OllamaName(Path.GetFileNameWithoutExtension(modelfile))} -f {modelfile}";
-
-    private static string OllamaName(string name)
-    {
-        string cleaned = new(name.ToLowerInvariant().Select(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.' ? c : '-').ToArray());
-        return cleaned.Trim('-', '.') is { Length: > 0 } n ? n : "finetune";
     }
 
     private static async Task<int> UsageAsync(TextWriter error, string problem)

@@ -127,11 +127,15 @@ public static class TrainCommand
     {
         public void Report(TrainingProgress p)
         {
-            var line = string.Create(CultureInfo.InvariantCulture,
-                $"step {p.Step}/{p.TotalSteps} epoch {p.Epoch:0.00} loss {p.Loss:0.0000} lr {p.LearningRate:0.###e+0} grad_norm {p.GradNorm:0.000} tok/s {p.TokensPerSecond:0} elapsed {p.Elapsed:hh\\:mm\\:ss} eta {p.Eta:hh\\:mm\\:ss}");
-            if (p.EvalLoss is double e) line += string.Create(CultureInfo.InvariantCulture, $" eval_loss {e:0.0000}");
-            if (p.GpuMemoryBytes is long m) line += string.Create(CultureInfo.InvariantCulture, $" gpu_mem {m / 1e9:0.00}GB");
-            output.WriteLine(line);
+            if (p.Loss is double loss)
+            {
+                var line = string.Create(CultureInfo.InvariantCulture,
+                    $"step {p.Step}/{p.TotalSteps} epoch {p.Epoch:0.00} loss {loss:0.0000} lr {p.LearningRate:0.###e+0} grad_norm {p.GradNorm:0.000} tok/s {p.TokensPerSecond:0} elapsed {p.Elapsed:hh\\:mm\\:ss} eta {p.Eta:hh\\:mm\\:ss}");
+                if (p.EvalLoss is double e) line += string.Create(CultureInfo.InvariantCulture, $" eval_loss {e:0.0000}");
+                if (p.GpuMemoryBytes is long m) line += string.Create(CultureInfo.InvariantCulture, $" gpu_mem {m / 1e9:0.00}GB");
+                output.WriteLine(line);
+            }
+            if (p.CheckpointPath is not null) output.WriteLine($"checkpoint: {p.CheckpointPath}");
         }
     }
 }

@@ -48,6 +48,20 @@ public static class AccessGate
                 await next(context);
                 return;
             }
+            // The OpenAI-compatible API: programs send the same token as "Authorization: Bearer <token>".
+            if (context.Request.Path.StartsWithSegments("/v1"))
+            {
+                string authorization = context.Request.Headers.Authorization.ToString();
+                var token = context.RequestServices.GetRequiredService<IOptions<FineTuneOptions>>().Value.AccessToken;
+                if (authorization.StartsWith("Bearer ", StringComparison.Ordinal) && Matches(authorization["Bearer ".Length..].Trim(), token))
+                {
+                    await next(context);
+                    return;
+                }
+                context.Response.StatusCode = StatusCodes.Status401Unauthorized;
+                await context.Response.WriteAsJsonAsync(new { error = new { message = "Send the app's access token as 'Authorization: Bearer <token>'.", type = "invalid_request_error", code = "invalid_api_key" } });
+                return;
+            }
             if (HttpMethods.IsGet(context.Request.Method) && !context.Request.Path.StartsWithSegments("/hubs") && !context.Request.Path.StartsWithSegments("/_blazor"))
                 context.Response.Redirect($"{LoginPath}?returnUrl={Uri.EscapeDataString(context.Request.PathBase + context.Request.Path + context.Request.QueryString)}");
             else

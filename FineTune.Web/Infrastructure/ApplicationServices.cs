@@ -40,7 +40,10 @@ public static class ApplicationServices
 
         // The compute backend is chosen once, before any TorchSharp call, and reported in the log and on /healthz.
         builder.Services.AddSingleton(provider =>
-            ComputeBackend.Initialize(provider.GetRequiredService<ILoggerFactory>().CreateLogger("FineTune.Backend")));
+        {
+            FineTune.Engine.Kernels.CudaKernels.CacheFolder = provider.GetRequiredService<DataPaths>().Kernels; // compiled kernels live with the data
+            return ComputeBackend.Initialize(provider.GetRequiredService<ILoggerFactory>().CreateLogger("FineTune.Backend"));
+        });
         builder.Services.AddHostedService<BackendStartup>();
         builder.Services.AddAppHealthChecks();
 
@@ -51,6 +54,7 @@ public static class ApplicationServices
         builder.Services.AddSingleton(provider => new LocalModelFolders(provider.GetRequiredService<DataPaths>(),
             () => provider.GetRequiredService<ListeningAddresses>().IsExposed));
         builder.Services.AddScoped<WizardState>();
+        builder.Services.AddScoped<WizardDraftStore>();
 
         // Run history (SQLite in the data folder) and the one-at-a-time training queue.
         builder.Services.AddDbContextFactory<RunDbContext>((provider, options) =>
@@ -59,6 +63,7 @@ public static class ApplicationServices
         builder.Services.AddSingleton<RunNotifier>();
         builder.Services.AddSingleton<ArtifactPackager>();
         builder.Services.AddHostedService<RunDatabaseStartup>();
+        builder.Services.AddSingleton(provider => GpuPool.For(provider.GetRequiredService<BackendInfo>()));
         builder.Services.AddSingleton<RunQueue>();
         builder.Services.AddHostedService(provider => provider.GetRequiredService<RunQueue>());
         builder.Services.AddHostedService<TrainingHubForwarder>();
@@ -72,6 +77,9 @@ public static class ApplicationServices
         builder.Services.TryAddSingleton<ITrainingRunner, EngineTrainingRunner>();
         builder.Services.TryAddSingleton<IChatGenerator, EngineChatGenerator>();
         builder.Services.TryAddSingleton<IModelMerger, EngineModelMerger>();
+        builder.Services.AddSingleton<GgufDownloads>();
+        builder.Services.AddSingleton<FineTune.Web.Features.OpenAi.OpenAiModels>();
+        builder.Services.TryAddSingleton<IGgufExporter, EngineGgufExporter>();
         return builder;
     }
 }

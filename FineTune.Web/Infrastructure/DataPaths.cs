@@ -22,6 +22,8 @@ public sealed class DataPaths
     public string Database => Path.Combine(Root, "finetune.db");
     public string Runs => Path.Combine(Root, "runs");
     public string Models => Path.Combine(Root, "models");
+    /// <summary>CUDA kernels compiled at run time (FineTune.Engine/Kernels), by GPU architecture and source hash.</summary>
+    public string Kernels => Path.Combine(Root, "kernels");
     /// <summary>ASP.NET data-protection keys (sign-in cookies survive a restart or a recreated container).</summary>
     public string Keys => Path.Combine(Root, "keys");
     public IReadOnlyList<string> ModelRoots { get; }

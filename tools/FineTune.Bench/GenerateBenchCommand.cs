@@ -9,7 +9,7 @@ using static TorchSharp.torch;
 namespace FineTune.Bench;
 
 /// <summary>
-/// `generate --model DIR [--new-tokens 256] [--repeats 3] [--out result.json]`: batch 1, greedy, exactly N new
+/// `generate --model DIR [--new-tokens 256] [--repeats 3] [--qlora] [--out result.json]`: batch 1, greedy, exactly N new
 /// tokens with the KV cache, bf16 — the counterpart of tools/bench/reference.py generate (HF generate()), on the
 /// same prompt ids. Best of the repeats after one warm-up, as the reference does.
 /// </summary>
@@ -24,7 +24,11 @@ internal static class GenerateBenchCommand
         string folder = o.Required("model");
         int newTokens = o.Int("new-tokens", 256), repeats = o.Int("repeats", 3);
         var dtype = backend.ComputeDType;
-        using var model = ModelLoader.Load(folder, new ModelLoadOptions { Device = backend.Device, DType = dtype });
+        bool qlora = o.Flag("qlora"); // a 4-bit base, as chat with a QLoRA run's base model
+        using var model = ModelLoader.Load(folder, new ModelLoadOptions
+        {
+            Device = backend.Device, DType = dtype, LoadLinearWeight = qlora ? FineTune.Engine.Adapters.Nf4.QuantizeOnLoad(dtype) : null,
+        });
         var generator = new Generator(model);
         // The same ids as the reference; folded into small vocabularies (the test fixtures) so the command runs there too.
         int[] prompt = [.. Prompt.Select(id => id % model.Config.VocabSize)];
@@ -45,6 +49,7 @@ internal static class GenerateBenchCommand
         {
             ["stack"] = "finetune",
             ["workload"] = "generate",
+            ["mode"] = qlora ? "qlora-nf4" : "lora-16bit",
             ["model"] = Path.GetFileName(folder.TrimEnd('/')),
             ["prompt_tokens"] = prompt.Length,
             ["new_tokens"] = produced,

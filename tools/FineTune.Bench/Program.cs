@@ -19,6 +19,7 @@ try
                 backend.Description,
                 backend.Reason,
                 backend.SupportsBFloat16,
+                backend.Kernels,
                 matmulTflops = MatmulTflops(backend),
             }));
             return 0;
@@ -32,6 +33,10 @@ try
             return PeftParityCommand.Run(args[1..], backend);
         case "profile":
             return ProfileCommand.Run(args[1..], backend);
+        case "kernels":
+            return KernelsCommand.Run(args[1..], backend);
+        case "dp-check":
+            return DataParallelCheckCommand.Run(args[1..], backend);
         case "optim":
             return OptimizerBenchCommand.Run(args[1..], backend);
         default:

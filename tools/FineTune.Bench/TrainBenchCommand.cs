@@ -8,10 +8,11 @@ using FineTune.Engine.Training;
 namespace FineTune.Bench;
 
 /// <summary>
-/// `train --model DIR --workload qa|dense [--data qa.jsonl] [--max-rows N] [--dense-steps S --dense-batch B] [--qlora] [--gradient-checkpointing auto|on|off] [--layout packed|grouped] [--out result.json] [--output ADAPTER_DIR]`:
+/// `train --model DIR --workload qa|dense [--data qa.jsonl] [--max-rows N] [--dense-steps S --dense-batch B] [--qlora] [--gradient-checkpointing auto|on|off] [--layout packed|grouped] [--gpus N] [--out result.json] [--output ADAPTER_DIR]`:
 /// FineTune's trainer on the same model folder and data as tools/bench/reference.py (HF transformers + PEFT),
 /// with the same LoRA (r 16, alpha 32, dropout 0.05, q/k/v/o), AdamW lr 2e-4, linear schedule, bf16.
-/// Q&A: 8 rows per optimizer step, one epoch, answer-only loss. Dense: 4 × 512 tokens per step.
+/// Q&A: 8 rows per optimizer step, one epoch, answer-only loss. Dense: 4 × 512 tokens per step. --gpus N: data parallel
+/// on the first N GPUs, the same global batch (each GPU trains its share of every step).
 /// </summary>
 public static class TrainBenchCommand
 {
@@ -43,7 +44,13 @@ public static class TrainBenchCommand
         };
         long realTokens = examples.Sum(e => (long)e.Length);
 
-        var job = Job(modelFolder, examples, batch, qlora, layout, checkpointing, backend) with { OutputFolder = o.Optional("output") };
+        int gpus = o.Int("gpus", 1);
+        if (gpus > 1 && backend.Gpus.Count < gpus) throw new ArgumentException($"--gpus {gpus}: this machine has {backend.Gpus.Count} GPU(s).");
+        var job = Job(modelFolder, examples, batch, qlora, layout, checkpointing, backend) with
+        {
+            OutputFolder = o.Optional("output"),
+            Devices = gpus > 1 ? [.. backend.GpuDevices.Take(gpus)] : null,
+        };
         var outcome = new FineTunePipeline().Run(job);
         var result = outcome.Training;
         double loadSeconds = outcome.LoadTime.TotalSeconds;
@@ -56,6 +63,7 @@ public static class TrainBenchCommand
             ["workload"] = workload,
             ["mode"] = qlora ? "qlora-nf4" : "lora-16bit",
             ["batch"] = batch,
+            ["gpus"] = outcome.DeviceCount,
             ["layout"] = layout.ToString(),
             ["gradient_checkpointing"] = outcome.GradientCheckpointing,
             ["model"] = Path.GetFileName(modelFolder.TrimEnd('/')),

@@ -86,6 +86,12 @@ def train(args):
             labels = torch.tensor([f["labels"] + [-100] * (T - len(f["labels"])) for f in features])
             return {"input_ids": ids, "attention_mask": mask, "labels": labels}
         collator = collate
+        if args.collator == "flatten":
+            # HF's padding-free path: the 8 rows as one row with position ids restarting per row (no padding);
+            # transformers builds the block-diagonal causal mask from the position ids.
+            from transformers import DataCollatorWithFlattening
+            data = [{"input_ids": d["input_ids"], "labels": d["labels"]} for d in data]
+            collator = DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
     else:
         g = torch.Generator().manual_seed(1)
         n_batches = args.dense_steps
@@ -119,7 +125,7 @@ def train(args):
     peak = torch.cuda.max_memory_allocated()
     result = {"stack": "hf-transformers+peft", "versions": {"torch": torch.__version__,
               "transformers": __import__("transformers").__version__, "peft": __import__("peft").__version__},
-              "workload": args.workload, "mode": "lora-16bit", "batch": batch, "model": os.path.basename(args.model.rstrip("/")), "params": n_params,
+              "workload": args.workload, "mode": "lora-16bit", "collator": args.collator, "batch": batch, "model": os.path.basename(args.model.rstrip("/")), "params": n_params,
               "rows": len(data), "optimizer_steps": trainer.state.global_step, "wall_s": wall,
               "real_tokens": real_tokens, "tokens_per_s": real_tokens / wall, "peak_gpu_bytes": peak,
               "final_loss": losses[-1]["loss"] if losses else None,
@@ -223,6 +229,8 @@ def main():
     t = sub.add_parser("train"); t.add_argument("--model", required=True); t.add_argument("--workload", choices=["qa", "dense"], required=True)
     t.add_argument("--data"); t.add_argument("--out", required=True); t.add_argument("--dense-steps", type=int, default=60)
     t.add_argument("--dense-batch", type=int, default=4); t.add_argument("--max-rows", type=int, default=None)
+    t.add_argument("--collator", choices=["pad", "flatten"], default="pad",
+                   help="qa: pad each batch (DataCollatorForSeq2Seq) or flatten it padding-free (DataCollatorWithFlattening)")
     g = sub.add_parser("generate"); g.add_argument("--model", required=True); g.add_argument("--out", required=True)
     g.add_argument("--new-tokens", type=int, default=256); g.add_argument("--repeats", type=int, default=3)
     f = sub.add_parser("profile"); f.add_argument("--model", required=True); f.add_argument("--data", required=True)

@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # One benchmark cell set on the GPU machine, both stacks in the same call (see tools/bench/README.md).
 #   bash tools/bench/run-gpu.sh SHAPE [ROWS] [CELL ...]   SHAPE: qwen2.5-0.5b | qwen2-7b
-#   CELL: hf-qa-lora ft-qa-lora hf-dense-lora ft-dense-lora ft-qa-qlora ft-dense1-qlora (default: these six),
-#         hf-generate ft-generate (batch 1, greedy, 256 new tokens),
-#         ft-dense1-qlora-keep (QLoRA 1 x 512 keeping all activations: gradient checkpointing off)
-# Needs: .device/dotnet.tgz, .device/on-gpu.sh and .device/bench (FineTune.Bench published with TorchBackend=none).
+#   CELL: hf-qa-lora hf-qa-lora-flat ft-qa-lora hf-dense-lora ft-dense-lora ft-qa-qlora ft-dense1-qlora (default: these
+#         seven; hf-qa-lora-flat is HF's padding-free DataCollatorWithFlattening),
+#         hf-generate ft-generate ft-generate-qlora (batch 1, greedy, 256 new tokens; the last with a 4-bit base),
+#         ft-dense1-qlora-keep (QLoRA 1 x 512 keeping all activations: gradient checkpointing off),
+#         ft-qa-lora-2gpu ft-dense-lora-2gpu (the same on two GPUs, data parallel: same global batch and steps)
+# Needs: .device/dotnet.tgz, .device/on-gpu.sh and .device/bench (FineTune.Bench published with TorchBackend=none);
+#        DEVICE_DIR names another folder than .device.
 # Writes $OUT/bench/<shape>-<stack>-<workload>-<mode>.json, each with the peak device memory seen by nvidia-smi.
 set -uo pipefail
 shape=${1:?shape}; rows=${2:-2000}; shift $(( $# >= 2 ? 2 : $# ))
-cells=${*:-hf-qa-lora ft-qa-lora hf-dense-lora ft-dense-lora ft-qa-qlora ft-dense1-qlora}
-source .device/on-gpu.sh .device/dotnet.tgz >/dev/null
+cells=${*:-hf-qa-lora hf-qa-lora-flat ft-qa-lora hf-dense-lora ft-dense-lora ft-qa-qlora ft-dense1-qlora}
+dev=${DEVICE_DIR:-.device}
+source $dev/on-gpu.sh $dev/dotnet.tgz >/dev/null
 source /opt/torch/.venv/bin/activate
 out=${OUT:-/tmp/out}/bench; mkdir -p "$out"
 models=/tmp/bench-models; mkdir -p $models
@@ -17,7 +21,8 @@ models=/tmp/bench-models; mkdir -p $models
 [ -d $models/$shape ] || python3 tools/bench/reference.py make-model --shape "$shape" --out $models/$shape 2>&1 | grep -v Writing
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$out/gpu.txt"
 
-# measure NAME COMMAND...: runs COMMAND with nvidia-smi sampling used memory every 100 ms; adds peak_device_bytes.
+# measure NAME COMMAND...: runs COMMAND with nvidia-smi sampling used memory every 100 ms; adds peak_device_bytes
+# (the largest any one GPU used).
 measure() {
   local name=$1; shift
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > /tmp/mem.$name.txt &
@@ -35,18 +40,22 @@ PY
   else echo "$name failed (rc $rc)"; tail -20 /tmp/log.$name.txt; fi
 }
 
-bench=".device/bench/FineTune.Bench.dll"
+bench=${BENCH_DLL:-$dev/bench/FineTune.Bench.dll} # BENCH_DLL: another build, e.g. the baseline in the same call
 data="--data /tmp/qa.jsonl --max-rows $rows"
 for cell in $cells; do
   case $cell in
     hf-qa-lora)      measure "$shape-$cell" python3 tools/bench/reference.py train --model $models/$shape --workload qa $data --out "$out/$shape-$cell.json" ;;
+    hf-qa-lora-flat) measure "$shape-$cell" python3 tools/bench/reference.py train --model $models/$shape --workload qa $data --collator flatten --out "$out/$shape-$cell.json" ;;
     hf-dense-lora)   measure "$shape-$cell" python3 tools/bench/reference.py train --model $models/$shape --workload dense --out "$out/$shape-$cell.json" ;;
     ft-qa-lora)      measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload qa $data --out "$out/$shape-$cell.json" ;;
     ft-dense-lora)   measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload dense --out "$out/$shape-$cell.json" ;;
+    ft-qa-lora-2gpu) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload qa $data --gpus 2 --out "$out/$shape-$cell.json" ;;
+    ft-dense-lora-2gpu) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload dense --gpus 2 --out "$out/$shape-$cell.json" ;;
     ft-qa-qlora)     measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload qa $data --qlora --out "$out/$shape-$cell.json" ;;
     ft-dense1-qlora) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload dense --dense-batch 1 --dense-steps 30 --qlora --out "$out/$shape-$cell.json" ;;
     ft-dense1-qlora-keep) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload dense --dense-batch 1 --dense-steps 30 --qlora --gradient-checkpointing off --out "$out/$shape-$cell.json" ;;
     hf-generate)     measure "$shape-$cell" python3 tools/bench/reference.py generate --model $models/$shape --out "$out/$shape-$cell.json" ;;
+    ft-generate-qlora) measure "$shape-$cell" dotnet $bench generate --model $models/$shape --qlora --out "$out/$shape-$cell.json" ;;
     ft-generate)     measure "$shape-$cell" dotnet $bench generate --model $models/$shape --out "$out/$shape-$cell.json" ;;
     *) echo "unknown cell $cell"; exit 2 ;;
   esac

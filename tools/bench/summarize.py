@@ -50,9 +50,14 @@ def main():
     print("| model | workload | mode | stack | wall s | real tokens/s | vs HF | peak GPU GiB | final loss | mean loss, last 10 steps | MFU |")
     print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, c in sorted(train.items()):
-        stack = "HF transformers + PEFT" if c["stack"].startswith("hf") else "FineTune"
-        ref = train.get(name.replace("-ft-", "-hf-"))
-        ratio = f"{c['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref and ref is not c else ("1.00x" if ref is c else "no reference")
+        flat = c.get("collator") == "flatten"
+        stack = ("HF transformers + PEFT" + (", padding-free" if flat else "")) if c["stack"].startswith("hf") else "FineTune"
+        if c["stack"].startswith("hf"):
+            ratio = "1.00x"
+        else:
+            # Against HF padded, and for Q&A also against HF padding-free (DataCollatorWithFlattening).
+            refs = [(train.get(name.replace("-ft-", "-hf-")), ""), (train.get(name.replace("-ft-", "-hf-") + "-flat"), " padding-free")]
+            ratio = " / ".join(f"{c['tokens_per_s'] / r['tokens_per_s']:.2f}x{label}" for r, label in refs if r) or "no reference"
         mfu = 4 * n_matmul(c["shape"]) * c["real_tokens"] / (c["wall_s"] * PEAK)
         workload = f"Q&A {c['rows']:,} rows, 8/step" if c["workload"] == "qa" else f"dense {c.get('batch', 4)} x 512"
         print(f"| {c['shape']} | {workload} | {mode_of(c)} | {stack} | {c['wall_s']:.1f} | {c['tokens_per_s']:,.0f} | {ratio} "
@@ -62,9 +67,11 @@ def main():
         print("| model | generation | stack | best of 3, s | tokens/s | vs HF | peak GPU GiB |")
         print("|---|---|---|---:|---:|---:|---:|")
         for name, c in sorted(generate.items()):
-            stack = "HF transformers generate()" if c["stack"].startswith("hf") else "FineTune Generator"
-            ref = generate.get(name.replace("-ft-", "-hf-"))
-            ratio = f"{c['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else "no reference"
+            four_bit = c.get("mode", "").startswith("qlora")
+            stack = "HF transformers generate()" if c["stack"].startswith("hf") else "FineTune Generator" + (", NF4 base" if four_bit else "")
+            # A 4-bit base against HF's 16-bit generate(): the GPU machine has no bitsandbytes for HF's 4-bit one.
+            ref = generate.get(name.replace("-ft-", "-hf-").removesuffix("-qlora"))
+            ratio = (f"{c['tokens_per_s'] / ref['tokens_per_s']:.2f}x" + (" (HF 16-bit)" if four_bit else "")) if ref else "no reference"
             print(f"| {c['shape']} | batch 1, {c['prompt_tokens']}-token prompt, {c['new_tokens']} greedy tokens | {stack} | {c['wall_s']:.2f} "
                   f"| {c['tokens_per_s']:.1f} | {ratio} | {c.get('peak_device_bytes', 0) / 2**30:.2f} |")
 

@@ -11,6 +11,7 @@ using FineTune.Web.Features.Data;
 using FineTune.Web.Features.Runs;
 using FineTune.Web.Features.Settings;
 using Microsoft.AspNetCore.Components.Forms;
+using FineTune.Engine.Training;
 
 namespace FineTune.Tests.Web.Components;
 
@@ -176,6 +177,27 @@ public sealed class SettingsStepTests : ComponentTestContext
     }
 
     [Fact]
+    public void An_out_of_range_value_is_kept_and_explained_at_its_field_and_training_cannot_start()
+    {
+        LoadTutorialRows();
+        var cut = Render<SettingsStep>();
+
+        cut.Find("input[data-field=LoraR]").Change("0");
+
+        Assert.Equal(0, State.Settings.LoraR); // not clamped to 1 behind the user's back
+        string field = cut.Find("input[data-field=LoraR]").Closest(".mud-input-control")!.TextContent;
+        Assert.Contains("允許範圍：1 到 256。", field);
+        Assert.Contains("秩為 0 不會訓練任何參數", field);
+        Assert.True(cut.Find("[data-testid=start-training]").HasAttribute("disabled"));
+        Assert.Contains("1 個", cut.Find("[data-testid=settings-invalid]").TextContent);
+
+        cut.Find("input[data-field=LoraR]").Change("16");
+        Assert.Equal(16, State.Settings.LoraR);
+        cut.WaitForAssertion(() => Assert.Empty(cut.FindAll("[data-testid=settings-invalid]")));
+        Assert.False(cut.Find("[data-testid=start-training]").HasAttribute("disabled"));
+    }
+
+    [Fact]
     public async Task Start_creates_a_queued_run_with_the_rows_and_the_original_file()
     {
         LoadTutorialRows();
@@ -201,7 +223,7 @@ public sealed class SettingsStepEnglishTests : ComponentTestContext
     [Fact]
     public void Counts_read_right_in_english_and_a_warning_is_separated_from_its_fix()
     {
-        var file = Importer.Parse(File.ReadAllBytes(TestFiles.Fixture("samples/tutorial-qa.xlsx")), "tutorial-qa.xlsx");
+        var file = Importer.Parse(File.ReadAllBytes(TestFiles.Sample("tutorial-qa.xlsx")), "tutorial-qa.xlsx");
         State.File = file;
         State.Dataset = new DatasetDraft(Importer.Build(file, new ImportSettings()));
         var cut = Render<SettingsStep>();
@@ -228,10 +250,12 @@ public sealed class TrainStepTests : ComponentTestContext
         cut.WaitForAssertion(() => Assert.Equal("1", cut.Find("[data-testid=loss-chart]").GetAttribute("data-points")));
         Assert.Contains("訓練中", cut.Find("[data-testid=train-status]").TextContent);
 
-        await Runs.Notifier.PublishAsync(new RunProgressEvent(run.Id, new TrainingProgress(2, 6, 1, Loss: 1.75, EvalLoss: 1.9, LearningRate: 2e-4, TokensPerSecond: 120, Elapsed: TimeSpan.FromSeconds(30), Eta: TimeSpan.FromSeconds(90))));
+        await Runs.Notifier.PublishAsync(new RunProgressEvent(run.Id, new TrainingProgress(2, 6, 1, Loss: 1.75, EvalLoss: 1.9, LearningRate: 2e-4, GradNorm: 0.8125, TokensPerSecond: 120, Elapsed: TimeSpan.FromSeconds(30), Eta: TimeSpan.FromSeconds(90))));
         cut.WaitForAssertion(() => Assert.Equal("3", cut.Find("[data-testid=loss-chart]").GetAttribute("data-points")));
         Assert.Equal("2 / 6", cut.Find("[data-testid=train-step]").TextContent);
         Assert.Equal("1.7500", cut.Find("[data-testid=train-loss]").TextContent);
+        Assert.Equal("0.8125", cut.Find("[data-testid=train-grad-norm]").TextContent);
+        Assert.Equal("2E-4", cut.Find("[data-testid=train-lr]").TextContent);
         Assert.Contains("1 分 30 秒", cut.Find("[data-testid=train-stats]").TextContent);
 
         await Runs.Store.SetStatusAsync(run.Id, RunStatus.Failed, "CUDA out of memory");

@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using FineTune.Web.Features.Runs;
+using FineTune.Engine.Training;
 
 namespace FineTune.Tests.Web.Support;
 

@@ -1,15 +1,13 @@
-using System.Globalization;
 using System.IO.Compression;
-using System.Text;
 using FineTune.Web.Features.Runs;
 using FineTune.Web.Features.Settings;
 
 namespace FineTune.Web.Features.Download;
 
 /// <summary>
-/// Builds the downloads of a finished run: the adapter zip (PEFT files as the trainer wrote them in adapter/,
-/// plus README.md model card, loss.csv and settings.json) and the merged model zip (merged/).
-/// Zips are built once into data/runs/&lt;id&gt;/download/ and served from there (range requests work).
+/// Packs the downloads of a finished run: the adapter zip (the folder adapter/ exactly as the engine's one writer,
+/// AdapterExport, produced it: PEFT files, tokenizer files, model card, loss.csv, settings.json) and the merged model
+/// zip (merged/). Zips are built once into data/runs/&lt;id&gt;/download/ and served from there (range requests work).
 /// </summary>
 public sealed class ArtifactPackager(RunStore store)
 {
@@ -22,9 +20,16 @@ public sealed class ArtifactPackager(RunStore store)
     public bool HasAdapter(int runId) => File.Exists(Path.Combine(AdapterDirectory(runId), "adapter_config.json"));
     public bool HasMerged(int runId) => File.Exists(Path.Combine(MergedDirectory(runId), "config.json"));
 
+    /// <summary>The files of the adapter zip (what the writer produced), by name.</summary>
+    public IReadOnlyList<string> AdapterFiles(int runId) =>
+        HasAdapter(runId)
+            ? [.. Directory.EnumerateFiles(AdapterDirectory(runId), "*", SearchOption.AllDirectories)
+                .Select(path => Path.GetRelativePath(AdapterDirectory(runId), path).Replace('\\', '/')).Order(StringComparer.Ordinal)]
+            : [];
+
     public async Task<string> AdapterZipAsync(int runId, CancellationToken cancellationToken = default)
     {
-        var run = await store.GetAsync(runId, cancellationToken) ?? throw new KeyNotFoundException($"Run {runId} does not exist.");
+        _ = await store.GetAsync(runId, cancellationToken) ?? throw new KeyNotFoundException($"Run {runId} does not exist.");
         if (!HasAdapter(runId))
             throw new FileNotFoundException($"Run {runId} has no adapter yet (adapter/adapter_config.json); it must finish training first.");
         string zip = Path.Combine(store.RunDirectory(runId), "download", $"finetune-run{runId}-adapter.zip");
@@ -37,13 +42,8 @@ public sealed class ArtifactPackager(RunStore store)
         using (var archive = new ZipArchive(file, ZipArchiveMode.Create))
         {
             string adapter = AdapterDirectory(runId);
-            foreach (string path in Directory.EnumerateFiles(adapter, "*", SearchOption.AllDirectories))
-                archive.CreateEntryFromFile(path, Path.GetRelativePath(adapter, path).Replace('\\', '/'), CompressionLevel.Fastest);
-            // The engine writes its own model card, loss curve and settings; fill in only what is missing.
-            var metrics = await store.MetricsAsync(runId, cancellationToken);
-            if (!File.Exists(Path.Combine(adapter, "README.md"))) Add(archive, "README.md", ModelCard(run, metrics));
-            if (!File.Exists(Path.Combine(adapter, "loss.csv"))) Add(archive, "loss.csv", LossCsv(metrics));
-            if (!File.Exists(Path.Combine(adapter, "settings.json"))) Add(archive, "settings.json", run.SettingsJson);
+            foreach (string name in AdapterFiles(runId))
+                archive.CreateEntryFromFile(Path.Combine(adapter, name), name, CompressionLevel.Fastest);
         }
         File.Move(temporary, zip, overwrite: true);
         return zip;
@@ -60,66 +60,6 @@ public sealed class ArtifactPackager(RunStore store)
         ZipFile.CreateFromDirectory(MergedDirectory(runId), zip + ".tmp", CompressionLevel.NoCompression, includeBaseDirectory: false);
         File.Move(zip + ".tmp", zip, overwrite: true);
         return zip;
-    }
-
-    private static void Add(ZipArchive archive, string name, string text)
-    {
-        using var writer = new StreamWriter(archive.CreateEntry(name).Open(), new UTF8Encoding(false));
-        writer.Write(text);
-    }
-
-    internal static string LossCsv(IEnumerable<RunMetric> metrics)
-    {
-        var sb = new StringBuilder("step,epoch,loss,eval_loss,learning_rate\n");
-        foreach (var m in metrics)
-            sb.Append(CultureInfo.InvariantCulture, $"{m.Step},{m.Epoch:0.####},{m.Loss:0.######},{m.EvalLoss:0.######},{m.LearningRate:0.########}\n");
-        return sb.ToString();
-    }
-
-    /// <summary>A Hugging Face model card (front matter PEFT and the Hub read) describing how the adapter was made.</summary>
-    internal static string ModelCard(Run run, IReadOnlyList<RunMetric> metrics)
-    {
-        var s = TrainingSettings.FromJson(run.SettingsJson);
-        var inv = CultureInfo.InvariantCulture;
-        return string.Create(inv, $"""
-            ---
-            base_model: {run.Model}
-            library_name: peft
-            tags:
-            - lora
-            - finetune
-            ---
-
-            # LoRA adapter for {run.Model}
-
-            Trained with FineTune (run {run.Id}) on {run.DatasetRows} question–answer rows from `{run.DatasetFileName}`
-            (dataset SHA-256 `{run.DatasetHash}`).
-
-            | setting | value |
-            | --- | --- |
-            | LoRA r / alpha / dropout | {s.LoraR} / {s.LoraAlpha} / {s.LoraDropout} |
-            | target modules | {string.Join(", ", s.TargetModules)} |
-            | epochs | {s.Epochs} |
-            | batch × accumulation | {s.BatchSize} × {s.GradientAccumulationSteps} |
-            | learning rate | {s.LearningRate} |
-            | max length | {s.MaxSeqLength} |
-            | base weights | {(s.Quantization == Quantization.Nf4 ? "4-bit NF4" + (s.DoubleQuantization ? " (double quantization)" : "") : "16-bit")} |
-            | final train loss | {run.FinalTrainLoss?.ToString("0.####", inv) ?? "-"} |
-            | final eval loss | {run.FinalEvalLoss?.ToString("0.####", inv) ?? "-"} |
-            | steps | {run.LastStep} |
-
-            ## Use with PEFT
-
-            ```python
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-            from peft import PeftModel
-
-            base = AutoModelForCausalLM.from_pretrained("{run.Model}")
-            model = PeftModel.from_pretrained(base, "path/to/this/folder")
-            ```
-
-            `loss.csv` has the loss curve ({metrics.Count} points); `settings.json` all settings.
-            """);
     }
 }
 

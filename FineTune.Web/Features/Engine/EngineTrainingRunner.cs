@@ -4,8 +4,6 @@ using FineTune.Engine.Training;
 using FineTune.Web.Features.Download;
 using FineTune.Web.Features.Runs;
 using FineTune.Web.Features.Settings;
-using EngineProgress = FineTune.Engine.Training.TrainingProgress;
-using WebProgress = FineTune.Web.Features.Runs.TrainingProgress;
 
 namespace FineTune.Web.Features.Engine;
 
@@ -18,11 +16,11 @@ public sealed class EngineTrainingRunner(EngineModels models, ILoggerFactory log
 {
     public const string CheckpointsFolder = "checkpoints";
 
-    public async Task<TrainingOutcome> RunAsync(TrainingJob job, IProgress<WebProgress> progress, CancellationToken cancellationToken)
+    public async Task<TrainingOutcome> RunAsync(TrainingJob job, IProgress<TrainingProgress> progress, CancellationToken cancellationToken)
     {
         string folder = await models.ResolveFolderAsync(job.Settings, cancellationToken);
         var fineTune = ToFineTuneJob(job, folder);
-        var outcome = await new FineTunePipeline(loggers).RunAsync(fineTune, new Forward(progress, fineTune.CheckpointsFolder!), cancellationToken);
+        var outcome = await new FineTunePipeline(loggers).RunAsync(fineTune, progress, cancellationToken);
         var result = outcome.Training;
         return new TrainingOutcome(result.FinalTrainLoss, result.FinalEvalLoss, outcome.AdapterFolder!, result.LastCheckpoint);
     }
@@ -40,29 +38,16 @@ public sealed class EngineTrainingRunner(EngineModels models, ILoggerFactory log
             MaxSeqLength = s.MaxSeqLength,
             ValidationFraction = s.EvalFraction,
             Lora = new LoraSettings(s.LoraR, s.LoraAlpha, s.LoraDropout, s.TargetModules),
-            // Validation loss at every logged step, so the chart draws both curves together.
-            Training = s.ToTrainingOptions() with { EvalSteps = s.LoggingSteps },
+            // Validation loss about ten times per run (not at every logged step: each evaluation runs the whole split).
+            Training = s.ToTrainingOptions() with { EvalSteps = TrainingEstimator.EvalInterval(TrainingEstimator.Plan(job.Rows.Count, s).TotalSteps) },
             FourBit = s.Quantization == Quantization.Nf4,
             DoubleQuantization = s.DoubleQuantization,
             ComputeDType = models.ComputeDtype(s.Precision),
             OutputFolder = Path.Combine(job.OutputDirectory, ArtifactPackager.AdapterFolder),
             CheckpointsFolder = Path.Combine(job.OutputDirectory, CheckpointsFolder),
             ResumeFrom = job.ResumeFromCheckpoint,
+            Device = job.Gpus is [int gpu] ? new TorchSharp.torch.Device(TorchSharp.DeviceType.CUDA, gpu) : null,
+            Devices = job.Gpus is { Count: > 1 } gpus ? [.. gpus.Select(i => new TorchSharp.torch.Device(TorchSharp.DeviceType.CUDA, i))] : null,
         };
-    }
-
-    /// <summary>Engine progress → the web's, with the newest checkpoint folder once one exists (for resuming).</summary>
-    private sealed class Forward(IProgress<WebProgress> target, string checkpoints) : IProgress<EngineProgress>
-    {
-        private string? _lastCheckpoint;
-
-        public void Report(EngineProgress p)
-        {
-            string? checkpoint = Directory.Exists(checkpoints) ? Checkpoints.Latest(checkpoints) : null;
-            string? changed = checkpoint != _lastCheckpoint ? checkpoint : null;
-            _lastCheckpoint = checkpoint;
-            target.Report(new WebProgress(p.Step, p.TotalSteps, p.Epoch, p.Loss, p.EvalLoss, p.LearningRate, p.TokensPerSecond,
-                p.Elapsed, p.Eta, p.GpuMemoryBytes, changed));
-        }
     }
 }

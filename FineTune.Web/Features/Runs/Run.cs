@@ -1,3 +1,5 @@
+using FineTune.Engine.Training;
+
 namespace FineTune.Web.Features.Runs;
 
 public enum RunStatus { Queued, Training, Completed, Failed, Cancelled, Interrupted }
@@ -31,7 +33,7 @@ public sealed class Run
     public bool IsActive => Status is RunStatus.Queued or RunStatus.Training;
 }
 
-/// <summary>One logged point of a run's curve.</summary>
+/// <summary>One logged point of a run's curve: the engine's <see cref="TrainingProgress"/> as a row.</summary>
 public sealed class RunMetric
 {
     public long Id { get; set; }
@@ -41,7 +43,15 @@ public sealed class RunMetric
     public double? Loss { get; set; }
     public double? EvalLoss { get; set; }
     public double? LearningRate { get; set; }
+    public double? GradNorm { get; set; }
     public double? TokensPerSecond { get; set; }
     public long? GpuMemoryBytes { get; set; }
     public DateTime At { get; set; }
+
+    /// <summary>The one mapping from a progress report to its row.</summary>
+    public static RunMetric From(int runId, TrainingProgress p, DateTime at) => new()
+    {
+        RunId = runId, Step = p.Step, Epoch = p.Epoch, Loss = p.Loss, EvalLoss = p.EvalLoss, LearningRate = p.LearningRate,
+        GradNorm = p.GradNorm, TokensPerSecond = p.TokensPerSecond, GpuMemoryBytes = p.GpuMemoryBytes, At = at,
+    };
 }

@@ -1,3 +1,5 @@
+using FineTune.Engine.Training;
+
 namespace FineTune.Web.Features.Runs;
 
 /// <summary>Something that happened to a run, for live pages and the hub.</summary>

@@ -1,3 +1,4 @@
+using FineTune.Engine.Training;
 using Microsoft.AspNetCore.SignalR;
 
 namespace FineTune.Web.Features.Runs;
@@ -10,9 +11,8 @@ public interface ITrainingClient
     Task QueuePosition(QueueMessage message);
 }
 
-public sealed record ProgressMessage(
-    int RunId, int Step, int TotalSteps, double Epoch, double? Loss, double? EvalLoss, double? LearningRate,
-    double? TokensPerSecond, double ElapsedSeconds, double? EtaSeconds, long? GpuMemoryBytes);
+/// <summary>The engine's progress record, unchanged, for one run.</summary>
+public sealed record ProgressMessage(int RunId, TrainingProgress Progress);
 
 public sealed record StatusMessage(int RunId, string Status, string? Error);
 
@@ -30,7 +30,7 @@ public sealed class TrainingHub(RunQueue queue) : Hub<ITrainingClient>
     {
         await Groups.AddToGroupAsync(Context.ConnectionId, Group(runId));
         if (queue.LatestProgress(runId) is { } progress)
-            await Clients.Caller.Progress(ToMessage(runId, progress));
+            await Clients.Caller.Progress(new ProgressMessage(runId, progress));
         int position = queue.PositionOf(runId);
         if (position > 0)
             await Clients.Caller.QueuePosition(new QueueMessage(runId, position));
@@ -38,9 +38,6 @@ public sealed class TrainingHub(RunQueue queue) : Hub<ITrainingClient>
 
     public Task LeaveRun(int runId) => Groups.RemoveFromGroupAsync(Context.ConnectionId, Group(runId));
 
-    internal static ProgressMessage ToMessage(int runId, TrainingProgress p) => new(
-        runId, p.Step, p.TotalSteps, p.Epoch, p.Loss, p.EvalLoss, p.LearningRate, p.TokensPerSecond,
-        p.Elapsed.TotalSeconds, p.Eta?.TotalSeconds, p.GpuMemoryBytes);
 }
 
 /// <summary>Forwards RunNotifier events to the hub's groups.</summary>
@@ -55,7 +52,7 @@ internal sealed class TrainingHubForwarder(RunNotifier notifier, IHubContext<Tra
             var group = hub.Clients.Group(TrainingHub.Group(e.RunId));
             return e switch
             {
-                RunProgressEvent p => group.Progress(TrainingHub.ToMessage(e.RunId, p.Progress)),
+                RunProgressEvent p => group.Progress(new ProgressMessage(e.RunId, p.Progress)),
                 RunStatusEvent s => group.StatusChanged(new StatusMessage(e.RunId, s.Status.ToString().ToLowerInvariant(), s.Error)),
                 RunQueueEvent q => group.QueuePosition(new QueueMessage(e.RunId, q.Position)),
                 _ => Task.CompletedTask,

@@ -1,5 +1,8 @@
 using System.IO.Compression;
 using System.Net;
+using System.Text.Json.Nodes;
+using FineTune.Engine.Adapters;
+using FineTune.Engine.Training;
 using FineTune.Tests.Web.Features.Runs;
 using FineTune.Tests.Web.Support;
 using FineTune.Web.Features.Download;
@@ -15,15 +18,18 @@ public sealed class ArtifactPackagerTests : IDisposable
 
     public void Dispose() => _services.Dispose();
 
+    /// <summary>A finished run whose adapter/ folder was written as training writes it: PEFT files, then AdapterExport's run files.</summary>
     private async Task<int> FinishedRunAsync(RunStore store)
     {
         var run = await store.CreateAsync(new TrainingSettings { Model = "Qwen/Qwen2.5-0.5B-Instruct" }, RunStoreTests.Rows, "faq.xlsx", null);
-        await store.AddMetricAsync(new RunMetric { RunId = run.Id, Step = 1, Epoch = 0.5, Loss = 2.25, LearningRate = 2e-4, At = DateTime.UtcNow });
-        await store.AddMetricAsync(new RunMetric { RunId = run.Id, Step = 2, Epoch = 1, Loss = 1.5, EvalLoss = 1.75, At = DateTime.UtcNow });
         string adapter = Path.Combine(store.RunDirectory(run.Id), ArtifactPackager.AdapterFolder);
         Directory.CreateDirectory(adapter);
         File.WriteAllText(Path.Combine(adapter, "adapter_config.json"), "{\"peft_type\": \"LORA\", \"r\": 16}");
         File.WriteAllBytes(Path.Combine(adapter, "adapter_model.safetensors"), [8, 0, 0, 0, 0, 0, 0, 0, .. "{}      "u8.ToArray()]);
+        StepRecord[] history = [new(1, 0.5, 2.25, 2e-4, 0.5), new(2, 1, 1.5, 1e-4, 0.25, EvalLoss: 1.75)];
+        var job = new FineTuneJob { ModelFolder = Path.Combine(adapter, "no-base-model-files-here"), FourBit = true, DoubleQuantization = false };
+        AdapterExport.WriteRunFiles(adapter, new AdapterRunInfo(job, "Qwen/Qwen2.5-0.5B-Instruct", 5, 0, job.Training, TorchSharp.torch.ScalarType.BFloat16,
+            GradientCheckpointing: true, new TrainingResult(2, 2, history, 1.5, 1.75, Completed: true, LastCheckpoint: null), DateTimeOffset.UtcNow));
         await store.SetStatusAsync(run.Id, RunStatus.Completed);
         return run.Id;
     }
@@ -39,13 +45,21 @@ public sealed class ArtifactPackagerTests : IDisposable
         using var zip = ZipFile.OpenRead(zipPath);
         Assert.Equal(new[] { "README.md", "adapter_config.json", "adapter_model.safetensors", "loss.csv", "settings.json" },
             zip.Entries.Select(e => e.FullName).Order(StringComparer.Ordinal));
+        Assert.Equal(packager.AdapterFiles(id), zip.Entries.Select(e => e.FullName).Order(StringComparer.Ordinal));
         string Read(string name) { using var r = new StreamReader(zip.GetEntry(name)!.Open()); return r.ReadToEnd(); }
         Assert.Equal("{\"peft_type\": \"LORA\", \"r\": 16}", Read("adapter_config.json"));
-        Assert.Equal("step,epoch,loss,eval_loss,learning_rate\n1,0.5,2.25,,0.0002\n2,1,1.5,1.75,\n", Read("loss.csv"));
+        // One loss.csv schema (the engine's: HF Trainer's log_history fields), whoever trained.
+        Assert.Equal("step,epoch,loss,learning_rate,grad_norm,eval_loss\n1,0.5,2.25,0.0002,0.5,\n2,1,1.5,0.0001,0.25,1.75\n", Read("loss.csv"));
         string card = Read("README.md");
         Assert.StartsWith("---\nbase_model: Qwen/Qwen2.5-0.5B-Instruct\nlibrary_name: peft\n", card);
         Assert.Contains("| LoRA r / alpha / dropout | 16 / 32 / 0.05 |", card);
-        Assert.Equal(16, TrainingSettings.FromJson(Read("settings.json")).LoraR);
+        // The card tells the settings the run had: NF4 without double quantization here.
+        Assert.Contains("| method | QLoRA (base in NF4, compute in bfloat16) |", card);
+        Assert.DoesNotContain("double quantization", card);
+        var settings = JsonNode.Parse(Read("settings.json"))!;
+        Assert.Equal(16, (int)settings["lora"]!["r"]!);
+        Assert.False((bool)settings["double_quantization"]!);
+        Assert.Equal("tutorial", (string?)settings["template"]);
     }
 
     [Fact]

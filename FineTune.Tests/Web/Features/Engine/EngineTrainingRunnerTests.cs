@@ -10,6 +10,7 @@ using FineTune.Web.Features.Settings;
 using FineTune.Web.Infrastructure;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging.Abstractions;
+using FineTune.Engine.Training;
 
 namespace FineTune.Tests.Web.Features.Engine;
 
@@ -76,17 +77,42 @@ public sealed class EngineTrainingRunnerTests : IDisposable
     }
 
     [Fact]
+    public void Evaluation_runs_about_ten_times_per_run_not_at_every_logging_step()
+    {
+        var runner = new EngineTrainingRunner(_models, NullLoggerFactory.Instance);
+        var rows = Enumerable.Range(1, 20_000).Select(i => new QaRow($"q{i}", $"a{i}", SourceRow: i)).ToArray();
+        var settings = new TrainingSettings { LoggingSteps = 10 }; // the tutorial: batch 1 x accumulation 4, 3 epochs, 10 % eval
+
+        var job = runner.ToFineTuneJob(new TrainingJob(1, settings, rows, _output), "/models/m");
+
+        int total = TrainingEstimator.Plan(rows.Length, settings).TotalSteps; // 18,000 train rows / 4 x 3 = 13,500 steps
+        Assert.Equal(13_500, total);
+        Assert.Equal(1_350, job.Training.EvalSteps);
+        Assert.Equal(10, job.Training.LoggingSteps);
+    }
+
+    [Fact]
     public async Task Trains_reports_every_step_and_writes_a_peft_adapter()
     {
         var runner = new EngineTrainingRunner(_models, NullLoggerFactory.Instance);
-        var progress = new Recorder();
+        var checkpointsWhenReported = new List<(int Step, string Path, bool Complete)>();
+        var progress = new Recorder
+        {
+            OnReport = p =>
+            {
+                if (p.CheckpointPath is { } path)
+                    checkpointsWhenReported.Add((p.Step, Path.GetFileName(path), File.Exists(Path.Combine(path, Checkpoints.StateFile))));
+            },
+        };
 
         var outcome = await runner.RunAsync(new TrainingJob(1, Settings(), Rows, _output), progress, CancellationToken.None);
 
         Assert.Equal(Enumerable.Range(1, 6), progress.Reports.Select(r => r.Step));
         Assert.All(progress.Reports, r => Assert.True(r.Loss is > 0 && double.IsFinite(r.Loss.Value)));
         Assert.All(progress.Reports, r => Assert.Equal(6, r.TotalSteps));
-        Assert.Contains(progress.Reports, r => r.CheckpointPath is not null);
+        // The trainer names each checkpoint once, in the report of the step that saved it, after it is complete on disk.
+        Assert.Equal(new[] { (2, "checkpoint-2", true), (4, "checkpoint-4", true), (6, "checkpoint-6", true) }, checkpointsWhenReported);
+        Assert.All(progress.Reports, r => Assert.True(r.GradNorm is > 0 && r.LearningRate is not null));
         Assert.True(File.Exists(Path.Combine(outcome.AdapterDirectory, "adapter_config.json")));
         Assert.True(File.Exists(Path.Combine(outcome.AdapterDirectory, "adapter_model.safetensors")));
         Assert.True(File.Exists(Path.Combine(outcome.AdapterDirectory, "tokenizer.json")));

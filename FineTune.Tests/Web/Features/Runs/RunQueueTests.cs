@@ -2,6 +2,7 @@ using FineTune.Tests.Web.Support;
 using FineTune.Web.Features.Runs;
 using FineTune.Web.Features.Settings;
 using Microsoft.Extensions.Logging.Abstractions;
+using FineTune.Engine.Training;
 
 namespace FineTune.Tests.Web.Features.Runs;
 
@@ -81,12 +82,15 @@ public sealed class RunQueueTests : IAsyncLifetime
         await script.Started.Task.WaitAsync(TimeSpan.FromSeconds(10));
         Assert.Equal(RunStoreTests.Rows, _runner.Jobs.Single().Rows);
 
-        script.Report(new TrainingProgress(10, 30, 1, Loss: 2.0, LearningRate: 2e-4, TokensPerSecond: 100, Elapsed: TimeSpan.FromSeconds(5), Eta: TimeSpan.FromSeconds(10)));
+        script.Report(new TrainingProgress(10, 30, 1, Loss: 2.0, LearningRate: 2e-4, GradNorm: 0.75, TokensPerSecond: 100, Elapsed: TimeSpan.FromSeconds(5), Eta: TimeSpan.FromSeconds(10)));
         script.Report(new TrainingProgress(20, 30, 2, Loss: 1.2, EvalLoss: 1.4, CheckpointPath: "checkpoint-20"));
         script.Report(new TrainingProgress(21, 30, 2.1)); // no loss: not a metric row
         await Until(async () => (await _services.Store.GetAsync(run))!.LastStep == 21, "step 21 saved");
 
-        Assert.Equal(new[] { 10, 20 }, (await _services.Store.MetricsAsync(run)).Select(m => m.Step));
+        var metrics = await _services.Store.MetricsAsync(run);
+        Assert.Equal(new[] { 10, 20 }, metrics.Select(m => m.Step));
+        // Every field of the engine's record that has a column arrives in the row.
+        Assert.Equal((1.0, 2.0, 2e-4, 0.75, 100.0), (metrics[0].Epoch, metrics[0].Loss!.Value, metrics[0].LearningRate!.Value, metrics[0].GradNorm!.Value, metrics[0].TokensPerSecond!.Value));
         var stored = (await _services.Store.GetAsync(run))!;
         Assert.Equal((30, "checkpoint-20", 1.2, 1.4), (stored.TotalSteps, stored.LastCheckpoint, stored.FinalTrainLoss!.Value, stored.FinalEvalLoss!.Value));
         Assert.Equal(21, _queue.LatestProgress(run)!.Step);

@@ -4,6 +4,7 @@ using FineTune.Web.Features.Runs;
 using FineTune.Web.Features.Settings;
 using Microsoft.AspNetCore.SignalR.Client;
 using Microsoft.Extensions.DependencyInjection;
+using FineTune.Engine.Training;
 
 namespace FineTune.Tests.Web.Features.Runs;
 
@@ -47,7 +48,7 @@ public sealed class TrainingHubTests : IDisposable
 
         await Until(() => statuses.Any(s => s.Status == "completed"), "completed status");
         var p = Assert.Single(progress);
-        Assert.Equal((second, 10, 30, 1.75, 321.0, 6.0), (p.RunId, p.Step, p.TotalSteps, p.Loss!.Value, p.TokensPerSecond!.Value, p.EtaSeconds!.Value));
+        Assert.Equal((second, 10, 30, 1.75, 321.0, 6.0), (p.RunId, p.Progress.Step, p.Progress.TotalSteps, p.Progress.Loss!.Value, p.Progress.TokensPerSecond!.Value, p.Progress.Eta!.Value.TotalSeconds));
         Assert.Equal(new[] { "queued", "training", "completed" }, statuses.Select(s => s.Status));
         Assert.All(statuses.Concat<object>(places), m => Assert.Equal(second, m is StatusMessage s ? s.RunId : ((QueueMessage)m).RunId));
 
@@ -58,7 +59,7 @@ public sealed class TrainingHubTests : IDisposable
         await late.StartAsync();
         await late.InvokeAsync("JoinRun", second);
         await Until(() => !lateProgress.IsEmpty, "progress on join");
-        Assert.Equal(10, lateProgress.Single().Step);
+        Assert.Equal(10, lateProgress.Single().Progress.Step);
     }
 
     private static async Task Until(Func<bool> condition, string what)

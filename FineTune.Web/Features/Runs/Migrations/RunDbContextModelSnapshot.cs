@@ -105,6 +105,9 @@ namespace FineTune.Web.Features.Runs.Migrations
                     b.Property<long?>("GpuMemoryBytes")
                         .HasColumnType("INTEGER");
 
+                    b.Property<double?>("GradNorm")
+                        .HasColumnType("REAL");
+
                     b.Property<double?>("LearningRate")
                         .HasColumnType("REAL");
 
@@ -125,6 +128,31 @@ namespace FineTune.Web.Features.Runs.Migrations
                     b.HasIndex("RunId", "Step");
 
                     b.ToTable("Metrics");
+                });
+
+            modelBuilder.Entity("FineTune.Web.Features.Wizard.WizardDraft", b =>
+                {
+                    b.Property<string>("BrowserId")
+                        .HasMaxLength(64)
+                        .HasColumnType("TEXT");
+
+                    b.Property<byte[]>("FileBytes")
+                        .HasColumnType("BLOB");
+
+                    b.Property<string>("FileName")
+                        .HasMaxLength(260)
+                        .HasColumnType("TEXT");
+
+                    b.Property<string>("StateJson")
+                        .IsRequired()
+                        .HasColumnType("TEXT");
+
+                    b.Property<DateTime>("UpdatedAt")
+                        .HasColumnType("TEXT");
+
+                    b.HasKey("BrowserId");
+
+                    b.ToTable("Drafts");
                 });
 
             modelBuilder.Entity("FineTune.Web.Features.Runs.RunMetric", b =>

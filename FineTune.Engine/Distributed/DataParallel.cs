@@ -1,0 +1,231 @@
+using FineTune.Engine.Backend;
+using FineTune.Engine.Data;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace FineTune.Engine.Distributed;
+
+/// <summary>
+/// The replicas of one data-parallel run on the devices of this machine: one replica per GPU, each on a thread of its
+/// own in this process, joined by NCCL (by <see cref="HostCommunicator"/> when the devices are CPUs, for tests).
+/// <para>
+/// Why threads in one process, not a process per GPU as torchrun does: libtorch is loaded once per process and
+/// TorchSharp's state (the backend choice, dispose scopes' thread-statics aside) is process-wide; the wizard's run
+/// queue, the headless command and the benchmark all run the pipeline in-process, and a run's progress, cancellation
+/// and adapter export stay where they are today. Per thread, cudaSetDevice picks the replica's GPU (TorchSharp 0.107
+/// has no torch.cuda.set_device) and every tensor names its device; autograd's and the caching allocator's state is
+/// per device in libtorch. NCCL itself does not care: each rank joins through ncclCommInitRank with the unique id,
+/// exactly as separate processes (or machines) would, so only the id's transport changes past one process
+/// (docs/scale.md).
+/// </para>
+/// </summary>
+public sealed class DataParallelGroup : IDisposable
+{
+    private readonly Func<int, IReplicaCommunicator> _join;
+    private readonly IReplicaCommunicator?[] _communicators;
+    private readonly Barrier _stepBarrier;
+    private readonly CancellationTokenSource _failed = new();
+    private Exception? _firstFailure;
+    private Action? _pendingStepAction;
+    private bool _stopRequested;
+
+    private DataParallelGroup(IReadOnlyList<Device> devices, Func<int, IReplicaCommunicator> join)
+    {
+        Devices = devices;
+        _join = join;
+        _communicators = new IReplicaCommunicator?[devices.Count];
+        // The post-phase action runs once, on one thread, after every replica arrived: one cancellation decision and
+        // one seeding for all replicas (two threads seeding the CUDA generators at once would race).
+        _stepBarrier = new Barrier(devices.Count, _ =>
+        {
+            _pendingStepAction?.Invoke();
+            _pendingStepAction = null;
+        });
+    }
+
+    public IReadOnlyList<Device> Devices { get; }
+
+    public int WorldSize => Devices.Count;
+
+    /// <summary>The first exception a replica reported through <see cref="Fail"/>.</summary>
+    public Exception? FirstFailure => _firstFailure;
+
+    /// <summary>
+    /// A group over <paramref name="devices"/>: all CUDA (distinct GPUs, NCCL) or all CPU (threads summing through host memory).
+    /// Turns NVLink multicast off first (<see cref="MulticastSafety"/>).
+    /// </summary>
+    public static DataParallelGroup Create(IReadOnlyList<Device> devices)
+    {
+        ArgumentNullException.ThrowIfNull(devices);
+        if (devices.Count < 2) throw new ArgumentException("Data-parallel training needs at least two devices.", nameof(devices));
+        MulticastSafety.Apply();
+        if (devices.All(d => d.type == DeviceType.CPU))
+        {
+            var host = HostCommunicator.CreateGroup(devices.Count);
+            return new DataParallelGroup(devices, rank => host[rank]);
+        }
+        if (!devices.All(d => d.type == DeviceType.CUDA))
+            throw new ArgumentException($"The devices of a data-parallel run must all be GPUs (or all CPUs); got {string.Join(", ", devices)}.", nameof(devices));
+        var indices = devices.Select(d => d.index < 0 ? 0 : (int)d.index).ToList();
+        if (indices.Distinct().Count() != indices.Count)
+            throw new ArgumentException($"A GPU is listed twice: {string.Join(", ", devices)}. Each replica needs a GPU of its own.", nameof(devices));
+        // Each GPU's first allocation here, one after the other, before the replica threads start. libtorch's
+        // expandable-segment allocator settles its memory handle type at the first allocation (falling back when one is
+        // not permitted); with both replicas making their first allocation at once, one failed in the allocator's map
+        // with "CUDA driver error: operation not permitted" (2 H200s, torch 2.11), while a process that had allocated
+        // before the threads started ran.
+        foreach (var device in devices) zeros(1, device: device).Dispose();
+        var id = Nccl.NewUniqueId();
+        return new DataParallelGroup(devices, rank => new NcclCommunicator(rank, devices.Count, id, indices[rank]));
+    }
+
+    /// <summary>
+    /// Called on the replica's own thread before it touches its device: makes the device the thread's current one and
+    /// joins the communicator (blocks until every replica has joined).
+    /// </summary>
+    public DataParallelReplica Join(int rank)
+    {
+        var communicator = _join(rank);
+        _communicators[rank] = communicator;
+        return new DataParallelReplica(this, communicator, Devices[rank]);
+    }
+
+    /// <summary>A replica finished: frees its communicator on its own thread (where its device is current).</summary>
+    public void Leave(int rank)
+    {
+        var communicator = Interlocked.Exchange(ref _communicators[rank], null);
+        communicator?.Dispose();
+    }
+
+    /// <summary>
+    /// A replica failed: remembers the first failure and aborts every communicator and the step barrier, so the other
+    /// replicas, waiting for this one in a collective, fail too instead of waiting forever.
+    /// </summary>
+    public void Fail(Exception exception)
+    {
+        if (Interlocked.CompareExchange(ref _firstFailure, exception, null) is not null) return;
+        _failed.Cancel();
+        foreach (var communicator in _communicators) communicator?.Abort();
+    }
+
+    /// <summary>Every replica calls this at the start of each optimizer step; see <see cref="DataParallelReplica.BeginStep"/>.</summary>
+    internal bool BeginStep(int rank, CancellationToken cancellationToken, Action onAllArrived)
+    {
+        if (rank == 0)
+        {
+            _pendingStepAction = () =>
+            {
+                _stopRequested = cancellationToken.IsCancellationRequested;
+                if (!_stopRequested) onAllArrived();
+            };
+        }
+        _stepBarrier.SignalAndWait(_failed.Token);
+        return _stopRequested;
+    }
+
+    public void Dispose()
+    {
+        foreach (var communicator in _communicators)
+        {
+            try
+            {
+                communicator?.Dispose();
+            }
+            catch (NcclException)
+            {
+                // A communicator left behind by a failed replica; the failure itself is what the caller sees.
+            }
+        }
+        _stepBarrier.Dispose();
+        _failed.Dispose();
+    }
+}
+
+/// <summary>One replica of a data-parallel run, used on its own thread: its rank, its device, its share of each batch.</summary>
+public sealed class DataParallelReplica(DataParallelGroup group, IReplicaCommunicator communicator, Device device)
+{
+    public int Rank => Communicator.Rank;
+
+    public int WorldSize => Communicator.WorldSize;
+
+    public Device Device { get; } = device;
+
+    /// <summary>Rank 0 reports progress, evaluates the log, writes checkpoints and the adapter.</summary>
+    public bool IsMain => Rank == 0;
+
+    public IReplicaCommunicator Communicator { get; } = communicator;
+
+    /// <summary>
+    /// The step barrier: waits for every replica, then, once for all, reads the cancellation (so every replica stops at
+    /// the same step and none is left waiting in a collective) and runs <paramref name="onAllArrived"/> (rank 0's;
+    /// the step's seeding). Throws <see cref="OperationCanceledException"/> on every replica when the run was cancelled.
+    /// </summary>
+    public void BeginStep(CancellationToken cancellationToken, Action onAllArrived)
+    {
+        if (group.BeginStep(Rank, cancellationToken, onAllArrived)) throw new OperationCanceledException(cancellationToken);
+    }
+
+    /// <summary>This replica's part of an optimizer step's micro-batches (see <see cref="DataParallelSharding.Shard"/>).</summary>
+    public List<int[]> Shard(IReadOnlyList<int[]> window, IReadOnlyList<TrainingExample> rows) =>
+        DataParallelSharding.Shard(window, rows, Rank, WorldSize);
+}
+
+/// <summary>How the rows of one optimizer step are divided between replicas.</summary>
+public static class DataParallelSharding
+{
+    /// <summary>
+    /// Replica <paramref name="rank"/>'s share of an optimizer step's micro-batches. The shares of all ranks are disjoint
+    /// and together hold every row of the window once. When every micro-batch has at least one row per replica, each
+    /// micro-batch is split (each replica's micro-batch is then at most the single-GPU one: the same memory bound);
+    /// otherwise whole micro-batches are dealt out. Either way by tokens, longest first to the replica with the fewest
+    /// so far, since the slowest replica sets the step time; rows keep their order inside a share.
+    /// </summary>
+    public static List<int[]> Shard(IReadOnlyList<int[]> window, IReadOnlyList<TrainingExample> rows, int rank, int worldSize)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(rank);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(rank, worldSize);
+        if (worldSize == 1) return [.. window];
+        if (window.Count > 0 && window.All(batch => batch.Length >= worldSize))
+            return [.. window.Select(batch => Balanced(batch, i => rows[batch[i]].Length, rank, worldSize).Select(i => batch[i]).ToArray())];
+        return [.. Balanced(window, i => window[i].Sum(r => rows[r].Length), rank, worldSize).Select(i => window[i])];
+    }
+
+    /// <summary>Longest-processing-time-first: the positions of <paramref name="items"/> that fall to <paramref name="rank"/>, in order.</summary>
+    private static IEnumerable<int> Balanced<T>(IReadOnlyList<T> items, Func<int, long> weight, int rank, int worldSize)
+    {
+        var load = new long[worldSize];
+        var owner = new int[items.Count];
+        foreach (int i in Enumerable.Range(0, items.Count).OrderByDescending(weight).ThenBy(i => i))
+        {
+            int least = 0;
+            for (int r = 1; r < worldSize; r++) if (load[r] < load[least]) least = r;
+            owner[i] = least;
+            load[least] += weight(i);
+        }
+        return Enumerable.Range(0, items.Count).Where(i => owner[i] == rank);
+    }
+}
+
+/// <summary>
+/// NVLink multicast (NVLS) off for NCCL, PyTorch's symmetric memory and NVSHMEM: on a shared machine a program using it
+/// can put the host's GPUs out of service. Set in this process's C environment (read by NCCL at init) and in .NET's,
+/// which every process the app starts inherits. Set unconditionally: these are not the user's to turn on here.
+/// </summary>
+public static class MulticastSafety
+{
+    public static readonly IReadOnlyDictionary<string, string> Variables = new Dictionary<string, string>
+    {
+        ["NCCL_NVLS_ENABLE"] = "0",
+        ["TORCH_SYMM_MEM_DISABLE_MULTICAST"] = "1",
+        ["NVSHMEM_DISABLE_NVLS"] = "1",
+    };
+
+    public static void Apply()
+    {
+        foreach (var (name, value) in Variables)
+        {
+            if (OperatingSystem.IsLinux()) NativeEnvironment.Set(name, value, overwrite: true);
+            Environment.SetEnvironmentVariable(name, value);
+        }
+    }
+}

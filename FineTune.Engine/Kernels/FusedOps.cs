@@ -1,0 +1,168 @@
+using FineTune.Engine.Adapters;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace FineTune.Engine.Kernels;
+
+/// <summary>
+/// The operations that have a kernel of their own (finetune_kernels.cu), each with its torch-op fallback. A kernel runs
+/// when <see cref="CudaKernels.On"/> says so, the tensors are CUDA fp32/bf16/fp16 in the layout it reads, and no
+/// gradient has to flow through the result (the kernels build no autograd graph: they serve generation, the
+/// no-gradient forward of a checkpointed layer and the frozen NF4 weights); otherwise the fallback runs.
+/// Bit-equal to the fallback: NF4 dequantization, SiLU·up, RoPE (same fp32 arithmetic, same roundings).
+/// Within rounding: RMSNorm (the fp32 sum of squares is added in another order) and the NF4 matrix-vector product
+/// (fp32 dot products in another order than cuBLAS): FineTune.Tests/Kernels/FusedOpsTests.cs states the bounds.
+/// </summary>
+public static unsafe class FusedOps
+{
+    private const int Threads = 256;
+
+    /// <summary>Kernel name suffix for a dtype, or null where there is no kernel.</summary>
+    private static string? Suffix(ScalarType dtype) => dtype switch
+    {
+        ScalarType.Float32 => "f32",
+        ScalarType.BFloat16 => "bf16",
+        ScalarType.Float16 => "f16",
+        _ => null,
+    };
+
+    private static bool NoGradient(params Tensor[] inputs) => !is_grad_enabled() || inputs.All(t => !t.requires_grad);
+
+    private static bool Aligned(Tensor t) => CudaKernels.Pointer(t) % 16 == 0;
+
+    // ---------------------------------------------------------------- NF4
+
+    /// <summary>The NF4 weight in <paramref name="dtype"/> in one pass (absmaxes, double-quantized or not, included); null when no kernel applies.</summary>
+    internal static Tensor? Nf4Dequantize(Nf4Data data, ScalarType dtype)
+    {
+        if (!CudaKernels.On(data.Packed.device) || Suffix(dtype) is not string suffix || !data.Packed.is_contiguous()) return null;
+        long n = data.NumElements;
+        using var output = empty([n], dtype, data.Packed.device);
+        long threads = (n + 15) / 16;                                           // 16 values a thread
+        LaunchNf4(data, $"nf4_dequantize_{suffix}", (threads + Threads - 1) / Threads, output, extra: null);
+        // The caller owns the view alone: a flat handle left to the finalizer would keep a whole weight's memory.
+        return output.view(data.Shape);
+    }
+
+    /// <summary>
+    /// x·dequant(W)ᵀ for a single row x (..., in) without dequantizing W into memory: batch-1 generation with a 4-bit
+    /// base. Null when no kernel applies (more than one row, gradients, in not a multiple of 64, other dtypes).
+    /// </summary>
+    internal static Tensor? Nf4MatVec(Tensor x, Nf4Data weight)
+    {
+        long outFeatures = weight.Shape[0], inFeatures = weight.Shape[1];
+        if (!CudaKernels.On(x.device) || Suffix(x.dtype) is not string suffix || x.numel() != inFeatures || inFeatures % 64 != 0
+            || !x.is_contiguous() || !Aligned(x) || !NoGradient(x) || !weight.Packed.is_contiguous() || outFeatures > int.MaxValue)
+            return null;
+        long[] shape = [.. x.shape[..^1], outFeatures];
+        var y = empty(shape, x.dtype, x.device);
+        int rowsPerBlock = Threads / 32;
+        LaunchNf4(weight, $"nf4_matvec_{suffix}", (outFeatures + rowsPerBlock - 1) / rowsPerBlock, y, (x, (int)inFeatures, (int)outFeatures));
+        return y;
+    }
+
+    private static void LaunchNf4(Nf4Data data, string kernel, long blocks, Tensor output, (Tensor X, int In, int Out)? extra)
+    {
+        var table = Nf4.DynamicMapTable(data.Packed.device);
+        ulong packed = CudaKernels.Pointer(data.Packed);
+        ulong absmax = data.Absmax is null ? 0 : CudaKernels.Pointer(data.Absmax);
+        ulong codes = data.AbsmaxCodes is null ? 0 : CudaKernels.Pointer(data.AbsmaxCodes);
+        ulong nested = data.NestedAbsmax is null ? 0 : CudaKernels.Pointer(data.NestedAbsmax);
+        ulong offset = data.Offset is null ? 0 : CudaKernels.Pointer(data.Offset);
+        ulong map = CudaKernels.Pointer(table);
+        ulong y = CudaKernels.Pointer(output);
+        long n = data.NumElements;
+        if (extra is { } mv)
+        {
+            ulong x = CudaKernels.Pointer(mv.X);
+            int inFeatures = mv.In, outFeatures = mv.Out;
+            void** args = stackalloc void*[] { &packed, &absmax, &codes, &nested, &offset, &map, &x, &y, &inFeatures, &outFeatures };
+            CudaKernels.Launch(kernel, blocks, Threads, args);
+        }
+        else
+        {
+            void** args = stackalloc void*[] { &packed, &absmax, &codes, &nested, &offset, &map, &y, &n };
+            CudaKernels.Launch(kernel, blocks, Threads, args);
+        }
+        GC.KeepAlive(table);
+    }
+
+    // ---------------------------------------------------------------- RMSNorm
+
+    /// <summary>HF's RMSNorm: weight * (x / sqrt(mean(x²) + eps)) normalised in fp32 and cast back before the weight.</summary>
+    public static Tensor RmsNorm(Tensor x, Tensor weight, double eps)
+    {
+        long h = x.shape[^1];
+        if (CudaKernels.On(x.device) && Suffix(x.dtype) is string suffix && weight.dtype == x.dtype && x.is_contiguous()
+            && weight.is_contiguous() && NoGradient(x, weight) && h <= int.MaxValue)
+        {
+            var y = empty_like(x);
+            ulong px = CudaKernels.Pointer(x), pw = CudaKernels.Pointer(weight), py = CudaKernels.Pointer(y);
+            int width = (int)h;
+            float epsilon = (float)eps;
+            void** args = stackalloc void*[] { &px, &pw, &py, &width, &epsilon };
+            CudaKernels.Launch($"rms_norm_{suffix}", x.numel() / Math.Max(1, h), h >= 1024 ? 1024 : 256, args);
+            return y;
+        }
+        return RmsNormWithTorch(x, weight, eps);
+    }
+
+    internal static Tensor RmsNormWithTorch(Tensor x, Tensor weight, double eps)
+    {
+        using var scope = NewDisposeScope();
+        var h = x.to(ScalarType.Float32);
+        var variance = h.pow(2).mean([-1], keepdim: true);
+        h = h * rsqrt(variance + eps);
+        return scope.MoveToOuter(weight * h.to(x.dtype));
+    }
+
+    // ---------------------------------------------------------------- SwiGLU
+
+    /// <summary>silu(gate) * up, the middle of the SwiGLU MLP.</summary>
+    public static Tensor SiluMul(Tensor gate, Tensor up)
+    {
+        if (CudaKernels.On(gate.device) && Suffix(gate.dtype) is string suffix && up.dtype == gate.dtype && gate.shape.SequenceEqual(up.shape)
+            && gate.is_contiguous() && up.is_contiguous() && NoGradient(gate, up))
+        {
+            var y = empty_like(gate);
+            ulong pg = CudaKernels.Pointer(gate), pu = CudaKernels.Pointer(up), py = CudaKernels.Pointer(y);
+            long n = gate.numel();
+            void** args = stackalloc void*[] { &pg, &pu, &py, &n };
+            // 16 values a thread with 16-byte accesses where the size and addresses allow (the MLP's always do).
+            bool wide = n % 16 == 0 && pg % 16 == 0 && pu % 16 == 0 && py % 16 == 0;
+            long threads = wide ? n / 16 : n;
+            CudaKernels.Launch(wide ? $"silu_mul16_{suffix}" : $"silu_mul_{suffix}", (threads + Threads - 1) / Threads, Threads, args);
+            return y;
+        }
+        using var scope = NewDisposeScope();
+        return scope.MoveToOuter(nn.functional.silu(gate) * up);
+    }
+
+    // ---------------------------------------------------------------- RoPE
+
+    /// <summary>
+    /// x·cos + rotate_half(x)·sin for x (B, nH, T, hD) with the tables of AttentionOps.RotaryTables (cos and the signed
+    /// sin, (B|1, 1, T, hD)); the kernel's result is contiguous (B, nH, T, hD).
+    /// </summary>
+    public static Tensor Rotary(Tensor x, Tensor cos, Tensor signedSin)
+    {
+        if (CudaKernels.On(x.device) && Suffix(x.dtype) is string suffix && x.dim() == 4 && cos.dim() == 4 && cos.dtype == x.dtype
+            && signedSin.dtype == x.dtype && x.stride(3) == 1 && cos.stride(3) == 1 && cos.stride().SequenceEqual(signedSin.stride())
+            && cos.shape.SequenceEqual(signedSin.shape) && cos.shape[1] == 1 && cos.shape[2] == x.shape[2] && cos.shape[3] == x.shape[3]
+            && (cos.shape[0] == x.shape[0] || cos.shape[0] == 1) && x.shape[3] % 2 == 0 && NoGradient(x))
+        {
+            var y = empty(x.shape, x.dtype, x.device);
+            ulong px = CudaKernels.Pointer(x), pc = CudaKernels.Pointer(cos), ps = CudaKernels.Pointer(signedSin), py = CudaKernels.Pointer(y);
+            int heads = (int)x.shape[1], tokens = (int)x.shape[2], d = (int)x.shape[3];
+            long xb = x.stride(0), xh = x.stride(1), xt = x.stride(2);
+            long cb = cos.shape[0] == 1 ? 0 : cos.stride(0), ct = cos.stride(2);
+            long total = x.numel();
+            void** args = stackalloc void*[] { &px, &pc, &ps, &py, &heads, &tokens, &d, &xb, &xh, &xt, &cb, &ct, &total };
+            CudaKernels.Launch($"rotary_{suffix}", (total + Threads - 1) / Threads, Threads, args);
+            return y;
+        }
+        using var scope = NewDisposeScope();
+        var rotated = x * cos + x.roll(x.shape[^1] / 2, -1) * signedSin; // (B, nH, T, hD)
+        return scope.MoveToOuter(rotated);
+    }
+}

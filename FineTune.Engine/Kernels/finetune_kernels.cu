@@ -1,0 +1,228 @@
+// FineTune's CUDA kernels, compiled at first use with NVRTC (FineTune.Engine/Kernels/CudaKernels.cs).
+// No headers: NVRTC finds none without a CUDA toolkit, so 16-bit floats travel as their raw bits (unsigned short)
+// and are converted here with the rounding torch uses (round to nearest even). Compiled with --fmad=false, so each
+// product and sum rounds on its own as in torch's separate ops: where a kernel repeats torch's arithmetic in the
+// same order, its result is bit-equal to the fallback's (FusedOps.cs says which are, and the bound for the others).
+// Every kernel exists three times, for fp32 (_f32), bf16 (_bf16) and fp16 (_f16) tensors.
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+__device__ __forceinline__ float load_f32(float v) { return v; }
+__device__ __forceinline__ float store_f32(float v) { return v; }
+
+__device__ __forceinline__ float bf16_to_f32(u16 b) { return __uint_as_float(((u32)b) << 16); }
+__device__ __forceinline__ u16 f32_to_bf16(float f)
+{
+    u32 u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u16)0x7fc0;       // NaN, as c10::BFloat16
+    u += 0x7fffu + ((u >> 16) & 1u);                                  // round to nearest even
+    return (u16)(u >> 16);
+}
+
+__device__ __forceinline__ float f16_to_f32(u16 h) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h)); return f; }
+__device__ __forceinline__ u16 f32_to_f16(float f) { u16 h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
+
+// 16 consecutive values to and from memory as 16-byte vectors (the address 16-byte aligned): fp32 through float4,
+// 16-bit floats two to a word through uint4. Inlined with constant indices, the arrays stay in registers.
+__device__ __forceinline__ u32 pack_bf16(float lo, float hi) { return (u32)f32_to_bf16(lo) | ((u32)f32_to_bf16(hi) << 16); }
+__device__ __forceinline__ u32 pack_f16(float lo, float hi) { return (u32)f32_to_f16(lo) | ((u32)f32_to_f16(hi) << 16); }
+
+// (make_uint4/make_float4 live in a CUDA header that NVRTC may not have; these need none.)
+__device__ __forceinline__ uint4 u4(u32 x, u32 y, u32 z, u32 w) { uint4 r; r.x = x; r.y = y; r.z = z; r.w = w; return r; }
+__device__ __forceinline__ float4 f4(float x, float y, float z, float w) { float4 r; r.x = x; r.y = y; r.z = z; r.w = w; return r; }
+
+__device__ __forceinline__ void store16_f32(float* dst, const float* v)
+{
+    float4* d = (float4*)dst;
+#pragma unroll
+    for (int i = 0; i < 4; i++) d[i] = f4(v[4 * i], v[4 * i + 1], v[4 * i + 2], v[4 * i + 3]);
+}
+__device__ __forceinline__ void load16_f32(const float* src, float* v)
+{
+    const float4* s = (const float4*)src;
+#pragma unroll
+    for (int i = 0; i < 4; i++) { float4 q = s[i]; v[4 * i] = q.x; v[4 * i + 1] = q.y; v[4 * i + 2] = q.z; v[4 * i + 3] = q.w; }
+}
+
+#define DEFINE_VECTOR16(SUFFIX, TO_F32)                                                                                 \
+__device__ __forceinline__ void store16_##SUFFIX(u16* dst, const float* v)                                            \
+{                                                                                                                     \
+    uint4* d = (uint4*)dst;                                                                                           \
+    _Pragma("unroll") for (int i = 0; i < 2; i++)                                                                     \
+        d[i] = u4(pack_##SUFFIX(v[8 * i], v[8 * i + 1]), pack_##SUFFIX(v[8 * i + 2], v[8 * i + 3]),            \
+                          pack_##SUFFIX(v[8 * i + 4], v[8 * i + 5]), pack_##SUFFIX(v[8 * i + 6], v[8 * i + 7]));       \
+}                                                                                                                     \
+__device__ __forceinline__ void load16_##SUFFIX(const u16* src, float* v)                                             \
+{                                                                                                                     \
+    const uint4* s = (const uint4*)src;                                                                               \
+    _Pragma("unroll") for (int i = 0; i < 2; i++) {                                                                   \
+        uint4 q = s[i];                                                                                               \
+        v[8 * i] = TO_F32((u16)(q.x & 0xffffu)); v[8 * i + 1] = TO_F32((u16)(q.x >> 16));                            \
+        v[8 * i + 2] = TO_F32((u16)(q.y & 0xffffu)); v[8 * i + 3] = TO_F32((u16)(q.y >> 16));                        \
+        v[8 * i + 4] = TO_F32((u16)(q.z & 0xffffu)); v[8 * i + 5] = TO_F32((u16)(q.z >> 16));                        \
+        v[8 * i + 6] = TO_F32((u16)(q.w & 0xffffu)); v[8 * i + 7] = TO_F32((u16)(q.w >> 16));                        \
+    }                                                                                                                 \
+}
+
+DEFINE_VECTOR16(bf16, bf16_to_f32)
+DEFINE_VECTOR16(f16, f16_to_f32)
+
+// Warp and block sums in fp32.
+__device__ __forceinline__ float warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ float block_sum(float v, float* shared)   // shared: 32 floats; every thread gets the total
+{
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    v = lane < warps ? shared[lane] : 0.0f;
+    return warp_sum(v);
+}
+
+// The 16 NF4 values (bitsandbytes' table); Nf4.Code in C#.
+__constant__ float NF4[16] = {
+    -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
+    -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
+    0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
+    0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f };
+
+// The absmax of 64-block b: fp32 as given, or double-quantized: dynamic_map[code] * nested[b / 256] + offset
+// (Nf4.DequantizeAbsmax: take, mul_, add_ in that order).
+__device__ __forceinline__ float nf4_absmax(long long b, const float* absmax, const u8* codes, const float* nested,
+                                            const float* offset, const float* dynamic_map)
+{
+    if (absmax) return absmax[b];
+    float a = dynamic_map[codes[b]] * nested[b >> 8];
+    return a + offset[0];
+}
+
+#define DEFINE_KERNELS(SUFFIX, T, TO_F32, FROM_F32)                                                                     \
+/* NF4 -> T for n values: each thread 8 packed bytes (16 values, a quarter of a 64-block). The code table sits in    \
+   shared memory: lanes look up different entries, which constant memory would serialise. */                         \
+extern "C" __global__ void nf4_dequantize_##SUFFIX(const u8* packed, const float* absmax, const u8* codes,            \
+    const float* nested, const float* offset, const float* dynamic_map, T* out, long long n)                            \
+{                                                                                                                     \
+    __shared__ float table[16];                                                                                       \
+    if (threadIdx.x < 16) table[threadIdx.x] = NF4[threadIdx.x];                                                      \
+    __syncthreads();                                                                                                  \
+    long long first = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * 16;   /* first value of this thread */     \
+    if (first >= n) return;                                                                                           \
+    float a = nf4_absmax(first >> 6, absmax, codes, nested, offset, dynamic_map);                                     \
+    if (first + 16 <= n) {                                                                                            \
+        uint2 bytes = *(const uint2*)(packed + (first >> 1));                                                         \
+        float v[16];                                                                                                  \
+        _Pragma("unroll") for (int i = 0; i < 8; i++) {                                                               \
+            u32 byte = ((i < 4 ? bytes.x : bytes.y) >> (8 * (i & 3))) & 0xffu;                                        \
+            v[2 * i] = table[byte >> 4] * a;                                                                          \
+            v[2 * i + 1] = table[byte & 15] * a;                                                                      \
+        }                                                                                                             \
+        store16_##SUFFIX(out + first, v);                                                                             \
+    } else {                                                                                                          \
+        for (long long j = first; j < n; j++) {                                                                       \
+            u32 byte = packed[j >> 1];                                                                                \
+            out[j] = FROM_F32(table[(j & 1) ? (byte & 15) : (byte >> 4)] * a);                                        \
+        }                                                                                                             \
+    }                                                                                                                 \
+}                                                                                                                     \
+                                                                                                                      \
+/* y[o] = sum_i x[i] * W[o, i] for one row x (in) and W NF4 (out, in), in % 64 == 0: one warp per output. Each      \
+   weight is rounded to T first, as the dequantized weight of the fallback; fp32 products and sums. */                 \
+extern "C" __global__ void nf4_matvec_##SUFFIX(const u8* packed, const float* absmax, const u8* codes,                \
+    const float* nested, const float* offset, const float* dynamic_map, const T* x, T* y, int in_features,              \
+    int out_features)                                                                                                 \
+{                                                                                                                     \
+    __shared__ float table[16];                                                                                       \
+    if (threadIdx.x < 16) table[threadIdx.x] = NF4[threadIdx.x];                                                      \
+    __syncthreads();                                                                                                  \
+    int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);                                                    \
+    int lane = threadIdx.x & 31;                                                                                      \
+    if (row >= out_features) return;                                                                                  \
+    const u8* w = packed + (long long)row * (in_features >> 1);                                                       \
+    long long row_first = (long long)row * in_features;                                                               \
+    float acc = 0.0f;                                                                                                 \
+    for (int i = lane * 16; i < in_features; i += 32 * 16) {                                                          \
+        float a = nf4_absmax((row_first + i) >> 6, absmax, codes, nested, offset, dynamic_map);                       \
+        uint2 bytes = *(const uint2*)(w + (i >> 1));                                                                  \
+        float xs[16];                                                                                                 \
+        load16_##SUFFIX(x + i, xs);                                                                                   \
+        _Pragma("unroll") for (int k = 0; k < 8; k++) {                                                               \
+            u32 byte = ((k < 4 ? bytes.x : bytes.y) >> (8 * (k & 3))) & 0xffu;                                        \
+            float w0 = TO_F32(FROM_F32(table[byte >> 4] * a));                                                        \
+            float w1 = TO_F32(FROM_F32(table[byte & 15] * a));                                                        \
+            acc += w0 * xs[2 * k];                                                                                    \
+            acc += w1 * xs[2 * k + 1];                                                                                \
+        }                                                                                                             \
+    }                                                                                                                 \
+    acc = warp_sum(acc);                                                                                              \
+    if (lane == 0) y[row] = FROM_F32(acc);                                                                            \
+}                                                                                                                     \
+                                                                                                                      \
+/* RMSNorm of rows of width h: y = w * T(x * rsqrt(mean(x^2) + eps)), the mean in fp32 (RmsNorm.forward). */          \
+extern "C" __global__ void rms_norm_##SUFFIX(const T* x, const T* weight, T* y, int h, float eps)                   \
+{                                                                                                                     \
+    __shared__ float shared[32];                                                                                      \
+    const T* row = x + (long long)blockIdx.x * h;                                                                     \
+    T* out = y + (long long)blockIdx.x * h;                                                                           \
+    float sum = 0.0f;                                                                                                 \
+    for (int i = threadIdx.x; i < h; i += blockDim.x) { float v = TO_F32(row[i]); sum += v * v; }                     \
+    sum = block_sum(sum, shared);                                                                                     \
+    float scale = rsqrtf(sum / (float)h + eps);                                                                       \
+    for (int i = threadIdx.x; i < h; i += blockDim.x)                                                                 \
+        out[i] = FROM_F32(TO_F32(weight[i]) * TO_F32(FROM_F32(TO_F32(row[i]) * scale)));                              \
+}                                                                                                                     \
+                                                                                                                      \
+/* SwiGLU's middle: y = T(silu(gate)) * up, silu in fp32 as torch's kernel: g / (1 + exp(-g)). */                    \
+extern "C" __global__ void silu_mul_##SUFFIX(const T* gate, const T* up, T* y, long long n)                          \
+{                                                                                                                     \
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;                                                   \
+    if (i >= n) return;                                                                                               \
+    float g = TO_F32(gate[i]);                                                                                        \
+    float s = TO_F32(FROM_F32(g / (1.0f + expf(-g))));                                                                \
+    y[i] = FROM_F32(s * TO_F32(up[i]));                                                                               \
+}                                                                                                                     \
+                                                                                                                      \
+/* The same, 16 values a thread with 16-byte accesses (n % 16 == 0, aligned tensors). */                            \
+extern "C" __global__ void silu_mul16_##SUFFIX(const T* gate, const T* up, T* y, long long n)                        \
+{                                                                                                                     \
+    long long first = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * 16;                                        \
+    if (first >= n) return;                                                                                           \
+    float g[16], u[16];                                                                                               \
+    load16_##SUFFIX(gate + first, g);                                                                                 \
+    load16_##SUFFIX(up + first, u);                                                                                   \
+    _Pragma("unroll") for (int k = 0; k < 16; k++) g[k] = TO_F32(FROM_F32(g[k] / (1.0f + expf(-g[k])))) * u[k];       \
+    store16_##SUFFIX(y + first, g);                                                                                   \
+}                                                                                                                     \
+                                                                                                                      \
+/* RoPE: y = T(x * cos) + T(roll(x, d/2) * signed_sin), rounded as torch's three ops (AttentionOps.ApplyRotary).      \
+   x (B, nH, T, d) with any strides; cos and signed_sin (B, 1, T, d) with strides (cb, ct, 1); y contiguous. */       \
+extern "C" __global__ void rotary_##SUFFIX(const T* x, const T* cos, const T* sin, T* y, int heads, int tokens,      \
+    int d, long long xb, long long xh, long long xt, long long cb, long long ct, long long total)                       \
+{                                                                                                                     \
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;                                                   \
+    if (i >= total) return;                                                                                           \
+    int k = (int)(i % d);                                                                                             \
+    long long r = i / d;                                                                                              \
+    int t = (int)(r % tokens); r /= tokens;                                                                           \
+    int hh = (int)(r % heads);                                                                                        \
+    long long b = r / heads;                                                                                          \
+    long long base = b * xb + hh * xh + t * xt;                                                                       \
+    long long c = b * cb + t * ct + k;                                                                                \
+    int half = d >> 1;                                                                                                \
+    float rolled = TO_F32(x[base + (k < half ? k + half : k - half)]);                                                \
+    float p = TO_F32(FROM_F32(TO_F32(x[base + k]) * TO_F32(cos[c])));                                                 \
+    float q = TO_F32(FROM_F32(rolled * TO_F32(sin[c])));                                                              \
+    y[i] = FROM_F32(p + q);                                                                                           \
+}
+
+DEFINE_KERNELS(f32, float, load_f32, store_f32)
+DEFINE_KERNELS(bf16, u16, bf16_to_f32, f32_to_bf16)
+DEFINE_KERNELS(f16, u16, f16_to_f32, f32_to_f16)

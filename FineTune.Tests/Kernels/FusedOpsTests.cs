@@ -1,0 +1,166 @@
+using FineTune.Engine.Adapters;
+using FineTune.Engine.Backend;
+using FineTune.Engine.Kernels;
+using FineTune.Engine.Models;
+using FineTune.Tests.Models;
+using FineTune.Tests.Support;
+using TorchSharp;
+using static TorchSharp.torch;
+using static FineTune.Tests.Kernels.TensorEquality;
+
+namespace FineTune.Tests.Kernels;
+
+/// <summary>A fact that runs only where an NVIDIA GPU is visible (skipped elsewhere, e.g. in CPU-only CI).</summary>
+public sealed class GpuFactAttribute : FactAttribute
+{
+    public GpuFactAttribute()
+    {
+        if (!File.Exists("/dev/nvidiactl")) Skip = "needs an NVIDIA GPU";
+    }
+}
+
+internal static class TensorEquality
+{
+    /// <summary>Same shape and every element equal (torch.equal).</summary>
+    public static bool Same(Tensor a, Tensor b) => a.shape.SequenceEqual(b.shape) && a.eq(b).all().item<bool>();
+}
+
+/// <summary>The fused ops on the CPU: kernels stay off and every op is its torch formula.</summary>
+public class FusedOpsCpuTests
+{
+    [Fact]
+    public void Kernels_are_off_on_the_cpu_and_say_so()
+    {
+        var backend = ComputeBackend.Current;
+        if (backend.IsCuda) return; // the GPU class below covers CUDA
+        Assert.False(CudaKernels.On(CPU));
+        Assert.StartsWith("off", backend.Kernels);
+    }
+
+    [Fact]
+    public void Cpu_ops_equal_their_torch_formulas()
+    {
+        _ = ComputeBackend.Current;
+        using var scope = NewDisposeScope();
+        var gate = randn(3, 10);
+        var up = randn(3, 10);
+        Assert.True(Same(FusedOps.SiluMul(gate, up), nn.functional.silu(gate) * up));
+
+        var x = randn(2, 5, 8);
+        var weight = randn(8);
+        var expected = weight * (x * rsqrt(x.pow(2).mean([-1], keepdim: true) + 1e-6));
+        Assert.True(FusedOps.RmsNorm(x, weight, 1e-6).allclose(expected, 1e-6, 1e-6));
+
+        var data = Nf4.Quantize(randn(16, 64));
+        Assert.True(Same(Nf4.Dequantize(data, ScalarType.Float32), Nf4.DequantizeWithTorch(data, ScalarType.Float32)));
+        Assert.Null(FusedOps.Nf4MatVec(randn(1, 64), data));
+    }
+}
+
+/// <summary>
+/// Each kernel against its torch fallback on the GPU (FINETUNE_KERNELS unset), in fp32, bf16 and fp16 (the T4's
+/// dtype), on fresh random inputs. Bit-equal: NF4 dequantization, SiLU·up, RoPE. Within a bound (max |diff| over the
+/// largest |fallback|): RMSNorm 1e-2 in 16 bits (one rounding step of bf16 is 2^-8 of a value) and 1e-6 in fp32, as
+/// its fp32 sum of squares adds in another order; the NF4 matrix-vector product 1e-2 in 16 bits and 1e-5 in fp32, as
+/// its fp32 dot products add in another order than cuBLAS.
+/// </summary>
+[Trait(Category.Name, Category.Gpu)]
+public class FusedOpsGpuTests
+{
+    public static TheoryData<ScalarType> Dtypes => new(ScalarType.BFloat16, ScalarType.Float16, ScalarType.Float32);
+
+    private static Device Cuda()
+    {
+        var backend = ComputeBackend.Current;
+        Assert.True(backend.IsCuda, $"A GPU is present but the engine runs on the CPU ({backend.Reason}).");
+        Assert.True(CudaKernels.On(backend.Device), $"The kernels are off on the GPU: {backend.Kernels}");
+        return backend.Device;
+    }
+
+    private static (Tensor Kernel, Tensor Fallback) Both(Func<Tensor> op)
+    {
+        var kernel = op();
+        CudaKernels.Suspended = true;
+        try { return (kernel, op()); }
+        finally { CudaKernels.Suspended = false; }
+    }
+
+    private static void AssertWithin(Tensor kernel, Tensor fallback, double bound)
+    {
+        Assert.Equal(fallback.shape, kernel.shape);
+        double diff = (kernel.to(ScalarType.Float64) - fallback.to(ScalarType.Float64)).abs().max().item<double>();
+        double scale = fallback.to(ScalarType.Float64).abs().max().item<double>();
+        Assert.True(diff <= bound * scale, $"max |kernel - fallback| {diff:G3} over a scale of {scale:G3} (bound {bound:G3})");
+    }
+
+    [GpuTheory]
+    [MemberData(nameof(Dtypes))]
+    public void Nf4_dequantize_equals_the_torch_ops(ScalarType dtype)
+    {
+        var device = Cuda();
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        foreach (var (rows, cols) in new[] { (256, 896), (33, 77) }) // 33 x 77: an odd count and a partial last block
+            foreach (bool doubleQuant in new[] { true, false })
+            {
+                var data = Nf4.Quantize(randn(rows, cols, device: device) * 0.05, doubleQuant);
+                var (kernel, fallback) = Both(() => Nf4.Dequantize(data, dtype));
+                Assert.True(Same(kernel, fallback), $"{rows}x{cols} double quant {doubleQuant}: not bit-equal");
+            }
+    }
+
+    [GpuTheory]
+    [MemberData(nameof(Dtypes))]
+    public void Nf4_matvec_equals_dequantize_then_linear(ScalarType dtype)
+    {
+        var device = Cuda();
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        var data = Nf4.Quantize(randn(300, 1024, device: device) * 0.05);
+        var x = randn(1, 1, 1024, device: device).to(dtype);
+        var kernel = FusedOps.Nf4MatVec(x, data);
+        Assert.NotNull(kernel);
+        AssertWithin(kernel, nn.functional.linear(x, Nf4.DequantizeWithTorch(data, dtype)), dtype == ScalarType.Float32 ? 1e-5 : 1e-2);
+    }
+
+    [GpuTheory]
+    [MemberData(nameof(Dtypes))]
+    public void Rms_norm_silu_mul_and_rotary_equal_the_torch_ops(ScalarType dtype)
+    {
+        var device = Cuda();
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        var x = (randn(3, 7, 896, device: device) * 3).to(dtype);
+        var weight = (randn(896, device: device) * 0.1 + 1).to(dtype);
+        var (norm, normFallback) = Both(() => FusedOps.RmsNorm(x, weight, 1e-6));
+        AssertWithin(norm, normFallback, dtype == ScalarType.Float32 ? 1e-6 : 1e-2);
+
+        foreach (var (rows, cols) in new[] { (4, 1000), (3, 333) }) // 16 values a thread, and one a thread
+        {
+            var gate = (randn(rows, cols, device: device) * 4).to(dtype);
+            var up = randn(rows, cols, device: device).to(dtype);
+            var (swiglu, swigluFallback) = Both(() => FusedOps.SiluMul(gate, up));
+            Assert.True(Same(swiglu, swigluFallback), $"silu(gate) * up, {rows}x{cols}: not bit-equal");
+        }
+
+        var q = randn(2, 9, 4, 64, device: device).to(dtype).transpose(1, 2);  // (B, nH, T, hD), a transposed view
+        var rope = new RotaryEmbedding(64, new RopeSettings(1000000.0), device);
+        var (cos, sin) = rope.Compute(arange(0, 9, device: device).unsqueeze(0).expand(2, 9), dtype);
+        var (c, s) = AttentionOps.RotaryTables(cos, sin);
+        var (rotary, rotaryFallback) = Both(() => FusedOps.Rotary(q, c, s));
+        Assert.True(Same(rotary, rotaryFallback), "RoPE: not bit-equal");
+    }
+
+    [GpuFact]
+    public void With_gradients_the_ops_take_the_torch_path()
+    {
+        var device = Cuda();
+        using var scope = NewDisposeScope();
+        var x = randn(2, 3, 64, device: device, dtype: ScalarType.BFloat16).requires_grad_(true);
+        var weight = ones(64, device: device, dtype: ScalarType.BFloat16);
+        var y = FusedOps.RmsNorm(x, weight, 1e-6);
+        Assert.True(y.requires_grad);
+        y.sum().backward();
+        Assert.NotNull(x.grad);
+    }
+}

@@ -1,0 +1,101 @@
+using System.ClientModel;
+using FineTune.Engine.Adapters;
+using FineTune.Engine.Models;
+using FineTune.Engine.Training;
+using FineTune.Tests.Support;
+using FineTune.Tests.Web.Features.Runs;
+using FineTune.Tests.Web.Support;
+using FineTune.Web.Features.Download;
+using FineTune.Web.Features.OpenAi;
+using FineTune.Web.Features.Runs;
+using FineTune.Web.Features.Settings;
+using Microsoft.Extensions.DependencyInjection;
+using OpenAI;
+using OpenAI.Chat;
+using OpenAI.Models;
+using Xunit.Abstractions;
+using static TorchSharp.torch;
+
+namespace FineTune.Tests.Web.Features.OpenAi;
+
+/// <summary>The app's OpenAI-compatible API driven by the official OpenAI .NET client (2.15) over Kestrel on loopback, on the qwen2 fixture.</summary>
+[Trait(Category.Name, Category.Slow)]
+public sealed class OpenAiApiTests(ITestOutputHelper output)
+{
+    private static async Task<int> FinishedRunAsync(WebAppHost app)
+    {
+        var store = app.Services.GetRequiredService<RunStore>();
+        string fixture = TestFiles.Fixture("models/qwen2");
+        var run = await store.CreateAsync(new TrainingSettings { Source = ModelSource.Local, Model = fixture }, RunStoreTests.Rows, "faq.xlsx", null);
+        string adapter = app.Services.GetRequiredService<ArtifactPackager>().AdapterDirectory(run.Id);
+        using (var model = ModelLoader.Load(fixture, new ModelLoadOptions { Device = CPU, DType = ScalarType.Float32 }))
+        {
+            var linears = new CausalLmTraining(model).NamedLinears().ToArray();
+            var lora = new LoraSettings(4, 8, 0);
+            LoraInjector.Attach(linears, lora, seed: 5);
+            using (no_grad())
+                foreach (var (_, layer) in linears.Where(l => l.Layer.HasAdapter))
+                    layer.lora_B!.weight!.copy_(randn(layer.lora_B.weight.shape, generator: new TorchSharp.torch.Generator(9)) * 0.05);
+            PeftAdapter.Save(adapter, linears, lora, fixture);
+        }
+        await store.SetStatusAsync(run.Id, RunStatus.Completed);
+        return run.Id;
+    }
+
+    private static OpenAIClientOptions Options(WebAppHost app) => new() { Endpoint = new Uri(app.BaseAddress, "/v1") };
+
+    [Fact]
+    public async Task The_openai_client_lists_models_and_chats_with_a_run_streaming_and_not()
+    {
+        using var app = new WebAppHost();
+        int runId = await FinishedRunAsync(app);
+        string modelId = OpenAiModels.RunModelId(runId);
+        var key = new ApiKeyCredential("not-needed-on-localhost");
+
+        var models = (await new OpenAIModelClient(key, Options(app)).GetModelsAsync()).Value.Select(m => m.Id).ToList();
+        output.WriteLine($"GET /v1/models → {string.Join(", ", models)}");
+        Assert.Equal([modelId, TestFiles.Fixture("models/qwen2")], models);
+
+        var chat = new ChatClient(modelId, key, Options(app));
+        var greedy = new ChatCompletionOptions { Temperature = 0, MaxOutputTokenCount = 24 };
+        ChatMessage[] messages = [new SystemChatMessage("你是助理。"), new UserChatMessage("什麼是 LoRA？")];
+        var completion = (await chat.CompleteChatAsync(messages, greedy)).Value;
+        string whole = completion.Content[0].Text;
+        output.WriteLine($"POST /v1/chat/completions (temperature 0, max_tokens 24) → role {completion.Role}, finish {completion.FinishReason}: {whole}");
+        Assert.Equal(ChatMessageRole.Assistant, completion.Role);
+        Assert.Equal(ChatFinishReason.Stop, completion.FinishReason);
+        Assert.NotEmpty(whole);
+
+        var pieces = new List<string>();
+        await foreach (var update in chat.CompleteChatStreamingAsync(messages, greedy))
+            pieces.AddRange(update.ContentUpdate.Select(p => p.Text));
+        output.WriteLine($"stream: {pieces.Count} chunks: {string.Join(" | ", pieces)}");
+        Assert.True(pieces.Count > 1, "the answer streams in several chunks");
+        Assert.Equal(whole, string.Concat(pieces)); // greedy: the same text both ways
+
+        // stop: the text ends before the stop sequence, which is not returned (a sequence from the middle of the greedy answer).
+        string stop = whole.Substring(whole.Length / 2, Math.Min(2, whole.Length - whole.Length / 2));
+        var stopped = (await chat.CompleteChatAsync(messages, new ChatCompletionOptions { Temperature = 0, MaxOutputTokenCount = 24, StopSequences = { stop } })).Value;
+        output.WriteLine($"stop \"{stop}\" → {stopped.Content[0].Text}");
+        Assert.Equal(whole[..whole.IndexOf(stop, StringComparison.Ordinal)], stopped.Content[0].Text);
+
+        // Sampling settings reach the generator (a seedless sample may differ; it must still answer).
+        var sampled = (await chat.CompleteChatAsync(messages, new ChatCompletionOptions { Temperature = 1.2f, TopP = 0.5f, MaxOutputTokenCount = 8 })).Value;
+        Assert.Single(sampled.Content);
+
+        var unknown = await Assert.ThrowsAsync<ClientResultException>(() => new ChatClient("no-such-model", key, Options(app)).CompleteChatAsync(messages));
+        Assert.Equal(404, unknown.Status);
+    }
+
+    [Fact]
+    public async Task When_exposed_the_api_takes_the_access_token_as_bearer()
+    {
+        using var app = new WebAppHost(settings: new Dictionary<string, string?> { ["FineTune:AccessToken"] = "open-sesame-42" }, urls: "http://0.0.0.0:0");
+        await FinishedRunAsync(app);
+
+        var wrong = await Assert.ThrowsAsync<ClientResultException>(() => new OpenAIModelClient(new ApiKeyCredential("guess"), Options(app)).GetModelsAsync());
+        Assert.Equal(401, wrong.Status);
+        var models = (await new OpenAIModelClient(new ApiKeyCredential("open-sesame-42"), Options(app)).GetModelsAsync()).Value;
+        Assert.Equal(2, models.Count);
+    }
+}
