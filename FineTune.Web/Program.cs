@@ -3,6 +3,7 @@ using FineTune.Web.Components;
 using FineTune.Web.Features.Download;
 using FineTune.Web.Features.OpenAi;
 using FineTune.Web.Features.Runs;
+using FineTune.Web.Features.Wizard;
 using FineTune.Web.Infrastructure;
 
 // Headless commands (generate, train) run without the web server.
@@ -21,6 +22,7 @@ if (!app.Environment.IsDevelopment())
 app.UseStatusCodePagesWithReExecute("/not-found", createScopeForStatusCodePages: true);
 app.UseRequestLocalization();
 app.UseAccessGate();
+app.UseBrowserIdentity();
 app.UseAntiforgery();
 
 app.MapStaticAssets();

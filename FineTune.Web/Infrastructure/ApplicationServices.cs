@@ -54,6 +54,7 @@ public static class ApplicationServices
         builder.Services.AddSingleton(provider => new LocalModelFolders(provider.GetRequiredService<DataPaths>(),
             () => provider.GetRequiredService<ListeningAddresses>().IsExposed));
         builder.Services.AddScoped<WizardState>();
+        builder.Services.AddScoped<WizardDraftStore>();
 
         // Run history (SQLite in the data folder) and the one-at-a-time training queue.
         builder.Services.AddDbContextFactory<RunDbContext>((provider, options) =>
@@ -62,6 +63,7 @@ public static class ApplicationServices
         builder.Services.AddSingleton<RunNotifier>();
         builder.Services.AddSingleton<ArtifactPackager>();
         builder.Services.AddHostedService<RunDatabaseStartup>();
+        builder.Services.AddSingleton(provider => GpuPool.For(provider.GetRequiredService<BackendInfo>()));
         builder.Services.AddSingleton<RunQueue>();
         builder.Services.AddHostedService(provider => provider.GetRequiredService<RunQueue>());
         builder.Services.AddHostedService<TrainingHubForwarder>();

@@ -55,6 +55,7 @@ public abstract class ComponentTestContext : BunitContext, IAsyncLifetime
         Services.AddSingleton(provider => new FineTune.Web.Infrastructure.ListeningAddresses(new LoopbackServer(),
             provider.GetRequiredService<IOptions<FineTune.Web.Infrastructure.FineTuneOptions>>()));
         Services.AddSingleton(new FineTune.Web.Features.Engine.TokenCounter(NullLogger<FineTune.Web.Features.Engine.TokenCounter>.Instance));
+        Services.AddScoped(sp => new WizardDraftStore(Runs.Contexts, Importer, sp.GetRequiredService<FineTune.Web.Features.Engine.TokenCounter>(), NullLogger<WizardDraftStore>.Instance));
         HubOptions = new HubOptions { Endpoint = "http://127.0.0.1:9", CacheFolder = Path.Combine(Runs.Paths.Root, "hub"), Token = null, Offline = false, Retries = 0, RetryDelay = TimeSpan.Zero, ProgressInterval = TimeSpan.Zero };
         Services.AddSingleton(_ => new ModelDownloadService(new SingleClientFactory(_http), HubOptions, NullLogger<ModelDownloadService>.Instance, NullLoggerFactory.Instance));
         Render<MudPopoverProvider>();

@@ -2,10 +2,13 @@ using Bunit;
 using FineTune.Tests.Web.Features.Runs;
 using FineTune.Web.Components.Pages.History;
 using FineTune.Web.Components.Pages.Wizard;
+using FineTune.Tests.Web.Support;
+using FineTune.Web.Features.Data;
 using FineTune.Web.Features.Runs;
 using FineTune.Web.Features.Settings;
 using FineTune.Web.Features.Wizard;
 using Microsoft.AspNetCore.Components;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace FineTune.Tests.Web.Components;
 
@@ -66,6 +69,26 @@ public sealed class WizardPageTests : ComponentTestContext
     }
 
     [Fact]
+    public async Task A_new_circuit_of_the_same_browser_reopens_the_wizard_where_it_was()
+    {
+        var browser = new BrowserId("0123456789abcdef0123456789abcdef");
+        var earlier = new WizardState { Settings = new TrainingSettings { LoraR = 8 } };
+        earlier.File = Importer.Parse(File.ReadAllBytes(TestFiles.Sample("tutorial-qa.xlsx")), "tutorial-qa.xlsx");
+        earlier.OriginalFile = File.ReadAllBytes(TestFiles.Sample("tutorial-qa.xlsx"));
+        earlier.Dataset = new DatasetDraft(Importer.Build(earlier.File, new ImportSettings()));
+        earlier.Dataset.SetExcluded(2, true);
+        earlier.Step = WizardStep.Settings;
+        await Services.GetRequiredService<WizardDraftStore>().SaveAsync(browser, earlier);
+
+        var cut = Render<WizardPage>(p => p.AddCascadingValue(browser));
+
+        cut.WaitForAssertion(() => Assert.NotNull(cut.Find("[data-testid=step-settings]")), TimeSpan.FromSeconds(20));
+        Assert.Equal(8, State.Settings.LoraR);
+        Assert.Equal(4, State.Dataset!.FinalRows.Count);
+        Assert.Equal("tutorial-qa.xlsx", State.File!.FileName);
+    }
+
+    [Fact]
     public async Task Rerun_starts_from_the_earlier_settings_and_rows_at_the_settings_step()
     {
         var run = await Runs.Store.CreateAsync(new TrainingSettings { LoraR = 32, Epochs = 2 }, RunStoreTests.Rows, "a.xlsx", [9, 9]);
@@ -74,7 +97,8 @@ public sealed class WizardPageTests : ComponentTestContext
 
         var cut = Render<WizardPage>();
 
-        cut.WaitForAssertion(() => Assert.NotNull(cut.Find("[data-testid=step-settings]")));
+        // Loading reads the run's files and counts tokens: more than bUnit's default second on a busy machine.
+        cut.WaitForAssertion(() => Assert.NotNull(cut.Find("[data-testid=step-settings]")), TimeSpan.FromSeconds(20));
         Assert.Null(State.RunId);
         Assert.Equal((32, 2), (State.Settings.LoraR, State.Settings.Epochs));
         Assert.Equal(RunStoreTests.Rows.Select(r => (r.Instruction, r.Output, r.Input, r.System)),

@@ -22,6 +22,10 @@ public class HealthChecksTests
         Assert.Contains(backend.GetProperty("device").GetString(), new[] { "cpu", "cuda" });
         Assert.False(string.IsNullOrWhiteSpace(backend.GetProperty("reason").GetString()));
         Assert.False(string.IsNullOrWhiteSpace(backend.GetProperty("description").GetString()));
+        // Whether the engine's own CUDA kernels run: "on: NVRTC ..." on a GPU, "off: why" elsewhere.
+        string kernels = backend.GetProperty("kernels").GetString()!;
+        Assert.True(kernels.StartsWith("on: ", StringComparison.Ordinal) || kernels.StartsWith("off: ", StringComparison.Ordinal), kernels);
+        if (backend.GetProperty("device").GetString() == "cpu") Assert.StartsWith("off: ", kernels);
         var checks = root.GetProperty("checks");
         foreach (string name in new[] { "database", "data-folder", "disk", "backend" })
             Assert.Equal("ok", checks.GetProperty(name).GetProperty("status").GetString());

@@ -44,4 +44,10 @@ public sealed class DatasetDraft(ImportResult import)
         Import.Rows.Where(r => !_excluded.Contains(r.Row.SourceRow) && !IsBlocked(r)).Select(Current).ToArray();
 
     public int ExcludedCount => _excluded.Count;
+
+    /// <summary>Rows the user left out (for the saved draft).</summary>
+    public IReadOnlyCollection<int> ExcludedRows => _excluded;
+
+    /// <summary>Rows the user fixed, by source row (for the saved draft).</summary>
+    public IReadOnlyDictionary<int, QaRow> EditedRows => _edits;
 }

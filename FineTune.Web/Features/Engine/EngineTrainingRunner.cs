@@ -38,14 +38,16 @@ public sealed class EngineTrainingRunner(EngineModels models, ILoggerFactory log
             MaxSeqLength = s.MaxSeqLength,
             ValidationFraction = s.EvalFraction,
             Lora = new LoraSettings(s.LoraR, s.LoraAlpha, s.LoraDropout, s.TargetModules),
-            // Validation loss at every logged step, so the chart draws both curves together.
-            Training = s.ToTrainingOptions() with { EvalSteps = s.LoggingSteps },
+            // Validation loss about ten times per run (not at every logged step: each evaluation runs the whole split).
+            Training = s.ToTrainingOptions() with { EvalSteps = TrainingEstimator.EvalInterval(TrainingEstimator.Plan(job.Rows.Count, s).TotalSteps) },
             FourBit = s.Quantization == Quantization.Nf4,
             DoubleQuantization = s.DoubleQuantization,
             ComputeDType = models.ComputeDtype(s.Precision),
             OutputFolder = Path.Combine(job.OutputDirectory, ArtifactPackager.AdapterFolder),
             CheckpointsFolder = Path.Combine(job.OutputDirectory, CheckpointsFolder),
             ResumeFrom = job.ResumeFromCheckpoint,
+            Device = job.Gpus is [int gpu] ? new TorchSharp.torch.Device(TorchSharp.DeviceType.CUDA, gpu) : null,
+            Devices = job.Gpus is { Count: > 1 } gpus ? [.. gpus.Select(i => new TorchSharp.torch.Device(TorchSharp.DeviceType.CUDA, i))] : null,
         };
     }
 }

@@ -8,6 +8,7 @@ public sealed class RunDbContext(DbContextOptions<RunDbContext> options) : DbCon
 {
     public DbSet<Run> Runs => Set<Run>();
     public DbSet<RunMetric> Metrics => Set<RunMetric>();
+    public DbSet<FineTune.Web.Features.Wizard.WizardDraft> Drafts => Set<FineTune.Web.Features.Wizard.WizardDraft>();
 
     protected override void OnModelCreating(ModelBuilder modelBuilder)
     {
@@ -23,6 +24,12 @@ public sealed class RunDbContext(DbContextOptions<RunDbContext> options) : DbCon
             run.HasMany(r => r.Metrics).WithOne().HasForeignKey(m => m.RunId).OnDelete(DeleteBehavior.Cascade);
         });
         modelBuilder.Entity<RunMetric>().HasIndex(m => new { m.RunId, m.Step });
+        modelBuilder.Entity<FineTune.Web.Features.Wizard.WizardDraft>(draft =>
+        {
+            draft.HasKey(d => d.BrowserId);
+            draft.Property(d => d.BrowserId).HasMaxLength(64);
+            draft.Property(d => d.FileName).HasMaxLength(260);
+        });
     }
 }
 

@@ -6,8 +6,8 @@ namespace FineTune.Web.Features.Wizard;
 public enum WizardStep { Model = 0, Data = 1, Settings = 2, Train = 3, Test = 4, Download = 5 }
 
 /// <summary>
-/// What the user has chosen so far, for one browser tab (scoped to the Blazor circuit). After a reload the
-/// wizard rebuilds from the run in the URL (/runs/{id}); before a run exists nothing needs to survive.
+/// What the user has chosen so far, for one browser tab (scoped to the Blazor circuit). Saved after every change as
+/// the browser's draft (<see cref="WizardDraftStore"/>) and restored from it in a new circuit.
 /// </summary>
 public sealed class WizardState
 {
@@ -16,6 +16,8 @@ public sealed class WizardState
     public byte[]? OriginalFile { get; set; }
     public DatasetDraft? Dataset { get; set; }
     public int? RunId { get; set; }
+    /// <summary>The step on screen, so a restored draft opens where the user was.</summary>
+    public WizardStep Step { get; set; }
 
     /// <summary>The sampling the test step last chatted with; the GGUF export's Modelfile takes it over.</summary>
     public (double Temperature, double TopP) TestSampling { get; set; } = (0.7, 0.9);
@@ -44,6 +46,7 @@ public sealed class WizardState
         OriginalFile = null;
         Dataset = null;
         RunId = null;
+        Step = WizardStep.Model;
         NotifyChanged();
     }
 }

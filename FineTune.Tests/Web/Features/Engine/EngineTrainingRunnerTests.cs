@@ -77,6 +77,21 @@ public sealed class EngineTrainingRunnerTests : IDisposable
     }
 
     [Fact]
+    public void Evaluation_runs_about_ten_times_per_run_not_at_every_logging_step()
+    {
+        var runner = new EngineTrainingRunner(_models, NullLoggerFactory.Instance);
+        var rows = Enumerable.Range(1, 20_000).Select(i => new QaRow($"q{i}", $"a{i}", SourceRow: i)).ToArray();
+        var settings = new TrainingSettings { LoggingSteps = 10 }; // the tutorial: batch 1 x accumulation 4, 3 epochs, 10 % eval
+
+        var job = runner.ToFineTuneJob(new TrainingJob(1, settings, rows, _output), "/models/m");
+
+        int total = TrainingEstimator.Plan(rows.Length, settings).TotalSteps; // 18,000 train rows / 4 x 3 = 13,500 steps
+        Assert.Equal(13_500, total);
+        Assert.Equal(1_350, job.Training.EvalSteps);
+        Assert.Equal(10, job.Training.LoggingSteps);
+    }
+
+    [Fact]
     public async Task Trains_reports_every_step_and_writes_a_peft_adapter()
     {
         var runner = new EngineTrainingRunner(_models, NullLoggerFactory.Instance);

@@ -130,6 +130,31 @@ namespace FineTune.Web.Features.Runs.Migrations
                     b.ToTable("Metrics");
                 });
 
+            modelBuilder.Entity("FineTune.Web.Features.Wizard.WizardDraft", b =>
+                {
+                    b.Property<string>("BrowserId")
+                        .HasMaxLength(64)
+                        .HasColumnType("TEXT");
+
+                    b.Property<byte[]>("FileBytes")
+                        .HasColumnType("BLOB");
+
+                    b.Property<string>("FileName")
+                        .HasMaxLength(260)
+                        .HasColumnType("TEXT");
+
+                    b.Property<string>("StateJson")
+                        .IsRequired()
+                        .HasColumnType("TEXT");
+
+                    b.Property<DateTime>("UpdatedAt")
+                        .HasColumnType("TEXT");
+
+                    b.HasKey("BrowserId");
+
+                    b.ToTable("Drafts");
+                });
+
             modelBuilder.Entity("FineTune.Web.Features.Runs.RunMetric", b =>
                 {
                     b.HasOne("FineTune.Web.Features.Runs.Run", null)

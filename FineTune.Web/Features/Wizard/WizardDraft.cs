@@ -1,0 +1,62 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using FineTune.Web.Features.Data;
+
+namespace FineTune.Web.Features.Wizard;
+
+/// <summary>
+/// The wizard as one browser left it (model, uploaded file, sheet/columns/encoding, row edits, settings, step), kept in
+/// SQLite so a reload, a language switch or a server restart loses nothing. One row per browser (cookie id).
+/// The file's bytes are written only when the file changes; everything else is small JSON.
+/// </summary>
+public sealed class WizardDraft
+{
+    public string BrowserId { get; set; } = string.Empty;
+    public DateTime UpdatedAt { get; set; }
+    /// <summary>The small part, <see cref="WizardDraftState"/> as JSON.</summary>
+    public string StateJson { get; set; } = "{}";
+    public string? FileName { get; set; }
+    public byte[]? FileBytes { get; set; }
+}
+
+/// <summary>A row fixed in the data step.</summary>
+public sealed record DraftRowEdit(int Row, string Instruction, string Output);
+
+/// <summary>What the draft holds besides the file.</summary>
+public sealed record WizardDraftState(
+    string SettingsJson,
+    WizardStep Step,
+    int? RunId,
+    TextEncoding? Encoding,
+    int SheetIndex,
+    ColumnMapping? Mapping,
+    IReadOnlyList<int> ExcludedRows,
+    IReadOnlyList<DraftRowEdit> Edits)
+{
+    private static readonly JsonSerializerOptions Json = new() { Converters = { new JsonStringEnumConverter() } };
+
+    public string ToJson() => JsonSerializer.Serialize(this, Json);
+
+    public static WizardDraftState? FromJson(string json)
+    {
+        try
+        {
+            return JsonSerializer.Deserialize<WizardDraftState>(json, Json);
+        }
+        catch (JsonException)
+        {
+            return null; // a draft written by an older version: start fresh rather than fail the page
+        }
+    }
+
+    /// <summary>The draft of the current wizard state.</summary>
+    public static WizardDraftState Of(WizardState state) => new(
+        state.Settings.ToJson(),
+        state.Step,
+        state.RunId,
+        state.File?.Encoding,
+        state.Dataset?.Import.SheetIndex ?? 0,
+        state.Dataset?.Import.Mapping,
+        state.Dataset?.ExcludedRows.Order().ToArray() ?? [],
+        state.Dataset?.EditedRows.OrderBy(e => e.Key).Select(e => new DraftRowEdit(e.Key, e.Value.Instruction, e.Value.Output)).ToArray() ?? []);
+}
