@@ -185,7 +185,7 @@ public sealed class SettingsStepTests : ComponentTestContext
         cut.Find("input[data-field=LoraR]").Change("0");
 
         Assert.Equal(0, State.Settings.LoraR); // not clamped to 1 behind the user's back
-        string field = cut.Find("input[data-field=LoraR]").Closest(".mud-input-control")!.TextContent;
+        string field = cut.Find("[data-testid=field-error][data-field=LoraR]").TextContent;
         Assert.Contains("允許範圍：1 到 256。", field);
         Assert.Contains("秩為 0 不會訓練任何參數", field);
         Assert.True(cut.Find("[data-testid=start-training]").HasAttribute("disabled"));
