@@ -38,6 +38,21 @@ public sealed class ModelFamiliesTests
         Assert.StartsWith(family.Decoder.Names.Model + ".", attached[0], StringComparison.Ordinal);
     }
 
+    [Theory]
+    [MemberData(nameof(Fixtures))]
+    public void Facts_from_the_meta_device_match_the_loaded_model(string fixture)
+    {
+        var facts = ModelFacts.Of(ModelFixtures.Folder(fixture));
+        using var model = ModelLoader.Load(ModelFixtures.Folder(fixture));
+        Assert.Equal(model.parameters().Sum(p => p.numel()), facts.TotalParameters); // tied: one tensor once loaded
+        Assert.Equal(model.NamedLinears().Select(l => l.Name), facts.LinearNames);
+        Assert.Equal(model.NamedLinears().Where(l => l.Name != "lm_head").Sum(l => l.Layer.weight!.numel()), facts.QuantizableParameters);
+        var targets = facts.Family.DefaultLoraTargets;
+        LoraInjector.Attach(model.NamedLinears(), new LoraSettings(Rank: 4, TargetModules: targets), seed: 0);
+        Assert.Equal(model.parameters().Where(p => p.requires_grad).Sum(p => p.numel()), facts.LoraParameters(4, targets));
+        Assert.Same(facts, ModelFacts.Of(ModelFixtures.Folder(fixture))); // cached per folder
+    }
+
     [Fact]
     public void An_unknown_model_type_names_the_supported_ones()
     {

@@ -63,6 +63,7 @@ public static class ApplicationServices
         builder.Services.AddSingleton<RunNotifier>();
         builder.Services.AddSingleton<ArtifactPackager>();
         builder.Services.AddHostedService<RunDatabaseStartup>();
+        builder.Services.AddSingleton(provider => GpuPool.For(provider.GetRequiredService<BackendInfo>()));
         builder.Services.AddSingleton<RunQueue>();
         builder.Services.AddHostedService(provider => provider.GetRequiredService<RunQueue>());
         builder.Services.AddHostedService<TrainingHubForwarder>();

@@ -158,7 +158,12 @@ internal sealed class ComputeBackendCheck(IServiceProvider services) : IHealthCh
             ["gpu"] = backend.GpuName,
             ["gpuMemoryBytes"] = backend.GpuMemoryBytes,
             ["kernels"] = backend.Kernels,
+            ["canTrain"] = backend.CanCompute,
+            ["unavailableReason"] = backend.UnavailableReason,
         };
-        return Task.FromResult(HealthCheckResult.Healthy(backend.Description, data!));
+        // libtorch did not load (e.g. a C++ runtime older than GCC 13): pages work, training does not; the reason says what to do.
+        return Task.FromResult(backend.UnavailableReason is { } reason
+            ? HealthCheckResult.Degraded(reason, data: data!)
+            : HealthCheckResult.Healthy(backend.Description, data!));
     }
 }

@@ -46,6 +46,8 @@ public sealed class EngineTrainingRunner(EngineModels models, ILoggerFactory log
             OutputFolder = Path.Combine(job.OutputDirectory, ArtifactPackager.AdapterFolder),
             CheckpointsFolder = Path.Combine(job.OutputDirectory, CheckpointsFolder),
             ResumeFrom = job.ResumeFromCheckpoint,
+            Device = job.Gpus is [int gpu] ? new TorchSharp.torch.Device(TorchSharp.DeviceType.CUDA, gpu) : null,
+            Devices = job.Gpus is { Count: > 1 } gpus ? [.. gpus.Select(i => new TorchSharp.torch.Device(TorchSharp.DeviceType.CUDA, i))] : null,
         };
     }
 }

@@ -1,10 +1,12 @@
-using System.Text.Json;
 using FineTune.Engine.Models;
 using FineTune.Web.Features.Settings;
 
 namespace FineTune.Web.Features.Models;
 
-/// <summary>The shape numbers memory and time estimates need (from config.json).</summary>
+/// <summary>
+/// The shape numbers memory and time estimates need: for a model on disk, the engine's <see cref="ModelFacts"/>
+/// (exact, from the model built on the meta device); for a preset not downloaded yet, its published dimensions.
+/// </summary>
 /// <param name="HeadDimension">Width of one attention head when config.json states it (Qwen3: wider than hidden/heads); 0 = hidden/heads.</param>
 /// <param name="QueryKeyNorm">Qwen3's per-head RMSNorm on q and k.</param>
 public sealed record ModelShape(
@@ -13,11 +15,23 @@ public sealed record ModelShape(
 {
     private int HeadDim => HeadDimension > 0 ? HeadDimension : HiddenSize / Heads;
 
+    /// <summary>The engine's exact facts, when the model is on disk; the counts below then come from them.</summary>
+    public ModelFacts? Exact { get; init; }
+
+    /// <summary>The shape of a model on disk, as the engine reads it.</summary>
+    public static ModelShape From(ModelFacts facts)
+    {
+        var c = facts.Config;
+        return new ModelShape(c.HiddenSize, c.NumHiddenLayers, c.IntermediateSize, c.VocabSize, c.NumAttentionHeads, c.NumKeyValueHeads,
+            c.TieWordEmbeddings, c.HeadDim) { Exact = facts };
+    }
+
     /// <summary>Parameters of all linear projections inside the decoder layers (what NF4 quantizes).</summary>
     public long LinearParameters
     {
         get
         {
+            if (Exact is not null) return Exact.QuantizableParameters;
             long h = HiddenSize, q = (long)Heads * HeadDim, kv = (long)KeyValueHeads * HeadDim;
             long attention = h * q * 2 + h * kv * 2; // q, o + k, v
             long mlp = 3L * h * IntermediateSize;     // gate, up, down
@@ -25,15 +39,17 @@ public sealed record ModelShape(
         }
     }
 
-    /// <summary>Embeddings and LM head: kept in 16-bit even when the rest is 4-bit.</summary>
-    public long EmbeddingParameters => (long)VocabSize * HiddenSize * (TiedEmbeddings ? 1 : 2);
+    /// <summary>Embeddings and LM head (with a model on disk: everything NF4 leaves in 16 bits): kept in 16-bit even when the rest is 4-bit.</summary>
+    public long EmbeddingParameters => Exact?.UnquantizedParameters ?? (long)VocabSize * HiddenSize * (TiedEmbeddings ? 1 : 2);
 
-    /// <summary>All weights (biases aside: a few thousand per layer).</summary>
-    public long TotalParameters => LinearParameters + EmbeddingParameters + (long)Layers * (HiddenSize * 2 + (QueryKeyNorm ? HeadDim * 2 : 0)) + HiddenSize;
+    /// <summary>All weights (for a preset, biases aside: a few thousand per layer).</summary>
+    public long TotalParameters => Exact?.TotalParameters
+        ?? LinearParameters + EmbeddingParameters + (long)Layers * (HiddenSize * 2 + (QueryKeyNorm ? HeadDim * 2 : 0)) + HiddenSize;
 
     /// <summary>LoRA parameters for rank r on the attention projections q/k/v/o (the tutorial's targets).</summary>
     public long LoraParameters(int r, IReadOnlyCollection<string> targets)
     {
+        if (Exact is not null) return Exact.LoraParameters(r, targets);
         long h = HiddenSize, kv = (long)KeyValueHeads * HeadDim, i = IntermediateSize, total = 0;
         foreach (string t in targets)
         {
@@ -49,30 +65,6 @@ public sealed record ModelShape(
             };
         }
         return total * Layers;
-    }
-
-    /// <summary>Reads the fields of an HF config.json (Qwen2/Qwen3/Llama/Mistral; Qwen v1 names too).</summary>
-    public static ModelShape FromConfigJson(string json)
-    {
-        using var document = JsonDocument.Parse(json);
-        var root = document.RootElement;
-        int Int(params string[] names)
-        {
-            foreach (string name in names)
-                if (root.TryGetProperty(name, out var value) && value.ValueKind == JsonValueKind.Number)
-                    return value.GetInt32();
-            throw new InvalidDataException($"config.json has none of {string.Join(", ", names)}; is this a decoder-only language model?");
-        }
-        int hidden = Int("hidden_size", "n_embd");
-        int heads = Int("num_attention_heads", "n_head");
-        int kvHeads = root.TryGetProperty("num_key_value_heads", out var kv) && kv.ValueKind == JsonValueKind.Number ? kv.GetInt32() : heads;
-        int intermediate = Int("intermediate_size", "ffn_hidden_size");
-        // Qwen v1 states intermediate_size as twice the width of each MLP half.
-        if (root.TryGetProperty("model_type", out var type) && type.GetString() == "qwen") intermediate /= 2;
-        bool tied = root.TryGetProperty("tie_word_embeddings", out var tie) && tie.ValueKind == JsonValueKind.True;
-        int headDim = root.TryGetProperty("head_dim", out var hd) && hd.ValueKind == JsonValueKind.Number ? hd.GetInt32() : 0;
-        bool qkNorm = root.TryGetProperty("model_type", out var mt) && mt.GetString() == "qwen3";
-        return new ModelShape(hidden, Int("num_hidden_layers", "n_layer"), intermediate, Int("vocab_size", "padded_vocab_size"), heads, kvHeads, tied, headDim, qkNorm);
     }
 }
 
@@ -105,14 +97,23 @@ public static class ModelCatalog
 
     public static ModelPreset? Find(string id) => Presets.FirstOrDefault(p => string.Equals(p.Id, id, StringComparison.OrdinalIgnoreCase));
 
-    /// <summary>The shape of the chosen model, when it can be known without downloading: a preset, or config.json in a local folder.</summary>
-    public static ModelShape? ShapeOf(TrainingSettings settings)
+    /// <summary>The shape of the chosen model, when it can be known without downloading: a preset, or the engine's facts of a local folder.</summary>
+    public static ModelShape? ShapeOf(TrainingSettings settings) =>
+        settings.Source != ModelSource.Local ? Find(settings.Model)?.Shape
+        : FactsOf(settings) is { } facts ? ModelShape.From(facts) : null;
+
+    /// <summary>The engine's facts of a local model folder (cached per folder), or null when it is not a model folder we can read.</summary>
+    public static ModelFacts? FactsOf(TrainingSettings settings)
     {
-        if (settings.Source != ModelSource.Local)
-            return Find(settings.Model)?.Shape;
-        string config = Path.Combine(settings.Model, "config.json");
-        if (!File.Exists(config)) return null;
-        try { return ModelShape.FromConfigJson(File.ReadAllText(config)); }
-        catch (Exception e) when (e is JsonException or InvalidDataException or IOException) { return null; }
+        if (settings.Source != ModelSource.Local || !File.Exists(Path.Combine(settings.Model, "config.json"))) return null;
+        try { return ModelFacts.Of(settings.Model); }
+        catch (Exception e) when (e is ModelFormatException or UnsupportedModelException or IOException or UnauthorizedAccessException) { return null; }
     }
+
+    /// <summary>
+    /// The chosen model's linear-layer names (what LoRA can target): every layer of a local folder, or the family's leaf
+    /// names for a preset; null when not known before download.
+    /// </summary>
+    public static IReadOnlyList<string>? LinearNames(TrainingSettings settings) =>
+        settings.Source == ModelSource.Local ? FactsOf(settings)?.LinearNames : Find(settings.Model)?.Family.LinearNames;
 }

@@ -6,20 +6,28 @@ using FineTune.Web.Features.Settings;
 namespace FineTune.Web.Features.Runs;
 
 /// <summary>
-/// Trains one run at a time (one GPU), in the order runs were queued. Fed by a channel; keeps the waiting
-/// list for queue positions and the latest progress of each run for pages that reattach after a reload.
+/// Starts runs in the order they were queued, each when the GPUs it asks for are free and hold its memory estimate
+/// (<see cref="GpuPool"/>): two one-GPU runs train at once on a two-GPU machine; on the CPU one run at a time. The head
+/// of the queue waits for its GPUs (runs behind it do not overtake it). Fed by a channel; keeps the waiting list for
+/// queue positions and the latest progress of each run for pages that reattach after a reload.
 /// </summary>
-public sealed class RunQueue(RunStore store, RunNotifier notifier, ITrainingRunner runner, ILogger<RunQueue> logger) : BackgroundService
+public sealed class RunQueue(RunStore store, RunNotifier notifier, ITrainingRunner runner, ILogger<RunQueue> logger, GpuPool? gpus = null) : BackgroundService
 {
+    private readonly GpuPool _gpus = gpus ?? new GpuPool([]);
+    private readonly SemaphoreSlim _gpusChanged = new(0);
+    private readonly List<(int RunId, CancellationTokenSource Cancel)> _training = [];
+    private readonly List<Task> _running = [];
     private readonly Channel<int> _channel = Channel.CreateUnbounded<int>(new UnboundedChannelOptions { SingleReader = true });
     private readonly Lock _gate = new();
     private readonly List<int> _waiting = [];
     private readonly ConcurrentDictionary<int, TrainingProgress> _latest = new();
     private readonly HashSet<int> _resume = [];
-    private (int RunId, CancellationTokenSource Cancel)? _current;
 
-    /// <summary>The run training now, if any.</summary>
-    public int? CurrentRunId { get { lock (_gate) return _current?.RunId; } }
+    /// <summary>The run training now, if any (the earliest started when several are).</summary>
+    public int? CurrentRunId { get { lock (_gate) return _training.Count == 0 ? null : _training[0].RunId; } }
+
+    /// <summary>Every run training now, in the order they started.</summary>
+    public IReadOnlyList<int> TrainingRunIds { get { lock (_gate) return [.. _training.Select(t => t.RunId)]; } }
 
     /// <summary>1 = next to train; 0 = not waiting (training, finished or unknown).</summary>
     public int PositionOf(int runId)
@@ -54,13 +62,14 @@ public sealed class RunQueue(RunStore store, RunNotifier notifier, ITrainingRunn
         lock (_gate)
         {
             wasWaiting = _waiting.Remove(runId);
-            if (!wasWaiting && _current is { } current && current.RunId == runId)
+            if (!wasWaiting && _training.FindIndex(t => t.RunId == runId) is int i and >= 0)
             {
-                current.Cancel.Cancel();
+                _training[i].Cancel.Cancel();
                 return true;
             }
         }
         if (!wasWaiting) return false;
+        _gpusChanged.Release(); // the head may have been this run, waiting for GPUs
         await store.SetStatusAsync(runId, RunStatus.Cancelled);
         await notifier.PublishAsync(new RunQueueEvent(runId, 0));
         await notifier.PublishAsync(new RunStatusEvent(runId, RunStatus.Cancelled, null));
@@ -81,24 +90,81 @@ public sealed class RunQueue(RunStore store, RunNotifier notifier, ITrainingRunn
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
-        await foreach (int runId in _channel.Reader.ReadAllAsync(stoppingToken))
+        void OnReleased() => _gpusChanged.Release();
+        _gpus.Released += OnReleased;
+        try
         {
-            bool resume;
-            lock (_gate)
+            await foreach (int runId in _channel.Reader.ReadAllAsync(stoppingToken))
             {
-                if (!_waiting.Remove(runId)) continue; // cancelled while waiting
-                resume = _resume.Remove(runId);
+                var lease = await WaitForGpusAsync(runId, stoppingToken);
+                if (lease is null) continue; // cancelled while waiting
+                bool resume;
+                var cancel = CancellationTokenSource.CreateLinkedTokenSource(stoppingToken);
+                lock (_gate)
+                {
+                    if (!_waiting.Remove(runId))
+                    {
+                        lease.Dispose();
+                        cancel.Dispose();
+                        continue;
+                    }
+                    resume = _resume.Remove(runId);
+                    _training.Add((runId, cancel));
+                }
+                await notifier.PublishAsync(new RunQueueEvent(runId, 0));
+                await PublishPositionsAsync();
+                var training = Task.Run(() => TrainAsync(runId, resume, lease, cancel, stoppingToken), CancellationToken.None);
+                lock (_gate)
+                {
+                    _running.RemoveAll(t => t.IsCompleted);
+                    _running.Add(training);
+                }
             }
-            await notifier.PublishAsync(new RunQueueEvent(runId, 0));
-            await PublishPositionsAsync();
-            await TrainAsync(runId, resume, stoppingToken);
+        }
+        finally
+        {
+            _gpus.Released -= OnReleased;
+            Task[] running;
+            lock (_gate) running = [.. _running];
+            await Task.WhenAll(running); // each ends as interrupted when the app stops
         }
     }
 
-    private async Task TrainAsync(int runId, bool resume, CancellationToken stoppingToken)
+    /// <summary>Waits until the GPUs run <paramref name="runId"/> asks for are free; null when it was cancelled meanwhile.</summary>
+    private async Task<GpuLease?> WaitForGpusAsync(int runId, CancellationToken stoppingToken)
     {
-        using var cancel = CancellationTokenSource.CreateLinkedTokenSource(stoppingToken);
-        lock (_gate) _current = (runId, cancel);
+        GpuRequest? request = null;
+        while (true)
+        {
+            lock (_gate)
+                if (!_waiting.Contains(runId)) return null;
+            request ??= await RequestForAsync(runId, stoppingToken);
+            if (_gpus.TryTake(request) is { } lease) return lease;
+            await _gpusChanged.WaitAsync(stoppingToken);
+        }
+    }
+
+    /// <summary>The run's GPU choice and memory estimate; a run whose settings cannot be read asks for one GPU and fails when it starts.</summary>
+    private async Task<GpuRequest> RequestForAsync(int runId, CancellationToken stoppingToken)
+    {
+        try
+        {
+            var run = await store.GetAsync(runId);
+            if (run is null) return new GpuRequest(false, 0);
+            var rows = await store.ReadDatasetAsync(runId, stoppingToken);
+            return _gpus.RequestFor(TrainingSettings.FromJson(run.SettingsJson), rows.Count, rows.Sum(TrainingEstimator.EstimateTokens));
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            logger.LogWarning(e, "Run {RunId}: its GPU needs could not be worked out; it asks for one GPU", runId);
+            return new GpuRequest(false, 0);
+        }
+    }
+
+    private async Task TrainAsync(int runId, bool resume, GpuLease lease, CancellationTokenSource cancel, CancellationToken stoppingToken)
+    {
+        using var heldGpus = lease;
+        using var runCancel = cancel;
         var reports = Channel.CreateUnbounded<TrainingProgress>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
         Task recorder = Task.CompletedTask;
         try
@@ -106,7 +172,7 @@ public sealed class RunQueue(RunStore store, RunNotifier notifier, ITrainingRunn
             var run = await store.SetStatusAsync(runId, RunStatus.Training, cancellationToken: stoppingToken);
             await notifier.PublishAsync(new RunStatusEvent(runId, RunStatus.Training, null));
             var job = new TrainingJob(runId, TrainingSettings.FromJson(run.SettingsJson), await store.ReadDatasetAsync(runId, stoppingToken),
-                store.RunDirectory(runId), resume ? run.LastCheckpoint : null);
+                store.RunDirectory(runId), resume ? run.LastCheckpoint : null, lease.Indices);
 
             recorder = RecordAsync(runId, reports.Reader);
             var outcome = await runner.RunAsync(job, new ChannelProgress(reports.Writer), cancel.Token);
@@ -139,7 +205,7 @@ public sealed class RunQueue(RunStore store, RunNotifier notifier, ITrainingRunn
         }
         finally
         {
-            lock (_gate) _current = null;
+            lock (_gate) _training.RemoveAll(t => t.RunId == runId);
         }
     }
 

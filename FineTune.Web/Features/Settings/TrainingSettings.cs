@@ -11,6 +11,9 @@ public enum Quantization { None, Nf4 }
 /// <summary>Compute precision of the frozen base weights and activations. Auto: bf16 where the GPU has it, else fp16 (CPU: fp32).</summary>
 public enum Precision { Auto, BFloat16, Float16, Float32 }
 
+/// <summary>Which GPUs a run trains on. Auto: every GPU when the run is estimated to take long (GpuPool.LongRun), else one.</summary>
+public enum GpuChoice { Auto, All, One }
+
 /// <summary>
 /// Everything a run needs, saved as settings.json with the run. Defaults are the tutorial's
 /// (QLoRA on Qwen: NF4 with double quantization, r 16, alpha 32, dropout 0.05 on q/k/v/o, 3 epochs,
@@ -43,6 +46,8 @@ public sealed class TrainingSettings
     public Quantization Quantization { get; set; } = Quantization.Nf4;
     public bool DoubleQuantization { get; set; } = true;
     public Precision Precision { get; set; } = Precision.Auto;
+    /// <summary>Every GPU of the machine (data parallel, same results as one GPU) or one GPU; Auto decides by the estimated time.</summary>
+    public GpuChoice Gpus { get; set; } = GpuChoice.Auto;
     public int Seed { get; set; } = 42;
 
     /// <summary>
