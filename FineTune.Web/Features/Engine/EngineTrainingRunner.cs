@@ -13,7 +13,7 @@ namespace FineTune.Web.Features.Engine;
 /// </summary>
 public sealed class EngineTrainingRunner(EngineModels models, ILoggerFactory loggers) : ITrainingRunner
 {
-    public const string CheckpointsFolder = "checkpoints";
+    public const string CheckpointsFolder = RunStore.CheckpointsFolder;
 
     public async Task<TrainingOutcome> RunAsync(TrainingJob job, IProgress<TrainingProgress> progress, CancellationToken cancellationToken)
     {
