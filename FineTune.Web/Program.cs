@@ -23,6 +23,7 @@ app.UseStatusCodePagesWithReExecute("/not-found", createScopeForStatusCodePages:
 app.UseRequestLocalization();
 app.UseAccessGate();
 app.UseBrowserIdentity();
+app.UseDataFolderGuard();
 app.UseAntiforgery();
 
 app.MapStaticAssets();

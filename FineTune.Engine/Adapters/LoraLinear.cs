@@ -1,3 +1,4 @@
+using FineTune.Engine.Backend;
 using FineTune.Engine.Models;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -263,7 +264,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         Tensor y = weight is not null
             ? nn.functional.linear(x, weight, bias)
             : Nf4Forward(x.to(ComputeDtype));                                  // (..., out)
-        if (weight is null && bias is not null) y = y + bias.to(y.dtype);
+        if (weight is null && bias is not null) y = y.Plus(bias.to(y.dtype));
         if (lora_A is not null && lora_B is not null && !Merged && AdapterEnabled)
         {
             // In the activations' dtype, as PEFT under HF Trainer's bf16/fp16 autocast computes it: the fp32 adapter
@@ -272,7 +273,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
             var dtype = y.dtype;
             var down = nn.functional.linear(Dropout(x.to(dtype)), lora_A.weight!.to(dtype));   // (..., r)
             var up = nn.functional.linear(down, lora_B.weight!.to(dtype));                      // (..., out)
-            y = y.add(up, Scaling);                                                             // y + up·scaling, one kernel
+            y = y.PlusScaled(up, Scaling);                                                      // y + up·scaling, one kernel
         }
         return scope.MoveToOuter(y);
     }
@@ -285,12 +286,12 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         if (tape is { Replaying: true })
         {
             using var recorded = tape.Value.Tape.Next();                        // (..., in) bool
-            return h * recorded / (1 - p);
+            return (h * recorded).DividedBy(1 - p);
         }
         if (DropoutGenerator is null && tape is null) return lora_dropout.forward(h);
         var keep = empty_like(h).bernoulli_(1 - p, DropoutGenerator);           // (..., in) of 0/1
         tape?.Tape.Add(keep);
-        return h * keep / (1 - p);
+        return (h * keep).DividedBy(1 - p);
     }
 
     /// <summary>

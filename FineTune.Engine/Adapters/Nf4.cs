@@ -1,3 +1,4 @@
+using FineTune.Engine.Backend;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -132,7 +133,7 @@ public static class Nf4
         using var scope = NewDisposeScope();
         var absmax = DynamicMapTable(data.AbsmaxCodes!.device).take(data.AbsmaxCodes.to(ScalarType.Int64)); // (blocks)
         ScaleBackInPlace(absmax, data.NestedAbsmax!, NestedBlockSize);
-        absmax.add_(data.Offset!);
+        absmax.PlusInPlace(data.Offset!);
         return scope.MoveToOuter(absmax);
     }
 

@@ -118,24 +118,42 @@ public static partial class PeftAdapter
     {
         string path = Path.Combine(folder, ConfigFile);
         if (!File.Exists(path)) throw new AdapterFormatException($"'{folder}' has no {ConfigFile}; it is not a PEFT adapter folder.");
-        var config = JsonNode.Parse(File.ReadAllText(path))?.AsObject()
-            ?? throw new AdapterFormatException($"{path} is empty.");
-        string peftType = config["peft_type"]?.GetValue<string>() ?? "LORA";
-        if (!string.Equals(peftType, "LORA", StringComparison.OrdinalIgnoreCase))
-            throw new AdapterFormatException($"{path} describes a {peftType} adapter; only LORA adapters can be loaded.");
-        if (config["use_dora"]?.GetValue<bool>() == true)
-            throw new AdapterFormatException($"{path} describes a DoRA adapter (use_dora true), which is not supported.");
-        int r = config["r"]?.GetValue<int>() ?? throw new AdapterFormatException($"{path} has no 'r'.");
-        double alpha = config["lora_alpha"] is JsonNode a ? a.GetValue<double>() : r;
-        double dropout = config["lora_dropout"] is JsonNode d ? d.GetValue<double>() : 0;
-        bool rs = config["use_rslora"]?.GetValue<bool>() ?? false;
-        List<string>? targets = config["target_modules"] switch
+        string field = "(the file)";
+        try
         {
-            JsonArray arr => [.. arr.Select(n => n!.GetValue<string>())],
-            JsonValue v when v.TryGetValue(out string? s) => [s],
-            _ => null,
-        };
-        return new LoraSettings(r, alpha, dropout, targets, rs);
+            var config = JsonNode.Parse(File.ReadAllText(path))?.AsObject()
+                ?? throw new AdapterFormatException($"{path} is empty.");
+            field = "peft_type";
+            string peftType = config["peft_type"]?.GetValue<string>() ?? "LORA";
+            if (!string.Equals(peftType, "LORA", StringComparison.OrdinalIgnoreCase))
+                throw new AdapterFormatException($"{path} describes a {peftType} adapter; only LORA adapters can be loaded.");
+            field = "use_dora";
+            if (config["use_dora"]?.GetValue<bool>() == true)
+                throw new AdapterFormatException($"{path} describes a DoRA adapter (use_dora true), which is not supported.");
+            field = "r";
+            int r = config["r"]?.GetValue<int>() ?? throw new AdapterFormatException($"{path} has no 'r'.");
+            if (r <= 0) throw new AdapterFormatException($"{path}: 'r' is {r}; a LoRA rank is a positive whole number.");
+            field = "lora_alpha";
+            double alpha = config["lora_alpha"] is JsonNode a ? a.GetValue<double>() : r;
+            field = "lora_dropout";
+            double dropout = config["lora_dropout"] is JsonNode d ? d.GetValue<double>() : 0;
+            if (dropout is < 0 or >= 1 || !double.IsFinite(alpha)) throw new AdapterFormatException($"{path}: lora_alpha {alpha} / lora_dropout {dropout} are out of range.");
+            field = "use_rslora";
+            bool rs = config["use_rslora"]?.GetValue<bool>() ?? false;
+            field = "target_modules";
+            List<string>? targets = config["target_modules"] switch
+            {
+                JsonArray arr => [.. arr.Select(n => (n ?? throw new FormatException("A null entry.")).GetValue<string>())],
+                JsonValue v when v.TryGetValue(out string? s) => [s],
+                _ => null,
+            };
+            return new LoraSettings(r, alpha, dropout, targets, rs);
+        }
+        catch (Exception e) when (e is JsonException or InvalidOperationException or FormatException)
+        {
+            // Malformed JSON, or a field of the wrong type ("r": "sixteen"): name the file and the field, not a stack trace.
+            throw new AdapterFormatException($"{path} cannot be read at {field}: {e.Message} Re-save the adapter with PEFT or FineTune.", e);
+        }
     }
 
     /// <summary>

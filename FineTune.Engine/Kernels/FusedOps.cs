@@ -1,3 +1,4 @@
+using FineTune.Engine.Backend;
 using FineTune.Engine.Adapters;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -112,7 +113,7 @@ public static unsafe class FusedOps
         using var scope = NewDisposeScope();
         var h = x.to(ScalarType.Float32);
         var variance = h.pow(2).mean([-1], keepdim: true);
-        h = h * rsqrt(variance + eps);
+        h = h * rsqrt(variance.Plus(eps)); // owned Scalars: see ScalarArithmetic
         return scope.MoveToOuter(weight * h.to(x.dtype));
     }
 
@@ -162,7 +163,7 @@ public static unsafe class FusedOps
             return y;
         }
         using var scope = NewDisposeScope();
-        var rotated = x * cos + x.roll(x.shape[^1] / 2, -1) * signedSin; // (B, nH, T, hD)
+        var rotated = (x * cos).Plus(x.roll(x.shape[^1] / 2, -1) * signedSin); // (B, nH, T, hD)
         return scope.MoveToOuter(rotated);
     }
 }

@@ -1,3 +1,4 @@
+using FineTune.Engine.Backend;
 using FineTune.Engine.Generation;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -67,8 +68,9 @@ public sealed class DecoderLayer : nn.Module
     public Tensor forward(Tensor x, DecoderPass pass)
     {
         using var scope = NewDisposeScope();
-        var h = x + _attention.forward(_attentionNorm.forward(x), pass); // (B, T, H)
-        h = h + _mlp.forward(_mlpNorm.forward(h));                      // (B, T, H)
+        // Plus: tensor + tensor without TorchSharp's temporary alpha Scalar (see ScalarArithmetic).
+        var h = x.Plus(_attention.forward(_attentionNorm.forward(x), pass)); // (B, T, H)
+        h = h.Plus(_mlp.forward(_mlpNorm.forward(h)));                      // (B, T, H)
         return scope.MoveToOuter(h);
     }
 }

@@ -1,4 +1,5 @@
 using FineTune.Engine.Adapters;
+using FineTune.Engine.Backend;
 using FineTune.Engine.Kernels;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -266,7 +267,7 @@ public sealed class AttentionMaskBuilder : IDisposable
         using var scope = NewDisposeScope();
         long t = positionIds.shape[1];
         var positions = positionIds.to(ScalarType.Int64);
-        var continues = positions.narrow(1, 1, t - 1).eq(positions.narrow(1, 0, t - 1) + 1);     // (B, T-1)
+        var continues = positions.narrow(1, 1, t - 1).eq(positions.narrow(1, 0, t - 1).Plus(1L));     // (B, T-1)
         var starts = cat([ones([positions.shape[0], 1], ScalarType.Bool, positions.device), continues.logical_not()], 1);
         var sequence = starts.to(ScalarType.Int64).cumsum(1);                                     // (B, T) sequence number
         var same = sequence.unsqueeze(2).eq(sequence.unsqueeze(1));                               // (B, T, T)

@@ -244,8 +244,25 @@ public sealed class ModelConfig
             throw Bad(key, v, "an integer");
         }
 
-        public int RequiredInt(string key) =>
-            Int(key) ?? throw new ModelFormatException($"{source} has no {key}; it is needed to build the model.");
+        /// <summary>
+        /// A dimension of the model: present, at least 1 and at most a bound no real model reaches. A value that makes no
+        /// model (0 heads, hidden_size 1e9) is refused here, naming the field, before anything is built or estimated
+        /// (before: a divide by zero or an overflow ended the wizard's circuit, and oversized configs allocated gigabytes).
+        /// </summary>
+        public int RequiredInt(string key)
+        {
+            int value = Int(key) ?? throw new ModelFormatException($"{source} has no {key}; it is needed to build the model.");
+            int limit = key switch
+            {
+                "vocab_size" => 4 << 20,
+                "intermediate_size" => 1 << 20,
+                "num_hidden_layers" or "num_attention_heads" or "num_key_value_heads" or "head_dim" => 4096,
+                _ => 1 << 17,
+            };
+            if (value < 1 || value > limit)
+                throw new ModelFormatException($"{source}: {key} is {value}; it must be a whole number from 1 to {limit:N0}.");
+            return value;
+        }
 
         public double? Double(string key)
         {

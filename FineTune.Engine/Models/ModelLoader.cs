@@ -71,6 +71,7 @@ public static class ModelLoader
 
         var watch = Stopwatch.StartNew();
         using var checkpoint = SafeTensorsCheckpoint.Open(folder);
+        CheckConfigAgainstWeights(config, checkpoint, folder);
         var model = Create(config, new ModelBuild(device, dtype));
         try
         {
@@ -85,6 +86,24 @@ public static class ModelLoader
         logger.LogInformation("Loaded {ModelType} from {Folder} ({Layers} layers, {DType} on {Device}) in {Seconds:0.0} s",
             config.ModelType, folder, config.NumHiddenLayers, dtype, device, watch.Elapsed.TotalSeconds);
         return model;
+    }
+
+    /// <summary>
+    /// Refuses a config.json that describes a model far larger than its safetensors files before anything is built
+    /// (seen: hidden_size 1e9 allocated 3.6–4.5 GB before failing, and the web app kept it). The count from the config
+    /// is the decoder's linear layers and embeddings; the files must hold at least nine tenths of it.
+    /// </summary>
+    internal static void CheckConfigAgainstWeights(ModelConfig config, SafeTensorsCheckpoint checkpoint, string folder)
+    {
+        long h = config.HiddenSize, hd = config.HeadDim, i = config.IntermediateSize;
+        double perLayer = h * (double)config.NumAttentionHeads * hd * 2 + h * (double)config.NumKeyValueHeads * hd * 2 + 3.0 * h * i;
+        double expected = perLayer * config.NumHiddenLayers + (double)config.VocabSize * h * (config.TieWordEmbeddings ? 1 : 2);
+        double stored = checkpoint.Entries.Sum(e => e.Shape.Aggregate(1.0, (n, d) => n * d));
+        if (expected > stored / 0.9 + 1_000_000)
+            throw new ModelFormatException(
+                $"{Path.Combine(folder, "config.json")} describes a model of about {expected / 1e9:0.##}B parameters (hidden_size {config.HiddenSize}, " +
+                $"intermediate_size {config.IntermediateSize}, num_hidden_layers {config.NumHiddenLayers}, num_attention_heads {config.NumAttentionHeads}, " +
+                $"vocab_size {config.VocabSize}), but its safetensors files hold {stored / 1e9:0.##}B. The config does not belong to these weights.");
     }
 
     /// <summary>The module tree for a config, weights on the meta device.</summary>

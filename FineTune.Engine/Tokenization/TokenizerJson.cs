@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using System.Text.Json.Nodes;
 using NativeTokenizer = Tokenizers.DotNet.Tokenizer;
 
@@ -5,7 +6,9 @@ namespace FineTune.Engine.Tokenization;
 
 /// <summary>
 /// A tokenizer.json tokenizer (byte-level BPE of Qwen2/2.5/3, Llama 3, Mistral; any model the Rust HF
-/// tokenizers library reads) run by that same library through Tokenizers.DotNet, so ids equal HF's.
+/// tokenizers library reads) run by that same library through Tokenizers.DotNet, so ids equal HF's. Where that
+/// library has no native build (it ships for linux-x64 only: Windows, macOS, Linux on ARM) or FINETUNE_TOKENIZER=managed,
+/// byte-level BPE tokenizers run managed instead (<see cref="ManagedByteLevelBpe"/>, the same ids, tested on every fixture).
 /// Tokenizers.DotNet always applies the post-processor on encode and always skips special tokens on decode,
 /// so the native tokenizer is built from a copy of tokenizer.json with no post-processor and no token marked
 /// special; BOS/EOS are then added here from the post-processor (or from add_bos_token for Llama-class
@@ -13,7 +16,11 @@ namespace FineTune.Engine.Tokenization;
 /// </summary>
 public sealed class TokenizerJson : ITextTokenizer, IDisposable
 {
-    private readonly NativeTokenizer _native;
+    /// <summary>Which implementation runs tokenizer.json.</summary>
+    public enum Runtime { Auto, Native, Managed }
+
+    private readonly NativeTokenizer? _native;
+    private readonly ManagedByteLevelBpe? _managed;
     private readonly Lock _nativeGate = new();
     private readonly Dictionary<string, int> _tokenToId;
     private readonly Dictionary<int, string> _idToToken;
@@ -22,7 +29,7 @@ public sealed class TokenizerJson : ITextTokenizer, IDisposable
     private readonly int[] _suffix;
     private readonly bool _cleanUpSpaces;
 
-    public TokenizerJson(string tokenizerJsonPath, TokenizerSettings? settings = null)
+    public TokenizerJson(string tokenizerJsonPath, TokenizerSettings? settings = null, Runtime runtime = Runtime.Auto)
     {
         settings ??= new TokenizerSettings();
         if (!File.Exists(tokenizerJsonPath))
@@ -52,8 +59,22 @@ public sealed class TokenizerJson : ITextTokenizer, IDisposable
         _cleanUpSpaces = settings.CleanUpTokenizationSpaces;
         (_prefix, _suffix) = SpecialTokenFrame(root["post_processor"], settings);
 
-        _native = CreateNative(root, tokenizerJsonPath);
+        if (runtime == Runtime.Auto) runtime = DefaultRuntime;
+        if (runtime == Runtime.Managed) _managed = new ManagedByteLevelBpe(root, tokenizerJsonPath);
+        else _native = CreateNative(root, tokenizerJsonPath);
     }
+
+    /// <summary>Native where Tokenizers.DotNet ships its library (linux-x64), unless FINETUNE_TOKENIZER says managed or native.</summary>
+    public static Runtime DefaultRuntime =>
+        Environment.GetEnvironmentVariable("FINETUNE_TOKENIZER")?.ToLowerInvariant() switch
+        {
+            "managed" => Runtime.Managed,
+            "native" => Runtime.Native,
+            _ => OperatingSystem.IsLinux() && RuntimeInformation.ProcessArchitecture == Architecture.X64 ? Runtime.Native : Runtime.Managed,
+        };
+
+    /// <summary>True when this tokenizer runs managed (<see cref="ManagedByteLevelBpe"/>), false when through the Rust library.</summary>
+    public bool IsManaged => _managed is not null;
 
     public TokenizerSettings Settings { get; }
     public int VocabSize { get; }
@@ -75,12 +96,15 @@ public sealed class TokenizerJson : ITextTokenizer, IDisposable
     public IReadOnlyList<int> Encode(string text, bool addSpecialTokens)
     {
         ArgumentNullException.ThrowIfNull(text);
-        uint[] raw;
-        if (text.Length == 0) raw = [];
-        else lock (_nativeGate) raw = _native.Encode(text);
-        var ids = new List<int>(raw.Length + _prefix.Length + _suffix.Length);
+        var ids = new List<int>(text.Length + _prefix.Length + _suffix.Length);
         if (addSpecialTokens) ids.AddRange(_prefix);
-        foreach (uint id in raw) ids.Add(checked((int)id));
+        if (_managed is not null) ids.AddRange(_managed.Encode(text));
+        else if (text.Length > 0)
+        {
+            uint[] raw;
+            lock (_nativeGate) raw = _native!.Encode(text);
+            foreach (uint id in raw) ids.Add(checked((int)id));
+        }
         if (addSpecialTokens) ids.AddRange(_suffix);
         return ids;
     }
@@ -97,7 +121,8 @@ public sealed class TokenizerJson : ITextTokenizer, IDisposable
         }
         if (kept.Count == 0) return "";
         string text;
-        lock (_nativeGate) text = _native.Decode([.. kept]);
+        if (_managed is not null) text = _managed.Decode(kept.Select(id => (int)id));
+        else lock (_nativeGate) text = _native!.Decode([.. kept]);
         return _cleanUpSpaces ? CleanUpTokenization(text) : text;
     }
 
@@ -105,7 +130,7 @@ public sealed class TokenizerJson : ITextTokenizer, IDisposable
 
     public string? IdToToken(int id) => _idToToken.GetValueOrDefault(id);
 
-    public void Dispose() => _native.Dispose();
+    public void Dispose() => _native?.Dispose();
 
     private int? Id(string? token) => token is null ? null : TokenToId(token);
 
@@ -212,7 +237,8 @@ public sealed class TokenizerJson : ITextTokenizer, IDisposable
         }
         catch (DllNotFoundException e)
         {
-            throw new TokenizerLoadException("The native tokenizers library (libhf_tokenizers.so from Tokenizers.DotNet.runtime) could not be loaded: " + e.Message, e);
+            throw new TokenizerLoadException("The native tokenizers library (libhf_tokenizers.so from Tokenizers.DotNet.runtime) could not be loaded: " +
+                e.Message + ". Set FINETUNE_TOKENIZER=managed to run byte-level BPE tokenizers without it.", e);
         }
         finally
         {

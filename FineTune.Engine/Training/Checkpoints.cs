@@ -23,24 +23,48 @@ public static class Checkpoints
     public const string OptimizerFile = "optimizer.safetensors";
     private const string OldOptimizerFile = "optimizer.bin"; // TorchSharp's AdamW state, written before FlatAdamW
     private const string Prefix = "checkpoint-";
+    private const string PartialSuffix = ".partial";
     // Named literals: a step skipped for an fp16 overflow logs an inf/NaN gradient norm, and the state must still save.
     private static readonly JsonSerializerOptions Json = new() { WriteIndented = true, NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals };
 
+    /// <summary>
+    /// Writes checkpoint-{step}/ durably and returns its folder: everything goes to checkpoint-{step}.partial/, each
+    /// file and the folder are flushed to the disk, the folder is renamed, and the rename is flushed. Only then does the
+    /// caller get a path to record, and only then are older checkpoints pruned (never the one just written). A crash at
+    /// any point leaves either the previous checkpoints or the new complete one, never a half one that looks complete.
+    /// </summary>
     public static string Save(string checkpointsFolder, ITrainableCausalLM model, FlatAdamW optimizer,
         LoraSettings settings, string baseModel, CheckpointState state, int saveTotalLimit)
     {
         string folder = Path.Combine(checkpointsFolder, Prefix + state.GlobalStep.ToString(CultureInfo.InvariantCulture));
-        string temporary = folder + ".partial";
-        if (Directory.Exists(temporary)) Directory.Delete(temporary, recursive: true);
-        Directory.CreateDirectory(temporary);
-        PeftAdapter.Save(temporary, model.NamedLinears(), settings, baseModel);
-        optimizer.SaveState(Path.Combine(temporary, OptimizerFile));
-        File.WriteAllText(Path.Combine(temporary, StateFile), JsonSerializer.Serialize(state, Json));
-        // Written whole, then renamed: a crash mid-save never leaves a half checkpoint that looks complete.
-        if (Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
-        Directory.Move(temporary, folder);
-        Prune(checkpointsFolder, saveTotalLimit);
+        string temporary = folder + PartialSuffix;
+        try
+        {
+            if (Directory.Exists(temporary)) Directory.Delete(temporary, recursive: true);
+            Directory.CreateDirectory(temporary);
+            PeftAdapter.Save(temporary, model.NamedLinears(), settings, baseModel);
+            optimizer.SaveState(Path.Combine(temporary, OptimizerFile));
+            File.WriteAllText(Path.Combine(temporary, StateFile), JsonSerializer.Serialize(state, Json));
+            DurableFiles.SyncFolder(temporary);
+            if (Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
+            Directory.Move(temporary, folder);
+            DurableFiles.SyncDirectoryEntry(checkpointsFolder);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            TryDelete(temporary); // a full disk must not also leave a half folder taking the space
+            throw new CheckpointException($"The checkpoint of step {state.GlobalStep} could not be written to '{checkpointsFolder}': {e.Message}", e);
+        }
+        Prune(checkpointsFolder, saveTotalLimit, keep: folder);
         return folder;
+    }
+
+    /// <summary>The newest complete checkpoint under <paramref name="checkpointsFolder"/> and its step, or null.</summary>
+    public static (string Folder, int Step)? LatestComplete(string checkpointsFolder)
+    {
+        if (!Directory.Exists(checkpointsFolder)) return null;
+        var all = List(checkpointsFolder);
+        return all.Count == 0 ? null : (all[^1].Folder, all[^1].Step);
     }
 
     /// <summary>The newest complete checkpoint folder, or null.</summary>
@@ -82,16 +106,40 @@ public static class Checkpoints
     private static List<(int Step, string Folder)> List(string checkpointsFolder) =>
         [.. Directory.GetDirectories(checkpointsFolder, Prefix + "*")
             .Select(d => (Name: Path.GetFileName(d), Folder: d))
-            .Where(d => !d.Name.EndsWith(".partial", StringComparison.Ordinal) && File.Exists(Path.Combine(d.Folder, StateFile)))
+            .Where(d => !d.Name.EndsWith(PartialSuffix, StringComparison.Ordinal) && File.Exists(Path.Combine(d.Folder, StateFile)))
             .Select(d => (Step: int.TryParse(d.Name[Prefix.Length..], NumberStyles.None, CultureInfo.InvariantCulture, out int s) ? s : -1, d.Folder))
             .Where(d => d.Step >= 0)
             .OrderBy(d => d.Step)];
 
-    private static void Prune(string checkpointsFolder, int limit)
+    /// <summary>
+    /// Keeps the <paramref name="limit"/> newest checkpoints, always including <paramref name="keep"/> (the one just
+    /// written: after resuming from an older checkpoint, newer leftovers of the abandoned run must go, not it), and
+    /// removes the .partial folders an interrupted save left behind.
+    /// </summary>
+    private static void Prune(string checkpointsFolder, int limit, string keep)
     {
+        foreach (string partial in Directory.GetDirectories(checkpointsFolder, Prefix + "*" + PartialSuffix))
+            TryDelete(partial);
         if (limit <= 0) return;
         var all = List(checkpointsFolder);
-        foreach (var (_, folder) in all.Take(Math.Max(0, all.Count - limit)))
-            Directory.Delete(folder, recursive: true);
+        int keptStep = all.FirstOrDefault(c => c.Folder == keep).Step;
+        var others = all.Where(c => c.Folder != keep)
+            .OrderBy(c => c.Step > keptStep ? 0 : 1) // abandoned ones (newer than the one written) first
+            .ThenBy(c => c.Step)
+            .ToList();
+        foreach (var (_, folder) in others.Take(Math.Max(0, all.Count - limit)))
+            TryDelete(folder);
+    }
+
+    private static void TryDelete(string folder)
+    {
+        try
+        {
+            if (Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // Left for the next save's pruning; never worth failing a training step for.
+        }
     }
 }

@@ -1,5 +1,7 @@
+using FineTune.Engine.Backend;
 using System.Globalization;
 using FineTune.Engine.Models;
+using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
@@ -117,7 +119,9 @@ public sealed class FlatAdamW : IDisposable
         if (maxNorm > 0)
         {
             // maxNorm / x written as torch's Scalar / Tensor operator computes it: reciprocal, then multiply.
-            var coefficient = total.add(1e-6).reciprocal_().mul_(maxNorm).clamp_max_(1.0);
+            // Scalars owned and disposed after use (see ScalarArithmetic: TorchSharp's temporary ones can be freed mid-call).
+            using Scalar max = maxNorm.ToScalar(), one = 1.0.ToScalar();
+            var coefficient = total.Plus(1e-6).reciprocal_().mul_(max).clamp_max_(one);
             _grads.mul_(coefficient);
         }
         return scope.MoveToOuter(total);
@@ -131,13 +135,18 @@ public sealed class FlatAdamW : IDisposable
         using var scope = NewDisposeScope();
         StepCount++;
         double lr = LearningRate;
-        if (WeightDecay != 0) _values.mul_(1 - lr * WeightDecay);
-        _expAvg.lerp_(_grads, 1 - Beta1);
-        _expAvgSq.mul_(Beta2).addcmul_(_grads, _grads, value: 1 - Beta2);
         double biasCorrection1 = 1 - Math.Pow(Beta1, StepCount);
         double biasCorrection2 = 1 - Math.Pow(Beta2, StepCount);
-        var denominator = (_expAvgSq.sqrt() / Math.Sqrt(biasCorrection2)).add_(Epsilon);
-        _values.addcdiv_(_expAvg, denominator, value: -lr / biasCorrection1);
+        // Every Scalar owned and disposed after the kernels ran: TorchSharp's implicit double → Scalar conversions leave
+        // them to the finalizer, which could free one while libtorch read it (see ScalarArithmetic).
+        using Scalar decay = (1 - lr * WeightDecay).ToScalar(), beta2 = Beta2.ToScalar(), oneMinusBeta2 = (1 - Beta2).ToScalar(),
+            stepSize = (-lr / biasCorrection1).ToScalar();
+        using var oneMinusBeta1 = tensor(1 - Beta1); // lerp_ takes its weight as a tensor: a 0-dim fp64 one, as the implicit conversion made
+        if (WeightDecay != 0) _values.mul_(decay);
+        _expAvg.lerp_(_grads, oneMinusBeta1);
+        _expAvgSq.mul_(beta2).addcmul_(_grads, _grads, value: oneMinusBeta2);
+        var denominator = _expAvgSq.sqrt().DividedByInPlace(Math.Sqrt(biasCorrection2)).PlusInPlace(Epsilon);
+        _values.addcdiv_(_expAvg, denominator, value: stepSize);
     }
 
     /// <summary>Writes the step count and both moments (flat, fp32) to a safetensors file.</summary>

@@ -1,3 +1,4 @@
+using FineTune.Engine.Backend;
 using System.Diagnostics;
 using System.Runtime.InteropServices;
 using FineTune.Engine.Adapters;
@@ -251,9 +252,9 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
                 using var batch = Batching.Collate(rows, indices, options.Layout, device);
                 if (batch.TargetCount == 0) continue;
                 var hidden = model.HiddenStates(batch.InputIds, batch.PositionIds, batch.AttentionMask); // (B, T, H)
-                var loss = LossSum(hidden, batch, options.LossChunkSize) / windowTargets;
-                lossSum.add_(loss.detach().to(ScalarType.Float64));
-                (scaler is null ? loss : loss * scaler.Scale).backward();
+                var loss = LossSum(hidden, batch, options.LossChunkSize).DividedBy(windowTargets);
+                lossSum.PlusInPlace(loss.detach().to(ScalarType.Float64));
+                (scaler is null ? loss : loss.Times(scaler.Scale)).backward();
             }
             // One flat buffer for every trainable gradient, plus the loss: one grouped all-reduce per step, queued behind
             // backward on the device's stream (no host wait). It is not split into buckets overlapping backward as DDP's
@@ -294,7 +295,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         {
             long end = Math.Min(n, start + chunkSize);
             var logits = model.LmHead.forward(h[(int)start..(int)end]).to(ScalarType.Float32); // (n, V)
-            total = total + nn.functional.cross_entropy(logits, t[(int)start..(int)end], reduction: nn.Reduction.Sum);
+            total = total.Plus(nn.functional.cross_entropy(logits, t[(int)start..(int)end], reduction: nn.Reduction.Sum));
         }
         return scope.MoveToOuter(total);
     }
@@ -322,7 +323,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         public void Unscale(Tensor gradients)
         {
             using var _ = no_grad();
-            gradients.div_(Scale);
+            gradients.DividedByInPlace(Scale);
         }
 
         public void Update(bool finite)

@@ -1,5 +1,4 @@
 using System.Globalization;
-using System.IO.Compression;
 using System.Text.Json;
 using FineTune.Engine.Adapters;
 using FineTune.Engine.Backend;
@@ -119,7 +118,7 @@ public static class GenerateCommand
         if (Directory.Exists(adapter)) return adapter;
         if (!File.Exists(adapter)) throw new FileNotFoundException($"--adapter {adapter}: no such folder or zip file.");
         extracted = Directory.CreateTempSubdirectory("finetune-adapter-").FullName;
-        ZipFile.ExtractToDirectory(adapter, extracted);
+        AdapterArchive.Extract(adapter, extracted);
         // The app's zip is flat; a zip of the folder itself holds one folder with the files.
         string[] inner = Directory.GetDirectories(extracted);
         return File.Exists(Path.Combine(extracted, "adapter_config.json")) || inner.Length != 1 ? extracted : inner[0];

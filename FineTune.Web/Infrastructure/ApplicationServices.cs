@@ -48,6 +48,12 @@ public static class ApplicationServices
         builder.Services.AddAppHealthChecks();
 
         builder.Services.AddSingleton<DataPaths>();
+        builder.Services.AddSingleton<DataFolderStatus>();
+        // Started from the build output (bin/…, not a publish) outside the project folder, the framework and package
+        // files (_content/…, _framework/…) are found through the build's static web assets manifest; without it every
+        // one of them was a 500.
+        if (File.Exists(Path.Combine(AppContext.BaseDirectory, builder.Environment.ApplicationName + ".staticwebassets.runtime.json")))
+            builder.WebHost.UseStaticWebAssets();
         builder.Services.AddSingleton<ExcelTableReader>();
         builder.Services.AddSingleton<DataImporter>();
         // Roots apply only when the app is reachable from other machines (token mode); on localhost any folder opens.

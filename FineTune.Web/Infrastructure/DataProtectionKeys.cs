@@ -16,8 +16,20 @@ public static class DataProtectionKeys
     {
         services.AddDataProtection().SetApplicationName("FineTune");
         services.AddSingleton<IConfigureOptions<KeyManagementOptions>>(provider => new ConfigureOptions<KeyManagementOptions>(options =>
-            options.XmlRepository = new FileSystemXmlRepository(
-                Directory.CreateDirectory(provider.GetRequiredService<DataPaths>().Keys), provider.GetRequiredService<ILoggerFactory>())));
+        {
+            var loggers = provider.GetRequiredService<ILoggerFactory>();
+            string keys = provider.GetRequiredService<DataPaths>().Keys;
+            try
+            {
+                options.XmlRepository = new FileSystemXmlRepository(Directory.CreateDirectory(keys), loggers);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                // An unusable data folder must not stop the app (DataFolderStatus shows a page saying why); until it
+                // is fixed the keys are ASP.NET's default ones and sign-ins do not outlive a restart.
+                loggers.CreateLogger(typeof(DataProtectionKeys)).LogWarning("Data-protection keys cannot be kept in {Folder}: {Problem}", keys, e.Message);
+            }
+        }));
         return services;
     }
 }

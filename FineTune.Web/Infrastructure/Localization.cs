@@ -56,6 +56,11 @@ public static class Localization
         return endpoints;
     }
 
+    /// <summary>
+    /// A path on this site: "/" then not "/" or "\\", and no control characters anywhere (browsers drop tabs and line
+    /// breaks, so "/\t/evil.example" is "//evil.example"; Results.LocalRedirect refuses it, which was a 500).
+    /// The rule of ASP.NET Core's own IsLocalUrl, without its "~/" form.
+    /// </summary>
     internal static bool IsLocal(string? url) =>
-        !string.IsNullOrEmpty(url) && url[0] == '/' && (url.Length == 1 || (url[1] != '/' && url[1] != '\\'));
+        !string.IsNullOrEmpty(url) && url[0] == '/' && (url.Length == 1 || (url[1] != '/' && url[1] != '\\')) && !url.Any(char.IsControl);
 }

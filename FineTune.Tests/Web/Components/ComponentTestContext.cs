@@ -50,6 +50,10 @@ public abstract class ComponentTestContext : BunitContext, IAsyncLifetime
         Queue = new RunQueue(Runs.Store, Runs.Notifier, Runner, NullLogger<RunQueue>.Instance);
         Services.AddSingleton(Queue);
         Services.AddSingleton(new ArtifactPackager(Runs.Store));
+        Services.AddSingleton(provider => new GgufDownloads(provider.GetRequiredService<ArtifactPackager>(), Runs.Store));
+        Services.AddSingleton<IGgufExporter, NoGgufExporter>();
+        Services.AddSingleton(provider => new FineTune.Web.Infrastructure.ListeningAddresses(new LoopbackServer(),
+            provider.GetRequiredService<IOptions<FineTune.Web.Infrastructure.FineTuneOptions>>()));
         Services.AddSingleton(new FineTune.Web.Features.Engine.TokenCounter(NullLogger<FineTune.Web.Features.Engine.TokenCounter>.Instance));
         Services.AddScoped(sp => new WizardDraftStore(Runs.Contexts, Importer, sp.GetRequiredService<FineTune.Web.Features.Engine.TokenCounter>(), NullLogger<WizardDraftStore>.Instance));
         HubOptions = new HubOptions { Endpoint = "http://127.0.0.1:9", CacheFolder = Path.Combine(Runs.Paths.Root, "hub"), Token = null, Offline = false, Retries = 0, RetryDelay = TimeSpan.Zero, ProgressInterval = TimeSpan.Zero };
@@ -73,4 +77,23 @@ public abstract class ComponentTestContext : BunitContext, IAsyncLifetime
     {
         if (!_disposedAsync) base.Dispose(disposing);
     }
+}
+
+/// <summary>Component tests do not export GGUF files (the engine's exporter has its own tests).</summary>
+internal sealed class NoGgufExporter : IGgufExporter
+{
+    public Task<string> ExportAsync(int runId, string type, double temperature, double topP, CancellationToken cancellationToken) =>
+        throw new NotSupportedException("No GGUF export in component tests.");
+}
+
+/// <summary>A server listening on loopback only, for components that ask whether the app is exposed.</summary>
+internal sealed class LoopbackServer : Microsoft.AspNetCore.Hosting.Server.IServer
+{
+    public Microsoft.AspNetCore.Http.Features.IFeatureCollection Features { get; } = new Microsoft.AspNetCore.Http.Features.FeatureCollection();
+
+    public Task StartAsync<TContext>(Microsoft.AspNetCore.Hosting.Server.IHttpApplication<TContext> application, CancellationToken cancellationToken) where TContext : notnull => Task.CompletedTask;
+
+    public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    public void Dispose() { }
 }

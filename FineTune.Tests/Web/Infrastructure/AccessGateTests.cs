@@ -52,11 +52,12 @@ public class AccessGateTests
         Assert.Equal(HttpStatusCode.OK, login.StatusCode);
         Assert.Contains("name=\"token\"", await login.Content.ReadAsStringAsync());
 
-        var wrong = await client.PostAsync("/auth/login", new FormUrlEncodedContent(new Dictionary<string, string> { ["token"] = "guess", ["returnUrl"] = "/history" }));
+        string antiforgery = System.Text.RegularExpressions.Regex.Match(await login.Content.ReadAsStringAsync(), "name=\"__RequestVerificationToken\"[^>]*value=\"([^\"]+)\"").Groups[1].Value;
+        var wrong = await client.PostAsync("/auth/login", new FormUrlEncodedContent(new Dictionary<string, string> { ["token"] = "guess", ["returnUrl"] = "/history", ["__RequestVerificationToken"] = antiforgery }));
         Assert.StartsWith("/login?failed=1", wrong.Headers.Location?.OriginalString);
         Assert.Equal(HttpStatusCode.Redirect, (await client.GetAsync("/history")).StatusCode);
 
-        var right = await client.PostAsync("/auth/login", new FormUrlEncodedContent(new Dictionary<string, string> { ["token"] = "open-sesame-42", ["returnUrl"] = "//evil.example.com/" }));
+        var right = await client.PostAsync("/auth/login", new FormUrlEncodedContent(new Dictionary<string, string> { ["token"] = "open-sesame-42", ["returnUrl"] = "//evil.example.com/", ["__RequestVerificationToken"] = antiforgery }));
         Assert.Equal("/", right.Headers.Location?.OriginalString); // no open redirect
         Assert.Equal(HttpStatusCode.OK, (await client.GetAsync("/history")).StatusCode);
     }

@@ -55,6 +55,7 @@ public partial class LocalizationTests
             .. Enum.GetNames<ImportErrorCode>().Select(n => "Import_Error_" + n),
             .. Enum.GetNames<IssueKind>().SelectMany(n => new[] { "Issue_" + n, "IssueShort_" + n }),
             .. Enum.GetNames<RunStatus>().Select(n => "Status_" + n),
+            .. Enum.GetNames<RunFailureKind>().Select(n => "RunFailure_" + n),
             .. Enum.GetNames<SettingsPreset>().Select(n => "Preset_" + n),
             .. Enum.GetNames<Precision>().Select(n => "Precision_" + n),
             .. Enum.GetNames<LocalFolderProblem>().Select(n => "Model_LocalProblem_" + n),

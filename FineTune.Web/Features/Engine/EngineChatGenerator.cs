@@ -20,7 +20,7 @@ public sealed class EngineChatGenerator(EngineModels models) : IChatGenerator, I
     private readonly SemaphoreSlim _gate = new(1, 1);
     private Loaded? _loaded;
 
-    private sealed record Loaded(string Key, CausalLM Model, IReadOnlyList<(string Name, LoraLinear Layer)> Linears, TextGenerator Text, PromptTemplate Template, string Folder) : IDisposable
+    private sealed record Loaded(string Key, CausalLM Model, IReadOnlyList<(string Name, LoraLinear Layer)> Linears, TextGenerator Text, ITextTokenizer Tokenizer, string Folder) : IDisposable
     {
         public void Dispose() => Model.Dispose();
     }
@@ -42,7 +42,9 @@ public sealed class EngineChatGenerator(EngineModels models) : IChatGenerator, I
                 TopP = request.TopP,
             };
             settings.Validate();
-            var ids = loaded.Template.EncodePrompt(new QaRow(request.Prompt, string.Empty, System: request.System));
+            // The template the run trained with, so the question is asked in the layout the adapter learned.
+            var template = PromptTemplate.Create(request.PromptTemplate, loaded.Tokenizer);
+            var ids = template.EncodePrompt(new QaRow(request.Prompt, string.Empty, System: request.System));
             await foreach (string piece in loaded.Text.StreamAsync(ids, settings, cancellationToken))
                 yield return piece;
         }
@@ -76,8 +78,7 @@ public sealed class EngineChatGenerator(EngineModels models) : IChatGenerator, I
             model.eval();
             var tokenizer = TokenizerLoader.Load(folder);
             var text = new TextGenerator(new Generator(model), tokenizer);
-            var template = PromptTemplate.Create(new PromptTemplateSettings(PromptStyle.Tutorial), tokenizer);
-            return _loaded = new Loaded(key, model, linears, text, template, folder);
+            return _loaded = new Loaded(key, model, linears, text, tokenizer, folder);
         }
         catch
         {

@@ -1,5 +1,4 @@
 using FineTune.Engine.Adapters;
-using FineTune.Engine.Tokenization;
 using FineTune.Engine.Training;
 using FineTune.Web.Features.Download;
 using FineTune.Web.Features.Runs;
@@ -14,7 +13,7 @@ namespace FineTune.Web.Features.Engine;
 /// </summary>
 public sealed class EngineTrainingRunner(EngineModels models, ILoggerFactory loggers) : ITrainingRunner
 {
-    public const string CheckpointsFolder = "checkpoints";
+    public const string CheckpointsFolder = RunStore.CheckpointsFolder;
 
     public async Task<TrainingOutcome> RunAsync(TrainingJob job, IProgress<TrainingProgress> progress, CancellationToken cancellationToken)
     {
@@ -34,7 +33,7 @@ public sealed class EngineTrainingRunner(EngineModels models, ILoggerFactory log
             ModelFolder = modelFolder,
             BaseModelName = EngineModels.BaseModelName(modelFolder, s),
             Rows = job.Rows,
-            Template = new PromptTemplateSettings(PromptStyle.Tutorial),
+            Template = s.ToPromptTemplate(),
             MaxSeqLength = s.MaxSeqLength,
             ValidationFraction = s.EvalFraction,
             Lora = new LoraSettings(s.LoraR, s.LoraAlpha, s.LoraDropout, s.TargetModules),

@@ -6,12 +6,12 @@ using FineTune.Web.Features.Settings;
 namespace FineTune.Web.Features.Engine;
 
 /// <summary>
-/// Token counts of rows as training will see them (the tutorial PromptTemplate: prompt, answer, end token),
+/// Token counts of rows as training will see them (the run's PromptTemplate: prompt, answer, end token),
 /// encoded by the model's own tokenizer when its folder is on disk; otherwise the estimate (TrainingEstimator.EstimateTokens).
 /// </summary>
 public sealed class TokenCounter(ILogger<TokenCounter> logger)
 {
-    private readonly ConcurrentDictionary<string, PromptTemplate?> _templates = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<(string Folder, PromptTemplateSettings Template), PromptTemplate?> _templates = new();
 
     /// <summary>True when counts for these settings come from the real tokenizer.</summary>
     public bool IsExact(TrainingSettings settings) => Tokenizer(settings) is not null;
@@ -27,13 +27,14 @@ public sealed class TokenCounter(ILogger<TokenCounter> logger)
     private PromptTemplate? Tokenizer(TrainingSettings settings)
     {
         if (settings.Source != ModelSource.Local || !File.Exists(Path.Combine(settings.Model, "config.json"))) return null;
-        return _templates.GetOrAdd(Path.GetFullPath(settings.Model), folder =>
+        return _templates.GetOrAdd((Path.GetFullPath(settings.Model), settings.ToPromptTemplate()), key =>
         {
+            var folder = key.Folder;
             try
             {
-                return PromptTemplate.Create(new PromptTemplateSettings(PromptStyle.Tutorial), TokenizerLoader.Load(folder));
+                return PromptTemplate.Create(key.Template, TokenizerLoader.Load(folder));
             }
-            catch (Exception e) when (e is TokenizerLoadException or IOException or InvalidDataException or System.Text.Json.JsonException)
+            catch (Exception e) when (e is TokenizerLoadException or PromptTemplateException or IOException or InvalidDataException or System.Text.Json.JsonException)
             {
                 logger.LogWarning(e, "No tokenizer in {Folder}; token counts are estimated", folder);
                 return null;

@@ -28,10 +28,9 @@ public sealed class LocalModelFolders(DataPaths paths, Func<bool>? rootsEnforced
         bool enforced = RootsEnforced;
         if (enforced && !Roots.Any(root => IsUnder(full, root))) return (full, LocalFolderProblem.OutsideRoots);
         if (!Directory.Exists(full)) return (full, LocalFolderProblem.NotFound);
-        // Resolve links: a symlink inside a root must not lead outside it.
-        var info = new DirectoryInfo(full);
-        if (enforced && info.LinkTarget is not null && info.ResolveLinkTarget(returnFinalTarget: true) is { } target && !Roots.Any(root => IsUnder(target.FullName, root)))
-            return (full, LocalFolderProblem.OutsideRoots);
+        // Compare real paths: a symlink at any level (models/linkdir/m, linkdir → /etc) must not lead outside the roots,
+        // whose own real paths count (a root may itself be a link).
+        if (enforced && !Roots.Any(root => IsUnder(RealPath(full), RealPath(root)))) return (full, LocalFolderProblem.OutsideRoots);
         if (!File.Exists(Path.Combine(full, "config.json"))) return (full, LocalFolderProblem.NoConfig);
         if (!Directory.EnumerateFiles(full, "*.safetensors").Any()) return (full, LocalFolderProblem.NoWeights);
         return (full, LocalFolderProblem.None);
@@ -44,6 +43,32 @@ public sealed class LocalModelFolders(DataPaths paths, Func<bool>? rootsEnforced
             .Where(d => File.Exists(Path.Combine(d, "config.json")))
             .OrderBy(d => d, StringComparer.Ordinal)
             .ToArray();
+
+    /// <summary>The path with every symbolic link along it resolved, like realpath(3); parts that do not exist stay as they are.</summary>
+    internal static string RealPath(string path)
+    {
+        string full = Path.GetFullPath(path);
+        string root = Path.GetPathRoot(full)!;
+        string current = root;
+        var parts = new Queue<string>(full[root.Length..].Split(Path.DirectorySeparatorChar, StringSplitOptions.RemoveEmptyEntries));
+        for (int hops = 0; parts.Count > 0;)
+        {
+            string next = Path.Combine(current, parts.Dequeue());
+            var info = new FileInfo(next);
+            if (info.LinkTarget is { } target)
+            {
+                if (++hops > 40) throw new IOException($"Too many levels of symbolic links in '{path}'.");
+                // Continue from the link's target (relative to the link's folder), then the rest of the path.
+                string resolved = Path.GetFullPath(target, current);
+                var rest = parts.ToArray();
+                parts = new Queue<string>(resolved[Path.GetPathRoot(resolved)!.Length..].Split(Path.DirectorySeparatorChar, StringSplitOptions.RemoveEmptyEntries).Concat(rest));
+                current = Path.GetPathRoot(resolved)!;
+                continue;
+            }
+            current = next;
+        }
+        return current;
+    }
 
     internal static bool IsUnder(string path, string root)
     {

@@ -57,7 +57,7 @@ public static class OpenAiEndpoints
 
         var chat = new ChatRequest(model.Model, model.Source, model.AdapterDirectory, request.Prompt, request.MaxTokens ?? 256,
             request.Temperature ?? 0.7, request.TopP ?? 0.9, request.System,
-            FourBit: model.Settings.Quantization == Quantization.Nf4, DoubleQuantization: model.Settings.DoubleQuantization);
+            FourBit: model.Settings.Quantization == Quantization.Nf4, DoubleQuantization: model.Settings.DoubleQuantization, Template: model.Settings.ToPromptTemplate());
         string id = $"chatcmpl-{Guid.NewGuid():N}";
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         var stops = new StopSequences(request.Stop);

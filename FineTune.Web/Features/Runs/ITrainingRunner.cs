@@ -5,8 +5,8 @@ using FineTune.Web.Features.Settings;
 namespace FineTune.Web.Features.Runs;
 
 /// <summary>What the queue hands the trainer.</summary>
-/// <param name="OutputDirectory">data/runs/&lt;id&gt;/: checkpoints go to checkpoint-&lt;step&gt;/, the final adapter to adapter/.</param>
-/// <param name="ResumeFromCheckpoint">Checkpoint folder of an interrupted run, or null to start fresh.</param>
+/// <param name="OutputDirectory">data/runs/&lt;id&gt;/: checkpoints go to checkpoints/checkpoint-&lt;step&gt;/, the final adapter to adapter/.</param>
+/// <param name="ResumeFromCheckpoint">The newest complete checkpoint of an interrupted run, or null to start fresh.</param>
 /// <param name="Gpus">CUDA ordinals the queue gave the run (more than one: data parallel); null or empty: the backend's device.</param>
 public sealed record TrainingJob(int RunId, TrainingSettings Settings, IReadOnlyList<QaRow> Rows, string OutputDirectory, string? ResumeFromCheckpoint = null,
     IReadOnlyList<int>? Gpus = null);

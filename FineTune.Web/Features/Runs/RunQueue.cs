@@ -2,6 +2,7 @@ using FineTune.Engine.Training;
 using System.Collections.Concurrent;
 using System.Threading.Channels;
 using FineTune.Web.Features.Settings;
+using FineTune.Web.Infrastructure;
 
 namespace FineTune.Web.Features.Runs;
 
@@ -11,7 +12,7 @@ namespace FineTune.Web.Features.Runs;
 /// of the queue waits for its GPUs (runs behind it do not overtake it). Fed by a channel; keeps the waiting list for
 /// queue positions and the latest progress of each run for pages that reattach after a reload.
 /// </summary>
-public sealed class RunQueue(RunStore store, RunNotifier notifier, ITrainingRunner runner, ILogger<RunQueue> logger, GpuPool? gpus = null) : BackgroundService
+public sealed class RunQueue(RunStore store, RunNotifier notifier, ITrainingRunner runner, ILogger<RunQueue> logger, GpuPool? gpus = null, DataFolderStatus? dataFolder = null) : BackgroundService
 {
     private readonly GpuPool _gpus = gpus ?? new GpuPool([]);
     private readonly SemaphoreSlim _gpusChanged = new(0);
@@ -22,6 +23,7 @@ public sealed class RunQueue(RunStore store, RunNotifier notifier, ITrainingRunn
     private readonly List<int> _waiting = [];
     private readonly ConcurrentDictionary<int, TrainingProgress> _latest = new();
     private readonly HashSet<int> _resume = [];
+    private readonly ConcurrentDictionary<int, (RunStatus Status, string? Error)> _unsaved = new();
 
     /// <summary>The run training now, if any (the earliest started when several are).</summary>
     public int? CurrentRunId { get { lock (_gate) return _training.Count == 0 ? null : _training[0].RunId; } }
@@ -40,6 +42,7 @@ public sealed class RunQueue(RunStore store, RunNotifier notifier, ITrainingRunn
     /// <summary>Queues a run already stored as 'queued' (or re-queues an interrupted/failed one: pass resume to continue from its checkpoint).</summary>
     public async Task EnqueueAsync(int runId, bool resume = false)
     {
+        await SaveUnsavedOutcomesAsync();
         var run = await store.GetAsync(runId) ?? throw new KeyNotFoundException($"Run {runId} does not exist.");
         if (run.Status == RunStatus.Training || PositionOf(runId) > 0)
             throw new InvalidOperationException($"Run {runId} is already {(run.Status == RunStatus.Training ? "training" : "queued")}.");
@@ -53,6 +56,31 @@ public sealed class RunQueue(RunStore store, RunNotifier notifier, ITrainingRunn
         await notifier.PublishAsync(new RunStatusEvent(runId, RunStatus.Queued, null));
         await PublishPositionsAsync();
         await _channel.Writer.WriteAsync(runId);
+    }
+
+    /// <summary>
+    /// "Start training": stores the run with its dataset and queues it, or leaves nothing behind (the row and folder
+    /// are removed again when queueing fails).
+    /// </summary>
+    public async Task<Run> StartNewAsync(TrainingSettings settings, IReadOnlyList<FineTune.Engine.Data.QaRow> rows, string originalFileName, byte[]? originalFile, CancellationToken cancellationToken = default)
+    {
+        var run = await store.CreateAsync(settings, rows, originalFileName, originalFile, cancellationToken);
+        try
+        {
+            await EnqueueAsync(run.Id);
+            return run;
+        }
+        catch (Exception) when (!IsWaiting(run.Id))
+        {
+            try { await store.DeleteAsync(run.Id, CancellationToken.None); }
+            catch (Exception e) { logger.LogWarning("Run {RunId} could not be queued nor removed: {Problem}", run.Id, e.Message); }
+            throw;
+        }
+    }
+
+    private bool IsWaiting(int runId)
+    {
+        lock (_gate) return _waiting.Contains(runId);
     }
 
     /// <summary>Cancels a waiting run at once, or asks the training one to stop (it ends as 'cancelled').</summary>
@@ -79,7 +107,13 @@ public sealed class RunQueue(RunStore store, RunNotifier notifier, ITrainingRunn
 
     public override async Task StartAsync(CancellationToken cancellationToken)
     {
-        // Runs still queued when the app stopped are picked up again, in order, before new ones can be added.
+        // Runs still queued when the app stopped are picked up again, in order, before new ones can be added
+        // (unless the data folder could not be opened: then there is nothing to read, and the pages say why).
+        if (dataFolder is { IsUsable: false })
+        {
+            await base.StartAsync(cancellationToken);
+            return;
+        }
         foreach (int id in await store.QueuedAsync(cancellationToken))
         {
             lock (_gate) _waiting.Add(id);
@@ -96,28 +130,19 @@ public sealed class RunQueue(RunStore store, RunNotifier notifier, ITrainingRunn
         {
             await foreach (int runId in _channel.Reader.ReadAllAsync(stoppingToken))
             {
-                var lease = await WaitForGpusAsync(runId, stoppingToken);
-                if (lease is null) continue; // cancelled while waiting
-                bool resume;
-                var cancel = CancellationTokenSource.CreateLinkedTokenSource(stoppingToken);
-                lock (_gate)
+                // Nothing one run does may end this loop: BackgroundService's default on an escaping exception is to stop
+                // the whole app (seen: a full disk failed the checkpoint, then the status write, and the web app exited).
+                try
                 {
-                    if (!_waiting.Remove(runId))
-                    {
-                        lease.Dispose();
-                        cancel.Dispose();
-                        continue;
-                    }
-                    resume = _resume.Remove(runId);
-                    _training.Add((runId, cancel));
+                    await StartNextAsync(runId, stoppingToken);
                 }
-                await notifier.PublishAsync(new RunQueueEvent(runId, 0));
-                await PublishPositionsAsync();
-                var training = Task.Run(() => TrainAsync(runId, resume, lease, cancel, stoppingToken), CancellationToken.None);
-                lock (_gate)
+                catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
                 {
-                    _running.RemoveAll(t => t.IsCompleted);
-                    _running.Add(training);
+                    return;
+                }
+                catch (Exception e)
+                {
+                    logger.LogError(e, "The queue could not start run {RunId}; it goes on with the next", runId);
                 }
             }
         }
@@ -126,7 +151,36 @@ public sealed class RunQueue(RunStore store, RunNotifier notifier, ITrainingRunn
             _gpus.Released -= OnReleased;
             Task[] running;
             lock (_gate) running = [.. _running];
-            await Task.WhenAll(running); // each ends as interrupted when the app stops
+            await Task.WhenAll(running); // each ends as interrupted when the app stops (TrainAsync never throws)
+        }
+    }
+
+    /// <summary>Waits for the GPUs <paramref name="runId"/> asks for, then starts it on its own task.</summary>
+    private async Task StartNextAsync(int runId, CancellationToken stoppingToken)
+    {
+        var lease = await WaitForGpusAsync(runId, stoppingToken);
+        if (lease is null) return; // cancelled while waiting
+        bool resume;
+        var cancel = CancellationTokenSource.CreateLinkedTokenSource(stoppingToken);
+        lock (_gate)
+        {
+            if (!_waiting.Remove(runId))
+            {
+                lease.Dispose();
+                cancel.Dispose();
+                return;
+            }
+            resume = _resume.Remove(runId);
+            _training.Add((runId, cancel));
+        }
+        await SaveUnsavedOutcomesAsync();
+        await notifier.PublishAsync(new RunQueueEvent(runId, 0));
+        await PublishPositionsAsync();
+        var training = Task.Run(() => TrainAsync(runId, resume, lease, cancel, stoppingToken), CancellationToken.None);
+        lock (_gate)
+        {
+            _running.RemoveAll(t => t.IsCompleted);
+            _running.Add(training);
         }
     }
 
@@ -171,8 +225,13 @@ public sealed class RunQueue(RunStore store, RunNotifier notifier, ITrainingRunn
         {
             var run = await store.SetStatusAsync(runId, RunStatus.Training, cancellationToken: stoppingToken);
             await notifier.PublishAsync(new RunStatusEvent(runId, RunStatus.Training, null));
+            // Resume from the newest complete checkpoint on disk (what the database last recorded may be older, or pruned).
+            var resumePoint = resume ? store.ResumePoint(runId) : null;
+            await store.RewindToAsync(runId, resumePoint, stoppingToken);
+            if (resumePoint is not null)
+                logger.LogInformation("Run {RunId} resumes from step {Step} ({Checkpoint})", runId, resumePoint.Step, resumePoint.Folder);
             var job = new TrainingJob(runId, TrainingSettings.FromJson(run.SettingsJson), await store.ReadDatasetAsync(runId, stoppingToken),
-                store.RunDirectory(runId), resume ? run.LastCheckpoint : null, lease.Indices);
+                store.RunDirectory(runId), resumePoint?.Folder, lease.Indices);
 
             recorder = RecordAsync(runId, reports.Reader);
             var outcome = await runner.RunAsync(job, new ChannelProgress(reports.Writer), cancel.Token);
@@ -201,7 +260,7 @@ public sealed class RunQueue(RunStore store, RunNotifier notifier, ITrainingRunn
         {
             logger.LogError(e, "Run {RunId} failed", runId);
             await Drain(reports, recorder);
-            await FinishAsync(runId, RunStatus.Failed, e.Message);
+            await FinishAsync(runId, RunStatus.Failed, RunFailure.Message(e));
         }
         finally
         {
@@ -220,12 +279,51 @@ public sealed class RunQueue(RunStore store, RunNotifier notifier, ITrainingRunn
         try
         {
             await store.SetStatusAsync(runId, status, error, CancellationToken.None);
+            _unsaved.TryRemove(runId, out _);
         }
         catch (KeyNotFoundException)
         {
             return; // deleted meanwhile
         }
+        catch (Exception e)
+        {
+            // The database cannot be written (a full or read-only disk): keep the outcome in memory for the pages, try
+            // again before the next run, and a restart marks the run interrupted if it never could be saved.
+            logger.LogError("Run {RunId} ended {Status} but that could not be saved: {Problem}", runId, status, e.Message);
+            _unsaved[runId] = (status, error);
+        }
         await notifier.PublishAsync(new RunStatusEvent(runId, status, error));
+    }
+
+    /// <summary>The run as the pages should show it: with an outcome the database could not take yet.</summary>
+    public Run Current(Run run)
+    {
+        if (_unsaved.TryGetValue(run.Id, out var outcome) && run.Status == RunStatus.Training && !TrainingRunIds.Contains(run.Id))
+        {
+            run.Status = outcome.Status;
+            run.Error = outcome.Error ?? run.Error;
+        }
+        return run;
+    }
+
+    private async Task SaveUnsavedOutcomesAsync()
+    {
+        foreach (var (runId, (status, error)) in _unsaved.ToArray())
+        {
+            try
+            {
+                await store.SetStatusAsync(runId, status, error, CancellationToken.None);
+                _unsaved.TryRemove(runId, out _);
+            }
+            catch (KeyNotFoundException)
+            {
+                _unsaved.TryRemove(runId, out _);
+            }
+            catch (Exception e)
+            {
+                logger.LogWarning("The outcome of run {RunId} still cannot be saved: {Problem}", runId, e.Message);
+            }
+        }
     }
 
     /// <summary>Persists and publishes reports in the order the trainer made them.</summary>

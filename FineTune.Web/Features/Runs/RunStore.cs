@@ -1,6 +1,7 @@
 using System.Text;
 using System.Text.Json;
 using FineTune.Engine.Data;
+using FineTune.Engine.Training;
 using FineTune.Web.Features.Data;
 using FineTune.Web.Features.Settings;
 using FineTune.Web.Infrastructure;
@@ -17,10 +18,16 @@ public sealed class RunStore(IDbContextFactory<RunDbContext> contexts, DataPaths
     public const string DatasetFile = "dataset.jsonl";
     public const string SettingsFile = "settings.json";
     public const string OriginalFolder = "original";
+    public const string CheckpointsFolder = "checkpoints";
 
     public string RunDirectory(int id) => paths.RunDirectory(id);
 
-    /// <summary>Creates a queued run and writes its files.</summary>
+    /// <summary>
+    /// Creates a queued run and its files, all or nothing: the files are written (and flushed) to a temporary folder
+    /// first, the row is inserted in a transaction, the folder is renamed to the run's id, and only then is the
+    /// transaction committed. A full disk or a failing database at any point leaves neither a row nor a folder (before,
+    /// a full disk left a queued run with a truncated dataset.jsonl that started by itself on the next boot and failed).
+    /// </summary>
     public async Task<Run> CreateAsync(TrainingSettings settings, IReadOnlyList<QaRow> rows, string originalFileName, byte[]? originalFile, CancellationToken cancellationToken = default)
     {
         if (rows.Count == 0)
@@ -35,22 +42,79 @@ public sealed class RunStore(IDbContextFactory<RunDbContext> contexts, DataPaths
             SettingsJson = settings.ToJson(),
             CreatedAt = DateTime.UtcNow,
         };
-        await using (var db = await contexts.CreateDbContextAsync(cancellationToken))
+
+        string staging = Path.Combine(paths.Runs, ".new-" + Guid.NewGuid().ToString("N"));
+        string? folder = null;
+        try
         {
+            Directory.CreateDirectory(staging);
+            if (originalFile is not null)
+            {
+                Directory.CreateDirectory(Path.Combine(staging, OriginalFolder));
+                await File.WriteAllBytesAsync(Path.Combine(staging, OriginalFolder, run.DatasetFileName), originalFile, cancellationToken);
+                DurableFiles.SyncFolder(Path.Combine(staging, OriginalFolder));
+            }
+            await File.WriteAllTextAsync(Path.Combine(staging, SettingsFile), run.SettingsJson, Encoding.UTF8, cancellationToken);
+            await File.WriteAllLinesAsync(Path.Combine(staging, DatasetFile), rows.Select(ToJsonLine), Encoding.UTF8, cancellationToken);
+            DurableFiles.SyncFolder(staging);
+
+            await using var db = await contexts.CreateDbContextAsync(cancellationToken);
+            await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
             db.Runs.Add(run);
             await db.SaveChangesAsync(cancellationToken);
+            folder = RunDirectory(run.Id);
+            if (Directory.Exists(folder)) Directory.Delete(folder, recursive: true); // left by a run deleted while its folder was busy
+            Directory.Move(staging, folder);
+            DurableFiles.SyncDirectoryEntry(paths.Runs);
+            await transaction.CommitAsync(cancellationToken);
+            return run;
         }
-
-        string folder = RunDirectory(run.Id);
-        Directory.CreateDirectory(folder);
-        if (originalFile is not null)
+        catch
         {
-            Directory.CreateDirectory(Path.Combine(folder, OriginalFolder));
-            await File.WriteAllBytesAsync(Path.Combine(folder, OriginalFolder, run.DatasetFileName), originalFile, cancellationToken);
+            TryDeleteFolder(staging);
+            if (folder is not null) TryDeleteFolder(folder);
+            throw;
         }
-        await File.WriteAllTextAsync(Path.Combine(folder, SettingsFile), run.SettingsJson, Encoding.UTF8, cancellationToken);
-        await File.WriteAllLinesAsync(Path.Combine(folder, DatasetFile), rows.Select(ToJsonLine), Encoding.UTF8, cancellationToken);
-        return run;
+    }
+
+    private void TryDeleteFolder(string folder)
+    {
+        try
+        {
+            if (Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            logger.LogWarning("Could not remove '{Folder}' after a failed start: {Problem}", folder, e.Message);
+        }
+    }
+
+    /// <summary>Where a run's checkpoints go (checkpoint-&lt;step&gt;/ folders).</summary>
+    public string CheckpointsDirectory(int id) => Path.Combine(RunDirectory(id), CheckpointsFolder);
+
+    /// <summary>The newest complete checkpoint on disk, which a resume continues from (null: it has to start again).</summary>
+    public ResumePoint? ResumePoint(int id) =>
+        Checkpoints.LatestComplete(CheckpointsDirectory(id)) is { } latest ? new ResumePoint(latest.Folder, latest.Step) : null;
+
+    /// <summary>
+    /// Before a run (re)starts: its record goes back to the checkpoint it resumes from, or to step 0. Metrics logged
+    /// after that step are deleted (the run logs those steps again; kept, they were stored twice and the curve went
+    /// back in time), and the last step and checkpoint are the checkpoint's.
+    /// </summary>
+    public async Task RewindToAsync(int id, ResumePoint? point, CancellationToken cancellationToken = default)
+    {
+        int step = point?.Step ?? 0;
+        await using var db = await contexts.CreateDbContextAsync(cancellationToken);
+        await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
+        await db.Metrics.Where(m => m.RunId == id && m.Step > step).ExecuteDeleteAsync(cancellationToken);
+        var run = await db.Runs.FirstOrDefaultAsync(r => r.Id == id, cancellationToken)
+            ?? throw new KeyNotFoundException($"Run {id} does not exist (deleted?).");
+        run.LastStep = step;
+        run.LastCheckpoint = point?.Folder;
+        await db.SaveChangesAsync(cancellationToken);
+        await transaction.CommitAsync(cancellationToken);
+        // Starting again from scratch: checkpoints of the earlier attempt must not be offered for a later resume.
+        if (point is null && Directory.Exists(CheckpointsDirectory(id))) Directory.Delete(CheckpointsDirectory(id), recursive: true);
     }
 
     /// <summary>The rows a run trains on, as saved when it was created.</summary>
@@ -154,6 +218,13 @@ public sealed class RunStore(IDbContextFactory<RunDbContext> contexts, DataPaths
         return stale.Select(r => r.Id).ToArray();
     }
 
+    /// <summary>On start-up: removes what a start interrupted by a crash left (runs/.new-* folders, never in the database).</summary>
+    public void RemoveUnfinishedStarts()
+    {
+        if (!Directory.Exists(paths.Runs)) return;
+        foreach (string staging in Directory.GetDirectories(paths.Runs, ".new-*")) TryDeleteFolder(staging);
+    }
+
     /// <summary>Runs still waiting, oldest first (re-queued after a restart).</summary>
     public async Task<IReadOnlyList<int>> QueuedAsync(CancellationToken cancellationToken = default)
     {
@@ -167,3 +238,6 @@ public sealed class RunStore(IDbContextFactory<RunDbContext> contexts, DataPaths
     private sealed record DatasetLine(string instruction, string? input, string output, string? system, int source_row);
 #pragma warning restore IDE1006, SA1300
 }
+
+/// <summary>A checkpoint a run can continue from, and the step it was taken at.</summary>
+public sealed record ResumePoint(string Folder, int Step);

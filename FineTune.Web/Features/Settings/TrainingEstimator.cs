@@ -65,13 +65,16 @@ public static class TrainingEstimator
         return new MemoryEstimate(weights, adapter, activations, overhead);
     }
 
+    private static readonly TimeSpan MaxEstimate = TimeSpan.FromDays(3650);
+
     /// <summary>Rough wall time: 6 × parameters FLOPs per token (forward + backward), at an assumed sustained speed.</summary>
     public static TimeSpan Time(ModelShape shape, int totalTokens, TrainingSettings s, bool cuda, int cpuThreads)
     {
         double flops = 6.0 * shape.TotalParameters * totalTokens * s.Epochs;
         double perSecond = cuda ? 40e12 : Math.Max(cpuThreads, 1) * 8e9;
         if (s.Quantization == Quantization.Nf4) perSecond /= 1.5; // dequantizing each weight on the fly
-        return TimeSpan.FromSeconds(Math.Max(1, flops / perSecond));
+        // Capped at ten years: a huge config.json must not overflow TimeSpan (that ended the settings page's circuit).
+        return TimeSpan.FromSeconds(Math.Clamp(flops / perSecond, 1, MaxEstimate.TotalSeconds));
     }
 
     /// <summary>

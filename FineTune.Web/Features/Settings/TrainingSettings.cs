@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using FineTune.Engine.Tokenization;
 using FineTune.Engine.Training;
 
 namespace FineTune.Web.Features.Settings;
@@ -43,6 +44,12 @@ public sealed class TrainingSettings
     /// <summary>Share of rows kept aside to measure eval loss (0: none).</summary>
     public double EvalFraction { get; set; } = 0.1;
 
+    /// <summary>How rows become training text (and how chat and batch tests ask): the tutorial's layout by default.</summary>
+    public PromptStyle PromptTemplate { get; set; } = PromptStyle.Tutorial;
+
+    /// <summary>For <see cref="PromptStyle.Custom"/>: the text with {instruction} and {output} (and {input}, {system}).</summary>
+    public string? CustomTemplate { get; set; }
+
     public Quantization Quantization { get; set; } = Quantization.Nf4;
     public bool DoubleQuantization { get; set; } = true;
     public Precision Precision { get; set; } = Precision.Auto;
@@ -66,6 +73,10 @@ public sealed class TrainingSettings
         SaveSteps = SaveSteps,
         SaveTotalLimit = SaveTotalLimit,
     };
+
+    /// <summary>The engine's template settings: what training, the chat test, the batch test and the model card use.</summary>
+    public PromptTemplateSettings ToPromptTemplate() =>
+        new(PromptTemplate, PromptTemplate == PromptStyle.Custom ? CustomTemplate : null);
 
     private static readonly JsonSerializerOptions Json = new()
     {

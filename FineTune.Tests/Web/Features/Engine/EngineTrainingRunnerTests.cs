@@ -92,6 +92,27 @@ public sealed class EngineTrainingRunnerTests : IDisposable
     }
 
     [Fact]
+    public void The_prompt_template_setting_is_stored_with_the_run_and_reaches_the_job()
+    {
+        var settings = Settings();
+        Assert.Equal(new FineTune.Engine.Tokenization.PromptTemplateSettings(FineTune.Engine.Tokenization.PromptStyle.Tutorial), settings.ToPromptTemplate()); // default
+        settings.PromptTemplate = FineTune.Engine.Tokenization.PromptStyle.Custom;
+        settings.CustomTemplate = "問：{instruction}\n答：{output}";
+        var stored = TrainingSettings.FromJson(settings.ToJson());
+        Assert.Contains("\"PromptTemplate\": \"Custom\"", settings.ToJson());
+
+        var job = new EngineTrainingRunner(_models, NullLoggerFactory.Instance).ToFineTuneJob(new TrainingJob(1, stored, Rows, _output), stored.Model);
+        Assert.Equal(new FineTune.Engine.Tokenization.PromptTemplateSettings(FineTune.Engine.Tokenization.PromptStyle.Custom, "問：{instruction}\n答：{output}"), job.Template);
+        Assert.Equal("問：{instruction}\n答：{output}", job.TemplateName); // what the model card and settings.json say
+
+        // The settings step's token counts use the same template: the custom layout is shorter than the tutorial's.
+        var counter = new TokenCounter(NullLogger<TokenCounter>.Instance);
+        int custom = counter.For(stored)(Rows[0]);
+        stored.PromptTemplate = FineTune.Engine.Tokenization.PromptStyle.Tutorial;
+        Assert.True(custom < counter.For(stored)(Rows[0]), $"custom {custom} tokens");
+    }
+
+    [Fact]
     public async Task Trains_reports_every_step_and_writes_a_peft_adapter()
     {
         var runner = new EngineTrainingRunner(_models, NullLoggerFactory.Instance);

@@ -88,6 +88,27 @@ public sealed class OpenAiApiTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task A_request_waits_while_a_run_trains_on_the_device()
+    {
+        var runner = new ScriptedTrainingRunner();
+        using var app = new WebAppHost(services => services.AddSingleton<ITrainingRunner>(runner));
+        int finished = await FinishedRunAsync(app);
+        var store = app.Services.GetRequiredService<RunStore>();
+        var training = await store.CreateAsync(new TrainingSettings { Source = ModelSource.Local, Model = TestFiles.Fixture("models/qwen2") }, RunStoreTests.Rows, "faq.xlsx", null);
+        await app.Services.GetRequiredService<RunQueue>().EnqueueAsync(training.Id);
+        await runner.Script(training.Id).Started.Task.WaitAsync(TimeSpan.FromSeconds(30));
+
+        var chat = new ChatClient(OpenAiModels.RunModelId(finished), new ApiKeyCredential("x"), Options(app));
+        var answer = chat.CompleteChatAsync([new UserChatMessage("什麼是 LoRA？")], new ChatCompletionOptions { Temperature = 0, MaxOutputTokenCount = 4 });
+        await Task.Delay(TimeSpan.FromSeconds(1.5));
+        Assert.False(answer.IsCompleted, "the answer came while a run was training");
+
+        runner.Script(training.Id).Finish(1.0);
+        var completion = (await answer.WaitAsync(TimeSpan.FromSeconds(60))).Value;
+        Assert.NotEmpty(completion.Content[0].Text);
+    }
+
+    [Fact]
     public async Task When_exposed_the_api_takes_the_access_token_as_bearer()
     {
         using var app = new WebAppHost(settings: new Dictionary<string, string?> { ["FineTune:AccessToken"] = "open-sesame-42" }, urls: "http://0.0.0.0:0");

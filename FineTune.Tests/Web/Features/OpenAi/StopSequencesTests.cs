@@ -25,3 +25,18 @@ public class StopSequencesTests
         Assert.False(stops.Stopped);
     }
 }
+
+public class ApiSnippetsTests
+{
+    [Fact]
+    public void The_snippets_call_the_runs_model_at_the_apps_v1_url_with_the_token_only_when_exposed()
+    {
+        string curl = ApiSnippets.Curl("http://localhost:5080/v1", "finetune-run-7", exposed: false, 0.7, 0.9);
+        Assert.Contains("curl http://localhost:5080/v1/chat/completions", curl);
+        Assert.Contains("\"model\": \"finetune-run-7\", \"temperature\": 0.7, \"top_p\": 0.9", curl);
+        Assert.Contains("Bearer not-needed", curl);
+        string python = ApiSnippets.Python("http://10.0.0.2:8080/v1", "finetune-run-7", exposed: true, 0.3, 1);
+        Assert.Contains("OpenAI(base_url=\"http://10.0.0.2:8080/v1\", api_key=\"YOUR-ACCESS-TOKEN\")", python);
+        Assert.Contains("model=\"finetune-run-7\", temperature=0.3, top_p=1, stream=True", python);
+    }
+}

@@ -148,11 +148,14 @@ public sealed class RunQueueTests : IAsyncLifetime
         _runner.Script(run).Fail(new IOException("disk"));
         await UntilStatus(run, RunStatus.Failed);
 
-        await _services.Store.UpdateAsync(run, r => r.LastCheckpoint = "/data/runs/1/checkpoint-50");
+        // The newest complete checkpoint on disk is what a resume continues from.
+        string checkpoint = Path.Combine(_services.Store.CheckpointsDirectory(run), "checkpoint-50");
+        Directory.CreateDirectory(checkpoint);
+        File.WriteAllText(Path.Combine(checkpoint, "trainer_state.json"), "{}");
         var retry = _runner.Script(run);
         await _queue.EnqueueAsync(run, resume: true);
         await Until(() => Task.FromResult(_runner.Jobs.Count == 2), "second job");
-        Assert.Equal("/data/runs/1/checkpoint-50", _runner.Jobs.Last().ResumeFromCheckpoint);
+        Assert.Equal(checkpoint, _runner.Jobs.Last().ResumeFromCheckpoint);
         retry.Finish(1);
         await UntilStatus(run, RunStatus.Completed);
     }
