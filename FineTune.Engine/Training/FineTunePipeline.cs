@@ -111,7 +111,9 @@ public sealed class FineTunePipeline(ILoggerFactory? loggers = null)
         string baseModelName = job.BaseModelName ?? PeftAdapter.BaseModelName(job.ModelFolder);
         var trainer = new LoraTrainer(model.Trainable, job.Lora, baseModelName, main ? _loggers.CreateLogger<LoraTrainer>() : null) { Replica = replica };
         clock.Restart();
-        var result = trainer.Train(split, options, main ? progress : null, cancellationToken, main ? job.CheckpointsFolder : null, job.ResumeFrom);
+        // TensorBoard event files beside loss.csv in the adapter folder, written as the run goes (tensorboard --logdir watches live).
+        using var tensorBoard = main && job.OutputFolder is not null ? new TensorBoardLog(Path.Combine(job.OutputFolder, TensorBoardLog.FolderName), progress) : null;
+        var result = trainer.Train(split, options, main ? (IProgress<TrainingProgress>?)tensorBoard ?? progress : null, cancellationToken, main ? job.CheckpointsFolder : null, job.ResumeFrom);
         Synchronize(job);
         var trainTime = clock.Elapsed;
         cancellationToken.ThrowIfCancellationRequested();

@@ -79,6 +79,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         int orderEpoch = -1;
         List<int[]> batches = [];
         double lossSinceLog = 0;
+        double? lastLoggedLoss = null; // the one definition of "the loss" shown anywhere: HF Trainer's logged mean since the previous log
         int stepsSinceLog = 0;
         model.Module.train();
         try
@@ -144,12 +145,13 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
                         : new TrainingProgress(step + 1, totalSteps, epochReached, Elapsed: elapsed, Eta: eta, GpuMemoryBytes: gpuMemory, CheckpointPath: savedCheckpoint));
                     if (logged)
                     {
+                        lastLoggedLoss = lossSinceLog / stepsSinceLog;
                         lossSinceLog = 0;
                         stepsSinceLog = 0;
                     }
                 }
                 if (options.StopAfterSteps > 0 && step + 1 - startStep >= options.StopAfterSteps && !last)
-                    return Result(history, totalSteps, completed: false, lastCheckpoint);
+                    return Result(history, totalSteps, completed: false, lastCheckpoint, lastLoggedLoss);
             }
         }
         finally
@@ -157,7 +159,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
             foreach (var layer in adapterLayers) layer.DropoutGenerator = null;
             model.Module.eval();
         }
-        return Result(history, totalSteps, completed: true, lastCheckpoint);
+        return Result(history, totalSteps, completed: true, lastCheckpoint, lastLoggedLoss);
     }
 
     /// <summary>
@@ -303,9 +305,10 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         || (e is ExternalException or InvalidOperationException or ArgumentException &&
             (e.Message.Contains("out of memory", StringComparison.OrdinalIgnoreCase) || e.Message.Contains("can't allocate memory", StringComparison.OrdinalIgnoreCase)));
 
-    private static TrainingResult Result(List<StepRecord> history, int totalSteps, bool completed, string? lastCheckpoint)
+    private static TrainingResult Result(List<StepRecord> history, int totalSteps, bool completed, string? lastCheckpoint, double? lastLoggedLoss)
     {
-        double? finalTrain = history.Count > 0 ? history[^1].Loss : null;
+        // The final loss is the last logged value (the train page's, the chart's last point), not the last step's alone.
+        double? finalTrain = lastLoggedLoss ?? (history.Count > 0 ? history[^1].Loss : null);
         double? finalEval = history.LastOrDefault(h => h.EvalLoss is not null)?.EvalLoss;
         return new TrainingResult(history.Count > 0 ? history[^1].Step : 0, totalSteps, history, finalTrain, finalEval, completed, lastCheckpoint);
     }

@@ -78,6 +78,11 @@ public sealed class FineTunePipelineTests : IDisposable
         };
         string wizardRun = Path.Combine(_folder, "wizard");
         var wizard = await runner.RunAsync(new TrainingJob(1, settings, rows, wizardRun), new Progress<TrainingProgress>(), CancellationToken.None);
+        // TensorBoard events beside loss.csv: one train/loss per logged step, the values loss.csv has.
+        var losses = TfEvents.Scalars(Path.Combine(wizard.AdapterDirectory, TensorBoardLog.FolderName))["train/loss"];
+        var csvLosses = File.ReadAllLines(Path.Combine(wizard.AdapterDirectory, "loss.csv")).Skip(1)
+            .Select(l => l.Split(',')).Select(c => (long.Parse(c[0], CultureInfo.InvariantCulture), (float)double.Parse(c[2], CultureInfo.InvariantCulture))).ToList();
+        Assert.Equal(csvLosses, losses);
 
         // 2. The headless command, with the same settings spelled as options.
         string zip = Path.Combine(_folder, "cli", "adapter.zip");

@@ -98,6 +98,25 @@ public class TrainerTests
         Assert.Null(last.GpuMemoryBytes);
     }
 
+    /// <summary>One definition of "the loss": the final loss (history page, model card) is the last logged value the train page shows.</summary>
+    [Fact]
+    public void The_final_loss_is_the_last_logged_mean_not_the_last_steps_alone()
+    {
+        using var model = ModelWithLora();
+        var rows = SyntheticRows(12);
+        var events = new List<TrainingProgress>();
+        var options = new TrainingOptions { Epochs = 1, LearningRate = 1e-2, BatchSize = 2, GradientAccumulationSteps = 1, LoggingSteps = 4 };
+
+        var result = new LoraTrainer(model, Settings, "tiny").Train(new DataSplit(rows, []), options, new SyncProgress<TrainingProgress>(events.Add));
+
+        // 6 steps logged at 4 and 6: the last logged loss is the mean of steps 5 and 6.
+        Assert.Equal(new[] { 4, 6 }, events.Select(e => e.Step));
+        double lastLogged = (result.History[4].Loss + result.History[5].Loss) / 2;
+        Assert.Equal(lastLogged, events[^1].Loss!.Value, 12);
+        Assert.Equal(lastLogged, result.FinalTrainLoss!.Value, 12);
+        Assert.NotEqual(result.History[5].Loss, result.FinalTrainLoss!.Value);
+    }
+
     [Fact]
     public void Resume_from_a_checkpoint_continues_the_same_loss_curve()
     {

@@ -177,6 +177,18 @@ public sealed class SettingsStepTests : ComponentTestContext
     }
 
     [Fact]
+    public void Shows_the_trainable_parameter_line_as_peft_prints_it()
+    {
+        LoadTutorialRows();
+        var cut = Render<SettingsStep>(); // Qwen2.5-0.5B-Instruct, r 16 on q/k/v/o_proj
+
+        string line = cut.Find("[data-testid=summary-trainable]").TextContent;
+
+        // PEFT on Qwen2.5-0.5B, r=16, q/k/v/o: 24 layers × 16 × ((896+896) × 2 + (896+128) × 2) = 2,162,688.
+        Assert.Matches(@"^trainable params: 2,162,688 \|\| all params: [\d,]+ \|\| trainable%: 0\.4\d{3}$", line);
+    }
+
+    [Fact]
     public void An_out_of_range_value_is_kept_and_explained_at_its_field_and_training_cannot_start()
     {
         LoadTutorialRows();
@@ -185,7 +197,7 @@ public sealed class SettingsStepTests : ComponentTestContext
         cut.Find("input[data-field=LoraR]").Change("0");
 
         Assert.Equal(0, State.Settings.LoraR); // not clamped to 1 behind the user's back
-        string field = cut.Find("input[data-field=LoraR]").Closest(".mud-input-control")!.TextContent;
+        string field = cut.Find("[data-testid=field-error][data-field=LoraR]").TextContent;
         Assert.Contains("允許範圍：1 到 256。", field);
         Assert.Contains("秩為 0 不會訓練任何參數", field);
         Assert.True(cut.Find("[data-testid=start-training]").HasAttribute("disabled"));

@@ -84,6 +84,84 @@ public sealed class WizardEndToEndTests
         await browser.ScreenshotAsync("3-settings");
     }
 
+    /// <summary>
+    /// A GBK file of Simplified Chinese reads right; a JSONL file with a broken line imports the rest and names the line;
+    /// a reload and a language switch in the middle of the wizard come back to the same step with the data, edits and settings.
+    /// </summary>
+    [BrowserFact]
+    public async Task Gbk_upload_broken_jsonl_reload_and_language_switch_keep_the_wizard()
+    {
+        using var app = StartApp();
+        await using var browser = await BrowserSession.StartAsync(app.BaseAddress);
+        string folder = Directory.CreateTempSubdirectory("finetune-e2e-").FullName;
+        try
+        {
+            var page = browser.Page;
+            await browser.GotoAsync("/");
+            await page.Locator("[data-testid=model-next]").ClickAsync();
+            await Assertions.Expect(page.Locator("[data-testid=step-data]")).ToBeVisibleAsync();
+
+            // GBK (what Excel on a zh-CN Windows saves as CSV): detected, shown, header found.
+            System.Text.Encoding.RegisterProvider(System.Text.CodePagesEncodingProvider.Instance);
+            string gbk = Path.Combine(folder, "zh-cn.csv");
+            await File.WriteAllBytesAsync(gbk, System.Text.Encoding.GetEncoding(936).GetBytes(
+                "问题,回答\r\n可以退货吗？,购买后7天内可申请退货。\r\n运送需要多久？,一般3-5个工作天。\r\n怎么联系客服？,请拨打客服电话。\r\n"));
+            await page.Locator("input[type=file]").Last.SetInputFilesAsync(gbk);
+            await Assertions.Expect(page.Locator("[data-testid=data-usable]")).ToContainTextAsync("3 列中有 3 列");
+            await Assertions.Expect(page.Locator("[data-testid=data-preview]")).ToContainTextAsync("可以退货吗？");
+            await Assertions.Expect(page.Locator("[data-testid=data-encoding]")).ToContainTextAsync("GB18030");
+            await browser.ScreenshotAsync("2-data-gbk");
+
+            // JSONL with a broken line 3: the other three rows import, the report names the line.
+            string jsonl = Path.Combine(folder, "qa.jsonl");
+            await File.WriteAllTextAsync(jsonl, "{\"instruction\":\"保固多久？\",\"output\":\"一年。\"}\n{\"instruction\":\"可以退貨嗎？\",\"output\":\"七天內可以。\"}\n{\"instruction\":\"壞掉的行\",\"output\":\"x\",}\n{\"instruction\":\"怎麼聯絡客服？\",\"output\":\"寫信給我們。\"}\n");
+            await page.Locator("input[type=file]").Last.SetInputFilesAsync(jsonl); // MudFileUpload adds a fresh input after each upload
+            await Assertions.Expect(page.Locator("[data-testid=data-usable]")).ToContainTextAsync("3 列中有 3 列");
+            await Assertions.Expect(page.Locator("[data-testid=data-report]")).ToContainTextAsync("1 行不是有效的 JSON（已略過）");
+            await Assertions.Expect(page.Locator("[data-testid=data-report]")).ToContainTextAsync("第 3 行");
+            await browser.ScreenshotAsync("2-data-jsonl");
+
+            // Leave one row out, go to the settings, change one.
+            await page.Locator("[data-testid=data-preview] input[type=checkbox]").First.ClickAsync(new LocatorClickOptions { Force = true });
+            await Assertions.Expect(page.Locator("[data-testid=data-usable]")).ToContainTextAsync("3 列中有 2 列");
+            await page.Locator("[data-testid=data-next]").ClickAsync();
+            var rank = page.Locator("input[data-field=LoraR]");
+            await rank.FillAsync("8");
+            await rank.PressAsync("Tab");
+            await Assertions.Expect(page.Locator("[data-testid=summary-steps]")).ToContainTextAsync("訓練 2 列");
+
+            // Reload: the same step, rows and settings.
+            await page.ReloadAsync();
+            await page.Locator("[data-testid=interactive]").WaitForAsync(new LocatorWaitForOptions { State = WaitForSelectorState.Attached });
+            await Assertions.Expect(page.Locator("[data-testid=step-settings]")).ToBeVisibleAsync();
+            await Assertions.Expect(page.Locator("input[data-field=LoraR]")).ToHaveValueAsync("8");
+            await Assertions.Expect(page.Locator("[data-testid=summary-steps]")).ToContainTextAsync("訓練 2 列");
+
+            // Language switch: English, still the settings step with the same state.
+            await page.Locator("[data-testid=language-switch]").ClickAsync();
+            await page.Locator("[data-testid=interactive]").WaitForAsync(new LocatorWaitForOptions { State = WaitForSelectorState.Attached });
+            await Assertions.Expect(page.Locator("[data-testid=step-settings]")).ToBeVisibleAsync();
+            await Assertions.Expect(page.Locator("[data-testid=summary-steps]")).ToContainTextAsync("rows for training: 2");
+            await Assertions.Expect(page.Locator("input[data-field=LoraR]")).ToHaveValueAsync("8");
+
+            // An out-of-range value is explained at its field, not clamped.
+            await rank.FillAsync("0");
+            await rank.PressAsync("Tab");
+            await Assertions.Expect(page.Locator("[data-testid=field-error][data-field=LoraR]")).ToContainTextAsync("Allowed: 1 to 256.");
+            await Assertions.Expect(page.Locator("[data-testid=start-training]")).ToBeDisabledAsync();
+            await browser.ScreenshotAsync("en-3-settings-invalid");
+        }
+        catch
+        {
+            await browser.RecordFailureAsync(nameof(Gbk_upload_broken_jsonl_reload_and_language_switch_keep_the_wizard));
+            throw;
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
     /// <summary>The template download serves a workbook the importer reads back.</summary>
     [BrowserFact]
     public async Task Template_download_and_bad_upload_message()
@@ -121,7 +199,7 @@ public sealed class WizardEndToEndTests
         await using var browser = await BrowserSession.StartAsync(app.BaseAddress);
         try
         {
-            await WholeWizard(browser);
+            await WholeWizard(browser, Zh);
         }
         catch
         {
@@ -130,46 +208,79 @@ public sealed class WizardEndToEndTests
         }
     }
 
-    private static async Task WholeWizard(BrowserSession browser)
+    /// <summary>The same wizard in English: every step's screenshot in both languages (docs/screenshots/en-*.png).</summary>
+    [BrowserFact]
+    public async Task Whole_wizard_in_english()
+    {
+        using var app = StartApp();
+        await using var browser = await BrowserSession.StartAsync(app.BaseAddress, "en");
+        try
+        {
+            await WholeWizard(browser, En);
+        }
+        catch
+        {
+            await browser.RecordFailureAsync(nameof(Whole_wizard_in_english));
+            throw;
+        }
+    }
+
+    /// <summary>What the tests read on the pages, per language; screenshots of English pages are prefixed "en-".</summary>
+    private sealed record Texts(string Prefix, string LocalFolder, string TrainDone);
+
+    private static readonly Texts Zh = new("", "本機資料夾", "訓練完成");
+    private static readonly Texts En = new("en-", "Folder on this computer", "Training finished");
+
+    private static async Task WholeWizard(BrowserSession browser, Texts t)
     {
         var page = browser.Page;
         await browser.GotoAsync("/");
 
-        await page.GetByLabel("本機資料夾").CheckAsync(new LocatorCheckOptions { Force = true });
+        await page.GetByLabel(t.LocalFolder).CheckAsync(new LocatorCheckOptions { Force = true });
         var folder = page.Locator("input[data-testid=model-local]");
         await folder.FillAsync(TestFiles.Fixture("models/qwen2"));
         await folder.PressAsync("Tab");
+        if (t == En) await browser.ScreenshotAsync(t.Prefix + "1-model");
         await page.Locator("[data-testid=model-next]").ClickAsync();
         await page.Locator("input[type=file]").SetInputFilesAsync(TestFiles.Sample("tutorial-qa.xlsx"));
+        await Assertions.Expect(page.Locator("[data-testid=data-usable]")).ToContainTextAsync("5");
+        if (t == En) await browser.ScreenshotAsync(t.Prefix + "2-data");
         await page.Locator("[data-testid=data-next]").ClickAsync();
         await page.Locator("[data-testid=settings-warning][data-code=LoggingAfterEnd]").GetByRole(AriaRole.Button).ClickAsync();
+        if (t == En) await browser.ScreenshotAsync(t.Prefix + "3-settings");
         await page.Locator("[data-testid=start-training]").ClickAsync();
 
         // 4. Train: the URL names the run; loss points arrive over the live connection.
         // Training starts at once and shares the machine's cores with the page: wait for the URL, not for a full load.
         await page.WaitForURLAsync(new Regex("/runs/\\d+$"), new() { WaitUntil = WaitUntilState.Commit, Timeout = 120_000 });
         await Assertions.Expect(page.Locator("[data-testid=loss-chart]")).Not.ToHaveAttributeAsync("data-points", "0", new() { Timeout = 300_000 });
-        await browser.ScreenshotAsync("4-train-live");
+        await browser.ScreenshotAsync(t.Prefix + "4-train-live");
         await Assertions.Expect(page.Locator("[data-testid=train-status]")).ToHaveAttributeAsync("data-status", "Completed", new() { Timeout = 600_000 });
         // A reload returns to the same run.
         await page.ReloadAsync();
         await Assertions.Expect(page.Locator("[data-testid=train-status]")).ToHaveAttributeAsync("data-status", "Completed");
-        await browser.ScreenshotAsync("4-train");
+        // The way forward: a finished run says so and offers the next actions; no time left is shown.
+        await Assertions.Expect(page.Locator("[data-testid=train-done]")).ToContainTextAsync(t.TrainDone);
+        await Assertions.Expect(page.Locator("[data-testid=train-eta]")).ToHaveTextAsync("—");
+        await browser.ScreenshotAsync(t.Prefix + "4-train");
 
         // 5. Test: an answer streams in.
-        await page.GetByRole(AriaRole.Tab).Nth(4).ClickAsync();
+        await page.Locator("[data-testid=next-test]").ClickAsync();
         await Assertions.Expect(page.Locator("[data-testid=step-test]")).ToBeVisibleAsync();
         await page.Locator("textarea[data-testid=chat-prompt]").FillAsync("你們的產品保固期是多久？");
         await page.Locator("[data-testid=chat-send]").ClickAsync();
         await Assertions.Expect(page.Locator("[data-testid=chat-answer]")).Not.ToBeEmptyAsync(new() { Timeout = 120_000 });
         await Assertions.Expect(page.Locator("[data-testid=chat-send]")).ToBeEnabledAsync(new() { Timeout = 300_000 }); // generation finished
-        await browser.ScreenshotAsync("5-test");
+        await browser.ScreenshotAsync(t.Prefix + "5-test");
 
         // 6. Download: the zip holds the PEFT adapter files.
-        await page.GetByRole(AriaRole.Tab).Nth(5).ClickAsync();
+        await page.Locator("[data-testid=step-test] [data-testid=next-download]").ClickAsync();
         await Assertions.Expect(page.Locator("[data-testid=step-download]")).ToBeVisibleAsync();
         await Assertions.Expect(page.Locator("[data-testid=step-download]")).ToContainTextAsync("adapter_model.safetensors");
-        await browser.ScreenshotAsync("6-download");
+        await Assertions.Expect(page.Locator("[data-testid=next-new-run]")).ToBeVisibleAsync();
+        await browser.ScreenshotAsync(t.Prefix + "6-download");
+        if (t == En) // one language per page: no Chinese on the English download step
+            Assert.DoesNotMatch(new Regex("[\\u4e00-\\u9fff]"), await page.Locator("[data-testid=wizard]").InnerTextAsync());
         var download = await page.RunAndWaitForDownloadAsync(() => page.Locator("[data-testid=download-adapter]").ClickAsync());
         string zipPath = Path.Combine(browser.ScreenshotDirectory, download.SuggestedFilename);
         await download.SaveAsAsync(zipPath);

@@ -21,8 +21,8 @@ public sealed class EngineGgufExporter(EngineModels models, RunStore store, Gguf
         if (!downloads.HasAdapter(runId)) throw new FileNotFoundException($"Run {runId} has no adapter yet; it must finish training first.");
         var settings = TrainingSettings.FromJson(run.SettingsJson);
         string folder = await models.ResolveFolderAsync(settings, cancellationToken);
-        // The run's prompt layout, as the trainer wrote it into settings.json (the web's runs train with the tutorial's).
-        var template = Headless.GenerateCommand.TemplateSettings(Headless.GenerateCommand.TrainedTemplate(downloads.AdapterDirectory(runId)) ?? "tutorial");
+        // The prompt layout the run trained with (its settings: tutorial, the model's chat template or a custom one).
+        var template = settings.ToPromptTemplate();
         var options = new GgufExportOptions(fileType, downloads.AdapterDirectory(runId), template, $"finetune-run{runId}")
         {
             CancellationToken = cancellationToken,
