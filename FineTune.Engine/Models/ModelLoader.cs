@@ -38,6 +38,19 @@ public sealed record ModelLoadOptions
     public CancellationToken CancellationToken { get; init; }
 
     public ILogger? Logger { get; init; }
+
+    /// <summary>
+    /// The options every caller loads a base model with: <paramref name="dtype"/> compute, and with
+    /// <paramref name="fourBit"/> every linear but lm_head quantized to NF4 as it is read (bitsandbytes' load_in_4bit),
+    /// its block scales double-quantized unless <paramref name="doubleQuantization"/> is false.
+    /// </summary>
+    public static ModelLoadOptions Base(ScalarType dtype, bool fourBit, bool doubleQuantization = true, Device? device = null, ILogger? logger = null) => new()
+    {
+        Device = device,
+        DType = dtype,
+        Logger = logger,
+        LoadLinearWeight = fourBit ? Nf4.QuantizeOnLoad(dtype, doubleQuantization) : null,
+    };
 }
 
 /// <summary>Loading progress: <paramref name="BytesLoaded"/> of <paramref name="TotalBytes"/>, the last tensor read.</summary>

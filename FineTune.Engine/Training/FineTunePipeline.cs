@@ -152,13 +152,8 @@ public sealed class FineTunePipeline(ILoggerFactory? loggers = null)
     public FineTuneModel LoadModel(FineTuneJob job)
     {
         var dtype = job.ComputeDType ?? ComputeBackend.Current.ComputeDType;
-        var model = ModelLoader.Load(job.ModelFolder, new ModelLoadOptions
-        {
-            Device = job.Device,
-            DType = dtype,
-            Logger = _loggers.CreateLogger("FineTune.Models"),
-            LoadLinearWeight = job.FourBit ? Nf4.QuantizeOnLoad(dtype, job.DoubleQuantization) : null,
-        });
+        var model = ModelLoader.Load(job.ModelFolder,
+            ModelLoadOptions.Base(dtype, job.FourBit, job.DoubleQuantization, job.Device, _loggers.CreateLogger("FineTune.Models")));
         try
         {
             var attached = LoraInjector.Attach(model.NamedLinears(), job.Lora, seed: job.Training.Seed);

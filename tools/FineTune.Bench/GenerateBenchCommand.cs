@@ -25,10 +25,7 @@ internal static class GenerateBenchCommand
         int newTokens = o.Int("new-tokens", 256), repeats = o.Int("repeats", 3);
         var dtype = backend.ComputeDType;
         bool qlora = o.Flag("qlora"); // a 4-bit base, as chat with a QLoRA run's base model
-        using var model = ModelLoader.Load(folder, new ModelLoadOptions
-        {
-            Device = backend.Device, DType = dtype, LoadLinearWeight = qlora ? FineTune.Engine.Adapters.Nf4.QuantizeOnLoad(dtype) : null,
-        });
+        using var model = ModelLoader.Load(folder, ModelLoadOptions.Base(dtype, qlora, device: backend.Device));
         var generator = new Generator(model);
         // The same ids as the reference; folded into small vocabularies (the test fixtures) so the command runs there too.
         int[] prompt = [.. Prompt.Select(id => id % model.Config.VocabSize)];

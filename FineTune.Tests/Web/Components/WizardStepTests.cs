@@ -324,6 +324,26 @@ public sealed class TrainStepNextActionTests : ComponentTestContext
     }
 }
 
+public sealed class TrainStepReadingTests : ComponentTestContext
+{
+    [Fact]
+    public async Task A_rising_eval_loss_is_read_as_overfitting_with_the_tutorials_remedy()
+    {
+        var run = await Runs.Store.CreateAsync(new TrainingSettings(), RunStoreTests.Rows, "d.csv", null);
+        await Runs.Store.SetStatusAsync(run.Id, RunStatus.Training);
+        double[] train = [3.0, 2.4, 1.8, 1.2, 0.7, 0.3];
+        double?[] eval = [2.9, null, 2.5, 2.4, 2.6, 2.9];
+        for (int i = 0; i < train.Length; i++)
+            await Runs.Store.AddMetricAsync(new RunMetric { RunId = run.Id, Step = i + 1, Loss = train[i], EvalLoss = eval[i], At = DateTime.UtcNow });
+
+        var cut = Render<TrainStep>(p => p.Add(c => c.RunId, run.Id));
+
+        cut.WaitForAssertion(() => Assert.Equal("Overfitting", cut.Find("[data-testid=train-reading]").GetAttribute("data-kind")), TimeSpan.FromSeconds(10));
+        Assert.Contains("模型在死記訓練資料", cut.Find("[data-testid=train-reading]").TextContent);
+        Assert.Contains("減少訓練輪數", cut.Find("[data-testid=train-reading]").TextContent);
+    }
+}
+
 public sealed class TrainStepCultureTests : ComponentTestContext
 {
     /// <summary>Training events come from the queue's thread, whose culture is not the page's: the page stays zh-TW.</summary>

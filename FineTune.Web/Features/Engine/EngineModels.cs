@@ -39,12 +39,8 @@ public sealed class EngineModels(BackendInfo backend, LocalModelFolders localFol
     /// Loads the base model; with <paramref name="fourBit"/> every linear but lm_head is quantized to NF4 as it is read
     /// (as bitsandbytes does), its absmaxes double-quantized unless <paramref name="doubleQuantization"/> is false.
     /// </summary>
-    public CausalLM Load(string folder, ScalarType dtype, bool fourBit, bool doubleQuantization = true) => ModelLoader.Load(folder, new ModelLoadOptions
-    {
-        DType = dtype,
-        Logger = loggers.CreateLogger("FineTune.Models"),
-        LoadLinearWeight = fourBit ? Nf4.QuantizeOnLoad(dtype, doubleQuantization) : null,
-    });
+    public CausalLM Load(string folder, ScalarType dtype, bool fourBit, bool doubleQuantization = true) =>
+        ModelLoader.Load(folder, ModelLoadOptions.Base(dtype, fourBit, doubleQuantization, logger: loggers.CreateLogger("FineTune.Models")));
 
     /// <summary>What PEFT's base_model_name_or_path should say: the Hub id the run was started with, else the engine's reading of the folder.</summary>
     public static string BaseModelName(string folder, TrainingSettings settings) =>
