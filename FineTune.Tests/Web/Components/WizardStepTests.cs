@@ -272,7 +272,8 @@ public sealed class TrainStepTests : ComponentTestContext
 
         await Runs.Store.SetStatusAsync(run.Id, RunStatus.Failed, "CUDA out of memory");
         await Runs.Notifier.PublishAsync(new RunStatusEvent(run.Id, RunStatus.Failed, "CUDA out of memory"));
-        cut.WaitForAssertion(() => Assert.Contains("訓練失敗：CUDA out of memory", cut.Find("[data-testid=train-error]").TextContent));
+        cut.WaitForAssertion(() => Assert.Contains("訓練失敗：記憶體不足。請調小批次大小", cut.Find("[data-testid=train-error]").TextContent));
+        Assert.Contains("(CUDA out of memory)", cut.Find("[data-testid=train-error]").TextContent); // the engine's own detail stays under the headline
         Assert.Contains("重新訓練", cut.Find("[data-testid=train-restart]").TextContent);
 
         // Events of other runs are ignored; disposing unsubscribes.
@@ -362,7 +363,8 @@ public sealed class TrainStepCultureTests : ComponentTestContext
             await Runs.Notifier.PublishAsync(new RunStatusEvent(run.Id, RunStatus.Failed, "CUDA out of memory"));
         });
 
-        cut.WaitForAssertion(() => Assert.Contains("訓練失敗：CUDA out of memory", cut.Find("[data-testid=train-error]").TextContent));
+        cut.WaitForAssertion(() => Assert.Contains("訓練失敗：記憶體不足。請調小批次大小", cut.Find("[data-testid=train-error]").TextContent));
+        Assert.Contains("(CUDA out of memory)", cut.Find("[data-testid=train-error]").TextContent); // the engine's own detail stays under the headline
     }
 }
 
