@@ -129,6 +129,18 @@ public partial class WebHardeningTests
         }
     }
 
+    [FineTune.Tests.Support.TinyDiskFact]
+    public async Task Starting_on_a_full_disk_serves_the_page_that_says_so()
+    {
+        using var disk = new FineTune.Tests.Support.TinyDisk(1 << 20);
+        disk.Fill();
+        // Before: restarted on a full disk, the app aborted (rc 134).
+        using var app = new WebAppHost(settings: new Dictionary<string, string?> { ["FineTune:DataDirectory"] = Path.Combine(disk.Folder, "data") });
+        var page = await app.Client.GetAsync("/history");
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, page.StatusCode);
+        Assert.Contains("data-folder-problem", await page.Content.ReadAsStringAsync());
+    }
+
     [Fact]
     public async Task Sql_commands_are_not_logged_and_keys_live_in_the_data_folder()
     {
