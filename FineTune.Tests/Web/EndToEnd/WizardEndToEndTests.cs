@@ -278,6 +278,7 @@ public sealed class WizardEndToEndTests
         await Assertions.Expect(page.Locator("[data-testid=step-download]")).ToBeVisibleAsync();
         await Assertions.Expect(page.Locator("[data-testid=step-download]")).ToContainTextAsync("adapter_model.safetensors");
         await Assertions.Expect(page.Locator("[data-testid=next-new-run]")).ToBeVisibleAsync();
+        await Assertions.Expect(page.Locator("[data-testid=new-run]")).ToHaveCountAsync(0); // one "new fine-tune" here, not the stepper's too
         await browser.ScreenshotAsync(t.Prefix + "6-download");
         if (t == En) // one language per page: no Chinese on the English download step
             Assert.DoesNotMatch(new Regex("[\\u4e00-\\u9fff]"), await page.Locator("[data-testid=wizard]").InnerTextAsync());
