@@ -7,7 +7,7 @@ namespace FineTune.Web;
 public static class HeadlessCommands
 {
     /// <summary>The commands that need libtorch (the others only read files or call HTTP).</summary>
-    private static readonly HashSet<string> ComputingCommands = ["train", Headless.GenerateCommand.Name];
+    private static readonly HashSet<string> ComputingCommands = ["train", Headless.GenerateCommand.Name, Headless.ExportGgufCommand.Name];
 
     public static bool TryRun(string[] args, out int exitCode)
     {
