@@ -93,6 +93,8 @@ public class NativeRuntimeCheckTests
             string html = await response.Content.ReadAsStringAsync();
             Assert.Contains("data-testid=\"compute-unavailable\"", html);
             Assert.Contains("Training is off: test reason", html);
+            // The engine's English reason sits behind a details toggle; the banner itself speaks the page's language.
+            Assert.Matches("<details[^>]*compute-unavailable-details[\\s\\S]*Training is off: test reason[\\s\\S]*</details>", html);
         }
     }
 
