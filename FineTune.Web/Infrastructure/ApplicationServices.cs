@@ -80,6 +80,7 @@ public static class ApplicationServices
         builder.Services.AddSingleton<ModelDownloadService>();
         builder.Services.AddSingleton<EngineModels>();
         builder.Services.AddSingleton<TokenCounter>();
+        builder.Services.AddSingleton<TrainingTimeService>();
         builder.Services.TryAddSingleton<ITrainingRunner, EngineTrainingRunner>();
         builder.Services.TryAddSingleton<IChatGenerator, EngineChatGenerator>();
         builder.Services.TryAddSingleton<IModelMerger, EngineModelMerger>();
