@@ -9,7 +9,7 @@ using static TorchSharp.torch;
 namespace FineTune.Bench;
 
 /// <summary>
-/// `profile --model DIR --workload qa|dense [--data qa.jsonl] [--steps 20] [--qlora]`: where a training step's time
+/// `profile --model DIR --workload qa|dense [--data qa.jsonl] [--steps 20] [--dense-batch 4] [--qlora]`: where a training step's time
 /// goes. Runs the trainer's step (collate, forward, loss, backward, clip + AdamW) phase by phase, twice: as the
 /// trainer does (host time per phase; the GPU runs behind) and with a device sync after each phase (device time per
 /// phase). Host time close to the synced time means the step is bound by the host (launch and dispatch cost).
@@ -29,7 +29,7 @@ internal static class ProfileCommand
         var (examples, batchSize) = workload switch
         {
             "qa" => (TrainBenchCommand.QaExamples(o.Required("data"), 8 * (steps + 3) * 2), 8),
-            "dense" => (TrainBenchCommand.DenseExamples(4 * (steps + 3) * 2), 4),
+            "dense" => (TrainBenchCommand.DenseExamples(o.Int("dense-batch", 4) * (steps + 3) * 2), o.Int("dense-batch", 4)),
             _ => throw new ArgumentException($"--workload {workload}: use qa or dense."),
         };
         // The benchmark's job (tools/bench/reference.py's settings), loaded by the pipeline that trains it.
