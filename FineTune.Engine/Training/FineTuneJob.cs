@@ -20,6 +20,13 @@ public sealed record FineTuneJob
     /// <summary>The question–answer rows, made into examples through <see cref="Template"/>.</summary>
     public IReadOnlyList<QaRow> Rows { get; init; } = [];
 
+    /// <summary>
+    /// Multi-turn chats (a chat dataset), made into examples through the model's chat template with the loss on the
+    /// assistant turns only; needs <see cref="Template"/> to be <see cref="PromptStyle.ModelChatTemplate"/>. Trained
+    /// together with <see cref="Rows"/> when both are given.
+    /// </summary>
+    public IReadOnlyList<Conversation> Conversations { get; init; } = [];
+
     /// <summary>Examples already tokenized (the benchmark's data); when set, <see cref="Rows"/> and <see cref="Template"/> are not used.</summary>
     public IReadOnlyList<TrainingExample>? Examples { get; init; }
 

@@ -142,12 +142,21 @@ public sealed class FineTunePipeline(ILoggerFactory? loggers = null)
         return Batching.Split(examples, job.Training.Seed, job.ValidationFraction);
     }
 
-    /// <summary>Rows → token ids and labels through the job's template (the same PromptTemplate chat and generation use).</summary>
+    /// <summary>
+    /// Rows and conversations → token ids and labels through the job's template (the same PromptTemplate chat and
+    /// generation use); conversations with the loss on their assistant turns.
+    /// </summary>
     public ExampleSet BuildExamples(FineTuneJob job)
     {
         var tokenizer = TokenizerLoader.Load(job.ModelFolder);
         var template = PromptTemplate.Create(job.Template, tokenizer);
-        return TrainingExamples.Build(job.Rows, template, new ExampleOptions(job.MaxSeqLength, job.AnswerOnlyLoss), _loggers.CreateLogger("FineTune.Data"));
+        var options = new ExampleOptions(job.MaxSeqLength, job.AnswerOnlyLoss);
+        var logger = _loggers.CreateLogger("FineTune.Data");
+        if (job.Conversations.Count == 0) return TrainingExamples.Build(job.Rows, template, options, logger);
+        var chats = TrainingExamples.Build(job.Conversations, template, options, logger);
+        if (job.Rows.Count == 0) return chats;
+        var rows = TrainingExamples.Build(job.Rows, template, options, logger);
+        return new ExampleSet([.. rows.Examples, .. chats.Examples], rows.TruncatedCount + chats.TruncatedCount, [.. rows.DroppedSourceRows, .. chats.DroppedSourceRows]);
     }
 
     /// <summary>
