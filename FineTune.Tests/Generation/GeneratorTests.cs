@@ -113,6 +113,31 @@ public sealed class GeneratorTests : IDisposable
     }
 
     [Fact]
+    public async Task Pieces_carry_the_token_counts_and_why_generation_ended()
+    {
+        var tokenizer = TokenizerLoader.Load(ModelFixtures.Folder("qwen2"));
+        var text = new TextGenerator(_generator, tokenizer);
+        var settings = GenerationSettings.Greedy(7);
+        var pieces = new List<TextPiece>();
+        await foreach (var piece in text.StreamPiecesAsync(Prompt, settings)) pieces.Add(piece);
+
+        int[] ids = _generator.Generate(Prompt, settings).ToArray();
+        Assert.Equal(7, ids.Length);
+        Assert.All(pieces, p => Assert.Equal(Prompt.Length, p.PromptTokens));
+        Assert.Equal(new TextPiece(pieces[^1].Text, Prompt.Length, 7, FinishReason.Length), pieces[^1]); // max_new_tokens reached
+        Assert.All(pieces.SkipLast(1), p => Assert.Null(p.Finish));
+        Assert.Equal(pieces.Select(p => p.GeneratedTokens).Order(), pieces.Select(p => p.GeneratedTokens));
+        Assert.Equal(tokenizer.Decode(ids, skipSpecialTokens: true), string.Concat(pieces.Select(p => p.Text)));
+
+        // The third greedy id as a stop id: three ids generated (the stop one counted), two shown, finish "stop".
+        var stopped = new List<TextPiece>();
+        await foreach (var piece in text.StreamPiecesAsync(Prompt, settings with { StopTokenIds = new HashSet<int> { ids[2] } })) stopped.Add(piece);
+        Assert.Equal(FinishReason.Stop, stopped[^1].Finish);
+        Assert.Equal(Array.IndexOf(ids, ids[2]) + 1, stopped[^1].GeneratedTokens);
+        Assert.Equal(tokenizer.Decode(ids[..Array.IndexOf(ids, ids[2])], skipSpecialTokens: true), string.Concat(stopped.Select(p => p.Text)));
+    }
+
+    [Fact]
     public async Task Chat_streaming_renders_the_model_template()
     {
         var tokenizer = TokenizerLoader.Load(ModelFixtures.Folder("qwen2"));
