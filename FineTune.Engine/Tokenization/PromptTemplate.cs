@@ -152,6 +152,33 @@ public sealed partial class PromptTemplate
         return new EncodedExample(ids, labels);
     }
 
+    /// <summary>
+    /// Ids and labels of a multi-turn conversation through the model's chat template, with the loss on the assistant
+    /// turns only (<see cref="AssistantTurns"/>): the render is tokenized whole, as apply_chat_template does, and a token
+    /// is labelled where HF's assistant mask marks it. One example, or one per assistant turn for a template that
+    /// renders earlier turns differently from the last.
+    /// </summary>
+    public IReadOnlyList<EncodedExample> EncodeConversation(IReadOnlyList<ChatMessage> messages)
+    {
+        if (_chat is null)
+            throw new PromptTemplateException("Conversations are trained with the model's chat template: choose it in the settings " +
+                                              "(the tutorial and custom formats hold one question and one answer).");
+        var examples = new List<EncodedExample>();
+        foreach (var text in AssistantTurns.Find(_chat, ConversationMessages(messages)))
+        {
+            var ids = _tokenizer.Encode(text.Text, addSpecialTokens: false);
+            var mask = AssistantMask.FromCharSpans(TokenOffsets.Of(_tokenizer, text.Text, ids), ids.Count, text.LossSpans);
+            examples.Add(new EncodedExample([.. ids], ids.Select((id, t) => mask[t] == 1 ? id : EncodedExample.IgnoreIndex).ToArray()));
+        }
+        return examples;
+    }
+
+    /// <summary>A conversation's messages as trained: the setting's system prompt first when the conversation has none.</summary>
+    public IReadOnlyList<ChatMessage> ConversationMessages(IReadOnlyList<ChatMessage> messages) =>
+        (messages.Count > 0 && messages[0].Role == "system") || string.IsNullOrWhiteSpace(Settings.SystemPrompt)
+            ? messages
+            : [ChatMessage.System(Settings.SystemPrompt), .. messages];
+
     /// <summary>The chat messages of a row: system (row's, else the setting's, else none), user, assistant.</summary>
     public IReadOnlyList<ChatMessage> Messages(QaRow row, bool withAnswer)
     {
