@@ -40,6 +40,9 @@ public sealed class FineTunePipeline(ILoggerFactory? loggers = null)
 
     private readonly ILoggerFactory _loggers = loggers ?? NullLoggerFactory.Instance;
 
+    /// <summary>Makes the replicas' group of a data-parallel run (tests: communicators that fail on cue or record aborts).</summary>
+    internal Func<IReadOnlyList<Device>, DataParallelGroup> CreateGroup { get; init; } = DataParallelGroup.Create;
+
     /// <summary>Runs the job on a thread of its own (training blocks for minutes to hours).</summary>
     public Task<FineTuneOutcome> RunAsync(FineTuneJob job, IProgress<TrainingProgress>? progress, CancellationToken cancellationToken) =>
         Task.Factory.StartNew(() => Run(job, progress, cancellationToken), cancellationToken, TaskCreationOptions.LongRunning, TaskScheduler.Default);
@@ -64,7 +67,7 @@ public sealed class FineTunePipeline(ILoggerFactory? loggers = null)
     private FineTuneOutcome RunDataParallel(FineTuneJob job, IReadOnlyList<Device> devices, DataSplit split,
         IProgress<TrainingProgress>? progress, CancellationToken cancellationToken)
     {
-        using var group = DataParallelGroup.Create(devices);
+        using var group = CreateGroup(devices);
         _loggers.CreateLogger(LogCategory).LogInformation("Data parallel on {Count} devices ({Devices}); each optimizer step's rows are shared out",
             devices.Count, string.Join(", ", devices));
         var replicas = devices.Select((device, rank) => Task.Factory.StartNew(() =>
