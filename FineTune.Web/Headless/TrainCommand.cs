@@ -106,12 +106,24 @@ public static class TrainCommand
         var file = importer.Parse(File.ReadAllBytes(o.Data), Path.GetFileName(o.Data));
         var import = importer.Build(file, new ImportSettings(DataImporter.GuessSheet(file), MaxSeqLength: o.MaxLength));
         var rows = import.UsableRows;
-        if (rows.Count == 0)
-            throw new CommandLineException($"'{o.Data}' has no usable question–answer rows (each row needs a question and an answer).");
-        output.WriteLine($"data: {rows.Count} rows from {Path.GetFileName(o.Data)}");
+        var conversations = import.UsableConversations;
+        if (rows.Count == 0 && conversations.Count == 0)
+            throw new CommandLineException(import.Chat is null
+                ? $"'{o.Data}' has no usable question–answer rows (each row needs a question and an answer)."
+                : $"'{o.Data}' has no usable conversations (each needs known roles, no empty turn, and the assistant's turn last).");
+        if (import.Chat is { } chat)
+        {
+            output.WriteLine($"data: {conversations.Count} conversations ({chat.Layout}) from {Path.GetFileName(o.Data)}");
+            var left = import.Conversations.Where(c => !c.IsUsable).ToList();
+            if (left.Count > 0)
+                output.WriteLine($"left out: {left.Count} conversations ({string.Join("; ", left.Take(10).Select(c => $"row {c.SourceRow}: {string.Join(", ", c.Issues.Where(i => i.IsBlocking).Select(i => i.Kind).Distinct())}"))})");
+        }
+        else output.WriteLine($"data: {rows.Count} rows from {Path.GetFileName(o.Data)}");
 
         string adapterFolder = AdapterFolder(o.Output);
-        var job = o.ToJob(rows);
+        // A chat dataset is written with the model's chat template unless --template says otherwise.
+        var job = o.ToJob(rows) with { Conversations = conversations };
+        if (import.Chat is not null && o.Template is null) job = job with { Template = new PromptTemplateSettings(PromptStyle.ModelChatTemplate) };
         var outcome = new FineTunePipeline(loggers).Run(job, new LineProgress(output), cancellationToken);
         AdapterExport.Zip(adapterFolder, o.Output);
         output.WriteLine($"adapter: {o.Output} (folder {adapterFolder})");
