@@ -31,18 +31,35 @@ public sealed class TextGenerator(Generator generator, ITextTokenizer tokenizer)
     public async IAsyncEnumerable<string> StreamAsync(
         IReadOnlyList<int> ids, GenerationSettings settings, [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
+        await foreach (var piece in StreamPiecesAsync(ids, settings, cancellationToken).ConfigureAwait(false))
+            if (piece.Text.Length > 0) yield return piece.Text;
+    }
+
+    /// <summary>
+    /// Streams the answer with the token counts so far; the last piece (its text may be empty) says why generation
+    /// ended. Generated tokens count every id the model chose, the stop token too.
+    /// </summary>
+    public async IAsyncEnumerable<TextPiece> StreamPiecesAsync(
+        IReadOnlyList<int> ids, GenerationSettings settings, [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
         var decoder = new StreamingDecoder(Tokenizer, skipSpecialTokens: true);
+        int generated = 0;
+        var finish = FinishReason.Length;
         await foreach (int id in Generator.GenerateAsync(ids, settings, cancellationToken).ConfigureAwait(false))
         {
-            if (settings.StopTokenIds.Contains(id)) break;
+            generated++;
+            if (settings.StopTokenIds.Contains(id))
+            {
+                finish = FinishReason.Stop;
+                break;
+            }
             // The model's vocabulary is often padded past the tokenizer's (Qwen2.5: 151936 rows, 151665 tokens);
             // HF's decode drops such ids silently, and so do we.
             if ((uint)id >= (uint)Tokenizer.VocabSize) continue;
             string piece = decoder.Push(id);
-            if (piece.Length > 0) yield return piece;
+            if (piece.Length > 0) yield return new TextPiece(piece, ids.Count, generated);
         }
-        string rest = decoder.Flush();
-        if (rest.Length > 0) yield return rest;
+        yield return new TextPiece(decoder.Flush(), ids.Count, generated, finish);
     }
 
     /// <summary>

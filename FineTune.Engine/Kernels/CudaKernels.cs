@@ -12,8 +12,12 @@ namespace FineTune.Engine.Kernels;
 /// cubin (or PTX) in <see cref="CacheFolder"/> under the GPU architecture and a hash of the source, loaded and launched
 /// through the CUDA driver API on TorchSharp tensors' device pointers, on CUDA's legacy default stream: the stream
 /// libtorch computes on unless told otherwise (TorchSharp never tells it), so launches order with torch's own kernels.
+/// Loaded into every GPU's primary context (the context libtorch computes in) at that GPU's first use, so the replicas
+/// of a data-parallel run, one thread per GPU, launch on their own GPU; a launch runs in the context of the GPU its
+/// tensors live on, whichever context the calling thread has current.
 /// Off on the CPU, where NVRTC or the driver is missing, when compilation fails, or with FINETUNE_KERNELS=off; every
-/// caller then takes its torch-op fallback (<see cref="FusedOps"/>).
+/// caller then takes its torch-op fallback (<see cref="FusedOps"/>). A GPU whose module cannot load takes the fallback
+/// alone.
 /// </summary>
 public static unsafe class CudaKernels
 {
@@ -23,9 +27,12 @@ public static unsafe class CudaKernels
     private const string SourceResource = "FineTune.Engine.Kernels.finetune_kernels.cu";
 
     private static readonly Lock Gate = new();
-    private static nint _module;
-    private static nint _context;
-    private static readonly Dictionary<string, nint> Functions = [];
+    private static PerDevice<DeviceModule>? _modules;
+    private static readonly Dictionary<int, (byte[] Image, string Description)> Images = []; // by architecture (major * 10 + minor)
+    private static string[] _options = [];
+    private static string _source = "";
+    private static string _folder = "";
+    private static int _nvrtcMajor, _nvrtcMinor;
 
     /// <summary>True once the kernels are compiled and loaded; false on the CPU and wherever they are off.</summary>
     public static bool Enabled { get; private set; }
@@ -39,12 +46,22 @@ public static unsafe class CudaKernels
     /// <summary>For tests: run with the kernels off (true) or back on (false, only where they loaded).</summary>
     internal static bool Suspended { get; set; }
 
-    /// <summary>True when a kernel may run on tensors of <paramref name="device"/>: GPU 0, whose context the kernels
-    /// are loaded in (the other GPUs of a data-parallel run take the torch ops).</summary>
-    public static bool On(Device device) => Enabled && !Suspended && device.type == DeviceType.CUDA && device.index <= 0;
+    /// <summary>True when a kernel may run on tensors of <paramref name="device"/>: a GPU whose context holds the
+    /// kernels (loaded here at the GPU's first use; a GPU where that failed takes the torch ops).</summary>
+    public static bool On(Device device) =>
+        Enabled && !Suspended && Ordinal(device) is int ordinal && _modules?.Get(ordinal) is not null;
+
+    /// <summary>The GPU ordinal of a CUDA device; null for other devices. A tensor's device always names its GPU; an
+    /// index-less "cuda" (torch.CUDA, the backend's device) is GPU 0, where libtorch puts its tensors unless a thread
+    /// chose another GPU.</summary>
+    internal static int? Ordinal(Device device) => device.type == DeviceType.CUDA ? Math.Max(0, (int)device.index) : null;
+
+    /// <summary>Why the kernels are off on GPU <paramref name="ordinal"/>, or null where they are on (or not tried yet).</summary>
+    public static string? FailureOn(int ordinal) => _modules?.Failure(ordinal);
 
     /// <summary>
-    /// Finds NVRTC and the driver, compiles (or takes from the cache) and loads the kernels for GPU 0. Called once by
+    /// Finds NVRTC and the driver, compiles (or takes from the cache) and loads the kernels for GPU 0; the other GPUs
+    /// load the same image (or their architecture's) at their first use. Called once by
     /// <see cref="Backend.ComputeBackend"/> after libtorch's CUDA start; <paramref name="libTorchFolder"/> is the
     /// folder libtorch came from (NVRTC is looked for beside it), or null.
     /// </summary>
@@ -73,40 +90,71 @@ public static unsafe class CudaKernels
     {
         Driver.Open();
         Check(Driver.Init(0), "cuInit");
-        int device, major, minor;
-        Check(Driver.DeviceGet(&device, 0), "cuDeviceGet");
-        Check(Driver.DeviceGetAttribute(&major, 75, device), "compute capability"); // CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
-        Check(Driver.DeviceGetAttribute(&minor, 76, device), "compute capability"); // ..._MINOR
-        nint context;
-        Check(Driver.PrimaryCtxRetain(&context, device), "cuDevicePrimaryCtxRetain");
-        _context = context;
+        int count;
+        Check(Driver.DeviceGetCount(&count), "cuDeviceGetCount");
+        if (count <= 0) throw new KernelException("the CUDA driver sees no GPU");
 
         string nvrtcPath = Nvrtc.Open(libTorchFolder);
-        Nvrtc.Version(out int nvMajor, out int nvMinor);
-        int deviceArch = major * 10 + minor;
+        Nvrtc.Version(out _nvrtcMajor, out _nvrtcMinor);
+        _source = ReadSource();
+        _folder = CacheFolder ?? DefaultCacheFolder();
+        _modules = new PerDevice<DeviceModule>(count, LoadOn);
+        // GPU 0 now, so /healthz reports a compile failure at start; the others when first used.
+        if (_modules.Get(0) is not { } first) throw new KernelException(_modules.Failure(0)!);
+        return $"on: NVRTC {_nvrtcMajor}.{_nvrtcMinor} ({Path.GetFileName(nvrtcPath)}), {first.Description} in {_folder}";
+    }
+
+    /// <summary>The kernels' module in GPU <paramref name="ordinal"/>'s primary context (compiled for its architecture or taken from the cache).</summary>
+    private static (DeviceModule? Module, string? Failure) LoadOn(int ordinal)
+    {
+        try
+        {
+            int device, major, minor;
+            Check(Driver.DeviceGet(&device, ordinal), "cuDeviceGet");
+            Check(Driver.DeviceGetAttribute(&major, 75, device), "compute capability"); // CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
+            Check(Driver.DeviceGetAttribute(&minor, 76, device), "compute capability"); // ..._MINOR
+            var (image, description) = ImageFor(major * 10 + minor);
+            nint context, module, popped;
+            Check(Driver.PrimaryCtxRetain(&context, device), "cuDevicePrimaryCtxRetain");
+            // Loaded with the GPU's context pushed, whatever the calling thread had current, and that one restored.
+            Check(Driver.CtxPushCurrent(context), "cuCtxPushCurrent");
+            try
+            {
+                fixed (byte* data = image) Check(Driver.ModuleLoadData(&module, data), "cuModuleLoadData");
+            }
+            finally
+            {
+                Driver.CtxPopCurrent(&popped);
+            }
+            return (new DeviceModule(context, module, description), null);
+        }
+        catch (Exception e) when (e is KernelException or IOException or UnauthorizedAccessException)
+        {
+            return (null, $"GPU {ordinal}: {e.Message}");
+        }
+    }
+
+    /// <summary>The compiled kernels for architecture <paramref name="deviceArch"/>: from this process, the cache, or NVRTC.</summary>
+    private static (byte[] Image, string Description) ImageFor(int deviceArch)
+    {
         int[] supported = Nvrtc.SupportedArchitectures();
         // A cubin for the device's own architecture; for a GPU newer than this NVRTC, PTX of the newest it knows,
         // which the driver compiles for the device.
         int arch = supported.Length == 0 || supported.Contains(deviceArch) ? deviceArch : supported.Where(a => a <= deviceArch).DefaultIfEmpty(0).Max();
-        if (arch == 0) throw new KernelException($"NVRTC {nvMajor}.{nvMinor} cannot compile for sm_{deviceArch}");
+        if (arch == 0) throw new KernelException($"NVRTC {_nvrtcMajor}.{_nvrtcMinor} cannot compile for sm_{deviceArch}");
         bool cubin = arch == deviceArch;
         string target = cubin ? $"sm_{arch}" : $"compute_{arch}";
-
-        string source = ReadSource();
-        string[] options = [$"--gpu-architecture={target}", "--fmad=false", "--std=c++17", "-default-device"];
-        string key = Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes($"{source}\n{string.Join(' ', options)}\nnvrtc {nvMajor}.{nvMinor}")))[..16].ToLowerInvariant();
-        string folder = CacheFolder ?? DefaultCacheFolder();
-        string cachePath = Path.Combine(folder, $"{target}-{key}.{(cubin ? "cubin" : "ptx")}");
-
-        bool fromCache = File.Exists(cachePath);
-        byte[] image = fromCache ? File.ReadAllBytes(cachePath) : Nvrtc.Compile(source, options, cubin);
-        if (!fromCache) TryWrite(cachePath, image);
-
-        EnsureContext();
-        nint module;
-        fixed (byte* data = image) Check(Driver.ModuleLoadData(&module, data), "cuModuleLoadData");
-        _module = module;
-        return $"on: NVRTC {nvMajor}.{nvMinor} ({Path.GetFileName(nvrtcPath)}), {target}{(fromCache ? ", cached" : ", compiled")} in {folder}";
+        lock (Images)
+        {
+            if (Images.TryGetValue(deviceArch, out var loaded)) return loaded;
+            string[] options = [$"--gpu-architecture={target}", "--fmad=false", "--std=c++17", "-default-device"];
+            string key = Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes($"{_source}\n{string.Join(' ', options)}\nnvrtc {_nvrtcMajor}.{_nvrtcMinor}")))[..16].ToLowerInvariant();
+            string cachePath = Path.Combine(_folder, $"{target}-{key}.{(cubin ? "cubin" : "ptx")}");
+            bool fromCache = File.Exists(cachePath);
+            byte[] image = fromCache ? File.ReadAllBytes(cachePath) : Nvrtc.Compile(_source, options, cubin);
+            if (!fromCache) TryWrite(cachePath, image);
+            return Images[deviceArch] = (image, $"{target}{(fromCache ? ", cached" : ", compiled")}");
+        }
     }
 
     public static string DefaultCacheFolder() =>
@@ -138,33 +186,52 @@ public static unsafe class CudaKernels
         }
     }
 
-    /// <summary>libtorch makes the primary context current on the threads it computes on; a thread that reaches a
-    /// kernel before any torch CUDA call (rare) gets it here.</summary>
-    private static void EnsureContext()
-    {
-        nint current;
-        if (Driver.CtxGetCurrent(&current) != 0 || current == 0) Check(Driver.CtxSetCurrent(_context), "cuCtxSetCurrent");
-    }
-
-    private static nint Function(string name)
-    {
-        lock (Gate)
-        {
-            if (Functions.TryGetValue(name, out var f)) return f;
-            nint function;
-            Check(Driver.ModuleGetFunction(&function, _module, name), $"cuModuleGetFunction({name})");
-            Functions[name] = function;
-            return function;
-        }
-    }
-
-    /// <summary>Launches <paramref name="name"/> on the legacy default stream; <paramref name="arguments"/> point at each argument's value.</summary>
-    internal static void Launch(string name, long gridX, int blockX, void** arguments)
+    /// <summary>
+    /// Launches <paramref name="name"/> on the legacy default stream of <paramref name="device"/>'s context (the GPU the
+    /// tensors in <paramref name="arguments"/> live on; <see cref="On"/> said yes for it). libtorch makes a GPU's
+    /// primary context current on the threads that compute on it, so the context is usually current already; where
+    /// it is not (a thread that computed on another GPU, or not at all yet), it is pushed for the launch and popped.
+    /// </summary>
+    internal static void Launch(Device device, string name, long gridX, int blockX, void** arguments)
     {
         if (gridX <= 0) return;
         if (gridX > int.MaxValue) throw new ArgumentOutOfRangeException(nameof(gridX), $"{name}: {gridX} blocks are more than one launch takes.");
-        EnsureContext();
-        Check(Driver.LaunchKernel(Function(name), (uint)gridX, 1, 1, (uint)blockX, 1, 1, 0, 0, arguments, null), name);
+        var module = (Ordinal(device) is int ordinal ? _modules?.Get(ordinal) : null)
+            ?? throw new InvalidOperationException($"{name}: the kernels are not loaded on {device}.");
+        nint function = module.Function(name);
+        nint current;
+        bool push = Driver.CtxGetCurrent(&current) != 0 || current != module.Context;
+        if (push) Check(Driver.CtxPushCurrent(module.Context), "cuCtxPushCurrent");
+        try
+        {
+            Check(Driver.LaunchKernel(function, (uint)gridX, 1, 1, (uint)blockX, 1, 1, 0, 0, arguments, null), name);
+        }
+        finally
+        {
+            if (push) Driver.CtxPopCurrent(&current);
+        }
+    }
+
+    /// <summary>The kernels loaded in one GPU's primary context, and the functions looked up in it so far.</summary>
+    private sealed class DeviceModule(nint context, nint module, string description)
+    {
+        private readonly Dictionary<string, nint> _functions = [];
+
+        public nint Context { get; } = context;
+
+        public string Description { get; } = description;
+
+        public nint Function(string name)
+        {
+            lock (_functions)
+            {
+                if (_functions.TryGetValue(name, out var f)) return f;
+                nint function;
+                Check(Driver.ModuleGetFunction(&function, module, name), $"cuModuleGetFunction({name})");
+                _functions[name] = function;
+                return function;
+            }
+        }
     }
 
     /// <summary>The tensor's device address (its data_ptr, storage offset included).</summary>
@@ -186,11 +253,13 @@ public static unsafe class CudaKernels
     {
         private static nint _library;
         public static delegate* unmanaged<uint, int> Init;
+        public static delegate* unmanaged<int*, int> DeviceGetCount;
         public static delegate* unmanaged<int*, int, int> DeviceGet;
         public static delegate* unmanaged<int*, int, int, int> DeviceGetAttribute;
         public static delegate* unmanaged<nint*, int, int> PrimaryCtxRetain;
         public static delegate* unmanaged<nint*, int> CtxGetCurrent;
-        public static delegate* unmanaged<nint, int> CtxSetCurrent;
+        public static delegate* unmanaged<nint, int> CtxPushCurrent;
+        public static delegate* unmanaged<nint*, int> CtxPopCurrent;
         public static delegate* unmanaged<nint*, byte*, int> ModuleLoadData;
         public static delegate* unmanaged<nint*, nint, byte*, int> ModuleGetFunctionRaw;
         public static delegate* unmanaged<nint, uint, uint, uint, uint, uint, uint, uint, nint, void**, void**, int> LaunchKernel;
@@ -202,11 +271,13 @@ public static unsafe class CudaKernels
             if (!NativeLibrary.TryLoad("libcuda.so.1", out var library) && !NativeLibrary.TryLoad("nvcuda.dll", out library))
                 throw new KernelException("the CUDA driver library (libcuda.so.1) was not found");
             Init = (delegate* unmanaged<uint, int>)Export(library, "cuInit");
+            DeviceGetCount = (delegate* unmanaged<int*, int>)Export(library, "cuDeviceGetCount");
             DeviceGet = (delegate* unmanaged<int*, int, int>)Export(library, "cuDeviceGet");
             DeviceGetAttribute = (delegate* unmanaged<int*, int, int, int>)Export(library, "cuDeviceGetAttribute");
             PrimaryCtxRetain = (delegate* unmanaged<nint*, int, int>)Export(library, "cuDevicePrimaryCtxRetain");
             CtxGetCurrent = (delegate* unmanaged<nint*, int>)Export(library, "cuCtxGetCurrent");
-            CtxSetCurrent = (delegate* unmanaged<nint, int>)Export(library, "cuCtxSetCurrent");
+            CtxPushCurrent = (delegate* unmanaged<nint, int>)Export(library, "cuCtxPushCurrent_v2");
+            CtxPopCurrent = (delegate* unmanaged<nint*, int>)Export(library, "cuCtxPopCurrent_v2");
             ModuleLoadData = (delegate* unmanaged<nint*, byte*, int>)Export(library, "cuModuleLoadData");
             ModuleGetFunctionRaw = (delegate* unmanaged<nint*, nint, byte*, int>)Export(library, "cuModuleGetFunction");
             LaunchKernel = (delegate* unmanaged<nint, uint, uint, uint, uint, uint, uint, uint, nint, void**, void**, int>)Export(library, "cuLaunchKernel");

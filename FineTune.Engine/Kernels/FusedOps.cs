@@ -52,7 +52,7 @@ public static unsafe class FusedOps
     internal static Tensor? Nf4MatVec(Tensor x, Nf4Data weight)
     {
         long outFeatures = weight.Shape[0], inFeatures = weight.Shape[1];
-        if (!CudaKernels.On(x.device) || Suffix(x.dtype) is not string suffix || x.numel() != inFeatures || inFeatures % 64 != 0
+        if (!CudaKernels.On(x.device) || Suffix(x.dtype) is not string suffix || x.device_index != weight.Packed.device_index || x.numel() != inFeatures || inFeatures % 64 != 0
             || !x.is_contiguous() || !Aligned(x) || !NoGradient(x) || !weight.Packed.is_contiguous() || outFeatures > int.MaxValue)
             return null;
         long[] shape = [.. x.shape[..^1], outFeatures];
@@ -78,12 +78,12 @@ public static unsafe class FusedOps
             ulong x = CudaKernels.Pointer(mv.X);
             int inFeatures = mv.In, outFeatures = mv.Out;
             void** args = stackalloc void*[] { &packed, &absmax, &codes, &nested, &offset, &map, &x, &y, &inFeatures, &outFeatures };
-            CudaKernels.Launch(kernel, blocks, Threads, args);
+            CudaKernels.Launch(output.device, kernel, blocks, Threads, args);
         }
         else
         {
             void** args = stackalloc void*[] { &packed, &absmax, &codes, &nested, &offset, &map, &y, &n };
-            CudaKernels.Launch(kernel, blocks, Threads, args);
+            CudaKernels.Launch(output.device, kernel, blocks, Threads, args);
         }
         GC.KeepAlive(table);
     }
@@ -102,7 +102,7 @@ public static unsafe class FusedOps
             int width = (int)h;
             float epsilon = (float)eps;
             void** args = stackalloc void*[] { &px, &pw, &py, &width, &epsilon };
-            CudaKernels.Launch($"rms_norm_{suffix}", x.numel() / Math.Max(1, h), h >= 1024 ? 1024 : 256, args);
+            CudaKernels.Launch(x.device, $"rms_norm_{suffix}", x.numel() / Math.Max(1, h), h >= 1024 ? 1024 : 256, args);
             return y;
         }
         return RmsNormWithTorch(x, weight, eps);
@@ -132,7 +132,7 @@ public static unsafe class FusedOps
             // 16 values a thread with 16-byte accesses where the size and addresses allow (the MLP's always do).
             bool wide = n % 16 == 0 && pg % 16 == 0 && pu % 16 == 0 && py % 16 == 0;
             long threads = wide ? n / 16 : n;
-            CudaKernels.Launch(wide ? $"silu_mul16_{suffix}" : $"silu_mul_{suffix}", (threads + Threads - 1) / Threads, Threads, args);
+            CudaKernels.Launch(gate.device, wide ? $"silu_mul16_{suffix}" : $"silu_mul_{suffix}", (threads + Threads - 1) / Threads, Threads, args);
             return y;
         }
         using var scope = NewDisposeScope();
@@ -159,7 +159,7 @@ public static unsafe class FusedOps
             long cb = cos.shape[0] == 1 ? 0 : cos.stride(0), ct = cos.stride(2);
             long total = x.numel();
             void** args = stackalloc void*[] { &px, &pc, &ps, &py, &heads, &tokens, &d, &xb, &xh, &xt, &cb, &ct, &total };
-            CudaKernels.Launch($"rotary_{suffix}", (total + Threads - 1) / Threads, Threads, args);
+            CudaKernels.Launch(x.device, $"rotary_{suffix}", (total + Threads - 1) / Threads, Threads, args);
             return y;
         }
         using var scope = NewDisposeScope();

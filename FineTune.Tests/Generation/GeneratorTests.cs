@@ -42,6 +42,47 @@ public sealed class GeneratorTests : IDisposable
     }
 
     [Fact]
+    public void Greedy_ids_are_the_host_argmax_of_each_full_forward()
+    {
+        int[] generated = _generator.Generate(Prompt, GenerationSettings.Greedy(12)).ToArray();
+
+        var sequence = Prompt.ToList();
+        using (no_grad())
+            for (int i = 0; i < 12; i++)
+            {
+                using var scope = NewDisposeScope();
+                var logits = _model.Logits(tensor(sequence.Select(id => (long)id).ToArray(), [1, sequence.Count])); // (1, T, V)
+                float[] last = logits[0, -1].to(ScalarType.Float32).data<float>().ToArray();
+                sequence.Add(LogitsProcessing.ArgMax(last));
+            }
+        Assert.Equal(sequence.Skip(Prompt.Length), generated);
+    }
+
+    /// <summary>
+    /// Plain greedy takes the argmax where the logits are, in their dtype; the host's ArgMax took it over fp32 copies.
+    /// Both pick the first of equal maxima (16-bit logits tie often), on the CPU and, where there is one, the GPU.
+    /// </summary>
+    [Theory]
+    [InlineData(ScalarType.BFloat16)]
+    [InlineData(ScalarType.Float16)]
+    [InlineData(ScalarType.Float32)]
+    public void Argmax_in_the_logits_dtype_picks_the_first_of_equal_maxima_as_the_host_does(ScalarType dtype)
+    {
+        using var scope = NewDisposeScope();
+        var devices = cuda.is_available() ? new[] { CPU, CUDA } : new[] { CPU };
+        foreach (var device in devices)
+            for (int draw = 0; draw < 20; draw++)
+            {
+                var logits = (randn(152064) * 4).to(dtype);
+                // The maximum again at three more positions: ties the way rounding to 16 bits makes them.
+                long first = logits.argmax().item<long>();
+                foreach (long at in new[] { 17L, 90000L, 152063L }) logits[at] = logits[first];
+                int host = LogitsProcessing.ArgMax(logits.to(ScalarType.Float32).data<float>().ToArray());
+                Assert.Equal(host, (int)logits.to(device).argmax().item<long>());
+            }
+    }
+
+    [Fact]
     public void Stops_after_a_stop_token_and_returns_it_last()
     {
         int[] free = _generator.Generate(Prompt, GenerationSettings.Greedy(8)).ToArray();
@@ -110,6 +151,31 @@ public sealed class GeneratorTests : IDisposable
         // With the first generated id as a stop id, nothing is shown.
         string none = await text.GenerateAsync(prompt, settings with { StopTokenIds = new HashSet<int> { ids[0] } });
         Assert.Equal("", none);
+    }
+
+    [Fact]
+    public async Task Pieces_carry_the_token_counts_and_why_generation_ended()
+    {
+        var tokenizer = TokenizerLoader.Load(ModelFixtures.Folder("qwen2"));
+        var text = new TextGenerator(_generator, tokenizer);
+        var settings = GenerationSettings.Greedy(7);
+        var pieces = new List<TextPiece>();
+        await foreach (var piece in text.StreamPiecesAsync(Prompt, settings)) pieces.Add(piece);
+
+        int[] ids = _generator.Generate(Prompt, settings).ToArray();
+        Assert.Equal(7, ids.Length);
+        Assert.All(pieces, p => Assert.Equal(Prompt.Length, p.PromptTokens));
+        Assert.Equal(new TextPiece(pieces[^1].Text, Prompt.Length, 7, FinishReason.Length), pieces[^1]); // max_new_tokens reached
+        Assert.All(pieces.SkipLast(1), p => Assert.Null(p.Finish));
+        Assert.Equal(pieces.Select(p => p.GeneratedTokens).Order(), pieces.Select(p => p.GeneratedTokens));
+        Assert.Equal(tokenizer.Decode(ids, skipSpecialTokens: true), string.Concat(pieces.Select(p => p.Text)));
+
+        // The third greedy id as a stop id: three ids generated (the stop one counted), two shown, finish "stop".
+        var stopped = new List<TextPiece>();
+        await foreach (var piece in text.StreamPiecesAsync(Prompt, settings with { StopTokenIds = new HashSet<int> { ids[2] } })) stopped.Add(piece);
+        Assert.Equal(FinishReason.Stop, stopped[^1].Finish);
+        Assert.Equal(Array.IndexOf(ids, ids[2]) + 1, stopped[^1].GeneratedTokens);
+        Assert.Equal(tokenizer.Decode(ids[..Array.IndexOf(ids, ids[2])], skipSpecialTokens: true), string.Concat(stopped.Select(p => p.Text)));
     }
 
     [Fact]

@@ -151,6 +151,46 @@ public class FusedOpsGpuTests
         Assert.True(Same(rotary, rotaryFallback), "RoPE: not bit-equal");
     }
 
+    /// <summary>
+    /// Every visible GPU loads the kernels into its own context and runs them there: from the test's thread (where
+    /// libtorch has GPU 0's context current, so GPU 1+ needs its own pushed) and from a fresh thread, as a
+    /// data-parallel replica's. With one GPU this covers GPU 0 from both threads; the two-GPU machine covers the rest.
+    /// </summary>
+    [GpuFact]
+    public void Every_gpu_runs_the_kernels_in_its_own_context()
+    {
+        Cuda();
+        for (int ordinal = 0; ordinal < cuda.device_count(); ordinal++)
+        {
+            var device = new Device(DeviceType.CUDA, ordinal);
+            Assert.True(CudaKernels.On(device), $"GPU {ordinal}: {CudaKernels.FailureOn(ordinal)}");
+            AssertKernelsEqualFallbacks(device);
+            Exception? failure = null;
+            var replica = new Thread(() =>
+            {
+                try { AssertKernelsEqualFallbacks(device); }
+                catch (Exception e) { failure = e; }
+            });
+            replica.Start();
+            replica.Join();
+            Assert.Null(failure);
+        }
+    }
+
+    private static void AssertKernelsEqualFallbacks(Device device)
+    {
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        var gate = (randn(5, 1024, device: device) * 4).to(ScalarType.BFloat16);
+        var up = randn(5, 1024, device: device).to(ScalarType.BFloat16);
+        var (swiglu, swigluFallback) = Both(() => FusedOps.SiluMul(gate, up));
+        Assert.Equal(device.index, swiglu.device_index);
+        Assert.True(Same(swiglu, swigluFallback), $"{device}: silu(gate) * up not bit-equal");
+        var data = Nf4.Quantize(randn(64, 256, device: device) * 0.05);
+        var (weight, weightFallback) = Both(() => Nf4.Dequantize(data, ScalarType.BFloat16));
+        Assert.True(Same(weight, weightFallback), $"{device}: NF4 dequantize not bit-equal");
+    }
+
     [GpuFact]
     public void With_gradients_the_ops_take_the_torch_path()
     {

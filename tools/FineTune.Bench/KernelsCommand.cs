@@ -4,6 +4,7 @@ using FineTune.Engine.Adapters;
 using FineTune.Engine.Backend;
 using FineTune.Engine.Kernels;
 using FineTune.Engine.Models;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace FineTune.Bench;
@@ -47,6 +48,39 @@ internal static class KernelsCommand
                 string line = $"{name,-22} {dtype,-9} equal={equal,-5} max|diff|={maxAbs:G3} scale={scale:G3} bound={(bound == 0 ? "exact" : bound.ToString("G3"))} {(pass ? "PASS" : "FAIL")}";
                 Console.WriteLine(line);
                 checks.Add(new JsonObject { ["case"] = name, ["dtype"] = dtype.ToString(), ["equal"] = equal, ["max_abs_diff"] = maxAbs, ["scale"] = scale, ["bound"] = bound, ["pass"] = pass });
+            }
+        }
+        // Every other GPU in its own context, from this thread (GPU 0's context current) and from a fresh one, as a
+        // data-parallel replica's thread.
+        for (int ordinal = 1; ordinal < cuda.device_count(); ordinal++)
+        {
+            var gpu = new Device(DeviceType.CUDA, ordinal);
+            foreach (bool freshThread in new[] { false, true })
+            {
+                bool pass = false;
+                string detail = "";
+                void Check()
+                {
+                    using var scope = NewDisposeScope();
+                    if (!CudaKernels.On(gpu)) { detail = CudaKernels.FailureOn(ordinal) ?? "off"; return; }
+                    var gate = (randn(5, 18944, device: gpu) * 4).to(ScalarType.BFloat16);
+                    var up = randn(5, 18944, device: gpu).to(ScalarType.BFloat16);
+                    var (kernel, fallback) = Both(() => FusedOps.SiluMul(gate, up));
+                    var data = Nf4.Quantize(randn(512, 896, device: gpu) * 0.05);
+                    var (w, wFallback) = Both(() => Nf4.Dequantize(data, ScalarType.BFloat16));
+                    pass = kernel.device_index == ordinal && kernel.eq(fallback).all().item<bool>() && w.eq(wFallback).all().item<bool>();
+                }
+                if (freshThread)
+                {
+                    var thread = new Thread(() => { try { Check(); } catch (Exception e) { detail = e.Message; } });
+                    thread.Start();
+                    thread.Join();
+                }
+                else Check();
+                allPass &= pass;
+                string name = $"GPU {ordinal}{(freshThread ? ", fresh thread" : "")}: silu mul + nf4 dequant";
+                Console.WriteLine($"{name,-50} {(pass ? "PASS" : $"FAIL {detail}")}");
+                checks.Add(new JsonObject { ["case"] = name, ["dtype"] = "BFloat16", ["equal"] = pass, ["pass"] = pass, ["detail"] = detail });
             }
         }
         result["checks"] = checks;
