@@ -23,30 +23,34 @@ public sealed class TrainingTimeService(EngineModels models, ILoggerFactory logg
     private readonly System.Collections.Concurrent.ConcurrentDictionary<string, MeasuredTime> _measured = new();
 
     /// <summary>The measurement made for exactly these settings and rows, if one was (it survives a reload of the page).</summary>
-    public MeasuredTime? Find(TrainingSettings settings, IReadOnlyList<QaRow> rows) =>
-        _measured.TryGetValue(Key(settings.ToJson(), rows), out var measured) ? measured : null;
+    public MeasuredTime? Find(TrainingSettings settings, IReadOnlyList<QaRow> rows, IReadOnlyList<Conversation> conversations) =>
+        _measured.TryGetValue(Key(settings.ToJson(), rows, conversations), out var measured) ? measured : null;
 
-    private static string Key(string settingsJson, IReadOnlyList<QaRow> rows)
+    private static string Key(string settingsJson, IReadOnlyList<QaRow> rows, IReadOnlyList<Conversation> conversations)
     {
         var hash = new HashCode();
         foreach (var row in rows) hash.Add(row);
-        return $"{rows.Count}|{hash.ToHashCode()}|{settingsJson}";
+        foreach (var message in conversations.SelectMany(c => c.Messages)) hash.Add(message);
+        return $"{rows.Count}|{conversations.Count}|{hash.ToHashCode()}|{settingsJson}";
     }
 
-    public async Task<MeasuredTime> MeasureAsync(TrainingSettings settings, IReadOnlyList<QaRow> rows, CancellationToken cancellationToken)
+    /// <summary>Measures the run these settings would start on <paramref name="rows"/> (Q&amp;A) or <paramref name="conversations"/> (chat data).</summary>
+    public async Task<MeasuredTime> MeasureAsync(TrainingSettings settings, IReadOnlyList<QaRow> rows, IReadOnlyList<Conversation> conversations,
+        CancellationToken cancellationToken)
     {
         string settingsJson = settings.ToJson();
         string folder = await models.ResolveFolderAsync(settings, cancellationToken);
-        var job = new EngineTrainingRunner(models, loggers).ToFineTuneJob(new TrainingJob(0, settings, rows, Path.GetTempPath()), folder)
+        var run = new TrainingJob(0, settings, rows, Path.GetTempPath()) { Conversations = conversations };
+        var job = new EngineTrainingRunner(models, loggers).ToFineTuneJob(run, folder)
             with { OutputFolder = null, CheckpointsFolder = null, ResumeFrom = null, MergedFolder = null };
         await _one.WaitAsync(cancellationToken);
         try
         {
             var estimate = await Task.Factory.StartNew(() => new FineTunePipeline(loggers).EstimateTime(job, MeasuredSteps, cancellationToken),
                 cancellationToken, TaskCreationOptions.LongRunning, TaskScheduler.Default);
-            var measured = new MeasuredTime(estimate, settingsJson, rows.Count);
+            var measured = new MeasuredTime(estimate, settingsJson, rows.Count + conversations.Count);
             if (_measured.Count > 32) _measured.Clear(); // a handful of settings tried per session; no need to keep old ones
-            _measured[Key(settingsJson, rows)] = measured;
+            _measured[Key(settingsJson, rows, conversations)] = measured;
             return measured;
         }
         finally

@@ -70,7 +70,7 @@ public sealed class TimeEstimateScenarioTests : IDisposable
         // What the page said before: FLOPs of the model's size at an assumed speed, without evaluation.
         var counter = new TokenCounter(NullLogger<TokenCounter>.Instance).For(settings);
         int tokens = (int)(epochs * rows.Sum(r => Math.Min(counter(r), settings.MaxSeqLength)));
-        var sizeFormula = TrainingEstimator.Time(ModelCatalog.ShapeOf(settings)!, tokens, settings, cuda: false, Environment.ProcessorCount);
+        var sizeFormula = TrainingEstimator.Time(ModelCatalog.FactsOf(settings)!, tokens, settings, cuda: false, Environment.ProcessorCount);
         var p = estimate.Projection;
         _log.WriteLine($"run {run.TotalSeconds:0.0} s (train + eval {outcome.TrainTime.TotalSeconds:0.0}); measured estimate {p.Total.TotalSeconds:0.0} s " +
             $"(train {p.Training.TotalSeconds:0.0} = {estimate.Workload.Steps} steps at {estimate.Measurement.SecondsPerStep:0.000} s, eval {p.Evaluation.TotalSeconds:0.0} = " +
