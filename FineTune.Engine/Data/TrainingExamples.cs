@@ -41,23 +41,47 @@ public static class TrainingExamples
         }, options, logger);
 
     /// <summary>
+    /// Conversations through the model's chat template, the loss on the assistant turns only
+    /// (<see cref="Tokenization.PromptTemplate.EncodeConversation"/>); a conversation can give several examples.
+    /// </summary>
+    public static ExampleSet Build(IEnumerable<Conversation> conversations, Tokenization.PromptTemplate template, ExampleOptions options, ILogger? logger = null) =>
+        Build(conversations.SelectMany((conversation, i) =>
+        {
+            int row = conversation.SourceRow > 0 ? conversation.SourceRow : i + 1;
+            try
+            {
+                return template.EncodeConversation(conversation.Messages).Select(e => (e.InputIds, e.Labels, row));
+            }
+            catch (Exception e) when (e is Tokenization.PromptTemplateException or Tokenization.Jinja.ChatTemplateException)
+            {
+                throw new Tokenization.PromptTemplateException($"The conversation from row {row}: {e.Message}");
+            }
+        }), options, logger);
+
+    /// <summary>Rows through <paramref name="encode"/> (ids and labels of one row).</summary>
+    public static ExampleSet Build(IEnumerable<QaRow> rows, Func<QaRow, (int[] InputIds, int[] Labels)> encode, ExampleOptions options, ILogger? logger = null) =>
+        Build(rows.Select((row, i) =>
+        {
+            var (ids, labels) = encode(row);
+            return (ids, labels, row.SourceRow > 0 ? row.SourceRow : i + 1);
+        }), options, logger);
+
+    /// <summary>
     /// Token ids and labels (-100 on the prompt: answer-only loss; with AnswerOnlyLoss false every token is a
     /// label), then shifted by one so Targets[t] = label[t+1] (what HF's causal-LM loss does inside the model).
-    /// Rows longer than MaxSeqLength are truncated at the end (counted, with a warning); a row left with nothing
-    /// to learn (its whole answer cut off) is dropped and named in the warning.
+    /// Rows longer than MaxSeqLength are truncated at the end, ids and labels alike (counted, with a warning); a row
+    /// left with nothing to learn (its whole answer cut off) is dropped and named in the warning.
     /// </summary>
-    public static ExampleSet Build(IEnumerable<QaRow> rows, Func<QaRow, (int[] InputIds, int[] Labels)> encode, ExampleOptions options, ILogger? logger = null)
+    public static ExampleSet Build(IEnumerable<(int[] InputIds, int[] Labels, int SourceRow)> encoded, ExampleOptions options, ILogger? logger = null)
     {
         if (options.MaxSeqLength < 2) throw new ArgumentOutOfRangeException(nameof(options), options.MaxSeqLength, "max_seq_length must be at least 2 tokens.");
         logger ??= NullLogger.Instance;
         var examples = new List<TrainingExample>();
         var dropped = new List<int>();
-        int truncated = 0, index = 0;
-        foreach (var row in rows)
+        int truncated = 0;
+        foreach (var (ids, encodedLabels, sourceRow) in encoded)
         {
-            index++;
-            var (ids, labels) = encode(row);
-            if (!options.AnswerOnlyLoss) labels = ids;
+            var labels = options.AnswerOnlyLoss ? encodedLabels : ids;
             int length = ids.Length;
             if (length > options.MaxSeqLength)
             {
@@ -68,7 +92,6 @@ public static class TrainingExamples
             var targets = new int[length];
             for (int t = 0; t < length - 1; t++) targets[t] = labels[t + 1];
             if (length > 0) targets[length - 1] = IgnoreIndex;
-            int sourceRow = row.SourceRow > 0 ? row.SourceRow : index;
             if (targets.All(t => t == IgnoreIndex))
             {
                 dropped.Add(sourceRow);

@@ -18,10 +18,14 @@ namespace FineTune.Engine.Distributed;
 /// exactly as separate processes (or machines) would, so only the id's transport changes past one process
 /// (docs/scale.md).
 /// </para>
+/// <para>
+/// Failure: every communicator exists before the replica threads start (made together on the creating thread), so when
+/// a replica fails or the run is cancelled, <see cref="Fail"/> aborts all of them (ncclCommAbort) and the step barrier:
+/// a replica waiting for the failed one, in a collective on its GPU or at the barrier, stops instead of waiting forever.
+/// </para>
 /// </summary>
 public sealed class DataParallelGroup : IDisposable
 {
-    private readonly Func<int, IReplicaCommunicator> _join;
     private readonly IReplicaCommunicator?[] _communicators;
     private readonly Barrier _stepBarrier;
     private readonly CancellationTokenSource _failed = new();
@@ -29,11 +33,11 @@ public sealed class DataParallelGroup : IDisposable
     private Action? _pendingStepAction;
     private bool _stopRequested;
 
-    private DataParallelGroup(IReadOnlyList<Device> devices, Func<int, IReplicaCommunicator> join)
+    private DataParallelGroup(IReadOnlyList<Device> devices, IReadOnlyList<IReplicaCommunicator> communicators)
     {
+        if (communicators.Count != devices.Count) throw new ArgumentException("One communicator per device.", nameof(communicators));
         Devices = devices;
-        _join = join;
-        _communicators = new IReplicaCommunicator?[devices.Count];
+        _communicators = [.. communicators];
         // The post-phase action runs once, on one thread, after every replica arrived: one cancellation decision and
         // one seeding for all replicas (two threads seeding the CUDA generators at once would race).
         _stepBarrier = new Barrier(devices.Count, _ =>
@@ -54,16 +58,15 @@ public sealed class DataParallelGroup : IDisposable
     /// A group over <paramref name="devices"/>: all CUDA (distinct GPUs, NCCL) or all CPU (threads summing through host memory).
     /// Turns NVLink multicast off first (<see cref="MulticastSafety"/>).
     /// </summary>
-    public static DataParallelGroup Create(IReadOnlyList<Device> devices)
+    public static DataParallelGroup Create(IReadOnlyList<Device> devices) => new(devices, Communicators(devices));
+
+    /// <summary>The communicators of a group over <paramref name="devices"/>, one per device in rank order, all joined.</summary>
+    internal static IReadOnlyList<IReplicaCommunicator> Communicators(IReadOnlyList<Device> devices)
     {
         ArgumentNullException.ThrowIfNull(devices);
         if (devices.Count < 2) throw new ArgumentException("Data-parallel training needs at least two devices.", nameof(devices));
         MulticastSafety.Apply();
-        if (devices.All(d => d.type == DeviceType.CPU))
-        {
-            var host = HostCommunicator.CreateGroup(devices.Count);
-            return new DataParallelGroup(devices, rank => host[rank]);
-        }
+        if (devices.All(d => d.type == DeviceType.CPU)) return HostCommunicator.CreateGroup(devices.Count);
         if (!devices.All(d => d.type == DeviceType.CUDA))
             throw new ArgumentException($"The devices of a data-parallel run must all be GPUs (or all CPUs); got {string.Join(", ", devices)}.", nameof(devices));
         var indices = devices.Select(d => d.index < 0 ? 0 : (int)d.index).ToList();
@@ -75,18 +78,20 @@ public sealed class DataParallelGroup : IDisposable
         // with "CUDA driver error: operation not permitted" (2 H200s, torch 2.11), while a process that had allocated
         // before the threads started ran.
         foreach (var device in devices) zeros(1, device: device).Dispose();
-        var id = Nccl.NewUniqueId();
-        return new DataParallelGroup(devices, rank => new NcclCommunicator(rank, devices.Count, id, indices[rank]));
+        // Connections between the ranks at init, not at the first collective: a collective call then never waits on the
+        // host for a peer that may have failed (see NcclCommunicator). Read by NCCL at its first init in this process.
+        if (OperatingSystem.IsLinux()) NativeEnvironment.Set("NCCL_RUNTIME_CONNECT", "0");
+        return NcclCommunicator.CreateGroup(indices);
     }
 
-    /// <summary>
-    /// Called on the replica's own thread before it touches its device: makes the device the thread's current one and
-    /// joins the communicator (blocks until every replica has joined).
-    /// </summary>
+    /// <summary>A group whose replicas use the given communicators, one per device in rank order (tests: failing or recording ones).</summary>
+    internal static DataParallelGroup Create(IReadOnlyList<Device> devices, IReadOnlyList<IReplicaCommunicator> communicators) => new(devices, communicators);
+
+    /// <summary>Called on the replica's own thread before it touches its device: makes the replica's GPU the thread's current one.</summary>
     public DataParallelReplica Join(int rank)
     {
-        var communicator = _join(rank);
-        _communicators[rank] = communicator;
+        var communicator = _communicators[rank] ?? throw new InvalidOperationException($"Replica {rank} has left the group.");
+        if (Devices[rank].type == DeviceType.CUDA) CudaRuntime.SetDevice(Devices[rank].index < 0 ? 0 : (int)Devices[rank].index);
         return new DataParallelReplica(this, communicator, Devices[rank]);
     }
 

@@ -41,7 +41,7 @@ internal static unsafe class Nccl
     // Signatures as in nccl.h; ncclComm_t and cudaStream_t are pointers, ncclResult_t/ncclDataType_t/ncclRedOp_t ints.
     private static int ncclGetVersion(out int version) { fixed (int* v = &version) return ((delegate* unmanaged<int*, int>)Export(nameof(ncclGetVersion)))(v); }
     private static int ncclGetUniqueId(out UniqueId id) { fixed (UniqueId* i = &id) return ((delegate* unmanaged<UniqueId*, int>)Export(nameof(ncclGetUniqueId)))(i); }
-    private static int ncclCommInitRank(out nint comm, int nranks, UniqueId id, int rank) { fixed (nint* c = &comm) return ((delegate* unmanaged<nint*, int, UniqueId, int, int>)Export(nameof(ncclCommInitRank)))(c, nranks, id, rank); }
+    private static int ncclCommInitRank(nint* comm, int nranks, UniqueId id, int rank) => ((delegate* unmanaged<nint*, int, UniqueId, int, int>)Export(nameof(ncclCommInitRank)))(comm, nranks, id, rank);
     private static int ncclCommDestroy(nint comm) => ((delegate* unmanaged<nint, int>)Export(nameof(ncclCommDestroy)))(comm);
     private static int ncclCommAbort(nint comm) => ((delegate* unmanaged<nint, int>)Export(nameof(ncclCommAbort)))(comm);
     private static int ncclAllReduce(nint sendbuff, nint recvbuff, nuint count, DataType datatype, ReduceOp op, nint comm, nint stream) =>
@@ -64,16 +64,62 @@ internal static unsafe class Nccl
         return id;
     }
 
-    /// <summary>Joins rank <paramref name="rank"/> of <paramref name="worldSize"/> on the calling thread's current CUDA device; blocks until every rank has joined.</summary>
-    public static nint InitRank(int worldSize, UniqueId id, int rank)
+    /// <summary>
+    /// The communicators of every rank of this process, one per GPU of <paramref name="cudaDevices"/> (rank = position),
+    /// made on the calling thread in one NCCL group: ncclCommInitRank per GPU between ncclGroupStart and ncclGroupEnd, as
+    /// ncclCommInitAll does. Made before any replica thread starts, so no rank can wait in ncclCommInitRank for a peer
+    /// whose thread failed first, and every communicator exists for <see cref="Abort"/> from the start. The unique id is
+    /// the same rendezvous that separate processes (or machines) would share (docs/scale.md). Leaves the calling thread
+    /// on the device it had.
+    /// </summary>
+    public static nint[] InitRanks(IReadOnlyList<int> cudaDevices)
     {
-        Check(ncclCommInitRank(out nint comm, worldSize, id, rank), nameof(ncclCommInitRank));
-        return comm;
+        int worldSize = cudaDevices.Count;
+        var id = NewUniqueId();
+        int previousDevice = CudaRuntime.CurrentDevice();
+        // NCCL writes each handle when its rank's init is queued; native memory stays put until the group has ended.
+        var handles = (nint*)NativeMemory.AllocZeroed((nuint)worldSize, (nuint)sizeof(nint));
+        try
+        {
+            int failure = 0;
+            string failedCall = nameof(ncclCommInitRank);
+            Check(ncclGroupStart(), nameof(ncclGroupStart));
+            try
+            {
+                for (int rank = 0; rank < worldSize && failure == 0; rank++)
+                {
+                    CudaRuntime.SetDevice(cudaDevices[rank]);                    // ncclCommInitRank joins the current device
+                    failure = ncclCommInitRank(handles + rank, worldSize, id, rank);
+                }
+            }
+            finally
+            {
+                int end = ncclGroupEnd();                                      // the inits run here, together
+                if (failure == 0 && end != 0) (failure, failedCall) = (end, nameof(ncclGroupEnd));
+            }
+            Check(failure, failedCall);
+            var comms = new nint[worldSize];
+            for (int rank = 0; rank < worldSize; rank++) comms[rank] = handles[rank];
+            return comms;
+        }
+        catch
+        {
+            for (int rank = 0; rank < worldSize; rank++) if (handles[rank] != 0) ncclCommAbort(handles[rank]);
+            throw;
+        }
+        finally
+        {
+            NativeMemory.Free(handles);
+            if (previousDevice >= 0) CudaRuntime.SetDevice(previousDevice);
+        }
     }
 
     public static void Destroy(nint comm) => Check(ncclCommDestroy(comm), nameof(ncclCommDestroy));
 
-    /// <summary>Frees the communicator and stops its operations in flight (the way out when a peer failed and will not join again).</summary>
+    /// <summary>
+    /// Stops the communicator's operations in flight, on the device too (a collective waiting for a peer that failed ends),
+    /// and frees it; in one process NCCL frees the shared resources once every rank's communicator is destroyed or aborted.
+    /// </summary>
     public static void Abort(nint comm) => ncclCommAbort(comm);
 
     public static void AllReduce(nint send, nint receive, long count, DataType type, ReduceOp op, nint comm, nint stream) =>

@@ -27,20 +27,37 @@ public interface IReplicaCommunicator : IDisposable
 /// NCCL over the replica's GPU. The collectives are queued on libtorch's default stream of that GPU (stream 0, the
 /// legacy default stream: TorchSharp 0.107 has no stream API, so every kernel of this replica runs there): the
 /// all-reduce starts after backward's last kernel and the optimizer's first kernel waits for it, with no host wait.
+/// <para>
+/// Made together for all ranks (<see cref="CreateGroup"/>), used by the replica's thread, aborted by whichever thread
+/// sees a failure first. The connections between ranks are made at init (NCCL_RUNTIME_CONNECT=0, set by the group),
+/// so a collective call only queues work and never waits on the host for a peer; a collective whose peer failed
+/// waits on the device instead, where <see cref="Abort"/> ends it. The gate keeps an abort from freeing the
+/// communicator in the middle of the owner's call.
+/// </para>
 /// </summary>
 public sealed class NcclCommunicator : IReplicaCommunicator
 {
     private const nint DefaultStream = 0;
+
+    /// <summary>How long an abort waits for the owner's NCCL call to return before aborting anyway (NCCL's abort flag ends a blocked call).</summary>
+    private static readonly TimeSpan AbortGateWait = TimeSpan.FromSeconds(10);
+
+    private readonly Lock _gate = new();
     private nint _comm;
 
-    /// <summary>Makes <paramref name="cudaDevice"/> the calling thread's device and joins the group; blocks until every rank has joined.</summary>
-    internal NcclCommunicator(int rank, int worldSize, Nccl.UniqueId id, int cudaDevice)
+    private NcclCommunicator(int rank, int worldSize, int cudaDevice, nint comm)
     {
-        CudaRuntime.SetDevice(cudaDevice);
         Rank = rank;
         WorldSize = worldSize;
         CudaDevice = cudaDevice;
-        _comm = Nccl.InitRank(worldSize, id, rank);
+        _comm = comm;
+    }
+
+    /// <summary>One communicator per GPU of <paramref name="cudaDevices"/>, rank = position, all joined (<see cref="Nccl.InitRanks"/>).</summary>
+    internal static IReadOnlyList<NcclCommunicator> CreateGroup(IReadOnlyList<int> cudaDevices)
+    {
+        var comms = Nccl.InitRanks(cudaDevices);
+        return [.. comms.Select((comm, rank) => new NcclCommunicator(rank, comms.Length, cudaDevices[rank], comm))];
     }
 
     public int Rank { get; }
@@ -49,39 +66,61 @@ public sealed class NcclCommunicator : IReplicaCommunicator
 
     public void AllReduceSum(params Tensor[] tensors)
     {
-        ObjectDisposedException.ThrowIf(_comm == 0, this);
-        Nccl.GroupStart();
-        try
+        lock (_gate)
         {
-            foreach (var t in tensors)
+            nint comm = Live();
+            Nccl.GroupStart();
+            try
             {
-                nint data = TensorMemory.DataPointer(Checked(t));
-                Nccl.AllReduce(data, data, t.numel(), TypeOf(t), Nccl.ReduceOp.Sum, _comm, DefaultStream);
+                foreach (var t in tensors)
+                {
+                    nint data = TensorMemory.DataPointer(Checked(t));
+                    Nccl.AllReduce(data, data, t.numel(), TypeOf(t), Nccl.ReduceOp.Sum, comm, DefaultStream);
+                }
             }
-        }
-        finally
-        {
-            Nccl.GroupEnd();
+            finally
+            {
+                Nccl.GroupEnd();
+            }
         }
     }
 
     public void Broadcast(Tensor tensor, int root = 0)
     {
-        ObjectDisposedException.ThrowIf(_comm == 0, this);
-        nint data = TensorMemory.DataPointer(Checked(tensor));
-        Nccl.Broadcast(data, data, tensor.numel(), TypeOf(tensor), root, _comm, DefaultStream);
+        lock (_gate)
+        {
+            nint data = TensorMemory.DataPointer(Checked(tensor));
+            Nccl.Broadcast(data, data, tensor.numel(), TypeOf(tensor), root, Live(), DefaultStream);
+        }
     }
 
     public void Abort()
     {
-        nint comm = Interlocked.Exchange(ref _comm, 0);
-        if (comm != 0) Nccl.Abort(comm);
+        bool entered = _gate.TryEnter(AbortGateWait);
+        try
+        {
+            nint comm = Interlocked.Exchange(ref _comm, 0);
+            if (comm != 0) Nccl.Abort(comm);
+        }
+        finally
+        {
+            if (entered) _gate.Exit();
+        }
     }
 
     public void Dispose()
     {
-        nint comm = Interlocked.Exchange(ref _comm, 0);
-        if (comm != 0) Nccl.Destroy(comm);
+        lock (_gate)
+        {
+            nint comm = Interlocked.Exchange(ref _comm, 0);
+            if (comm != 0) Nccl.Destroy(comm);
+        }
+    }
+
+    private nint Live()
+    {
+        nint comm = _comm;
+        return comm != 0 ? comm : throw new NcclException($"NCCL rank {Rank}: the communicator was aborted (another replica failed or the run was cancelled).");
     }
 
     private Tensor Checked(Tensor t)

@@ -10,6 +10,12 @@ public sealed record ChatMessage(string Role, string Content)
     public static ChatMessage Assistant(string content) => new("assistant", content);
 }
 
+/// <summary>A rendered chat and where its {% generation %} blocks' text is (UTF-16 start, end).</summary>
+public sealed record RenderedChat(string Text, IReadOnlyList<(int Start, int End)> GenerationSpans);
+
+/// <summary>Token ids and HF's assistant mask (1 on the tokens the assistant writes, else 0).</summary>
+public sealed record ChatEncoding(int[] InputIds, int[] AssistantMask);
+
 /// <summary>The conversation format a template writes, detected from its text (for the UI and for defaults).</summary>
 public enum ChatFormat { ChatMl, Llama3, Mistral, Other }
 
@@ -61,9 +67,16 @@ public sealed class ChatTemplate
     /// <summary>Fixes the clock templates read through strftime_now (Llama 3.2's "Today Date").</summary>
     public Func<DateTime> Now { get; init; } = () => DateTime.Now;
 
+    /// <summary>True when the template marks what the assistant writes with {% generation %} blocks (HF's assistant masks).</summary>
+    public bool HasGenerationMarkers => _template.HasGenerationBlocks;
+
     /// <param name="addGenerationPrompt">True for inference: end with the assistant header so the model answers.</param>
     /// <param name="variables">Extra template variables (e.g. enable_thinking=false for Qwen3).</param>
-    public string Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, IReadOnlyDictionary<string, object?>? variables = null)
+    public string Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, IReadOnlyDictionary<string, object?>? variables = null) =>
+        RenderTracked(messages, addGenerationPrompt, variables).Text;
+
+    /// <summary>The render with the character spans of its {% generation %} blocks (none when the template has no markers).</summary>
+    public RenderedChat RenderTracked(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt = false, IReadOnlyDictionary<string, object?>? variables = null)
     {
         var values = new Dictionary<string, object?>(StringComparer.Ordinal)
         {
@@ -81,7 +94,22 @@ public sealed class ChatTemplate
         }
         if (variables is not null)
             foreach (var (k, v) in variables) values[k] = v;
-        return _template.Render(values, Now);
+        var (text, spans) = _template.RenderTracked(values, Now);
+        return new RenderedChat(text, spans);
+    }
+
+    /// <summary>
+    /// HF apply_chat_template(tokenize=True, return_dict=True, return_assistant_tokens_mask=True): the ids of the render and
+    /// 1 on the tokens of its {% generation %} blocks (all 0 for a template without markers, as in transformers).
+    /// </summary>
+    public ChatEncoding EncodeWithAssistantMask(IReadOnlyList<ChatMessage> messages, IReadOnlyDictionary<string, object?>? variables = null)
+    {
+        if (_tokenizer is null) throw new InvalidOperationException("This chat template was created without a tokenizer.");
+        var rendered = RenderTracked(messages, addGenerationPrompt: false, variables);
+        var ids = _tokenizer.Encode(rendered.Text, addSpecialTokens: false);
+        var mask = rendered.GenerationSpans.Count == 0 ? new int[ids.Count]
+            : AssistantMask.FromCharSpans(TokenOffsets.Of(_tokenizer, rendered.Text, ids), ids.Count, rendered.GenerationSpans);
+        return new ChatEncoding([.. ids], mask);
     }
 
     /// <summary>Render and tokenize as HF apply_chat_template(tokenize=True): the text is encoded without adding BOS again.</summary>

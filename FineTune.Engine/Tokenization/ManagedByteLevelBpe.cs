@@ -98,16 +98,8 @@ internal sealed class ManagedByteLevelBpe
     public string Decode(IEnumerable<int> ids)
     {
         var bytes = new List<byte>();
-        Span<byte> utf8 = stackalloc byte[4];
         foreach (int id in ids)
-        {
-            if (!_tokens.TryGetValue(id, out string? token)) continue;
-            foreach (Rune rune in token.EnumerateRunes())
-            {
-                if (rune.Value < ByteLevel.CharToByte.Length && ByteLevel.CharToByte[rune.Value] is >= 0 and var b) bytes.Add((byte)b);
-                else bytes.AddRange(utf8[..rune.EncodeToUtf8(utf8)].ToArray());
-            }
-        }
+            if (_tokens.TryGetValue(id, out string? token)) ByteLevel.Unmap(token, bytes);
         return Encoding.UTF8.GetString(bytes.ToArray()); // invalid sequences become U+FFFD, as HF's from_utf8_lossy
     }
 
@@ -186,6 +178,24 @@ internal sealed class ManagedByteLevelBpe
     {
         public static readonly char[] ByteToChar = BuildTable();
         public static readonly int[] CharToByte = BuildReverse();
+
+        /// <summary>A byte-level token's bytes: each character of GPT-2's table is its byte; any other character its UTF-8.</summary>
+        public static byte[] Unmap(string token)
+        {
+            var bytes = new List<byte>(token.Length);
+            Unmap(token, bytes);
+            return [.. bytes];
+        }
+
+        public static void Unmap(string token, List<byte> bytes)
+        {
+            Span<byte> utf8 = stackalloc byte[4];
+            foreach (Rune rune in token.EnumerateRunes())
+            {
+                if (rune.Value < CharToByte.Length && CharToByte[rune.Value] is >= 0 and var b) bytes.Add((byte)b);
+                else foreach (byte u in utf8[..rune.EncodeToUtf8(utf8)]) bytes.Add(u);
+            }
+        }
 
         public static string Map(string text)
         {

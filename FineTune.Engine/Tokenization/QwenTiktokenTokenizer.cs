@@ -11,7 +11,7 @@ namespace FineTune.Engine.Tokenization;
 /// Like QWenTokenizer: text is NFC-normalized, specials written in the text are allowed, no BOS/EOS is
 /// ever added, and skip_special_tokens drops every id from &lt;|endoftext|&gt; up.
 /// </summary>
-public sealed class QwenTiktokenTokenizer : ITextTokenizer
+public sealed class QwenTiktokenTokenizer : ITextTokenizer, ITokenBytes
 {
     public const string Pattern =
         @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -91,6 +91,11 @@ public sealed class QwenTiktokenTokenizer : ITextTokenizer
         var ids = _tiktoken.EncodeToIds(token);
         return ids.Count == 1 && Decode(ids) == token ? ids[0] : null;
     }
+
+    /// <summary>A rank's bytes, or a special token's text in UTF-8.</summary>
+    public byte[]? TokenBytes(int id) =>
+        id >= 0 && id < _bytesById.Length ? _bytesById[id]
+        : _specialById.TryGetValue(id, out string? special) ? Encoding.UTF8.GetBytes(special) : null;
 
     public string? IdToToken(int id) =>
         _specialById.TryGetValue(id, out string? s) ? s

@@ -14,7 +14,7 @@ namespace FineTune.Engine.Tokenization;
 /// special; BOS/EOS are then added here from the post-processor (or from add_bos_token for Llama-class
 /// tokenizers, as transformers does) and special tokens are skipped here on request.
 /// </summary>
-public sealed class TokenizerJson : ITextTokenizer, IDisposable
+public sealed class TokenizerJson : ITextTokenizer, ITokenBytes, IDisposable
 {
     /// <summary>Which implementation runs tokenizer.json.</summary>
     public enum Runtime { Auto, Native, Managed }
@@ -28,6 +28,8 @@ public sealed class TokenizerJson : ITextTokenizer, IDisposable
     private readonly int[] _prefix;
     private readonly int[] _suffix;
     private readonly bool _cleanUpSpaces;
+    private readonly HashSet<int> _addedIds;
+    private readonly bool _byteLevel;
 
     public TokenizerJson(string tokenizerJsonPath, TokenizerSettings? settings = null, Runtime runtime = Runtime.Auto)
     {
@@ -47,6 +49,8 @@ public sealed class TokenizerJson : ITextTokenizer, IDisposable
             .Concat(settings.AddedTokensDecoder.Where(t => t.Special).Select(t => t.Id))
             .ToHashSet();
         VocabSize = _idToToken.Count == 0 ? 0 : _idToToken.Keys.Max() + 1;
+        _addedIds = added.Select(t => t.Id).ToHashSet();
+        _byteLevel = root["decoder"] is JsonObject { } decoder && decoder["type"]?.GetValue<string>() == "ByteLevel";
 
         Settings = settings;
         BosToken = settings.BosToken;
@@ -127,6 +131,17 @@ public sealed class TokenizerJson : ITextTokenizer, IDisposable
     }
 
     public int? TokenToId(string token) => _tokenToId.TryGetValue(token, out int id) ? id : null;
+
+    /// <summary>
+    /// Added tokens: their text in UTF-8. Byte-level vocabularies (ByteLevel decoder): each character back to its byte
+    /// (GPT-2's table). Others (SentencePiece-style pieces): null, their bytes are not the text's.
+    /// </summary>
+    public byte[]? TokenBytes(int id)
+    {
+        if (!_idToToken.TryGetValue(id, out string? token)) return null;
+        if (_addedIds.Contains(id)) return System.Text.Encoding.UTF8.GetBytes(token);
+        return _byteLevel ? ManagedByteLevelBpe.ByteLevel.Unmap(token) : null;
+    }
 
     public string? IdToToken(int id) => _idToToken.GetValueOrDefault(id);
 

@@ -20,6 +20,13 @@ public sealed record FineTuneJob
     /// <summary>The question–answer rows, made into examples through <see cref="Template"/>.</summary>
     public IReadOnlyList<QaRow> Rows { get; init; } = [];
 
+    /// <summary>
+    /// Multi-turn chats (a chat dataset), made into examples through the model's chat template with the loss on the
+    /// assistant turns only; needs <see cref="Template"/> to be <see cref="PromptStyle.ModelChatTemplate"/>. Trained
+    /// together with <see cref="Rows"/> when both are given.
+    /// </summary>
+    public IReadOnlyList<Conversation> Conversations { get; init; } = [];
+
     /// <summary>Examples already tokenized (the benchmark's data); when set, <see cref="Rows"/> and <see cref="Template"/> are not used.</summary>
     public IReadOnlyList<TrainingExample>? Examples { get; init; }
 
@@ -60,6 +67,9 @@ public sealed record FineTuneJob
     /// </summary>
     public IReadOnlyList<Device>? Devices { get; init; }
 
+    /// <summary>Diagnostics: time every step's phases per replica, the device synchronized at each (<see cref="StepPhaseClock"/>); slower.</summary>
+    public bool TimeStepPhases { get; init; }
+
     /// <summary>True when the job trains on more than one device.</summary>
     public bool IsDataParallel => Devices is { Count: > 1 };
 
@@ -96,4 +106,8 @@ public sealed record FineTuneJob
 /// <param name="DeviceCount">How many devices trained (replicas of a data-parallel run).</param>
 public sealed record FineTuneOutcome(
     TrainingResult Training, int TrainRows, int ValidationRows, string? AdapterFolder, string? MergedFolder,
-    bool GradientCheckpointing, TimeSpan LoadTime, TimeSpan TrainTime, int DeviceCount = 1);
+    bool GradientCheckpointing, TimeSpan LoadTime, TimeSpan TrainTime, int DeviceCount = 1)
+{
+    /// <summary>With <see cref="FineTuneJob.TimeStepPhases"/>: each replica's phase times, by rank.</summary>
+    public IReadOnlyList<StepPhaseTimes>? PhaseTimes { get; init; }
+}

@@ -40,6 +40,9 @@ public sealed class FineTunePipeline(ILoggerFactory? loggers = null)
 
     private readonly ILoggerFactory _loggers = loggers ?? NullLoggerFactory.Instance;
 
+    /// <summary>Makes the replicas' group of a data-parallel run (tests: communicators that fail on cue or record aborts).</summary>
+    internal Func<IReadOnlyList<Device>, DataParallelGroup> CreateGroup { get; init; } = DataParallelGroup.Create;
+
     /// <summary>Runs the job on a thread of its own (training blocks for minutes to hours).</summary>
     public Task<FineTuneOutcome> RunAsync(FineTuneJob job, IProgress<TrainingProgress>? progress, CancellationToken cancellationToken) =>
         Task.Factory.StartNew(() => Run(job, progress, cancellationToken), cancellationToken, TaskCreationOptions.LongRunning, TaskScheduler.Default);
@@ -64,7 +67,7 @@ public sealed class FineTunePipeline(ILoggerFactory? loggers = null)
     private FineTuneOutcome RunDataParallel(FineTuneJob job, IReadOnlyList<Device> devices, DataSplit split,
         IProgress<TrainingProgress>? progress, CancellationToken cancellationToken)
     {
-        using var group = DataParallelGroup.Create(devices);
+        using var group = CreateGroup(devices);
         _loggers.CreateLogger(LogCategory).LogInformation("Data parallel on {Count} devices ({Devices}); each optimizer step's rows are shared out",
             devices.Count, string.Join(", ", devices));
         var replicas = devices.Select((device, rank) => Task.Factory.StartNew(() =>
@@ -90,7 +93,11 @@ public sealed class FineTunePipeline(ILoggerFactory? loggers = null)
         {
             ExceptionDispatchInfo.Capture(first).Throw();
         }
-        return replicas[0].Result with { DeviceCount = devices.Count };
+        return replicas[0].Result with
+        {
+            DeviceCount = devices.Count,
+            PhaseTimes = job.TimeStepPhases ? [.. replicas.SelectMany(r => r.Result.PhaseTimes ?? [])] : null,
+        };
     }
 
     /// <summary>Loads, trains and (on the main replica) exports: the single-device run, or one replica of a data-parallel one.</summary>
@@ -109,7 +116,8 @@ public sealed class FineTunePipeline(ILoggerFactory? loggers = null)
 
         var options = job.Training with { UseLossScaling = model.ComputeDType == ScalarType.Float16 };
         string baseModelName = job.BaseModelName ?? PeftAdapter.BaseModelName(job.ModelFolder);
-        var trainer = new LoraTrainer(model.Trainable, job.Lora, baseModelName, main ? _loggers.CreateLogger<LoraTrainer>() : null) { Replica = replica };
+        var phaseClock = job.TimeStepPhases ? new StepPhaseClock(job.Device ?? ComputeBackend.Current.Device) : null;
+        var trainer = new LoraTrainer(model.Trainable, job.Lora, baseModelName, main ? _loggers.CreateLogger<LoraTrainer>() : null) { Replica = replica, PhaseClock = phaseClock };
         clock.Restart();
         // TensorBoard event files beside loss.csv in the adapter folder, written as the run goes (tensorboard --logdir watches live).
         using var tensorBoard = main && job.OutputFolder is not null ? new TensorBoardLog(Path.Combine(job.OutputFolder, TensorBoardLog.FolderName), progress) : null;
@@ -127,7 +135,7 @@ public sealed class FineTunePipeline(ILoggerFactory? loggers = null)
         if (main && job.MergedFolder is not null)
             AdapterExport.WriteMerged(job.MergedFolder, model.Model, model.Trainable.NamedLinears(), job.ModelFolder);
         return new FineTuneOutcome(result, split.Train.Count, split.Validation.Count, main ? job.OutputFolder : null, main ? job.MergedFolder : null,
-            model.Trainable.GradientCheckpointing, loadTime, trainTime);
+            model.Trainable.GradientCheckpointing, loadTime, trainTime) { PhaseTimes = phaseClock is null ? null : [phaseClock.Summary(replica?.Rank ?? 0)] };
     }
 
     /// <summary>The job's examples (built from its rows through its prompt template, or given), split for validation by its seed.</summary>
@@ -137,12 +145,21 @@ public sealed class FineTunePipeline(ILoggerFactory? loggers = null)
         return Batching.Split(examples, job.Training.Seed, job.ValidationFraction);
     }
 
-    /// <summary>Rows → token ids and labels through the job's template (the same PromptTemplate chat and generation use).</summary>
+    /// <summary>
+    /// Rows and conversations → token ids and labels through the job's template (the same PromptTemplate chat and
+    /// generation use); conversations with the loss on their assistant turns.
+    /// </summary>
     public ExampleSet BuildExamples(FineTuneJob job)
     {
         var tokenizer = TokenizerLoader.Load(job.ModelFolder);
         var template = PromptTemplate.Create(job.Template, tokenizer);
-        return TrainingExamples.Build(job.Rows, template, new ExampleOptions(job.MaxSeqLength, job.AnswerOnlyLoss), _loggers.CreateLogger("FineTune.Data"));
+        var options = new ExampleOptions(job.MaxSeqLength, job.AnswerOnlyLoss);
+        var logger = _loggers.CreateLogger("FineTune.Data");
+        if (job.Conversations.Count == 0) return TrainingExamples.Build(job.Rows, template, options, logger);
+        var chats = TrainingExamples.Build(job.Conversations, template, options, logger);
+        if (job.Rows.Count == 0) return chats;
+        var rows = TrainingExamples.Build(job.Rows, template, options, logger);
+        return new ExampleSet([.. rows.Examples, .. chats.Examples], rows.TruncatedCount + chats.TruncatedCount, [.. rows.DroppedSourceRows, .. chats.DroppedSourceRows]);
     }
 
     /// <summary>

@@ -31,6 +31,9 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
     /// </summary>
     public DataParallelReplica? Replica { get; init; }
 
+    /// <summary>Diagnostics: times each step's phases with the device synchronized (slower; the benchmark's --step-phases).</summary>
+    public StepPhaseClock? PhaseClock { get; init; }
+
     /// <summary>
     /// Runs (or resumes) training. <paramref name="checkpointsFolder"/> receives checkpoint-N folders when
     /// SaveSteps &gt; 0; <paramref name="resumeFrom"/> is a checkpoint folder to continue from.
@@ -138,7 +141,8 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
                     var elapsed = clock.Elapsed;
                     int done = step + 1 - startStep;
                     var eta = TimeSpan.FromSeconds(elapsed.TotalSeconds / Math.Max(1, done) * (totalSteps - step - 1));
-                    long? gpuMemory = device.type == DeviceType.CUDA ? GpuMemory.UsedBytes() : null;
+                    // Only where someone listens: an NVML call per step on every replica (and in benchmarks) is host time for nothing.
+                    long? gpuMemory = progress is not null && device.type == DeviceType.CUDA ? GpuMemory.UsedBytes() : null;
                     progress?.Report(logged
                         ? new TrainingProgress(step + 1, totalSteps, epochReached, lossSinceLog / stepsSinceLog, evalLoss, loggedLr, gradNorm,
                             tokensSeen / Math.Max(1e-9, elapsed.TotalSeconds), elapsed, eta, gpuMemory, savedCheckpoint)
@@ -241,6 +245,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         using var stepScope = NewDisposeScope();
         try
         {
+            PhaseClock?.StartStep();
             optimizer.ZeroGrad();
             // Summed on the device (fp64, as the host sum of fp32 items was) and read once with the gradient norm:
             // a read per micro-batch would stall the GPU queue each time.
@@ -254,13 +259,16 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
                 var hidden = model.HiddenStates(batch.InputIds, batch.PositionIds, batch.AttentionMask); // (B, T, H)
                 var loss = LossSum(hidden, batch, options.LossChunkSize).DividedBy(windowTargets);
                 lossSum.PlusInPlace(loss.detach().to(ScalarType.Float64));
+                PhaseClock?.End(StepPhaseClock.Forward);
                 (scaler is null ? loss : loss.Times(scaler.Scale)).backward();
+                PhaseClock?.End(StepPhaseClock.Backward);
             }
             // One flat buffer for every trainable gradient, plus the loss: one grouped all-reduce per step, queued behind
             // backward on the device's stream (no host wait). It is not split into buckets overlapping backward as DDP's
             // are: LoRA gradients are small (Qwen2-7B, r 16 on q/k/v/o: 10 M values, 40 MB), one transfer of a few
             // milliseconds at most against a step of hundreds, and with accumulation only the last micro-batch could overlap.
             Replica?.Communicator.AllReduceSum(optimizer.Gradients, lossSum);
+            PhaseClock?.End(StepPhaseClock.AllReduce);
             scaler?.Unscale(optimizer.Gradients);
             // The norm before clipping (what clip_grad_norm_ returns and HF logs); an inf/NaN gradient makes it non-finite,
             // which is the overflow check the loss scaler needs.
@@ -271,6 +279,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
             if (finite) optimizer.Step();
             else if (scaler is null) _logger.LogWarning("The gradient norm is {Norm}; the step was skipped. Lower the learning rate if this repeats.", gradNorm);
             scaler?.Update(finite);
+            PhaseClock?.End(StepPhaseClock.Optimizer);
             return (lossValue, gradNorm, tokens, scaler is not null && !finite);
         }
         catch (Exception e) when (IsOutOfMemory(e))

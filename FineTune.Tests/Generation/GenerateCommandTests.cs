@@ -68,8 +68,9 @@ public class GenerateCommandTests
     [Fact]
     public async Task An_unreadable_model_gives_one_clear_line()
     {
+        // Neither a folder nor a Hub id: a bad value of --model, a usage error.
         var missing = await Run("--model", "/no/such/model", "--prompt", "hi");
-        Assert.Equal(1, missing.Code);
+        Assert.Equal(2, missing.Code);
         Assert.Equal("", missing.Out);
         Assert.Single(missing.Err.TrimEnd('\n').Split('\n'));
         Assert.Contains("/no/such/model", missing.Err);

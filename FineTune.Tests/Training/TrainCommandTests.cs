@@ -6,6 +6,7 @@ using FineTune.Engine.Data;
 using FineTune.Engine.Generation;
 using FineTune.Engine.Models;
 using FineTune.Engine.Tokenization;
+using FineTune.Engine.Training;
 using FineTune.Tests.Adapters;
 using FineTune.Tests.Support;
 using FineTune.Web.Features.Data;
@@ -78,15 +79,46 @@ public class TrainCommandTests
     {
         string[] args = ["train", "--model", Fixture("qwen2"), "--data", TutorialCsv(), "--output", "a.zip"];
         if (value is not null) args = [.. args, "--gradient-checkpointing", value];
-        Assert.Equal(expected, TrainCommandOptions.Parse(args).Training.GradientCheckpointing);
+        Assert.Equal(expected, TrainCommand.Parse(args).Settings.ToTrainingOptions().GradientCheckpointing);
+    }
+
+    [Fact]
+    public void Options_bind_to_the_wizard_settings_and_map_to_the_engine_job_with_the_command_line_defaults()
+    {
+        string model = Fixture("qwen2");
+        var minimal = TrainCommand.Parse(["train", "--model", model, "--data", TutorialCsv(), "--output", "a.zip"]);
+        var job = minimal.Settings.ToFineTuneJob(model, [], "out", "ckpt");
+        // The command's defaults (as its help lists them), unchanged since it parsed its own options.
+        Assert.Equal(new TrainingOptions
+        {
+            Epochs = 3, LearningRate = 2e-4, BatchSize = 1, GradientAccumulationSteps = 4, SaveSteps = 0, SaveTotalLimit = 2, WarmupRatio = 0,
+            WarmupSteps = 0, Schedule = LearningRateScheduleKind.Linear, Seed = 42, LoggingSteps = 1, Layout = BatchLayout.Packed, GradientCheckpointing = null,
+        }, job.Training);
+        Assert.Equal((16, 32.0, 0.05), (job.Lora.Rank, job.Lora.Alpha, job.Lora.Dropout));
+        Assert.Equal(LoraSettings.DefaultTargetModules, job.Lora.Targets);
+        Assert.Equal((1024, 0.1, true, false, true), (job.MaxSeqLength, job.ValidationFraction, job.AnswerOnlyLoss, job.FourBit, job.DoubleQuantization));
+        Assert.Equal(new PromptTemplateSettings(PromptStyle.Tutorial), job.Template);
+        Assert.Null(job.BaseModelName); // a folder: the adapter names what its config.json says
+
+        var all = TrainCommand.Parse(["train", "--model", "Qwen/Qwen2.5-0.5B-Instruct", "--data", TutorialCsv(), "--output", "a.zip", "--epochs", "0.5",
+            "--alpha", "8", "--targets", "q_proj, v_proj", "--qlora", "--whole-text", "--template", "Q: {instruction}\\nA: {output}", "--schedule", "cosine",
+            "--layout", "grouped", "--warmup-steps", "3", "--max-length", "256", "--validation", "0", "--resume", "auto", "--merged", "m"]);
+        var hubJob = all.Settings.ToFineTuneJob("/cache/snapshot", [], "out", "ckpt");
+        Assert.Equal("Qwen/Qwen2.5-0.5B-Instruct", hubJob.BaseModelName);
+        Assert.Equal((0.5, LearningRateScheduleKind.Cosine, BatchLayout.LengthGrouped, 3), (hubJob.Training.Epochs, hubJob.Training.Schedule, hubJob.Training.Layout, hubJob.Training.WarmupSteps));
+        Assert.Equal(8.0, hubJob.Lora.Alpha);
+        Assert.Equal(["q_proj", "v_proj"], hubJob.Lora.Targets);
+        Assert.Equal((256, 0.0, false, true), (hubJob.MaxSeqLength, hubJob.ValidationFraction, hubJob.AnswerOnlyLoss, hubJob.FourBit));
+        Assert.Equal(new PromptTemplateSettings(PromptStyle.Custom, "Q: {instruction}\nA: {output}"), hubJob.Template);
+        Assert.Equal(("auto", "m"), (all.Resume, all.Merged));
     }
 
     [Fact]
     public void Double_quantization_is_on_unless_turned_off()
     {
         string[] args = ["train", "--model", Fixture("qwen2"), "--data", TutorialCsv(), "--output", "a.zip", "--qlora"];
-        Assert.True(TrainCommandOptions.Parse(args).DoubleQuantization);
-        Assert.False(TrainCommandOptions.Parse([.. args, "--no-double-quant"]).DoubleQuantization);
+        Assert.True(TrainCommand.Parse(args).Settings.ToFineTuneJob("m", [], "o", "c").DoubleQuantization);
+        Assert.False(TrainCommand.Parse([.. args, "--no-double-quant"]).Settings.ToFineTuneJob("m", [], "o", "c").DoubleQuantization);
     }
 
     [Fact]

@@ -1,9 +1,10 @@
+using System.CommandLine;
 using FineTune.Engine.Adapters;
-using FineTune.Engine.Backend;
 using FineTune.Engine.Export;
 using FineTune.Engine.Hub;
 using FineTune.Engine.Models;
 using FineTune.Engine.Tokenization;
+using static FineTune.Web.Headless.CommandOptions;
 
 namespace FineTune.Web.Headless;
 
@@ -17,40 +18,47 @@ public static class ExportGgufCommand
 {
     public const string Name = "export-gguf";
 
-    public const string Usage = "usage: export-gguf --model <folder|hub id> [--adapter <zip|folder>] --out <file.gguf> --type f16|q8_0|q4_0";
-
     public static readonly IReadOnlyDictionary<string, GgufFileType> Types = new Dictionary<string, GgufFileType>(StringComparer.Ordinal)
     {
         ["f16"] = GgufFileType.F16, ["q8_0"] = GgufFileType.Q8_0, ["q4_0"] = GgufFileType.Q4_0,
     };
 
-    /// <summary>Runs the command; <paramref name="args"/> excludes the word "export-gguf".</summary>
-    public static async Task<int> RunAsync(IReadOnlyList<string> args, TextWriter output, TextWriter error, CancellationToken cancellationToken = default)
+    public static Command Create(HeadlessConsole console)
     {
-        var values = new Dictionary<string, string>(StringComparer.Ordinal);
-        string[] known = ["--model", "--adapter", "--out", "--type"];
-        for (int i = 0; i < args.Count; i++)
+        var model = ModelOption.Create();
+        var adapter = Text("--adapter", "A LoRA adapter to merge in: the app's zip or a PEFT folder", "zip|folder");
+        var outPath = Text("--out", "The GGUF file to write; the Ollama Modelfile is written beside it", "file.gguf", required: true);
+        var type = Text("--type", "Weight type: f16, q8_0 or q4_0", "f16|q8_0|q4_0", required: true);
+        type.Validators.Add(r =>
         {
-            string? problem = !known.Contains(args[i]) ? $"unknown argument '{args[i]}'."
-                : i + 1 >= args.Count ? $"{args[i]} needs a value."
-                : !values.TryAdd(args[i], args[++i]) ? $"{args[i - 1]} is given twice."
-                : null;
-            if (problem is not null) return await UsageAsync(error, problem);
-        }
-        if (!values.TryGetValue("--model", out string? model)) return await UsageAsync(error, "--model is required.");
-        if (!values.TryGetValue("--out", out string? outPath)) return await UsageAsync(error, "--out is required.");
-        if (!values.TryGetValue("--type", out string? typeName)) return await UsageAsync(error, "--type is required.");
-        if (!Types.TryGetValue(typeName, out var type)) return await UsageAsync(error, $"--type '{typeName}' should be f16, q8_0 or q4_0.");
+            if (r.Tokens.Count > 0 && !Types.ContainsKey(r.Tokens[^1].Value)) r.AddError($"--type '{r.Tokens[^1].Value}' should be f16, q8_0 or q4_0.");
+        });
+        var command = new Command(Name, "Writes the model, with the adapter merged, as one GGUF file for llama.cpp / Ollama, and an Ollama Modelfile beside it")
+        {
+            model, adapter, outPath, type,
+        };
+        command.SetAction((parsed, cancellationToken) => RunAsync(
+            parsed.GetValue(model)!, parsed.GetValue(adapter), parsed.GetValue(outPath)!, parsed.GetValue(type)!, console, cancellationToken));
+        return command;
+    }
 
+    /// <summary>Runs the command; <paramref name="args"/> excludes the word "export-gguf".</summary>
+    public static Task<int> RunAsync(IReadOnlyList<string> args, TextWriter output, TextWriter error, CancellationToken cancellationToken = default, HubOptions? hub = null) =>
+        HeadlessCli.RunAsync([Name, .. args], new HeadlessConsole(output, error) { Hub = hub ?? new HubOptions() }, cancellationToken);
+
+    private static async Task<int> RunAsync(string model, string? adapterPath, string outPath, string typeName, HeadlessConsole console, CancellationToken cancellationToken)
+    {
+        var (output, error) = (console.Output, console.Error);
+        using var loggers = LineLoggerProvider.Factory(output);
+        if (HeadlessCli.Backend(console, Name, loggers) is null) return 1;
         string? extracted = null;
         try
         {
-            string folder = await GenerateCommand.ResolveModelFolderAsync(model, cancellationToken).ConfigureAwait(false);
-            string? adapter = values.TryGetValue("--adapter", out string? a) ? GenerateCommand.AdapterFolder(a, out extracted) : null;
-            ComputeBackend.Initialize();
+            string folder = await ModelOption.ResolveAsync(model, console.Hub, loggers, output, cancellationToken).ConfigureAwait(false);
+            string? adapter = adapterPath is null ? null : GenerateCommand.AdapterFolder(adapterPath, out extracted);
             var tokenizer = TokenizerLoader.Load(folder);
             string template = GenerateCommand.TrainedTemplate(adapter) ?? (ChatTemplate.ForTokenizer(tokenizer) is not null ? "chat" : "tutorial");
-            var options = new GgufExportOptions(type, adapter, GenerateCommand.TemplateSettings(template), Path.GetFileName(model.TrimEnd('/', '\\')))
+            var options = new GgufExportOptions(Types[typeName], adapter, GenerateCommand.TemplateSettings(template), Path.GetFileName(model.TrimEnd('/', '\\')))
             {
                 CancellationToken = cancellationToken,
             };
@@ -65,25 +73,14 @@ public static class ExportGgufCommand
             await error.WriteLineAsync("export-gguf: interrupted").ConfigureAwait(false);
             return 130;
         }
-        catch (Exception e) when (e is ModelFormatException or UnsupportedModelException or TokenizerLoadException or HubException
-                                      or AdapterFormatException or PromptTemplateException or GgufExportException or ArithmeticException
-                                      or IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException
-                                      or InvalidOperationException or InvalidDataException or HttpRequestException
-                                      or System.Runtime.InteropServices.ExternalException)
+        catch (Exception e) when (HeadlessCli.IsOneLineFailure(e))
         {
-            await error.WriteLineAsync($"export-gguf: {e.Message.ReplaceLineEndings(" ").Trim()}").ConfigureAwait(false);
+            await error.WriteLineAsync($"export-gguf: {HeadlessCli.OneLine(e.Message)}").ConfigureAwait(false);
             return 1;
         }
         finally
         {
             if (extracted is not null) Directory.Delete(extracted, recursive: true);
         }
-    }
-
-    private static async Task<int> UsageAsync(TextWriter error, string problem)
-    {
-        await error.WriteLineAsync($"export-gguf: {problem}").ConfigureAwait(false);
-        await error.WriteLineAsync(Usage).ConfigureAwait(false);
-        return 2;
     }
 }

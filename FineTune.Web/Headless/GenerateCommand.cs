@@ -1,4 +1,4 @@
-using System.Globalization;
+using System.CommandLine;
 using System.Text.Json;
 using FineTune.Engine.Adapters;
 using FineTune.Engine.Backend;
@@ -7,6 +7,7 @@ using FineTune.Engine.Generation;
 using FineTune.Engine.Hub;
 using FineTune.Engine.Models;
 using FineTune.Engine.Tokenization;
+using static FineTune.Web.Headless.CommandOptions;
 
 namespace FineTune.Web.Headless;
 
@@ -14,7 +15,7 @@ namespace FineTune.Web.Headless;
 /// <c>generate --model &lt;folder|hub id&gt; --prompt TEXT [--raw] [--template chat|tutorial|TEXT]
 /// [--greedy | --temperature T --top-p P [--top-k K]] [--max-new-tokens N] [--seed N] [--adapter &lt;zip|folder&gt;]</c>:
 /// prints only the generated text on stdout, as it is generated. Bad arguments or an unreadable model: one line
-/// on stderr and a non-zero exit code (2 for usage, 1 for everything else, 130 when interrupted).
+/// on stderr and a non-zero exit code (2 for usage, 1 for everything else, 130 when interrupted); engine warnings on stderr.
 /// Prompt formats: --raw (the text as is, BOS where the tokenizer adds one), chat (the model's chat template),
 /// tutorial or a custom template with {instruction} (both as the train command formats prompts). Default: the
 /// adapter's training template (its settings.json), else chat when the model has a chat template, else tutorial.
@@ -23,57 +24,35 @@ public static class GenerateCommand
 {
     public const string Name = "generate";
 
-    public const string Usage =
-        "usage: generate --model <folder|hub id> --prompt TEXT [--raw] [--template chat|tutorial|TEXT] " +
-        "[--greedy | --temperature T --top-p P [--top-k K]] [--max-new-tokens N] [--seed N] [--adapter <zip|folder>]";
-
-    /// <summary>Runs on the console (Ctrl+C stops generation); <paramref name="args"/> excludes the word "generate".</summary>
-    public static int Run(string[] args)
+    public static Command Create(HeadlessConsole console)
     {
-        using var cancel = new CancellationTokenSource();
-        ConsoleCancelEventHandler onCancel = (_, e) =>
-        {
-            e.Cancel = true;
-            cancel.Cancel();
-        };
-        Console.CancelKeyPress += onCancel;
-        try
-        {
-            return RunAsync(args, Console.Out, Console.Error, cancel.Token).GetAwaiter().GetResult();
-        }
-        finally
-        {
-            Console.CancelKeyPress -= onCancel;
-        }
+        var options = new Options();
+        var command = options.Command();
+        command.SetAction((parsed, cancellationToken) => RunAsync(options.Bind(parsed), console, cancellationToken));
+        return command;
     }
 
     /// <summary>Runs the command; <paramref name="args"/> excludes the word "generate".</summary>
-    public static async Task<int> RunAsync(IReadOnlyList<string> args, TextWriter output, TextWriter error, CancellationToken cancellationToken = default)
-    {
-        Options options;
-        try
-        {
-            options = Options.Parse(args);
-        }
-        catch (UsageException e)
-        {
-            await error.WriteLineAsync($"generate: {e.Message}").ConfigureAwait(false);
-            await error.WriteLineAsync(Usage).ConfigureAwait(false);
-            return 2;
-        }
+    public static Task<int> RunAsync(IReadOnlyList<string> args, TextWriter output, TextWriter error, CancellationToken cancellationToken = default, HubOptions? hub = null) =>
+        HeadlessCli.RunAsync([Name, .. args], new HeadlessConsole(output, error) { Hub = hub ?? new HubOptions() }, cancellationToken);
 
+    private static async Task<int> RunAsync(Arguments a, HeadlessConsole console, CancellationToken cancellationToken)
+    {
+        var (output, error) = (console.Output, console.Error);
+        // stdout is the generated text only: the engine's warnings go to stderr.
+        using var loggers = LineLoggerProvider.Factory(error, information: false);
+        if (HeadlessCli.Backend(console, Name, loggers) is null) return 1;
         string? extracted = null;
         try
         {
-            string folder = await ResolveModelFolderAsync(options.Model, cancellationToken).ConfigureAwait(false);
-            string? adapter = options.Adapter is null ? null : AdapterFolder(options.Adapter, out extracted);
-            ComputeBackend.Initialize();
+            string folder = await ModelOption.ResolveAsync(a.Model, console.Hub, loggers, error, cancellationToken).ConfigureAwait(false);
+            string? adapter = a.Adapter is null ? null : AdapterFolder(a.Adapter, out extracted);
             var tokenizer = TokenizerLoader.Load(folder);
-            using var model = ModelLoader.Load(folder);
+            using var model = ModelLoader.Load(folder, new ModelLoadOptions { Logger = loggers.CreateLogger("FineTune.Models") });
             if (adapter is not null) PeftAdapter.Load(adapter, model.NamedLinears());
             var text = new TextGenerator(new Generator(model), tokenizer);
-            var settings = options.Apply(text.DefaultSettings(folder));
-            var promptIds = EncodePrompt(options, tokenizer, adapter);
+            var settings = a.Apply(text.DefaultSettings(folder));
+            var promptIds = EncodePrompt(a, tokenizer, adapter);
             await foreach (string piece in text.StreamAsync(promptIds, settings, cancellationToken).ConfigureAwait(false))
             {
                 await output.WriteAsync(piece).ConfigureAwait(false);
@@ -86,29 +65,15 @@ public static class GenerateCommand
             await error.WriteLineAsync("generate: interrupted").ConfigureAwait(false);
             return 130;
         }
-        catch (Exception e) when (e is ModelFormatException or UnsupportedModelException or TokenizerLoadException or HubException
-                                      or AdapterFormatException or PromptTemplateException or FineTune.Engine.Tokenization.Jinja.ChatTemplateException
-                                      or IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException
-                                      or InvalidOperationException or InvalidDataException or HttpRequestException
-                                      or System.Runtime.InteropServices.ExternalException)
+        catch (Exception e) when (HeadlessCli.IsOneLineFailure(e))
         {
-            await error.WriteLineAsync($"generate: {OneLine(e.Message)}").ConfigureAwait(false);
+            await error.WriteLineAsync($"generate: {HeadlessCli.OneLine(e.Message)}").ConfigureAwait(false);
             return 1;
         }
         finally
         {
             if (extracted is not null) Directory.Delete(extracted, recursive: true);
         }
-    }
-
-    /// <summary>A model folder as it is; anything else is a Hub id, downloaded into (or found in) the Hub cache.</summary>
-    internal static async Task<string> ResolveModelFolderAsync(string model, CancellationToken cancellationToken)
-    {
-        if (Directory.Exists(model)) return Path.GetFullPath(model);
-        if (model.StartsWith('.') || model.StartsWith('/') || model.Contains('\\') || model.Count(c => c == '/') != 1)
-            throw new DirectoryNotFoundException($"--model {model}: no such folder (and not a Hub id such as Qwen/Qwen2.5-0.5B-Instruct).");
-        using var http = new HttpClient();
-        return await new HubDownloader(http).ResolveModelFolderAsync(model, cancellationToken: cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>An adapter folder, or a zip (the app's download) extracted to a temporary folder.</summary>
@@ -124,7 +89,7 @@ public static class GenerateCommand
         return File.Exists(Path.Combine(extracted, "adapter_config.json")) || inner.Length != 1 ? extracted : inner[0];
     }
 
-    private static IReadOnlyList<int> EncodePrompt(Options options, ITextTokenizer tokenizer, string? adapter)
+    private static IReadOnlyList<int> EncodePrompt(Arguments options, ITextTokenizer tokenizer, string? adapter)
     {
         if (options.Raw) return tokenizer.Encode(options.Prompt, addSpecialTokens: true);
         var chat = ChatTemplate.ForTokenizer(tokenizer);
@@ -164,11 +129,8 @@ public static class GenerateCommand
         }
     }
 
-    private static string OneLine(string message) => message.ReplaceLineEndings(" ").Trim();
-
-    private sealed class UsageException(string message) : Exception(message);
-
-    private sealed record Options(string Model, string Prompt)
+    /// <summary>What `generate` was asked for.</summary>
+    private sealed record Arguments(string Model, string Prompt)
     {
         public bool Raw { get; init; }
         public string? Template { get; init; }
@@ -197,56 +159,52 @@ public static class GenerateCommand
             settings.Validate();
             return settings;
         }
+    }
 
-        public static Options Parse(IReadOnlyList<string> args)
+    /// <summary>The command's options (one set per command, so validators are added once).</summary>
+    private sealed class Options
+    {
+        private readonly Option<string> _model = ModelOption.Create();
+        private readonly Option<string> _prompt = Text("--prompt", "The question (or, with --raw, the text to continue)", "text", required: true);
+        private readonly Option<bool> _raw = Flag("--raw", "The prompt as it is (BOS where the tokenizer adds one), no template");
+        private readonly Option<string> _template = Text("--template",
+            "chat (the model's chat template), tutorial (### 指令：/### 回應：) or a custom template with {instruction}; " +
+            "default: the adapter's training template, else chat where the model has one, else tutorial", "chat|tutorial|text");
+        private readonly Option<bool> _greedy = Flag("--greedy", "Always the likeliest token (default: the model's generation_config.json)");
+        private readonly Option<double?> _temperature = OptionalNumber("--temperature", "Sampling temperature", v => v > 0, "a number greater than 0");
+        private readonly Option<double?> _topP = OptionalNumber("--top-p", "Nucleus sampling: the smallest set of tokens holding this probability", v => v is > 0 and <= 1, "a number in (0, 1]");
+        private readonly Option<int?> _topK = OptionalInteger("--top-k", "Sample among the K likeliest tokens (0: off)", v => v >= 0, "0 (off) or a positive whole number");
+        private readonly Option<int?> _maxNewTokens = OptionalInteger("--max-new-tokens", "Stop after this many tokens", v => v >= 1, "a whole number of at least 1");
+        private readonly Option<int?> _seed = OptionalInteger("--seed", "Sampling seed, for a reproducible answer");
+        private readonly Option<string> _adapter = Text("--adapter", "A LoRA adapter: the app's zip or a PEFT folder", "zip|folder");
+
+        public Command Command()
         {
-            var values = new Dictionary<string, string>(StringComparer.Ordinal);
-            var flags = new HashSet<string>(StringComparer.Ordinal);
-            string[] valued = ["--model", "--prompt", "--template", "--temperature", "--top-p", "--top-k", "--max-new-tokens", "--seed", "--adapter"];
-            string[] flagNames = ["--raw", "--greedy"];
-            for (int i = 0; i < args.Count; i++)
+            var command = new Command(Name, "Prints the model's answer (with a LoRA adapter, if given) on stdout as it is generated; nothing else goes to stdout")
             {
-                string arg = args[i];
-                if (flagNames.Contains(arg)) flags.Add(arg);
-                else if (valued.Contains(arg))
-                {
-                    if (i + 1 >= args.Count) throw new UsageException($"{arg} needs a value.");
-                    if (!values.TryAdd(arg, args[++i])) throw new UsageException($"{arg} is given twice.");
-                }
-                else throw new UsageException($"unknown argument '{arg}'.");
-            }
-            if (!values.TryGetValue("--model", out string? model) || string.IsNullOrWhiteSpace(model)) throw new UsageException("--model is required.");
-            if (!values.TryGetValue("--prompt", out string? prompt)) throw new UsageException("--prompt is required.");
-            if (flags.Contains("--raw") && values.ContainsKey("--template")) throw new UsageException("--raw and --template exclude each other.");
-            bool sampling = values.ContainsKey("--temperature") || values.ContainsKey("--top-p") || values.ContainsKey("--top-k");
-            if (flags.Contains("--greedy") && sampling) throw new UsageException("--greedy excludes --temperature, --top-p and --top-k.");
-
-            return new Options(model, prompt)
-            {
-                Raw = flags.Contains("--raw"),
-                Greedy = flags.Contains("--greedy"),
-                Template = values.GetValueOrDefault("--template"),
-                Temperature = Number(values, "--temperature", v => v > 0, "a number greater than 0"),
-                TopP = Number(values, "--top-p", v => v > 0 && v <= 1, "a number in (0, 1]"),
-                TopK = Integer(values, "--top-k", v => v >= 0, "0 (off) or a positive whole number"),
-                MaxNewTokens = Integer(values, "--max-new-tokens", v => v >= 1, "a whole number of at least 1"),
-                Seed = Integer(values, "--seed", _ => true, "a whole number"),
-                Adapter = values.GetValueOrDefault("--adapter"),
+                _model, _prompt, _raw, _template, _greedy, _temperature, _topP, _topK, _maxNewTokens, _seed, _adapter,
             };
+            command.Validators.Add(result =>
+            {
+                if (result.GetResult(_raw) is not null && result.GetResult(_template) is not null)
+                    result.AddError("--raw and --template exclude each other.");
+                if (result.GetResult(_greedy) is not null && (result.GetResult(_temperature) ?? result.GetResult(_topP) ?? result.GetResult(_topK)) is not null)
+                    result.AddError("--greedy excludes --temperature, --top-p and --top-k.");
+            });
+            return command;
         }
 
-        private static double? Number(Dictionary<string, string> values, string key, Func<double, bool> valid, string expected)
+        public Arguments Bind(ParseResult parsed) => new(parsed.GetValue(_model)!, parsed.GetValue(_prompt)!)
         {
-            if (!values.TryGetValue(key, out string? text)) return null;
-            if (double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) && valid(v)) return v;
-            throw new UsageException($"{key} '{text}' should be {expected}.");
-        }
-
-        private static int? Integer(Dictionary<string, string> values, string key, Func<int, bool> valid, string expected)
-        {
-            if (!values.TryGetValue(key, out string? text)) return null;
-            if (int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out int v) && valid(v)) return v;
-            throw new UsageException($"{key} '{text}' should be {expected}.");
-        }
+            Raw = parsed.GetValue(_raw),
+            Greedy = parsed.GetValue(_greedy),
+            Template = parsed.GetValue(_template),
+            Temperature = parsed.GetValue(_temperature),
+            TopP = parsed.GetValue(_topP),
+            TopK = parsed.GetValue(_topK),
+            MaxNewTokens = parsed.GetValue(_maxNewTokens),
+            Seed = parsed.GetValue(_seed),
+            Adapter = parsed.GetValue(_adapter),
+        };
     }
 }

@@ -1,81 +1,194 @@
+using System.CommandLine;
 using System.Globalization;
 using FineTune.Engine.Adapters;
-using FineTune.Engine.Backend;
 using FineTune.Engine.Data;
+using FineTune.Engine.Hub;
 using FineTune.Engine.Models;
 using FineTune.Engine.Tokenization;
 using FineTune.Engine.Training;
 using FineTune.Web.Features.Data;
+using FineTune.Web.Features.Settings;
 using Microsoft.Extensions.Logging;
+using static FineTune.Web.Headless.CommandOptions;
 
 namespace FineTune.Web.Headless;
 
-/// <summary>A token cancelled by Ctrl+C (the first press; the process then ends after the current step).</summary>
-public static class CancelOnCtrlC
-{
-    public static CancellationToken Token
-    {
-        get
-        {
-            var source = new CancellationTokenSource();
-            Console.CancelKeyPress += (_, e) =>
-            {
-                if (source.IsCancellationRequested) return;
-                e.Cancel = true;
-                source.Cancel();
-            };
-            return source.Token;
-        }
-    }
-}
-
-/// <summary>Bad command-line input: the message says which option and what to write instead.</summary>
-public sealed class CommandLineException(string message) : ArgumentException(message);
-
 /// <summary>
-/// `train --model FOLDER --data FILE --output ZIP [options]`: LoRA/QLoRA training without the web server,
-/// one progress line per logging step, the PEFT adapter folder beside the zip.
+/// `train --model FOLDER|HUB_ID --data FILE --output ZIP [options]`: LoRA/QLoRA training without the web server, one
+/// progress line per logging step, the PEFT adapter folder beside the zip. The options bind to the wizard's
+/// <see cref="TrainingSettings"/>, whose <see cref="TrainingSettings.ToFineTuneJob"/> is the one mapping to the engine.
 /// Exit codes: 0 done, 2 bad input, 3 out of memory, 130 cancelled (Ctrl+C), 1 other failure.
 /// </summary>
 public static class TrainCommand
 {
-    public const string Usage = """
-        Usage: train --model <model folder> --data <file.xlsx|csv|tsv|jsonl|json> --output <adapter.zip> [options]
-          --epochs N          training epochs (3)                 --lr X              learning rate (2e-4)
-          --rank R            LoRA r (16)                         --alpha A           lora_alpha (32)
-          --dropout D         lora_dropout (0.05)                 --targets a,b,...   target modules (q_proj,k_proj,v_proj,o_proj)
-          --qlora             base model in NF4 (4-bit)           --max-length L      max tokens per row (1024)
-          --no-double-quant   with --qlora: keep the NF4 block scales in fp32 (default: double quantization, as the tutorial)
-          --batch B           rows per batch (1)                  --accum G           gradient accumulation (4)
-          --save-steps S      checkpoint every S steps (0: none)  --save-limit K      checkpoints kept (2)
-          --template T        tutorial (### 指令：/### 回應：), chat (the model's chat template), or a custom
-                              template with {instruction} and {output} (and {input}, {system}); \n for a new line
-          --whole-text        loss on prompt and answer (default: answer only)
-          --warmup-ratio R    (0)   --warmup-steps N (0)   --schedule linear|cosine|constant (linear)
-          --seed N (42)   --logging-steps N (1)   --validation F (0.1, used from 20 rows)   --layout packed|grouped
-          --resume DIR|auto   continue from a checkpoint (auto: the newest in the output's checkpoints folder)
-          --init-adapter DIR  start from these adapter weights instead of fresh ones (PEFT folder)
-          --merged DIR        also write base + LoRA merged as an HF model folder
-          --gradient-checkpointing auto|on|off   recompute layer activations in backward to save memory
-                              (auto: on with --qlora, as PEFT's prepare_model_for_kbit_training)
-        """;
+    public const string Name = "train";
 
-    public static int Run(string[] args, TextWriter output, TextWriter error, CancellationToken cancellationToken = default, ILoggerFactory? loggers = null)
+    /// <summary>What `train` was asked for: the run's settings, as the wizard holds them, and what only the command line says.</summary>
+    public sealed record Arguments(TrainingSettings Settings, string Data, string Output, string? Resume, string? InitAdapter, string? Merged);
+
+    public static Command Create(HeadlessConsole console)
     {
-        using var lines = loggers is null ? LineLoggerProvider.Factory(output) : null;
-        loggers ??= lines!;
+        var options = new Options();
+        var command = options.Command();
+        command.SetAction((parsed, cancellationToken) => Task.FromResult(Run(options.Bind(parsed), console, cancellationToken)));
+        return command;
+    }
+
+    /// <summary>The options bound as `train` runs with them, without running (no file is read); a usage error throws <see cref="ArgumentException"/>.</summary>
+    public static Arguments Parse(IReadOnlyList<string> args)
+    {
+        var options = new Options();
+        var parsed = options.Command().Parse(args is [Name, ..] ? [.. args.Skip(1)] : args);
+        return parsed.Errors.Count == 0 ? options.Bind(parsed) : throw new ArgumentException(parsed.Errors[0].Message);
+    }
+
+    /// <summary>Runs `train` with <paramref name="args"/> (with or without the word "train" first).</summary>
+    public static int Run(IReadOnlyList<string> args, TextWriter output, TextWriter error, CancellationToken cancellationToken = default, HubOptions? hub = null) =>
+        HeadlessCli.RunAsync(args is [Name, ..] ? args : [Name, .. args], new HeadlessConsole(output, error) { Hub = hub ?? new HubOptions() }, cancellationToken)
+            .GetAwaiter().GetResult();
+
+    /// <summary>The command's options (one set per command, so validators are added once).</summary>
+    private sealed class Options
+    {
+        private readonly Option<string> _model = ModelOption.Create();
+        private readonly Option<string> _data = Text("--data", "The question–answer rows: .xlsx, .csv/.tsv (encoding detected), .jsonl or .json", "file", required: true);
+        private readonly Option<string> _output = Text("--output", "The adapter zip to write; the PEFT adapter folder is written beside it (out/adapter.zip → out/adapter)", "adapter.zip", required: true);
+        private readonly Option<double> _epochs = Number("--epochs", "Training epochs (a fraction stops part-way)", 3, v => v > 0, "a number above 0");
+        private readonly Option<double> _learningRate = Number("--lr", "Peak learning rate", 2e-4);
+        private readonly Option<int> _rank = Integer("--rank", "LoRA r", 16);
+        private readonly Option<double> _alpha = Number("--alpha", "lora_alpha (the update is scaled by alpha / r)", 32);
+        private readonly Option<double> _dropout = Number("--dropout", "lora_dropout", 0.05);
+        private readonly Option<string> _targets = Text("--targets", "LoRA target modules, comma-separated [default: q_proj,k_proj,v_proj,o_proj]", "a,b,...");
+        private readonly Option<bool> _qlora = Flag("--qlora", "Base model in NF4 (4-bit), the tutorial's QLoRA");
+        private readonly Option<bool> _noDoubleQuant = Flag("--no-double-quant", "With --qlora: keep the NF4 block scales in fp32 (default: double quantization, as the tutorial)");
+        private readonly Option<int> _maxLength = Integer("--max-length", "Max tokens per row", 1024, v => v >= 16, "a whole number of at least 16");
+        private readonly Option<int> _batch = Integer("--batch", "Rows per batch", 1);
+        private readonly Option<int> _accumulation = Integer("--accum", "Gradient accumulation steps", 4);
+        private readonly Option<int> _saveSteps = Integer("--save-steps", "A checkpoint every S optimizer steps (0: none)", 0);
+        private readonly Option<int> _saveLimit = Integer("--save-limit", "Checkpoints kept", 2);
+        private readonly Option<string> _template = Text("--template",
+            "tutorial (### 指令：/### 回應：), chat (the model's chat template), or a custom template with {instruction} and {output} " +
+            "(and {input}, {system}); \\n for a new line [default: tutorial]", "tutorial|chat|text");
+        private readonly Option<bool> _wholeText = Flag("--whole-text", "Loss on prompt and answer (default: the answer only)");
+        private readonly Option<double> _warmupRatio = Number("--warmup-ratio", "Share of the optimizer steps warming the learning rate up", 0);
+        private readonly Option<int> _warmupSteps = Integer("--warmup-steps", "Warm-up in optimizer steps (wins over --warmup-ratio)", 0);
+        private readonly Option<LearningRateScheduleKind> _schedule = Choice("--schedule", "The learning-rate schedule after warm-up",
+            new Dictionary<string, LearningRateScheduleKind>
+            {
+                ["linear"] = LearningRateScheduleKind.Linear, ["cosine"] = LearningRateScheduleKind.Cosine, ["constant"] = LearningRateScheduleKind.Constant,
+            }, "linear");
+        private readonly Option<int> _seed = Integer("--seed", "Seed of the adapter's initialization, dropout and shuffling", 42);
+        private readonly Option<int> _loggingSteps = Integer("--logging-steps", "A progress line every N optimizer steps", 1);
+        private readonly Option<double> _validation = Number("--validation", "Share of the rows kept aside for eval loss (used from 20 rows)", 0.1, v => v is >= 0 and < 1, "a number in [0, 1)");
+        private readonly Option<BatchLayout> _layout = Choice("--layout", "packed: a batch's rows in one sequence (no padding); grouped: rows of similar length, padded",
+            new Dictionary<string, BatchLayout> { ["packed"] = BatchLayout.Packed, ["grouped"] = BatchLayout.LengthGrouped }, "packed");
+        private readonly Option<string> _resume = Text("--resume", "Continue from a checkpoint folder (auto: the newest in the output's checkpoints folder)", "folder|auto");
+        private readonly Option<string> _initAdapter = Text("--init-adapter", "Start from these adapter weights instead of fresh ones (a PEFT folder)", "folder");
+        private readonly Option<string> _merged = Text("--merged", "Also write base + LoRA merged as a Hugging Face model folder", "folder");
+        private readonly Option<Toggle> _gradientCheckpointing = Choice("--gradient-checkpointing",
+            "Recompute layer activations in backward to save memory (auto: on with --qlora, as PEFT's prepare_model_for_kbit_training)",
+            new Dictionary<string, Toggle> { ["auto"] = Toggle.Auto, ["on"] = Toggle.On, ["off"] = Toggle.Off }, "auto");
+
+        /// <summary>auto/on/off (not a bool?: System.CommandLine lets a bool option take only true/false after it).</summary>
+        private enum Toggle { Auto, On, Off }
+
+        public Command Command()
+        {
+            _data.Validators.Add(r =>
+            {
+                if (r.Tokens.Count > 0 && !File.Exists(r.Tokens[^1].Value)) r.AddError($"--data '{r.Tokens[^1].Value}' does not exist.");
+            });
+            _output.Validators.Add(r =>
+            {
+                if (r.Tokens.Count > 0 && !r.Tokens[^1].Value.EndsWith(".zip", StringComparison.OrdinalIgnoreCase))
+                    r.AddError($"--output must name a .zip file; got '{r.Tokens[^1].Value}'.");
+            });
+            _initAdapter.Validators.Add(r =>
+            {
+                if (r.Tokens.Count > 0 && !File.Exists(Path.Combine(r.Tokens[^1].Value, PeftAdapter.ConfigFile)))
+                    r.AddError($"--init-adapter '{r.Tokens[^1].Value}' has no {PeftAdapter.ConfigFile}.");
+            });
+            return new Command(Name, "LoRA/QLoRA fine-tuning without the web app: a progress line per logging step, the PEFT adapter and its zip at the end")
+            {
+                _model, _data, _output, _epochs, _learningRate, _rank, _alpha, _dropout, _targets, _qlora, _noDoubleQuant, _maxLength, _batch,
+                _accumulation, _saveSteps, _saveLimit, _template, _wholeText, _warmupRatio, _warmupSteps, _schedule, _seed, _loggingSteps,
+                _validation, _layout, _resume, _initAdapter, _merged, _gradientCheckpointing,
+            };
+        }
+
+        /// <summary>The command line as the wizard's settings (the same defaults the help lists).</summary>
+        public Arguments Bind(ParseResult parsed)
+        {
+            string model = parsed.GetValue(_model)!;
+            string? template = parsed.GetValue(_template);
+            var settings = new TrainingSettings
+            {
+                Source = Directory.Exists(model) ? ModelSource.Local : ModelSource.Hub,
+                Model = model,
+                LoraR = parsed.GetValue(_rank),
+                LoraAlpha = parsed.GetValue(_alpha),
+                LoraDropout = parsed.GetValue(_dropout),
+                TargetModules = parsed.GetValue(_targets) is { } targets
+                    ? [.. targets.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)]
+                    : [.. LoraSettings.DefaultTargetModules],
+                Epochs = parsed.GetValue(_epochs),
+                BatchSize = parsed.GetValue(_batch),
+                GradientAccumulationSteps = parsed.GetValue(_accumulation),
+                LearningRate = parsed.GetValue(_learningRate),
+                WarmupRatio = parsed.GetValue(_warmupRatio),
+                WarmupSteps = parsed.GetValue(_warmupSteps),
+                Schedule = parsed.GetValue(_schedule),
+                Layout = parsed.GetValue(_layout),
+                GradientCheckpointing = parsed.GetValue(_gradientCheckpointing) switch { Toggle.On => true, Toggle.Off => false, _ => null },
+                MaxSeqLength = parsed.GetValue(_maxLength),
+                LoggingSteps = parsed.GetValue(_loggingSteps),
+                SaveSteps = parsed.GetValue(_saveSteps),
+                SaveTotalLimit = parsed.GetValue(_saveLimit),
+                EvalFraction = parsed.GetValue(_validation),
+                AnswerOnlyLoss = !parsed.GetValue(_wholeText),
+                PromptTemplate = template switch
+                {
+                    null or "tutorial" => PromptStyle.Tutorial,
+                    "chat" => PromptStyle.ModelChatTemplate,
+                    _ => PromptStyle.Custom,
+                },
+                CustomTemplate = template is null or "tutorial" or "chat" ? null : template.Replace("\\n", "\n", StringComparison.Ordinal),
+                Quantization = parsed.GetValue(_qlora) ? Quantization.Nf4 : Quantization.None,
+                DoubleQuantization = !parsed.GetValue(_noDoubleQuant),
+                Seed = parsed.GetValue(_seed),
+            };
+            return new Arguments(settings, parsed.GetValue(_data)!, parsed.GetValue(_output)!,
+                parsed.GetValue(_resume), parsed.GetValue(_initAdapter), parsed.GetValue(_merged));
+        }
+    }
+
+    private static int Run(Arguments a, HeadlessConsole console, CancellationToken cancellationToken)
+    {
         try
         {
-            var options = TrainCommandOptions.Parse(args);
-            return Execute(options, output, loggers, cancellationToken);
+            // What only the engine knows to check (rank ≥ 1, dropout < 1, accumulation ≥ 1...), still a usage error.
+            a.Settings.ToLoraSettings().Validate();
+            a.Settings.ToTrainingOptions().Validate();
         }
-        catch (Exception e) when (e is CommandLineException or DataImportException or ArgumentException or FileNotFoundException
-                                       or DirectoryNotFoundException or ModelFormatException or UnsupportedModelException or AdapterFormatException or CheckpointException
-                                       or LoraTargetNotFoundException or InvalidDataException or NotSupportedException or PromptTemplateException)
+        catch (ArgumentOutOfRangeException e)
         {
-            error.WriteLine($"train: {e.Message}");
-            if (e is CommandLineException) error.WriteLine(Usage);
-            return 2;
+            return HeadlessCli.Usage(console, Name, e.Message);
+        }
+
+        var (output, error) = (console.Output, console.Error);
+        using var loggers = LineLoggerProvider.Factory(output);
+        if (HeadlessCli.Backend(console, Name, loggers) is null) return 1;
+        try
+        {
+            return Execute(a, console, loggers, cancellationToken);
+        }
+        catch (Exception e) when (e is DataImportException or ArgumentException or FileNotFoundException
+                                       or DirectoryNotFoundException or ModelFormatException or UnsupportedModelException or AdapterFormatException
+                                       or CheckpointException or LoraTargetNotFoundException or InvalidDataException or NotSupportedException
+                                       or PromptTemplateException)
+        {
+            error.WriteLine($"train: {HeadlessCli.OneLine(e.Message)}");
+            return HeadlessCli.UsageError;
         }
         catch (TrainingOutOfMemoryException e)
         {
@@ -87,34 +200,60 @@ public static class TrainCommand
             error.WriteLine("train: cancelled; the newest checkpoint (if any) can be resumed with --resume auto.");
             return 130;
         }
-        catch (Exception e) when (e is System.Runtime.InteropServices.ExternalException or InvalidOperationException or IOException or UnauthorizedAccessException)
+        catch (Exception e) when (e is HubException or HttpRequestException or System.Runtime.InteropServices.ExternalException
+                                       or InvalidOperationException or IOException or UnauthorizedAccessException)
         {
-            // libtorch errors, unwritable output folders...: one line for the user, the details for whoever reads the log.
-            error.WriteLine($"train: failed: {e.Message}");
-            loggers.CreateLogger("FineTune.Train").LogError(e, "train failed");
+            // libtorch errors, unwritable output folders, an unreachable Hub...: one line for the user, the details at debug level.
+            error.WriteLine($"train: failed: {HeadlessCli.OneLine(e.Message)}");
+            loggers.CreateLogger("FineTune.Train").LogDebug(e, "train failed");
             return 1;
         }
     }
 
-    private static int Execute(TrainCommandOptions o, TextWriter output, ILoggerFactory loggers, CancellationToken cancellationToken)
+    private static int Execute(Arguments a, HeadlessConsole console, ILoggerFactory loggers, CancellationToken cancellationToken)
     {
-        var backend = ComputeBackend.Initialize(loggers.CreateLogger("FineTune.Backend"));
-        output.WriteLine($"backend: {backend.Description}");
-
+        var output = console.Output;
         // Data: the web app's importer (Excel, CSV/TSV with encoding detection, JSONL/JSON).
         var importer = new DataImporter(new ExcelTableReader(loggers.CreateLogger<ExcelTableReader>()));
-        var file = importer.Parse(File.ReadAllBytes(o.Data), Path.GetFileName(o.Data));
-        var import = importer.Build(file, new ImportSettings(DataImporter.GuessSheet(file), MaxSeqLength: o.MaxLength));
+        var file = importer.Parse(File.ReadAllBytes(a.Data), Path.GetFileName(a.Data));
+        var import = importer.Build(file, new ImportSettings(DataImporter.GuessSheet(file), MaxSeqLength: a.Settings.MaxSeqLength));
         var rows = import.UsableRows;
-        if (rows.Count == 0)
-            throw new CommandLineException($"'{o.Data}' has no usable question–answer rows (each row needs a question and an answer).");
-        output.WriteLine($"data: {rows.Count} rows from {Path.GetFileName(o.Data)}");
+        var conversations = import.UsableConversations;
+        if (rows.Count == 0 && conversations.Count == 0)
+            throw new InvalidDataException(import.Chat is null
+                ? $"'{a.Data}' has no usable question–answer rows (each row needs a question and an answer)."
+                : $"'{a.Data}' has no usable conversations (each needs known roles, no empty turn, and the assistant's turn last).");
+        if (import.Chat is { } chat)
+        {
+            output.WriteLine($"data: {conversations.Count} conversations ({chat.Layout}) from {Path.GetFileName(a.Data)}");
+            var left = import.Conversations.Where(c => !c.IsUsable).ToList();
+            if (left.Count > 0)
+                output.WriteLine($"left out: {left.Count} conversations ({string.Join("; ", left.Take(10).Select(c => $"row {c.SourceRow}: {string.Join(", ", c.Issues.Where(i => i.IsBlocking).Select(i => i.Kind).Distinct())}"))})");
+        }
+        else output.WriteLine($"data: {rows.Count} rows from {Path.GetFileName(a.Data)}");
 
-        string adapterFolder = AdapterFolder(o.Output);
-        var job = o.ToJob(rows);
+        string model = ModelOption.ResolveAsync(a.Settings.Model, console.Hub, loggers, output, cancellationToken).GetAwaiter().GetResult();
+        string adapterFolder = AdapterFolder(a.Output);
+        string checkpoints = adapterFolder + ".checkpoints";
+        var job = a.Settings.ToFineTuneJob(model, rows, adapterFolder, checkpoints) with
+        {
+            Conversations = conversations,
+            ResumeFrom = a.Resume switch
+            {
+                null => null,
+                "auto" => Checkpoints.Latest(checkpoints) ?? throw new ArgumentException($"--resume auto: there is no checkpoint in '{checkpoints}' yet."),
+                var folder => folder,
+            },
+            InitAdapter = a.InitAdapter,
+            MergedFolder = a.Merged,
+        };
+        // Conversations are written the way the model chats unless a custom layout is asked for (the tutorial's holds one
+        // exchange), as the wizard does when a chat file is loaded.
+        if (import.Chat is not null && a.Settings.PromptTemplate == PromptStyle.Tutorial)
+            job = job with { Template = new PromptTemplateSettings(PromptStyle.ModelChatTemplate) };
         var outcome = new FineTunePipeline(loggers).Run(job, new LineProgress(output), cancellationToken);
-        AdapterExport.Zip(adapterFolder, o.Output);
-        output.WriteLine($"adapter: {o.Output} (folder {adapterFolder})");
+        AdapterExport.Zip(adapterFolder, a.Output);
+        output.WriteLine($"adapter: {a.Output} (folder {adapterFolder})");
         if (outcome.MergedFolder is not null) output.WriteLine($"merged model: {outcome.MergedFolder}");
         return 0;
     }
@@ -137,146 +276,5 @@ public static class TrainCommand
             }
             if (p.CheckpointPath is not null) output.WriteLine($"checkpoint: {p.CheckpointPath}");
         }
-    }
-}
-
-/// <summary>The parsed command line of `train`.</summary>
-public sealed record TrainCommandOptions(
-    string Model, string Data, string Output, LoraSettings Lora, TrainingOptions Training, int MaxLength, bool QLoRA,
-    string? Template, bool WholeText, double ValidationFraction, string? Resume, string? InitAdapter, string? Merged)
-{
-    private static readonly HashSet<string> Flags = ["--qlora", "--whole-text", "--no-double-quant"];
-
-    /// <summary>bitsandbytes' bnb_4bit_use_double_quant for the NF4 base (--no-double-quant turns it off).</summary>
-    public bool DoubleQuantization { get; init; } = true;
-
-    /// <summary>The engine's job for these options: the adapter folder beside the zip, checkpoints beside that.</summary>
-    public FineTuneJob ToJob(IReadOnlyList<QaRow> rows)
-    {
-        string adapterFolder = TrainCommand.AdapterFolder(Output);
-        string checkpoints = adapterFolder + ".checkpoints";
-        return new FineTuneJob
-        {
-            ModelFolder = Model,
-            Rows = rows,
-            Template = Template switch
-            {
-                null or "tutorial" => new PromptTemplateSettings(PromptStyle.Tutorial),
-                "chat" => new PromptTemplateSettings(PromptStyle.ModelChatTemplate),
-                var custom => new PromptTemplateSettings(PromptStyle.Custom, custom.Replace("\\n", "\n", StringComparison.Ordinal)),
-            },
-            MaxSeqLength = MaxLength,
-            AnswerOnlyLoss = !WholeText,
-            ValidationFraction = ValidationFraction,
-            Lora = Lora,
-            Training = Training,
-            FourBit = QLoRA,
-            DoubleQuantization = DoubleQuantization,
-            OutputFolder = adapterFolder,
-            CheckpointsFolder = checkpoints,
-            ResumeFrom = Resume switch
-            {
-                null => null,
-                "auto" => Checkpoints.Latest(checkpoints) ?? throw new CommandLineException($"--resume auto: there is no checkpoint in '{checkpoints}' yet."),
-                var folder => folder,
-            },
-            InitAdapter = InitAdapter,
-            MergedFolder = Merged,
-        };
-    }
-
-    public static TrainCommandOptions Parse(string[] args)
-    {
-        var values = new Dictionary<string, string>(StringComparer.Ordinal);
-        var flags = new HashSet<string>(StringComparer.Ordinal);
-        int start = args.Length > 0 && args[0] == "train" ? 1 : 0;
-        for (int i = start; i < args.Length; i++)
-        {
-            string a = args[i];
-            if (!a.StartsWith("--", StringComparison.Ordinal)) throw new CommandLineException($"Unexpected argument '{a}'. Options start with --.");
-            if (Flags.Contains(a)) { flags.Add(a); continue; }
-            if (i + 1 >= args.Length) throw new CommandLineException($"{a} needs a value.");
-            values[a] = args[++i];
-        }
-        string Required(string name) => values.TryGetValue(name, out var v) && !string.IsNullOrWhiteSpace(v)
-            ? v : throw new CommandLineException($"{name} is required.");
-        string? Optional(string name) => values.GetValueOrDefault(name);
-        double Number(string name, double fallback)
-        {
-            if (!values.TryGetValue(name, out var v)) return fallback;
-            return double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double d) && double.IsFinite(d)
-                ? d : throw new CommandLineException($"{name} must be a number; got '{v}'.");
-        }
-        int Integer(string name, int fallback)
-        {
-            if (!values.TryGetValue(name, out var v)) return fallback;
-            return int.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n)
-                ? n : throw new CommandLineException($"{name} must be a whole number; got '{v}'.");
-        }
-        var known = new HashSet<string>(["--model", "--data", "--output", "--epochs", "--lr", "--rank", "--alpha", "--dropout", "--targets",
-            "--max-length", "--batch", "--accum", "--save-steps", "--save-limit", "--template", "--warmup-ratio", "--warmup-steps",
-            "--schedule", "--seed", "--logging-steps", "--validation", "--layout", "--resume", "--init-adapter", "--merged", "--gradient-checkpointing"]);
-        var unknown = values.Keys.FirstOrDefault(k => !known.Contains(k));
-        if (unknown is not null) throw new CommandLineException($"Unknown option {unknown}.");
-
-        string model = Required("--model");
-        if (!Directory.Exists(model)) throw new CommandLineException($"--model '{model}' is not a folder. Give a Hugging Face model folder (config.json, *.safetensors, tokenizer.json).");
-        if (!File.Exists(Path.Combine(model, "config.json"))) throw new CommandLineException($"--model '{model}' has no config.json; it is not a Hugging Face model folder.");
-        string data = Required("--data");
-        if (!File.Exists(data)) throw new CommandLineException($"--data '{data}' does not exist.");
-        string output = Required("--output");
-        if (!output.EndsWith(".zip", StringComparison.OrdinalIgnoreCase)) throw new CommandLineException($"--output must name a .zip file; got '{output}'.");
-
-        var lora = new LoraSettings(
-            Integer("--rank", 16), Number("--alpha", 32), Number("--dropout", 0.05),
-            Optional("--targets")?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
-        var schedule = Optional("--schedule") switch
-        {
-            null or "linear" => LearningRateScheduleKind.Linear,
-            "cosine" => LearningRateScheduleKind.Cosine,
-            "constant" => LearningRateScheduleKind.Constant,
-            var s => throw new CommandLineException($"--schedule must be linear, cosine or constant; got '{s}'."),
-        };
-        var layout = Optional("--layout") switch
-        {
-            null or "packed" => BatchLayout.Packed,
-            "grouped" => BatchLayout.LengthGrouped,
-            var s => throw new CommandLineException($"--layout must be packed or grouped; got '{s}'."),
-        };
-        bool? checkpointing = Optional("--gradient-checkpointing") switch
-        {
-            null or "auto" => null,
-            "on" => true,
-            "off" => false,
-            var s => throw new CommandLineException($"--gradient-checkpointing must be auto, on or off; got '{s}'."),
-        };
-        var training = new TrainingOptions
-        {
-            Epochs = Number("--epochs", 3), LearningRate = Number("--lr", 2e-4), BatchSize = Integer("--batch", 1),
-            GradientAccumulationSteps = Integer("--accum", 4), SaveSteps = Integer("--save-steps", 0), SaveTotalLimit = Integer("--save-limit", 2),
-            WarmupRatio = Number("--warmup-ratio", 0), WarmupSteps = Integer("--warmup-steps", 0), Schedule = schedule,
-            Seed = Integer("--seed", 42), LoggingSteps = Integer("--logging-steps", 1), Layout = layout,
-            GradientCheckpointing = checkpointing,
-        };
-        try
-        {
-            lora.Validate();
-            training.Validate();
-        }
-        catch (ArgumentOutOfRangeException e)
-        {
-            throw new CommandLineException(e.Message);
-        }
-        int maxLength = Integer("--max-length", 1024);
-        if (maxLength < 16) throw new CommandLineException($"--max-length must be at least 16 tokens; got {maxLength}.");
-        double validation = Number("--validation", 0.1);
-        if (validation < 0 || validation >= 1) throw new CommandLineException($"--validation must be in [0, 1); got {validation}.");
-        string? init = Optional("--init-adapter");
-        if (init is not null && !File.Exists(Path.Combine(init, PeftAdapter.ConfigFile))) throw new CommandLineException($"--init-adapter '{init}' has no {PeftAdapter.ConfigFile}.");
-        return new TrainCommandOptions(model, data, output, lora, training, maxLength, flags.Contains("--qlora"), Optional("--template"),
-            flags.Contains("--whole-text"), validation, Optional("--resume"), init, Optional("--merged"))
-        {
-            DoubleQuantization = !flags.Contains("--no-double-quant"),
-        };
     }
 }

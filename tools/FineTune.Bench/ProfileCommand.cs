@@ -9,8 +9,8 @@ using static TorchSharp.torch;
 namespace FineTune.Bench;
 
 /// <summary>
-/// `profile --model DIR --workload qa|dense [--data qa.jsonl] [--steps 20] [--qlora]`: where a training step's time
-/// goes. Runs the trainer's step (collate, forward, loss, backward, clip + AdamW) phase by phase, twice: as the
+/// `profile --model DIR (--workload qa|dense | --cells dense:4,qa:8,...) [--data qa.jsonl] [--steps 20] [--qlora]`: where a training step's time
+/// goes, per workload and rows per step (cell). Runs the trainer's step (collate, forward, loss, backward, clip + AdamW) phase by phase, twice: as the
 /// trainer does (host time per phase; the GPU runs behind) and with a device sync after each phase (device time per
 /// phase). Host time close to the synced time means the step is bound by the host (launch and dispatch cost).
 /// Also the host cost of one small op (`overhead`), to compare with PyTorch's from Python on the same machine.
@@ -23,88 +23,104 @@ internal static class ProfileCommand
     {
         var o = new Options(args);
         string modelFolder = o.Required("model");
-        string workload = o.Required("workload");
         int steps = o.Int("steps", 20);
         bool qlora = o.Flag("qlora");
-        var (examples, batchSize) = workload switch
+        // --cells dense:4,dense:2,qa:8,qa:4 profiles several workloads and rows per step after one model load (a replica of a
+        // 2-GPU run trains half of each step: compare its rows alone with the whole step); default: --workload at its batch.
+        var cells = (o.Optional("cells") ?? o.Required("workload")).Split(',').Select(cell =>
         {
-            "qa" => (TrainBenchCommand.QaExamples(o.Required("data"), 8 * (steps + 3) * 2), 8),
-            "dense" => (TrainBenchCommand.DenseExamples(4 * (steps + 3) * 2), 4),
+            var parts = cell.Split(':');
+            string workload = parts[0];
+            int batch = parts.Length > 1 ? int.Parse(parts[1], System.Globalization.CultureInfo.InvariantCulture) : workload == "qa" ? 8 : 4;
+            return (workload, batch);
+        }).ToList();
+        List<TrainingExample> Examples(string workload, int batch) => workload switch
+        {
+            "qa" => TrainBenchCommand.QaExamples(o.Required("data"), batch * (steps + 3) * 2),
+            "dense" => TrainBenchCommand.DenseExamples(batch * (steps + 3) * 2),
             _ => throw new ArgumentException($"--workload {workload}: use qa or dense."),
         };
         // The benchmark's job (tools/bench/reference.py's settings), loaded by the pipeline that trains it.
-        var job = TrainBenchCommand.Job(modelFolder, examples, batchSize, qlora, BatchLayout.Packed, gradientCheckpointing: null, backend);
+        var first = Examples(cells[0].workload, cells[0].batch);
+        var job = TrainBenchCommand.Job(modelFolder, first, cells[0].batch, qlora, BatchLayout.Packed, gradientCheckpointing: null, backend);
         using var loaded = new FineTunePipeline().LoadModel(job);
         var model = loaded.Model;
         var trainable = loaded.Trainable;
-        var lora = job.Lora;
         var parameters = model.parameters().Where(p => p.requires_grad).ToList();
         using var optimizer = new FlatAdamW(parameters, 2e-4);
-        var trainer = new LoraTrainer(trainable, lora, modelFolder);
-        var batches = Batching.MakeBatches(examples, [.. Enumerable.Range(0, examples.Count)], batchSize, BatchLayout.Packed);
+        var trainer = new LoraTrainer(trainable, job.Lora, modelFolder);
         model.train();
 
-        var result = new JsonObject { ["workload"] = workload, ["mode"] = qlora ? "qlora-nf4" : "lora-16bit", ["gpu"] = backend.Description };
-        int next = 0;
-        foreach (bool synced in new[] { false, true, false })
+        var results = new JsonArray();
+        foreach (var (workload, batchSize) in cells)
         {
-            var totals = new double[Phases.Length];
-            double wall = 0;
-            long tokens = 0;
-            for (int s = 0; s < steps + 3; s++)
+            var examples = Examples(workload, batchSize);
+            var batches = Batching.MakeBatches(examples, [.. Enumerable.Range(0, examples.Count)], batchSize, BatchLayout.Packed);
+            var result = new JsonObject { ["workload"] = workload, ["rows_per_step"] = batchSize, ["mode"] = qlora ? "qlora-nf4" : "lora-16bit", ["gpu"] = backend.Description };
+            int next = 0;
+            foreach (bool synced in new[] { false, true })
             {
-                bool measured = s >= 3; // three warm-up steps (allocator, cuBLAS handles, autotuning)
-                var times = new double[Phases.Length];
-                var stepClock = Stopwatch.StartNew();
-                var clock = Stopwatch.StartNew();
-                void Mark(int phase)
+                var totals = new double[Phases.Length];
+                double wall = 0;
+                long tokens = 0;
+                for (int s = 0; s < steps + 3; s++)
                 {
-                    if (synced && backend.IsCuda) cuda.synchronize();
-                    times[phase] += clock.Elapsed.TotalMilliseconds;
-                    clock.Restart();
+                    bool measured = s >= 3; // three warm-up steps (allocator, cuBLAS handles, autotuning)
+                    var times = new double[Phases.Length];
+                    var stepClock = Stopwatch.StartNew();
+                    var clock = Stopwatch.StartNew();
+                    void Mark(int phase)
+                    {
+                        if (synced && backend.IsCuda) cuda.synchronize();
+                        times[phase] += clock.Elapsed.TotalMilliseconds;
+                        clock.Restart();
+                    }
+                    using (var scope = NewDisposeScope())
+                    {
+                        optimizer.ZeroGrad();
+                        var indices = batches[next++ % batches.Count];
+                        using var batch = Batching.Collate(examples, indices, BatchLayout.Packed, backend.Device);
+                        Mark(0);
+                        var hidden = trainable.HiddenStates(batch.InputIds, batch.PositionIds, batch.AttentionMask);
+                        Mark(1);
+                        var loss = trainer.LossSum(hidden, batch, 4096) / batch.TargetCount;
+                        Mark(2);
+                        loss.backward();
+                        Mark(3);
+                        var norm = optimizer.ClipGradNorm(1.0);
+                        var values = cat([loss.detach().to(ScalarType.Float64).reshape(1), norm.to(ScalarType.Float64).reshape(1)]).cpu().data<double>().ToArray();
+                        optimizer.Step();
+                        if (backend.IsCuda) cuda.synchronize();
+                        Mark(4);
+                        if (measured) tokens += batch.TokenCount;
+                    }
+                    if (qlora) { GC.Collect(); GC.WaitForPendingFinalizers(); }
+                    if (measured)
+                    {
+                        wall += stepClock.Elapsed.TotalMilliseconds;
+                        for (int i = 0; i < Phases.Length; i++) totals[i] += times[i];
+                    }
                 }
-                using (var scope = NewDisposeScope())
-                {
-                    optimizer.ZeroGrad();
-                    var indices = batches[next++ % batches.Count];
-                    using var batch = Batching.Collate(examples, indices, BatchLayout.Packed, backend.Device);
-                    Mark(0);
-                    var hidden = trainable.HiddenStates(batch.InputIds, batch.PositionIds, batch.AttentionMask);
-                    Mark(1);
-                    var loss = trainer.LossSum(hidden, batch, 4096) / batch.TargetCount;
-                    Mark(2);
-                    loss.backward();
-                    Mark(3);
-                    var norm = optimizer.ClipGradNorm(1.0);
-                    var values = cat([loss.detach().to(ScalarType.Float64).reshape(1), norm.to(ScalarType.Float64).reshape(1)]).cpu().data<double>().ToArray();
-                    optimizer.Step();
-                    if (backend.IsCuda) cuda.synchronize();
-                    Mark(4);
-                    if (measured) tokens += batch.TokenCount;
-                }
-                if (qlora) { GC.Collect(); GC.WaitForPendingFinalizers(); }
-                if (measured)
-                {
-                    wall += stepClock.Elapsed.TotalMilliseconds;
-                    for (int i = 0; i < Phases.Length; i++) totals[i] += times[i];
-                }
+                var entry = new JsonObject { ["step_ms"] = wall / steps, ["tokens_per_step"] = (double)tokens / steps };
+                for (int i = 0; i < Phases.Length; i++) entry[Phases[i] + "_ms"] = totals[i] / steps;
+                result[synced ? "synced" : "host"] = entry;
             }
-            var entry = new JsonObject { ["step_ms"] = wall / steps, ["tokens_per_step"] = (double)tokens / steps };
-            for (int i = 0; i < Phases.Length; i++) entry[Phases[i] + "_ms"] = totals[i] / steps;
-            result[synced ? "synced" : result.ContainsKey("host") ? "host_again" : "host"] = entry;
+            if (results.Count == 0)
+            {
+                // No-grad forward and a forward with the adapters switched off: what autograd and the LoRA path add.
+                using (no_grad())
+                {
+                    result["forward_nograd_ms"] = TimeForward(trainable, examples, batches, backend, steps);
+                }
+                foreach (var (_, layer) in trainable.NamedLinears()) layer.AdapterEnabled = false;
+                result["forward_no_lora_ms"] = TimeForward(trainable, examples, batches, backend, steps);
+                foreach (var (_, layer) in trainable.NamedLinears()) layer.AdapterEnabled = true;
+                result["small_op_us"] = SmallOpMicroseconds(backend);
+            }
+            Console.WriteLine(result.ToJsonString());
+            results.Add(result);
         }
-
-        // No-grad forward and a forward with the adapters switched off: what autograd and the LoRA path add.
-        using (no_grad())
-        {
-            result["forward_nograd_ms"] = TimeForward(trainable, examples, batches, backend, steps);
-        }
-        foreach (var (_, layer) in trainable.NamedLinears()) layer.AdapterEnabled = false;
-        result["forward_no_lora_ms"] = TimeForward(trainable, examples, batches, backend, steps);
-        foreach (var (_, layer) in trainable.NamedLinears()) layer.AdapterEnabled = true;
-        result["small_op_us"] = SmallOpMicroseconds(backend);
-        Console.WriteLine(result.ToJsonString());
-        if (o.Optional("out") is string path) File.WriteAllText(path, result.ToJsonString());
+        if (o.Optional("out") is string path) File.WriteAllText(path, (results.Count == 1 ? results[0]! : results).ToJsonString());
         return 0;
     }
 

@@ -35,6 +35,8 @@ try
             return ProfileCommand.Run(args[1..], backend);
         case "kernels":
             return KernelsCommand.Run(args[1..], backend);
+        case "dp-abort":
+            return DataParallelAbortCommand.Run(args[1..], backend);
         case "dp-check":
             return DataParallelCheckCommand.Run(args[1..], backend);
         case "optim":

@@ -8,11 +8,13 @@ using FineTune.Engine.Training;
 namespace FineTune.Bench;
 
 /// <summary>
-/// `train --model DIR --workload qa|dense [--data qa.jsonl] [--max-rows N] [--dense-steps S --dense-batch B] [--qlora] [--gradient-checkpointing auto|on|off] [--layout packed|grouped] [--gpus N] [--out result.json] [--output ADAPTER_DIR]`:
+/// `train --model DIR --workload qa|dense [--data qa.jsonl] [--max-rows N] [--qa-batch R] [--dense-steps S --dense-batch B] [--qlora] [--gradient-checkpointing auto|on|off] [--layout packed|grouped] [--gpus N] [--step-phases] [--out result.json] [--output ADAPTER_DIR]`:
 /// FineTune's trainer on the same model folder and data as tools/bench/reference.py (HF transformers + PEFT),
 /// with the same LoRA (r 16, alpha 32, dropout 0.05, q/k/v/o), AdamW lr 2e-4, linear schedule, bf16.
 /// Q&A: 8 rows per optimizer step, one epoch, answer-only loss. Dense: 4 × 512 tokens per step. --gpus N: data parallel
-/// on the first N GPUs, the same global batch (each GPU trains its share of every step).
+/// on the first N GPUs, the same global batch (each GPU trains its share of every step). --qa-batch R: R rows per Q&A
+/// step instead of 8 (R = 4 is what each of two replicas trains). --step-phases: every replica's device-synchronized
+/// phase times (forward, backward, all-reduce, optimizer) and the run's garbage collections, in "phases" (slower steps).
 /// </summary>
 public static class TrainBenchCommand
 {
@@ -38,7 +40,7 @@ public static class TrainBenchCommand
 
         var (examples, batch) = workload switch
         {
-            "qa" => (QaExamples(o.Required("data"), o.Int("max-rows", int.MaxValue)), 8),
+            "qa" => (QaExamples(o.Required("data"), o.Int("max-rows", int.MaxValue)), o.Int("qa-batch", 8)),
             "dense" => (DenseExamples(o.Int("dense-steps", 60) * o.Int("dense-batch", 4)), o.Int("dense-batch", 4)),
             _ => throw new ArgumentException($"--workload {workload}: use qa or dense."),
         };
@@ -50,8 +52,18 @@ public static class TrainBenchCommand
         {
             OutputFolder = o.Optional("output"),
             Devices = gpus > 1 ? [.. backend.GpuDevices.Take(gpus)] : null,
+            TimeStepPhases = o.Flag("step-phases"),
         };
+        int[] collectionsBefore = [GC.CollectionCount(0), GC.CollectionCount(1), GC.CollectionCount(2)];
+        var pauseBefore = GC.GetTotalPauseDuration();
         var outcome = new FineTunePipeline().Run(job);
+        var gc = new JsonObject
+        {
+            ["gen0"] = GC.CollectionCount(0) - collectionsBefore[0],
+            ["gen1"] = GC.CollectionCount(1) - collectionsBefore[1],
+            ["gen2"] = GC.CollectionCount(2) - collectionsBefore[2],
+            ["pause_ms"] = (GC.GetTotalPauseDuration() - pauseBefore).TotalMilliseconds,
+        };
         var result = outcome.Training;
         double loadSeconds = outcome.LoadTime.TotalSeconds;
         double wall = outcome.TrainTime.TotalSeconds;
@@ -76,7 +88,17 @@ public static class TrainBenchCommand
             ["final_loss"] = result.History[^1].Loss,
             ["mean_loss_last_10"] = result.History.TakeLast(10).Average(h => h.Loss),
             ["gpu"] = backend.Description,
+            ["gc_load_and_train"] = gc,
         };
+        if (outcome.PhaseTimes is { } phases)
+            summary["phases"] = new JsonArray([.. phases.Select(p => (JsonNode)new JsonObject
+            {
+                ["rank"] = p.Rank,
+                ["steps"] = p.Steps,
+                ["ms_per_step"] = new JsonObject(p.MillisecondsPerStep.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)kv.Value))),
+                ["gc_gen0_1_2"] = new JsonArray(p.Gen0Collections, p.Gen1Collections, p.Gen2Collections),
+                ["gc_pause_ms"] = p.GcPauseMs,
+            })]);
         Console.WriteLine(summary.ToJsonString());
         if (o.Optional("out") is string outPath)
         {

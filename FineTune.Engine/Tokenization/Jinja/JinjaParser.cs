@@ -11,6 +11,8 @@ internal sealed record SetNode(Expr Target, Expr Value) : Node;
 internal sealed record SetBlockNode(string Name, IReadOnlyList<Node> Body) : Node;
 internal sealed record MacroNode(string Name, IReadOnlyList<(string Name, Expr? Default)> Parameters, IReadOnlyList<Node> Body) : Node;
 internal sealed record BlockNode(IReadOnlyList<Node> Body) : Node;
+/// <summary>HF's {% generation %}: renders its body unchanged and records where that text lands (assistant-token masks).</summary>
+internal sealed record GenerationNode(IReadOnlyList<Node> Body) : Node;
 internal sealed record DoNode(Expr Value) : Node;
 internal sealed record BreakNode : Node;
 internal sealed record ContinueNode : Node;
@@ -162,12 +164,12 @@ internal sealed class JinjaParser
                 ExpectEnd(_segments[_segment - 1]);
                 return new MacroNode(name, parameters, body);
             }
-            case "generation": // HF's marker for assistant-token masks: renders its body unchanged
+            case "generation": // HF's marker for assistant-token masks (transformers' AssistantTracker)
             {
                 ExpectEnd(seg);
                 var body = ParseBody(["endgeneration"], out _);
                 ExpectEnd(_segments[_segment - 1]);
-                return new BlockNode(body);
+                return new GenerationNode(body);
             }
             case "do":
             {

@@ -24,10 +24,20 @@ public sealed class JinjaTemplate
     /// <summary>The clock strftime_now reads (tests pin it).</summary>
     public Func<DateTime> Now { get; init; } = () => DateTime.Now;
 
+    /// <summary>True when the template has {% generation %} blocks (HF's markers of what the assistant writes).</summary>
+    public bool HasGenerationBlocks => ContainsGeneration(_nodes);
+
     public string Render(IReadOnlyDictionary<string, object?> variables) => Render(variables, Now);
 
     /// <param name="now">The clock for strftime_now in this render.</param>
-    public string Render(IReadOnlyDictionary<string, object?> variables, Func<DateTime> now)
+    public string Render(IReadOnlyDictionary<string, object?> variables, Func<DateTime> now) => RenderTracked(variables, now).Text;
+
+    /// <summary>
+    /// Renders and reports where each {% generation %} block's text landed, as transformers' AssistantTracker does:
+    /// (start, end) character offsets into the result, start being the length of the top-level output when the block
+    /// finished rendering (blocks inside macros or set-captures are placed the same way, so the same way wrong).
+    /// </summary>
+    public (string Text, IReadOnlyList<(int Start, int End)> GenerationSpans) RenderTracked(IReadOnlyDictionary<string, object?> variables, Func<DateTime> now)
     {
         var globals = new Dictionary<string, object?>(StringComparer.Ordinal)
         {
@@ -44,11 +54,23 @@ public sealed class JinjaTemplate
             ["strftime_now"] = (JinjaCallable)((args, _) => Builtins.Strftime(now(), args.Count > 0 ? Py.Str(args[0]) : "")),
         };
         foreach (var (k, v) in variables) globals[k] = Normalize(v);
-        var context = new RenderContext([globals]);
         var output = new StringBuilder();
+        var spans = new List<(int Start, int End)>();
+        var context = new RenderContext([globals], output, spans);
         context.ExecuteBody(_nodes, output);
-        return output.ToString();
+        return (output.ToString(), spans);
     }
+
+    private static bool ContainsGeneration(IEnumerable<Node> nodes) => nodes.Any(node => node switch
+    {
+        GenerationNode => true,
+        IfNode i => i.Branches.Any(b => ContainsGeneration(b.Body)) || ContainsGeneration(i.Else),
+        ForNode f => ContainsGeneration(f.Body) || ContainsGeneration(f.Else),
+        SetBlockNode s => ContainsGeneration(s.Body),
+        MacroNode m => ContainsGeneration(m.Body),
+        BlockNode b => ContainsGeneration(b.Body),
+        _ => false,
+    });
 
     /// <summary>Turns caller values (ints, arrays, read-only collections) into the value kinds the interpreter knows.</summary>
     internal static object? Normalize(object? value) => value switch
@@ -68,7 +90,9 @@ public sealed class JinjaTemplate
 internal enum Flow { Normal, Break, Continue }
 
 /// <summary>Scopes and execution. Loop bodies get their own scope, so sets inside a loop stay inside (as in Jinja).</summary>
-internal sealed class RenderContext(List<Dictionary<string, object?>> scopes)
+/// <param name="root">The render's top-level output, which generation spans are offsets into.</param>
+/// <param name="generationSpans">Where each finished {% generation %} block's text went.</param>
+internal sealed class RenderContext(List<Dictionary<string, object?>> scopes, StringBuilder root, List<(int Start, int End)> generationSpans)
 {
     private readonly List<Dictionary<string, object?>> _scopes = scopes;
 
@@ -113,6 +137,19 @@ internal sealed class RenderContext(List<Dictionary<string, object?>> scopes)
                 return Flow.Normal;
             case BlockNode b:
                 return ExecuteBody(b.Body, output);
+            case GenerationNode g:
+            {
+                // Jinja runs the block as a caller() macro: its own scope, its text rendered apart, then written out.
+                var text = new StringBuilder();
+                _scopes.Add(new Dictionary<string, object?>(StringComparer.Ordinal));
+                Flow flow;
+                try { flow = ExecuteBody(g.Body, text); }
+                finally { _scopes.RemoveAt(_scopes.Count - 1); }
+                int start = root.Length;
+                generationSpans.Add((start, start + text.Length));
+                output.Append(text);
+                return flow;
+            }
             case DoNode d:
                 Eval(d.Value);
                 return Flow.Normal;
@@ -193,7 +230,7 @@ internal sealed class RenderContext(List<Dictionary<string, object?>> scopes)
         return (args, kwargs) =>
         {
             var local = new Dictionary<string, object?>(StringComparer.Ordinal);
-            var inner = new RenderContext([.. definitionScopes, local]);
+            var inner = new RenderContext([.. definitionScopes, local], root, generationSpans);
             for (int i = 0; i < m.Parameters.Count; i++)
             {
                 var (name, def) = m.Parameters[i];

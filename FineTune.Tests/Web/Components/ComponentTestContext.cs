@@ -25,6 +25,7 @@ public abstract class ComponentTestContext : BunitContext, IAsyncLifetime
     protected RunTestServices Runs { get; } = new();
     protected WizardState State { get; } = new();
     protected ScriptedTrainingRunner Runner { get; } = new();
+    protected RecordingChatGenerator Chat { get; } = new();
     protected RunQueue Queue { get; }
     protected DataImporter Importer { get; } = new(new ExcelTableReader(NullLogger<ExcelTableReader>.Instance));
     private readonly HttpClient _http = new();
@@ -50,6 +51,7 @@ public abstract class ComponentTestContext : BunitContext, IAsyncLifetime
         Queue = new RunQueue(Runs.Store, Runs.Notifier, Runner, NullLogger<RunQueue>.Instance);
         Services.AddSingleton(Queue);
         Services.AddSingleton(new ArtifactPackager(Runs.Store));
+        Services.AddSingleton<FineTune.Web.Features.Chat.IChatGenerator>(Chat);
         Services.AddSingleton(provider => new GgufDownloads(provider.GetRequiredService<ArtifactPackager>(), Runs.Store));
         Services.AddSingleton<IGgufExporter, NoGgufExporter>();
         Services.AddSingleton(provider => new FineTune.Web.Infrastructure.ListeningAddresses(new LoopbackServer(),

@@ -1,3 +1,5 @@
+using FineTune.Tests.Support;
+
 namespace FineTune.Tests.Web.EndToEnd;
 
 /// <summary>
@@ -22,7 +24,7 @@ public static class Chromium
     /// CI (CI=true, as .ci/run's environment sets it) must run the browser tests: there a missing browser fails them.
     /// Elsewhere they are skipped with <see cref="Missing"/> as the reason.
     /// </summary>
-    public static bool Required => Environment.GetEnvironmentVariable("CI") is { } ci && ci.Equals("true", StringComparison.OrdinalIgnoreCase);
+    public static bool Required => ContinuousIntegration.Running;
 
     private static string? Find(out string missing)
     {

@@ -1,5 +1,6 @@
 using System.IO.Compression;
 using System.Text.RegularExpressions;
+using FineTune.Engine.Tokenization;
 using FineTune.Tests.Support;
 using FineTune.Tests.Web.Support;
 using Microsoft.Playwright;
@@ -266,14 +267,27 @@ public sealed class WizardEndToEndTests
         await Assertions.Expect(page.Locator("[data-testid=train-eta]")).ToHaveTextAsync("—");
         await browser.ScreenshotAsync(t.Prefix + "4-train");
 
-        // 5. Test: an answer streams in.
+        // 5. Test: an answer streams in; the next question is asked with the first turn in context.
         await page.Locator("[data-testid=next-test]").ClickAsync();
         await Assertions.Expect(page.Locator("[data-testid=step-test]")).ToBeVisibleAsync();
-        await page.Locator("textarea[data-testid=chat-prompt]").FillAsync("你們的產品保固期是多久？");
+        const string first = "你們的產品保固期是多久？", second = "可以退貨嗎？";
+        await page.Locator("textarea[data-testid=chat-prompt]").FillAsync(first);
         await page.Locator("[data-testid=chat-send]").ClickAsync();
         await Assertions.Expect(page.Locator("[data-testid=chat-answer]")).Not.ToBeEmptyAsync(new() { Timeout = 120_000 });
-        await Assertions.Expect(page.Locator("[data-testid=chat-send]")).ToBeEnabledAsync(new() { Timeout = 300_000 }); // generation finished
+        await Assertions.Expect(page.Locator("[data-testid=chat-new]")).ToBeEnabledAsync(new() { Timeout = 300_000 }); // generation finished
+        string firstAnswer = (await page.Locator("[data-testid=chat-answer]").TextContentAsync())!;
+        await page.Locator("textarea[data-testid=chat-prompt]").FillAsync(second);
+        await page.Locator("[data-testid=chat-send]").ClickAsync();
+        await Assertions.Expect(page.Locator("[data-testid=chat-turn]")).ToHaveCountAsync(2);
+        await Assertions.Expect(page.Locator("[data-testid=chat-new]")).ToBeEnabledAsync(new() { Timeout = 300_000 });
+        await Assertions.Expect(page.Locator("[data-testid=chat-usage]")).ToHaveCountAsync(2);
+        // The model read both turns: the second prompt's token count is that of the conversation in the run's (tutorial) layout.
+        var template = PromptTemplate.Create(new PromptTemplateSettings(PromptStyle.Tutorial), TokenizerLoader.Load(TestFiles.Fixture("models/qwen2")));
+        int expected = template.EncodePrompt([ChatMessage.User(first), ChatMessage.Assistant(firstAnswer), ChatMessage.User(second)]).Count;
+        Assert.Equal(expected.ToString(System.Globalization.CultureInfo.InvariantCulture), await page.Locator("[data-testid=chat-usage]").Nth(1).GetAttributeAsync("data-prompt-tokens"));
         await browser.ScreenshotAsync(t.Prefix + "5-test");
+        await page.Locator("[data-testid=chat-new]").ClickAsync();
+        await Assertions.Expect(page.Locator("[data-testid=chat-turn]")).ToHaveCountAsync(0);
 
         // 6. Download: the zip holds the PEFT adapter files.
         await page.Locator("[data-testid=step-test] [data-testid=next-download]").ClickAsync();

@@ -1,5 +1,7 @@
 using System.Security.Cryptography;
 using FineTune.Engine.Data;
+using FineTune.Engine.Tokenization;
+using FineTune.Engine.Tokenization.Jinja;
 
 namespace FineTune.Web.Features.Data;
 
@@ -8,7 +10,15 @@ namespace FineTune.Web.Features.Data;
 /// <param name="Mapping">Columns chosen by the user; null guesses them from the header.</param>
 /// <param name="MaxSeqLength">Rows with more tokens than this are reported (they would be cut).</param>
 /// <param name="CountTokens">Counts a row's tokens as the trainer will see them (prompt template included); null skips the check.</param>
-public sealed record ImportSettings(int SheetIndex = 0, ColumnMapping? Mapping = null, int MaxSeqLength = 512, Func<QaRow, int>? CountTokens = null);
+public sealed record ImportSettings(int SheetIndex = 0, ColumnMapping? Mapping = null, int MaxSeqLength = 512, Func<QaRow, int>? CountTokens = null)
+{
+    /// <summary>
+    /// For chat data: the tokens of a conversation's longest training example through the run's template; throws
+    /// <see cref="ChatTemplateException"/> or <see cref="PromptTemplateException"/> when the
+    /// model's template refuses the conversation. Null skips both checks.
+    /// </summary>
+    public Func<Conversation, int>? CountConversationTokens { get; init; }
+}
 
 /// <summary>The rows of one sheet with the columns used and what the checks found.</summary>
 public sealed record ImportResult(
@@ -23,6 +33,15 @@ public sealed record ImportResult(
 
     /// <summary>The rows training can use: blocking issues (empty question or answer) removed.</summary>
     public IReadOnlyList<QaRow> UsableRows => Rows.Where(r => r.IsUsable).Select(r => r.Row).ToArray();
+
+    /// <summary>For a chat dataset: where its conversations are (then <see cref="Rows"/> is empty); null for question–answer rows.</summary>
+    public ChatColumns? Chat { get; init; }
+
+    /// <summary>A chat dataset's conversations with their issues (<see cref="ChatDatasetReader"/>).</summary>
+    public IReadOnlyList<ImportedConversation> Conversations { get; init; } = [];
+
+    /// <summary>The conversations training can use: those without blocking issues.</summary>
+    public IReadOnlyList<Conversation> UsableConversations => Conversations.Where(c => c.IsUsable).Select(c => c.Conversation).ToArray();
 }
 
 /// <summary>
@@ -142,6 +161,7 @@ public sealed class DataImporter(ExcelTableReader excel)
         int sheetIndex = Math.Clamp(settings.SheetIndex, 0, file.Sheets.Count - 1);
         var sheet = file.Sheets[sheetIndex];
         var mapping = settings.Mapping ?? ColumnGuesser.Guess(sheet);
+        if (ChatDatasetReader.Detect(sheet, file.Format) is { } chat) return BuildChat(file, sheetIndex, mapping, chat, settings);
         bool excelCells = file.Format == DataFileFormat.Excel;
         var fileIssues = new List<ValidationIssue>();
         var rows = new List<ImportedRow>();
@@ -210,6 +230,47 @@ public sealed class DataImporter(ExcelTableReader excel)
         var allIssues = fileIssues.Concat(rows.SelectMany(r => r.Issues)).OrderBy(i => i.Row).ThenBy(i => i.Kind).ToArray();
         var report = new ValidationReport(rows.Count, rows.Count(r => r.IsUsable), allIssues);
         return new ImportResult(file, sheetIndex, mapping, labels, rows, report);
+    }
+
+    /// <summary>A chat dataset: conversations instead of rows, with the reader's own findings (JSONL lines left out) first.</summary>
+    private static ImportResult BuildChat(DataFile file, int sheetIndex, ColumnMapping mapping, ChatColumns chat, ImportSettings settings)
+    {
+        var sheet = file.Sheets[sheetIndex];
+        var conversations = ChatDatasetReader.Read(sheet, chat);
+        if (settings.CountConversationTokens is { } count)
+            conversations = conversations.Select(c => c.IsUsable ? WithTemplateChecks(c, count, settings.MaxSeqLength) : c).ToList();
+        var issues = sheet.ReadIssues.Concat(conversations.SelectMany(c => c.Issues)).OrderBy(i => i.Row).ThenBy(i => i.Kind).ToArray();
+        var report = new ValidationReport(conversations.Count, conversations.Count(c => c.IsUsable), issues);
+        return new ImportResult(file, sheetIndex, mapping, [], [], report) { Chat = chat, Conversations = conversations };
+    }
+
+    /// <summary>A conversation the model's template refuses is left out (and says why); one longer than the maximum is flagged.</summary>
+    private static ImportedConversation WithTemplateChecks(ImportedConversation conversation, Func<Conversation, int> count, int maxSeqLength)
+    {
+        try
+        {
+            int tokens = count(conversation.Conversation);
+            return tokens > maxSeqLength
+                ? conversation with { Issues = [.. conversation.Issues, new ValidationIssue(IssueKind.TooLong, conversation.SourceRow, Tokens: tokens)] }
+                : conversation;
+        }
+        catch (Exception e) when (e is ChatTemplateException or PromptTemplateException)
+        {
+            return conversation with { Issues = [.. conversation.Issues, new ValidationIssue(IssueKind.ChatTemplateRefused, conversation.SourceRow, Cell: e.Message)] };
+        }
+    }
+
+    /// <summary>SHA-256 of the conversations as trained, like <see cref="Hash(IEnumerable{QaRow})"/>.</summary>
+    public static string Hash(IEnumerable<Conversation> conversations)
+    {
+        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        foreach (var conversation in conversations)
+        {
+            foreach (var turn in conversation.Messages)
+                sha.AppendData(System.Text.Encoding.UTF8.GetBytes($"{turn.Role}\u0001{turn.Content}\u0001"));
+            sha.AppendData("\u0002"u8);
+        }
+        return Convert.ToHexStringLower(sha.GetHashAndReset());
     }
 
     /// <summary>SHA-256 of the rows as trained (not of the file bytes), so a re-saved file with the same content matches.</summary>

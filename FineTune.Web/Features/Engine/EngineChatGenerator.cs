@@ -1,6 +1,5 @@
 using System.Runtime.CompilerServices;
 using FineTune.Engine.Adapters;
-using FineTune.Engine.Data;
 using FineTune.Engine.Generation;
 using FineTune.Engine.Models;
 using FineTune.Engine.Tokenization;
@@ -12,8 +11,8 @@ namespace FineTune.Web.Features.Engine;
 
 /// <summary>
 /// Chat with a run's model through FineTune.Engine: the base model loaded once with the run's adapter attached;
-/// the base model's answer is the same model with the adapter switched off. Prompts use the training layout
-/// (the tutorial's "### 指令 / ### 回應"), so the fine-tuned model sees what it learned. One generation at a time.
+/// the base model's answer is the same model with the adapter switched off. Conversations are written in the run's
+/// training layout (its prompt template), so the fine-tuned model sees what it learned. One generation at a time.
 /// </summary>
 public sealed class EngineChatGenerator(EngineModels models) : IChatGenerator, IDisposable
 {
@@ -25,7 +24,7 @@ public sealed class EngineChatGenerator(EngineModels models) : IChatGenerator, I
         public void Dispose() => Model.Dispose();
     }
 
-    public async IAsyncEnumerable<string> StreamAsync(ChatRequest request, [EnumeratorCancellation] CancellationToken cancellationToken)
+    public async IAsyncEnumerable<TextPiece> StreamAsync(ChatRequest request, [EnumeratorCancellation] CancellationToken cancellationToken)
     {
         await _gate.WaitAsync(cancellationToken);
         try
@@ -42,10 +41,10 @@ public sealed class EngineChatGenerator(EngineModels models) : IChatGenerator, I
                 TopP = request.TopP,
             };
             settings.Validate();
-            // The template the run trained with, so the question is asked in the layout the adapter learned.
+            // The template the run trained with, so the conversation is written in the layout the adapter learned.
             var template = PromptTemplate.Create(request.PromptTemplate, loaded.Tokenizer);
-            var ids = template.EncodePrompt(new QaRow(request.Prompt, string.Empty, System: request.System));
-            await foreach (string piece in loaded.Text.StreamAsync(ids, settings, cancellationToken))
+            var ids = template.EncodePrompt(request.Messages);
+            await foreach (var piece in loaded.Text.StreamPiecesAsync(ids, settings, cancellationToken))
                 yield return piece;
         }
         finally

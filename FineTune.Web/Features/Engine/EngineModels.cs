@@ -1,4 +1,3 @@
-using FineTune.Engine.Adapters;
 using FineTune.Engine.Backend;
 using FineTune.Engine.Models;
 using FineTune.Web.Features.Models;
@@ -41,8 +40,4 @@ public sealed class EngineModels(BackendInfo backend, LocalModelFolders localFol
     /// </summary>
     public CausalLM Load(string folder, ScalarType dtype, bool fourBit, bool doubleQuantization = true) =>
         ModelLoader.Load(folder, ModelLoadOptions.Base(dtype, fourBit, doubleQuantization, logger: loggers.CreateLogger("FineTune.Models")));
-
-    /// <summary>What PEFT's base_model_name_or_path should say: the Hub id the run was started with, else the engine's reading of the folder.</summary>
-    public static string BaseModelName(string folder, TrainingSettings settings) =>
-        settings.Source != ModelSource.Local ? settings.Model : PeftAdapter.BaseModelName(folder);
 }

@@ -24,26 +24,18 @@ public sealed class EngineTrainingRunner(EngineModels models, ILoggerFactory log
         return new TrainingOutcome(result.FinalTrainLoss, result.FinalEvalLoss, outcome.AdapterFolder!, result.LastCheckpoint);
     }
 
-    /// <summary>The wizard's settings as the engine's job: the only thing the web decides about a training run.</summary>
+    /// <summary>The wizard's settings as the engine's job (<see cref="TrainingSettings.ToFineTuneJob"/>), with what this run adds.</summary>
     public FineTuneJob ToFineTuneJob(TrainingJob job, string modelFolder)
     {
         var s = job.Settings;
-        return new FineTuneJob
+        var fineTune = s.ToFineTuneJob(modelFolder, job.Rows,
+            Path.Combine(job.OutputDirectory, ArtifactPackager.AdapterFolder), Path.Combine(job.OutputDirectory, CheckpointsFolder));
+        return fineTune with
         {
-            ModelFolder = modelFolder,
-            BaseModelName = EngineModels.BaseModelName(modelFolder, s),
-            Rows = job.Rows,
-            Template = s.ToPromptTemplate(),
-            MaxSeqLength = s.MaxSeqLength,
-            ValidationFraction = s.EvalFraction,
-            Lora = new LoraSettings(s.LoraR, s.LoraAlpha, s.LoraDropout, s.TargetModules),
+            Conversations = job.Conversations,
             // Validation loss about ten times per run (not at every logged step: each evaluation runs the whole split).
-            Training = s.ToTrainingOptions() with { EvalSteps = TrainingEstimator.EvalInterval(TrainingEstimator.Plan(job.Rows.Count, s).TotalSteps) },
-            FourBit = s.Quantization == Quantization.Nf4,
-            DoubleQuantization = s.DoubleQuantization,
+            Training = fineTune.Training with { EvalSteps = TrainingEstimator.EvalInterval(TrainingEstimator.Plan(job.Rows.Count + job.Conversations.Count, s).TotalSteps) },
             ComputeDType = models.ComputeDtype(s.Precision),
-            OutputFolder = Path.Combine(job.OutputDirectory, ArtifactPackager.AdapterFolder),
-            CheckpointsFolder = Path.Combine(job.OutputDirectory, CheckpointsFolder),
             ResumeFrom = job.ResumeFromCheckpoint,
             Device = job.Gpus is [int gpu] ? new TorchSharp.torch.Device(TorchSharp.DeviceType.CUDA, gpu) : null,
             Devices = job.Gpus is { Count: > 1 } gpus ? [.. gpus.Select(i => new TorchSharp.torch.Device(TorchSharp.DeviceType.CUDA, i))] : null,

@@ -142,11 +142,11 @@ public sealed class EngineTrainingRunnerTests : IDisposable
 
         // The fine-tuned model answers through the same prompt layout, and the base model too (adapter off).
         using var chat = new EngineChatGenerator(_models);
-        var request = new ChatRequest(Settings().Model, ModelSource.Local, outcome.AdapterDirectory, "可以退貨嗎？", MaxNewTokens: 8, Temperature: 0, FourBit: true);
+        var request = new ChatRequest(Settings().Model, ModelSource.Local, outcome.AdapterDirectory, ChatRequest.Question("可以退貨嗎？"), MaxNewTokens: 8, Temperature: 0, FourBit: true);
         var tuned = new List<string>();
-        await foreach (string piece in chat.StreamAsync(request, CancellationToken.None)) tuned.Add(piece);
+        await foreach (var piece in chat.StreamAsync(request, CancellationToken.None)) tuned.Add(piece.Text);
         var basePieces = new List<string>();
-        await foreach (string piece in chat.StreamAsync(request with { AdapterDirectory = null }, CancellationToken.None)) basePieces.Add(piece);
+        await foreach (var piece in chat.StreamAsync(request with { AdapterDirectory = null }, CancellationToken.None)) basePieces.Add(piece.Text);
         Assert.NotEmpty(string.Concat(tuned) + string.Concat(basePieces));
     }
 
