@@ -25,6 +25,7 @@ public static class ApplicationServices
             .ValidateOnStart();
 
         builder.Services.AddRazorComponents().AddInteractiveServerComponents();
+        builder.Services.AddMemoryReclaim(); // a closed tab's upload goes back to the OS
         builder.Services.AddMudServices();
         builder.Services.AddSignalR();
         builder.Services.AddAppLocalization();
