@@ -41,13 +41,29 @@ public sealed class KvCache : IDisposable
             throw new InvalidOperationException($"The KV cache was made for keys [{keys.shape[0]}, {keys.shape[1]}, *, {keys.shape[3]}] but got [{string.Join(", ", k.shape)}]; use a new cache per batch shape.");
         using (no_grad())
         {
-            using var keySlot = keys.narrow(2, Length, t);
-            using var valueSlot = values.narrow(2, Length, t);
-            keySlot.copy_(k);
-            valueSlot.copy_(v);
+            var slots = Slots(t, k.device);                                        // (T) positions Length..Length+T-1
+            keys.index_copy_(2, slots, k);
+            values.index_copy_(2, slots, v);
         }
         return (keys.narrow(2, 0, Length + t), values.narrow(2, 0, Length + t)); // (B, nKV, Length + T, hD)
     }
+
+    /// <summary>
+    /// The positions this pass writes, made once per pass and shared by its layers: one index_copy_ per buffer instead
+    /// of a narrowed view and a copy (decode is bound by the host's time per op).
+    /// </summary>
+    private Tensor Slots(long t, Device device)
+    {
+        if (_slots is not null && _slotsStart == Length && _slots.shape[0] == t && _slots.device_index == device.index && _slots.device_type == device.type)
+            return _slots;
+        _slots?.Dispose();
+        _slots = arange(Length, Length + t, dtype: ScalarType.Int64, device: device).DetachFromDisposeScope();
+        _slotsStart = Length;
+        return _slots;
+    }
+
+    private Tensor? _slots;
+    private int _slotsStart;
 
     /// <summary>Called once per forward pass, after every layer has stored its T new positions.</summary>
     public void Advance(int newPositions) => Length += newPositions;
@@ -76,6 +92,8 @@ public sealed class KvCache : IDisposable
             _values[i]?.Dispose();
             _keys[i] = _values[i] = null;
         }
+        _slots?.Dispose();
+        _slots = null;
         Length = 0;
     }
 }

@@ -214,7 +214,8 @@ public static class AttentionOps
         var vv = RepeatKv(v, groups);                                                       // (B, nH, S, hD)
         var y = nn.functional.scaled_dot_product_attention(q, kk, vv, mask.Additive, 0.0, mask.IsCausal); // (B, nH, T, hD)
         var (b, nH, t, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
-        y = y.transpose(1, 2).reshape(b, t, nH * d);                                        // (B, T, nH·hD)
+        // One query (decode): (B, nH, 1, hD) holds its values in (B, 1, nH, hD) order already, so no transpose.
+        y = t == 1 ? y.reshape(b, 1, nH * d) : y.transpose(1, 2).reshape(b, t, nH * d);   // (B, T, nH·hD)
         return scope.MoveToOuter(y);
     }
 }

@@ -41,9 +41,21 @@ public class LlamaAttention : DecoderAttention
     {
         using var scope = NewDisposeScope();
         var (b, t) = (x.shape[0], x.shape[1]);
-        var q = QueryNorm(q_proj.forward(x).view(b, t, _heads, _headDim)).transpose(1, 2); // (B, nH, T, hD)
-        var k = KeyNorm(k_proj.forward(x).view(b, t, _kvHeads, _headDim)).transpose(1, 2); // (B, nKV, T, hD)
-        var v = v_proj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);          // (B, nKV, T, hD)
+        Tensor q, k, v;
+        if (t == 1)
+        {
+            // One new token (decode): (B, 1, n, hD) and (B, n, 1, hD) are the same memory, so one view makes the heads
+            // (the per-head norms see the same rows): decode is bound by the host's time per op.
+            q = QueryNorm(q_proj.forward(x).view(b, _heads, 1, _headDim));                  // (B, nH, 1, hD)
+            k = KeyNorm(k_proj.forward(x).view(b, _kvHeads, 1, _headDim));                   // (B, nKV, 1, hD)
+            v = v_proj.forward(x).view(b, _kvHeads, 1, _headDim);                            // (B, nKV, 1, hD)
+        }
+        else
+        {
+            q = QueryNorm(q_proj.forward(x).view(b, t, _heads, _headDim)).transpose(1, 2);   // (B, nH, T, hD)
+            k = KeyNorm(k_proj.forward(x).view(b, t, _kvHeads, _headDim)).transpose(1, 2);   // (B, nKV, T, hD)
+            v = v_proj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);            // (B, nKV, T, hD)
+        }
         q = AttentionOps.ApplyRotary(q, pass.Cos, pass.SignedSin);
         k = AttentionOps.ApplyRotary(k, pass.Cos, pass.SignedSin);
         if (pass.Cache is not null) (k, v) = pass.Cache.Update(_layer, k, v);                // (B, nKV, S, hD)
@@ -51,10 +63,10 @@ public class LlamaAttention : DecoderAttention
         return scope.MoveToOuter(o_proj.forward(y));
     }
 
-    /// <summary>A per-head transform of the queries (B, T, nH, hD) before RoPE; none here (Qwen3 norms them).</summary>
+    /// <summary>A per-head transform of the queries (B, T, nH, hD), or (B, nH, 1, hD) for one token, over the last dimension, before RoPE; none here (Qwen3 norms them).</summary>
     protected virtual Tensor QueryNorm(Tensor q) => q;
 
-    /// <summary>A per-head transform of the keys (B, T, nKV, hD) before RoPE; none here (Qwen3 norms them).</summary>
+    /// <summary>A per-head transform of the keys (B, T, nKV, hD), or (B, nKV, 1, hD) for one token, over the last dimension, before RoPE; none here (Qwen3 norms them).</summary>
     protected virtual Tensor KeyNorm(Tensor k) => k;
 
     /// <summary>Llama and Mistral: this attention and the SwiGLU MLP under HF's Llama names.</summary>

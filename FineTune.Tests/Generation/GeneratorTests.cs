@@ -42,6 +42,47 @@ public sealed class GeneratorTests : IDisposable
     }
 
     [Fact]
+    public void Greedy_ids_are_the_host_argmax_of_each_full_forward()
+    {
+        int[] generated = _generator.Generate(Prompt, GenerationSettings.Greedy(12)).ToArray();
+
+        var sequence = Prompt.ToList();
+        using (no_grad())
+            for (int i = 0; i < 12; i++)
+            {
+                using var scope = NewDisposeScope();
+                var logits = _model.Logits(tensor(sequence.Select(id => (long)id).ToArray(), [1, sequence.Count])); // (1, T, V)
+                float[] last = logits[0, -1].to(ScalarType.Float32).data<float>().ToArray();
+                sequence.Add(LogitsProcessing.ArgMax(last));
+            }
+        Assert.Equal(sequence.Skip(Prompt.Length), generated);
+    }
+
+    /// <summary>
+    /// Plain greedy takes the argmax where the logits are, in their dtype; the host's ArgMax took it over fp32 copies.
+    /// Both pick the first of equal maxima (16-bit logits tie often), on the CPU and, where there is one, the GPU.
+    /// </summary>
+    [Theory]
+    [InlineData(ScalarType.BFloat16)]
+    [InlineData(ScalarType.Float16)]
+    [InlineData(ScalarType.Float32)]
+    public void Argmax_in_the_logits_dtype_picks_the_first_of_equal_maxima_as_the_host_does(ScalarType dtype)
+    {
+        using var scope = NewDisposeScope();
+        var devices = cuda.is_available() ? new[] { CPU, CUDA } : new[] { CPU };
+        foreach (var device in devices)
+            for (int draw = 0; draw < 20; draw++)
+            {
+                var logits = (randn(152064) * 4).to(dtype);
+                // The maximum again at three more positions: ties the way rounding to 16 bits makes them.
+                long first = logits.argmax().item<long>();
+                foreach (long at in new[] { 17L, 90000L, 152063L }) logits[at] = logits[first];
+                int host = LogitsProcessing.ArgMax(logits.to(ScalarType.Float32).data<float>().ToArray());
+                Assert.Equal(host, (int)logits.to(device).argmax().item<long>());
+            }
+    }
+
+    [Fact]
     public void Stops_after_a_stop_token_and_returns_it_last()
     {
         int[] free = _generator.Generate(Prompt, GenerationSettings.Greedy(8)).ToArray();

@@ -115,6 +115,29 @@ public sealed class DataParallelTests(ITestOutputHelper output) : IDisposable
         Assert.Equal([1, 2], steps);
     }
 
+    [Fact]
+    [Trait(Category.Name, Category.Slow)]
+    public void Step_phase_times_come_back_for_every_replica()
+    {
+        var job = DataParallelCheckCommand.Job(Model, 24, ScalarType.Float32, Path.Combine(_folder, "checkpoints")) with
+        {
+            Devices = [CPU, CPU],
+            TimeStepPhases = true,
+        };
+
+        var outcome = new FineTunePipeline().Run(job);
+
+        var phases = outcome.PhaseTimes!;
+        Assert.Equal([0, 1], phases.Select(p => p.Rank));
+        foreach (var replica in phases)
+        {
+            Assert.Equal(outcome.Training.History.Count, replica.Steps);
+            Assert.Equal(StepPhaseClock.Phases, replica.MillisecondsPerStep.Keys);
+            Assert.True(replica.MillisecondsPerStep["forward"] > 0 && replica.MillisecondsPerStep["backward"] > 0, $"rank {replica.Rank}: no forward/backward time");
+        }
+        Assert.Null(new FineTunePipeline().Run(job with { Devices = null, TimeStepPhases = false }).PhaseTimes);
+    }
+
     [GpuFact]
     [Trait(Category.Name, Category.Gpu)]
     public void Two_gpus_train_like_one_within_bf16_tolerance()

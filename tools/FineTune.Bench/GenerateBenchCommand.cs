@@ -9,9 +9,11 @@ using static TorchSharp.torch;
 namespace FineTune.Bench;
 
 /// <summary>
-/// `generate --model DIR [--new-tokens 256] [--repeats 3] [--qlora] [--out result.json]`: batch 1, greedy, exactly N new
-/// tokens with the KV cache, bf16 — the counterpart of tools/bench/reference.py generate (HF generate()), on the
-/// same prompt ids. Best of the repeats after one warm-up, as the reference does.
+/// `generate --model DIR [--new-tokens 256] [--repeats 3] [--qlora] [--profile] [--out result.json]`: batch 1, greedy,
+/// exactly N new tokens with the KV cache, bf16 — the counterpart of tools/bench/reference.py generate (HF generate()),
+/// on the same prompt ids. Best of the repeats after one warm-up, as the reference does. --profile adds where a
+/// decode step's time goes (<see cref="DecodeProfile"/>); --host-argmax the Generator's greedy step as it was before
+/// the argmax moved to the device, timed the same way in the same process, and whether both chose the same ids.
 /// </summary>
 internal static class GenerateBenchCommand
 {
@@ -55,8 +57,111 @@ internal static class GenerateBenchCommand
             ["tokens_per_s"] = produced / best,
             ["gpu"] = backend.Description,
         };
+        if (o.Flag("host-argmax")) result["host_argmax"] = HostArgmaxBaseline(model, generator, prompt, settings, repeats, backend);
+        if (o.Flag("profile")) result["decode_profile"] = DecodeProfile(model, prompt, newTokens, backend);
         Console.WriteLine(result.ToJsonString());
         if (o.Optional("out") is string path) File.WriteAllText(path, result.ToJsonString());
         return 0;
+    }
+
+    /// <summary>
+    /// Per decoded token, in ms: the host's time to issue the layers (HiddenStates) and lm_head, the wait for the GPU
+    /// after that (argmax.item on the device), and the whole step; then the same with a device sync right after the
+    /// layers (their GPU time shows as the wait). Host issue close to the whole step means decode is bound by the host.
+    /// Also the Generator's own logits path (fp32 logits to the host, argmax there) against argmax on the device.
+    /// </summary>
+    private static JsonObject DecodeProfile(CausalLM model, int[] prompt, int newTokens, BackendInfo backend)
+    {
+        var profile = new JsonObject();
+        using var noGrad = no_grad();
+        foreach (bool synced in new[] { false, true, false })
+        {
+            double issueLayers = 0, issueHead = 0, wait = 0, total = 0, hostLogits = 0;
+            using var cache = model.NewCache(prompt.Length + newTokens + 1);
+            long id;
+            using (NewDisposeScope())
+            {
+                var hidden = model.HiddenStates(tensor(prompt.Select(i => (long)i).ToArray(), [1, prompt.Length]), cache: cache);
+                id = model.lm_head.forward(hidden.narrow(1, prompt.Length - 1, 1)).argmax().item<long>();
+            }
+            for (int i = 0; i < newTokens; i++)
+            {
+                using var scope = NewDisposeScope();
+                var clock = Stopwatch.StartNew();
+                var hidden = model.HiddenStates(tensor(new[] { id }, [1, 1]), cache: cache);
+                double t1 = clock.Elapsed.TotalMilliseconds;
+                if (synced && backend.IsCuda) cuda.synchronize();
+                double t2 = clock.Elapsed.TotalMilliseconds;
+                var logits = model.lm_head.forward(hidden).reshape(-1);
+                double t3 = clock.Elapsed.TotalMilliseconds;
+                id = logits.argmax().item<long>();
+                double t4 = clock.Elapsed.TotalMilliseconds;
+                issueLayers += t1; wait += (t2 - t1) + (t4 - t3); issueHead += t3 - t2; total += t4;
+                if (i % 8 == 0)
+                {
+                    var hostClock = Stopwatch.StartNew();
+                    float[] host = logits.to(ScalarType.Float32).cpu().data<float>().ToArray();
+                    int best = 0;
+                    for (int k = 1; k < host.Length; k++) if (host[k] > host[best]) best = k;
+                    hostLogits += hostClock.Elapsed.TotalMilliseconds * 8;
+                }
+            }
+            profile[synced ? "synced" : profile.ContainsKey("host") ? "host_again" : "host"] = new JsonObject
+            {
+                ["issue_layers_ms"] = issueLayers / newTokens,
+                ["issue_lm_head_ms"] = issueHead / newTokens,
+                ["wait_ms"] = wait / newTokens,
+                ["step_ms"] = total / newTokens,
+                ["generator_logits_to_host_and_argmax_ms"] = hostLogits / newTokens,
+            };
+        }
+        return profile;
+    }
+
+    /// <summary>
+    /// The Generator's greedy decode before the argmax moved to the device (FineTune 2026-11-29): every token's fp32
+    /// logits to the host and <see cref="LogitsProcessing.NextToken"/> there. Same prompt, cache and layers; timed
+    /// as the Generator (best of the repeats after a warm-up); ids_equal compares its ids with the Generator's.
+    /// </summary>
+    private static JsonObject HostArgmaxBaseline(CausalLM model, Generator generator, int[] prompt, GenerationSettings settings, int repeats, BackendInfo backend)
+    {
+        int[] Run()
+        {
+            using var noGrad = no_grad();
+            using var cache = model.NewCache(prompt.Length + settings.MaxNewTokens);
+            var sequence = prompt.ToList();
+            var random = new Random(0);
+            int pending = prompt.Length;
+            for (int i = 0; i < settings.MaxNewTokens; i++)
+            {
+                using var scope = NewDisposeScope();
+                long[] ids = sequence.Skip(sequence.Count - pending).Select(id => (long)id).ToArray();
+                var hidden = model.HiddenStates(tensor(ids, [1, ids.Length]), cache: cache);          // (1, T, H)
+                var logits = model.lm_head.forward(hidden.narrow(1, hidden.shape[1] - 1, 1)).reshape(-1); // (V)
+                float[] host = logits.to(ScalarType.Float32).cpu().data<float>().ToArray();
+                sequence.Add(LogitsProcessing.NextToken(host, sequence, settings, random));
+                pending = 1;
+            }
+            return [.. sequence.Skip(prompt.Length)];
+        }
+        int[] baseline = Run(); // warm-up
+        var runs = new List<double>();
+        for (int i = 0; i < repeats; i++)
+        {
+            if (backend.IsCuda) cuda.synchronize();
+            var clock = Stopwatch.StartNew();
+            baseline = Run();
+            if (backend.IsCuda) cuda.synchronize();
+            runs.Add(clock.Elapsed.TotalSeconds);
+        }
+        int[] current = [.. generator.Generate(prompt, settings)];
+        return new JsonObject
+        {
+            ["wall_s"] = runs.Min(),
+            ["runs_s"] = new JsonArray(runs.Select(r => (JsonNode)r).ToArray()),
+            ["tokens_per_s"] = baseline.Length / runs.Min(),
+            ["ids_equal"] = baseline.SequenceEqual(current),
+            ["first_difference"] = baseline.Zip(current).Select((pair, i) => (pair, i)).Where(x => x.pair.First != x.pair.Second).Select(x => x.i).DefaultIfEmpty(-1).First(),
+        };
     }
 }

@@ -6,6 +6,7 @@
 #         hf-generate ft-generate ft-generate-qlora (batch 1, greedy, 256 new tokens; the last with a 4-bit base),
 #         ft-dense1-qlora-keep (QLoRA 1 x 512 keeping all activations: gradient checkpointing off),
 #         ft-qa-lora-2gpu ft-dense-lora-2gpu (the same on two GPUs, data parallel: same global batch and steps)
+# GEN_ARGS: extra arguments for every generate cell, both stacks (e.g. "--repeats 2").
 # Needs: .device/dotnet.tgz, .device/on-gpu.sh and .device/bench (FineTune.Bench published with TorchBackend=none);
 #        DEVICE_DIR names another folder than .device.
 # Writes $OUT/bench/<shape>-<stack>-<workload>-<mode>.json, each with the peak device memory seen by nvidia-smi.
@@ -54,9 +55,9 @@ for cell in $cells; do
     ft-qa-qlora)     measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload qa $data --qlora --out "$out/$shape-$cell.json" ;;
     ft-dense1-qlora) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload dense --dense-batch 1 --dense-steps 30 --qlora --out "$out/$shape-$cell.json" ;;
     ft-dense1-qlora-keep) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload dense --dense-batch 1 --dense-steps 30 --qlora --gradient-checkpointing off --out "$out/$shape-$cell.json" ;;
-    hf-generate)     measure "$shape-$cell" python3 tools/bench/reference.py generate --model $models/$shape --out "$out/$shape-$cell.json" ;;
-    ft-generate-qlora) measure "$shape-$cell" dotnet $bench generate --model $models/$shape --qlora --out "$out/$shape-$cell.json" ;;
-    ft-generate)     measure "$shape-$cell" dotnet $bench generate --model $models/$shape --out "$out/$shape-$cell.json" ;;
+    hf-generate)     measure "$shape-$cell" python3 tools/bench/reference.py generate --model $models/$shape ${GEN_ARGS:-} --out "$out/$shape-$cell.json" ;;
+    ft-generate-qlora) measure "$shape-$cell" dotnet $bench generate --model $models/$shape --qlora ${GEN_ARGS:-} --out "$out/$shape-$cell.json" ;;
+    ft-generate)     measure "$shape-$cell" dotnet $bench generate --model $models/$shape ${GEN_ARGS:-} --out "$out/$shape-$cell.json" ;;
     *) echo "unknown cell $cell"; exit 2 ;;
   esac
 done
