@@ -112,6 +112,38 @@ public sealed partial class HubDownloader
         return snapshot;
     }
 
+    /// <summary>The cached snapshot (the one refs/&lt;revision&gt; names) that holds the model's config.json, or null; no network.</summary>
+    public static string? CachedConfigFolder(HubOptions options, string modelId, string revision = "main")
+    {
+        string repository = Path.Combine(options.CacheFolder, "models--" + ValidateModelId(modelId).Replace("/", "--"));
+        string reference = Path.Combine(repository, "refs", SafeName(revision));
+        string commit = File.Exists(reference) ? File.ReadAllText(reference).Trim() : revision;
+        string snapshot = Path.Combine(repository, "snapshots", SafeName(commit));
+        return IsWhole(Path.Combine(snapshot, "config.json"), null) ? snapshot : null;
+    }
+
+    /// <summary>
+    /// The snapshot folder holding the model's config.json alone, from the cache or fetched into it without the weights
+    /// (as huggingface_hub's hf_hub_download of one file lays it out), so the model's facts are known before a download.
+    /// </summary>
+    public async Task<string> DownloadConfigAsync(string modelId, string revision = "main", CancellationToken cancellationToken = default)
+    {
+        if (CachedConfigFolder(_options, modelId, revision) is { } cached) return cached;
+        string repository = RepositoryFolder(modelId);
+        if (_options.Offline)
+            throw new HubOfflineException($"HF_HUB_OFFLINE is set and {modelId}'s config.json is not in the cache ({repository}).");
+        var (commit, files) = await ListFilesAsync(modelId, revision, cancellationToken).ConfigureAwait(false);
+        var config = files.FirstOrDefault(f => f.Path == "config.json")
+            ?? throw new HubUnsupportedModelException($"{modelId} has no config.json at the top of its repository; it is not a transformers model.");
+        await using var gate = await LockAsync(repository, modelId, cancellationToken).ConfigureAwait(false);
+        string snapshot = Path.Combine(repository, "snapshots", SafeName(commit));
+        Directory.CreateDirectory(snapshot);
+        var tracker = new ProgressTracker(modelId, [config], null, _options.ProgressInterval);
+        await DownloadFileAsync(modelId, commit, config, 0, repository, snapshot, tracker, cancellationToken).ConfigureAwait(false);
+        await WriteRefAsync(repository, revision, commit).ConfigureAwait(false);
+        return snapshot;
+    }
+
     /// <summary>The repository's commit and files (with sizes where the Hub gives them).</summary>
     public async Task<(string Commit, IReadOnlyList<HubFile> Files)> ListFilesAsync(string modelId, string revision = "main",
         CancellationToken cancellationToken = default)

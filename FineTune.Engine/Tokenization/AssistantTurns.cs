@@ -22,8 +22,6 @@ public static class AssistantTurns
 {
     public static IReadOnlyList<TrainingText> Find(ChatTemplate template, IReadOnlyList<ChatMessage> messages, IReadOnlyDictionary<string, object?>? variables = null)
     {
-        if (!messages.Any(m => m.Role == "assistant"))
-            throw new PromptTemplateException("The conversation has no assistant turn, so there is nothing to learn from it.");
         if (template.HasGenerationMarkers)
         {
             var rendered = template.RenderTracked(messages, addGenerationPrompt: false, variables);

@@ -153,18 +153,26 @@ public sealed partial class PromptTemplate
     }
 
     /// <summary>
-    /// Ids and labels of a multi-turn conversation through the model's chat template, with the loss on the assistant
-    /// turns only (<see cref="AssistantTurns"/>): the render is tokenized whole, as apply_chat_template does, and a token
-    /// is labelled where HF's assistant mask marks it. One example, or one per assistant turn for a template that
-    /// renders earlier turns differently from the last.
+    /// Ids and labels of a multi-turn conversation (system?, user, assistant, ..., assistant), the loss on the assistant
+    /// turns only. The model's chat template: the render tokenized whole, as apply_chat_template does, a token labelled
+    /// where HF's assistant mask marks it (<see cref="AssistantTurns"/>): one example, or one per assistant turn for a
+    /// template that renders earlier turns differently from the last. The tutorial and custom layouts: the exchanges'
+    /// training examples one after another, the same text <see cref="FormatPrompt(IReadOnlyList{ChatMessage})"/> gives
+    /// the history at inference.
     /// </summary>
     public IReadOnlyList<EncodedExample> EncodeConversation(IReadOnlyList<ChatMessage> messages)
     {
+        ArgumentNullException.ThrowIfNull(messages);
+        if (!messages.Any(m => m.Role == "assistant"))
+            throw new PromptTemplateException("The conversation has no assistant turn, so there is nothing to learn from it.");
         if (_chat is null)
-            throw new PromptTemplateException("Conversations are trained with the model's chat template: choose it in the settings " +
-                                              "(the tutorial and custom formats hold one question and one answer).");
+        {
+            // An empty closing question makes the last exchange a whole one; that question is then left out.
+            var exchanges = Exchanges([.. messages, ChatMessage.User("")]).SkipLast(1).Select(Encode).ToList();
+            return [new EncodedExample([.. exchanges.SelectMany(e => e.InputIds)], [.. exchanges.SelectMany(e => e.Labels)])];
+        }
         var examples = new List<EncodedExample>();
-        foreach (var text in AssistantTurns.Find(_chat, ConversationMessages(messages)))
+        foreach (var text in AssistantTurns.Find(_chat, WithSystem(messages)))
         {
             var ids = _tokenizer.Encode(text.Text, addSpecialTokens: false);
             var mask = AssistantMask.FromCharSpans(TokenOffsets.Of(_tokenizer, text.Text, ids), ids.Count, text.LossSpans);
@@ -172,12 +180,6 @@ public sealed partial class PromptTemplate
         }
         return examples;
     }
-
-    /// <summary>A conversation's messages as trained: the setting's system prompt first when the conversation has none.</summary>
-    public IReadOnlyList<ChatMessage> ConversationMessages(IReadOnlyList<ChatMessage> messages) =>
-        (messages.Count > 0 && messages[0].Role == "system") || string.IsNullOrWhiteSpace(Settings.SystemPrompt)
-            ? messages
-            : [ChatMessage.System(Settings.SystemPrompt), .. messages];
 
     /// <summary>The chat messages of a row: system (row's, else the setting's, else none), user, assistant.</summary>
     public IReadOnlyList<ChatMessage> Messages(QaRow row, bool withAnswer)

@@ -157,7 +157,7 @@ public class AdapterHardeningTests
             // Before: DivideByZeroException in ModelShape, OverflowException in the estimates (the wizard's circuit died).
             var e = Assert.Throws<ModelFormatException>(() => ModelConfig.Load(folder));
             Assert.Contains(field, e.Message);
-            Assert.Null(ModelCatalog.ShapeOf(new FineTune.Web.Features.Settings.TrainingSettings { Source = FineTune.Web.Features.Settings.ModelSource.Local, Model = folder }));
+            Assert.Null(ModelCatalog.FactsOf(new FineTune.Web.Features.Settings.TrainingSettings { Source = FineTune.Web.Features.Settings.ModelSource.Local, Model = folder }));
         }
         finally
         {

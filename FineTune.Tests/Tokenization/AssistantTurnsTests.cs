@@ -102,14 +102,35 @@ public sealed class AssistantTurnsTests
     }
 
     [Fact]
-    public void Conversations_without_an_assistant_turn_or_with_a_non_chat_format_are_refused_with_a_reason()
+    public void A_conversation_without_an_assistant_turn_is_refused_with_a_reason()
     {
         using var tokenizer = (TokenizerJson)TokenizerLoader.Load(TestFiles.Fixture("models/qwen2"));
         var none = Assert.Throws<PromptTemplateException>(() => Chat(tokenizer).EncodeConversation([ChatMessage.User("hi")]));
         Assert.Contains("no assistant turn", none.Message);
-        var tutorial = PromptTemplate.Create(new PromptTemplateSettings(PromptStyle.Tutorial), tokenizer);
-        var refused = Assert.Throws<PromptTemplateException>(() => tutorial.EncodeConversation(TwoTurns));
-        Assert.Contains("chat template", refused.Message);
+    }
+
+    /// <summary>
+    /// The tutorial and custom layouts hold one exchange: a conversation trains as its exchanges' examples one after
+    /// another (BOS, prompt, answer, EOS each), the text the multi-turn prompt gives the same history at inference.
+    /// </summary>
+    [Theory]
+    [InlineData(PromptStyle.Tutorial, null)]
+    [InlineData(PromptStyle.Custom, "<{system}> Q: {instruction}\nA: {output}")]
+    public void One_exchange_layouts_train_a_conversation_as_its_exchanges_in_a_row(PromptStyle style, string? custom)
+    {
+        using var tokenizer = (TokenizerJson)TokenizerLoader.Load(TestFiles.Fixture("models/llama3"));
+        var template = PromptTemplate.Create(new PromptTemplateSettings(style, custom), tokenizer);
+
+        var example = Assert.Single(template.EncodeConversation(TwoTurns));
+
+        var first = template.Encode(new QaRow("請問營業時間？", "每天九點到六點。", System: "你是客服助理。"));
+        var second = template.Encode(new QaRow("Weekends too?", "Yes, every day.", System: "你是客服助理。"));
+        Assert.Equal([.. first.InputIds, .. second.InputIds], example.InputIds);
+        Assert.Equal([.. first.Labels, .. second.Labels], example.Labels);
+        // What inference gives for the history and the next question starts with this example's ids.
+        var prompt = template.EncodePrompt([.. TwoTurns, ChatMessage.User("And holidays?")]);
+        Assert.Equal(example.InputIds, prompt.Take(example.InputIds.Length));
+        Assert.Equal(2, LabelledRuns(tokenizer, example).Count);
     }
 
     /// <summary>Cutting at max_seq_length cuts ids and labels together; a conversation cut before its first answer is dropped and named.</summary>

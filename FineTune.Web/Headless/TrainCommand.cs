@@ -218,15 +218,26 @@ public static class TrainCommand
         var file = importer.Parse(File.ReadAllBytes(a.Data), Path.GetFileName(a.Data));
         var import = importer.Build(file, new ImportSettings(DataImporter.GuessSheet(file), MaxSeqLength: a.Settings.MaxSeqLength));
         var rows = import.UsableRows;
-        if (rows.Count == 0)
-            throw new InvalidDataException($"'{a.Data}' has no usable question–answer rows (each row needs a question and an answer).");
-        output.WriteLine($"data: {rows.Count} rows from {Path.GetFileName(a.Data)}");
+        var conversations = import.UsableConversations;
+        if (rows.Count == 0 && conversations.Count == 0)
+            throw new InvalidDataException(import.Chat is null
+                ? $"'{a.Data}' has no usable question–answer rows (each row needs a question and an answer)."
+                : $"'{a.Data}' has no usable conversations (each needs known roles, no empty turn, and the assistant's turn last).");
+        if (import.Chat is { } chat)
+        {
+            output.WriteLine($"data: {conversations.Count} conversations ({chat.Layout}) from {Path.GetFileName(a.Data)}");
+            var left = import.Conversations.Where(c => !c.IsUsable).ToList();
+            if (left.Count > 0)
+                output.WriteLine($"left out: {left.Count} conversations ({string.Join("; ", left.Take(10).Select(c => $"row {c.SourceRow}: {string.Join(", ", c.Issues.Where(i => i.IsBlocking).Select(i => i.Kind).Distinct())}"))})");
+        }
+        else output.WriteLine($"data: {rows.Count} rows from {Path.GetFileName(a.Data)}");
 
         string model = ModelOption.ResolveAsync(a.Settings.Model, console.Hub, loggers, output, cancellationToken).GetAwaiter().GetResult();
         string adapterFolder = AdapterFolder(a.Output);
         string checkpoints = adapterFolder + ".checkpoints";
         var job = a.Settings.ToFineTuneJob(model, rows, adapterFolder, checkpoints) with
         {
+            Conversations = conversations,
             ResumeFrom = a.Resume switch
             {
                 null => null,
@@ -236,6 +247,10 @@ public static class TrainCommand
             InitAdapter = a.InitAdapter,
             MergedFolder = a.Merged,
         };
+        // Conversations are written the way the model chats unless a custom layout is asked for (the tutorial's holds one
+        // exchange), as the wizard does when a chat file is loaded.
+        if (import.Chat is not null && a.Settings.PromptTemplate == PromptStyle.Tutorial)
+            job = job with { Template = new PromptTemplateSettings(PromptStyle.ModelChatTemplate) };
         var outcome = new FineTunePipeline(loggers).Run(job, new LineProgress(output), cancellationToken);
         AdapterExport.Zip(adapterFolder, a.Output);
         output.WriteLine($"adapter: {a.Output} (folder {adapterFolder})");

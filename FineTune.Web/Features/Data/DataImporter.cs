@@ -23,6 +23,15 @@ public sealed record ImportResult(
 
     /// <summary>The rows training can use: blocking issues (empty question or answer) removed.</summary>
     public IReadOnlyList<QaRow> UsableRows => Rows.Where(r => r.IsUsable).Select(r => r.Row).ToArray();
+
+    /// <summary>For a chat dataset: where its conversations are (then <see cref="Rows"/> is empty); null for question–answer rows.</summary>
+    public ChatColumns? Chat { get; init; }
+
+    /// <summary>A chat dataset's conversations with their issues (<see cref="ChatDatasetReader"/>).</summary>
+    public IReadOnlyList<ImportedConversation> Conversations { get; init; } = [];
+
+    /// <summary>The conversations training can use: those without blocking issues.</summary>
+    public IReadOnlyList<Conversation> UsableConversations => Conversations.Where(c => c.IsUsable).Select(c => c.Conversation).ToArray();
 }
 
 /// <summary>
@@ -112,6 +121,7 @@ public sealed class DataImporter(ExcelTableReader excel)
         int sheetIndex = Math.Clamp(settings.SheetIndex, 0, file.Sheets.Count - 1);
         var sheet = file.Sheets[sheetIndex];
         var mapping = settings.Mapping ?? ColumnGuesser.Guess(sheet);
+        if (ChatDatasetReader.Detect(sheet, file.Format) is { } chat) return BuildChat(file, sheetIndex, mapping, chat);
         bool excelCells = file.Format == DataFileFormat.Excel;
         var fileIssues = new List<ValidationIssue>();
         var rows = new List<ImportedRow>();
@@ -180,6 +190,29 @@ public sealed class DataImporter(ExcelTableReader excel)
         var allIssues = fileIssues.Concat(rows.SelectMany(r => r.Issues)).OrderBy(i => i.Row).ThenBy(i => i.Kind).ToArray();
         var report = new ValidationReport(rows.Count, rows.Count(r => r.IsUsable), allIssues);
         return new ImportResult(file, sheetIndex, mapping, labels, rows, report);
+    }
+
+    /// <summary>A chat dataset: conversations instead of rows, with the reader's own findings (JSONL lines left out) first.</summary>
+    private static ImportResult BuildChat(DataFile file, int sheetIndex, ColumnMapping mapping, ChatColumns chat)
+    {
+        var sheet = file.Sheets[sheetIndex];
+        var conversations = ChatDatasetReader.Read(sheet, chat);
+        var issues = sheet.ReadIssues.Concat(conversations.SelectMany(c => c.Issues)).OrderBy(i => i.Row).ThenBy(i => i.Kind).ToArray();
+        var report = new ValidationReport(conversations.Count, conversations.Count(c => c.IsUsable), issues);
+        return new ImportResult(file, sheetIndex, mapping, [], [], report) { Chat = chat, Conversations = conversations };
+    }
+
+    /// <summary>SHA-256 of the conversations as trained, like <see cref="Hash(IEnumerable{QaRow})"/>.</summary>
+    public static string Hash(IEnumerable<Conversation> conversations)
+    {
+        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        foreach (var conversation in conversations)
+        {
+            foreach (var turn in conversation.Messages)
+                sha.AppendData(System.Text.Encoding.UTF8.GetBytes($"{turn.Role}\u0001{turn.Content}\u0001"));
+            sha.AppendData("\u0002"u8);
+        }
+        return Convert.ToHexStringLower(sha.GetHashAndReset());
     }
 
     /// <summary>SHA-256 of the rows as trained (not of the file bytes), so a re-saved file with the same content matches.</summary>

@@ -43,6 +43,16 @@ public sealed class DatasetDraft(ImportResult import)
     public IReadOnlyList<QaRow> FinalRows =>
         Import.Rows.Where(r => !_excluded.Contains(r.Row.SourceRow) && !IsBlocked(r)).Select(Current).ToArray();
 
+    /// <summary>A chat dataset's conversations training gets: usable and not left out (by their first row or line).</summary>
+    public IReadOnlyList<Conversation> FinalConversations =>
+        Import.Conversations.Where(c => c.IsUsable && !_excluded.Contains(c.SourceRow)).Select(c => c.Conversation).ToArray();
+
+    /// <summary>What training gets, as rows for size estimates (a conversation as <see cref="ChatDatasetReader.SizingRow"/>).</summary>
+    public IReadOnlyList<QaRow> SizingRows => Import.Chat is null ? FinalRows : FinalConversations.Select(ChatDatasetReader.SizingRow).ToArray();
+
+    /// <summary>How many rows or conversations training gets.</summary>
+    public int FinalCount => Import.Chat is null ? FinalRows.Count : FinalConversations.Count;
+
     public int ExcludedCount => _excluded.Count;
 
     /// <summary>Rows the user left out (for the saved draft).</summary>

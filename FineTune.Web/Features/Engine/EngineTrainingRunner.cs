@@ -32,8 +32,9 @@ public sealed class EngineTrainingRunner(EngineModels models, ILoggerFactory log
             Path.Combine(job.OutputDirectory, ArtifactPackager.AdapterFolder), Path.Combine(job.OutputDirectory, CheckpointsFolder));
         return fineTune with
         {
+            Conversations = job.Conversations,
             // Validation loss about ten times per run (not at every logged step: each evaluation runs the whole split).
-            Training = fineTune.Training with { EvalSteps = TrainingEstimator.EvalInterval(TrainingEstimator.Plan(job.Rows.Count, s).TotalSteps) },
+            Training = fineTune.Training with { EvalSteps = TrainingEstimator.EvalInterval(TrainingEstimator.Plan(job.Rows.Count + job.Conversations.Count, s).TotalSteps) },
             ComputeDType = models.ComputeDtype(s.Precision),
             ResumeFrom = job.ResumeFromCheckpoint,
             Device = job.Gpus is [int gpu] ? new TorchSharp.torch.Device(TorchSharp.DeviceType.CUDA, gpu) : null,

@@ -33,6 +33,7 @@ public sealed class ModelDownloadService(IHttpClientFactory http, HubOptions opt
     }
 
     private readonly ConcurrentDictionary<string, Entry> _entries = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, Lazy<Task>> _configs = new(StringComparer.Ordinal);
     private readonly Lock _gate = new();
 
     /// <summary>Raised (on a background thread) with the model id whenever a download's state changes.</summary>
@@ -50,6 +51,25 @@ public sealed class ModelDownloadService(IHttpClientFactory http, HubOptions opt
         if (_entries.TryGetValue(modelId, out var entry) && entry.State.Status == ModelDownloadStatus.Running)
             entry.Cancel.Cancel();
     }
+
+    /// <summary>
+    /// Fetches the model's config.json alone into the cache (once per id, no weights), so the engine's facts and the memory
+    /// estimate show before the model is downloaded (<see cref="ModelCatalog.FactsOf"/>); <see cref="Changed"/> is raised when it is there.
+    /// </summary>
+    public Task FetchConfig(string modelId) => _configs.GetOrAdd(modelId, id => new Lazy<Task>(() => Task.Run(async () =>
+    {
+        try
+        {
+            var downloader = new HubDownloader(http.CreateClient(nameof(HubDownloader)), options, loggers.CreateLogger<HubDownloader>());
+            await downloader.DownloadConfigAsync(id);
+            Changed?.Invoke(id);
+        }
+        catch (Exception e) when (Classify(e) is { } error)
+        {
+            // The page says the size is not known yet; the download itself reports what went wrong.
+            logger.LogInformation("Reading {ModelId}'s config.json failed ({Error}): {Message}", id, error, e.Message);
+        }
+    }))).Value;
 
     /// <summary>The model's folder: the finished download, the running one awaited, or a new download.</summary>
     public Task<string> ResolveAsync(string modelId, CancellationToken cancellationToken) =>

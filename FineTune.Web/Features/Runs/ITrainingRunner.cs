@@ -9,7 +9,11 @@ namespace FineTune.Web.Features.Runs;
 /// <param name="ResumeFromCheckpoint">The newest complete checkpoint of an interrupted run, or null to start fresh.</param>
 /// <param name="Gpus">CUDA ordinals the queue gave the run (more than one: data parallel); null or empty: the backend's device.</param>
 public sealed record TrainingJob(int RunId, TrainingSettings Settings, IReadOnlyList<QaRow> Rows, string OutputDirectory, string? ResumeFromCheckpoint = null,
-    IReadOnlyList<int>? Gpus = null);
+    IReadOnlyList<int>? Gpus = null)
+{
+    /// <summary>A chat run's conversations (then <see cref="Rows"/> is empty).</summary>
+    public IReadOnlyList<Conversation> Conversations { get; init; } = [];
+}
 
 /// <summary>How a finished training ended.</summary>
 public sealed record TrainingOutcome(double? FinalTrainLoss, double? FinalEvalLoss, string AdapterDirectory, string? LastCheckpoint = null);

@@ -1,6 +1,7 @@
 using FineTune.Engine.Training;
 using System.Collections.Concurrent;
 using System.Threading.Channels;
+using FineTune.Web.Features.Data;
 using FineTune.Web.Features.Settings;
 using FineTune.Web.Infrastructure;
 
@@ -62,9 +63,15 @@ public sealed class RunQueue(RunStore store, RunNotifier notifier, ITrainingRunn
     /// "Start training": stores the run with its dataset and queues it, or leaves nothing behind (the row and folder
     /// are removed again when queueing fails).
     /// </summary>
-    public async Task<Run> StartNewAsync(TrainingSettings settings, IReadOnlyList<FineTune.Engine.Data.QaRow> rows, string originalFileName, byte[]? originalFile, CancellationToken cancellationToken = default)
+    public async Task<Run> StartNewAsync(TrainingSettings settings, IReadOnlyList<FineTune.Engine.Data.QaRow> rows, string originalFileName, byte[]? originalFile, CancellationToken cancellationToken = default) =>
+        await QueueAsync(await store.CreateAsync(settings, rows, originalFileName, originalFile, cancellationToken));
+
+    /// <summary>Creates and queues a run of a chat dataset (its conversations).</summary>
+    public async Task<Run> StartNewChatAsync(TrainingSettings settings, IReadOnlyList<FineTune.Engine.Data.Conversation> conversations, string originalFileName, byte[]? originalFile, CancellationToken cancellationToken = default) =>
+        await QueueAsync(await store.CreateChatAsync(settings, conversations, originalFileName, originalFile, cancellationToken));
+
+    private async Task<Run> QueueAsync(Run run)
     {
-        var run = await store.CreateAsync(settings, rows, originalFileName, originalFile, cancellationToken);
         try
         {
             await EnqueueAsync(run.Id);
@@ -205,7 +212,8 @@ public sealed class RunQueue(RunStore store, RunNotifier notifier, ITrainingRunn
         {
             var run = await store.GetAsync(runId);
             if (run is null) return new GpuRequest(false, 0);
-            var rows = await store.ReadDatasetAsync(runId, stoppingToken);
+            var rows = (await store.ReadDatasetAsync(runId, stoppingToken))
+                .Concat((await store.ReadConversationsAsync(runId, stoppingToken)).Select(ChatDatasetReader.SizingRow)).ToList();
             return _gpus.RequestFor(TrainingSettings.FromJson(run.SettingsJson), rows.Count, rows.Sum(TrainingEstimator.EstimateTokens));
         }
         catch (Exception e) when (e is not OperationCanceledException)
@@ -231,7 +239,7 @@ public sealed class RunQueue(RunStore store, RunNotifier notifier, ITrainingRunn
             if (resumePoint is not null)
                 logger.LogInformation("Run {RunId} resumes from step {Step} ({Checkpoint})", runId, resumePoint.Step, resumePoint.Folder);
             var job = new TrainingJob(runId, TrainingSettings.FromJson(run.SettingsJson), await store.ReadDatasetAsync(runId, stoppingToken),
-                store.RunDirectory(runId), resumePoint?.Folder, lease.Indices);
+                store.RunDirectory(runId), resumePoint?.Folder, lease.Indices) { Conversations = await store.ReadConversationsAsync(runId, stoppingToken) };
 
             recorder = RecordAsync(runId, reports.Reader);
             var outcome = await runner.RunAsync(job, new ChannelProgress(reports.Writer), cancel.Token);

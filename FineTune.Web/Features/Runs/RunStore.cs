@@ -1,6 +1,7 @@
 using System.Text;
 using System.Text.Json;
 using FineTune.Engine.Data;
+using FineTune.Engine.Tokenization;
 using FineTune.Engine.Training;
 using FineTune.Web.Features.Data;
 using FineTune.Web.Features.Settings;
@@ -28,17 +29,26 @@ public sealed class RunStore(IDbContextFactory<RunDbContext> contexts, DataPaths
     /// transaction committed. A full disk or a failing database at any point leaves neither a row nor a folder (before,
     /// a full disk left a queued run with a truncated dataset.jsonl that started by itself on the next boot and failed).
     /// </summary>
-    public async Task<Run> CreateAsync(TrainingSettings settings, IReadOnlyList<QaRow> rows, string originalFileName, byte[]? originalFile, CancellationToken cancellationToken = default)
+    public Task<Run> CreateAsync(TrainingSettings settings, IReadOnlyList<QaRow> rows, string originalFileName, byte[]? originalFile, CancellationToken cancellationToken = default) =>
+        rows.Count == 0
+            ? throw new ArgumentException("A run needs at least one usable Q&A row; the dataset is empty.", nameof(rows))
+            : CreateAsync(settings, rows.Count, DataImporter.Hash(rows), rows.Select(ToJsonLine), originalFileName, originalFile, cancellationToken);
+
+    /// <summary>A run of a chat dataset: its conversations are dataset.jsonl's lines, as {"messages": [...], "source_row": n}.</summary>
+    public Task<Run> CreateChatAsync(TrainingSettings settings, IReadOnlyList<Conversation> conversations, string originalFileName, byte[]? originalFile, CancellationToken cancellationToken = default) =>
+        conversations.Count == 0
+            ? throw new ArgumentException("A run needs at least one usable conversation; the dataset is empty.", nameof(conversations))
+            : CreateAsync(settings, conversations.Count, DataImporter.Hash(conversations), conversations.Select(ToJsonLine), originalFileName, originalFile, cancellationToken);
+
+    private async Task<Run> CreateAsync(TrainingSettings settings, int count, string hash, IEnumerable<string> datasetLines, string originalFileName, byte[]? originalFile, CancellationToken cancellationToken)
     {
-        if (rows.Count == 0)
-            throw new ArgumentException("A run needs at least one usable Q&A row; the dataset is empty.", nameof(rows));
         var run = new Run
         {
             Status = RunStatus.Queued,
             Model = settings.Model,
             DatasetFileName = Path.GetFileName(originalFileName),
-            DatasetRows = rows.Count,
-            DatasetHash = DataImporter.Hash(rows),
+            DatasetRows = count,
+            DatasetHash = hash,
             SettingsJson = settings.ToJson(),
             CreatedAt = DateTime.UtcNow,
         };
@@ -55,7 +65,7 @@ public sealed class RunStore(IDbContextFactory<RunDbContext> contexts, DataPaths
                 DurableFiles.SyncFolder(Path.Combine(staging, OriginalFolder));
             }
             await File.WriteAllTextAsync(Path.Combine(staging, SettingsFile), run.SettingsJson, Encoding.UTF8, cancellationToken);
-            await File.WriteAllLinesAsync(Path.Combine(staging, DatasetFile), rows.Select(ToJsonLine), Encoding.UTF8, cancellationToken);
+            await File.WriteAllLinesAsync(Path.Combine(staging, DatasetFile), datasetLines, Encoding.UTF8, cancellationToken);
             DurableFiles.SyncFolder(staging);
 
             await using var db = await contexts.CreateDbContextAsync(cancellationToken);
@@ -123,12 +133,27 @@ public sealed class RunStore(IDbContextFactory<RunDbContext> contexts, DataPaths
         var rows = new List<QaRow>();
         foreach (string line in await File.ReadAllLinesAsync(Path.Combine(RunDirectory(id), DatasetFile), cancellationToken))
         {
-            if (line.Length == 0) continue;
+            if (line.Length == 0 || IsConversationLine(line)) continue;
             var item = JsonSerializer.Deserialize<DatasetLine>(line) ?? throw new JsonException($"Null line in {DatasetFile} of run {id}.");
             rows.Add(new QaRow(item.instruction, item.output, item.input ?? string.Empty, item.system, item.source_row));
         }
         return rows;
     }
+
+    /// <summary>The conversations a chat run trains on, as saved when it was created (none for a Q&amp;A run).</summary>
+    public async Task<IReadOnlyList<Conversation>> ReadConversationsAsync(int id, CancellationToken cancellationToken = default)
+    {
+        var conversations = new List<Conversation>();
+        foreach (string line in await File.ReadAllLinesAsync(Path.Combine(RunDirectory(id), DatasetFile), cancellationToken))
+        {
+            if (line.Length == 0 || !IsConversationLine(line)) continue;
+            var item = JsonSerializer.Deserialize<ConversationLine>(line) ?? throw new JsonException($"Null line in {DatasetFile} of run {id}.");
+            conversations.Add(new Conversation(item.messages.Select(m => new ChatMessage(m.role, m.content)).ToList(), item.source_row));
+        }
+        return conversations;
+    }
+
+    private static bool IsConversationLine(string line) => line.StartsWith("{\"messages\":", StringComparison.Ordinal);
 
     public async Task<Run?> GetAsync(int id, CancellationToken cancellationToken = default)
     {
@@ -234,8 +259,13 @@ public sealed class RunStore(IDbContextFactory<RunDbContext> contexts, DataPaths
 
     private static string ToJsonLine(QaRow row) => JsonSerializer.Serialize(new DatasetLine(row.Instruction, row.Input, row.Output, row.System, row.SourceRow));
 
-#pragma warning disable IDE1006, SA1300 // alpaca keys are lower-case
+    private static string ToJsonLine(Conversation conversation) => JsonSerializer.Serialize(new ConversationLine(
+        conversation.Messages.Select(m => new MessageLine(m.Role, m.Content)).ToList(), conversation.SourceRow));
+
+#pragma warning disable IDE1006, SA1300 // alpaca and OpenAI keys are lower-case
     private sealed record DatasetLine(string instruction, string? input, string output, string? system, int source_row);
+    private sealed record ConversationLine(IReadOnlyList<MessageLine> messages, int source_row);
+    private sealed record MessageLine(string role, string content);
 #pragma warning restore IDE1006, SA1300
 }
 

@@ -1,4 +1,4 @@
-using FineTune.Web.Features.Models;
+using FineTune.Engine.Models;
 
 namespace FineTune.Web.Features.Settings;
 
@@ -27,7 +27,7 @@ public static class SettingsAdvisor
 {
     public const int RecommendedRows = 50;
 
-    public static IReadOnlyList<SettingsWarning> Check(TrainingSettings s, ModelShape? shape, TrainingContext context)
+    public static IReadOnlyList<SettingsWarning> Check(TrainingSettings s, ModelFacts? shape, TrainingContext context)
     {
         var warnings = new List<SettingsWarning>();
         var plan = TrainingEstimator.Plan(context.Rows, s);

@@ -1,16 +1,11 @@
 using FineTune.Engine.Data;
-using FineTune.Web.Features.Models;
+using FineTune.Engine.Models;
+using FineTune.Engine.Training;
 
 namespace FineTune.Web.Features.Settings;
 
 /// <summary>How the rows split and how many optimizer steps training takes.</summary>
 public sealed record StepPlan(int TrainRows, int EvalRows, int BatchesPerEpoch, int StepsPerEpoch, int TotalSteps, int WarmupSteps);
-
-/// <summary>Bytes a training needs, by part, for one device.</summary>
-public sealed record MemoryEstimate(long Weights, long Adapter, long Activations, long Overhead)
-{
-    public long Total => Weights + Adapter + Activations + Overhead;
-}
 
 /// <summary>
 /// Numbers shown before training starts: steps (Hugging Face Trainer's formula, so the count matches what
@@ -44,31 +39,18 @@ public static class TrainingEstimator
     /// </summary>
     public static int EvalInterval(int totalSteps) => Math.Max(1, (int)Math.Ceiling(totalSteps / (double)EvaluationsPerRun));
 
-    /// <summary>Training memory for batch × max length tokens, with or without 4-bit NF4 base weights.</summary>
-    public static MemoryEstimate Memory(ModelShape shape, TrainingSettings s, bool fourBit)
-    {
-        long weights = fourBit
-            // NF4: 4 bits per weight plus block constants (64 per block: fp32 absmax, or ~8 bits with double quantization).
-            ? (long)(shape.LinearParameters * (0.5 + (s.DoubleQuantization ? 0.127 : 0.5) / 8)) + shape.EmbeddingParameters * 2
-            : (shape.LinearParameters + shape.EmbeddingParameters) * 2;
-        // LoRA in fp32: weight, gradient and AdamW's two moments.
-        long adapter = shape.LoraParameters(s.LoraR, s.TargetModules) * 16;
-        long tokens = (long)s.BatchSize * s.MaxSeqLength;
-        // Per layer ~34 bytes × hidden per token in 16-bit (Korthikanti et al.) plus attention scores; fp32 logits and their gradient.
-        long perLayer = tokens * shape.HiddenSize * 34 + 5L * shape.Heads * s.MaxSeqLength * s.MaxSeqLength * s.BatchSize;
-        // A 4-bit base trains with gradient checkpointing (the engine's default, as PEFT's prepare_model_for_kbit_training):
-        // each layer keeps only its 16-bit input, and one layer's activations exist at a time while backward recomputes it.
-        bool checkpointing = fourBit;
-        long layerActivations = checkpointing ? tokens * shape.HiddenSize * 2 * shape.Layers + perLayer : perLayer * shape.Layers;
-        long activations = layerActivations + tokens * shape.VocabSize * 8;
-        long overhead = 512L * 1024 * 1024 + (weights + adapter + activations) / 10;
-        return new MemoryEstimate(weights, adapter, activations, overhead);
-    }
+    /// <summary>
+    /// Training memory for batch × max length tokens, with or without a 4-bit NF4 base: the engine's one estimate
+    /// (<see cref="TrainingMemory"/>, from the model's exact facts); the web only shows it.
+    /// </summary>
+    public static MemoryEstimate Memory(ModelFacts facts, TrainingSettings s, bool fourBit) =>
+        TrainingMemory.Estimate(facts, new MemoryQuery(s.ToLoraSettings(), s.BatchSize, s.MaxSeqLength, fourBit, s.DoubleQuantization,
+            s.GradientCheckpointing, ComputeBytes: s.Precision == Precision.Float32 ? 4 : 2));
 
     private static readonly TimeSpan MaxEstimate = TimeSpan.FromDays(3650);
 
     /// <summary>Rough wall time: 6 × parameters FLOPs per token (forward + backward), at an assumed sustained speed.</summary>
-    public static TimeSpan Time(ModelShape shape, int totalTokens, TrainingSettings s, bool cuda, int cpuThreads)
+    public static TimeSpan Time(ModelFacts shape, int totalTokens, TrainingSettings s, bool cuda, int cpuThreads)
     {
         double flops = 6.0 * shape.TotalParameters * totalTokens * s.Epochs;
         double perSecond = cuda ? 40e12 : Math.Max(cpuThreads, 1) * 8e9;

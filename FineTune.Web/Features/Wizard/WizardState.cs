@@ -23,7 +23,7 @@ public sealed class WizardState
     public (double Temperature, double TopP) TestSampling { get; set; } = (0.7, 0.9);
 
     public bool HasModel => !string.IsNullOrWhiteSpace(Settings.Model);
-    public bool HasData => Dataset is { FinalRows.Count: > 0 };
+    public bool HasData => Dataset is { FinalCount: > 0 };
 
     /// <summary>Which steps may be opened: later steps need the earlier ones done.</summary>
     public bool CanOpen(WizardStep step) => step switch

@@ -34,7 +34,7 @@ public class ModelCatalogTests
     {
         // A local folder's shape is the engine's: the model built on the meta device, counted exactly (biases included).
         string folder = TestFiles.Fixture($"models/{model}");
-        var shape = ModelCatalog.ShapeOf(new TrainingSettings { Source = ModelSource.Local, Model = folder })!;
+        var shape = ModelCatalog.FactsOf(new TrainingSettings { Source = ModelSource.Local, Model = folder })!;
         Assert.Equal(StoredWeights(Path.Combine(folder, "model.safetensors")), shape.TotalParameters);
     }
 
@@ -45,22 +45,22 @@ public class ModelCatalogTests
     [InlineData("meta-llama/Llama-3.1-8B-Instruct", 8_030_261_248)]
     public void Preset_sizes_match_the_published_counts(string id, long published)
     {
-        var shape = ModelCatalog.Find(id)!.Shape;
-        Assert.InRange(shape.TotalParameters, published * 0.999, published * 1.0);
+        var shape = FineTune.Engine.Models.ModelFacts.Of(ModelCatalog.Find(id)!.Config);
+        Assert.Equal(published, shape.TotalParameters); // exact: the engine counts its model built from the preset's config.json
     }
 
     [Fact]
     public void Lora_parameters_on_qkvo_match_peft_for_qwen2_5_0_5b()
     {
         // PEFT print_trainable_parameters for r=16 on q/k/v/o of Qwen2.5-0.5B: 2,162,688.
-        var shape = ModelCatalog.Find("Qwen/Qwen2.5-0.5B-Instruct")!.Shape;
+        var shape = FineTune.Engine.Models.ModelFacts.Of(ModelCatalog.Find("Qwen/Qwen2.5-0.5B-Instruct")!.Config);
         Assert.Equal(2_162_688, shape.LoraParameters(16, ModelCatalog.AttentionTargets));
     }
 
     [Fact]
     public void Four_bit_needs_much_less_weight_memory_than_16_bit()
     {
-        var shape = ModelCatalog.Find("Qwen/Qwen2.5-7B-Instruct")!.Shape;
+        var shape = FineTune.Engine.Models.ModelFacts.Of(ModelCatalog.Find("Qwen/Qwen2.5-7B-Instruct")!.Config);
         var settings = new TrainingSettings();
         var fp16 = TrainingEstimator.Memory(shape, settings, fourBit: false);
         var nf4 = TrainingEstimator.Memory(shape, settings, fourBit: true);
@@ -75,7 +75,7 @@ public class ModelCatalogTests
     {
         // docs/benchmarks.md: QLoRA on the Qwen2-7B shape at 1 × 512 peaked at 7.97 GiB with gradient checkpointing
         // (the 4-bit default) and 10.35 GiB without, on an H200 (nvidia-smi, CUDA context included).
-        var shape = ModelCatalog.Find("Qwen/Qwen2.5-7B-Instruct")!.Shape;
+        var shape = FineTune.Engine.Models.ModelFacts.Of(ModelCatalog.Find("Qwen/Qwen2.5-7B-Instruct")!.Config);
         var settings = new TrainingSettings { BatchSize = 1, MaxSeqLength = 512 };
         double estimate = TrainingEstimator.Memory(shape, settings, fourBit: true).Total / (double)(1L << 30);
         Assert.InRange(estimate, 7.97 * 0.8, 7.97 * 1.25);

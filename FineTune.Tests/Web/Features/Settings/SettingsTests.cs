@@ -42,7 +42,7 @@ public class SettingsTests
     public void The_tutorial_five_rows_get_warnings_with_fixes_that_work()
     {
         var s = new TrainingSettings();
-        var shape = ModelCatalog.Find(s.Model)!.Shape;
+        var shape = FineTune.Engine.Models.ModelFacts.Of(ModelCatalog.Find(s.Model)!.Config);
         var warnings = SettingsAdvisor.Check(s, shape, Context(5));
         var codes = warnings.Select(w => w.Code).ToArray();
         Assert.Contains(WarningCode.FewRows, codes);
@@ -61,7 +61,7 @@ public class SettingsTests
     public void A_model_too_big_for_the_gpu_suggests_4_bit_then_a_shorter_length()
     {
         var s = new TrainingSettings { Model = "Qwen/Qwen2.5-7B-Instruct", Quantization = Quantization.None };
-        var shape = ModelCatalog.Find(s.Model)!.Shape;
+        var shape = FineTune.Engine.Models.ModelFacts.Of(ModelCatalog.Find(s.Model)!.Config);
         var t4 = Context(200, memory: 15_000_000_000, bf16: false);
 
         var first = Assert.Single(SettingsAdvisor.Check(s, shape, t4), w => w.Code == WarningCode.DoesNotFit);
@@ -79,7 +79,7 @@ public class SettingsTests
     public void Cpu_runs_of_big_models_and_high_learning_rates_are_flagged()
     {
         var s = new TrainingSettings { Model = "Qwen/Qwen2.5-7B-Instruct", LearningRate = 5e-3 };
-        var warnings = SettingsAdvisor.Check(s, ModelCatalog.Find(s.Model)!.Shape, Context(1000, cuda: false, memory: 1_000_000_000_000));
+        var warnings = SettingsAdvisor.Check(s, FineTune.Engine.Models.ModelFacts.Of(ModelCatalog.Find(s.Model)!.Config), Context(1000, cuda: false, memory: 1_000_000_000_000));
         Assert.Contains(warnings, w => w.Code == WarningCode.LongRunOnCpu);
         Assert.Contains(warnings, w => w.Code == WarningCode.HighLearningRate);
         Assert.Contains(SettingsAdvisor.Check(s, null, Context(1000)), w => w.Code == WarningCode.UnknownModelSize);

@@ -1,0 +1,149 @@
+using FineTune.Engine.Adapters;
+using FineTune.Engine.Backend;
+using FineTune.Engine.Hub;
+using FineTune.Engine.Models;
+using FineTune.Engine.Training;
+using FineTune.Tests.Adapters;
+using FineTune.Tests.Hub;
+using FineTune.Tests.Models;
+using FineTune.Web.Features.Models;
+using FineTune.Web.Features.Settings;
+
+namespace FineTune.Tests.Training;
+
+/// <summary>
+/// The engine's training-memory estimate, from facts of the model built on the meta device: exact parameter counts from
+/// config shapes, and totals against the peaks measured on an H200 (docs/benchmarks.md, nvidia-smi, CUDA context included).
+/// </summary>
+public sealed class TrainingMemoryTests : IDisposable
+{
+    public TrainingMemoryTests() => _ = ComputeBackend.Current;
+
+    private readonly string _folder = TestPaths.NewTempFolder("training-memory");
+
+    public void Dispose() => Directory.Delete(_folder, recursive: true);
+
+    /// <summary>A Qwen2 config.json with the published shapes (tools/bench/reference.py's qwen2.5-0.5b and qwen2-7b).</summary>
+    private static ModelFacts Qwen2(int hidden, int layers, int intermediate, int heads, int kvHeads, int vocab, bool tied) =>
+        ModelFacts.Of(ModelConfig.Parse($$"""
+            {"model_type": "qwen2", "hidden_size": {{hidden}}, "num_hidden_layers": {{layers}}, "intermediate_size": {{intermediate}},
+             "num_attention_heads": {{heads}}, "num_key_value_heads": {{kvHeads}}, "vocab_size": {{vocab}}, "tie_word_embeddings": {{(tied ? "true" : "false")}},
+             "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "max_position_embeddings": 32768, "hidden_act": "silu"}
+            """));
+
+    private static ModelFacts Qwen2_0_5B => Qwen2(896, 24, 4864, 14, 2, 151936, tied: true);
+
+    private static ModelFacts Qwen2_7B => Qwen2(3584, 28, 18944, 28, 4, 152064, tied: false);
+
+    [Fact]
+    public void Parameter_counts_from_config_shapes_are_the_published_ones()
+    {
+        // model.num_parameters() of Qwen2-0.5B / Qwen2.5-0.5B and Qwen2-7B / Qwen2.5-7B (q/k/v biases included, tied embeddings once).
+        Assert.Equal(494_032_768, Qwen2_0_5B.TotalParameters);
+        Assert.Equal(7_615_616_512, Qwen2_7B.TotalParameters);
+        // NF4 takes every linear but lm_head; embeddings, lm_head, norms and biases stay 16-bit.
+        Assert.Equal(28L * (3584 * 3584 * 2 + 3584 * 512 * 2 + 3 * 3584 * 18944), Qwen2_7B.QuantizableParameters);
+    }
+
+    /// <summary>The benchmark's job (TrainBenchCommand.Job): LoRA r 16, alpha 32, dropout 0.05 on q/k/v/o, batch 1 × 512 tokens, NF4 with double quantization.</summary>
+    private static MemoryQuery Benchmark(bool checkpointing) =>
+        new(new LoraSettings(16, 32, 0.05), BatchSize: 1, MaxSeqLength: 512, FourBit: true, DoubleQuantization: true, GradientCheckpointing: checkpointing);
+
+    [Theory]
+    [InlineData("qwen2-7b", true, 7.97)]
+    [InlineData("qwen2-7b", false, 10.35)]
+    [InlineData("qwen2.5-0.5b", true, 2.42)]
+    [InlineData("qwen2.5-0.5b", false, 2.93)]
+    public void Qlora_estimates_are_within_5_percent_of_the_peaks_measured_on_an_h200(string model, bool checkpointing, double measuredGiB)
+    {
+        var facts = model == "qwen2-7b" ? Qwen2_7B : Qwen2_0_5B;
+        double estimate = TrainingMemory.Estimate(facts, Benchmark(checkpointing)).Total / (double)(1L << 30);
+        Assert.InRange(estimate, measuredGiB * 0.95, measuredGiB * 1.05);
+    }
+
+    [Theory]
+    [InlineData("qwen2-7b", 10.35 - 7.97)]
+    [InlineData("qwen2.5-0.5b", 2.93 - 2.42)]
+    public void What_gradient_checkpointing_saves_follows_from_the_layer_widths(string model, double measuredSavingGiB)
+    {
+        // No calibrated constant takes part in the difference: only the per-token activations of each layer.
+        var facts = model == "qwen2-7b" ? Qwen2_7B : Qwen2_0_5B;
+        var on = TrainingMemory.Estimate(facts, Benchmark(checkpointing: true));
+        var off = TrainingMemory.Estimate(facts, Benchmark(checkpointing: false));
+        Assert.True(on.GradientCheckpointing);
+        Assert.False(off.GradientCheckpointing);
+        Assert.Equal(on.Weights, off.Weights);
+        Assert.InRange((off.Total - on.Total) / (double)(1L << 30), measuredSavingGiB * 0.9, measuredSavingGiB * 1.1);
+    }
+
+    [Fact]
+    public void Trainable_parameters_and_optimizer_states_are_peft_s_counts()
+    {
+        // PEFT print_trainable_parameters for r=16 on q/k/v/o of Qwen2.5-0.5B: 2,162,688.
+        var estimate = TrainingMemory.Estimate(Qwen2_0_5B, new MemoryQuery(new LoraSettings(16, 32, 0.05), 1, 512, FourBit: false));
+        Assert.Equal(2_162_688, estimate.TrainableParameters);
+        Assert.Equal(2_162_688L * 8, estimate.Adapter);          // fp32 weights and gradients
+        Assert.Equal(2_162_688L * 8, estimate.OptimizerStates);  // AdamW's two moments in fp32
+        Assert.False(estimate.GradientCheckpointing);            // the trainer's default: on only for a 4-bit base
+        Assert.Equal(Qwen2_0_5B.TotalParameters * 2, estimate.Weights);
+        Assert.Equal(Qwen2_0_5B.TotalParameters * 4, TrainingMemory.Estimate(Qwen2_0_5B, new MemoryQuery(new LoraSettings(), 1, 512, false, ComputeBytes: 4)).Weights);
+        // Without double quantization each block of 64 keeps an fp32 absmax: 0.5625 bytes a weight instead of ~0.516.
+        Assert.Equal(0.5625, TrainingMemory.Nf4BytesPerWeight(doubleQuantization: false));
+        Assert.InRange(TrainingMemory.Nf4BytesPerWeight(doubleQuantization: true), 0.5158, 0.5159);
+    }
+
+    [Fact]
+    public void Longer_rows_and_bigger_batches_need_more_activation_memory()
+    {
+        var facts = Qwen2_0_5B;
+        long At(int batch, int length) => TrainingMemory.Estimate(facts, new MemoryQuery(new LoraSettings(), batch, length, FourBit: true)).Activations;
+        Assert.True(At(1, 1024) > At(1, 512));
+        Assert.True(At(4, 512) > At(1, 512));
+        Assert.Equal(At(2, 512), At(1, 1024)); // the same tokens, chunked loss of at most 1,024 tokens either way
+    }
+
+    [Fact]
+    public void The_presets_facts_come_from_their_config_json_with_the_published_counts()
+    {
+        foreach (var (id, published) in new[]
+                 {
+                     ("Qwen/Qwen2.5-0.5B-Instruct", 494_032_768L), ("Qwen/Qwen2.5-1.5B-Instruct", 1_543_714_304L),
+                     ("Qwen/Qwen2.5-7B-Instruct", 7_615_616_512L), ("meta-llama/Llama-3.1-8B-Instruct", 8_030_261_248L),
+                 })
+        {
+            var facts = ModelCatalog.FactsOf(new TrainingSettings { Source = ModelSource.Preset, Model = id }, EmptyCache())!;
+            Assert.Equal(published, facts.TotalParameters);
+            Assert.Equal(ModelCatalog.Find(id)!.Family, facts.Family);
+        }
+    }
+
+    private HubOptions EmptyCache() => new() { Endpoint = "http://127.0.0.1:9", Token = null, CacheFolder = Path.Combine(_folder, "empty-cache"), Offline = true };
+
+    [Fact]
+    public async Task A_hub_model_not_downloaded_gets_its_facts_from_its_config_json_alone()
+    {
+        string fixture = ModelFixtures.Folder("qwen3");
+        await using var hub = await FakeHub.StartAsync(h =>
+        {
+            h.Files["config.json"] = File.ReadAllBytes(Path.Combine(fixture, "config.json"));
+            h.Files["tokenizer.json"] = File.ReadAllBytes(Path.Combine(fixture, "tokenizer.json"));
+            h.Files["model.safetensors"] = File.ReadAllBytes(Path.Combine(fixture, "model.safetensors"));
+        });
+        string cache = Path.Combine(_folder, "hf-cache");
+        var options = new HubOptions { Endpoint = hub.Endpoint, Token = null, CacheFolder = cache, Retries = 0, RetryDelay = TimeSpan.Zero };
+        var settings = new TrainingSettings { Source = ModelSource.Hub, Model = hub.ModelId };
+        Assert.Null(ModelCatalog.FactsOf(settings, options));
+
+        using var http = new HttpClient();
+        string snapshot = await new HubDownloader(http, options).DownloadConfigAsync(hub.ModelId);
+
+        // Only config.json came down: no weights, no tokenizer, and the snapshot is not taken for a loadable model.
+        Assert.Equal(["config.json"], Directory.GetFiles(snapshot).Select(Path.GetFileName));
+        Assert.Equal(0, hub.CountRequests("model.safetensors"));
+        var facts = ModelCatalog.FactsOf(settings, options with { Offline = true })!;
+        Assert.Equal(ModelFacts.Of(fixture).TotalParameters, facts.TotalParameters);
+        Assert.Equal(ModelFacts.Of(fixture).LinearNames, facts.LinearNames);
+        // Asked again, even offline, it is the cached file.
+        Assert.Equal(snapshot, await new HubDownloader(http, options with { Offline = true }).DownloadConfigAsync(hub.ModelId));
+    }
+}
