@@ -1,5 +1,6 @@
 using FineTune.Engine.Data;
 using FineTune.Engine.Tokenization;
+using FineTune.Web.Features.Chat;
 
 namespace FineTune.Web.Features.Learning;
 
@@ -7,8 +8,9 @@ public enum LearningCheckStatus { Completed, Failed }
 
 /// <summary>
 /// "Did it learn?" for one finished run, as stored: the answers of the base model and of the fine-tuned model to a
-/// sample of the run's training questions. The questions and expected answers are the run's dataset.jsonl rows
-/// (<see cref="LearningCheckAnswer.RowIndex"/>); the scores are computed from the texts when shown (<see cref="LearningCheckReport"/>).
+/// sample of the run's training questions. The questions and expected answers are the run's dataset.jsonl
+/// (<see cref="LearningCheckAnswer.RowIndex"/> into <see cref="LearningCheckSample.Questions"/>); the scores are computed
+/// from the texts when shown (<see cref="LearningCheckReport"/>).
 /// </summary>
 public sealed class LearningCheck
 {
@@ -26,7 +28,7 @@ public sealed class LearningCheckAnswer
 {
     public long Id { get; set; }
     public int RunId { get; set; }
-    /// <summary>0-based index of the question in the run's dataset.jsonl.</summary>
+    /// <summary>0-based index of the question in the run's questions (<see cref="LearningCheckSample.Questions"/>).</summary>
     public int RowIndex { get; set; }
     public string BaseAnswer { get; set; } = string.Empty;
     public string FineTunedAnswer { get; set; } = string.Empty;
@@ -54,11 +56,18 @@ public static class LearningCheckSample
     /// </summary>
     public static int MaxNewTokens(string expected) => Math.Clamp(2 * expected.Length, 32, MaxAnswerTokens);
 
-    /// <summary>The question as the run trained on it: the row's system prompt, then the instruction with its input.</summary>
-    public static IReadOnlyList<ChatMessage> Messages(QaRow row)
+    /// <summary>
+    /// A run's training questions with their expected answers, in the data's order: each Q&amp;A row as trained (its
+    /// system prompt, then the instruction with its input); each conversation's last answer after the turns before it
+    /// (<see cref="BatchTest.FromConversations"/>).
+    /// </summary>
+    public static IReadOnlyList<BatchTestRow> Questions(IReadOnlyList<QaRow> rows, IReadOnlyList<Conversation> conversations) =>
+        [.. rows.Select(Question), .. BatchTest.FromConversations(conversations)];
+
+    private static BatchTestRow Question(QaRow row)
     {
         string user = string.IsNullOrWhiteSpace(row.Input) ? row.Instruction : row.Instruction + "\n\n" + row.Input;
-        return string.IsNullOrWhiteSpace(row.System) ? [ChatMessage.User(user)] : [ChatMessage.System(row.System), ChatMessage.User(user)];
+        return new BatchTestRow(user, row.Output, string.IsNullOrWhiteSpace(row.System) ? null : [ChatMessage.System(row.System)]);
     }
 }
 
@@ -101,9 +110,9 @@ public sealed record LearningCheckReport(IReadOnlyList<LearningCheckRow> Rows, i
     public static LearningVerdict VerdictOf(double score) =>
         score >= LearnedFrom ? LearningVerdict.Learned : score >= PartlyFrom ? LearningVerdict.Partly : LearningVerdict.NotYet;
 
-    /// <summary>The stored answers joined with their questions from the run's rows.</summary>
-    public static LearningCheckReport From(IReadOnlyList<LearningCheckAnswer> answers, IReadOnlyList<QaRow> dataset) =>
-        new([.. answers.OrderBy(a => a.RowIndex).Where(a => a.RowIndex < dataset.Count).Select(a =>
-            new LearningCheckRow(a.RowIndex, LearningCheckSample.Messages(dataset[a.RowIndex])[^1].Content, dataset[a.RowIndex].Output, a.BaseAnswer, a.FineTunedAnswer))],
-            dataset.Count);
+    /// <summary>The stored answers joined with their questions (<see cref="LearningCheckSample.Questions"/>).</summary>
+    public static LearningCheckReport From(IReadOnlyList<LearningCheckAnswer> answers, IReadOnlyList<BatchTestRow> questions) =>
+        new([.. answers.OrderBy(a => a.RowIndex).Where(a => a.RowIndex < questions.Count).Select(a =>
+            new LearningCheckRow(a.RowIndex, questions[a.RowIndex].Question, questions[a.RowIndex].Expected, a.BaseAnswer, a.FineTunedAnswer))],
+            questions.Count);
 }

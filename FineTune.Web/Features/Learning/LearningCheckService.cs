@@ -32,9 +32,9 @@ public sealed class LearningCheckService(
     /// <summary>Raised with the run's id when its check moves (a question answered, started, stored).</summary>
     public event Action<int>? Changed;
 
-    private sealed class Progress(int total)
+    private sealed class Progress
     {
-        public int Total { get; } = total;
+        public volatile int Total;
         public List<LearningCheckAnswer> Answers { get; } = [];
         public volatile bool Waiting;
         public Task Task = Task.CompletedTask;
@@ -60,12 +60,12 @@ public sealed class LearningCheckService(
         {
             LearningCheckAnswer[] answers;
             lock (progress.Answers) answers = [.. progress.Answers];
-            var partial = answers.Length == 0 ? null : LearningCheckReport.From(answers, await store.ReadDatasetAsync(runId, cancellationToken));
+            var partial = answers.Length == 0 ? null : LearningCheckReport.From(answers, await QuestionsAsync(runId, cancellationToken));
             return new LearningCheckState(null, partial, Running: true, progress.Waiting, answers.Length, progress.Total);
         }
         var stored = await LoadAsync(runId, cancellationToken);
         if (stored is null) return new LearningCheckState(null, null, false, false, 0, 0);
-        var report = stored.Status == LearningCheckStatus.Completed ? LearningCheckReport.From(stored.Answers, await store.ReadDatasetAsync(runId, cancellationToken)) : null;
+        var report = stored.Status == LearningCheckStatus.Completed ? LearningCheckReport.From(stored.Answers, await QuestionsAsync(runId, cancellationToken)) : null;
         return new LearningCheckState(stored, report, false, false, stored.Answers.Count, stored.Answers.Count);
     }
 
@@ -99,8 +99,7 @@ public sealed class LearningCheckService(
 
     private void Start(int runId)
     {
-        var rows = LearningCheckSample.Rows(CountRows(runId));
-        var progress = new Progress(rows.Count);
+        var progress = new Progress();
         if (!_running.TryAdd(runId, progress)) return;
         progress.Task = Task.Run(async () =>
         {
@@ -114,10 +113,11 @@ public sealed class LearningCheckService(
         Changed?.Invoke(runId);
     }
 
-    private int CountRows(int runId) => File.ReadLines(Path.Combine(store.RunDirectory(runId), RunStore.DatasetFile)).Count(l => l.Length > 0);
+    private async Task<IReadOnlyList<BatchTestRow>> QuestionsAsync(int runId, CancellationToken cancellationToken) =>
+        LearningCheckSample.Questions(await store.ReadDatasetAsync(runId, cancellationToken), await store.ReadConversationsAsync(runId, cancellationToken));
 
     /// <summary>Runs the check now and stores it: the answers, or the reason it failed. Cancelled (app stopping): nothing stored.</summary>
-    public Task<LearningCheck> RunAsync(int runId, CancellationToken cancellationToken) => RunAsync(runId, new Progress(0), cancellationToken);
+    public Task<LearningCheck> RunAsync(int runId, CancellationToken cancellationToken) => RunAsync(runId, new Progress(), cancellationToken);
 
     private async Task<LearningCheck> RunAsync(int runId, Progress progress, CancellationToken cancellationToken)
     {
@@ -126,13 +126,15 @@ public sealed class LearningCheckService(
         {
             var run = await store.GetAsync(runId, cancellationToken) ?? throw new KeyNotFoundException($"Run {runId} does not exist (deleted?).");
             var settings = TrainingSettings.FromJson(run.SettingsJson);
-            var dataset = await store.ReadDatasetAsync(runId, cancellationToken);
+            var questions = await QuestionsAsync(runId, cancellationToken);
+            var sample = LearningCheckSample.Rows(questions.Count);
+            progress.Total = sample.Count;
             string adapter = packager.AdapterDirectory(runId);
-            foreach (int index in LearningCheckSample.Rows(dataset.Count))
+            foreach (int index in sample)
             {
-                var row = dataset[index];
+                var question = questions[index];
                 ChatRequest Request(string? adapterDirectory) => new(
-                    settings.Model, settings.Source, adapterDirectory, LearningCheckSample.Messages(row), LearningCheckSample.MaxNewTokens(row.Output),
+                    settings.Model, settings.Source, adapterDirectory, question.Messages, LearningCheckSample.MaxNewTokens(question.Expected),
                     Temperature: 0, TopP: 1, FourBit: settings.Quantization == Quantization.Nf4, DoubleQuantization: settings.DoubleQuantization,
                     Template: settings.ToPromptTemplate());
                 await WaitForTrainingAsync(runId, progress, cancellationToken);

@@ -1,4 +1,5 @@
 using FineTune.Engine.Data;
+using FineTune.Engine.Tokenization;
 using FineTune.Web.Features.Learning;
 
 namespace FineTune.Tests.Web.Features.Learning;
@@ -33,11 +34,28 @@ public sealed class LearningCheckReportTests
     [Fact]
     public void The_question_is_asked_as_trained_with_the_rows_system_prompt_and_input()
     {
-        var messages = LearningCheckSample.Messages(new QaRow("翻譯成英文", "Hello", Input: "你好", System: "你是翻譯"));
+        var questions = LearningCheckSample.Questions([new QaRow("翻譯成英文", "Hello", Input: "你好", System: "你是翻譯"), new QaRow("可以退貨嗎？", "可以")], []);
+        var messages = questions[0].Messages;
         Assert.Equal(["system", "user"], messages.Select(m => m.Role));
         Assert.Equal("你是翻譯", messages[0].Content);
         Assert.Equal("翻譯成英文\n\n你好", messages[1].Content);
-        Assert.Equal(["user"], LearningCheckSample.Messages(new QaRow("可以退貨嗎？", "可以")).Select(m => m.Role));
+        Assert.Equal(("翻譯成英文\n\n你好", "Hello"), (questions[0].Question, questions[0].Expected));
+        Assert.Equal(["user"], questions[1].Messages.Select(m => m.Role));
+    }
+
+    [Fact]
+    public void A_conversation_is_asked_its_last_question_after_the_turns_before_it()
+    {
+        var conversation = new Conversation(
+        [
+            ChatMessage.System("你是客服。"), ChatMessage.User("保固多久？"), ChatMessage.Assistant("一年。"),
+            ChatMessage.User("運費誰付？"), ChatMessage.Assistant("滿千免運。"),
+        ], 2);
+
+        var question = Assert.Single(LearningCheckSample.Questions([], [conversation]));
+
+        Assert.Equal(("運費誰付？", "滿千免運。"), (question.Question, question.Expected));
+        Assert.Equal(conversation.Messages.Take(4), question.Messages);
     }
 
     private static readonly QaRow[] Dataset =
@@ -47,6 +65,8 @@ public sealed class LearningCheckReportTests
         new("怎麼聯繫客服？", "請撥 0800-123-456。"),
         new("運費多少？", "滿千免運。"),
     ];
+
+    private static readonly IReadOnlyList<FineTune.Web.Features.Chat.BatchTestRow> Questions = LearningCheckSample.Questions(Dataset, []);
 
     private static LearningCheckAnswer Answer(int row, string baseAnswer, string fineTuned) => new() { RowIndex = row, BaseAnswer = baseAnswer, FineTunedAnswer = fineTuned };
 
@@ -59,7 +79,7 @@ public sealed class LearningCheckReportTests
             Answer(2, "我不知道", "請撥 0800-123-456。"),
             Answer(0, "保固", "一年保固。"),
             Answer(1, "七天內可以退貨。", "七天內可以退貨。"),
-        ], Dataset);
+        ], Questions);
 
         Assert.Equal([0, 1, 2], report.Rows.Select(r => r.RowIndex));
         Assert.Equal(["保固多久？", "可以退貨嗎？", "怎麼聯繫客服？"], report.Rows.Select(r => r.Question));
@@ -82,7 +102,7 @@ public sealed class LearningCheckReportTests
     [InlineData("我不知道", "我不知道", LearningVerdict.NotYet)]
     public void The_verdict_reads_the_fine_tuned_models_average(string baseAnswer, string fineTuned, LearningVerdict verdict)
     {
-        var report = LearningCheckReport.From([Answer(0, baseAnswer, fineTuned)], Dataset);
+        var report = LearningCheckReport.From([Answer(0, baseAnswer, fineTuned)], Questions);
         Assert.Equal(verdict, report.Verdict);
     }
 
@@ -90,7 +110,7 @@ public sealed class LearningCheckReportTests
     public void Clearly_closer_than_the_base_model_counts_as_partly_learned_even_below_one_half()
     {
         // Expected "滿千免運。": the base model shares nothing (0); "滿千元才能免運費喔" keeps 滿千…免運, 5 edits of 9: 1 − 5/9 ≈ 0.44.
-        var report = LearningCheckReport.From([Answer(3, "不知道", "滿千元才能免運費喔")], Dataset);
+        var report = LearningCheckReport.From([Answer(3, "不知道", "滿千元才能免運費喔")], Questions);
         Assert.Equal(1 - 5.0 / 9, report.FineTunedScore, 10);
         Assert.Equal(0.0, report.BaseScore, 10);
         Assert.Equal(LearningVerdict.Partly, report.Verdict);

@@ -128,6 +128,30 @@ public sealed class LearningCheckServiceTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_chat_run_is_asked_each_conversations_last_question_after_its_earlier_turns()
+    {
+        Conversation[] conversations =
+        [
+            new([ChatMessage.System("你是客服。"), ChatMessage.User("保固多久？"), ChatMessage.Assistant("一年。"), ChatMessage.User("可以退貨嗎？"), ChatMessage.Assistant(Rows[2].Output)], 2),
+            new([ChatMessage.User(Rows[0].Instruction), ChatMessage.Assistant(Rows[0].Output)], 3),
+        ];
+        var settings = Settings();
+        settings.PromptTemplate = PromptStyle.ModelChatTemplate;
+        var run = await _services.Store.CreateChatAsync(settings, conversations, "chat.jsonl", null);
+        WriteAdapter(run.Id);
+        await _services.Store.SetStatusAsync(run.Id, RunStatus.Completed);
+
+        var check = await _checks.RunAsync(run.Id, CancellationToken.None);
+
+        Assert.Equal([0, 1], check.Answers.Select(a => a.RowIndex));
+        Assert.Equal([.. conversations[0].Messages.Take(4)], _generator.Requests[0].Messages);
+        var report = (await _checks.GetAsync(run.Id)).Report!;
+        Assert.Equal(["可以退貨嗎？", Rows[0].Instruction], report.Rows.Select(r => r.Question));
+        Assert.Equal(1.0, report.FineTunedScore);
+        Assert.Equal(2, report.DatasetRows);
+    }
+
+    [Fact]
     public async Task Starts_once_per_run_and_a_new_service_reads_the_stored_answers_without_asking_again()
     {
         int id = await CompletedRunAsync();
