@@ -25,6 +25,7 @@ public static class ApplicationServices
             .ValidateOnStart();
 
         builder.Services.AddRazorComponents().AddInteractiveServerComponents();
+        builder.Services.AddMemoryReclaim(); // a closed tab's upload goes back to the OS
         builder.Services.AddMudServices();
         builder.Services.AddSignalR();
         builder.Services.AddAppLocalization();
@@ -82,6 +83,7 @@ public static class ApplicationServices
         builder.Services.AddSingleton<ModelDownloadService>();
         builder.Services.AddSingleton<EngineModels>();
         builder.Services.AddSingleton<TokenCounter>();
+        builder.Services.AddSingleton<TrainingTimeService>();
         builder.Services.TryAddSingleton<ITrainingRunner, EngineTrainingRunner>();
         builder.Services.TryAddSingleton<IChatGenerator, EngineChatGenerator>();
         builder.Services.TryAddSingleton<IModelMerger, EngineModelMerger>();

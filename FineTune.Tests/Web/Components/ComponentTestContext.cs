@@ -62,6 +62,9 @@ public abstract class ComponentTestContext : BunitContext, IAsyncLifetime
         Services.AddScoped(sp => new WizardDraftStore(Runs.Contexts, Importer, sp.GetRequiredService<FineTune.Web.Features.Engine.TokenCounter>(), NullLogger<WizardDraftStore>.Instance));
         HubOptions = new HubOptions { Endpoint = "http://127.0.0.1:9", CacheFolder = Path.Combine(Runs.Paths.Root, "hub"), Token = null, Offline = false, Retries = 0, RetryDelay = TimeSpan.Zero, ProgressInterval = TimeSpan.Zero };
         Services.AddSingleton(_ => new ModelDownloadService(new SingleClientFactory(_http), HubOptions, NullLogger<ModelDownloadService>.Instance, NullLoggerFactory.Instance));
+        Services.AddSingleton(sp => new FineTune.Web.Features.Engine.TrainingTimeService(new FineTune.Web.Features.Engine.EngineModels(
+            sp.GetRequiredService<BackendInfo>(), sp.GetRequiredService<LocalModelFolders>(), sp.GetRequiredService<ModelDownloadService>(), NullLoggerFactory.Instance),
+            NullLoggerFactory.Instance));
         Render<MudPopoverProvider>();
     }
 
