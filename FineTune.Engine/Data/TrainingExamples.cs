@@ -45,8 +45,18 @@ public static class TrainingExamples
     /// (<see cref="Tokenization.PromptTemplate.EncodeConversation"/>); a conversation can give several examples.
     /// </summary>
     public static ExampleSet Build(IEnumerable<Conversation> conversations, Tokenization.PromptTemplate template, ExampleOptions options, ILogger? logger = null) =>
-        Build(conversations.SelectMany((conversation, i) => template.EncodeConversation(conversation.Messages)
-            .Select(e => (e.InputIds, e.Labels, conversation.SourceRow > 0 ? conversation.SourceRow : i + 1))), options, logger);
+        Build(conversations.SelectMany((conversation, i) =>
+        {
+            int row = conversation.SourceRow > 0 ? conversation.SourceRow : i + 1;
+            try
+            {
+                return template.EncodeConversation(conversation.Messages).Select(e => (e.InputIds, e.Labels, row));
+            }
+            catch (Exception e) when (e is Tokenization.PromptTemplateException or Tokenization.Jinja.ChatTemplateException)
+            {
+                throw new Tokenization.PromptTemplateException($"The conversation from row {row}: {e.Message}");
+            }
+        }), options, logger);
 
     /// <summary>Rows through <paramref name="encode"/> (ids and labels of one row).</summary>
     public static ExampleSet Build(IEnumerable<QaRow> rows, Func<QaRow, (int[] InputIds, int[] Labels)> encode, ExampleOptions options, ILogger? logger = null) =>

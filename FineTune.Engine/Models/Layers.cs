@@ -94,25 +94,54 @@ public sealed class TokenEmbedding : WeightModule
     }
 }
 
-/// <summary>The SwiGLU MLP of Llama, Mistral, Qwen2 and Qwen3: down_proj(silu(gate_proj(x)) * up_proj(x)).</summary>
+/// <summary>
+/// The checkpoint names of a SwiGLU MLP's projections, in the order the family's modeling file declares them (the order
+/// LoRA layers are attached in, and so the order their seeded initialization follows).
+/// </summary>
+public sealed record SwiGluNames(string Gate, string Up, string Down)
+{
+    public IReadOnlyList<string> DeclarationOrder { get; init; } = [Gate, Up, Down];
+
+    /// <summary>Llama, Mistral, Qwen2, Qwen3: down_proj(silu(gate_proj(x)) * up_proj(x)).</summary>
+    public static readonly SwiGluNames Llama = new("gate_proj", "up_proj", "down_proj");
+
+    /// <summary>Qwen v1's modeling_qwen.py: c_proj(w1(x) * silu(w2(x))), so w2 is the gate and w1 the up projection.</summary>
+    public static readonly SwiGluNames QWen = new("w2", "w1", "c_proj") { DeclarationOrder = ["w1", "w2", "c_proj"] };
+}
+
+/// <summary>
+/// The SwiGLU MLP: down(silu(gate(x)) * up(x)), SiLU·up fused (FusedOps.SiluMul). Llama/Mistral/Qwen2/Qwen3 name the
+/// projections gate_proj/up_proj/down_proj, Qwen v1 w2/w1/c_proj (<see cref="SwiGluNames"/>); they are registered under
+/// those checkpoint names, so weights load and LoRA targets match without a name map.
+/// </summary>
 public sealed class SwiGluMlp : nn.Module<Tensor, Tensor>
 {
-    public readonly LoraLinear gate_proj;
-    public readonly LoraLinear up_proj;
-    public readonly LoraLinear down_proj;
+    // Kept in an array, not fields: TorchSharp registers a module's fields under their field names, and these are
+    // registered once, under the checkpoint's names.
+    private readonly LoraLinear[] _projections;
 
-    public SwiGluMlp(ModelConfig config, ModelBuild build) : base(nameof(SwiGluMlp))
+    public LoraLinear Gate => _projections[0];
+    public LoraLinear Up => _projections[1];
+    public LoraLinear Down => _projections[2];
+
+    public SwiGluMlp(ModelConfig config, ModelBuild build, SwiGluNames? names = null) : base(nameof(SwiGluMlp))
     {
-        gate_proj = build.Linear(config.HiddenSize, config.IntermediateSize, config.MlpBias);
-        up_proj = build.Linear(config.HiddenSize, config.IntermediateSize, config.MlpBias);
-        down_proj = build.Linear(config.IntermediateSize, config.HiddenSize, config.MlpBias);
-        RegisterComponents();
+        names ??= SwiGluNames.Llama;
+        _projections =
+        [
+            build.Linear(config.HiddenSize, config.IntermediateSize, config.MlpBias),
+            build.Linear(config.HiddenSize, config.IntermediateSize, config.MlpBias),
+            build.Linear(config.IntermediateSize, config.HiddenSize, config.MlpBias),
+        ];
+        foreach (string name in names.DeclarationOrder)
+            register_module(name, name == names.Gate ? Gate : name == names.Up ? Up : name == names.Down ? Down
+                : throw new ArgumentException($"'{name}' is none of the MLP's names {names}.", nameof(names)));
     }
 
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        var y = down_proj.forward(FusedOps.SiluMul(gate_proj.forward(x), up_proj.forward(x)));
+        var y = Down.forward(FusedOps.SiluMul(Gate.forward(x), Up.forward(x))); // (B, T, H)
         return scope.MoveToOuter(y);
     }
 }

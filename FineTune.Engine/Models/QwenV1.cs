@@ -7,7 +7,7 @@ namespace FineTune.Engine.Models;
 #pragma warning disable IDE1006 // fields are named like the checkpoint keys (Qwen's modeling_qwen.py, trust_remote_code)
 
 // Qwen (v1: Qwen-1.8B/7B/14B, -Chat): multi-head attention from one fused c_attn (with bias), RoPE with
-// base rotary_emb_base applied in fp32, MLP c_proj(w1(x) * silu(w2(x))), RMSNorm. Checkpoint keys:
+// base rotary_emb_base applied in fp32, MLP c_proj(w1(x) * silu(w2(x))) (the shared SwiGluMlp under these names), RMSNorm. Checkpoint keys:
 // transformer.wte, transformer.h.N.{ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.w1, mlp.w2, mlp.c_proj},
 // transformer.ln_f, lm_head. The block, model and LM head are the shared decoder (Decoder.cs) under these names. Within seq_length its dynamic NTK and logn scaling are inactive, so they are not
 // implemented: prompts + answers longer than seq_length are refused by the generator's length check.
@@ -44,28 +44,6 @@ public sealed class QWenAttention : DecoderAttention
         AttentionOps.ApplyRotary(x.to(ScalarType.Float32), pass.Cos, pass.SignedSin).to(x.dtype);
 }
 
-public sealed class QWenMlp : nn.Module<Tensor, Tensor>
-{
-    public readonly LoraLinear w1;
-    public readonly LoraLinear w2;
-    public readonly LoraLinear c_proj;
-
-    public QWenMlp(ModelConfig config, ModelBuild build) : base(nameof(QWenMlp))
-    {
-        w1 = build.Linear(config.HiddenSize, config.IntermediateSize, config.MlpBias);
-        w2 = build.Linear(config.HiddenSize, config.IntermediateSize, config.MlpBias);
-        c_proj = build.Linear(config.IntermediateSize, config.HiddenSize, config.MlpBias);
-        RegisterComponents();
-    }
-
-    public override Tensor forward(Tensor x)
-    {
-        using var scope = NewDisposeScope();
-        var y = c_proj.forward(w1.forward(x) * nn.functional.silu(w2.forward(x))); // (B, T, H)
-        return scope.MoveToOuter(y);
-    }
-}
-
 /// <summary>The names of Qwen's modeling_qwen.py for the shared decoder: transformer.wte, transformer.h.N.{ln_1, attn, ln_2, mlp}, transformer.ln_f.</summary>
 internal static class QWen
 {
@@ -73,5 +51,5 @@ internal static class QWen
 
     /// <summary>QWenLMHeadModel (Qwen v1 checkpoints, model_type "qwen"): RoPE tables in fp32, as Qwen computes them.</summary>
     public static readonly DecoderParts Parts =
-        new("QWenLMHeadModel", Names, (config, build, layer) => new QWenAttention(config, build, layer), (config, build) => new QWenMlp(config, build), RopeDType: ScalarType.Float32);
+        new("QWenLMHeadModel", Names, (config, build, layer) => new QWenAttention(config, build, layer), (config, build) => new SwiGluMlp(config, build, SwiGluNames.QWen), RopeDType: ScalarType.Float32);
 }

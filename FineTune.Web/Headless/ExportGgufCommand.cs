@@ -73,11 +73,7 @@ public static class ExportGgufCommand
             await error.WriteLineAsync("export-gguf: interrupted").ConfigureAwait(false);
             return 130;
         }
-        catch (Exception e) when (e is ModelFormatException or UnsupportedModelException or TokenizerLoadException or HubException
-                                      or AdapterFormatException or PromptTemplateException or GgufExportException or ArithmeticException
-                                      or IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException
-                                      or InvalidOperationException or InvalidDataException or HttpRequestException
-                                      or System.Runtime.InteropServices.ExternalException)
+        catch (Exception e) when (HeadlessCli.IsOneLineFailure(e))
         {
             await error.WriteLineAsync($"export-gguf: {HeadlessCli.OneLine(e.Message)}").ConfigureAwait(false);
             return 1;

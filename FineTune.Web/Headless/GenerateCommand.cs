@@ -65,11 +65,7 @@ public static class GenerateCommand
             await error.WriteLineAsync("generate: interrupted").ConfigureAwait(false);
             return 130;
         }
-        catch (Exception e) when (e is ModelFormatException or UnsupportedModelException or TokenizerLoadException or HubException
-                                      or AdapterFormatException or PromptTemplateException or FineTune.Engine.Tokenization.Jinja.ChatTemplateException
-                                      or IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException
-                                      or InvalidOperationException or InvalidDataException or HttpRequestException
-                                      or System.Runtime.InteropServices.ExternalException)
+        catch (Exception e) when (HeadlessCli.IsOneLineFailure(e))
         {
             await error.WriteLineAsync($"generate: {HeadlessCli.OneLine(e.Message)}").ConfigureAwait(false);
             return 1;

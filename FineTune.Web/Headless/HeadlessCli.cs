@@ -1,7 +1,12 @@
 using System.CommandLine;
 using System.CommandLine.Help;
+using FineTune.Engine.Adapters;
 using FineTune.Engine.Backend;
+using FineTune.Engine.Export;
 using FineTune.Engine.Hub;
+using FineTune.Engine.Models;
+using FineTune.Engine.Tokenization;
+using FineTune.Engine.Tokenization.Jinja;
 using Microsoft.Extensions.Logging;
 
 namespace FineTune.Web.Headless;
@@ -76,6 +81,16 @@ public static class HeadlessCli
         console.Error.WriteLine($"{command}: {OneLine(backend.UnavailableReason ?? backend.Description)}");
         return null;
     }
+
+    /// <summary>
+    /// What `generate` and `export-gguf` report as one line and exit 1: a model, tokenizer, template or adapter they cannot
+    /// use, a Hub that cannot be reached, a file they cannot read or write, a libtorch error. Anything else keeps its trace.
+    /// </summary>
+    internal static bool IsOneLineFailure(Exception e) =>
+        e is ModelFormatException or UnsupportedModelException or TokenizerLoadException or HubException or AdapterFormatException
+            or PromptTemplateException or ChatTemplateException or GgufExportException or ArithmeticException
+            or IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException or InvalidOperationException
+            or InvalidDataException or HttpRequestException or System.Runtime.InteropServices.ExternalException;
 
     internal static string OneLine(string message) => message.ReplaceLineEndings(" ").Trim();
 }

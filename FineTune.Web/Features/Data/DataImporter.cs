@@ -1,5 +1,7 @@
 using System.Security.Cryptography;
 using FineTune.Engine.Data;
+using FineTune.Engine.Tokenization;
+using FineTune.Engine.Tokenization.Jinja;
 
 namespace FineTune.Web.Features.Data;
 
@@ -8,7 +10,15 @@ namespace FineTune.Web.Features.Data;
 /// <param name="Mapping">Columns chosen by the user; null guesses them from the header.</param>
 /// <param name="MaxSeqLength">Rows with more tokens than this are reported (they would be cut).</param>
 /// <param name="CountTokens">Counts a row's tokens as the trainer will see them (prompt template included); null skips the check.</param>
-public sealed record ImportSettings(int SheetIndex = 0, ColumnMapping? Mapping = null, int MaxSeqLength = 512, Func<QaRow, int>? CountTokens = null);
+public sealed record ImportSettings(int SheetIndex = 0, ColumnMapping? Mapping = null, int MaxSeqLength = 512, Func<QaRow, int>? CountTokens = null)
+{
+    /// <summary>
+    /// For chat data: the tokens of a conversation's longest training example through the run's template; throws
+    /// <see cref="ChatTemplateException"/> or <see cref="PromptTemplateException"/> when the
+    /// model's template refuses the conversation. Null skips both checks.
+    /// </summary>
+    public Func<Conversation, int>? CountConversationTokens { get; init; }
+}
 
 /// <summary>The rows of one sheet with the columns used and what the checks found.</summary>
 public sealed record ImportResult(
@@ -44,22 +54,50 @@ public sealed class DataImporter(ExcelTableReader excel)
 
     /// <summary>Reads a whole upload (at most <paramref name="maxBytes"/>) and parses it.</summary>
     public async Task<DataFile> ReadAsync(Stream stream, string fileName, long maxBytes, CancellationToken cancellationToken = default) =>
-        Parse(await ReadLimitedAsync(stream, maxBytes, cancellationToken), fileName);
+        Parse(await ReadLimitedAsync(stream, maxBytes, cancellationToken: cancellationToken), fileName);
 
-    /// <summary>The bytes of an upload, refusing more than <paramref name="maxBytes"/> while reading (the declared size may lie).</summary>
-    public static async Task<byte[]> ReadLimitedAsync(Stream stream, long maxBytes, CancellationToken cancellationToken = default)
+    /// <summary>
+    /// The bytes of an upload, refusing more than <paramref name="maxBytes"/> while reading (the declared size may lie).
+    /// With <paramref name="declaredBytes"/> (the browser's size) the bytes go straight into one array of that size: a
+    /// growing MemoryStream and its final copy held about three times a 45 MB file at once, on the large object heap.
+    /// </summary>
+    public static async Task<byte[]> ReadLimitedAsync(Stream stream, long maxBytes, long? declaredBytes = null, CancellationToken cancellationToken = default)
     {
+        if (declaredBytes is { } declared && declared > 0 && declared <= maxBytes)
+        {
+            var bytes = new byte[declared];
+            int filled = 0, read;
+            while (filled < bytes.Length && (read = await stream.ReadAsync(bytes.AsMemory(filled), cancellationToken)) > 0)
+                filled += read;
+            if (filled < bytes.Length) return bytes[..filled]; // shorter than declared: what came
+            var extra = new byte[1];
+            if (await stream.ReadAsync(extra, cancellationToken) == 0) return bytes;
+            // Longer than declared: read on, with the limit, as for an unknown size.
+            using var rest = new MemoryStream();
+            rest.Write(bytes);
+            rest.Write(extra);
+            await CopyLimitedAsync(stream, rest, maxBytes, cancellationToken);
+            return rest.ToArray();
+        }
         using var buffer = new MemoryStream();
+        await CopyLimitedAsync(stream, buffer, maxBytes, cancellationToken);
+        return buffer.ToArray();
+    }
+
+    private static async Task CopyLimitedAsync(Stream stream, MemoryStream buffer, long maxBytes, CancellationToken cancellationToken)
+    {
+        if (buffer.Length > maxBytes) throw TooLarge(maxBytes);
         var chunk = new byte[81920];
         int read;
         while ((read = await stream.ReadAsync(chunk, cancellationToken)) > 0)
         {
-            if (buffer.Length + read > maxBytes)
-                throw new DataImportException(ImportErrorCode.TooLarge, $"The file is larger than the limit of {maxBytes / (1024 * 1024)} MB.");
+            if (buffer.Length + read > maxBytes) throw TooLarge(maxBytes);
             buffer.Write(chunk, 0, read);
         }
-        return buffer.ToArray();
     }
+
+    private static DataImportException TooLarge(long maxBytes) =>
+        new(ImportErrorCode.TooLarge, $"The file is larger than the limit of {maxBytes / (1024 * 1024)} MB.");
 
     /// <summary>Parses a file; <paramref name="encoding"/> overrides the detected text encoding (the user's choice).</summary>
     public DataFile Parse(byte[] bytes, string fileName, TextEncoding? encoding = null)
@@ -81,14 +119,16 @@ public sealed class DataImporter(ExcelTableReader excel)
             }
             else
             {
-                var (text, used) = encoding is { } chosen ? TextDecoder.Decode(bytes, chosen) : TextDecoder.Decode(bytes);
+                // Text is decoded while it is parsed: the file is never also held as one string (twice its size in UTF-16).
+                var used = encoding ?? TextDecoder.Detect(bytes);
                 string name = Path.GetFileNameWithoutExtension(fileName);
+                using var reader = TextDecoder.OpenReader(bytes, used);
                 file = extension switch
                 {
-                    ".jsonl" => new DataFile(fileName, DataFileFormat.JsonLines, [JsonTableReader.ReadLines(text, name)], used),
-                    ".json" => new DataFile(fileName, DataFileFormat.Json, [JsonTableReader.ReadArray(text, name)], used),
-                    ".tsv" => new DataFile(fileName, DataFileFormat.Tsv, [DelimitedTableReader.Read(text, name, '\t')], used),
-                    _ => new DataFile(fileName, DataFileFormat.Csv, [DelimitedTableReader.Read(text, name)], used),
+                    ".jsonl" => new DataFile(fileName, DataFileFormat.JsonLines, [JsonTableReader.ReadLines(reader, name)], used),
+                    ".json" => new DataFile(fileName, DataFileFormat.Json, [JsonTableReader.ReadArray(reader.ReadToEnd(), name)], used),
+                    ".tsv" => new DataFile(fileName, DataFileFormat.Tsv, [DelimitedTableReader.Read(reader, name, '\t')], used),
+                    _ => new DataFile(fileName, DataFileFormat.Csv, [DelimitedTableReader.Read(reader, name, DelimitedTableReader.GuessDelimiter(TextDecoder.Start(bytes, used)))], used),
                 };
             }
             if (file.Sheets.Count == 0 || file.Sheets.All(s => s.Rows.All(r => r.IsBlank)))
@@ -121,7 +161,7 @@ public sealed class DataImporter(ExcelTableReader excel)
         int sheetIndex = Math.Clamp(settings.SheetIndex, 0, file.Sheets.Count - 1);
         var sheet = file.Sheets[sheetIndex];
         var mapping = settings.Mapping ?? ColumnGuesser.Guess(sheet);
-        if (ChatDatasetReader.Detect(sheet, file.Format) is { } chat) return BuildChat(file, sheetIndex, mapping, chat);
+        if (ChatDatasetReader.Detect(sheet, file.Format) is { } chat) return BuildChat(file, sheetIndex, mapping, chat, settings);
         bool excelCells = file.Format == DataFileFormat.Excel;
         var fileIssues = new List<ValidationIssue>();
         var rows = new List<ImportedRow>();
@@ -193,13 +233,31 @@ public sealed class DataImporter(ExcelTableReader excel)
     }
 
     /// <summary>A chat dataset: conversations instead of rows, with the reader's own findings (JSONL lines left out) first.</summary>
-    private static ImportResult BuildChat(DataFile file, int sheetIndex, ColumnMapping mapping, ChatColumns chat)
+    private static ImportResult BuildChat(DataFile file, int sheetIndex, ColumnMapping mapping, ChatColumns chat, ImportSettings settings)
     {
         var sheet = file.Sheets[sheetIndex];
         var conversations = ChatDatasetReader.Read(sheet, chat);
+        if (settings.CountConversationTokens is { } count)
+            conversations = conversations.Select(c => c.IsUsable ? WithTemplateChecks(c, count, settings.MaxSeqLength) : c).ToList();
         var issues = sheet.ReadIssues.Concat(conversations.SelectMany(c => c.Issues)).OrderBy(i => i.Row).ThenBy(i => i.Kind).ToArray();
         var report = new ValidationReport(conversations.Count, conversations.Count(c => c.IsUsable), issues);
         return new ImportResult(file, sheetIndex, mapping, [], [], report) { Chat = chat, Conversations = conversations };
+    }
+
+    /// <summary>A conversation the model's template refuses is left out (and says why); one longer than the maximum is flagged.</summary>
+    private static ImportedConversation WithTemplateChecks(ImportedConversation conversation, Func<Conversation, int> count, int maxSeqLength)
+    {
+        try
+        {
+            int tokens = count(conversation.Conversation);
+            return tokens > maxSeqLength
+                ? conversation with { Issues = [.. conversation.Issues, new ValidationIssue(IssueKind.TooLong, conversation.SourceRow, Tokens: tokens)] }
+                : conversation;
+        }
+        catch (Exception e) when (e is ChatTemplateException or PromptTemplateException)
+        {
+            return conversation with { Issues = [.. conversation.Issues, new ValidationIssue(IssueKind.ChatTemplateRefused, conversation.SourceRow, Cell: e.Message)] };
+        }
     }
 
     /// <summary>SHA-256 of the conversations as trained, like <see cref="Hash(IEnumerable{QaRow})"/>.</summary>

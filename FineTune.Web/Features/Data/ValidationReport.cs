@@ -31,6 +31,8 @@ public enum IssueKind
     AssistantBeforeUser,
     /// <summary>Chat sheet: a row with no conversation id.</summary>
     NoConversationId,
+    /// <summary>Chat data: the model's chat template refuses the conversation (its raise_exception; the message is in Cell).</summary>
+    ChatTemplateRefused,
 }
 
 /// <summary>One finding. <see cref="Row"/> is the 1-based row in the file (0 for file-wide findings).</summary>
@@ -41,7 +43,8 @@ public enum IssueKind
 public sealed record ValidationIssue(IssueKind Kind, int Row, string? Cell = null, int? OtherRow = null, int? Tokens = null, int? Turn = null)
 {
     public bool IsBlocking => Kind is IssueKind.EmptyInstruction or IssueKind.EmptyOutput or IssueKind.NotAConversation or IssueKind.EmptyTurn
-        or IssueKind.UnknownRole or IssueKind.LastTurnNotAssistant or IssueKind.AssistantBeforeUser or IssueKind.NoConversationId;
+        or IssueKind.UnknownRole or IssueKind.LastTurnNotAssistant or IssueKind.AssistantBeforeUser or IssueKind.NoConversationId
+        or IssueKind.ChatTemplateRefused;
 }
 
 public sealed record ValidationReport(int DataRows, int UsableRows, IReadOnlyList<ValidationIssue> Issues)

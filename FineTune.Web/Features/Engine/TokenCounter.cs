@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using FineTune.Engine.Data;
 using FineTune.Engine.Tokenization;
+using FineTune.Web.Features.Data;
 using FineTune.Web.Features.Settings;
 
 namespace FineTune.Web.Features.Engine;
@@ -21,6 +22,17 @@ public sealed class TokenCounter(ILogger<TokenCounter> logger)
         var template = Tokenizer(settings);
         if (template is null) return TrainingEstimator.EstimateTokens;
         return row => template.Encode(row).InputIds.Length;
+    }
+
+    /// <summary>
+    /// A conversation's tokens as training sees them: its longest example through the run's template (an estimate from its
+    /// text when the model is not on disk). Throws when the model's template refuses the conversation.
+    /// </summary>
+    public Func<Conversation, int> ForConversations(TrainingSettings settings)
+    {
+        var template = Tokenizer(settings);
+        if (template is null) return c => TrainingEstimator.EstimateTokens(ChatDatasetReader.SizingRow(c));
+        return c => template.EncodeConversation(c.Messages).Max(e => e.InputIds.Length);
     }
 
     /// <summary>The training prompt template over the model's tokenizer, or null when the model is not on disk.</summary>

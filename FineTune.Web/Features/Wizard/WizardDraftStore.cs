@@ -72,7 +72,7 @@ public sealed class WizardDraftStore(IDbContextFactory<RunDbContext> contexts, D
                 var file = importer.Parse(bytes, name, saved.Encoding);
                 var mapping = saved.Mapping is { } m && m.Instruction < file.Sheets[Math.Clamp(saved.SheetIndex, 0, file.Sheets.Count - 1)].ColumnCount ? m : null;
                 var dataset = new DatasetDraft(importer.Build(file, new ImportSettings(saved.SheetIndex, mapping,
-                    state.Settings.MaxSeqLength, tokens.For(state.Settings))));
+                    state.Settings.MaxSeqLength, tokens.For(state.Settings)) { CountConversationTokens = tokens.ForConversations(state.Settings) }));
                 foreach (int row in saved.ExcludedRows) dataset.SetExcluded(row, true);
                 foreach (var edit in saved.Edits.Where(e => dataset.Import.Rows.Any(r => r.Row.SourceRow == e.Row)))
                     dataset.Fix(edit.Row, edit.Instruction, edit.Output);

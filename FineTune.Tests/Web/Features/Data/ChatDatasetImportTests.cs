@@ -136,6 +136,43 @@ public sealed class ChatDatasetImportTests
         Assert.Single(import.UsableConversations);
     }
 
+    /// <summary>With the run's template at hand, a conversation it refuses (raise_exception) is left out with the template's reason, and one over the maximum length is flagged.</summary>
+    [Fact]
+    public void Conversations_the_chat_template_refuses_are_left_out_and_long_ones_flagged()
+    {
+        string jsonl =
+            """{"messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}""" + "\n" +
+            """{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there, a long answer"}]}""" + "\n" +
+            """{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}]}""";
+        var file = _importer.Parse(Encoding.UTF8.GetBytes(jsonl), "chat.jsonl");
+        var import = _importer.Build(file, new ImportSettings(MaxSeqLength: 10)
+        {
+            CountConversationTokens = c => c.Messages[0].Role == "system"
+                ? throw new FineTune.Engine.Tokenization.Jinja.ChatTemplateException("The chat template refused the messages: System role not supported")
+                : c.Messages.Sum(m => m.Content.Length),
+        });
+
+        Assert.Contains(new ValidationIssue(IssueKind.ChatTemplateRefused, 1, Cell: "The chat template refused the messages: System role not supported"), import.Report.Issues);
+        Assert.Contains(new ValidationIssue(IssueKind.TooLong, 2, Tokens: 28), import.Report.Issues);
+        Assert.Equal([2, 3], import.UsableConversations.Select(c => c.SourceRow));
+    }
+
+    [Fact]
+    public void A_local_model_counts_a_conversation_as_its_longest_training_example()
+    {
+        string folder = TestFiles.Fixture("models/qwen2");
+        var settings = new FineTune.Web.Features.Settings.TrainingSettings
+        {
+            Source = FineTune.Web.Features.Settings.ModelSource.Local, Model = folder, PromptTemplate = PromptStyle.ModelChatTemplate,
+        };
+        var conversation = new FineTune.Engine.Data.Conversation([ChatMessage.User("可以退貨嗎？"), ChatMessage.Assistant("七天內可以。"), ChatMessage.User("運費呢？"), ChatMessage.Assistant("我們負擔。")]);
+        var template = PromptTemplate.Create(new PromptTemplateSettings(PromptStyle.ModelChatTemplate), TokenizerLoader.Load(folder));
+
+        int counted = new FineTune.Web.Features.Engine.TokenCounter(NullLogger<FineTune.Web.Features.Engine.TokenCounter>.Instance).ForConversations(settings)(conversation);
+
+        Assert.Equal(Assert.Single(template.EncodeConversation(conversation.Messages)).InputIds.Length, counted);
+    }
+
     [Fact]
     public void Question_answer_files_are_not_taken_for_chat_data()
     {

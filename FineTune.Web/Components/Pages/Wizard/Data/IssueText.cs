@@ -10,7 +10,7 @@ public static class IssueText
     {
         IssueKind.Duplicate => localizer["IssueShort_Duplicate", issue.OtherRow ?? 0],
         IssueKind.TooLong => localizer["IssueShort_TooLong", issue.Tokens ?? 0],
-        IssueKind.Formula or IssueKind.FormulaWithoutValue => localizer["IssueShort_" + issue.Kind, issue.Cell ?? string.Empty],
+        IssueKind.Formula or IssueKind.FormulaWithoutValue or IssueKind.ChatTemplateRefused => localizer["IssueShort_" + issue.Kind, issue.Cell ?? string.Empty],
         IssueKind.EmptyTurn or IssueKind.AssistantBeforeUser or IssueKind.UnknownRole => localizer["IssueShort_" + issue.Kind, issue.Turn ?? 0, issue.Cell ?? string.Empty],
         _ => localizer["IssueShort_" + issue.Kind],
     };
