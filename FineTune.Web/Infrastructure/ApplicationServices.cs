@@ -25,6 +25,7 @@ public static class ApplicationServices
             .ValidateOnStart();
 
         builder.Services.AddRazorComponents().AddInteractiveServerComponents();
+        builder.Services.AddMemoryReclaim(); // a closed tab's upload goes back to the OS
         builder.Services.AddMudServices();
         builder.Services.AddSignalR();
         builder.Services.AddAppLocalization();
@@ -73,6 +74,8 @@ public static class ApplicationServices
         builder.Services.AddSingleton<RunQueue>();
         builder.Services.AddHostedService(provider => provider.GetRequiredService<RunQueue>());
         builder.Services.AddHostedService<TrainingHubForwarder>();
+        builder.Services.AddSingleton<FineTune.Web.Features.Learning.LearningCheckService>();
+        builder.Services.AddHostedService(provider => provider.GetRequiredService<FineTune.Web.Features.Learning.LearningCheckService>());
 
         // The engine behind small interfaces: training, generation, merging.
         builder.Services.AddHttpClient();
@@ -80,6 +83,7 @@ public static class ApplicationServices
         builder.Services.AddSingleton<ModelDownloadService>();
         builder.Services.AddSingleton<EngineModels>();
         builder.Services.AddSingleton<TokenCounter>();
+        builder.Services.AddSingleton<TrainingTimeService>();
         builder.Services.TryAddSingleton<ITrainingRunner, EngineTrainingRunner>();
         builder.Services.TryAddSingleton<IChatGenerator, EngineChatGenerator>();
         builder.Services.TryAddSingleton<IModelMerger, EngineModelMerger>();

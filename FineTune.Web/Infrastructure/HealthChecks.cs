@@ -26,7 +26,8 @@ public static class HealthChecks
                 customTestQuery: async (db, cancellationToken) => { await db.Runs.AnyAsync(cancellationToken); return true; })
             .AddCheck<DataFolderCheck>("data-folder")
             .AddCheck<FreeDiskCheck>("disk")
-            .AddCheck<ComputeBackendCheck>("backend");
+            .AddCheck<ComputeBackendCheck>("backend")
+            .AddCheck<ProcessMemoryCheck>("memory");
         return services;
     }
 

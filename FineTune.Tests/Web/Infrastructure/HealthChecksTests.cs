@@ -27,10 +27,13 @@ public class HealthChecksTests
         Assert.True(kernels.StartsWith("on: ", StringComparison.Ordinal) || kernels.StartsWith("off: ", StringComparison.Ordinal), kernels);
         if (backend.GetProperty("device").GetString() == "cpu") Assert.StartsWith("off: ", kernels);
         var checks = root.GetProperty("checks");
-        foreach (string name in new[] { "database", "data-folder", "disk", "backend" })
+        foreach (string name in new[] { "database", "data-folder", "disk", "backend", "memory" })
             Assert.Equal("ok", checks.GetProperty(name).GetProperty("status").GetString());
         Assert.Contains(app.DataDirectory, checks.GetProperty("data-folder").GetProperty("description").GetString());
         Assert.True(checks.GetProperty("disk").GetProperty("data").GetProperty("dataFreeBytes").GetInt64() > 0);
+        // The process's memory as the OS and the GC see it (read after an upload or a failed model load).
+        var memory = checks.GetProperty("memory").GetProperty("data");
+        Assert.True(memory.GetProperty("residentBytes").GetInt64() > memory.GetProperty("gcHeapBytes").GetInt64());
     }
 
     [Fact]

@@ -8,15 +8,25 @@ namespace FineTune.Web.Features.Data;
 /// </summary>
 public static class DelimitedTableReader
 {
+    /// <summary>Reads a whole text; the delimiter is guessed from its first line unless given.</summary>
     public static SheetTable Read(string text, string name, char? delimiter = null)
     {
-        char sep = delimiter ?? GuessDelimiter(text);
+        using var reader = new StringReader(text);
+        return Read(reader, name, delimiter ?? GuessDelimiter(text));
+    }
+
+    /// <summary>
+    /// Reads records as the text comes from <paramref name="reader"/> (an upload is decoded while it is parsed, never held
+    /// as one string); <paramref name="delimiter"/> as <see cref="GuessDelimiter"/> finds it on the text's start.
+    /// </summary>
+    public static SheetTable Read(TextReader reader, string name, char delimiter)
+    {
+        var text = new CharSource(reader);
         var rows = new List<TableRow>();
         var fields = new List<TableCell>();
         var field = new StringBuilder();
         int line = 1, recordStartLine = 1, quoteStartLine = 0;
         bool inQuotes = false, fieldWasQuoted = false;
-        int i = 0;
 
         void EndField()
         {
@@ -33,40 +43,40 @@ public static class DelimitedTableReader
             fields.Clear();
         }
 
-        while (i < text.Length)
+        while (text.Next() is var next and >= 0)
         {
-            char c = text[i];
+            char c = (char)next;
             if (inQuotes)
             {
                 if (c == '"')
                 {
-                    if (i + 1 < text.Length && text[i + 1] == '"') { field.Append('"'); i += 2; continue; }
-                    inQuotes = false; i++; continue;
+                    if (text.Peek() == '"') { text.Next(); field.Append('"'); continue; }
+                    inQuotes = false; continue;
                 }
                 if (c == '\r')
                 {
                     // Keep line breaks inside a cell as \n whatever the file used.
-                    if (i + 1 < text.Length && text[i + 1] == '\n') i++;
-                    field.Append('\n'); line++; i++; continue;
+                    if (text.Peek() == '\n') text.Next();
+                    field.Append('\n'); line++; continue;
                 }
-                if (c == '\n') { field.Append('\n'); line++; i++; continue; }
-                field.Append(c); i++; continue;
+                if (c == '\n') { field.Append('\n'); line++; continue; }
+                field.Append(c); continue;
             }
 
-            if (c == '"' && field.ToString().Trim().Length == 0)
+            if (c == '"' && IsBlank(field))
             {
                 field.Clear();
-                inQuotes = true; fieldWasQuoted = true; quoteStartLine = line; i++; continue;
+                inQuotes = true; fieldWasQuoted = true; quoteStartLine = line; continue;
             }
-            if (c == sep) { EndField(); i++; continue; }
+            if (c == delimiter) { EndField(); continue; }
             if (c == '\r' || c == '\n')
             {
-                if (c == '\r' && i + 1 < text.Length && text[i + 1] == '\n') i++;
+                if (c == '\r' && text.Peek() == '\n') text.Next();
                 EndRecord();
-                i++; line++; recordStartLine = line;
+                line++; recordStartLine = line;
                 continue;
             }
-            field.Append(c); i++;
+            field.Append(c);
         }
 
         if (inQuotes)
@@ -76,6 +86,32 @@ public static class DelimitedTableReader
             EndRecord();
 
         return new SheetTable(name, rows, []);
+    }
+
+    private static bool IsBlank(StringBuilder field)
+    {
+        foreach (var chunk in field.GetChunks())
+            if (!chunk.Span.IsWhiteSpace()) return false;
+        return true;
+    }
+
+    /// <summary>Characters of a reader, a block at a time, with one character of look-ahead.</summary>
+    private sealed class CharSource(TextReader reader)
+    {
+        private readonly char[] _buffer = new char[1 << 14];
+        private int _position, _length;
+
+        /// <summary>The next character, or -1 at the end.</summary>
+        public int Next() => _position < _length || Fill() ? _buffer[_position++] : -1;
+
+        public int Peek() => _position < _length || Fill() ? _buffer[_position] : -1;
+
+        private bool Fill()
+        {
+            _length = reader.Read(_buffer, 0, _buffer.Length);
+            _position = 0;
+            return _length > 0;
+        }
     }
 
     /// <summary>The most frequent of tab, comma and semicolon outside quotes on the first line.</summary>

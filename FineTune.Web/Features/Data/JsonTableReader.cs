@@ -16,15 +16,22 @@ public static class JsonTableReader
     /// </summary>
     public static SheetTable ReadLines(string text, string name)
     {
+        using var reader = new StringReader(text);
+        return ReadLines(reader, name);
+    }
+
+    /// <summary>As <see cref="ReadLines(string, string)"/>, a line at a time from <paramref name="reader"/> (an upload is never one string).</summary>
+    public static SheetTable ReadLines(TextReader reader, string name)
+    {
         var objects = new List<(int Number, JsonElement Value)>();
         var skipped = new List<ValidationIssue>();
         DataImportException? first = null;
-        string[] lines = text.Split('\n');
-        for (int i = 0; i < lines.Length; i++)
+        int number = 0;
+        for (string? read; (read = reader.ReadLine()) is not null;)
         {
-            string line = lines[i].Trim();
+            number++;
+            string line = read.Trim();
             if (line.Length == 0) continue;
-            int number = i + 1;
             try
             {
                 using var document = JsonDocument.Parse(line);

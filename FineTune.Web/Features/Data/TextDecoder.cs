@@ -53,28 +53,52 @@ public static class TextDecoder
         return new DecodedText(Create(encoding, strict: false).GetString(bytes, skip, bytes.Length - skip), encoding);
     }
 
+    /// <summary>
+    /// A reader that decodes <paramref name="bytes"/> in <paramref name="encoding"/> as it is read (byte-order mark skipped,
+    /// invalid bytes as U+FFFD like <see cref="Decode(byte[], TextEncoding)"/>): a parser reads a 45 MB upload through it
+    /// instead of holding the whole text as one 90 MB string.
+    /// </summary>
+    public static StreamReader OpenReader(byte[] bytes, TextEncoding encoding)
+    {
+        int skip = BomLength(bytes) is var (bomEncoding, length) && Compatible(bomEncoding, encoding) ? length : 0;
+        return new StreamReader(new MemoryStream(bytes, skip, bytes.Length - skip, writable: false), Create(encoding, strict: false),
+            detectEncodingFromByteOrderMarks: false, bufferSize: 1 << 16);
+    }
+
+    /// <summary>The text's first 64 KB decoded (for guessing the delimiter from the first line).</summary>
+    public static string Start(byte[] bytes, TextEncoding encoding)
+    {
+        int skip = BomLength(bytes) is var (bomEncoding, length) && Compatible(bomEncoding, encoding) ? length : 0;
+        return Create(encoding, strict: false).GetString(bytes, skip, Math.Min(bytes.Length - skip, 1 << 16));
+    }
+
     /// <summary>The encoding the bytes are most plausibly in.</summary>
     public static TextEncoding Detect(byte[] bytes)
     {
         if (BomLength(bytes) is var (bom, length))
         {
-            Strict(bom, bytes, length);
+            if (bom != TextEncoding.Utf8Bom || !System.Text.Unicode.Utf8.IsValid(bytes.AsSpan(length)))
+                Strict(bom, bytes, length);
             return bom;
         }
-        var utf8 = TryStrict(TextEncoding.Utf8, bytes, 0, out DecoderFallbackException? firstError);
-        if (utf8 is not null && !utf8.Contains('\0')) return TextEncoding.Utf8;
+        // Valid UTF-8 without NULs is checked on the bytes: decoding a large upload to a string only to find it valid cost its size twice over.
+        bool validUtf8 = System.Text.Unicode.Utf8.IsValid(bytes);
+        if (validUtf8 && bytes.AsSpan().IndexOf((byte)0) < 0) return TextEncoding.Utf8;
 
         TextEncoding? best = null;
         double bestScore = double.NegativeInfinity;
         foreach (var candidate in (TextEncoding[])[TextEncoding.Utf8, TextEncoding.Gb18030, TextEncoding.Big5, TextEncoding.Utf16LE, TextEncoding.Utf16BE])
         {
             if (candidate is TextEncoding.Utf16LE or TextEncoding.Utf16BE && !LooksLikeUtf16(bytes, candidate)) continue;
-            string? text = candidate == TextEncoding.Utf8 ? utf8 : TryStrict(candidate, bytes, 0, out _);
+            if (candidate == TextEncoding.Utf8 && !validUtf8) continue;
+            string? text = TryStrict(candidate, bytes, 0, out _);
             if (text is null) continue;
             double score = Score(text);
             if (score > bestScore) (best, bestScore) = (candidate, score);
         }
-        return best ?? throw new DataImportException(ImportErrorCode.UnknownEncoding,
+        if (best is { } found) return found;
+        TryStrict(TextEncoding.Utf8, bytes, 0, out DecoderFallbackException? firstError);
+        throw new DataImportException(ImportErrorCode.UnknownEncoding,
             "The text is in none of UTF-8, UTF-16, Big5 or GB18030/GBK. Save it as \"CSV UTF-8\" in Excel and upload again.",
             firstError is null ? null : $"byte {firstError.Index}", firstError);
     }

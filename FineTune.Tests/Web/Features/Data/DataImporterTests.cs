@@ -416,6 +416,38 @@ public class DataImporterTests
         Assert.Equal(ImportErrorCode.TooLarge, e.Code);
     }
 
+    [Theory]
+    [InlineData(1000, 1000)] // the browser's size is right: one array of that size
+    [InlineData(1000, 600)] // declared too small: the rest is read on
+    [InlineData(1000, 4000)] // declared too large: what came
+    public async Task The_declared_size_sizes_the_buffer_but_never_decides_what_is_read(int actual, int declared)
+    {
+        byte[] bytes = [.. Enumerable.Range(0, actual).Select(i => (byte)i)];
+        Assert.Equal(bytes, await DataImporter.ReadLimitedAsync(new MemoryStream(bytes), 8000, declared));
+    }
+
+    [Fact]
+    public async Task A_stream_longer_than_it_declared_is_still_refused_over_the_limit()
+    {
+        var e = await Assert.ThrowsAsync<DataImportException>(() => DataImporter.ReadLimitedAsync(new MemoryStream(new byte[3000]), 2000, declaredBytes: 1000));
+        Assert.Equal(ImportErrorCode.TooLarge, e.Code);
+    }
+
+    [Fact]
+    public void A_large_csv_is_parsed_as_it_is_decoded_with_the_same_rows_as_from_one_string()
+    {
+        var text = new System.Text.StringBuilder("question;answer\r\n");
+        for (int i = 0; i < 5000; i++) text.Append($"\"問 {i}; \"\"引號\"\"\";\"答\r\n第二行 {i}\"\r\n");
+        byte[] bytes = System.Text.Encoding.UTF8.GetBytes(text.ToString());
+        var streamed = Importer.Parse(bytes, "big.csv").Sheets[0];
+        var whole = DelimitedTableReader.Read(text.ToString(), "big");
+        Assert.Equal(5001, streamed.Rows.Count);
+        Assert.Equal(whole.Rows.Select(r => (r.Number, string.Join("|", r.Cells.Select(c => c.Text)))), streamed.Rows.Select(r => (r.Number, string.Join("|", r.Cells.Select(c => c.Text)))));
+        Assert.Equal("問 4999; \"引號\"", streamed.Rows[^1][0].Text);
+        Assert.Equal("答\n第二行 4999", streamed.Rows[^1][1].Text);
+        Assert.Equal(10000, streamed.Rows[^1].Number); // records span two lines: the last starts on line 2 + 2 × 4999
+    }
+
     [Fact]
     public void The_template_has_zh_TW_headers_and_the_tutorial_rows()
     {

@@ -1,0 +1,121 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using FineTune.Tests.Adapters;
+
+namespace FineTune.Tests.Web.Support;
+
+/// <summary>
+/// The web app's own `dotnet build` output (FineTune.Web/bin/&lt;Configuration&gt;/&lt;tfm&gt;) run as a child process on
+/// 127.0.0.1 with its working directory in an empty temp folder and its data folder inside it: what a user gets from
+/// `dotnet build` and `dotnet FineTune.Web.dll`, and a process whose resident memory is the app's alone.
+/// </summary>
+public sealed class WebAppProcess : IAsyncDisposable
+{
+    private readonly Process _process;
+    private readonly StringBuilder _output = new();
+
+    public string WorkingDirectory { get; }
+    public HttpClient Client { get; }
+    public Uri BaseAddress => Client.BaseAddress!;
+    public int ProcessId => _process.Id;
+
+    private WebAppProcess(Process process, string workingDirectory, int port)
+    {
+        _process = process;
+        WorkingDirectory = workingDirectory;
+        Client = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}/"), Timeout = TimeSpan.FromSeconds(60) };
+    }
+
+    /// <summary>Starts the app; <paramref name="environment"/> adds variables (FineTune__ModelRoots__0, DOTNET_gcServer, ...).</summary>
+    public static WebAppProcess Start(IDictionary<string, string>? environment = null)
+    {
+        string workingDirectory = TestPaths.NewTempFolder("finetune-cwd");
+        int port = FreePort();
+        var start = new ProcessStartInfo(DotnetHost(), [BuildOutput(), "--urls", $"http://127.0.0.1:{port}"])
+        {
+            WorkingDirectory = workingDirectory,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        start.Environment["ASPNETCORE_ENVIRONMENT"] = "Production";
+        start.Environment["DOTNET_ENVIRONMENT"] = "Production";
+        start.Environment["FineTune__DataDirectory"] = Path.Combine(workingDirectory, "data");
+        foreach (var (key, value) in environment ?? new Dictionary<string, string>())
+            start.Environment[key] = value;
+        var app = new WebAppProcess(Process.Start(start)!, workingDirectory, port);
+        app._process.OutputDataReceived += (_, e) => app.Append(e.Data);
+        app._process.ErrorDataReceived += (_, e) => app.Append(e.Data);
+        app._process.BeginOutputReadLine();
+        app._process.BeginErrorReadLine();
+        return app;
+    }
+
+    /// <summary>GET / until the app answers (start-up loads libtorch and migrates the database), at most two minutes.</summary>
+    public async Task<HttpResponseMessage> FirstPageAsync()
+    {
+        var deadline = DateTime.UtcNow.AddMinutes(2);
+        while (true)
+        {
+            if (_process.HasExited) throw new InvalidOperationException($"The app exited with {_process.ExitCode}:\n{OutputTail()}");
+            try
+            {
+                return await Client.GetAsync("/");
+            }
+            catch (HttpRequestException) when (DateTime.UtcNow < deadline)
+            {
+                await Task.Delay(250);
+            }
+        }
+    }
+
+    /// <summary>The app's resident memory (VmRSS of /proc/&lt;pid&gt;/status).</summary>
+    public long ResidentBytes()
+    {
+        foreach (string line in File.ReadLines($"/proc/{_process.Id}/status"))
+            if (line.StartsWith("VmRSS:", StringComparison.Ordinal))
+                return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) * 1024;
+        throw new InvalidOperationException("No VmRSS line in /proc/<pid>/status.");
+    }
+
+    /// <summary>The last lines the app wrote (stdout and stderr), for failure messages.</summary>
+    public string OutputTail(int characters = 4000)
+    {
+        lock (_output) return _output.Length <= characters ? _output.ToString() : _output.ToString(_output.Length - characters, characters);
+    }
+
+    private void Append(string? line)
+    {
+        lock (_output) _output.AppendLine(line);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        Client.Dispose();
+        if (!_process.HasExited) _process.Kill(entireProcessTree: true);
+        await _process.WaitForExitAsync();
+        _process.Dispose();
+        try { Directory.Delete(WorkingDirectory, recursive: true); } catch (IOException) { /* best effort */ }
+    }
+
+    /// <summary>FineTune.Web.dll of this test run's configuration (the test project builds it first).</summary>
+    private static string BuildOutput()
+    {
+        var testOutput = new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar)); // …/FineTune.Tests/bin/<Configuration>/<tfm>
+        string dll = TestPaths.InRepo("FineTune.Web", "bin", testOutput.Parent!.Name, testOutput.Name, "FineTune.Web.dll");
+        if (!File.Exists(dll)) throw new FileNotFoundException($"{dll} is missing: build FineTune.Web (building FineTune.Tests does).", dll);
+        return dll;
+    }
+
+    private static string DotnetHost() =>
+        Environment.ProcessPath is { } host && Path.GetFileNameWithoutExtension(host) == "dotnet" ? host : "dotnet";
+
+    private static int FreePort()
+    {
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        return ((IPEndPoint)listener.LocalEndpoint).Port;
+    }
+}
