@@ -74,6 +74,8 @@ public static class ApplicationServices
         builder.Services.AddSingleton<RunQueue>();
         builder.Services.AddHostedService(provider => provider.GetRequiredService<RunQueue>());
         builder.Services.AddHostedService<TrainingHubForwarder>();
+        builder.Services.AddSingleton<FineTune.Web.Features.Learning.LearningCheckService>();
+        builder.Services.AddHostedService(provider => provider.GetRequiredService<FineTune.Web.Features.Learning.LearningCheckService>());
 
         // The engine behind small interfaces: training, generation, merging.
         builder.Services.AddHttpClient();

@@ -51,6 +51,8 @@ public abstract class ComponentTestContext : BunitContext, IAsyncLifetime
         Queue = new RunQueue(Runs.Store, Runs.Notifier, Runner, NullLogger<RunQueue>.Instance);
         Services.AddSingleton(Queue);
         Services.AddSingleton(new ArtifactPackager(Runs.Store));
+        Services.AddSingleton(sp => new FineTune.Web.Features.Learning.LearningCheckService(Runs.Contexts, Runs.Store, sp.GetRequiredService<FineTune.Web.Features.Chat.IChatGenerator>(),
+            sp.GetRequiredService<ArtifactPackager>(), Runs.Notifier, Queue, NullLogger<FineTune.Web.Features.Learning.LearningCheckService>.Instance));
         Services.AddSingleton<FineTune.Web.Features.Chat.IChatGenerator>(Chat);
         Services.AddSingleton(provider => new GgufDownloads(provider.GetRequiredService<ArtifactPackager>(), Runs.Store));
         Services.AddSingleton<IGgufExporter, NoGgufExporter>();
