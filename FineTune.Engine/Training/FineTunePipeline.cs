@@ -138,6 +138,117 @@ public sealed class FineTunePipeline(ILoggerFactory? loggers = null)
             model.Trainable.GradientCheckpointing, loadTime, trainTime) { PhaseTimes = phaseClock is null ? null : [phaseClock.Summary(replica?.Rank ?? 0)] };
     }
 
+    /// <summary>
+    /// Measures the job on its device (the first of a data-parallel job's) and projects the run's time from its real
+    /// examples: loads the model as the run does, trains a warm-up step and then rounds of <paramref name="steps"/> timed optimizer steps
+    /// with the trainer's own Train (the run's longest and shortest full steps of the first epoch, then its first ones) until two
+    /// rounds agree, and times validation batches with the trainer's own Evaluate, in rounds the same way. Nothing is written; the adapters are thrown away.
+    /// </summary>
+    public TrainingTimeEstimate EstimateTime(FineTuneJob job, int steps = 3, CancellationToken cancellationToken = default)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(steps, 1);
+        var split = Split(job);
+        if (split.Train.Count == 0) throw new ArgumentException("There are no training rows to measure with.", nameof(job));
+        job = job with { Device = job.Devices?[0] ?? job.Device, Devices = null };
+        var clock = Stopwatch.StartNew();
+        using var model = LoadModel(job);
+        Synchronize(job);
+        var loadTime = clock.Elapsed;
+        var options = job.Training with { UseLossScaling = model.ComputeDType == ScalarType.Float16 };
+        var trainer = new LoraTrainer(model.Trainable, job.Lora, "time-estimate");
+        var device = job.Device ?? ComputeBackend.Current.Device;
+
+        // The steps to time, as a training list of their own taken in file order: every step then is one of the run's windows.
+        // They are trained in rounds, after one warm-up step, until two rounds agree: the first steps of a process run code
+        // the JIT has not optimized yet (4x slower steps on the fixture), and a GPU's first steps fill its caches.
+        var windows = LoraTrainer.EpochWindows(split.Train, options, epoch: 0);
+        int fullWindow = options.BatchSize * options.GradientAccumulationSteps;
+        var full = windows.Where(w => w.Sum(b => b.Length) == fullWindow).ToList();
+        var timed = (full.Count == 0 ? windows
+            : [.. full.OrderByDescending(w => RunWorkload.Tokens(split.Train, w)).Take(1), .. full.OrderBy(w => RunWorkload.Tokens(split.Train, w)).Take(1), .. full])
+            .Distinct().Take(steps).ToList();
+        var chosen = new[] { windows[0] }.Concat(Enumerable.Repeat(timed, MaxRounds).SelectMany(round => round)).ToList();
+        var probeTrain = chosen.SelectMany(w => w.SelectMany(b => b)).Select(i => split.Train[i]).ToList();
+        var probeOptions = options with { Shuffle = false, Epochs = 1, StopAfterSteps = 0, LoggingSteps = 1, EvalSteps = 0, SaveSteps = 0, WarmupSteps = 0, WarmupRatio = 0 };
+        var probeWindows = LoraTrainer.EpochWindows(probeTrain, probeOptions, epoch: 0);
+        using var settled = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        var rounds = new RoundRecorder(timed.Count, (step, elapsed) => new TimedWork(RunWorkload.Tokens(probeTrain, probeWindows[step - 1]), elapsed), settled);
+        try
+        {
+            trainer.Train(new DataSplit(probeTrain, []), probeOptions, rounds, settled.Token);
+        }
+        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+        {
+            // two rounds agreed
+        }
+        var trainSteps = rounds.LastRound;
+
+        List<TimedWork> evaluationBatches = [];
+        var validation = split.Validation;
+        if (validation.Count > 0)
+        {
+            var batches = LoraTrainer.EvaluationBatches(validation.Count, options).ToList();
+            long TokensOf(int[] batch) => batch.Sum(i => (long)validation[i].Length);
+            trainer.Evaluate([.. batches[0].Select(i => validation[i])], options, device, cancellationToken); // warm-up
+            var timedBatches = new[] { batches.MaxBy(TokensOf)!, batches.MinBy(TokensOf)! }.Concat(batches).Distinct().Take(Math.Max(3, 2 * steps)).ToList();
+            double? previousRate = null;
+            for (int round = 0; round < MaxRounds; round++)
+            {
+                evaluationBatches = [.. timedBatches.Select(batch =>
+                {
+                    var batchClock = Stopwatch.StartNew();
+                    trainer.Evaluate([.. batch.Select(i => validation[i])], options, device, cancellationToken);
+                    return new TimedWork(TokensOf(batch), batchClock.Elapsed);
+                })];
+                if (RoundsAgree(evaluationBatches, ref previousRate)) break;
+            }
+        }
+        var measurement = new SpeedMeasurement(device.ToString(), loadTime, trainSteps, evaluationBatches);
+        var workload = RunWorkload.Of(split, options);
+        return new TrainingTimeEstimate(measurement, workload, measurement.Project(workload));
+    }
+
+    /// <summary>Rounds of timed steps (or validation batches) at most, when no two agree.</summary>
+    private const int MaxRounds = 5;
+
+    /// <summary>
+    /// Times the trainer's steps as it reports them (on the trainer's thread, unlike Progress&lt;T&gt;), skipping the warm-up
+    /// step, in rounds of <paramref name="roundSteps"/>; stops training once a round's seconds per token is within 15 % of the
+    /// round before.
+    /// </summary>
+    private sealed class RoundRecorder(int roundSteps, Func<int, TimeSpan, TimedWork> work, CancellationTokenSource stop) : IProgress<TrainingProgress>
+    {
+        private readonly List<TimedWork> _steps = [];
+        private TimeSpan _last;
+        private double? _previousRate;
+
+        public IReadOnlyList<TimedWork> LastRound { get; private set; } = [];
+
+        public void Report(TrainingProgress value)
+        {
+            var time = value.Elapsed - _last;
+            _last = value.Elapsed;
+            if (value.Step == 1)
+            {
+                LastRound = [work(1, time)]; // only kept when it is the only step
+                return;
+            }
+            _steps.Add(work(value.Step, time));
+            if (_steps.Count % roundSteps != 0) return;
+            LastRound = _steps[^roundSteps..];
+            if (RoundsAgree(LastRound, ref _previousRate)) stop.Cancel();
+        }
+    }
+
+    /// <summary>True when this round's seconds per token is within 15 % of the previous round's (which becomes this one's).</summary>
+    private static bool RoundsAgree(IReadOnlyList<TimedWork> round, ref double? previousRate)
+    {
+        double rate = round.Sum(s => s.Time.TotalSeconds) / Math.Max(1, round.Sum(s => s.Tokens));
+        bool agree = previousRate is double previous && Math.Abs(rate - previous) <= 0.15 * previous;
+        previousRate = rate;
+        return agree;
+    }
+
     /// <summary>The job's examples (built from its rows through its prompt template, or given), split for validation by its seed.</summary>
     public DataSplit Split(FineTuneJob job)
     {

@@ -80,7 +80,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         var clock = Stopwatch.StartNew();
         long tokensSeen = 0;
         int orderEpoch = -1;
-        List<int[]> batches = [];
+        IReadOnlyList<List<int[]>> windows = [];
         double lossSinceLog = 0;
         double? lastLoggedLoss = null; // the one definition of "the loss" shown anywhere: HF Trainer's logged mean since the previous log
         int stepsSinceLog = 0;
@@ -93,11 +93,10 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
                 int epoch = step / stepsPerEpoch, stepInEpoch = step % stepsPerEpoch;
                 if (epoch != orderEpoch)
                 {
-                    var order = Batching.EpochOrder(data.Train.Count, options.Seed, epoch, options.Shuffle);
-                    batches = Batching.MakeBatches(data.Train, order, options.BatchSize, options.Layout);
+                    windows = EpochWindows(data.Train, options, epoch);
                     orderEpoch = epoch;
                 }
-                var window = batches.Skip(stepInEpoch * options.GradientAccumulationSteps).Take(options.GradientAccumulationSteps).ToList();
+                var window = windows[stepInEpoch];
 
                 // Dropout masks depend on (seed, step) alone, so a resumed run draws the same ones. Replicas seed once for
                 // all at the step barrier, which also stops them all at the same step when the run is cancelled.
@@ -116,8 +115,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
                 tokensSeen += tokens;
                 double epochReached = (double)(step + 1) / stepsPerEpoch;
                 double? evalLoss = null;
-                bool epochEnd = (step + 1) % stepsPerEpoch == 0;
-                if (data.Validation.Count > 0 && (last || (options.EvalSteps > 0 ? (step + 1) % options.EvalSteps == 0 : epochEnd)))
+                if (data.Validation.Count > 0 && options.EvaluatesAfter(step + 1, totalSteps, stepsPerEpoch))
                     evalLoss = Evaluate(data.Validation, options, device, cancellationToken);
 
                 // Logged like HF Trainer (transformers 5.17, checked against its log): the rate this step used.
@@ -167,6 +165,21 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
     }
 
     /// <summary>
+    /// The micro-batches (row indices) of each optimizer step of one epoch, in the order training takes them: the epoch's
+    /// seeded order made into batches, <see cref="TrainingOptions.GradientAccumulationSteps"/> batches a step (the last
+    /// step of an epoch may have fewer). Time estimates project from the same windows.
+    /// </summary>
+    public static IReadOnlyList<List<int[]>> EpochWindows(IReadOnlyList<TrainingExample> train, TrainingOptions options, int epoch)
+    {
+        var order = Batching.EpochOrder(train.Count, options.Seed, epoch, options.Shuffle);
+        var batches = Batching.MakeBatches(train, order, options.BatchSize, options.Layout);
+        return [.. batches.Chunk(options.GradientAccumulationSteps).Select(window => window.ToList())];
+    }
+
+    /// <summary>The validation rows' batches, as <see cref="Evaluate"/> takes them: in order, <see cref="TrainingOptions.BatchSize"/> rows each.</summary>
+    public static IEnumerable<int[]> EvaluationBatches(int rows, TrainingOptions options) => Enumerable.Range(0, rows).Chunk(options.BatchSize);
+
+    /// <summary>
     /// The forced collection after a step that frees what TorchSharp's autograd contexts hold. A blocking full
     /// collection stops every thread of the process, the web server's included; after millisecond steps of a tiny
     /// model on the CPU, one per step kept the wizard's run page from loading for minutes (the browser test timed out
@@ -208,7 +221,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
             double sum = 0;
             long count = 0;
             int chunk = 0;
-            foreach (var indices in Enumerable.Range(0, rows.Count).Chunk(options.BatchSize))
+            foreach (var indices in EvaluationBatches(rows.Count, options))
             {
                 if (Replica is not null && chunk++ % Replica.WorldSize != Replica.Rank) continue;
                 if (Replica is null) cancellationToken.ThrowIfCancellationRequested();

@@ -78,6 +78,17 @@ public sealed record TrainingOptions
     /// <summary>HF Trainer's max_steps: ceil(epochs × steps per epoch).</summary>
     public int TotalSteps(int trainRows) => (int)Math.Ceiling(Epochs * StepsPerEpoch(trainRows));
 
+    /// <summary>
+    /// Whether the validation loss is computed after optimizer step <paramref name="step"/> (1-based): every
+    /// <see cref="EvalSteps"/> steps (or at each epoch's end when 0), and always after the last.
+    /// </summary>
+    public bool EvaluatesAfter(int step, int totalSteps, int stepsPerEpoch) =>
+        step == totalSteps || (EvalSteps > 0 ? step % EvalSteps == 0 : step % stepsPerEpoch == 0);
+
+    /// <summary>How many evaluations a run of <paramref name="totalSteps"/> makes (when it has validation rows).</summary>
+    public int EvaluationCount(int totalSteps, int stepsPerEpoch) =>
+        Enumerable.Range(1, Math.Max(0, totalSteps)).Count(step => EvaluatesAfter(step, totalSteps, stepsPerEpoch));
+
     /// <summary>HF get_warmup_steps: warmup_steps if &gt; 0, else ceil(total × warmup_ratio).</summary>
     public int WarmupStepCount(int totalSteps) => WarmupSteps > 0 ? WarmupSteps : (int)Math.Ceiling(totalSteps * WarmupRatio);
 }

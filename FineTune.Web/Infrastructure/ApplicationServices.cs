@@ -74,6 +74,8 @@ public static class ApplicationServices
         builder.Services.AddSingleton<RunQueue>();
         builder.Services.AddHostedService(provider => provider.GetRequiredService<RunQueue>());
         builder.Services.AddHostedService<TrainingHubForwarder>();
+        builder.Services.AddSingleton<FineTune.Web.Features.Learning.LearningCheckService>();
+        builder.Services.AddHostedService(provider => provider.GetRequiredService<FineTune.Web.Features.Learning.LearningCheckService>());
 
         // The engine behind small interfaces: training, generation, merging.
         builder.Services.AddHttpClient();
@@ -81,6 +83,7 @@ public static class ApplicationServices
         builder.Services.AddSingleton<ModelDownloadService>();
         builder.Services.AddSingleton<EngineModels>();
         builder.Services.AddSingleton<TokenCounter>();
+        builder.Services.AddSingleton<TrainingTimeService>();
         builder.Services.TryAddSingleton<ITrainingRunner, EngineTrainingRunner>();
         builder.Services.TryAddSingleton<IChatGenerator, EngineChatGenerator>();
         builder.Services.TryAddSingleton<IModelMerger, EngineModelMerger>();

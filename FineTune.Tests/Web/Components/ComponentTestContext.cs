@@ -51,6 +51,8 @@ public abstract class ComponentTestContext : BunitContext, IAsyncLifetime
         Queue = new RunQueue(Runs.Store, Runs.Notifier, Runner, NullLogger<RunQueue>.Instance);
         Services.AddSingleton(Queue);
         Services.AddSingleton(new ArtifactPackager(Runs.Store));
+        Services.AddSingleton(sp => new FineTune.Web.Features.Learning.LearningCheckService(Runs.Contexts, Runs.Store, sp.GetRequiredService<FineTune.Web.Features.Chat.IChatGenerator>(),
+            sp.GetRequiredService<ArtifactPackager>(), Runs.Notifier, Queue, NullLogger<FineTune.Web.Features.Learning.LearningCheckService>.Instance));
         Services.AddSingleton<FineTune.Web.Features.Chat.IChatGenerator>(Chat);
         Services.AddSingleton(provider => new GgufDownloads(provider.GetRequiredService<ArtifactPackager>(), Runs.Store));
         Services.AddSingleton<IGgufExporter, NoGgufExporter>();
@@ -60,6 +62,9 @@ public abstract class ComponentTestContext : BunitContext, IAsyncLifetime
         Services.AddScoped(sp => new WizardDraftStore(Runs.Contexts, Importer, sp.GetRequiredService<FineTune.Web.Features.Engine.TokenCounter>(), NullLogger<WizardDraftStore>.Instance));
         HubOptions = new HubOptions { Endpoint = "http://127.0.0.1:9", CacheFolder = Path.Combine(Runs.Paths.Root, "hub"), Token = null, Offline = false, Retries = 0, RetryDelay = TimeSpan.Zero, ProgressInterval = TimeSpan.Zero };
         Services.AddSingleton(_ => new ModelDownloadService(new SingleClientFactory(_http), HubOptions, NullLogger<ModelDownloadService>.Instance, NullLoggerFactory.Instance));
+        Services.AddSingleton(sp => new FineTune.Web.Features.Engine.TrainingTimeService(new FineTune.Web.Features.Engine.EngineModels(
+            sp.GetRequiredService<BackendInfo>(), sp.GetRequiredService<LocalModelFolders>(), sp.GetRequiredService<ModelDownloadService>(), NullLoggerFactory.Instance),
+            NullLoggerFactory.Instance));
         Render<MudPopoverProvider>();
     }
 

@@ -9,6 +9,7 @@ public sealed class RunDbContext(DbContextOptions<RunDbContext> options) : DbCon
     public DbSet<Run> Runs => Set<Run>();
     public DbSet<RunMetric> Metrics => Set<RunMetric>();
     public DbSet<FineTune.Web.Features.Wizard.WizardDraft> Drafts => Set<FineTune.Web.Features.Wizard.WizardDraft>();
+    public DbSet<FineTune.Web.Features.Learning.LearningCheck> LearningChecks => Set<FineTune.Web.Features.Learning.LearningCheck>();
 
     protected override void OnModelCreating(ModelBuilder modelBuilder)
     {
@@ -30,6 +31,15 @@ public sealed class RunDbContext(DbContextOptions<RunDbContext> options) : DbCon
             draft.Property(d => d.BrowserId).HasMaxLength(64);
             draft.Property(d => d.FileName).HasMaxLength(260);
         });
+        // "Did it learn?": one check per run (deleted with it), its answers deleted with the check.
+        modelBuilder.Entity<FineTune.Web.Features.Learning.LearningCheck>(check =>
+        {
+            check.HasKey(c => c.RunId);
+            check.Property(c => c.Status).HasConversion<string>().HasMaxLength(16);
+            check.HasOne<Run>().WithOne().HasForeignKey<FineTune.Web.Features.Learning.LearningCheck>(c => c.RunId).OnDelete(DeleteBehavior.Cascade);
+            check.HasMany(c => c.Answers).WithOne().HasForeignKey(a => a.RunId).OnDelete(DeleteBehavior.Cascade);
+        });
+        modelBuilder.Entity<FineTune.Web.Features.Learning.LearningCheckAnswer>().HasIndex(a => new { a.RunId, a.RowIndex });
     }
 }
 

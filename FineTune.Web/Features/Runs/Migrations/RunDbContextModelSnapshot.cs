@@ -17,6 +17,57 @@ namespace FineTune.Web.Features.Runs.Migrations
 #pragma warning disable 612, 618
             modelBuilder.HasAnnotation("ProductVersion", "10.0.15");
 
+            modelBuilder.Entity("FineTune.Web.Features.Learning.LearningCheck", b =>
+                {
+                    b.Property<int>("RunId")
+                        .HasColumnType("INTEGER");
+
+                    b.Property<DateTime>("EndedAt")
+                        .HasColumnType("TEXT");
+
+                    b.Property<string>("Error")
+                        .HasColumnType("TEXT");
+
+                    b.Property<DateTime>("StartedAt")
+                        .HasColumnType("TEXT");
+
+                    b.Property<string>("Status")
+                        .IsRequired()
+                        .HasMaxLength(16)
+                        .HasColumnType("TEXT");
+
+                    b.HasKey("RunId");
+
+                    b.ToTable("LearningChecks");
+                });
+
+            modelBuilder.Entity("FineTune.Web.Features.Learning.LearningCheckAnswer", b =>
+                {
+                    b.Property<long>("Id")
+                        .ValueGeneratedOnAdd()
+                        .HasColumnType("INTEGER");
+
+                    b.Property<string>("BaseAnswer")
+                        .IsRequired()
+                        .HasColumnType("TEXT");
+
+                    b.Property<string>("FineTunedAnswer")
+                        .IsRequired()
+                        .HasColumnType("TEXT");
+
+                    b.Property<int>("RowIndex")
+                        .HasColumnType("INTEGER");
+
+                    b.Property<int>("RunId")
+                        .HasColumnType("INTEGER");
+
+                    b.HasKey("Id");
+
+                    b.HasIndex("RunId", "RowIndex");
+
+                    b.ToTable("LearningCheckAnswer");
+                });
+
             modelBuilder.Entity("FineTune.Web.Features.Runs.Run", b =>
                 {
                     b.Property<int>("Id")
@@ -155,6 +206,24 @@ namespace FineTune.Web.Features.Runs.Migrations
                     b.ToTable("Drafts");
                 });
 
+            modelBuilder.Entity("FineTune.Web.Features.Learning.LearningCheck", b =>
+                {
+                    b.HasOne("FineTune.Web.Features.Runs.Run", null)
+                        .WithOne()
+                        .HasForeignKey("FineTune.Web.Features.Learning.LearningCheck", "RunId")
+                        .OnDelete(DeleteBehavior.Cascade)
+                        .IsRequired();
+                });
+
+            modelBuilder.Entity("FineTune.Web.Features.Learning.LearningCheckAnswer", b =>
+                {
+                    b.HasOne("FineTune.Web.Features.Learning.LearningCheck", null)
+                        .WithMany("Answers")
+                        .HasForeignKey("RunId")
+                        .OnDelete(DeleteBehavior.Cascade)
+                        .IsRequired();
+                });
+
             modelBuilder.Entity("FineTune.Web.Features.Runs.RunMetric", b =>
                 {
                     b.HasOne("FineTune.Web.Features.Runs.Run", null)
@@ -162,6 +231,11 @@ namespace FineTune.Web.Features.Runs.Migrations
                         .HasForeignKey("RunId")
                         .OnDelete(DeleteBehavior.Cascade)
                         .IsRequired();
+                });
+
+            modelBuilder.Entity("FineTune.Web.Features.Learning.LearningCheck", b =>
+                {
+                    b.Navigation("Answers");
                 });
 
             modelBuilder.Entity("FineTune.Web.Features.Runs.Run", b =>

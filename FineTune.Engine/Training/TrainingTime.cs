@@ -1,0 +1,98 @@
+using FineTune.Engine.Data;
+
+namespace FineTune.Engine.Training;
+
+/// <summary>A timed piece of device work: its input tokens and how long it took, device work finished.</summary>
+public readonly record struct TimedWork(long Tokens, TimeSpan Time);
+
+/// <summary>
+/// The cost of one unit of work (an optimizer step, a validation batch) as a line in its input tokens:
+/// seconds = <see cref="FixedSeconds"/> + <see cref="SecondsPerToken"/> × tokens. The fixed part is what every step pays
+/// whatever its length (kernel launches, the optimizer update, the host read); on a GPU with short rows it can be most
+/// of the step, on a CPU almost none of it.
+/// </summary>
+public sealed record CostLine(double FixedSeconds, double SecondsPerToken)
+{
+    /// <summary>Below this ratio of the longest to the shortest sample, the two parts cannot be told apart.</summary>
+    public const double MinimumSpread = 1.2;
+
+    public double Seconds(long tokens) => FixedSeconds + SecondsPerToken * tokens;
+
+    /// <summary>
+    /// Least squares over the samples. Where their token counts barely differ, the line goes through the origin
+    /// (time proportional to tokens): the parts cannot be separated then, and it does not matter much, since the run's
+    /// steps lie in the same range. A negative slope (noise larger than the effect of length) gives a flat line; a
+    /// negative intercept, a line through the origin.
+    /// </summary>
+    public static CostLine Fit(IReadOnlyList<TimedWork> samples)
+    {
+        if (samples.Count == 0) throw new ArgumentException("At least one timed sample is needed to fit a cost line.", nameof(samples));
+        double[] x = [.. samples.Select(s => (double)s.Tokens)], y = [.. samples.Select(s => s.Time.TotalSeconds)];
+        double sumX = x.Sum(), sumY = y.Sum();
+        if (sumX == 0) return new CostLine(sumY / y.Length, 0);
+        if (x.Max() < MinimumSpread * Math.Max(1, x.Min())) return new CostLine(0, sumY / sumX);
+        double meanX = sumX / x.Length, meanY = sumY / y.Length;
+        double covariance = x.Zip(y, (a, b) => (a - meanX) * (b - meanY)).Sum(), variance = x.Sum(a => (a - meanX) * (a - meanX));
+        double slope = covariance / variance, intercept = meanY - slope * meanX;
+        if (slope < 0) return new CostLine(meanY, 0);
+        if (intercept < 0) return new CostLine(0, x.Zip(y, (a, b) => a * b).Sum() / x.Sum(a => a * a));
+        return new CostLine(intercept, slope);
+    }
+}
+
+/// <summary>
+/// The work of a run, from its real examples (after the prompt template and max length) and its options: the input
+/// tokens of every optimizer step (the trainer's own windows, every epoch), of every validation batch, and how many
+/// times the validation split is evaluated.
+/// </summary>
+public sealed record RunWorkload(IReadOnlyList<long> StepTokens, IReadOnlyList<long> EvaluationBatchTokens, int Evaluations)
+{
+    public int Steps => StepTokens.Count;
+    public long TrainTokens => StepTokens.Sum();
+    public long EvaluationTokens => EvaluationBatchTokens.Sum();
+
+    public static RunWorkload Of(DataSplit split, TrainingOptions options)
+    {
+        var train = split.Train;
+        if (train.Count == 0) return new RunWorkload([], [], 0);
+        int stepsPerEpoch = options.StepsPerEpoch(train.Count), totalSteps = options.TotalSteps(train.Count);
+        var steps = new List<long>(totalSteps);
+        for (int epoch = 0; steps.Count < totalSteps; epoch++)
+            foreach (var window in LoraTrainer.EpochWindows(train, options, epoch).Take(totalSteps - steps.Count))
+                steps.Add(Tokens(train, window));
+        var validation = split.Validation;
+        long[] evaluationBatches = [.. LoraTrainer.EvaluationBatches(validation.Count, options).Select(batch => batch.Sum(i => (long)validation[i].Length))];
+        return new RunWorkload(steps, evaluationBatches, validation.Count == 0 ? 0 : options.EvaluationCount(totalSteps, stepsPerEpoch));
+    }
+
+    internal static long Tokens(IReadOnlyList<TrainingExample> rows, IEnumerable<int[]> window) => window.Sum(batch => batch.Sum(i => (long)rows[i].Length));
+}
+
+/// <summary>What was timed on the device: the model load, optimizer steps (after a warm-up step) and validation batches (after a warm-up batch).</summary>
+public sealed record SpeedMeasurement(string Device, TimeSpan LoadTime, IReadOnlyList<TimedWork> TrainSteps, IReadOnlyList<TimedWork> EvaluationBatches)
+{
+    public CostLine Step => CostLine.Fit(TrainSteps);
+
+    public CostLine? EvaluationBatch => EvaluationBatches.Count == 0 ? null : CostLine.Fit(EvaluationBatches);
+
+    /// <summary>Mean seconds per measured step.</summary>
+    public double SecondsPerStep => TrainSteps.Average(s => s.Time.TotalSeconds);
+
+    /// <summary>The run's time: the load, every step's cost at its tokens, every validation batch's cost times the evaluations (checkpoint saves are not counted).</summary>
+    public TimeProjection Project(RunWorkload workload)
+    {
+        var step = Step;
+        double train = workload.StepTokens.Sum(step.Seconds);
+        double evaluation = EvaluationBatch is { } batch ? workload.Evaluations * workload.EvaluationBatchTokens.Sum(batch.Seconds) : 0;
+        return new TimeProjection(LoadTime, TimeSpan.FromSeconds(train), TimeSpan.FromSeconds(evaluation));
+    }
+}
+
+/// <summary>A run's projected wall time, by part.</summary>
+public sealed record TimeProjection(TimeSpan Load, TimeSpan Training, TimeSpan Evaluation)
+{
+    public TimeSpan Total => Load + Training + Evaluation;
+}
+
+/// <summary>A measured time estimate: what was timed, the run's work it was projected over, and the projection.</summary>
+public sealed record TrainingTimeEstimate(SpeedMeasurement Measurement, RunWorkload Workload, TimeProjection Projection);
