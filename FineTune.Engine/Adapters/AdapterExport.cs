@@ -145,7 +145,7 @@ public static class AdapterExport
 
             # LoRA adapter for {info.BaseModel}
 
-            Trained with FineTune on {info.TrainRows} question–answer rows ({info.ValidationRows} more held out for validation), finished {info.FinishedAt:yyyy-MM-dd HH:mm} UTC.
+            Trained with FineTune on {info.TrainRows} {(job.Conversations.Count > 0 ? "examples of multi-turn conversations, the loss on the assistant's turns" : "question–answer rows")} ({info.ValidationRows} more held out for validation), finished {info.FinishedAt:yyyy-MM-dd HH:mm} UTC.
 
             | setting | value |
             |---|---|

@@ -26,6 +26,16 @@ public sealed record ModelFacts(ModelConfig Config, long TotalParameters, long Q
     /// <summary>The linear layers' checkpoint names ("model.layers.0.self_attn.q_proj", ..., "lm_head").</summary>
     public IReadOnlyList<string> LinearNames => [.. Linears.Select(l => l.Name)];
 
+    /// <summary>
+    /// Bytes the base weights take once loaded, <paramref name="bytesPerElement"/> each (2 for bf16/fp16, 4 for fp32). With
+    /// <paramref name="fourBit"/> the linear layers but lm_head are NF4 (<see cref="Training.TrainingMemory.Nf4BytesPerWeight"/>);
+    /// embeddings, lm_head, norms and biases stay in the load's dtype. The one count the load check and the training
+    /// estimate share.
+    /// </summary>
+    public long WeightBytes(int bytesPerElement, bool fourBit, bool doubleQuantization = true) => fourBit
+        ? (long)(QuantizableParameters * Training.TrainingMemory.Nf4BytesPerWeight(doubleQuantization)) + UnquantizedParameters * bytesPerElement
+        : TotalParameters * bytesPerElement;
+
     /// <summary>LoRA parameters for rank <paramref name="rank"/> on the layers the targets select (PEFT's rule): r × (in + out) each.</summary>
     public long LoraParameters(int rank, IReadOnlyCollection<string> targets) =>
         Linears.Where(l => targets.Any(t => LoraInjector.Matches(l.Name, t))).Sum(l => (long)rank * (l.InFeatures + l.OutFeatures));

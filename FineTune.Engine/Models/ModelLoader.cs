@@ -39,6 +39,15 @@ public sealed record ModelLoadOptions
 
     public ILogger? Logger { get; init; }
 
+    /// <summary>The linear layers become NF4 as they load (<see cref="Base"/> sets it with the quantizing hook): the memory check counts them at 4 bits.</summary>
+    public bool FourBit { get; init; }
+
+    /// <summary>With <see cref="FourBit"/>: block constants double-quantized (the memory check counts about 8 bits per 64 weights).</summary>
+    public bool DoubleQuantization { get; init; } = true;
+
+    /// <summary>What the device has, for the memory check before loading; default <see cref="ModelMemoryCheck.Available"/>, null when unknown.</summary>
+    public Func<Device, AvailableMemory?>? AvailableMemory { get; init; }
+
     /// <summary>
     /// The options every caller loads a base model with: <paramref name="dtype"/> compute, and with
     /// <paramref name="fourBit"/> every linear but lm_head quantized to NF4 as it is read (bitsandbytes' load_in_4bit),
@@ -49,6 +58,8 @@ public sealed record ModelLoadOptions
         Device = device,
         DType = dtype,
         Logger = logger,
+        FourBit = fourBit,
+        DoubleQuantization = doubleQuantization,
         LoadLinearWeight = fourBit ? Nf4.QuantizeOnLoad(dtype, doubleQuantization) : null,
     };
 }
@@ -85,6 +96,7 @@ public static class ModelLoader
         var watch = Stopwatch.StartNew();
         using var checkpoint = SafeTensorsCheckpoint.Open(folder);
         CheckConfigAgainstWeights(config, checkpoint, folder);
+        ModelMemoryCheck.Ensure(folder, ModelFacts.Of(folder), checkpoint, device, dtype, options);
         var model = Create(config, new ModelBuild(device, dtype));
         try
         {
@@ -94,6 +106,7 @@ public static class ModelLoader
         catch
         {
             model.Dispose();
+            HostMemory.TrimNativeHeap(); // the weights read so far go back to the system, not only to the C allocator
             throw;
         }
         logger.LogInformation("Loaded {ModelType} from {Folder} ({Layers} layers, {DType} on {Device}) in {Seconds:0.0} s",

@@ -44,9 +44,7 @@ public static class TrainingMemory
     public static MemoryEstimate Estimate(ModelFacts facts, MemoryQuery q)
     {
         var c = facts.Config;
-        long weights = q.FourBit
-            ? (long)(facts.QuantizableParameters * Nf4BytesPerWeight(q.DoubleQuantization)) + facts.UnquantizedParameters * q.ComputeBytes
-            : facts.TotalParameters * q.ComputeBytes;
+        long weights = facts.WeightBytes(q.ComputeBytes, q.FourBit, q.DoubleQuantization);
 
         var targeted = facts.Linears.Where(l => q.Lora.Targets.Any(t => LoraInjector.Matches(l.Name, t))).ToList();
         long trainable = targeted.Sum(l => (long)q.Lora.Rank * (l.InFeatures + l.OutFeatures));

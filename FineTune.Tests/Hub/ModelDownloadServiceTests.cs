@@ -28,6 +28,35 @@ public sealed class ModelDownloadServiceTests : IDisposable
     }
 
     [Fact]
+    public async Task The_model_step_s_config_fetch_brings_config_json_alone_and_says_when_it_is_there()
+    {
+        _ = FineTune.Engine.Backend.ComputeBackend.Current;
+        string fixture = FineTune.Tests.Models.ModelFixtures.Folder("llama3");
+        await using var hub = await FakeHub.StartAsync(h =>
+        {
+            h.Files["config.json"] = File.ReadAllBytes(Path.Combine(fixture, "config.json"));
+            h.AddText("tokenizer.json", "{}");
+            h.AddFile("model.safetensors", 400_000);
+        });
+        var service = Service(hub);
+        var changed = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        service.Changed += id => changed.TrySetResult(id);
+        var settings = new FineTune.Web.Features.Settings.TrainingSettings { Source = FineTune.Web.Features.Settings.ModelSource.Hub, Model = hub.ModelId };
+        var cache = new HubOptions { CacheFolder = _cache, Offline = true };
+
+        Assert.Null(ModelCatalog.FactsOf(settings, cache));
+        await service.FetchConfig(hub.ModelId);
+        await service.FetchConfig(hub.ModelId); // once per id
+
+        Assert.Equal(hub.ModelId, await changed.Task.WaitAsync(TimeSpan.FromSeconds(20)));
+        Assert.Equal(1, hub.CountRequests("config.json"));
+        Assert.Equal(0, hub.CountRequests("model.safetensors"));
+        Assert.Null(service.Get(hub.ModelId)); // not a model download: the page offers that separately
+        var facts = ModelCatalog.FactsOf(settings, cache)!;
+        Assert.Equal(FineTune.Engine.Models.ModelFacts.Of(fixture).TotalParameters, facts.TotalParameters);
+    }
+
+    [Fact]
     public async Task Progress_arrives_while_running_and_training_reuses_the_finished_folder()
     {
         var release = new TaskCompletionSource();

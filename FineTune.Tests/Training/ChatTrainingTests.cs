@@ -68,5 +68,6 @@ public sealed class ChatTrainingTests : IDisposable
         Assert.True(outcome.Training.Completed);
         Assert.All(outcome.Training.History, s => Assert.True(double.IsFinite(s.Loss) && s.Loss > 0, $"step {s.Step} loss {s.Loss}"));
         Assert.True(File.Exists(Path.Combine(job.OutputFolder, "adapter_model.safetensors")));
+        Assert.Contains("6 examples of multi-turn conversations, the loss on the assistant's turns", File.ReadAllText(Path.Combine(job.OutputFolder, "README.md")));
     }
 }

@@ -49,7 +49,7 @@ public static class ExportGgufCommand
     private static async Task<int> RunAsync(string model, string? adapterPath, string outPath, string typeName, HeadlessConsole console, CancellationToken cancellationToken)
     {
         var (output, error) = (console.Output, console.Error);
-        using var loggers = LineLoggerProvider.Factory(output);
+        using var loggers = HeadlessCli.Loggers(console, Name);
         if (HeadlessCli.Backend(console, Name, loggers) is null) return 1;
         string? extracted = null;
         try

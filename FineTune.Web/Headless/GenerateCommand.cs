@@ -39,8 +39,7 @@ public static class GenerateCommand
     private static async Task<int> RunAsync(Arguments a, HeadlessConsole console, CancellationToken cancellationToken)
     {
         var (output, error) = (console.Output, console.Error);
-        // stdout is the generated text only: the engine's warnings go to stderr.
-        using var loggers = LineLoggerProvider.Factory(error, information: false);
+        using var loggers = HeadlessCli.Loggers(console, Name);
         if (HeadlessCli.Backend(console, Name, loggers) is null) return 1;
         string? extracted = null;
         try

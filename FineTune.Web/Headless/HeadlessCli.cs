@@ -32,6 +32,17 @@ public static class HeadlessCli
     /// <summary>The command names; any other first argument starts the web app.</summary>
     public static readonly IReadOnlyList<string> Commands = [TrainCommand.Name, GenerateCommand.Name, ExportGgufCommand.Name, HealthCheckCommand.Name];
 
+    /// <summary>The commands that need libtorch (healthcheck only calls HTTP).</summary>
+    private static readonly HashSet<string> ComputingCommands = [TrainCommand.Name, GenerateCommand.Name, ExportGgufCommand.Name];
+
+    /// <summary>
+    /// A command's console logger: engine warnings (and train's/export-gguf's pipeline and backend lines) on stdout, except
+    /// for generate, whose stdout is the answer only: its warnings go to stderr.
+    /// </summary>
+    internal static ILoggerFactory Loggers(HeadlessConsole console, string command) => command == GenerateCommand.Name
+        ? LineLoggerProvider.Factory(console.Error, information: false)
+        : LineLoggerProvider.Factory(console.Output);
+
     /// <summary>True when <paramref name="args"/> asks for a command (or the commands' help) rather than the web app.</summary>
     public static bool IsCommandLine(IReadOnlyList<string> args) =>
         args.Count > 0 && (Commands.Contains(args[0]) || args[0] is "--help" or "-h" or "-?" or "--version");
@@ -50,6 +61,14 @@ public static class HeadlessCli
     public static async Task<int> RunAsync(IReadOnlyList<string> args, HeadlessConsole console, CancellationToken cancellationToken = default)
     {
         var parsed = Create(console).Parse(args);
+        string name = parsed.CommandResult.Command.Name;
+        if (parsed.Action is not HelpAction && ComputingCommands.Contains(name))
+        {
+            // The backend first, as before the commands moved to System.CommandLine: where libtorch cannot load nothing of
+            // these can run, and that one line (what to run instead) is the answer whatever else the command line says.
+            using var loggers = Loggers(console, name);
+            if (Backend(console, name, loggers) is null) return 1;
+        }
         if (parsed.Errors.Count > 0 && parsed.Action is not HelpAction)
         {
             // One line that names the problem (System.CommandLine would print every error and the whole help).

@@ -176,7 +176,7 @@ public static class TrainCommand
         }
 
         var (output, error) = (console.Output, console.Error);
-        using var loggers = LineLoggerProvider.Factory(output);
+        using var loggers = HeadlessCli.Loggers(console, Name);
         if (HeadlessCli.Backend(console, Name, loggers) is null) return 1;
         try
         {

@@ -8,13 +8,15 @@ using FineTune.Engine.Training;
 namespace FineTune.Bench;
 
 /// <summary>
-/// `train --model DIR --workload qa|dense [--data qa.jsonl] [--max-rows N] [--qa-batch R] [--dense-steps S --dense-batch B] [--qlora] [--gradient-checkpointing auto|on|off] [--layout packed|grouped] [--gpus N] [--step-phases] [--out result.json] [--output ADAPTER_DIR]`:
+/// `train --model DIR --workload qa|dense [--data qa.jsonl] [--max-rows N] [--qa-batch R] [--dense-steps S --dense-batch B] [--qlora] [--gradient-checkpointing auto|on|off] [--layout packed|grouped] [--gpus N] [--step-phases] [--validation F [--evaluations N]] [--estimate] [--out result.json] [--output ADAPTER_DIR]`:
 /// FineTune's trainer on the same model folder and data as tools/bench/reference.py (HF transformers + PEFT),
 /// with the same LoRA (r 16, alpha 32, dropout 0.05, q/k/v/o), AdamW lr 2e-4, linear schedule, bf16.
 /// Q&A: 8 rows per optimizer step, one epoch, answer-only loss. Dense: 4 × 512 tokens per step. --gpus N: data parallel
 /// on the first N GPUs, the same global batch (each GPU trains its share of every step). --qa-batch R: R rows per Q&A
 /// step instead of 8 (R = 4 is what each of two replicas trains). --step-phases: every replica's device-synchronized
 /// phase times (forward, backward, all-reduce, optimizer) and the run's garbage collections, in "phases" (slower steps).
+/// --validation F: F of the rows held out and evaluated about --evaluations (10) times, as the wizard does. --estimate: the
+/// settings page's measured time estimate of the same job first, in "estimate" with the run's time beside it.
 /// </summary>
 public static class TrainBenchCommand
 {
@@ -54,6 +56,16 @@ public static class TrainBenchCommand
             Devices = gpus > 1 ? [.. backend.GpuDevices.Take(gpus)] : null,
             TimeStepPhases = o.Flag("step-phases"),
         };
+        if (o.Optional("validation") is string validation)
+        {
+            // The wizard's evaluation: a share of the rows held out, evaluated about --evaluations times a run.
+            job = job with { ValidationFraction = double.Parse(validation, System.Globalization.CultureInfo.InvariantCulture) };
+            int trainRows = examples.Count - Batching.ValidationCount(examples.Count, job.ValidationFraction);
+            int total = job.Training.TotalSteps(trainRows);
+            job = job with { Training = job.Training with { EvalSteps = Math.Max(1, (int)Math.Ceiling(total / (double)o.Int("evaluations", 10))) } };
+        }
+        // --estimate: the settings page's measured estimate of this very job first (FineTunePipeline.EstimateTime), then the run.
+        var estimate = o.Flag("estimate") ? new FineTunePipeline().EstimateTime(job) : null;
         int[] collectionsBefore = [GC.CollectionCount(0), GC.CollectionCount(1), GC.CollectionCount(2)];
         var pauseBefore = GC.GetTotalPauseDuration();
         var outcome = new FineTunePipeline().Run(job);
@@ -90,6 +102,21 @@ public static class TrainBenchCommand
             ["gpu"] = backend.Description,
             ["gc_load_and_train"] = gc,
         };
+        if (estimate is not null)
+            summary["estimate"] = new JsonObject
+            {
+                ["total_s"] = estimate.Projection.Total.TotalSeconds,
+                ["load_s"] = estimate.Projection.Load.TotalSeconds,
+                ["train_s"] = estimate.Projection.Training.TotalSeconds,
+                ["eval_s"] = estimate.Projection.Evaluation.TotalSeconds,
+                ["timed_steps"] = new JsonArray([.. estimate.Measurement.TrainSteps.Select(t => (JsonNode)new JsonArray(t.Tokens, t.Time.TotalSeconds))]),
+                ["timed_eval_batches"] = new JsonArray([.. estimate.Measurement.EvaluationBatches.Select(t => (JsonNode)new JsonArray(t.Tokens, t.Time.TotalSeconds))]),
+                ["steps"] = estimate.Workload.Steps,
+                ["evaluations"] = estimate.Workload.Evaluations,
+                ["eval_batches"] = estimate.Workload.EvaluationBatchTokens.Count,
+                ["run_s"] = loadSeconds + wall,
+                ["ratio"] = estimate.Projection.Total.TotalSeconds / (loadSeconds + wall),
+            };
         if (outcome.PhaseTimes is { } phases)
             summary["phases"] = new JsonArray([.. phases.Select(p => (JsonNode)new JsonObject
             {

@@ -1,4 +1,5 @@
 using Bunit;
+using FineTune.Engine.Data;
 using FineTune.Engine.Tokenization;
 using FineTune.Tests.Web.Features.Runs;
 using FineTune.Web.Components.Pages.Wizard.Test;
@@ -12,6 +13,9 @@ namespace FineTune.Tests.Web.Components;
 /// <summary>Step 5's chat keeps the conversation: history on the page, each question asked with the turns before it.</summary>
 public sealed class TestStepTests : ComponentTestContext
 {
+    /// <summary>Answers stream on the thread pool; on a busy 2-core machine the default second is too short.</summary>
+    private static readonly TimeSpan Wait = TimeSpan.FromSeconds(30);
+
     private async Task<int> FinishedRunAsync(PromptStyle style)
     {
         var run = await Runs.Store.CreateAsync(new TrainingSettings { Model = "Qwen/Qwen2.5-0.5B-Instruct", PromptTemplate = style }, RunStoreTests.Rows, "faq.xlsx", null);
@@ -40,10 +44,10 @@ public sealed class TestStepTests : ComponentTestContext
         cut.Find("textarea[data-testid=chat-system]").Change("你是客服。");
 
         Ask(cut, "可以退貨嗎？");
-        cut.WaitForAssertion(() => Assert.Equal("answer 1", cut.Find("[data-testid=chat-answer]").TextContent));
+        cut.WaitForAssertion(() => Assert.Equal("answer 1", cut.Find("[data-testid=chat-answer]").TextContent), Wait);
         Assert.Equal("", cut.Find("textarea[data-testid=chat-prompt]").GetAttribute("value") ?? ""); // the question moved into the history
         Ask(cut, "運費誰付？");
-        cut.WaitForAssertion(() => Assert.Equal(["answer 1", "answer 2"], cut.FindAll("[data-testid=chat-answer]").Select(a => a.TextContent)));
+        cut.WaitForAssertion(() => Assert.Equal(["answer 1", "answer 2"], cut.FindAll("[data-testid=chat-answer]").Select(a => a.TextContent)), Wait);
 
         Assert.Equal(["可以退貨嗎？", "運費誰付？"], cut.FindAll("[data-testid=chat-question]").Select(q => q.TextContent));
         var second = Chat.Requests[1];
@@ -58,7 +62,7 @@ public sealed class TestStepTests : ComponentTestContext
         cut.Find("[data-testid=chat-new]").Click();
         Assert.Empty(cut.FindAll("[data-testid=chat-turn]"));
         Ask(cut, "運費誰付？");
-        cut.WaitForAssertion(() => Assert.Equal(3, Chat.Requests.Count));
+        cut.WaitForAssertion(() => Assert.Equal(3, Chat.Requests.Count), Wait);
         Assert.Equal([ChatMessage.System("你是客服。"), ChatMessage.User("運費誰付？")], Chat.Requests[2].Messages);
     }
 
@@ -71,7 +75,7 @@ public sealed class TestStepTests : ComponentTestContext
         cut.Find("input[type=checkbox]").Change(true);
 
         Ask(cut, "q1");
-        cut.WaitForAssertion(() => Assert.Equal("answer 2", cut.Find("[data-testid=chat-answer-base]").TextContent));
+        cut.WaitForAssertion(() => Assert.Equal("answer 2", cut.Find("[data-testid=chat-answer-base]").TextContent), Wait);
         Assert.Equal("answer 1", cut.Find("[data-testid=chat-answer]").TextContent);
         Assert.Null(Chat.Requests[1].AdapterDirectory);
     }
@@ -83,5 +87,32 @@ public sealed class TestStepTests : ComponentTestContext
         var cut = Render<TestStep>(p => p.Add(s => s.RunId, id));
         cut.WaitForAssertion(() => Assert.True(cut.Find("textarea[data-testid=chat-system]").HasAttribute("disabled")));
         Assert.Contains("{system}", cut.Find("[data-testid=step-test]").TextContent);
+    }
+
+    [Fact]
+    public async Task The_batch_test_of_a_chat_run_generates_each_conversations_last_answer_from_the_turns_before_it()
+    {
+        Conversation[] conversations =
+        [
+            new([ChatMessage.User("可以退貨嗎？"), ChatMessage.Assistant("七天內可以。"), ChatMessage.User("運費誰付？"), ChatMessage.Assistant("我們付。")], 2),
+            new([ChatMessage.System("你是客服。"), ChatMessage.User("保固多久？"), ChatMessage.Assistant("一年。")], 6),
+        ];
+        var run = await Runs.Store.CreateChatAsync(new TrainingSettings { Model = "Qwen/Qwen2.5-0.5B-Instruct", PromptTemplate = PromptStyle.ModelChatTemplate }, conversations, "chat.jsonl", null);
+        string adapter = Services.GetRequiredService<ArtifactPackager>().AdapterDirectory(run.Id);
+        Directory.CreateDirectory(adapter);
+        File.WriteAllText(Path.Combine(adapter, "adapter_config.json"), "{\"peft_type\": \"LORA\", \"r\": 16}");
+        await Runs.Store.SetStatusAsync(run.Id, RunStatus.Completed);
+        var cut = Render<TestStep>(p => p.Add(s => s.RunId, run.Id));
+        cut.WaitForAssertion(() => Assert.False(cut.Find("[data-testid=batch-run]").HasAttribute("disabled")));
+
+        cut.Find("[data-testid=batch-run]").Click();
+
+        cut.WaitForAssertion(() => Assert.Equal(["answer 1", "answer 3"], cut.FindAll("[data-testid=batch-fine-tuned]").Select(c => c.TextContent)), Wait);
+        Assert.Empty(cut.FindAll("[data-testid=chat-error]"));
+        Assert.Equal(["使用者: 可以退貨嗎？\n助理: 七天內可以。", ""], cut.FindAll("[data-testid=batch-earlier]").Select(c => c.TextContent));
+        Assert.Equal([.. conversations[0].Messages.Take(3)], Chat.Requests[0].Messages);
+        Assert.Equal([.. conversations[0].Messages.Take(3)], Chat.Requests[1].Messages); // the base model gets the same history
+        Assert.Equal([.. conversations[1].Messages.Take(2)], Chat.Requests[2].Messages);
+        Assert.Contains("<|im_start|>user\n可以退貨嗎？<|im_end|>\n<|im_start|>assistant\n七天內可以。<|im_end|>\n<|im_start|>user\n運費誰付？", Chat.RenderedPrompt(Chat.Requests[0]));
     }
 }

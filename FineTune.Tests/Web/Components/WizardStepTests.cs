@@ -296,6 +296,9 @@ public sealed class TrainStepNextActionTests : ComponentTestContext
         var cut = Render<TrainStep>(p => p.Add(c => c.RunId, run.Id).Add(c => c.OnTest, () => tests++).Add(c => c.OnDownload, () => downloads++));
 
         cut.WaitForAssertion(() => Assert.Contains("訓練完成", cut.Find("[data-testid=train-done]").TextContent));
+        // The run's last report still carried a remaining time (the trainer's, from before the end): it is not shown.
+        await Runs.Notifier.PublishAsync(new RunProgressEvent(run.Id, new TrainingProgress(5, 6, 2.5, Loss: 1.5, Eta: TimeSpan.FromSeconds(90))));
+        cut.WaitForAssertion(() => Assert.Equal("5 / 6", cut.Find("[data-testid=train-step]").TextContent.Trim()));
         Assert.Equal("—", cut.Find("[data-testid=train-eta]").TextContent);
         await cut.Find("[data-testid=next-test]").ClickAsync(new());
         await cut.Find("[data-testid=next-download]").ClickAsync(new());

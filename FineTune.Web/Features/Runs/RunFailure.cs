@@ -3,7 +3,7 @@ using Microsoft.Extensions.Localization;
 namespace FineTune.Web.Features.Runs;
 
 /// <summary>What kind of failure ended a run, for a headline in the UI's language above the (English) detail.</summary>
-public enum RunFailureKind { Other, DiskFull, ReadOnly, OutOfMemory, Database, Native }
+public enum RunFailureKind { Other, DiskFull, ReadOnly, OutOfMemory, Database, Native, NotEnoughMemory }
 
 /// <summary>
 /// Classifies why a run failed. The stored error stays the exception's own message (what the log and the CLI show);
@@ -24,6 +24,7 @@ public static class RunFailure
     {
         if (string.IsNullOrEmpty(error)) return RunFailureKind.Other;
         bool Has(string s) => error.Contains(s, StringComparison.OrdinalIgnoreCase);
+        if (Has("Not enough memory to load")) return RunFailureKind.NotEnoughMemory; // the engine's check, before loading
         if (Has("No space left") || Has("disk is full") || Has("disk full") || Has("not enough space")) return RunFailureKind.DiskFull;
         if (Has("Read-only file system") || Has("readonly database") || Has("read-only") || Has("Access to the path")) return RunFailureKind.ReadOnly;
         if (Has("out of memory") || Has("can't allocate memory") || Has("Out of memory")) return RunFailureKind.OutOfMemory;

@@ -58,6 +58,25 @@ public class ChatConversationTests
     }
 
     [Fact]
+    public async Task A_stopped_answer_stays_in_the_history_as_far_as_it_got()
+    {
+        var generator = new RecordingChatGenerator { Gate = new TaskCompletionSource() };
+        var conversation = new ChatConversation();
+        using var stop = new CancellationTokenSource();
+        bool firstPiece = false;
+
+        var asking = conversation.AskAsync(generator, Requests(PromptStyle.Tutorial), "q1", false, () => { firstPiece = true; return Task.CompletedTask; }, stop.Token);
+        while (!firstPiece) await Task.Delay(10);
+        stop.Cancel();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => asking);
+
+        generator.Gate = null;
+        await conversation.AskAsync(generator, Requests(PromptStyle.Tutorial), "q2", false, () => Task.CompletedTask, CancellationToken.None);
+        Assert.Equal([ChatMessage.User("q1"), ChatMessage.Assistant("answer "), ChatMessage.User("q2")], generator.Requests[1].Messages);
+        Assert.Null(conversation.Exchanges[0].FineTuned.Finish);
+    }
+
+    [Fact]
     public async Task A_failed_question_leaves_the_history_as_it_was()
     {
         var conversation = new ChatConversation();

@@ -1,12 +1,8 @@
 using System.ClientModel;
-using FineTune.Engine.Adapters;
-using FineTune.Engine.Models;
 using FineTune.Engine.Tokenization;
-using FineTune.Engine.Training;
 using FineTune.Tests.Support;
 using FineTune.Tests.Web.Features.Runs;
 using FineTune.Tests.Web.Support;
-using FineTune.Web.Features.Download;
 using FineTune.Web.Features.OpenAi;
 using FineTune.Web.Features.Runs;
 using FineTune.Web.Features.Settings;
@@ -15,7 +11,6 @@ using OpenAI;
 using OpenAI.Chat;
 using OpenAI.Models;
 using Xunit.Abstractions;
-using static TorchSharp.torch;
 using ChatMessage = OpenAI.Chat.ChatMessage;
 using Turn = FineTune.Engine.Tokenization.ChatMessage;
 
@@ -25,25 +20,8 @@ namespace FineTune.Tests.Web.Features.OpenAi;
 [Trait(Category.Name, Category.Slow)]
 public sealed class OpenAiApiTests(ITestOutputHelper output)
 {
-    private static async Task<int> FinishedRunAsync(WebAppHost app)
-    {
-        var store = app.Services.GetRequiredService<RunStore>();
-        string fixture = TestFiles.Fixture("models/qwen2");
-        var run = await store.CreateAsync(new TrainingSettings { Source = ModelSource.Local, Model = fixture }, RunStoreTests.Rows, "faq.xlsx", null);
-        string adapter = app.Services.GetRequiredService<ArtifactPackager>().AdapterDirectory(run.Id);
-        using (var model = ModelLoader.Load(fixture, new ModelLoadOptions { Device = CPU, DType = ScalarType.Float32 }))
-        {
-            var linears = new CausalLmTraining(model).NamedLinears().ToArray();
-            var lora = new LoraSettings(4, 8, 0);
-            LoraInjector.Attach(linears, lora, seed: 5);
-            using (no_grad())
-                foreach (var (_, layer) in linears.Where(l => l.Layer.HasAdapter))
-                    layer.lora_B!.weight!.copy_(randn(layer.lora_B.weight.shape, generator: new TorchSharp.torch.Generator(9)) * 0.05);
-            PeftAdapter.Save(adapter, linears, lora, fixture);
-        }
-        await store.SetStatusAsync(run.Id, RunStatus.Completed);
-        return run.Id;
-    }
+    private static Task<int> FinishedRunAsync(WebAppHost app) => FinishedRuns.CreateAsync(app, store =>
+        store.CreateAsync(new TrainingSettings { Source = ModelSource.Local, Model = TestFiles.Fixture("models/qwen2") }, RunStoreTests.Rows, "faq.xlsx", null));
 
     private static OpenAIClientOptions Options(WebAppHost app) => new() { Endpoint = new Uri(app.BaseAddress, "/v1") };
 
