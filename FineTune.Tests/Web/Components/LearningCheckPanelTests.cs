@@ -51,7 +51,7 @@ public sealed class LearningCheckPanelTests : ComponentTestContext
         cut.WaitForAssertion(() => Assert.NotEmpty(cut.FindAll("[data-testid=learning-check-summary]")));
         Assert.Contains("學會了嗎？", cut.Markup);
         // 4 answers right, the last "?" (1 character of 60-odd): (4 × 100 % + ~0 %) ÷ 5 = 80 %; the base model says "我不知道。" to everything.
-        Assert.Matches(@"回答有改變：5 題中 5 題 · 與預期答案相符：基礎模型 \d+ % → 微調後 80 %", cut.Find("[data-testid=learning-check-summary]").TextContent.Trim());
+        Assert.Matches(@"回答有改變：5 題中 5 題 · 與預期答案相符：原始模型 \d+ % → 微調後 80 %", cut.Find("[data-testid=learning-check-summary]").TextContent.Trim());
         Assert.Equal("Learned", cut.Find("[data-testid=learning-check-verdict]").GetAttribute("data-verdict"));
         Assert.Contains("學會了：微調後的模型對訓練問題給出預期的答案。", cut.Find("[data-testid=learning-check-verdict]").TextContent);
         Assert.Contains("全部 5 個訓練問題。", cut.Find("[data-testid=learning-check-method]").TextContent);

@@ -265,6 +265,9 @@ public sealed class WizardEndToEndTests
         // The way forward: a finished run says so and offers the next actions; no time left is shown.
         await Assertions.Expect(page.Locator("[data-testid=train-done]")).ToContainTextAsync(t.TrainDone);
         await Assertions.Expect(page.Locator("[data-testid=train-eta]")).ToHaveTextAsync("—");
+        // "Did it learn?": the five training questions are asked to both models by themselves, and the reading follows.
+        await Assertions.Expect(page.Locator("[data-testid=learning-check-summary]")).ToContainTextAsync(t == En ? "Answers changed" : "回答有改變", new() { Timeout = 600_000 });
+        await Assertions.Expect(page.Locator("[data-testid=learning-check-table] tbody tr")).ToHaveCountAsync(5);
         await browser.ScreenshotAsync(t.Prefix + "4-train");
 
         // 5. Test: an answer streams in; the next question is asked with the first turn in context.
