@@ -85,6 +85,6 @@ public sealed class ChatDataStepEnglishTests : ComponentTestContext
         Assert.Contains("turn 2 is empty", preview);
         Assert.Contains("turn 2: unknown role “bot?”", preview);
         Assert.Contains("does not end with the assistant", preview);
-        Assert.Contains("lines 2", cut.Find("[data-testid=data-report]").TextContent);
+        Assert.Contains("line 2", cut.Find("[data-testid=data-report]").TextContent);
     }
 }
