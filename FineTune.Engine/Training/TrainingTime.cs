@@ -68,8 +68,14 @@ public sealed record RunWorkload(IReadOnlyList<long> StepTokens, IReadOnlyList<l
     internal static long Tokens(IReadOnlyList<TrainingExample> rows, IEnumerable<int[]> window) => window.Sum(batch => batch.Sum(i => (long)rows[i].Length));
 }
 
-/// <summary>What was timed on the device: the model load, optimizer steps (after a warm-up step) and validation batches (after a warm-up batch).</summary>
-public sealed record SpeedMeasurement(string Device, TimeSpan LoadTime, IReadOnlyList<TimedWork> TrainSteps, IReadOnlyList<TimedWork> EvaluationBatches)
+/// <summary>
+/// What was timed on the device: the model load, optimizer steps (after a warm-up step) and validation batches (after a
+/// warm-up batch), each batch net of <see cref="EvaluationCall"/>: what one call of the trainer's evaluation pays once
+/// whatever its batches (switching modes, reading the loss back). Timed one batch a call, that cost would be counted for
+/// every batch, where a run pays it once per evaluation.
+/// </summary>
+public sealed record SpeedMeasurement(string Device, TimeSpan LoadTime, IReadOnlyList<TimedWork> TrainSteps, IReadOnlyList<TimedWork> EvaluationBatches,
+    TimeSpan EvaluationCall = default)
 {
     public CostLine Step => CostLine.Fit(TrainSteps);
 
@@ -78,12 +84,14 @@ public sealed record SpeedMeasurement(string Device, TimeSpan LoadTime, IReadOnl
     /// <summary>Mean seconds per measured step.</summary>
     public double SecondsPerStep => TrainSteps.Average(s => s.Time.TotalSeconds);
 
-    /// <summary>The run's time: the load, every step's cost at its tokens, every validation batch's cost times the evaluations (checkpoint saves are not counted).</summary>
+    /// <summary>The run's time: the load, every step's cost at its tokens, each evaluation's call and validation batches times the evaluations (checkpoint saves are not counted).</summary>
     public TimeProjection Project(RunWorkload workload)
     {
         var step = Step;
         double train = workload.StepTokens.Sum(step.Seconds);
-        double evaluation = EvaluationBatch is { } batch ? workload.Evaluations * workload.EvaluationBatchTokens.Sum(batch.Seconds) : 0;
+        double evaluation = EvaluationBatch is { } batch
+            ? workload.Evaluations * (EvaluationCall.TotalSeconds + workload.EvaluationBatchTokens.Sum(batch.Seconds))
+            : 0;
         return new TimeProjection(LoadTime, TimeSpan.FromSeconds(train), TimeSpan.FromSeconds(evaluation));
     }
 }
