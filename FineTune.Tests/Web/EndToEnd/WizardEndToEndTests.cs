@@ -255,7 +255,10 @@ public sealed class WizardEndToEndTests
 
         // 4. Train: the URL names the run; loss points arrive over the live connection.
         // Training starts at once and shares the machine's cores with the page: wait for the URL, not for a full load.
-        await page.WaitForURLAsync(new Regex("/runs/\\d+$"), new() { WaitUntil = WaitUntilState.Commit, Timeout = 120_000 });
+        // The URL is read from the page itself: Blazor moves to the run with history.pushState, and in CI's full run Playwright's
+        // navigation wait missed that move twice while the page already showed the run at /runs/1 (its failure page).
+        await Assertions.Expect(page.Locator("[data-testid=train-status]")).ToBeVisibleAsync(new() { Timeout = 120_000 });
+        Assert.Matches("^/runs/\\d+$", await page.EvaluateAsync<string>("() => location.pathname"));
         await Assertions.Expect(page.Locator("[data-testid=loss-chart]")).Not.ToHaveAttributeAsync("data-points", "0", new() { Timeout = 300_000 });
         await browser.ScreenshotAsync(t.Prefix + "4-train-live");
         await Assertions.Expect(page.Locator("[data-testid=train-status]")).ToHaveAttributeAsync("data-status", "Completed", new() { Timeout = 600_000 });
