@@ -101,6 +101,7 @@ public static class ModelLoader
         try
         {
             Fill(model, checkpoint, options);
+            model.StackProjections();
             model.eval();
         }
         catch
