@@ -107,11 +107,12 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
 
     /// <summary>
     /// Makes the dense weight (out, in) and bias (out) views of rows of tensors that other projections of the same input
-    /// share (<see cref="StackedLinear"/>), holding the same values: the keys, merging (in place) and adapters are unchanged.
+    /// share (<see cref="StackedLinear"/>): rows holding the loaded values, or rows the checkpoint fills next (for a
+    /// weight still on the meta device). The keys, merging (in place) and adapters are unchanged.
     /// </summary>
     internal (Parameter Weight, Parameter? Bias) UseStackedRows(Tensor weightRows, Tensor? biasRows)
     {
-        if (weight is null || weight.is_meta) throw new InvalidOperationException("Only a loaded dense weight can be stacked.");
+        if (weight is null) throw new InvalidOperationException("A weight held in 4 bits cannot be stacked.");
         weight = Replace(nameof(weight), weight, weightRows);
         if (bias is not null) bias = Replace(nameof(bias), bias, biasRows ?? throw new ArgumentNullException(nameof(biasRows)));
         return (weight, bias);

@@ -14,7 +14,7 @@ namespace FineTune.Engine.Adapters;
 /// where they are (one storage, freed when the last view goes). The stacked matmul equals the separate ones within
 /// rounding, not always bit for bit: for another width cuBLAS may pick another kernel (seen in bf16 at 7B sizes).
 /// </summary>
-public sealed class StackedLinear
+public sealed class StackedLinear : IDisposable
 {
     private readonly LoraLinear[] _layers;
     private Tensor? _weight;                                // (Σout, in)
@@ -31,28 +31,48 @@ public sealed class StackedLinear
     public bool IsStacked => _weight is not null;
 
     /// <summary>
-    /// Moves the loaded dense weights (and biases) into one tensor each, the layers' own as views of their rows. Does
-    /// nothing where they cannot be stacked: a layer quantized or not loaded, dtypes or devices that differ, bias on
-    /// some layers only, or already stacked.
+    /// Puts the layers' dense weights (and biases) into one tensor each, the layers' own becoming views of their rows.
+    /// Loaded weights are copied there; weights not loaded yet (on the meta device, as ModelLoader builds them) get
+    /// rows of a new tensor on <paramref name="device"/>, which the checkpoint then fills through the views, so stacking
+    /// costs no memory at load. Does nothing where the layers cannot be stacked: a layer held in 4 bits, dtypes or
+    /// devices that differ, bias on some layers only, some loaded and some not, or already stacked.
     /// </summary>
-    public void Stack()
+    public void Stack(Device? device = null)
     {
         if (_weight is not null) return;
         var first = _layers[0];
-        if (_layers.Any(l => l.weight is null || l.weight.is_meta || l.weight.dtype != first.weight!.dtype
-                || l.weight.device_type != first.weight.device_type || l.weight.device_index != first.weight.device_index || l.InFeatures != first.InFeatures || (l.bias is null) != (first.bias is null)
-                || (l.bias is not null && (l.bias.dtype != l.weight.dtype || l.bias.is_meta))))
+        if (first.weight is null) return;
+        bool meta = first.weight.is_meta;
+        if (meta && device is null) return;
+        if (_layers.Any(l => l.weight is null || l.weight.is_meta != meta || l.weight.dtype != first.weight.dtype
+                || l.weight.device_type != first.weight.device_type || l.weight.device_index != first.weight.device_index
+                || l.InFeatures != first.InFeatures || (l.bias is null) != (first.bias is null)
+                || (l.bias is not null && (l.bias.dtype != l.weight.dtype || l.bias.is_meta != meta))))
             return;
         using var noGrad = no_grad();
-        var weight = cat(_layers.Select(l => (Tensor)l.weight!).ToArray(), 0).DetachFromDisposeScope();                  // (Σout, in)
-        var bias = first.bias is null ? null : cat(_layers.Select(l => (Tensor)l.bias!).ToArray(), 0).DetachFromDisposeScope(); // (Σout)
+        using var scope = NewDisposeScope(); // the row views' own handles go with it (the layers hold parameters of their own)
+        long rows = _layers.Sum(l => (long)l.OutFeatures);
+        Tensor weight;
+        Tensor? bias;
+        if (meta)
+        {
+            weight = empty([rows, first.InFeatures], first.weight.dtype, device);                                      // (Σout, in)
+            bias = first.bias is null ? null : empty([rows], first.weight.dtype, device);                              // (Σout)
+        }
+        else
+        {
+            weight = cat(_layers.Select(l => (Tensor)l.weight!).ToArray(), 0);                                          // (Σout, in)
+            bias = first.bias is null ? null : cat(_layers.Select(l => (Tensor)l.bias!).ToArray(), 0);                 // (Σout)
+        }
+        weight.DetachFromDisposeScope();
+        bias?.DetachFromDisposeScope();
         var views = new (Parameter, Parameter?)[_layers.Length];
         long row = 0;
         for (int i = 0; i < _layers.Length; i++)
         {
-            long rows = _layers[i].OutFeatures;
-            views[i] = _layers[i].UseStackedRows(weight.narrow(0, row, rows), bias?.narrow(0, row, rows));
-            row += rows;
+            long count = _layers[i].OutFeatures;
+            views[i] = _layers[i].UseStackedRows(weight.narrow(0, row, count), bias?.narrow(0, row, count));
+            row += count;
         }
         (_weight, _bias, _views) = (weight, bias, views);
     }
@@ -83,9 +103,15 @@ public sealed class StackedLinear
         _bias?.Dispose();
         (_weight, _bias, _views) = (null, null, []);
     }
+
+    /// <summary>Lets go of the stacked tensors (the module that owns the layers does, when it is disposed).</summary>
+    public void Dispose() => Unstack();
 }
 
-/// <summary>A module whose projections of one input can run stacked; <see cref="Models.CausalLM.StackProjections"/> stacks them.</summary>
+/// <summary>
+/// A module whose projections of one input can run stacked; <see cref="Models.CausalLM.StackProjections"/> stacks them.
+/// The module disposes its stacks with itself (they hold the layers' weight memory).
+/// </summary>
 public interface IStackedProjections
 {
     IEnumerable<StackedLinear> Stacks { get; }

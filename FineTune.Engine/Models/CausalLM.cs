@@ -137,14 +137,15 @@ public abstract class CausalLM : nn.Module<Tensor, Tensor>
 
     /// <summary>
     /// Stacks each layer's projections of one input (q/k/v, gate/up) so generation runs them as one matmul
-    /// (<see cref="StackedLinear"/>: the weights stay the layers' own, as views). ModelLoader does it after loading;
-    /// layers held in 4 bits are left as they are.
+    /// (<see cref="StackedLinear"/>: the weights stay the layers' own, as views). ModelLoader does it before filling a
+    /// model's dense weights (they load into the stacked rows) and again after loading (stacking what was loaded dense
+    /// another way); layers held in 4 bits are left as they are.
     /// </summary>
     public void StackProjections()
     {
         foreach (var module in modules())
             if (module is IStackedProjections stacked)
-                foreach (var stack in stacked.Stacks) stack.Stack();
+                foreach (var stack in stacked.Stacks) stack.Stack(Device);
     }
 
     /// <summary>A KV cache for this model holding up to <paramref name="capacity"/> positions.</summary>

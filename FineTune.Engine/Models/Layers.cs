@@ -160,6 +160,12 @@ public sealed class SwiGluMlp : nn.Module<Tensor, Tensor>, IStackedProjections
         var h = gateUp is null ? FusedOps.SiluMul(Gate.forward(x), Up.forward(x)) : FusedOps.SiluMulHalves(gateUp); // (B, T, I)
         return scope.MoveToOuter(Down.forward(h));                                            // (B, T, H)
     }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing) _gateUp.Dispose();
+        base.Dispose(disposing);
+    }
 }
 
 /// <summary>

@@ -76,6 +76,12 @@ public class LlamaAttention : DecoderAttention, IStackedProjections
     /// <summary>q_proj, k_proj and v_proj as one matmul for generation (ModelLoader stacks them after loading).</summary>
     public IEnumerable<StackedLinear> Stacks => [_qkv];
 
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing) _qkv.Dispose();
+        base.Dispose(disposing);
+    }
+
     /// <summary>True where <see cref="QueryNorm"/> and <see cref="KeyNorm"/> transform the heads (then decode takes q, k, v apart first).</summary>
     protected virtual bool NormsHeads => false;
 

@@ -92,6 +92,43 @@ public class StackedLinearTests
     }
 
     [Fact]
+    public void Weights_not_loaded_yet_get_stacked_rows_that_loading_fills()
+    {
+        using var scope = NewDisposeScope();
+        LoraLinear[] layers = [new(12, 8, true, META, ScalarType.Float32), new(12, 4, true, META, ScalarType.Float32)];
+        var stack = new StackedLinear(layers);
+        stack.Stack(); // no device for weights on the meta device: nothing to do
+        Assert.False(stack.IsStacked);
+        stack.Stack(CPU);
+        Assert.True(stack.IsStacked);
+        Assert.False(layers[0].weight!.is_meta);
+        manual_seed(7);
+        var weights = new[] { randn(8, 12), randn(4, 12) };
+        var biases = new[] { randn(8), randn(4) };
+        for (int i = 0; i < 2; i++)
+        {
+            layers[i].LoadWeight(weights[i]);
+            layers[i].LoadBias(biases[i]);
+        }
+        var x = randn(1, 1, 12);
+        using var _ = no_grad();
+        var expected = cat([nn.functional.linear(x, weights[0], biases[0]), nn.functional.linear(x, weights[1], biases[1])], -1);
+        Assert.True(stack.Forward(x)!.allclose(expected, 1e-6, 1e-6));
+        Assert.True(Same(layers[1].weight!, weights[1]));
+    }
+
+    [Fact]
+    public void Disposing_the_stack_lets_go_of_the_stacked_tensors()
+    {
+        using var scope = NewDisposeScope();
+        var stack = new StackedLinear(Projections(bias: true));
+        stack.Stack();
+        stack.Dispose();
+        Assert.False(stack.IsStacked);
+        Assert.Null(stack.Forward(randn(1, 1, 12)));
+    }
+
+    [Fact]
     public void Layers_that_cannot_share_one_tensor_are_not_stacked_and_gradients_take_the_layers()
     {
         using var scope = NewDisposeScope();

@@ -54,6 +54,28 @@ public class DecodeFoldsTests
         return logits.to(ScalarType.Float32).cpu().data<float>().ToArray();
     }
 
+    [Fact]
+    public void A_loaded_model_is_stacked_and_disposing_it_lets_go_of_the_stacks()
+    {
+        _ = ComputeBackend.Current;
+        var model = ModelLoader.Load(ModelFixtures.Folder("qwen2"), new ModelLoadOptions { Device = CPU, DType = ScalarType.Float32 });
+        var stacks = model.modules().OfType<IStackedProjections>().SelectMany(m => m.Stacks).ToList();
+        Assert.Equal(2 * model.Config.NumHiddenLayers, stacks.Count); // q/k/v and gate/up of every layer
+        Assert.All(stacks, s => Assert.True(s.IsStacked));
+        model.Dispose();
+        Assert.All(stacks, s => Assert.False(s.IsStacked));
+    }
+
+    [Fact]
+    public void A_four_bit_load_stacks_nothing()
+    {
+        _ = ComputeBackend.Current;
+        using var model = ModelLoader.Load(ModelFixtures.Folder("qwen2"), ModelLoadOptions.Base(ScalarType.Float32, fourBit: true, device: CPU));
+        var stacks = model.modules().OfType<IStackedProjections>().SelectMany(m => m.Stacks).ToList();
+        Assert.NotEmpty(stacks);
+        Assert.All(stacks, s => Assert.False(s.IsStacked));
+    }
+
     [Theory]
     [MemberData(nameof(Fixtures))]
     public void Folded_decode_chooses_the_ids_of_the_unfolded_one_on_the_cpu(string fixture)
