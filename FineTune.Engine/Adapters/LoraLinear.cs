@@ -94,14 +94,33 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
     /// A layer built on the meta device holds no memory until its checkpoint tensor arrives (ModelLoader
     /// builds models that way); it then takes a copy of the source as given: its device and dtype.
     /// </summary>
-    private Parameter Materialize(string name, Parameter placeholder, Tensor source)
+    private Parameter Materialize(string name, Parameter placeholder, Tensor source) => Replace(name, placeholder, source.detach().clone());
+
+    private Parameter Replace(string name, Parameter old, Tensor value)
     {
-        var parameter = new Parameter(source.detach().clone(), requires_grad: placeholder.requires_grad);
+        var parameter = new Parameter(value, requires_grad: old.requires_grad);
         parameter.DetachFromDisposeScope();
         ConditionallyRegisterParameter(name, parameter);
-        placeholder.Dispose();
+        old.Dispose();
         return parameter;
     }
+
+    /// <summary>
+    /// Makes the dense weight (out, in) and bias (out) views of rows of tensors that other projections of the same input
+    /// share (<see cref="StackedLinear"/>): rows holding the loaded values, or rows the checkpoint fills next (for a
+    /// weight still on the meta device). The keys, merging (in place) and adapters are unchanged.
+    /// </summary>
+    internal (Parameter Weight, Parameter? Bias) UseStackedRows(Tensor weightRows, Tensor? biasRows)
+    {
+        if (weight is null) throw new InvalidOperationException("A weight held in 4 bits cannot be stacked.");
+        weight = Replace(nameof(weight), weight, weightRows);
+        if (bias is not null) bias = Replace(nameof(bias), bias, biasRows ?? throw new ArgumentNullException(nameof(biasRows)));
+        return (weight, bias);
+    }
+
+    /// <summary>The LoRA path adds to this layer's output (attached, enabled and not merged).</summary>
+    [System.Diagnostics.CodeAnalysis.MemberNotNullWhen(true, nameof(lora_A), nameof(lora_B))]
+    internal bool AdapterActive => lora_A is not null && lora_B is not null && !Merged && AdapterEnabled;
 
     /// <summary>
     /// Replaces the dense weight by its NF4 form (bitsandbytes' quantize_4bit, nf4, blocksize 64, with or without
@@ -265,7 +284,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
             ? nn.functional.linear(x, weight, bias)
             : Nf4Forward(x.to(ComputeDtype));                                  // (..., out)
         if (weight is null && bias is not null) y = y.Plus(bias.to(y.dtype));
-        if (lora_A is not null && lora_B is not null && !Merged && AdapterEnabled)
+        if (AdapterActive)
         {
             // In the activations' dtype, as PEFT under HF Trainer's bf16/fp16 autocast computes it: the fp32 adapter
             // weights are cast (their gradients still reach the fp32 weights), the activations are not. A cast of
