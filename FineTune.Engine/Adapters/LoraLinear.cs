@@ -263,32 +263,65 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         Tensor y = weight is not null
             ? nn.functional.linear(x, weight, bias)
-            : Nf4Forward(x.to(ComputeDtype));                                  // (..., out)
-        if (weight is null && bias is not null) y = y.Plus(bias.to(y.dtype));
-        if (lora_A is not null && lora_B is not null && !Merged && AdapterEnabled)
-        {
-            // In the activations' dtype, as PEFT under HF Trainer's bf16/fp16 autocast computes it: the fp32 adapter
-            // weights are cast (their gradients still reach the fp32 weights), the activations are not. A cast of
-            // x to fp32 per projection was the alternative: a fp32 copy of x kept for backward in every projection.
-            var dtype = y.dtype;
-            var down = nn.functional.linear(Dropout(x.to(dtype)), lora_A.weight!.to(dtype));   // (..., r)
-            var up = nn.functional.linear(down, lora_B.weight!.to(dtype));                      // (..., out)
-            y = y.PlusScaled(up, Scaling);                                                      // y + up·scaling, one kernel
-        }
+            : Nf4Forward(x.dtype == ComputeDtype ? x : x.to(ComputeDtype));    // (..., out), bias included
+        if (lora_A is not null && lora_B is not null && !Merged && AdapterEnabled) y = PlusLora(y, x);
         return scope.MoveToOuter(y);
     }
 
+    /// <summary>
+    /// y + B(A(dropout(x)))·scaling in the activations' dtype, as PEFT under HF Trainer's bf16/fp16 autocast computes it:
+    /// the fp32 adapter weights are cast (their gradients still reach the fp32 weights), the activations are not. A cast of
+    /// x to fp32 per projection was the alternative: a fp32 copy of x kept for backward in every projection. During
+    /// training the casts are made once per optimizer step (<see cref="ComputeCopies"/>) instead of twice per projection
+    /// and pass; a training step is bound by the host's time per op.
+    /// </summary>
+    private Tensor PlusLora(Tensor y, Tensor x)
+    {
+        var dtype = y.dtype;
+        var (a, b) = ComputeCopies is { } copies && copies.A.dtype == dtype
+            ? copies
+            : (InDtype(lora_A!.weight!, dtype), InDtype(lora_B!.weight!, dtype));                  // (r, in), (out, r)
+        var down = nn.functional.linear(Dropout(InDtype(x, dtype)), a);                             // (..., r)
+        return y.PlusScaled(nn.functional.linear(down, b), Scaling);                                // y + up·scaling, one kernel
+    }
+
+    /// <summary>t itself when it is in <paramref name="dtype"/> already: even a cast to its own dtype is a native call.</summary>
+    private static Tensor InDtype(Tensor t, ScalarType dtype) => t.dtype == dtype ? t : t.to(dtype);
+
+    /// <summary>
+    /// lora_A (r, in) and lora_B (out, r) in the dtype of this layer's output, set for a training run by
+    /// <see cref="FineTune.Engine.Training.AdapterWorkingCopies"/>: cast from the fp32 weights once per optimizer step.
+    /// They are leaves of their own: their gradients (the same values the casts' backward would pass on) are added to
+    /// the fp32 weights' gradients after each backward. Null: the fp32 weights are cast where they are used.
+    /// </summary>
+    internal (Tensor A, Tensor B)? ComputeCopies { get; set; }
+
+    /// <summary>The dtype of this layer's output: the dense weight's, or the NF4 weight's compute dtype.</summary>
+    internal ScalarType OutputDtype => weight?.dtype ?? ComputeDtype;
+
+    /// <summary>
+    /// LoRA dropout (nn.Dropout, as PEFT's lora_dropout). On CUDA with the device's generator: torch's fused dropout, one
+    /// kernel; inside a checkpointed layer each draw first seeds the device's generator with a seed from the layer's
+    /// <see cref="DropoutTape"/>, and the recompute seeds it the same way, so both passes draw the same mask without
+    /// keeping it. With an explicit <see cref="DropoutGenerator"/> (CPU): a bernoulli mask from that generator, recorded
+    /// on the tape and replayed.
+    /// </summary>
     private Tensor Dropout(Tensor h)
     {
         double p = lora_dropout!.p;
         if (!training || p == 0) return h;
         var tape = DropoutTape.Current;
+        if (DropoutGenerator is null && h.device_type == DeviceType.CUDA)
+        {
+            if (tape is { } t) DropoutTape.SeedDevice(h.device, t.Replaying ? t.Tape.ReplayedSeed() : t.Tape.NewSeed());
+            return nn.functional.dropout(h, p, training: true);
+        }
         if (tape is { Replaying: true })
         {
             using var recorded = tape.Value.Tape.Next();                        // (..., in) bool
             return (h * recorded).DividedBy(1 - p);
         }
-        if (DropoutGenerator is null && tape is null) return lora_dropout.forward(h);
+        if (DropoutGenerator is null && tape is not { Tape.KeepsMasks: true }) return lora_dropout.forward(h);
         var keep = empty_like(h).bernoulli_(1 - p, DropoutGenerator);           // (..., in) of 0/1
         tape?.Tape.Add(keep);
         return (h * keep).DividedBy(1 - p);
@@ -305,17 +338,21 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         if (!is_grad_enabled() || !x.requires_grad)
         {
             using var _ = no_grad();
-            if (Kernels.FusedOps.Nf4MatVec(x, QuantizedState!) is { } y) return y;
+            if (Kernels.FusedOps.Nf4MatVec(x, QuantizedState!) is { } y) return bias is null ? y : y.Plus(InDtype(bias, y.dtype));
             using var w = DequantizedForCompute();                               // (out, in)
-            return nn.functional.linear(x, w);
+            return nn.functional.linear(x, w, BiasFor(w));
         }
         if (GradientCheckpoint.Recomputing)
         {
             using var w = DequantizedForCompute();                               // (out, in), kept by the graph until backward
-            return nn.functional.linear(x, w);
+            return nn.functional.linear(x, w, BiasFor(w));
         }
-        return Nf4Linear.apply(x, this);
+        var output = Nf4Linear.apply(x, this);
+        return bias is null ? output : output.Plus(InDtype(bias, output.dtype));
     }
+
+    /// <summary>The bias in the dequantized weight's dtype for one matmul with it (bitsandbytes' MatMul4Bit passes it to linear too).</summary>
+    private Tensor? BiasFor(Tensor w) => bias is null ? null : InDtype(bias, w.dtype);
 
     /// <summary>The base weight dequantized in the compute dtype, for the NF4 matmul's forward and backward.</summary>
     internal Tensor DequantizedForCompute() => Nf4.Dequantize(QuantizedState!, ComputeDtype);
