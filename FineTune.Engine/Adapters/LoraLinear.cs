@@ -264,7 +264,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         Tensor y = weight is not null
             ? nn.functional.linear(x, weight, bias)
             : Nf4Forward(x.dtype == ComputeDtype ? x : x.to(ComputeDtype));    // (..., out), bias included
-        if (lora_A is not null && lora_B is not null && !Merged && AdapterEnabled) y = PlusLora(y, x);
+        if (LoraActive) y = PlusLora(y, x);
         return scope.MoveToOuter(y);
     }
 
@@ -283,6 +283,77 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
             : (InDtype(lora_A!.weight!, dtype), InDtype(lora_B!.weight!, dtype));                  // (r, in), (out, r)
         var down = nn.functional.linear(Dropout(InDtype(x, dtype)), a);                             // (..., r)
         return y.PlusScaled(nn.functional.linear(down, b), Scaling);                                // y + up·scaling, one kernel
+    }
+
+    private bool LoraActive => lora_A is not null && lora_B is not null && !Merged && AdapterEnabled;
+
+    /// <summary>
+    /// Each layer's forward(x) for projections of one input (an attention layer's q/k/v). Where every layer holds its base
+    /// weight as NF4 in one compute dtype, x has more than one row (no matrix-vector kernel) and the base matmul needs no
+    /// autograd function (gradients off, or a checkpointed layer's recompute, as <see cref="Nf4Forward"/>), the weights are
+    /// dequantized into one (Σout, in) buffer and multiplied at once, biases included: one matmul and one backward matmul
+    /// instead of one per layer, and fewer host calls (a training step is bound by them). Each output is its column block of
+    /// that product plus its own LoRA path, as forward adds it. Otherwise each layer's own forward.
+    /// </summary>
+    public static Tensor[] ForwardShared(Tensor x, params LoraLinear[] layers)
+    {
+        if (!CanShare(x, layers)) return [.. layers.Select(l => l.forward(x))];
+        using var scope = NewDisposeScope();
+        var input = InDtype(x, layers[0].ComputeDtype);
+        Tensor y;                                                               // (..., Σout)
+        if (!is_grad_enabled() || !input.requires_grad || GradientCheckpoint.Recomputing)
+        {
+            // No gradient, or a checkpointed layer's recompute: a plain matmul, whose graph keeps the weight until this layer's backward.
+            using var weight = DequantizedShared(layers);                       // (Σout, in)
+            using var bias = SharedBias(layers, weight.dtype);
+            y = nn.functional.linear(input, weight, bias);
+        }
+        else y = Nf4SharedLinear.apply(input, layers);                          // dequantizes again in backward
+        var outputs = new Tensor[layers.Length];
+        long column = 0;
+        for (int i = 0; i < layers.Length; i++)
+        {
+            var block = y.narrow(-1, column, layers[i].OutFeatures);            // (..., out): a view, rows Σout apart
+            outputs[i] = layers[i].LoraActive ? layers[i].PlusLora(block, x) : block;
+            column += layers[i].OutFeatures;
+        }
+        foreach (var output in outputs) scope.MoveToOuter(output);
+        return outputs;
+    }
+
+    /// <summary>The layers' NF4 weights dequantized one under the other into one (Σout, in) buffer. Caller owns it.</summary>
+    internal static Tensor DequantizedShared(LoraLinear[] layers)
+    {
+        using var _ = no_grad();
+        var first = layers[0];
+        var weight = empty([layers.Sum(l => (long)l.OutFeatures), first.InFeatures], first.ComputeDtype, first.weight_nf4!.device);
+        long row = 0;
+        foreach (var layer in layers)
+        {
+            using var block = weight.narrow(0, row, layer.OutFeatures);        // (out, in), contiguous
+            if (!Kernels.FusedOps.Nf4DequantizeInto(layer.QuantizedState!, block))
+            {
+                using var dequantized = layer.DequantizedForCompute();
+                block.copy_(dequantized);
+            }
+            row += layer.OutFeatures;
+        }
+        return weight;
+    }
+
+    /// <summary>The layers' biases one after the other (Σout) in <paramref name="dtype"/>, or null where they have none. Caller owns it.</summary>
+    internal static Tensor? SharedBias(LoraLinear[] layers, ScalarType dtype) =>
+        layers[0].bias is null ? null : cat([.. layers.Select(l => InDtype(l.bias!, dtype))], 0);
+
+    private static bool CanShare(Tensor x, LoraLinear[] layers)
+    {
+        if (layers.Length < 2) return false;
+        var first = layers[0];
+        foreach (var layer in layers)
+            if (layer.weight is not null || layer.weight_nf4 is null || layer.ComputeDtype != first.ComputeDtype || layer.InFeatures != first.InFeatures
+                || (layer.bias is null) != (first.bias is null))
+                return false;
+        return x.numel() != first.InFeatures;                                   // one row: the matrix-vector kernel
     }
 
     /// <summary>t itself when it is in <paramref name="dtype"/> already: even a cast to its own dtype is a native call.</summary>
@@ -347,12 +418,11 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
             using var w = DequantizedForCompute();                               // (out, in), kept by the graph until backward
             return nn.functional.linear(x, w, BiasFor(w));
         }
-        var output = Nf4Linear.apply(x, this);
-        return bias is null ? output : output.Plus(InDtype(bias, output.dtype));
+        return Nf4Linear.apply(x, this);
     }
 
     /// <summary>The bias in the dequantized weight's dtype for one matmul with it (bitsandbytes' MatMul4Bit passes it to linear too).</summary>
-    private Tensor? BiasFor(Tensor w) => bias is null ? null : InDtype(bias, w.dtype);
+    internal Tensor? BiasFor(Tensor w) => bias is null ? null : InDtype(bias, w.dtype);
 
     /// <summary>The base weight dequantized in the compute dtype, for the NF4 matmul's forward and backward.</summary>
     internal Tensor DequantizedForCompute() => Nf4.Dequantize(QuantizedState!, ComputeDtype);
@@ -398,8 +468,9 @@ internal sealed class Nf4Linear : autograd.SingleTensorFunction<Nf4Linear>
         // No graph inside: the dequantized weight must not be kept alive by an inner autograd node
         // (it was, and QLoRA memory grew with every step); backward dequantizes it again.
         using var _ = no_grad();
+        using var scope = NewDisposeScope();
         using var w = layer.DequantizedForCompute();                             // (out, in)
-        return nn.functional.linear(x, w);
+        return scope.MoveToOuter(nn.functional.linear(x, w, layer.BiasFor(w))); // the bias inside, as the plain matmul paths
     }
 
     public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
@@ -409,5 +480,34 @@ internal sealed class Nf4Linear : autograd.SingleTensorFunction<Nf4Linear>
         using var w = layer.DequantizedForCompute();                             // (out, in)
         var dx = matmul(gradOutput.to(w.dtype), w);                              // (..., in)
         return [dx, null!];                                                      // no gradient for the layer argument
+    }
+}
+
+/// <summary>
+/// <see cref="Nf4Linear"/> for several layers of one input (<see cref="LoraLinear.ForwardShared"/>): y = x·Wᵀ + b with W
+/// the layers' NF4 weights dequantized one under the other, again in backward instead of kept. Only dx flows back.
+/// </summary>
+internal sealed class Nf4SharedLinear : autograd.SingleTensorFunction<Nf4SharedLinear>
+{
+    public override string Name => nameof(Nf4SharedLinear);
+
+    public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
+    {
+        var x = (Tensor)vars[0];
+        var layers = (LoraLinear[])vars[1];
+        ctx.save_data("layers", layers);
+        using var _ = no_grad();
+        using var w = LoraLinear.DequantizedShared(layers);                      // (Σout, in)
+        using var bias = LoraLinear.SharedBias(layers, w.dtype);
+        return nn.functional.linear(x, w, bias);
+    }
+
+    public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
+    {
+        var layers = (LoraLinear[])ctx.get_data("layers");
+        using var _ = no_grad();
+        using var w = LoraLinear.DequantizedShared(layers);                      // (Σout, in)
+        var dx = matmul(gradOutput.to(w.dtype), w);                              // (..., in)
+        return [dx, null!];
     }
 }

@@ -52,9 +52,11 @@ public class LlamaAttention : DecoderAttention
         }
         else
         {
-            q = QueryNorm(q_proj.forward(x).view(b, t, _heads, _headDim)).transpose(1, 2);   // (B, nH, T, hD)
-            k = KeyNorm(k_proj.forward(x).view(b, t, _kvHeads, _headDim)).transpose(1, 2);   // (B, nKV, T, hD)
-            v = v_proj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);            // (B, nKV, T, hD)
+            // One matmul for q, k and v where their base weights are NF4 (LoraLinear.ForwardShared).
+            var qkv = LoraLinear.ForwardShared(x, q_proj, k_proj, v_proj);                   // (B, T, nH·hD), (B, T, nKV·hD) ×2
+            q = QueryNorm(qkv[0].view(b, t, _heads, _headDim)).transpose(1, 2);              // (B, nH, T, hD)
+            k = KeyNorm(qkv[1].view(b, t, _kvHeads, _headDim)).transpose(1, 2);              // (B, nKV, T, hD)
+            v = qkv[2].view(b, t, _kvHeads, _headDim).transpose(1, 2);                       // (B, nKV, T, hD)
         }
         q = AttentionOps.ApplyRotary(q, pass.Cos, pass.SignedSin);
         k = AttentionOps.ApplyRotary(k, pass.Cos, pass.SignedSin);

@@ -13,7 +13,8 @@ namespace FineTune.Bench;
 /// checkpointed layer's recompute must draw the masks of its first pass, so the gradients equal those of kept
 /// activations (fp32; bound 1e-4 of the largest gradient: the first pass runs the fused kernels, RMSNorm within 7e-7),
 /// and other seeds must give other gradients (the check can fail). (2) The bf16 working copies of the adapters give the
-/// per-projection casts' losses and fp32 gradients bit for bit, dense and NF4, with dropout on the device.
+/// per-projection casts' losses and fp32 gradients bit for bit, dense and NF4, with dropout on the device. (3) q/k/v's NF4
+/// weights dequantized into one buffer (LoraLinear.ForwardShared) equal each one dequantized alone, bit for bit.
 /// FineTune.Tests/Models/GradientCheckpointTests.cs and Training/AdapterWorkingCopiesTests.cs are the CPU side.
 /// </summary>
 internal static class LoraCheckCommand
@@ -53,6 +54,21 @@ internal static class LoraCheckCommand
                     cast.Loss == copied.Loss && cast.Grads.SequenceEqual(copied.Grads) && cast.Grads.Any(g => g != 0),
                     new JsonObject { ["max_abs_diff"] = MaxDiff(cast.Grads, copied.Grads), ["loss_cast"] = cast.Loss, ["loss_copies"] = copied.Loss });
             }
+        // q/k/v dequantized into one buffer (the NF4 kernel writing into row blocks) = each dequantized alone, bit for bit.
+        foreach (var dtype in new[] { ScalarType.BFloat16, ScalarType.Float16, ScalarType.Float32 })
+        {
+            using var scope = NewDisposeScope();
+            var layers = new[] { (3584, 3584), (512, 3584), (512, 3584) }.Select(shape =>
+            {
+                var layer = new LoraLinear(shape.Item2, shape.Item1, hasBias: false, device, ScalarType.Float32);
+                layer.QuantizeWeight(randn(shape.Item1, shape.Item2, device: device) * 0.05, dtype);
+                return layer;
+            }).ToArray();
+            using var shared = LoraLinear.DequantizedShared(layers);
+            var separate = cat([.. layers.Select(l => l.BaseWeight(dtype))], 0);
+            Report($"q/k/v dequantized into one buffer, {dtype}", shared.eq(separate).all().item<bool>(), new JsonObject { ["shape"] = string.Join("x", shared.shape) });
+            foreach (var layer in layers) layer.Dispose();
+        }
         var result = new JsonObject { ["gpu"] = backend.Description, ["checks"] = checks, ["all_pass"] = allPass };
         Console.WriteLine(result.ToJsonString());
         if (o.Optional("out") is string path) File.WriteAllText(path, result.ToJsonString());
