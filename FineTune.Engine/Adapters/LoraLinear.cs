@@ -94,14 +94,33 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
     /// A layer built on the meta device holds no memory until its checkpoint tensor arrives (ModelLoader
     /// builds models that way); it then takes a copy of the source as given: its device and dtype.
     /// </summary>
-    private Parameter Materialize(string name, Parameter placeholder, Tensor source)
+    private Parameter Materialize(string name, Parameter placeholder, Tensor source) => Replace(name, placeholder, source.detach().clone());
+
+    private Parameter Replace(string name, Parameter old, Tensor value)
     {
-        var parameter = new Parameter(source.detach().clone(), requires_grad: placeholder.requires_grad);
+        var parameter = new Parameter(value, requires_grad: old.requires_grad);
         parameter.DetachFromDisposeScope();
         ConditionallyRegisterParameter(name, parameter);
-        placeholder.Dispose();
+        old.Dispose();
         return parameter;
     }
+
+    /// <summary>
+    /// Makes the dense weight (out, in) and bias (out) views of rows of tensors that other projections of the same input
+    /// share (<see cref="StackedLinear"/>): rows holding the loaded values, or rows the checkpoint fills next (for a
+    /// weight still on the meta device). The keys, merging (in place) and adapters are unchanged.
+    /// </summary>
+    internal (Parameter Weight, Parameter? Bias) UseStackedRows(Tensor weightRows, Tensor? biasRows)
+    {
+        if (weight is null) throw new InvalidOperationException("A weight held in 4 bits cannot be stacked.");
+        weight = Replace(nameof(weight), weight, weightRows);
+        if (bias is not null) bias = Replace(nameof(bias), bias, biasRows ?? throw new ArgumentNullException(nameof(biasRows)));
+        return (weight, bias);
+    }
+
+    /// <summary>The LoRA path adds to this layer's output (attached, enabled and not merged).</summary>
+    [System.Diagnostics.CodeAnalysis.MemberNotNullWhen(true, nameof(lora_A), nameof(lora_B))]
+    internal bool AdapterActive => lora_A is not null && lora_B is not null && !Merged && AdapterEnabled;
 
     /// <summary>
     /// Replaces the dense weight by its NF4 form (bitsandbytes' quantize_4bit, nf4, blocksize 64, with or without
@@ -264,7 +283,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         Tensor y = weight is not null
             ? nn.functional.linear(x, weight, bias)
             : Nf4Forward(x.dtype == ComputeDtype ? x : x.to(ComputeDtype));    // (..., out), bias included
-        if (LoraActive) y = PlusLora(y, x);
+        if (AdapterActive) y = PlusLora(y, x);
         return scope.MoveToOuter(y);
     }
 
@@ -284,8 +303,6 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         var down = nn.functional.linear(Dropout(InDtype(x, dtype)), a);                             // (..., r)
         return y.PlusScaled(nn.functional.linear(down, b), Scaling);                                // y + up·scaling, one kernel
     }
-
-    private bool LoraActive => lora_A is not null && lora_B is not null && !Merged && AdapterEnabled;
 
     /// <summary>
     /// Each layer's forward(x) for projections of one input (an attention layer's q/k/v). Where every layer holds its base
@@ -314,7 +331,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         for (int i = 0; i < layers.Length; i++)
         {
             var block = y.narrow(-1, column, layers[i].OutFeatures);            // (..., out): a view, rows Σout apart
-            outputs[i] = layers[i].LoraActive ? layers[i].PlusLora(block, x) : block;
+            outputs[i] = layers[i].AdapterActive ? layers[i].PlusLora(block, x) : block;
             column += layers[i].OutFeatures;
         }
         foreach (var output in outputs) scope.MoveToOuter(output);

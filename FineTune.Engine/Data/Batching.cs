@@ -126,11 +126,9 @@ public static class Batching
         var tgtPadded = new long[B * T];
         Array.Fill(idsPadded, padTokenId);
         Array.Fill(tgtPadded, TrainingExamples.IgnoreIndex);
-        var lengths = new int[B];
         for (int b = 0; b < B; b++)
         {
             var r = rows[b];
-            lengths[b] = r.Length;
             for (int t = 0; t < r.Length; t++)
             {
                 idsPadded[b * T + t] = r.InputIds[t];
@@ -142,7 +140,9 @@ public static class Batching
             tensor(idsPadded, [B, T], device: device),
             tensor(posPadded, [B, T], device: device),
             tensor(tgtPadded, [B, T], device: device),
-            sameLength ? null : PaddedCausalMask(lengths, T, device), tokenCount, targetCount, TargetPositions(tgtPadded, device));
+            // Padding sits right of each row's tokens, so causal attention never lets a real token see it: plain causal
+            // attention is exact for every position with a target (a padding query's output is never read).
+            attentionMask: null, tokenCount, targetCount, TargetPositions(tgtPadded, device));
     }
 
     /// <summary>(N) int64: the flat indices of the targets that are not -100.</summary>
@@ -158,19 +158,5 @@ public static class Batching
         var causal = ones(T, T, dtype: ScalarType.Bool, device: device).tril();      // (T, T)
         var same = segment.unsqueeze(1).eq(segment.unsqueeze(0));                      // (T, T)
         return scope.MoveToOuter(causal.logical_and(same).view(1, 1, T, T));
-    }
-
-    /// <summary>(B, 1, T, T) bool: causal, and no attention to padding keys. Padding queries attend to the first token so no row is empty.</summary>
-    public static Tensor PaddedCausalMask(int[] lengths, int T, Device device)
-    {
-        using var scope = NewDisposeScope();
-        int B = lengths.Length;
-        var keyValid = arange(T, device: device).unsqueeze(0).lt(tensor(lengths.Select(l => (long)l).ToArray(), device: device).unsqueeze(1)); // (B, T)
-        var causal = ones(T, T, dtype: ScalarType.Bool, device: device).tril();                                                          // (T, T)
-        var mask = causal.unsqueeze(0).logical_and(keyValid.unsqueeze(1));                                                                // (B, T, T)
-        var first = zeros(T, T, dtype: ScalarType.Bool, device: device);
-        first[.., 0] = true;
-        mask = mask.logical_or(first.unsqueeze(0));
-        return scope.MoveToOuter(mask.view(B, 1, T, T));
     }
 }

@@ -1,3 +1,4 @@
+using FineTune.Engine.Kernels;
 using static TorchSharp.torch;
 
 namespace FineTune.Engine.Generation;
@@ -32,13 +33,9 @@ public sealed class KvCache : IDisposable
     /// </summary>
     public (Tensor Keys, Tensor Values) Update(int layer, Tensor k, Tensor v)
     {
-        long t = k.shape[2];
-        if (Length + t > Capacity)
-            throw new InvalidOperationException($"The KV cache holds {Capacity} positions; {Length} are used and {t} more do not fit. Create it with a larger capacity (prompt + max new tokens).");
-        var keys = _keys[layer] ??= Allocate(k);
-        var values = _values[layer] ??= Allocate(v);
-        if (keys.shape[0] != k.shape[0] || keys.shape[1] != k.shape[1] || keys.shape[3] != k.shape[3])
-            throw new InvalidOperationException($"The KV cache was made for keys [{keys.shape[0]}, {keys.shape[1]}, *, {keys.shape[3]}] but got [{string.Join(", ", k.shape)}]; use a new cache per batch shape.");
+        long[] shape = k.shape;
+        var (keys, values) = Buffers(layer, shape[0], shape[1], shape[2], shape[3], k);
+        long t = shape[2];
         using (no_grad())
         {
             var slots = Slots(t, k.device);                                        // (T) positions Length..Length+T-1
@@ -46,6 +43,55 @@ public sealed class KvCache : IDisposable
             values.index_copy_(2, slots, v);
         }
         return (keys.narrow(2, 0, Length + t), values.narrow(2, 0, Length + t)); // (B, nKV, Length + T, hD)
+    }
+
+    /// <summary>
+    /// RoPE on this pass's q (B, nH, T, hD) and k (B, nKV, T, hD) with the tables of AttentionOps.RotaryTables, then k
+    /// and v stored as <see cref="Update"/> stores them: returns the rotated q and views of all keys and values
+    /// (B, nKV, Length + T, hD). A one-token pass on CUDA does it in one kernel (FusedOps.RotaryStore, bit-equal);
+    /// otherwise RoPE twice and <see cref="Update"/>.
+    /// </summary>
+    public (Tensor Query, Tensor Keys, Tensor Values) RotateAndUpdate(int layer, Tensor q, Tensor k, Tensor v, Tensor cos, Tensor signedSin)
+    {
+        long[] shape = k.shape;
+        var (keys, values) = Buffers(layer, shape[0], shape[1], shape[2], shape[3], k);
+        if (FusedOps.RotaryStore(q, k, v, cos, signedSin, keys, values, Length) is { } rotated)
+            return (rotated, keys.narrow(2, 0, Length + 1), values.narrow(2, 0, Length + 1));
+        var (allKeys, allValues) = Update(layer, FusedOps.Rotary(k, cos, signedSin), v);
+        return (FusedOps.Rotary(q, cos, signedSin), allKeys, allValues);
+    }
+
+    /// <summary>
+    /// <see cref="RotateAndUpdate(int, Tensor, Tensor, Tensor, Tensor, Tensor)"/> for one new position whose q, k and v
+    /// are side by side in one projection's output (B, 1, (nH + 2·nKV)·hD) (a StackedLinear's): one kernel reads them
+    /// in place on CUDA; elsewhere they are taken apart as views.
+    /// </summary>
+    public (Tensor Query, Tensor Keys, Tensor Values) RotateAndUpdate(int layer, Tensor qkv, int heads, int kvHeads, Tensor cos, Tensor signedSin)
+    {
+        long[] shape = qkv.shape;
+        long b = shape[0], d = shape[2] / (heads + 2 * kvHeads);
+        if (shape[1] != 1 || d * (heads + 2 * kvHeads) != shape[2])
+            throw new ArgumentException($"Stacked q, k, v of one position must be (B, 1, (nH + 2·nKV)·hD); they are [{string.Join(", ", shape)}] for {heads} and {kvHeads} heads.", nameof(qkv));
+        var (keys, values) = Buffers(layer, b, kvHeads, 1, d, qkv);
+        if (FusedOps.RotaryStore(qkv, heads, kvHeads, cos, signedSin, keys, values, Length) is { } rotated)
+            return (rotated, keys.narrow(2, 0, Length + 1), values.narrow(2, 0, Length + 1));
+        var q = qkv.narrow(2, 0, heads * d).view(b, heads, 1, d);                    // (B, nH, 1, hD)
+        var k = qkv.narrow(2, heads * d, kvHeads * d).view(b, kvHeads, 1, d);       // (B, nKV, 1, hD)
+        var v = qkv.narrow(2, (heads + kvHeads) * d, kvHeads * d).view(b, kvHeads, 1, d);
+        return RotateAndUpdate(layer, q, k, v, cos, signedSin);
+    }
+
+    /// <summary>The layer's buffers (allocated on first use, in <paramref name="like"/>'s dtype and device), checked against this pass's keys (B, nKV, T, hD).</summary>
+    private (Tensor Keys, Tensor Values) Buffers(int layer, long b, long kvHeads, long t, long d, Tensor like)
+    {
+        if (Length + t > Capacity)
+            throw new InvalidOperationException($"The KV cache holds {Capacity} positions; {Length} are used and {t} more do not fit. Create it with a larger capacity (prompt + max new tokens).");
+        var keys = _keys[layer] ??= Allocate(b, kvHeads, d, like);
+        var values = _values[layer] ??= Allocate(b, kvHeads, d, like);
+        long[] buffer = keys.shape;
+        if (buffer[0] != b || buffer[1] != kvHeads || buffer[3] != d)
+            throw new InvalidOperationException($"The KV cache was made for keys [{buffer[0]}, {buffer[1]}, *, {buffer[3]}] but got [{b}, {kvHeads}, {t}, {d}]; use a new cache per batch shape.");
+        return (keys, values);
     }
 
     /// <summary>
@@ -78,9 +124,9 @@ public sealed class KvCache : IDisposable
         Length = length;
     }
 
-    private Tensor Allocate(Tensor like)
+    private Tensor Allocate(long b, long kvHeads, long d, Tensor like)
     {
-        var buffer = zeros([like.shape[0], like.shape[1], Capacity, like.shape[3]], like.dtype, like.device);
+        var buffer = zeros([b, kvHeads, Capacity, d], like.dtype, like.device);
         return buffer.DetachFromDisposeScope(); // owned by the cache, not by the forward pass that first used it
     }
 

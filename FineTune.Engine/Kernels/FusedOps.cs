@@ -14,7 +14,7 @@ namespace FineTune.Engine.Kernels;
 /// Within rounding: RMSNorm (the fp32 sum of squares is added in another order) and the NF4 matrix-vector product
 /// (fp32 dot products in another order than cuBLAS): FineTune.Tests/Kernels/FusedOpsTests.cs states the bounds.
 /// </summary>
-public static unsafe class FusedOps
+public static unsafe partial class FusedOps
 {
     private const int Threads = 256;
 

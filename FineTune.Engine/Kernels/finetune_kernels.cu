@@ -226,3 +226,74 @@ extern "C" __global__ void rotary_##SUFFIX(const T* x, const T* cos, const T* si
 DEFINE_KERNELS(f32, float, load_f32, store_f32)
 DEFINE_KERNELS(bf16, u16, bf16_to_f32, f32_to_bf16)
 DEFINE_KERNELS(f16, u16, f16_to_f32, f32_to_f16)
+
+// The kernels of a one-token decode step (FusedOps.Decode.cs), where the host's time per launched op is the cost.
+#define DEFINE_DECODE_KERNELS(SUFFIX, T, TO_F32, FROM_F32)                                                              \
+/* RoPE on one new position's q and k, then k and v stored at position slot of the KV cache: the rotation rounded as  \
+   rotary_ (bit-equal to it, then index_copy_). q (B, nH, d), k and v (B, nKV, d): rows of width n*d at batch strides \
+   qb, kb, vb; cos and signed sin (B|1, d) at batch stride cb; q_out (B, nH, d) contiguous; keys and values          \
+   (B, nKV, capacity, d) contiguous. One thread per value of q, k and v. */                                           \
+extern "C" __global__ void rotary_store_##SUFFIX(const T* q, const T* k, const T* v, const T* cos, const T* sin,     \
+    T* q_out, T* keys, T* values, int heads, int kv_heads, int d, long long qb, long long kb, long long vb,            \
+    long long cb, int capacity, int slot, long long total_q, long long total_kv)                                      \
+{                                                                                                                     \
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;                                                   \
+    if (i >= total_q + 2 * total_kv) return;                                                                          \
+    int part = i < total_q ? 0 : i < total_q + total_kv ? 1 : 2;             /* q, k or v */                          \
+    long long j = part == 0 ? i : part == 1 ? i - total_q : i - total_q - total_kv;                                   \
+    int n = part == 0 ? heads : kv_heads;                                                                             \
+    int e = (int)(j % d);                                                                                             \
+    long long r = j / d;                                                                                              \
+    int h = (int)(r % n);                                                                                             \
+    long long b = r / n;                                                                                              \
+    const T* row = (part == 0 ? q + b * qb : part == 1 ? k + b * kb : v + b * vb) + (long long)h * d;                 \
+    T out;                                                                                                            \
+    if (part == 2) out = row[e];                                                                                      \
+    else {                                                                                                            \
+        long long c = b * cb + e;                                                                                     \
+        int half = d >> 1;                                                                                            \
+        float rolled = TO_F32(row[e < half ? e + half : e - half]);                                                   \
+        float p = TO_F32(FROM_F32(TO_F32(row[e]) * TO_F32(cos[c])));                                                  \
+        float s = TO_F32(FROM_F32(rolled * TO_F32(sin[c])));                                                          \
+        out = FROM_F32(p + s);                                                                                        \
+    }                                                                                                                 \
+    if (part == 0) q_out[j] = out;                                                                                    \
+    else (part == 1 ? keys : values)[((b * kv_heads + h) * (long long)capacity + slot) * d + e] = out;                \
+}                                                                                                                     \
+                                                                                                                      \
+/* SwiGLU's middle for gate and up side by side in rows of width 2*inter (one stacked projection's output):          \
+   y[r, i] = T(silu(gu[r, i])) * gu[r, inter + i], rounded as silu_mul_. */                                          \
+extern "C" __global__ void silu_mul_halves_##SUFFIX(const T* gu, T* y, long long inter, long long n)                 \
+{                                                                                                                     \
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;                                                   \
+    if (i >= n) return;                                                                                               \
+    long long r = i / inter, c = i - r * inter;                                                                       \
+    const T* row = gu + r * 2 * inter;                                                                                \
+    float g = TO_F32(row[c]);                                                                                         \
+    float s = TO_F32(FROM_F32(g / (1.0f + expf(-g))));                                                                \
+    y[i] = FROM_F32(s * TO_F32(row[inter + c]));                                                                      \
+}                                                                                                                     \
+                                                                                                                      \
+/* The residual add and the next RMSNorm: s = T(x + delta) written over delta, y = RMSNorm(s) as rms_norm_ computes   \
+   it (same loop and block sum, so bit-equal to an add and rms_norm_). */                                             \
+extern "C" __global__ void add_rms_norm_##SUFFIX(const T* x, T* delta, const T* weight, T* y, int h, float eps)     \
+{                                                                                                                     \
+    __shared__ float shared[32];                                                                                      \
+    const T* row = x + (long long)blockIdx.x * h;                                                                     \
+    T* sum_row = delta + (long long)blockIdx.x * h;                                                                   \
+    T* out = y + (long long)blockIdx.x * h;                                                                           \
+    float sum = 0.0f;                                                                                                 \
+    for (int i = threadIdx.x; i < h; i += blockDim.x) {                                                               \
+        T s = FROM_F32(TO_F32(row[i]) + TO_F32(sum_row[i]));                                                          \
+        sum_row[i] = s;                                                                                               \
+        float v = TO_F32(s); sum += v * v;                                                                            \
+    }                                                                                                                 \
+    sum = block_sum(sum, shared);                                                                                     \
+    float scale = rsqrtf(sum / (float)h + eps);                                                                       \
+    for (int i = threadIdx.x; i < h; i += blockDim.x)                                                                 \
+        out[i] = FROM_F32(TO_F32(weight[i]) * TO_F32(FROM_F32(TO_F32(sum_row[i]) * scale)));                          \
+}
+
+DEFINE_DECODE_KERNELS(f32, float, load_f32, store_f32)
+DEFINE_DECODE_KERNELS(bf16, u16, bf16_to_f32, f32_to_bf16)
+DEFINE_DECODE_KERNELS(f16, u16, f16_to_f32, f32_to_f16)

@@ -135,6 +135,19 @@ public abstract class CausalLM : nn.Module<Tensor, Tensor>
         named_modules().Where(m => m.module is LoraLinear && m.module != lm_head).Select(m => (m.name, (LoraLinear)m.module))
             .Append((nameof(lm_head), lm_head));
 
+    /// <summary>
+    /// Stacks each layer's projections of one input (q/k/v, gate/up) so generation runs them as one matmul
+    /// (<see cref="StackedLinear"/>: the weights stay the layers' own, as views). ModelLoader does it before filling a
+    /// model's dense weights (they load into the stacked rows) and again after loading (stacking what was loaded dense
+    /// another way); layers held in 4 bits are left as they are.
+    /// </summary>
+    public void StackProjections()
+    {
+        foreach (var module in modules())
+            if (module is IStackedProjections stacked)
+                foreach (var stack in stacked.Stacks) stack.Stack(Device);
+    }
+
     /// <summary>A KV cache for this model holding up to <paramref name="capacity"/> positions.</summary>
     public KvCache NewCache(int capacity) => new(Config.NumHiddenLayers, capacity);
 

@@ -68,9 +68,10 @@ public sealed class DecoderLayer : nn.Module
     public Tensor forward(Tensor x, DecoderPass pass)
     {
         using var scope = NewDisposeScope();
+        // The attention's output is this layer's own: the add and the MLP's norm may write the sum over it (one kernel).
+        var (h, normed) = _mlpNorm.AddAndNorm(x, _attention.forward(_attentionNorm.forward(x), pass)); // (B, T, H) each
         // Plus: tensor + tensor without TorchSharp's temporary alpha Scalar (see ScalarArithmetic).
-        var h = x.Plus(_attention.forward(_attentionNorm.forward(x), pass)); // (B, T, H)
-        h = h.Plus(_mlp.forward(_mlpNorm.forward(h)));                      // (B, T, H)
+        h = h.Plus(_mlp.forward(normed));                                                            // (B, T, H)
         return scope.MoveToOuter(h);
     }
 }

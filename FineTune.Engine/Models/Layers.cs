@@ -1,5 +1,6 @@
 using FineTune.Engine.Adapters;
 using FineTune.Engine.Backend;
+using FineTune.Engine.Generation;
 using FineTune.Engine.Kernels;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -78,6 +79,13 @@ public sealed class RmsNorm : WeightModule
     {
         return FusedOps.RmsNorm(x, weight, _eps); // one kernel on CUDA where no gradient flows; else the torch ops
     }
+
+    /// <summary>
+    /// The residual stream after a block, x + delta, and its norm: one kernel on CUDA where no gradient flows, which
+    /// writes the sum over <paramref name="delta"/> (pass a block's output that is needed no more); else the add and
+    /// <see cref="forward"/>.
+    /// </summary>
+    public (Tensor Sum, Tensor Normed) AddAndNorm(Tensor x, Tensor delta) => FusedOps.AddRmsNorm(x, delta, weight, _eps);
 }
 
 /// <summary>Token embedding table (vocab, hidden), as nn.Embedding; frozen.</summary>
@@ -112,9 +120,10 @@ public sealed record SwiGluNames(string Gate, string Up, string Down)
 /// <summary>
 /// The SwiGLU MLP: down(silu(gate(x)) * up(x)), SiLU·up fused (FusedOps.SiluMul). Llama/Mistral/Qwen2/Qwen3 name the
 /// projections gate_proj/up_proj/down_proj, Qwen v1 w2/w1/c_proj (<see cref="SwiGluNames"/>); they are registered under
-/// those checkpoint names, so weights load and LoRA targets match without a name map.
+/// those checkpoint names, so weights load and LoRA targets match without a name map. Generation runs gate and up as one
+/// stacked matmul (<see cref="StackedLinear"/>) and SiLU·up on its halves.
 /// </summary>
-public sealed class SwiGluMlp : nn.Module<Tensor, Tensor>
+public sealed class SwiGluMlp : nn.Module<Tensor, Tensor>, IStackedProjections
 {
     // Kept in an array, not fields: TorchSharp registers a module's fields under their field names, and these are
     // registered once, under the checkpoint's names.
@@ -123,6 +132,11 @@ public sealed class SwiGluMlp : nn.Module<Tensor, Tensor>
     public LoraLinear Gate => _projections[0];
     public LoraLinear Up => _projections[1];
     public LoraLinear Down => _projections[2];
+
+    private readonly StackedLinear _gateUp;
+
+    /// <summary>The gate and up projections as one matmul for generation (ModelLoader stacks them after loading).</summary>
+    public IEnumerable<StackedLinear> Stacks => [_gateUp];
 
     public SwiGluMlp(ModelConfig config, ModelBuild build, SwiGluNames? names = null) : base(nameof(SwiGluMlp))
     {
@@ -136,13 +150,21 @@ public sealed class SwiGluMlp : nn.Module<Tensor, Tensor>
         foreach (string name in names.DeclarationOrder)
             register_module(name, name == names.Gate ? Gate : name == names.Up ? Up : name == names.Down ? Down
                 : throw new ArgumentException($"'{name}' is none of the MLP's names {names}.", nameof(names)));
+        _gateUp = new StackedLinear(Gate, Up);
     }
 
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        var y = Down.forward(FusedOps.SiluMul(Gate.forward(x), Up.forward(x))); // (B, T, H)
-        return scope.MoveToOuter(y);
+        var gateUp = _gateUp.Forward(x);                                                      // (B, T, 2·I), or null: one by one
+        var h = gateUp is null ? FusedOps.SiluMul(Gate.forward(x), Up.forward(x)) : FusedOps.SiluMulHalves(gateUp); // (B, T, I)
+        return scope.MoveToOuter(Down.forward(h));                                            // (B, T, H)
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing) _gateUp.Dispose();
+        base.Dispose(disposing);
     }
 }
 
@@ -222,6 +244,17 @@ public static class AttentionOps
         return FusedOps.Rotary(x, cos, signedSin); // (B, nH, T, hD); one kernel on CUDA where no gradient flows
     }
 
+    /// <summary>
+    /// RoPE on q (B, nH, T, hD) and k (B, nKV, T, hD), then k and v appended to the pass's KV cache if it has one:
+    /// returns the rotated q and the keys and values attention reads, (B, nKV, S, hD). With a cache, RoPE and the store
+    /// of a one-token pass are one kernel (<see cref="KvCache.RotateAndUpdate"/>).
+    /// </summary>
+    public static (Tensor Q, Tensor K, Tensor V) RotateAndCache(Tensor q, Tensor k, Tensor v, DecoderPass pass, int layer)
+    {
+        if (pass.Cache is not null) return pass.Cache.RotateAndUpdate(layer, q, k, v, pass.Cos, pass.SignedSin);
+        return (ApplyRotary(q, pass.Cos, pass.SignedSin), ApplyRotary(k, pass.Cos, pass.SignedSin), v);
+    }
+
     /// <summary>HF repeat_kv: (B, nKV, S, hD) → (B, nKV·groups, S, hD), each kv head repeated for its group of query heads.</summary>
     public static Tensor RepeatKv(Tensor x, int groups)
     {
@@ -238,11 +271,22 @@ public static class AttentionOps
     public static Tensor Attend(Tensor q, Tensor k, Tensor v, AttentionMask mask)
     {
         using var scope = NewDisposeScope();
-        int groups = (int)(q.shape[1] / k.shape[1]);
+        long[] shape = q.shape;
+        var (b, nH, t, d) = (shape[0], shape[1], shape[2], shape[3]);
+        long nKv = k.shape[1];
+        int groups = (int)(nH / nKv);
+        Tensor y;
+        if (t == 1 && groups > 1 && mask.Additive is null && !mask.IsCausal && !FusedOps.DecodeFoldsSuspended)
+        {
+            // One query that sees every key (decode): the group of query heads that share a kv head are that head's
+            // queries, so q viewed as (B, nKV, groups, hD) attends the cache's own (B, nKV, S, hD) without repeated keys
+            // and values; the result (B, nKV, groups, hD) holds its values in (B, 1, nH·hD) order.
+            y = nn.functional.scaled_dot_product_attention(q.reshape(b, nKv, groups, d), k, v, null, 0.0, false); // (B, nKV, groups, hD)
+            return scope.MoveToOuter(y.reshape(b, 1, nH * d));                                                 // (B, 1, nH·hD)
+        }
         var kk = RepeatKv(k, groups);                                                       // (B, nH, S, hD)
         var vv = RepeatKv(v, groups);                                                       // (B, nH, S, hD)
-        var y = nn.functional.scaled_dot_product_attention(q, kk, vv, mask.Additive, 0.0, mask.IsCausal); // (B, nH, T, hD)
-        var (b, nH, t, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
+        y = nn.functional.scaled_dot_product_attention(q, kk, vv, mask.Additive, 0.0, mask.IsCausal); // (B, nH, T, hD)
         // One query (decode): (B, nH, 1, hD) holds its values in (B, 1, nH, hD) order already, so no transpose.
         y = t == 1 ? y.reshape(b, 1, nH * d) : y.transpose(1, 2).reshape(b, t, nH * d);   // (B, T, nH·hD)
         return scope.MoveToOuter(y);

@@ -100,7 +100,11 @@ public static class ModelLoader
         var model = Create(config, new ModelBuild(device, dtype));
         try
         {
+            // Dense weights load straight into their stacked rows (no second copy at load); a 4-bit load quantizes
+            // each weight as it arrives and stacks nothing.
+            if (options.LoadLinearWeight is null) model.StackProjections();
             Fill(model, checkpoint, options);
+            model.StackProjections();
             model.eval();
         }
         catch

@@ -23,6 +23,8 @@ public sealed class Qwen3Attention : LlamaAttention
         register_module(nameof(k_norm), k_norm);
     }
 
+    protected override bool NormsHeads => true;
+
     protected override Tensor QueryNorm(Tensor q) => q_norm.forward(q); // (B, T, nH, hD)
 
     protected override Tensor KeyNorm(Tensor k) => k_norm.forward(k);   // (B, T, nKV, hD)

@@ -188,7 +188,7 @@ public sealed class FineTunePipeline(ILoggerFactory? loggers = null)
         var validation = split.Validation;
         if (validation.Count > 0)
         {
-            var batches = LoraTrainer.EvaluationBatches(validation.Count, options).ToList();
+            var batches = LoraTrainer.EvaluationBatches(validation, options).ToList();
             long TokensOf(int[] batch) => batch.Sum(i => (long)validation[i].Length);
             trainer.Evaluate([.. batches[0].Select(i => validation[i])], options, device, cancellationToken); // warm-up
             var timedBatches = new[] { batches.MaxBy(TokensOf)!, batches.MinBy(TokensOf)! }.Concat(batches).Distinct().Take(Math.Max(3, 2 * steps)).ToList();

@@ -61,7 +61,7 @@ public sealed record RunWorkload(IReadOnlyList<long> StepTokens, IReadOnlyList<l
             foreach (var window in LoraTrainer.EpochWindows(train, options, epoch).Take(totalSteps - steps.Count))
                 steps.Add(Tokens(train, window));
         var validation = split.Validation;
-        long[] evaluationBatches = [.. LoraTrainer.EvaluationBatches(validation.Count, options).Select(batch => batch.Sum(i => (long)validation[i].Length))];
+        long[] evaluationBatches = [.. LoraTrainer.EvaluationBatches(validation, options).Select(batch => batch.Sum(i => (long)validation[i].Length))];
         return new RunWorkload(steps, evaluationBatches, validation.Count == 0 ? 0 : options.EvaluationCount(totalSteps, stepsPerEpoch));
     }
 

@@ -180,6 +180,7 @@ public class TrainingExamplesTests
         using var padded = Batching.Collate(examples, [0, 1], BatchLayout.LengthGrouped, CPU);
         Assert.Equal(new long[] { 2, 4 }, padded.InputIds.shape);
         Assert.Equal(-100, padded.Targets[1, 3].item<long>());
+        Assert.Null(padded.AttentionMask); // right padding: plain causal attention never shows a real token the padding
         var hpad = model.HiddenStates(padded.InputIds, padded.PositionIds, padded.AttentionMask);
         Assert.True(allclose(hpad[0], first, rtol: 1e-5, atol: 1e-5));
         Assert.True(allclose(hpad[1, ..3], second, rtol: 1e-5, atol: 1e-5));

@@ -63,6 +63,23 @@ public class LayersTests
     }
 
     [Fact]
+    public void One_query_attends_each_kv_heads_group_without_repeating_keys_as_hf_repeat_kv_does()
+    {
+        using var scope = NewDisposeScope();
+        var q = randn([2, 6, 1, 8], generator: new Generator(3));   // (B, nH, 1, hD), 3 query heads per kv head
+        var k = randn([2, 2, 5, 8], generator: new Generator(4));   // (B, nKV, S, hD)
+        var v = randn([2, 2, 5, 8], generator: new Generator(5));
+        // HF: repeat_kv (each kv head for its group of query heads), then attention over all S keys.
+        var kk = k.unsqueeze(2).expand(2, 2, 3, 5, 8).reshape(2, 6, 5, 8);
+        var vv = v.unsqueeze(2).expand(2, 2, 3, 5, 8).reshape(2, 6, 5, 8);
+        var scores = q.matmul(kk.transpose(2, 3)) / Math.Sqrt(8);
+        var expected = scores.softmax(-1).matmul(vv).reshape(2, 1, 48);                  // (B, 1, nH·hD)
+        var y = AttentionOps.Attend(q, k, v, new AttentionMask(null, false));
+        Assert.Equal(new long[] { 2, 1, 48 }, y.shape);
+        Assert.True(y.allclose(expected, 1e-5, 1e-6));
+    }
+
+    [Fact]
     public void Rope_by_roll_equals_hf_rotate_half_bit_for_bit()
     {
         using var scope = NewDisposeScope();

@@ -63,6 +63,32 @@ public class TrainerTests
     }
 
     [Fact]
+    public void Evaluation_batches_rows_of_near_length_and_gives_the_loss_of_each_row_alone()
+    {
+        using var model = ModelWithLora();
+        // Rows of 3 to 6 tokens (the synthetic rows cut short), in an order that mixes the lengths.
+        var rows = SyntheticRows(12).Select((r, i) =>
+        {
+            int length = 3 + i % 4;
+            return new TrainingExample(r.InputIds[..length], [.. r.Targets[..(length - 1)], -100], r.SourceRow);
+        }).ToList();
+        var batched = new TrainingOptions { BatchSize = 3 };
+
+        var batches = LoraTrainer.EvaluationBatches(rows, batched).ToList();
+        Assert.Equal(Enumerable.Range(0, 12), batches.SelectMany(b => b).Order());
+        Assert.All(batches, b => Assert.Single(b.Select(i => rows[i].Length).Distinct())); // 3 rows of each length: one length a batch
+        Assert.Equal(6, rows[batches[0][0]].Length);                                        // longest first
+
+        var trainer = new LoraTrainer(model, Settings, "tiny");
+        double together = trainer.Evaluate(rows, batched, CPU);
+        double alone = trainer.Evaluate(rows, new TrainingOptions { BatchSize = 1 }, CPU);
+        Assert.Equal(alone, together, 1e-5);
+        // Batches of mixed lengths (padded to their longest row: 6 6 6 5, 5 5 4 4, 4 3 3 3) give the same loss.
+        double mixed = trainer.Evaluate(rows, new TrainingOptions { BatchSize = 4 }, CPU);
+        Assert.Equal(alone, mixed, 1e-5);
+    }
+
+    [Fact]
     public void Training_lowers_the_loss_changes_only_the_adapters_and_reports_progress()
     {
         using var model = ModelWithLora();

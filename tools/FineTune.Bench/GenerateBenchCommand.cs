@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Text.Json.Nodes;
 using FineTune.Engine.Backend;
 using FineTune.Engine.Generation;
+using FineTune.Engine.Kernels;
 using Generator = FineTune.Engine.Generation.Generator;
 using FineTune.Engine.Models;
 using static TorchSharp.torch;
@@ -9,11 +10,12 @@ using static TorchSharp.torch;
 namespace FineTune.Bench;
 
 /// <summary>
-/// `generate --model DIR [--new-tokens 256] [--repeats 3] [--qlora] [--profile] [--out result.json]`: batch 1, greedy,
+/// `generate --model DIR [--new-tokens 256] [--repeats 3] [--qlora] [--profile] [--compare-unfolded] [--out result.json]`: batch 1, greedy,
 /// exactly N new tokens with the KV cache, bf16 — the counterpart of tools/bench/reference.py generate (HF generate()),
 /// on the same prompt ids. Best of the repeats after one warm-up, as the reference does. --profile adds where a
 /// decode step's time goes (<see cref="DecodeProfile"/>); --host-argmax the Generator's greedy step as it was before
-/// the argmax moved to the device, timed the same way in the same process, and whether both chose the same ids.
+/// the argmax moved to the device, timed the same way in the same process, and whether both chose the same ids;
+/// --compare-unfolded the same for the decode folds of 2026-11-30 suspended.
 /// </summary>
 internal static class GenerateBenchCommand
 {
@@ -58,6 +60,7 @@ internal static class GenerateBenchCommand
             ["gpu"] = backend.Description,
         };
         if (o.Flag("host-argmax")) result["host_argmax"] = HostArgmaxBaseline(model, generator, prompt, settings, repeats, backend);
+        if (o.Flag("compare-unfolded")) result["unfolded"] = UnfoldedBaseline(generator, prompt, settings, repeats, backend);
         if (o.Flag("profile")) result["decode_profile"] = DecodeProfile(model, prompt, newTokens, backend);
         Console.WriteLine(result.ToJsonString());
         if (o.Optional("out") is string path) File.WriteAllText(path, result.ToJsonString());
@@ -116,6 +119,39 @@ internal static class GenerateBenchCommand
             };
         }
         return profile;
+    }
+
+    /// <summary>
+    /// The same Generator with the decode folds of 2026-11-30 suspended (<see cref="FusedOps.DecodeFoldsSuspended"/>:
+    /// q/k/v and gate/up as separate matmuls, RoPE and the cache store, the residual add and the norm as separate ops,
+    /// K/V repeated for attention), timed the same way in the same process; ids_equal compares the chosen ids.
+    /// </summary>
+    private static JsonObject UnfoldedBaseline(Generator generator, int[] prompt, GenerationSettings settings, int repeats, BackendInfo backend)
+    {
+        int[] folded = [.. generator.Generate(prompt, settings)];
+        FusedOps.DecodeFoldsSuspended = true;
+        try
+        {
+            int[] unfolded = [.. generator.Generate(prompt, settings)]; // warm-up
+            var runs = new List<double>();
+            for (int i = 0; i < repeats; i++)
+            {
+                if (backend.IsCuda) cuda.synchronize();
+                var clock = Stopwatch.StartNew();
+                unfolded = [.. generator.Generate(prompt, settings)];
+                if (backend.IsCuda) cuda.synchronize();
+                runs.Add(clock.Elapsed.TotalSeconds);
+            }
+            return new JsonObject
+            {
+                ["wall_s"] = runs.Min(),
+                ["runs_s"] = new JsonArray(runs.Select(r => (JsonNode)r).ToArray()),
+                ["tokens_per_s"] = unfolded.Length / runs.Min(),
+                ["ids_equal"] = folded.SequenceEqual(unfolded),
+                ["first_difference"] = folded.Zip(unfolded).Select((pair, i) => (pair, i)).Where(x => x.pair.First != x.pair.Second).Select(x => x.i).DefaultIfEmpty(-1).First(),
+            };
+        }
+        finally { FusedOps.DecodeFoldsSuspended = false; }
     }
 
     /// <summary>

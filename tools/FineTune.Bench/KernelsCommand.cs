@@ -142,6 +142,7 @@ internal static class KernelsCommand
             var (c, s) = AttentionOps.RotaryTables(cos, sin);
             return Both(() => FusedOps.Rotary(q, c, s));
         });
+        foreach (var decodeCase in DecodeKernelCases.Cases(device, dtype)) yield return decodeCase;
     }
 
     /// <summary>Median milliseconds of kernel and fallback at the 7B MLP's sizes, synced around each of 20 runs.</summary>

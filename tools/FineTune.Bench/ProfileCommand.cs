@@ -147,6 +147,52 @@ internal static class ProfileCommand
         return total / steps;
     }
 
+    /// <summary>
+    /// `host-calls`: host microseconds of single calls, each timed once with the GPU idle and once right behind ~50 ms of queued
+    /// matmuls: a call that waits for the GPU (an implicit synchronization) shows the queue's time in the second column.
+    /// </summary>
+    public static int HostCalls(BackendInfo backend)
+    {
+        if (!backend.IsCuda) return 1;
+        var device = backend.Device;
+        using var a = randn(8192, 8192, device: device).to(ScalarType.BFloat16);
+        using var h = randn(512, 3584, device: device).to(ScalarType.BFloat16);
+        using var w = randn(16, 3584, device: device).to(ScalarType.BFloat16);
+        long seed = 1;
+        var calls = new (string Name, Action Call)[]
+        {
+            ("mul", () => h.mul(h).Dispose()),
+            ("cuda_manual_seed", () => cuda.manual_seed(seed++)),
+            ("seed_device", () => DropoutTape.SeedDevice(device, seed++)),
+            ("dropout", () => nn.functional.dropout(h, 0.05, training: true).Dispose()),
+            ("bernoulli_", () => { using var m = empty_like(h).bernoulli_(0.95); }),
+            ("randint_cpu_item", () => { using var t = randint(0, 1L << 62, [1], ScalarType.Int64); t.item<long>(); }),
+            ("linear", () => nn.functional.linear(h, w).Dispose()),
+            ("empty", () => empty(1 << 20, ScalarType.BFloat16, device).Dispose()),
+        };
+        var result = new JsonObject();
+        foreach (var (name, call) in calls)
+        {
+            double idle = 0, busy = 0;
+            for (int round = 0; round < 5; round++)
+            {
+                cuda.synchronize();
+                var clock = Stopwatch.StartNew();
+                call();
+                double t = clock.Elapsed.TotalMilliseconds * 1000;
+                for (int i = 0; i < 60; i++) a.matmul(a).Dispose();       // ~60 x 1.4 ms queued
+                clock.Restart();
+                call();
+                double tb = clock.Elapsed.TotalMilliseconds * 1000;
+                if (round > 0) { idle += t / 4; busy += tb / 4; }
+            }
+            cuda.synchronize();
+            result[name] = new JsonArray(idle, busy);
+        }
+        Console.WriteLine(result.ToJsonString());
+        return 0;
+    }
+
     /// <summary>Host microseconds of the calls the LoRA dropout path makes per draw (seeding the device's generator) and per layer.</summary>
     private static JsonObject HostCallMicroseconds(BackendInfo backend)
     {

@@ -87,4 +87,13 @@ public sealed class ChatDataStepEnglishTests : ComponentTestContext
         Assert.Contains("does not end with the assistant", preview);
         Assert.Contains("line 2", cut.Find("[data-testid=data-report]").TextContent);
     }
+
+    [Fact]
+    public void A_file_of_one_row_reads_one_row()
+    {
+        var cut = Render<DataStep>();
+        cut.FindComponent<InputFile>().UploadFiles(InputFileContent.CreateFromText("instruction,output\n營業時間？,早上九點到晚上六點。\n", "one.csv"));
+
+        cut.WaitForAssertion(() => Assert.Contains("1 of 1 row will be used for training.", cut.Find("[data-testid=data-usable]").TextContent));
+    }
 }

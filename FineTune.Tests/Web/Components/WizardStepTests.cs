@@ -248,6 +248,24 @@ public sealed class SettingsStepEnglishTests : ComponentTestContext
         string fix = cut.Find("[data-testid=settings-warning][data-code=LoggingAfterEnd] button").TextContent;
         Assert.Equal("Set the logging interval to 1", fix.Trim());
     }
+
+    [Fact]
+    public void A_one_step_run_reads_one_step_not_steps_in_its_warnings()
+    {
+        var file = Importer.Parse(File.ReadAllBytes(TestFiles.Sample("tutorial-qa.xlsx")), "tutorial-qa.xlsx");
+        State.File = file;
+        State.Dataset = new DatasetDraft(Importer.Build(file, new ImportSettings()));
+        State.Settings.Epochs = 1;
+        State.Settings.GradientAccumulationSteps = 16; // every row in one optimizer step
+        State.Settings.SaveSteps = 10;
+        var cut = Render<SettingsStep>();
+
+        string logging = cut.Find("[data-testid=settings-warning][data-code=LoggingAfterEnd]").TextContent;
+        Assert.Contains("the whole run is 1 step long", logging);
+        string checkpoint = cut.Find("[data-testid=settings-warning][data-code=NoCheckpointBeforeEnd]").TextContent;
+        Assert.Contains("the whole run is 1 step long", checkpoint);
+        Assert.DoesNotContain("step(s)", cut.Markup);
+    }
 }
 
 public sealed class TrainStepTests : ComponentTestContext

@@ -17,8 +17,14 @@ public enum WarningCode
     UnknownModelSize,
 }
 
-/// <summary>A warning with the numbers its text needs and, where one exists, a one-click fix.</summary>
-public sealed record SettingsWarning(WarningCode Code, object[] Arguments, Action<TrainingSettings>? Fix = null);
+/// <summary>
+/// A warning with the numbers its text needs and, where one exists, a one-click fix. <see cref="Count"/> is the number its
+/// text's noun follows ("1 step", "2 steps"; see CountedText), when the text has one.
+/// </summary>
+public sealed record SettingsWarning(WarningCode Code, object[] Arguments, Action<TrainingSettings>? Fix = null)
+{
+    public int? Count { get; init; }
+}
 
 /// <summary>The facts the advice depends on.</summary>
 public sealed record TrainingContext(int Rows, int RowsTooLong, int TotalTokens, bool Cuda, bool SupportsBFloat16, long? DeviceMemoryBytes, int CpuThreads);
@@ -33,18 +39,18 @@ public static class SettingsAdvisor
         var plan = TrainingEstimator.Plan(context.Rows, s);
 
         if (context.Rows < RecommendedRows)
-            warnings.Add(new(WarningCode.FewRows, [context.Rows, RecommendedRows]));
+            warnings.Add(new(WarningCode.FewRows, [context.Rows, RecommendedRows]) { Count = context.Rows });
         if (s.EvalFraction > 0 && plan.EvalRows == 0)
             warnings.Add(new(WarningCode.NoEvalRows, [context.Rows, TrainingEstimator.MinimumRowsForEval], x => x.EvalFraction = 0));
         if (plan.TotalSteps > 0 && s.LoggingSteps > plan.TotalSteps)
         {
             int every = Math.Max(1, plan.TotalSteps / 10);
-            warnings.Add(new(WarningCode.LoggingAfterEnd, [s.LoggingSteps, plan.TotalSteps, every], x => x.LoggingSteps = every));
+            warnings.Add(new(WarningCode.LoggingAfterEnd, [s.LoggingSteps, plan.TotalSteps, every], x => x.LoggingSteps = every) { Count = plan.TotalSteps });
         }
         if (plan.TotalSteps > 0 && s.SaveSteps > plan.TotalSteps)
         {
             int every = Math.Max(1, plan.TotalSteps / 2);
-            warnings.Add(new(WarningCode.NoCheckpointBeforeEnd, [s.SaveSteps, plan.TotalSteps, every], x => x.SaveSteps = every));
+            warnings.Add(new(WarningCode.NoCheckpointBeforeEnd, [s.SaveSteps, plan.TotalSteps, every], x => x.SaveSteps = every) { Count = plan.TotalSteps });
         }
         if (shape is null)
             warnings.Add(new(WarningCode.UnknownModelSize, []));
@@ -70,7 +76,7 @@ public static class SettingsAdvisor
                 warnings.Add(new(WarningCode.LongRunOnCpu, [Math.Round(time.TotalHours, 1)]));
         }
         if (context.RowsTooLong > 0)
-            warnings.Add(new(WarningCode.RowsTooLong, [context.RowsTooLong, s.MaxSeqLength], x => x.MaxSeqLength = Math.Min(s.MaxSeqLength * 2, 2048)));
+            warnings.Add(new(WarningCode.RowsTooLong, [context.RowsTooLong, s.MaxSeqLength], x => x.MaxSeqLength = Math.Min(s.MaxSeqLength * 2, 2048)) { Count = context.RowsTooLong });
         return warnings;
     }
 
