@@ -51,6 +51,9 @@ internal static class ProfileCommand
         // As the trainer: the adapters' bf16 copies, refreshed after each optimizer step.
         using var workingCopies = AdapterWorkingCopies.For(optimizer, [.. trainable.NamedLinears().Select(l => l.Layer).Where(l => l.HasAdapter)]);
         var trainer = new LoraTrainer(trainable, job.Lora, modelFolder);
+        // As the trainer sets it (LoraTrainer.Train): checkpointing unless the job says otherwise, on for a 4-bit base.
+        // (Before 2026-11-30 the profile left it off, so its QLoRA steps were the path without checkpointing.)
+        trainable.GradientCheckpointing = job.Training.GradientCheckpointing ?? qlora;
         model.train();
 
         var results = new JsonArray();
