@@ -282,32 +282,134 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         Tensor y = weight is not null
             ? nn.functional.linear(x, weight, bias)
-            : Nf4Forward(x.to(ComputeDtype));                                  // (..., out)
-        if (weight is null && bias is not null) y = y.Plus(bias.to(y.dtype));
-        if (AdapterActive)
-        {
-            // In the activations' dtype, as PEFT under HF Trainer's bf16/fp16 autocast computes it: the fp32 adapter
-            // weights are cast (their gradients still reach the fp32 weights), the activations are not. A cast of
-            // x to fp32 per projection was the alternative: a fp32 copy of x kept for backward in every projection.
-            var dtype = y.dtype;
-            var down = nn.functional.linear(Dropout(x.to(dtype)), lora_A.weight!.to(dtype));   // (..., r)
-            var up = nn.functional.linear(down, lora_B.weight!.to(dtype));                      // (..., out)
-            y = y.PlusScaled(up, Scaling);                                                      // y + up·scaling, one kernel
-        }
+            : Nf4Forward(x.dtype == ComputeDtype ? x : x.to(ComputeDtype));    // (..., out), bias included
+        if (AdapterActive) y = PlusLora(y, x);
         return scope.MoveToOuter(y);
     }
 
+    /// <summary>
+    /// y + B(A(dropout(x)))·scaling in the activations' dtype, as PEFT under HF Trainer's bf16/fp16 autocast computes it:
+    /// the fp32 adapter weights are cast (their gradients still reach the fp32 weights), the activations are not. A cast of
+    /// x to fp32 per projection was the alternative: a fp32 copy of x kept for backward in every projection. During
+    /// training the casts are made once per optimizer step (<see cref="ComputeCopies"/>) instead of twice per projection
+    /// and pass; a training step is bound by the host's time per op.
+    /// </summary>
+    private Tensor PlusLora(Tensor y, Tensor x)
+    {
+        var dtype = y.dtype;
+        var (a, b) = ComputeCopies is { } copies && copies.A.dtype == dtype
+            ? copies
+            : (InDtype(lora_A!.weight!, dtype), InDtype(lora_B!.weight!, dtype));                  // (r, in), (out, r)
+        var down = nn.functional.linear(Dropout(InDtype(x, dtype)), a);                             // (..., r)
+        return y.PlusScaled(nn.functional.linear(down, b), Scaling);                                // y + up·scaling, one kernel
+    }
+
+    /// <summary>
+    /// Each layer's forward(x) for projections of one input (an attention layer's q/k/v). Where every layer holds its base
+    /// weight as NF4 in one compute dtype, x has more than one row (no matrix-vector kernel) and the base matmul needs no
+    /// autograd function (gradients off, or a checkpointed layer's recompute, as <see cref="Nf4Forward"/>), the weights are
+    /// dequantized into one (Σout, in) buffer and multiplied at once, biases included: one matmul and one backward matmul
+    /// instead of one per layer, and fewer host calls (a training step is bound by them). Each output is its column block of
+    /// that product plus its own LoRA path, as forward adds it. Otherwise each layer's own forward.
+    /// </summary>
+    public static Tensor[] ForwardShared(Tensor x, params LoraLinear[] layers)
+    {
+        if (!CanShare(x, layers)) return [.. layers.Select(l => l.forward(x))];
+        using var scope = NewDisposeScope();
+        var input = InDtype(x, layers[0].ComputeDtype);
+        Tensor y;                                                               // (..., Σout)
+        if (!is_grad_enabled() || !input.requires_grad || GradientCheckpoint.Recomputing)
+        {
+            // No gradient, or a checkpointed layer's recompute: a plain matmul, whose graph keeps the weight until this layer's backward.
+            using var weight = DequantizedShared(layers);                       // (Σout, in)
+            using var bias = SharedBias(layers, weight.dtype);
+            y = nn.functional.linear(input, weight, bias);
+        }
+        else y = Nf4SharedLinear.apply(input, layers);                          // dequantizes again in backward
+        var outputs = new Tensor[layers.Length];
+        long column = 0;
+        for (int i = 0; i < layers.Length; i++)
+        {
+            var block = y.narrow(-1, column, layers[i].OutFeatures);            // (..., out): a view, rows Σout apart
+            outputs[i] = layers[i].AdapterActive ? layers[i].PlusLora(block, x) : block;
+            column += layers[i].OutFeatures;
+        }
+        foreach (var output in outputs) scope.MoveToOuter(output);
+        return outputs;
+    }
+
+    /// <summary>The layers' NF4 weights dequantized one under the other into one (Σout, in) buffer. Caller owns it.</summary>
+    internal static Tensor DequantizedShared(LoraLinear[] layers)
+    {
+        using var _ = no_grad();
+        var first = layers[0];
+        var weight = empty([layers.Sum(l => (long)l.OutFeatures), first.InFeatures], first.ComputeDtype, first.weight_nf4!.device);
+        long row = 0;
+        foreach (var layer in layers)
+        {
+            using var block = weight.narrow(0, row, layer.OutFeatures);        // (out, in), contiguous
+            if (!Kernels.FusedOps.Nf4DequantizeInto(layer.QuantizedState!, block))
+            {
+                using var dequantized = layer.DequantizedForCompute();
+                block.copy_(dequantized);
+            }
+            row += layer.OutFeatures;
+        }
+        return weight;
+    }
+
+    /// <summary>The layers' biases one after the other (Σout) in <paramref name="dtype"/>, or null where they have none. Caller owns it.</summary>
+    internal static Tensor? SharedBias(LoraLinear[] layers, ScalarType dtype) =>
+        layers[0].bias is null ? null : cat([.. layers.Select(l => InDtype(l.bias!, dtype))], 0);
+
+    private static bool CanShare(Tensor x, LoraLinear[] layers)
+    {
+        if (layers.Length < 2) return false;
+        var first = layers[0];
+        foreach (var layer in layers)
+            if (layer.weight is not null || layer.weight_nf4 is null || layer.ComputeDtype != first.ComputeDtype || layer.InFeatures != first.InFeatures
+                || (layer.bias is null) != (first.bias is null))
+                return false;
+        return x.numel() != first.InFeatures;                                   // one row: the matrix-vector kernel
+    }
+
+    /// <summary>t itself when it is in <paramref name="dtype"/> already: even a cast to its own dtype is a native call.</summary>
+    private static Tensor InDtype(Tensor t, ScalarType dtype) => t.dtype == dtype ? t : t.to(dtype);
+
+    /// <summary>
+    /// lora_A (r, in) and lora_B (out, r) in the dtype of this layer's output, set for a training run by
+    /// <see cref="FineTune.Engine.Training.AdapterWorkingCopies"/>: cast from the fp32 weights once per optimizer step.
+    /// They are leaves of their own: their gradients (the same values the casts' backward would pass on) are added to
+    /// the fp32 weights' gradients after each backward. Null: the fp32 weights are cast where they are used.
+    /// </summary>
+    internal (Tensor A, Tensor B)? ComputeCopies { get; set; }
+
+    /// <summary>The dtype of this layer's output: the dense weight's, or the NF4 weight's compute dtype.</summary>
+    internal ScalarType OutputDtype => weight?.dtype ?? ComputeDtype;
+
+    /// <summary>
+    /// LoRA dropout (nn.Dropout, as PEFT's lora_dropout). On CUDA with the device's generator: torch's fused dropout, one
+    /// kernel; inside a checkpointed layer each draw first seeds the device's generator with a seed from the layer's
+    /// <see cref="DropoutTape"/>, and the recompute seeds it the same way, so both passes draw the same mask without
+    /// keeping it. With an explicit <see cref="DropoutGenerator"/> (CPU): a bernoulli mask from that generator, recorded
+    /// on the tape and replayed.
+    /// </summary>
     private Tensor Dropout(Tensor h)
     {
         double p = lora_dropout!.p;
         if (!training || p == 0) return h;
         var tape = DropoutTape.Current;
+        if (DropoutGenerator is null && h.device_type == DeviceType.CUDA)
+        {
+            if (tape is { } t) DropoutTape.SeedDevice(h.device, t.Replaying ? t.Tape.ReplayedSeed() : t.Tape.NewSeed());
+            return nn.functional.dropout(h, p, training: true);
+        }
         if (tape is { Replaying: true })
         {
             using var recorded = tape.Value.Tape.Next();                        // (..., in) bool
             return (h * recorded).DividedBy(1 - p);
         }
-        if (DropoutGenerator is null && tape is null) return lora_dropout.forward(h);
+        if (DropoutGenerator is null && tape is not { Tape.KeepsMasks: true }) return lora_dropout.forward(h);
         var keep = empty_like(h).bernoulli_(1 - p, DropoutGenerator);           // (..., in) of 0/1
         tape?.Tape.Add(keep);
         return (h * keep).DividedBy(1 - p);
@@ -324,17 +426,20 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         if (!is_grad_enabled() || !x.requires_grad)
         {
             using var _ = no_grad();
-            if (Kernels.FusedOps.Nf4MatVec(x, QuantizedState!) is { } y) return y;
+            if (Kernels.FusedOps.Nf4MatVec(x, QuantizedState!) is { } y) return bias is null ? y : y.Plus(InDtype(bias, y.dtype));
             using var w = DequantizedForCompute();                               // (out, in)
-            return nn.functional.linear(x, w);
+            return nn.functional.linear(x, w, BiasFor(w));
         }
         if (GradientCheckpoint.Recomputing)
         {
             using var w = DequantizedForCompute();                               // (out, in), kept by the graph until backward
-            return nn.functional.linear(x, w);
+            return nn.functional.linear(x, w, BiasFor(w));
         }
         return Nf4Linear.apply(x, this);
     }
+
+    /// <summary>The bias in the dequantized weight's dtype for one matmul with it (bitsandbytes' MatMul4Bit passes it to linear too).</summary>
+    internal Tensor? BiasFor(Tensor w) => bias is null ? null : InDtype(bias, w.dtype);
 
     /// <summary>The base weight dequantized in the compute dtype, for the NF4 matmul's forward and backward.</summary>
     internal Tensor DequantizedForCompute() => Nf4.Dequantize(QuantizedState!, ComputeDtype);
@@ -380,8 +485,9 @@ internal sealed class Nf4Linear : autograd.SingleTensorFunction<Nf4Linear>
         // No graph inside: the dequantized weight must not be kept alive by an inner autograd node
         // (it was, and QLoRA memory grew with every step); backward dequantizes it again.
         using var _ = no_grad();
+        using var scope = NewDisposeScope();
         using var w = layer.DequantizedForCompute();                             // (out, in)
-        return nn.functional.linear(x, w);
+        return scope.MoveToOuter(nn.functional.linear(x, w, layer.BiasFor(w))); // the bias inside, as the plain matmul paths
     }
 
     public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
@@ -391,5 +497,34 @@ internal sealed class Nf4Linear : autograd.SingleTensorFunction<Nf4Linear>
         using var w = layer.DequantizedForCompute();                             // (out, in)
         var dx = matmul(gradOutput.to(w.dtype), w);                              // (..., in)
         return [dx, null!];                                                      // no gradient for the layer argument
+    }
+}
+
+/// <summary>
+/// <see cref="Nf4Linear"/> for several layers of one input (<see cref="LoraLinear.ForwardShared"/>): y = x·Wᵀ + b with W
+/// the layers' NF4 weights dequantized one under the other, again in backward instead of kept. Only dx flows back.
+/// </summary>
+internal sealed class Nf4SharedLinear : autograd.SingleTensorFunction<Nf4SharedLinear>
+{
+    public override string Name => nameof(Nf4SharedLinear);
+
+    public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
+    {
+        var x = (Tensor)vars[0];
+        var layers = (LoraLinear[])vars[1];
+        ctx.save_data("layers", layers);
+        using var _ = no_grad();
+        using var w = LoraLinear.DequantizedShared(layers);                      // (Σout, in)
+        using var bias = LoraLinear.SharedBias(layers, w.dtype);
+        return nn.functional.linear(x, w, bias);
+    }
+
+    public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
+    {
+        var layers = (LoraLinear[])ctx.get_data("layers");
+        using var _ = no_grad();
+        using var w = LoraLinear.DequantizedShared(layers);                      // (Σout, in)
+        var dx = matmul(gradOutput.to(w.dtype), w);                              // (..., in)
+        return [dx, null!];
     }
 }

@@ -39,10 +39,28 @@ public static unsafe partial class FusedOps
         if (!CudaKernels.On(data.Packed.device) || Suffix(dtype) is not string suffix || !data.Packed.is_contiguous()) return null;
         long n = data.NumElements;
         using var output = empty([n], dtype, data.Packed.device);
-        long threads = (n + 15) / 16;                                           // 16 values a thread
-        LaunchNf4(data, $"nf4_dequantize_{suffix}", (threads + Threads - 1) / Threads, output, extra: null);
+        LaunchNf4Dequantize(data, suffix, output);
         // The caller owns the view alone: a flat handle left to the finalizer would keep a whole weight's memory.
         return output.view(data.Shape);
+    }
+
+    /// <summary>
+    /// The NF4 weight dequantized into <paramref name="output"/>: contiguous, as many values, 16-byte aligned (a slice of a
+    /// buffer that holds several weights, for one matmul over them). False, with nothing written, where no kernel applies.
+    /// </summary>
+    internal static bool Nf4DequantizeInto(Nf4Data data, Tensor output)
+    {
+        if (!CudaKernels.On(data.Packed.device) || Suffix(output.dtype) is not string suffix || !data.Packed.is_contiguous()
+            || !output.is_contiguous() || output.numel() != data.NumElements || !Aligned(output) || output.device_index != data.Packed.device_index)
+            return false;
+        LaunchNf4Dequantize(data, suffix, output);
+        return true;
+    }
+
+    private static void LaunchNf4Dequantize(Nf4Data data, string suffix, Tensor output)
+    {
+        long threads = (data.NumElements + 15) / 16;                            // 16 values a thread
+        LaunchNf4(data, $"nf4_dequantize_{suffix}", (threads + Threads - 1) / Threads, output, extra: null);
     }
 
     /// <summary>

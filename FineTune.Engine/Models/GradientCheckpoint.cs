@@ -18,7 +18,14 @@ public static class GradientCheckpoint
     /// </summary>
     public static Tensor Apply(Func<Tensor, DecoderPass, Tensor> layer, Tensor hidden, DecoderPass pass)
     {
-        if (!pass.GradientCheckpointing || !is_grad_enabled() || pass.Cache is not null) return layer(hidden, pass);
+        if (!is_grad_enabled() || pass.Cache is not null) return layer(hidden, pass);
+        if (!pass.GradientCheckpointing)
+        {
+            // Seeds only (nothing to replay): LoRA dropout on CUDA draws the masks a checkpointed layer would, so whether a
+            // run checkpoints does not change its masks.
+            using var seeds = new DropoutTape(keepMasks: false);
+            using (seeds.Record()) return layer(hidden, pass);
+        }
         // The first layer's input comes from a frozen embedding; without requires_grad the checkpoint's output would
         // not require grad either and no LoRA weight would learn (HF: enable_input_require_grads).
         var input = hidden.requires_grad ? hidden : hidden.detach().requires_grad_(true);

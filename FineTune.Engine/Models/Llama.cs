@@ -63,9 +63,11 @@ public class LlamaAttention : DecoderAttention, IStackedProjections
             }
             else
             {
-                q = QueryNorm(q_proj.forward(x).view(b, t, _heads, _headDim)).transpose(1, 2);   // (B, nH, T, hD)
-                k = KeyNorm(k_proj.forward(x).view(b, t, _kvHeads, _headDim)).transpose(1, 2);   // (B, nKV, T, hD)
-                v = v_proj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);            // (B, nKV, T, hD)
+                // One matmul for q, k and v where their base weights are NF4 (LoraLinear.ForwardShared).
+                var projected = LoraLinear.ForwardShared(x, q_proj, k_proj, v_proj);         // (B, T, nH·hD), (B, T, nKV·hD) ×2
+                q = QueryNorm(projected[0].view(b, t, _heads, _headDim)).transpose(1, 2);    // (B, nH, T, hD)
+                k = KeyNorm(projected[1].view(b, t, _kvHeads, _headDim)).transpose(1, 2);    // (B, nKV, T, hD)
+                v = projected[2].view(b, t, _kvHeads, _headDim).transpose(1, 2);             // (B, nKV, T, hD)
             }
             (q, k, v) = AttentionOps.RotateAndCache(q, k, v, pass, _layer);                       // RoPE; k, v: (B, nKV, S, hD)
         }

@@ -75,6 +75,8 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         }
         // Every replica starts from rank 0's adapter (the same seed drew the same one; the broadcast makes sure of it).
         Replica?.Communicator.Broadcast(optimizer.Values);
+        // bf16/fp16 copies of the adapters, made once per optimizer step (after the restore and the broadcast above).
+        using var workingCopies = AdapterWorkingCopies.For(optimizer, adapterLayers);
 
         string? lastCheckpoint = null;
         var clock = Stopwatch.StartNew();
@@ -109,7 +111,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
                 double lr = options.LearningRate * schedule.Factor(step);
                 optimizer.LearningRate = lr;
 
-                var (loss, gradNorm, tokens, skipped) = Step(window, data.Train, options, optimizer, scaler, device, cancellationToken);
+                var (loss, gradNorm, tokens, skipped) = Step(window, data.Train, options, optimizer, workingCopies, scaler, device, cancellationToken);
                 bool last = step + 1 == totalSteps;
                 collector?.AfterStep(force: last);
                 tokensSeen += tokens;
@@ -258,7 +260,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
     }
 
     private (double Loss, double GradNorm, long Tokens, bool Skipped) Step(List<int[]> window, IReadOnlyList<TrainingExample> rows, TrainingOptions options,
-        FlatAdamW optimizer, LossScaler? scaler, Device device, CancellationToken cancellationToken)
+        FlatAdamW optimizer, AdapterWorkingCopies? workingCopies, LossScaler? scaler, Device device, CancellationToken cancellationToken)
     {
         // The whole step's targets and tokens (every replica's): each replica's loss is divided by all the targets, so
         // the sum of the replicas' gradients is the single-device gradient.
@@ -284,6 +286,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
                 lossSum.PlusInPlace(loss.detach().to(ScalarType.Float64));
                 PhaseClock?.End(StepPhaseClock.Forward);
                 (scaler is null ? loss : loss.Times(scaler.Scale)).backward();
+                workingCopies?.AccumulateGradients();
                 PhaseClock?.End(StepPhaseClock.Backward);
             }
             // One flat buffer for every trainable gradient, plus the loss: one grouped all-reduce per step, queued behind
@@ -299,7 +302,11 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
             var values = cat([lossSum, gradNormTensor.to(ScalarType.Float64).reshape(1)]).cpu().data<double>().ToArray(); // the step's one host read
             double lossValue = values[0], gradNorm = values[1];
             bool finite = double.IsFinite(gradNorm);
-            if (finite) optimizer.Step();
+            if (finite)
+            {
+                optimizer.Step();
+                workingCopies?.Refresh();
+            }
             else if (scaler is null) _logger.LogWarning("The gradient norm is {Norm}; the step was skipped. Lower the learning rate if this repeats.", gradNorm);
             scaler?.Update(finite);
             PhaseClock?.End(StepPhaseClock.Optimizer);

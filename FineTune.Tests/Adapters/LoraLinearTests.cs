@@ -180,4 +180,48 @@ public class LoraLinearTests
         Assert.False(layer.IsQuantized);
         Assert.True(allclose(layer.forward(x), before, rtol: 1e-4, atol: 1e-5));
     }
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Nf4_projections_of_one_input_share_one_matmul_with_each_layers_lora(bool bias)
+    {
+        using var scope = NewDisposeScope();
+        LoraLinear[] layers = [Layer(inF: 64, outF: 48, bias: bias, seed: 1), Layer(inF: 64, outF: 16, bias: bias, seed: 2), Layer(inF: 64, outF: 16, bias: bias, seed: 3)];
+        foreach (var layer in layers) layer.QuantizeWeight(computeDtype: ScalarType.Float32);
+        // LoRA on the first and last only (as q and v): the middle output is the product's column block alone.
+        foreach (var layer in new[] { layers[0], layers[2] })
+        {
+            layer.AttachLora(rank: 4, alpha: 8, dropout: 0);
+            using (no_grad()) layer.lora_B!.weight!.copy_(randn(layer.OutFeatures, 4) * 0.1);
+        }
+        var x = randn(2, 5, 64, requires_grad: true);
+        var gradients = layers.Select(l => randn(2, 5, l.OutFeatures)).ToArray();
+
+        var shared = LoraLinear.ForwardShared(x, layers);                     // one matmul (Nf4SharedLinear), LoRA per layer
+        shared.Zip(gradients, (y, g) => (y * g).sum()).Aggregate((a, b) => a + b).backward();
+        var sharedDx = x.grad!.clone();
+        var sharedDA = layers[0].lora_A!.weight!.grad!.clone();
+        x.grad!.zero_();
+        foreach (var layer in layers) layer.zero_grad();
+
+        var separate = layers.Select(l => l.forward(x)).ToArray();            // a matmul per layer (Nf4Linear)
+        separate.Zip(gradients, (y, g) => (y * g).sum()).Aggregate((a, b) => a + b).backward();
+        for (int i = 0; i < layers.Length; i++)
+        {
+            Assert.Equal(separate[i].shape, shared[i].shape);
+            Assert.True(allclose(shared[i], separate[i], rtol: 1e-5, atol: 1e-6), $"output {i}");
+        }
+        Assert.True(allclose(sharedDx, x.grad!, rtol: 1e-5, atol: 1e-6));
+        Assert.True(allclose(sharedDA, layers[0].lora_A!.weight!.grad!, rtol: 1e-5, atol: 1e-6));
+
+        using (no_grad())
+        {
+            var inference = LoraLinear.ForwardShared(x.detach(), layers);
+            for (int i = 0; i < layers.Length; i++) Assert.True(allclose(inference[i], separate[i].detach(), rtol: 1e-5, atol: 1e-6));
+            // One row is the matrix-vector case: each layer's own forward, bit for bit.
+            var row = x.detach()[0, 0].reshape(1, 1, 64);
+            var single = LoraLinear.ForwardShared(row, layers);
+            for (int i = 0; i < layers.Length; i++) Assert.True(single[i].eq(layers[i].forward(row)).all().item<bool>());
+        }
+    }
 }

@@ -48,7 +48,12 @@ internal static class ProfileCommand
         var trainable = loaded.Trainable;
         var parameters = model.parameters().Where(p => p.requires_grad).ToList();
         using var optimizer = new FlatAdamW(parameters, 2e-4);
+        // As the trainer: the adapters' bf16 copies, refreshed after each optimizer step.
+        using var workingCopies = AdapterWorkingCopies.For(optimizer, [.. trainable.NamedLinears().Select(l => l.Layer).Where(l => l.HasAdapter)]);
         var trainer = new LoraTrainer(trainable, job.Lora, modelFolder);
+        // As the trainer sets it (LoraTrainer.Train): checkpointing unless the job says otherwise, on for a 4-bit base.
+        // (Before 2026-11-30 the profile left it off, so its QLoRA steps were the path without checkpointing.)
+        trainable.GradientCheckpointing = job.Training.GradientCheckpointing ?? qlora;
         model.train();
 
         var results = new JsonArray();
@@ -86,10 +91,12 @@ internal static class ProfileCommand
                         var loss = trainer.LossSum(hidden, batch, 4096) / batch.TargetCount;
                         Mark(2);
                         loss.backward();
+                        workingCopies?.AccumulateGradients();
                         Mark(3);
                         var norm = optimizer.ClipGradNorm(1.0);
                         var values = cat([loss.detach().to(ScalarType.Float64).reshape(1), norm.to(ScalarType.Float64).reshape(1)]).cpu().data<double>().ToArray();
                         optimizer.Step();
+                        workingCopies?.Refresh();
                         if (backend.IsCuda) cuda.synchronize();
                         Mark(4);
                         if (measured) tokens += batch.TokenCount;
@@ -112,10 +119,13 @@ internal static class ProfileCommand
                 {
                     result["forward_nograd_ms"] = TimeForward(trainable, examples, batches, backend, steps);
                 }
+                // The training forward alone (gradients on: checkpointed layers' first pass, dropout seeded per draw).
+                result["forward_train_ms"] = TimeForward(trainable, examples, batches, backend, steps);
                 foreach (var (_, layer) in trainable.NamedLinears()) layer.AdapterEnabled = false;
                 result["forward_no_lora_ms"] = TimeForward(trainable, examples, batches, backend, steps);
                 foreach (var (_, layer) in trainable.NamedLinears()) layer.AdapterEnabled = true;
                 result["small_op_us"] = SmallOpMicroseconds(backend);
+                if (backend.IsCuda) result["host_call_us"] = HostCallMicroseconds(backend);
             }
             Console.WriteLine(result.ToJsonString());
             results.Add(result);
@@ -138,6 +148,78 @@ internal static class ProfileCommand
             if (s >= 3) total += clock.Elapsed.TotalMilliseconds;
         }
         return total / steps;
+    }
+
+    /// <summary>
+    /// `host-calls`: host microseconds of single calls, each timed once with the GPU idle and once right behind ~50 ms of queued
+    /// matmuls: a call that waits for the GPU (an implicit synchronization) shows the queue's time in the second column.
+    /// </summary>
+    public static int HostCalls(BackendInfo backend)
+    {
+        if (!backend.IsCuda) return 1;
+        var device = backend.Device;
+        using var a = randn(8192, 8192, device: device).to(ScalarType.BFloat16);
+        using var h = randn(512, 3584, device: device).to(ScalarType.BFloat16);
+        using var w = randn(16, 3584, device: device).to(ScalarType.BFloat16);
+        long seed = 1;
+        var calls = new (string Name, Action Call)[]
+        {
+            ("mul", () => h.mul(h).Dispose()),
+            ("cuda_manual_seed", () => cuda.manual_seed(seed++)),
+            ("seed_device", () => DropoutTape.SeedDevice(device, seed++)),
+            ("dropout", () => nn.functional.dropout(h, 0.05, training: true).Dispose()),
+            ("bernoulli_", () => { using var m = empty_like(h).bernoulli_(0.95); }),
+            ("randint_cpu_item", () => { using var t = randint(0, 1L << 62, [1], ScalarType.Int64); t.item<long>(); }),
+            ("linear", () => nn.functional.linear(h, w).Dispose()),
+            ("empty", () => empty(1 << 20, ScalarType.BFloat16, device).Dispose()),
+        };
+        var result = new JsonObject();
+        foreach (var (name, call) in calls)
+        {
+            double idle = 0, busy = 0;
+            for (int round = 0; round < 5; round++)
+            {
+                cuda.synchronize();
+                var clock = Stopwatch.StartNew();
+                call();
+                double t = clock.Elapsed.TotalMilliseconds * 1000;
+                for (int i = 0; i < 60; i++) a.matmul(a).Dispose();       // ~60 x 1.4 ms queued
+                clock.Restart();
+                call();
+                double tb = clock.Elapsed.TotalMilliseconds * 1000;
+                if (round > 0) { idle += t / 4; busy += tb / 4; }
+            }
+            cuda.synchronize();
+            result[name] = new JsonArray(idle, busy);
+        }
+        Console.WriteLine(result.ToJsonString());
+        return 0;
+    }
+
+    /// <summary>Host microseconds of the calls the LoRA dropout path makes per draw (seeding the device's generator) and per layer.</summary>
+    private static JsonObject HostCallMicroseconds(BackendInfo backend)
+    {
+        const int n = 2000;
+        var result = new JsonObject();
+        void Time(string name, Action call)
+        {
+            call();
+            cuda.synchronize();
+            var clock = Stopwatch.StartNew();
+            for (int i = 0; i < n; i++) call();
+            result[name] = clock.Elapsed.TotalMilliseconds * 1000 / n;
+            cuda.synchronize();
+        }
+        long seed = 1;
+        Time("cuda_manual_seed", () => cuda.manual_seed(seed++));
+        Time("current_device", () => FineTune.Engine.Distributed.CudaRuntime.CurrentDevice());
+        Time("seed_device", () => DropoutTape.SeedDevice(backend.Device, seed++));
+        Time("randint_item", () => { using var t = randint(0, 1L << 62, [1], ScalarType.Int64); t.item<long>(); });
+        using var h = randn(512, 3584, device: backend.Device).to(ScalarType.BFloat16);
+        Time("dropout_512x3584", () => nn.functional.dropout(h, 0.05, training: true).Dispose());
+        Time("seed_and_dropout", () => { DropoutTape.SeedDevice(backend.Device, seed++); nn.functional.dropout(h, 0.05, training: true).Dispose(); });
+        Time("bernoulli_mask", () => { using var m = empty_like(h).bernoulli_(0.95); });
+        return result;
     }
 
     /// <summary>Host microseconds per small op: y = x * 2 + 1 on a 1024-element tensor, in a dispose scope, as model code does.</summary>

@@ -39,6 +39,10 @@ try
             return DataParallelAbortCommand.Run(args[1..], backend);
         case "dp-check":
             return DataParallelCheckCommand.Run(args[1..], backend);
+        case "host-calls":
+            return ProfileCommand.HostCalls(backend);
+        case "lora-check":
+            return LoraCheckCommand.Run(args[1..], backend);
         case "optim":
             return OptimizerBenchCommand.Run(args[1..], backend);
         default:
