@@ -60,7 +60,7 @@ internal static class GenerateBenchCommand
             ["gpu"] = backend.Description,
         };
         if (o.Flag("host-argmax")) result["host_argmax"] = HostArgmaxBaseline(model, generator, prompt, settings, repeats, backend);
-        if (o.Flag("compare-unfolded")) result["unfolded"] = UnfoldedBaseline(generator, prompt, settings, repeats, backend);
+        if (o.Flag("compare-unfolded")) result["unfolded"] = UnfoldedBaseline(model, generator, prompt, settings, repeats, backend);
         if (o.Flag("profile")) result["decode_profile"] = DecodeProfile(model, prompt, newTokens, backend);
         Console.WriteLine(result.ToJsonString());
         if (o.Optional("out") is string path) File.WriteAllText(path, result.ToJsonString());
@@ -126,7 +126,7 @@ internal static class GenerateBenchCommand
     /// q/k/v and gate/up as separate matmuls, RoPE and the cache store, the residual add and the norm as separate ops,
     /// K/V repeated for attention), timed the same way in the same process; ids_equal compares the chosen ids.
     /// </summary>
-    private static JsonObject UnfoldedBaseline(Generator generator, int[] prompt, GenerationSettings settings, int repeats, BackendInfo backend)
+    private static JsonObject UnfoldedBaseline(CausalLM model, Generator generator, int[] prompt, GenerationSettings settings, int repeats, BackendInfo backend)
     {
         int[] folded = [.. generator.Generate(prompt, settings)];
         FusedOps.DecodeFoldsSuspended = true;
@@ -142,16 +142,49 @@ internal static class GenerateBenchCommand
                 if (backend.IsCuda) cuda.synchronize();
                 runs.Add(clock.Elapsed.TotalSeconds);
             }
-            return new JsonObject
+            int first = folded.Zip(unfolded).Select((pair, i) => (pair, i)).Where(x => x.pair.First != x.pair.Second).Select(x => x.i).DefaultIfEmpty(-1).First();
+            var comparison = new JsonObject
             {
                 ["wall_s"] = runs.Min(),
                 ["runs_s"] = new JsonArray(runs.Select(r => (JsonNode)r).ToArray()),
                 ["tokens_per_s"] = unfolded.Length / runs.Min(),
                 ["ids_equal"] = folded.SequenceEqual(unfolded),
-                ["first_difference"] = folded.Zip(unfolded).Select((pair, i) => (pair, i)).Where(x => x.pair.First != x.pair.Second).Select(x => x.i).DefaultIfEmpty(-1).First(),
+                ["first_difference"] = first,
             };
+            if (first >= 0) comparison["at_first_difference"] = TieAt(model, [.. prompt, .. folded[..first]], folded[first], unfolded[first]);
+            return comparison;
         }
         finally { FusedOps.DecodeFoldsSuspended = false; }
+    }
+
+    /// <summary>
+    /// Where the folded and unfolded greedy runs first chose different ids: the logits of both ids after the common
+    /// prefix (one prefill pass, folded and unfolded), their gap, and the spacing of the compute dtype's values at that
+    /// magnitude. A gap of a step or two of that spacing is a near tie that either rounding can flip.
+    /// </summary>
+    private static JsonObject TieAt(CausalLM model, int[] ids, int foldedId, int unfoldedId)
+    {
+        using var _ = no_grad();
+        var result = new JsonObject { ["folded_id"] = foldedId, ["unfolded_id"] = unfoldedId };
+        bool suspended = FusedOps.DecodeFoldsSuspended;
+        foreach (bool fold in new[] { true, false })
+        {
+            FusedOps.DecodeFoldsSuspended = !fold;
+            using var scope = NewDisposeScope();
+            var hidden = model.HiddenStates(tensor(ids.Select(i => (long)i).ToArray(), [1, ids.Length], device: model.lm_head.weight?.device ?? model.lm_head.weight_nf4!.device));
+            var logits = model.lm_head.forward(hidden.narrow(1, ids.Length - 1, 1)).reshape(-1); // (V) in the compute dtype
+            float a = logits[foldedId].to(ScalarType.Float32).item<float>(), b = logits[unfoldedId].to(ScalarType.Float32).item<float>();
+            // The spacing of bf16/fp16 values near |a|: 2^(exponent - mantissa bits).
+            int mantissa = logits.dtype == ScalarType.BFloat16 ? 7 : logits.dtype == ScalarType.Float16 ? 10 : 23;
+            double spacing = Math.Pow(2, Math.Floor(Math.Log2(Math.Max(Math.Abs(a), 1e-30))) - mantissa);
+            result[fold ? "folded_pass" : "unfolded_pass"] = new JsonObject
+            {
+                ["logit_folded_id"] = a, ["logit_unfolded_id"] = b, ["gap"] = a - b, ["dtype_spacing"] = spacing,
+                ["argmax"] = logits.argmax().item<long>(),
+            };
+        }
+        FusedOps.DecodeFoldsSuspended = suspended;
+        return result;
     }
 
     /// <summary>

@@ -69,6 +69,26 @@ public sealed class BrowserSession : IAsyncDisposable
         await Page.ScreenshotAsync(new PageScreenshotOptions { Path = Path.Combine(ScreenshotDirectory, name + ".png"), FullPage = true });
     }
 
+    /// <summary>
+    /// Acts, then expects its result; when the result does not come, acts again (three times at most), as a person does
+    /// when a click or an upload was lost. Right after a step change or a reload, Blazor can re-render an input while the
+    /// action lands on it (seen twice in CI's full run on a loaded 2-core machine: a file set on the data step and a value
+    /// typed after the language switch were both lost). The expectation is the same each time; only the action repeats.
+    /// </summary>
+    public static async Task ActUntilAsync(Func<Task> act, Func<float, Task> expect, float timeoutMs = 15_000, int attempts = 3)
+    {
+        for (int attempt = 1; ; attempt++)
+        {
+            await act();
+            try
+            {
+                await expect(timeoutMs);
+                return;
+            }
+            catch (PlaywrightException) when (attempt < attempts) { }
+        }
+    }
+
     /// <summary>Picks an item of a MudSelect by its visible text.</summary>
     public async Task SelectAsync(string testId, string itemText)
     {

@@ -107,8 +107,8 @@ public sealed class WizardEndToEndTests
             string gbk = Path.Combine(folder, "zh-cn.csv");
             await File.WriteAllBytesAsync(gbk, System.Text.Encoding.GetEncoding(936).GetBytes(
                 "问题,回答\r\n可以退货吗？,购买后7天内可申请退货。\r\n运送需要多久？,一般3-5个工作天。\r\n怎么联系客服？,请拨打客服电话。\r\n"));
-            await page.Locator("input[type=file]").Last.SetInputFilesAsync(gbk);
-            await Assertions.Expect(page.Locator("[data-testid=data-usable]")).ToContainTextAsync("3 列中有 3 列");
+            await BrowserSession.ActUntilAsync(() => page.Locator("input[type=file]").Last.SetInputFilesAsync(gbk),
+                timeout => Assertions.Expect(page.Locator("[data-testid=data-usable]")).ToContainTextAsync("3 列中有 3 列", new() { Timeout = timeout }));
             await Assertions.Expect(page.Locator("[data-testid=data-preview]")).ToContainTextAsync("可以退货吗？");
             await Assertions.Expect(page.Locator("[data-testid=data-encoding]")).ToContainTextAsync("GB18030");
             await browser.ScreenshotAsync("2-data-gbk");
@@ -127,8 +127,8 @@ public sealed class WizardEndToEndTests
             await Assertions.Expect(page.Locator("[data-testid=data-usable]")).ToContainTextAsync("3 列中有 2 列");
             await page.Locator("[data-testid=data-next]").ClickAsync();
             var rank = page.Locator("input[data-field=LoraR]");
-            await rank.FillAsync("8");
-            await rank.PressAsync("Tab");
+            await BrowserSession.ActUntilAsync(async () => { await rank.FillAsync("8"); await rank.PressAsync("Tab"); },
+                timeout => Assertions.Expect(rank).ToHaveValueAsync("8", new() { Timeout = timeout }));
             await Assertions.Expect(page.Locator("[data-testid=summary-steps]")).ToContainTextAsync("訓練 2 列");
 
             // Reload: the same step, rows and settings.
@@ -146,9 +146,8 @@ public sealed class WizardEndToEndTests
             await Assertions.Expect(page.Locator("input[data-field=LoraR]")).ToHaveValueAsync("8");
 
             // An out-of-range value is explained at its field, not clamped.
-            await rank.FillAsync("0");
-            await rank.PressAsync("Tab");
-            await Assertions.Expect(page.Locator("[data-testid=field-error][data-field=LoraR]")).ToContainTextAsync("Allowed: 1 to 256.");
+            await BrowserSession.ActUntilAsync(async () => { await rank.FillAsync("0"); await rank.PressAsync("Tab"); },
+                timeout => Assertions.Expect(page.Locator("[data-testid=field-error][data-field=LoraR]")).ToContainTextAsync("Allowed: 1 to 256.", new() { Timeout = timeout }));
             await Assertions.Expect(page.Locator("[data-testid=start-training]")).ToBeDisabledAsync();
             await browser.ScreenshotAsync("en-3-settings-invalid");
         }
@@ -245,8 +244,8 @@ public sealed class WizardEndToEndTests
         await page.Locator("[data-testid=model-next]").ClickAsync();
         // The data step's own input, once the step is shown: a file set on an input the stepper is still replacing is lost.
         await Assertions.Expect(page.Locator("[data-testid=step-data]")).ToBeVisibleAsync();
-        await page.Locator("[data-testid=step-data] input[type=file]").Last.SetInputFilesAsync(TestFiles.Sample("tutorial-qa.xlsx"));
-        await Assertions.Expect(page.Locator("[data-testid=data-usable]")).ToContainTextAsync("5", new() { Timeout = 30_000 });
+        await BrowserSession.ActUntilAsync(() => page.Locator("[data-testid=step-data] input[type=file]").Last.SetInputFilesAsync(TestFiles.Sample("tutorial-qa.xlsx")),
+            timeout => Assertions.Expect(page.Locator("[data-testid=data-usable]")).ToContainTextAsync("5", new() { Timeout = timeout }), timeoutMs: 20_000);
         if (t == En) await browser.ScreenshotAsync(t.Prefix + "2-data");
         await page.Locator("[data-testid=data-next]").ClickAsync();
         await page.Locator("[data-testid=settings-warning][data-code=LoggingAfterEnd]").GetByRole(AriaRole.Button).ClickAsync();
