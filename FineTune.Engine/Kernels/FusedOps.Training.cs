@@ -21,6 +21,9 @@ public static unsafe partial class FusedOps
     /// <summary>For tests and measurements: the torch ops' own graph where gradients flow, instead of the fused functions (this thread only).</summary>
     [ThreadStatic] internal static bool PlainAutograd;
 
+    /// <summary>For tests: how many fused functions this thread has applied (so a comparison with the torch graph can tell it ran them).</summary>
+    [ThreadStatic] internal static long FusedCalls;
+
     private static bool FusedAutograd(params Tensor[] inputs) => !PlainAutograd && !NoGradient(inputs);
 
     /// <summary>
@@ -29,6 +32,7 @@ public static unsafe partial class FusedOps
     /// </summary>
     private static Tensor ApplyFused(Func<Tensor> apply)
     {
+        FusedCalls++;
         using var scope = NewDisposeScope();
         return scope.MoveToOuter(apply());
     }
