@@ -9,7 +9,8 @@ namespace FineTune.Engine.Kernels;
 /// The operations that have a kernel of their own (finetune_kernels.cu), each with its torch-op fallback. A kernel runs
 /// when <see cref="CudaKernels.On"/> says so, the tensors are CUDA fp32/bf16/fp16 in the layout it reads, and no
 /// gradient has to flow through the result (the kernels build no autograd graph: they serve generation, the
-/// no-gradient forward of a checkpointed layer and the frozen NF4 weights); otherwise the fallback runs.
+/// no-gradient forward of a checkpointed layer and the frozen NF4 weights); otherwise the fallback runs. Where gradients
+/// flow, RMSNorm and SiLU·up run as autograd functions of their own (FusedOps.Training.cs), kernels inside on CUDA.
 /// Bit-equal to the fallback: NF4 dequantization, SiLU·up, RoPE (same fp32 arithmetic, same roundings).
 /// Within rounding: RMSNorm (the fp32 sum of squares is added in another order) and the NF4 matrix-vector product
 /// (fp32 dot products in another order than cuBLAS): FineTune.Tests/Kernels/FusedOpsTests.cs states the bounds.
@@ -123,6 +124,9 @@ public static unsafe partial class FusedOps
             CudaKernels.Launch(x.device, $"rms_norm_{suffix}", x.numel() / Math.Max(1, h), h >= 1024 ? 1024 : 256, args);
             return y;
         }
+        // Where gradients flow into x alone (the weight frozen, as in LoRA): the fused function (FusedOps.Training.cs).
+        if (FusedAutograd(x) && !weight.requires_grad)
+            return ApplyFused(() => RmsNormFunction.apply(x, weight, eps));
         return RmsNormWithTorch(x, weight, eps);
     }
 
@@ -153,6 +157,8 @@ public static unsafe partial class FusedOps
             CudaKernels.Launch(gate.device, wide ? $"silu_mul16_{suffix}" : $"silu_mul_{suffix}", (threads + Threads - 1) / Threads, Threads, args);
             return y;
         }
+        if (FusedAutograd(gate, up) && up.dtype == gate.dtype && gate.shape.SequenceEqual(up.shape))
+            return ApplyFused(() => SiluMulFunction.apply(gate, up));            // FusedOps.Training.cs
         using var scope = NewDisposeScope();
         return scope.MoveToOuter(nn.functional.silu(gate) * up);
     }

@@ -297,3 +297,65 @@ extern "C" __global__ void add_rms_norm_##SUFFIX(const T* x, T* delta, const T* 
 DEFINE_DECODE_KERNELS(f32, float, load_f32, store_f32)
 DEFINE_DECODE_KERNELS(bf16, u16, bf16_to_f32, f32_to_bf16)
 DEFINE_DECODE_KERNELS(f16, u16, f16_to_f32, f32_to_f16)
+
+// The kernels of training's fused autograd functions (FusedOps.Training.cs): forward passes that keep what backward
+// needs, and the backward passes, which repeat the gradient arithmetic of the torch ops' autograd graph in fp32.
+#define DEFINE_TRAINING_KERNELS(SUFFIX, T, TO_F32, FROM_F32)                                                            \
+/* rms_norm_ that also writes each row's rstd = rsqrt(mean(x^2) + eps) in fp32, the one value backward keeps. */      \
+extern "C" __global__ void rms_norm_rstd_##SUFFIX(const T* x, const T* weight, T* y, float* rstd, int h, float eps) \
+{                                                                                                                     \
+    __shared__ float shared[32];                                                                                      \
+    const T* row = x + (long long)blockIdx.x * h;                                                                     \
+    T* out = y + (long long)blockIdx.x * h;                                                                           \
+    float sum = 0.0f;                                                                                                 \
+    for (int i = threadIdx.x; i < h; i += blockDim.x) { float v = TO_F32(row[i]); sum += v * v; }                     \
+    sum = block_sum(sum, shared);                                                                                     \
+    float scale = rsqrtf(sum / (float)h + eps);                                                                       \
+    if (threadIdx.x == 0) rstd[blockIdx.x] = scale;                                                                   \
+    for (int i = threadIdx.x; i < h; i += blockDim.x)                                                                 \
+        out[i] = FROM_F32(TO_F32(weight[i]) * TO_F32(FROM_F32(TO_F32(row[i]) * scale)));                              \
+}                                                                                                                     \
+                                                                                                                      \
+/* RMSNorm's input gradient, as autograd of y = w * T(T32(x) * r), r = rsqrt(mean(T32(x)^2) + eps), computes it:     \
+   g = T32(T(dy * w)); dx = T(g * r + (-0.5 * sum(g * x) * r^3 / h) * 2 * x). One block a row. */                     \
+extern "C" __global__ void rms_norm_backward_##SUFFIX(const T* dy, const T* x, const T* weight, const float* rstd,  \
+    T* dx, int h)                                                                                                     \
+{                                                                                                                     \
+    __shared__ float shared[32];                                                                                      \
+    long long base = (long long)blockIdx.x * h;                                                                       \
+    float r = rstd[blockIdx.x];                                                                                       \
+    float dot = 0.0f;                                                                                                 \
+    for (int i = threadIdx.x; i < h; i += blockDim.x) {                                                               \
+        float g = TO_F32(FROM_F32(TO_F32(dy[base + i]) * TO_F32(weight[i])));                                         \
+        dot += g * TO_F32(x[base + i]);                                                                               \
+    }                                                                                                                 \
+    dot = block_sum(dot, shared);                                                                                     \
+    float dsq = (-0.5f * dot) * (r * r * r) / (float)h;                                                               \
+    for (int i = threadIdx.x; i < h; i += blockDim.x) {                                                               \
+        float g = TO_F32(FROM_F32(TO_F32(dy[base + i]) * TO_F32(weight[i])));                                         \
+        float v = TO_F32(x[base + i]);                                                                                \
+        dx[base + i] = FROM_F32(g * r + dsq * (2.0f * v));                                                            \
+    }                                                                                                                 \
+}                                                                                                                     \
+                                                                                                                      \
+/* SiLU·up's gradients from gate and up alone (silu(gate) is computed again, rounded as the forward rounds it):      \
+   dup = T(dy * T(silu(g))), dgate = T(T32(T(dy * up)) * s * (1 + g * (1 - s))) with s = sigmoid(g), as torch's     \
+   silu_backward computes it. */                                                                                      \
+extern "C" __global__ void silu_mul_backward_##SUFFIX(const T* dy, const T* gate, const T* up, T* dgate, T* dup,    \
+    long long n)                                                                                                      \
+{                                                                                                                     \
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;                                                   \
+    if (i >= n) return;                                                                                               \
+    float g = TO_F32(gate[i]);                                                                                        \
+    float d = TO_F32(dy[i]);                                                                                          \
+    float e = 1.0f + expf(-g);                                                                                        \
+    float silu = TO_F32(FROM_F32(g / e));                                                                             \
+    dup[i] = FROM_F32(d * silu);                                                                                      \
+    float ds = TO_F32(FROM_F32(d * TO_F32(up[i])));                                                                   \
+    float s = 1.0f / e;                                                                                               \
+    dgate[i] = FROM_F32(ds * s * (1.0f + g * (1.0f - s)));                                                            \
+}
+
+DEFINE_TRAINING_KERNELS(f32, float, load_f32, store_f32)
+DEFINE_TRAINING_KERNELS(bf16, u16, bf16_to_f32, f32_to_bf16)
+DEFINE_TRAINING_KERNELS(f16, u16, f16_to_f32, f32_to_f16)

@@ -77,7 +77,7 @@ public sealed class RmsNorm : WeightModule
 
     public override Tensor forward(Tensor x)
     {
-        return FusedOps.RmsNorm(x, weight, _eps); // one kernel on CUDA where no gradient flows; else the torch ops
+        return FusedOps.RmsNorm(x, weight, _eps); // one kernel on CUDA where no gradient flows; a fused autograd function where it does
     }
 
     /// <summary>

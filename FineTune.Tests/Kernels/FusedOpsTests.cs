@@ -191,8 +191,32 @@ public class FusedOpsGpuTests
         Assert.True(Same(weight, weightFallback), $"{device}: NF4 dequantize not bit-equal");
     }
 
+    /// <summary>Training's fused functions with their kernels against the torch ops' graph (bounds as on the CPU:
+    /// FusedOpsTrainingTests); the kernels' forward within RMSNorm's bound of the fallback's.</summary>
+    [GpuTheory]
+    [MemberData(nameof(Dtypes))]
+    public void Fused_training_functions_equal_the_torch_graph(ScalarType dtype)
+    {
+        var device = Cuda();
+        using var scope = NewDisposeScope();
+        double bound = FusedOpsTrainingTests.Bound(dtype);
+        var x = (randn(3, 7, 896, device: device) * 3).to(dtype);
+        var weight = (randn(896, device: device) * 0.1 + 1).to(dtype);
+        var dy = randn(3, 7, 896, device: device).to(dtype);
+        var (norm, normPlain) = FusedOpsTrainingTests.Both(t => FusedOps.RmsNorm(t[0], weight, 1e-6), [x], dy);
+        FusedOpsTrainingTests.AssertWithin(norm[0], normPlain[0], bound, "RMSNorm");
+        FusedOpsTrainingTests.AssertWithin(norm[1], normPlain[1], bound, "RMSNorm dx");
+        var gate = (randn(5, 1000, device: device) * 4).to(dtype);
+        var up = randn(5, 1000, device: device).to(dtype);
+        var dh = randn(5, 1000, device: device).to(dtype);
+        var (swiglu, swigluPlain) = FusedOpsTrainingTests.Both(t => FusedOps.SiluMul(t[0], t[1]), [gate, up], dh);
+        Assert.True(Same(swiglu[0], swigluPlain[0]), "silu(gate) * up: not bit-equal");
+        FusedOpsTrainingTests.AssertWithin(swiglu[1], swigluPlain[1], bound, "dgate");
+        FusedOpsTrainingTests.AssertWithin(swiglu[2], swigluPlain[2], bound, "dup");
+    }
+
     [GpuFact]
-    public void With_gradients_the_ops_take_the_torch_path()
+    public void With_gradients_the_ops_build_a_graph_to_their_input()
     {
         var device = Cuda();
         using var scope = NewDisposeScope();

@@ -143,6 +143,7 @@ internal static class KernelsCommand
             return Both(() => FusedOps.Rotary(q, c, s));
         });
         foreach (var decodeCase in DecodeKernelCases.Cases(device, dtype)) yield return decodeCase;
+        foreach (var trainingCase in TrainingKernelCases.Cases(device, dtype)) yield return trainingCase;
     }
 
     /// <summary>Median milliseconds of kernel and fallback at the 7B MLP's sizes, synced around each of 20 runs.</summary>
@@ -172,8 +173,28 @@ internal static class KernelsCommand
         Pair("nf4 dequant+linear 1x3584 (kernel dequant)", () => { using var w = Nf4.Dequantize(data, dtype); return nn.functional.linear(x1, w); }, () => { using var w = Nf4.DequantizeWithTorch(data, dtype); return nn.functional.linear(x1, w); });
         Pair("rms norm 512x3584", () => FusedOps.RmsNorm(h, weight, 1e-6), () => FusedOps.RmsNormWithTorch(h, weight, 1e-6));
         Pair("silu mul 512x18944", () => FusedOps.SiluMul(gate, up), () => { CudaKernels.Suspended = true; try { return FusedOps.SiluMul(gate, up); } finally { CudaKernels.Suspended = false; } });
+        Pair("rms norm fwd+bwd 512x3584 (fused vs torch graph)", () => TrainStep(() => FusedOps.RmsNorm(h.requires_grad_(true), weight, 1e-6), h), () => Plain(() => TrainStep(() => FusedOps.RmsNorm(h.requires_grad_(true), weight, 1e-6), h)));
+        Pair("silu mul fwd+bwd 512x18944 (fused vs torch graph)", () => TrainStep(() => FusedOps.SiluMul(gate.requires_grad_(true), up.requires_grad_(true)), gate, up), () => Plain(() => TrainStep(() => FusedOps.SiluMul(gate.requires_grad_(true), up.requires_grad_(true)), gate, up)));
         Pair("rotary 1x28x512x128", () => FusedOps.Rotary(q, c, s), () => { CudaKernels.Suspended = true; try { return FusedOps.Rotary(q, c, s); } finally { CudaKernels.Suspended = false; } });
         return timings;
+    }
+
+    /// <summary>Forward and backward of <paramref name="op"/> on leaves; returns the first leaf's gradient (the leaves' are cleared).</summary>
+    private static Tensor TrainStep(Func<Tensor> op, params Tensor[] leaves)
+    {
+        using var _ = enable_grad();
+        using var y = op();
+        y.backward([ones_like(y)]);
+        var grad = leaves[0].grad!.detach().clone();
+        foreach (var leaf in leaves) { leaf.grad?.Dispose(); leaf.grad = null; leaf.requires_grad_(false); }
+        return grad;
+    }
+
+    private static Tensor Plain(Func<Tensor> op)
+    {
+        FusedOps.PlainAutograd = true;
+        try { return op(); }
+        finally { FusedOps.PlainAutograd = false; }
     }
 
     private static double Median(Func<Tensor> op)
