@@ -63,6 +63,15 @@ public sealed class ChatRunEndToEndTests
             int expected = template.EncodePrompt([ChatMessage.System("你是客服。"), ChatMessage.User("可以退貨嗎？"), ChatMessage.Assistant(firstAnswer), ChatMessage.User("運費誰付？")]).Count;
             Assert.Equal(expected.ToString(System.Globalization.CultureInfo.InvariantCulture), await page.Locator("[data-testid=chat-usage]").Nth(1).GetAttributeAsync("data-prompt-tokens"));
 
+            // A reload keeps the conversation (the wizard's draft): the same turns, answers and system prompt.
+            await page.ReloadAsync();
+            await page.Locator("[data-testid=interactive]").WaitForAsync(new LocatorWaitForOptions { State = WaitForSelectorState.Attached });
+            await Assertions.Expect(page.Locator("[data-testid=chat-turn]")).ToHaveCountAsync(2);
+            Assert.Equal(firstAnswer, await page.Locator("[data-testid=chat-answer]").First.TextContentAsync());
+            await Assertions.Expect(page.Locator("textarea[data-testid=chat-system]")).ToHaveValueAsync("你是客服。");
+            await Assertions.Expect(page.GetByLabel(maxTokensLabel, new() { Exact = true })).ToHaveValueAsync("12");
+            await Assertions.Expect(page.Locator("[data-testid=chat-usage]").Nth(1)).ToHaveAttributeAsync("data-prompt-tokens", expected.ToString(System.Globalization.CultureInfo.InvariantCulture));
+
             await page.Locator("[data-testid=batch-run]").ClickAsync();
             await Assertions.Expect(page.Locator("[data-testid=batch-fine-tuned]")).ToHaveCountAsync(2);
             await Assertions.Expect(page.Locator("[data-testid=batch-run]")).ToBeEnabledAsync(new() { Timeout = 120_000 }); // all four answers done

@@ -15,6 +15,14 @@ public sealed class ChatAnswer
     /// <summary>Null while streaming or when stopped by the user.</summary>
     public FinishReason? Finish { get; private set; }
 
+    /// <summary>An answer as it was kept (the wizard's draft), to show again after a reload.</summary>
+    public static ChatAnswer Of(string text, int promptTokens, int completionTokens, FinishReason? finish)
+    {
+        var answer = new ChatAnswer { PromptTokens = promptTokens, CompletionTokens = completionTokens, Finish = finish };
+        answer._text.Append(text);
+        return answer;
+    }
+
     public void Add(TextPiece piece)
     {
         _text.Append(piece.Text);
@@ -25,10 +33,10 @@ public sealed class ChatAnswer
 }
 
 /// <summary>One question of the test chat and the answers of the fine-tuned model and, when compared, the base model.</summary>
-public sealed class ChatExchange(string question)
+public sealed class ChatExchange(string question, ChatAnswer? fineTuned = null)
 {
     public string Question { get; } = question;
-    public ChatAnswer FineTuned { get; } = new();
+    public ChatAnswer FineTuned { get; } = fineTuned ?? new();
     public ChatAnswer? Base { get; set; }
 }
 
@@ -89,6 +97,9 @@ public sealed class ChatConversation
 
     /// <summary>A new conversation: the history goes, the system prompt stays.</summary>
     public void Clear() => _exchanges.Clear();
+
+    /// <summary>Puts back exchanges kept earlier (the wizard's draft), after those already here.</summary>
+    public void Restore(IEnumerable<ChatExchange> exchanges) => _exchanges.AddRange(exchanges);
 
     private static async Task StreamAsync(IChatGenerator generator, ChatRequest request, ChatAnswer answer, Func<Task> changed, CancellationToken cancellationToken)
     {

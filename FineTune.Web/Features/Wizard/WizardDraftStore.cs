@@ -65,6 +65,7 @@ public sealed class WizardDraftStore(IDbContextFactory<RunDbContext> contexts, D
         state.Settings = TrainingSettings.FromJson(saved.SettingsJson);
         state.Step = saved.Step;
         state.RunId = saved.RunId;
+        saved.RestoreTestChat(state);
         if (draft.FileBytes is { } bytes && draft.FileName is { } name)
         {
             try

@@ -1,3 +1,4 @@
+using FineTune.Web.Features.Chat;
 using FineTune.Web.Features.Data;
 using FineTune.Web.Features.Settings;
 
@@ -19,8 +20,22 @@ public sealed class WizardState
     /// <summary>The step on screen, so a restored draft opens where the user was.</summary>
     public WizardStep Step { get; set; }
 
+    /// <summary>The test step's conversation with run <see cref="TestChatRunId"/>'s model, kept in the draft like the rest.</summary>
+    public ChatConversation TestChat { get; private set; } = new();
+    public int? TestChatRunId { get; private set; }
+
+    /// <summary>The test chat of <paramref name="runId"/>: the one kept for it, else a new one.</summary>
+    public ChatConversation TestChatOf(int runId)
+    {
+        if (TestChatRunId != runId) (TestChat, TestChatRunId) = (new ChatConversation(), runId);
+        return TestChat;
+    }
+
     /// <summary>The sampling the test step last chatted with; the GGUF export's Modelfile takes it over.</summary>
     public (double Temperature, double TopP) TestSampling { get; set; } = (0.7, 0.9);
+
+    /// <summary>The test step's answer length limit.</summary>
+    public int TestMaxNewTokens { get; set; } = 256;
 
     public bool HasModel => !string.IsNullOrWhiteSpace(Settings.Model);
     public bool HasData => Dataset is { FinalCount: > 0 };
@@ -47,6 +62,7 @@ public sealed class WizardState
         Dataset = null;
         RunId = null;
         Step = WizardStep.Model;
+        (TestChat, TestChatRunId) = (new ChatConversation(), null);
         NotifyChanged();
     }
 }

@@ -1,5 +1,7 @@
 using System.Text;
+using FineTune.Engine.Generation;
 using FineTune.Tests.Web.Support;
+using FineTune.Web.Features.Chat;
 using FineTune.Web.Features.Data;
 using FineTune.Web.Features.Engine;
 using FineTune.Web.Features.Settings;
@@ -18,6 +20,41 @@ public sealed class WizardDraftStoreTests : IDisposable
 
     /// <summary>A new store is what a new circuit (reload, language switch) or a restarted server gets.</summary>
     private WizardDraftStore NewStore() => new(_runs.Contexts, _importer, new TokenCounter(NullLogger<TokenCounter>.Instance), NullLogger<WizardDraftStore>.Instance);
+
+    [Fact]
+    public async Task The_test_chat_survives_a_new_circuit_and_belongs_to_its_run()
+    {
+        var state = new WizardState { RunId = 7, Step = WizardStep.Test };
+        var chat = state.TestChatOf(7);
+        chat.System = "你是客服。";
+        (state.TestMaxNewTokens, state.TestSampling) = (12, (0.3, 0.8));
+        chat.Restore([
+            new ChatExchange("可以退貨嗎？", ChatAnswer.Of("七天內可以。", 24, 6, FinishReason.Stop)) { Base = ChatAnswer.Of("不知道", 24, 3, FinishReason.Length) },
+            new ChatExchange("運費誰付？", ChatAnswer.Of("我們付", 40, 3, null)),
+        ]);
+        await NewStore().SaveAsync(Browser, state);
+
+        var restored = new WizardState();
+        Assert.True(await NewStore().RestoreAsync(Browser, restored));
+
+        var kept = restored.TestChatOf(7);
+        Assert.Equal("你是客服。", kept.System);
+        Assert.Equal((12, (0.3, 0.8)), (restored.TestMaxNewTokens, restored.TestSampling));
+        Assert.Equal(["可以退貨嗎？", "運費誰付？"], kept.Exchanges.Select(e => e.Question));
+        var first = kept.Exchanges[0];
+        Assert.Equal(("七天內可以。", 24, 6, (FinishReason?)FinishReason.Stop), (first.FineTuned.Text, first.FineTuned.PromptTokens, first.FineTuned.CompletionTokens, first.FineTuned.Finish));
+        Assert.Equal(("不知道", (FinishReason?)FinishReason.Length), (first.Base!.Text, first.Base.Finish));
+        Assert.Null(kept.Exchanges[1].Base);
+        Assert.Null(kept.Exchanges[1].FineTuned.Finish);
+        // The next question is asked with the kept history.
+        Assert.Equal(["system", "user", "assistant", "user", "assistant", "user"], kept.Messages("還有嗎？", fineTuned: true).Select(m => m.Role));
+
+        // Another run's test step starts a conversation of its own; a new wizard forgets the chat.
+        Assert.Empty(restored.TestChatOf(8).Exchanges);
+        restored.Reset();
+        Assert.Null(restored.TestChatRunId);
+        Assert.Null(WizardDraftState.Of(restored).TestChat);
+    }
 
     [Fact]
     public async Task Model_file_encoding_mapping_row_edits_settings_and_step_survive_a_new_circuit()
