@@ -11,10 +11,9 @@ namespace FineTune.Engine.Kernels;
 /// functions keep the 16-bit input and one fp32 rstd a row, and gate and up. Forward and backward run a kernel on CUDA
 /// (finetune_kernels.cu) and else torch ops that repeat the torch graph's gradient arithmetic in fp32
 /// (FineTune.Tests/Kernels/FusedOpsTrainingTests.cs compares both with the graph's gradients).
-/// TorchSharp's managed functions hold memory longer than torch's own nodes do, which the helpers here undo:
-/// every output gets an empty_like twin (kept for gradients it might have to make of zeros, which these functions never
-/// need), the saved tensors live until the graph is freed rather than until backward has run, and the gradients
-/// handed back stay referenced by their managed handles until a garbage collection.
+/// TorchSharp's managed functions hold memory longer than torch's own nodes do; <see cref="ManagedAutograd"/> undoes it
+/// (the output's empty_like twin freed at once, the saved tensors released when backward has run, the gradients given
+/// and handed back released then and at the next backward instead of at a garbage collection).
 /// </summary>
 public static unsafe partial class FusedOps
 {
@@ -26,39 +25,11 @@ public static unsafe partial class FusedOps
 
     private static bool FusedAutograd(params Tensor[] inputs) => !PlainAutograd && !NoGradient(inputs);
 
-    /// <summary>
-    /// <paramref name="apply"/> (a managed function's apply) in a dispose scope of its own: the empty_like twin TorchSharp
-    /// makes of the output is made in the current scope, so it goes at once instead of at the caller's scope's end.
-    /// </summary>
+    /// <summary>A fused function's apply, through <see cref="ManagedAutograd.Apply"/> (its output's twin freed at once).</summary>
     private static Tensor ApplyFused(Func<Tensor> apply)
     {
         FusedCalls++;
-        using var scope = NewDisposeScope();
-        return scope.MoveToOuter(apply());
-    }
-
-    /// <summary>
-    /// The gradients a backward returns, and the release of the previous backward's on this thread. The engine copies
-    /// what backward returns, but the managed handles keep their own reference until a collection; a layer's gradients
-    /// are needed no more once the next fused backward runs (on CUDA every backward runs on the engine's thread for
-    /// that GPU), so at most one backward's gradients wait, instead of a whole step's.
-    /// </summary>
-    private static List<Tensor> Returned(params Tensor?[] gradients)
-    {
-        if (_returned is { } previous)
-            foreach (var t in previous) t.Dispose();
-        _returned = [.. gradients.OfType<Tensor>()];
-        return [.. gradients.Select(g => g!)];
-    }
-
-    [ThreadStatic] private static List<Tensor>? _returned;
-
-    /// <summary>The saved tensors of <paramref name="ctx"/>, which are then released (TorchSharp would keep them until the graph is freed).</summary>
-    private static List<Tensor> TakeSaved(autograd.AutogradContext ctx)
-    {
-        var saved = ctx.get_saved_variables();
-        ctx.Dispose();
-        return saved;
+        return ManagedAutograd.Apply(apply);
     }
 
     // ---------------------------------------------------------------- RMSNorm
@@ -80,13 +51,13 @@ public static unsafe partial class FusedOps
 
         public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor dy)
         {
-            var saved = TakeSaved(ctx);
+            var saved = ManagedAutograd.TakeSaved(ctx);
             using var x = saved[0];
             using var weight = saved[1];
             using var rstd = saved[2];
             var dx = RmsNormBackward(dy, x, weight, rstd);
             dy.Dispose();
-            return Returned(dx, null, null);                                     // no gradient for the frozen weight
+            return ManagedAutograd.Returned(dx, null, null);                                     // no gradient for the frozen weight
         }
     }
 
@@ -159,12 +130,12 @@ public static unsafe partial class FusedOps
 
         public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor dy)
         {
-            var saved = TakeSaved(ctx);
+            var saved = ManagedAutograd.TakeSaved(ctx);
             using var gate = saved[0];
             using var up = saved[1];
             var (dgate, dup) = SiluMulBackward(dy, gate, up);
             dy.Dispose();
-            return Returned(dgate, dup);
+            return ManagedAutograd.Returned(dgate, dup);
         }
     }
 

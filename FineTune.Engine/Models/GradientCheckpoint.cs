@@ -1,4 +1,5 @@
 using FineTune.Engine.Adapters;
+using FineTune.Engine.Backend;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -29,7 +30,8 @@ public static class GradientCheckpoint
         // The first layer's input comes from a frozen embedding; without requires_grad the checkpoint's output would
         // not require grad either and no LoRA weight would learn (HF: enable_input_require_grads).
         var input = hidden.requires_grad ? hidden : hidden.detach().requires_grad_(true);
-        return CheckpointedLayer.apply(input, layer, pass.RetainForBackward());
+        var retained = pass.RetainForBackward();
+        return ManagedAutograd.Apply(() => CheckpointedLayer.apply(input, layer, retained));
     }
 
     /// <summary>True on the thread that is running a checkpointed layer again for its backward: the graph built then
@@ -51,6 +53,7 @@ public static class GradientCheckpoint
             ctx.save_data("layer", vars[1]);
             ctx.save_data("pass", vars[2]);
             ctx.save_data("tape", tape);
+            ctx.set_materialize_grads(false); // the output's twin is freed (ManagedAutograd.Apply); backward always gets a gradient
             var pass = (RetainedPass)vars[2];
             using var _ = no_grad();
             using var recording = tape.Record();
@@ -66,7 +69,8 @@ public static class GradientCheckpoint
             using (var scope = NewDisposeScope())
             using (enable_grad())
             {
-                var input = ctx.get_saved_variables()[0].detach().requires_grad_(true); // (B, T, H)
+                var saved = ManagedAutograd.TakeSaved(ctx);                          // the layer's input is needed no more after this
+                var input = saved[0].detach().requires_grad_(true);                  // (B, T, H)
                 Tensor output;
                 _recomputing++;
                 try
@@ -79,10 +83,11 @@ public static class GradientCheckpoint
                 }
                 // Accumulates into the LoRA weights' .grad, as the first forward would have.
                 autograd.backward([output], [gradOutput]);
+                gradOutput.Dispose();
                 inputGrad = scope.MoveToOuter(input.grad!);
             }
             pass.Release();
-            return [inputGrad, null!, null!];
+            return ManagedAutograd.Returned(inputGrad, null, null);
         }
     }
 }

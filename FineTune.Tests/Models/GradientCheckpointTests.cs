@@ -102,3 +102,33 @@ public class GradientCheckpointTests
         Assert.True(after - before <= 0, $"{after - before} tensors leaked over 3 steps");
     }
 }
+
+/// <summary>
+/// TorchSharp's managed function under a checkpointed layer (FineTune.Engine/Backend/ManagedAutograd.cs): the layer's
+/// output alone is left in the caller's scope (TorchSharp's empty_like twin of it, as large as the kept input, is
+/// freed at once), and the gradient through it is the layer's.
+/// </summary>
+public class CheckpointedLayerScopeTests
+{
+    public CheckpointedLayerScopeTests() => _ = ComputeBackend.Current;
+
+    [Fact]
+    public void A_checkpointed_layer_leaves_only_its_output_in_the_callers_scope()
+    {
+        using var scope = NewDisposeScope();
+        var cos = ones(1, 4, 8);
+        var sin = zeros(1, 4, 8);
+        using var masks = new AttentionMaskBuilder(4, 0, null, ScalarType.Float32, CPU);
+        var pass = DecoderPass.Create(cos, sin, masks, null, gradientCheckpointing: true);
+        var weight = full(8, 3.0f).requires_grad_(true);
+        var hidden = randn(1, 4, 8) * weight;                                   // requires grad: no detached copy is made
+        Func<Tensor, DecoderPass, Tensor> layer = (x, _) => x * 2;
+        var retained = pass.RetainForBackward();                                // the pass's copies for backward, made before counting
+        long live = TorchSharp.DisposeScopeManager.Statistics.ThreadTotalLiveCount;
+        var output = GradientCheckpoint.Apply(layer, hidden, pass);
+        Assert.Equal(1, TorchSharp.DisposeScopeManager.Statistics.ThreadTotalLiveCount - live);
+        output.sum().backward();
+        Assert.True(weight.grad!.allclose((hidden.detach() / weight.detach() * 2).sum([0, 1])));
+        retained.Release();
+    }
+}
