@@ -71,6 +71,18 @@ public static partial class HostMemory
     }
 
     /// <summary>
+    /// Resident bytes of a process (VmRSS of /proc/&lt;pid&gt;/status; this process when <paramref name="processId"/> is
+    /// null): what memory tests and the bench's memory probes read. Linux only.
+    /// </summary>
+    public static long ResidentBytes(int? processId = null)
+    {
+        foreach (string line in File.ReadLines($"/proc/{(processId is { } id ? id.ToString(System.Globalization.CultureInfo.InvariantCulture) : "self")}/status"))
+            if (line.StartsWith("VmRSS:", StringComparison.Ordinal))
+                return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], System.Globalization.CultureInfo.InvariantCulture) * 1024;
+        throw new InvalidOperationException("No VmRSS line in /proc/<pid>/status.");
+    }
+
+    /// <summary>
     /// Returns free pages of glibc's heap to the system (malloc_trim). glibc keeps freed blocks in per-thread arenas
     /// (an upload's native buffers, SQLite's copy of a blob, a failed load's tensors); other C libraries lack the call.
     /// </summary>

@@ -50,4 +50,15 @@ public sealed class HostMemoryTests : IDisposable
         Assert.NotNull(available); // Linux
         Assert.InRange(available!.Value, 1L << 20, 1L << 50);
     }
+
+    [Fact]
+    public void Resident_memory_grows_with_touched_memory_and_reads_the_same_by_process_id()
+    {
+        long before = HostMemory.ResidentBytes();
+        var block = new byte[64 << 20];
+        for (int i = 0; i < block.Length; i += 4096) block[i] = 1; // touch every page
+        long after = HostMemory.ResidentBytes(Environment.ProcessId);
+        Assert.InRange(after - before, 48L << 20, 1L << 32);
+        GC.KeepAlive(block);
+    }
 }

@@ -1,4 +1,5 @@
 using FineTune.Engine.Backend;
+using FineTune.Tests.Support;
 using FineTune.Engine.Generation;
 using FineTune.Engine.Models;
 using FineTune.Tests.Models;
@@ -35,23 +36,15 @@ public class GenerationMemoryTests
         // Warm-up to a steady state: allocator pools, and the JIT's second tier (methods are recompiled after 30 calls, which
         // inside the measured window added a few MB of code that is not a leak: 17.8 and 18.1 MB against 17 in loaded runs).
         Run(60);
-        long rssBefore = SettledRss();
+        long rssBefore = SettledMemory.ResidentBytes();
         long liveBefore = DisposeScopeManager.Statistics.ThreadTotalLiveCount;
         Run(200);
         long liveAfter = DisposeScopeManager.Statistics.ThreadTotalLiveCount;
-        long rssAfter = SettledRss();
+        long rssAfter = SettledMemory.ResidentBytes();
 
         Assert.Equal(liveBefore, liveAfter);
         Assert.True(rssAfter - rssBefore < AllowedGrowthBytes,
             $"resident memory grew by {(rssAfter - rssBefore) / 1e6:0.0} MB over 200 generations (allowed {AllowedGrowthBytes / 1e6:0} MB)");
     }
 
-    private static long SettledRss()
-    {
-        GC.Collect();
-        GC.WaitForPendingFinalizers();
-        GC.Collect();
-        string line = File.ReadLines("/proc/self/status").First(l => l.StartsWith("VmRSS:", StringComparison.Ordinal));
-        return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) * 1024; // kB
-    }
 }

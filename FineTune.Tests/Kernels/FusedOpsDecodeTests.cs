@@ -62,15 +62,9 @@ public class FusedOpsDecodeCpuTests
 [Trait(Category.Name, Category.Gpu)]
 public class FusedOpsDecodeGpuTests
 {
-    public static TheoryData<ScalarType> Dtypes => new(ScalarType.BFloat16, ScalarType.Float16, ScalarType.Float32);
+    public static TheoryData<ScalarType> Dtypes => FusedOpsGpuTests.Dtypes;
 
-    private static Device Cuda()
-    {
-        var backend = ComputeBackend.Current;
-        Assert.True(backend.IsCuda, $"A GPU is present but the engine runs on the CPU ({backend.Reason}).");
-        Assert.True(CudaKernels.On(backend.Device), $"The kernels are off on the GPU: {backend.Kernels}");
-        return backend.Device;
-    }
+    private static Device Cuda() => FusedOpsGpuTests.Cuda();
 
     private static (Tensor Folded, Tensor Unfolded) Both(Func<Tensor> op)
     {

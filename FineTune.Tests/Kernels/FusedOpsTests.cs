@@ -69,7 +69,8 @@ public class FusedOpsGpuTests
 {
     public static TheoryData<ScalarType> Dtypes => new(ScalarType.BFloat16, ScalarType.Float16, ScalarType.Float32);
 
-    private static Device Cuda()
+    /// <summary>The GPU the kernels run on; fails when a GPU is present but the engine or its kernels are not on it.</summary>
+    internal static Device Cuda()
     {
         var backend = ComputeBackend.Current;
         Assert.True(backend.IsCuda, $"A GPU is present but the engine runs on the CPU ({backend.Reason}).");

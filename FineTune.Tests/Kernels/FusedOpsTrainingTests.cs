@@ -104,24 +104,6 @@ public sealed class FusedOpsSavedMemoryTests(ITestOutputHelper output)
     private const int Rows = 6144, Width = 4096;                      // 48 MiB a bf16 tensor
     private const long Tensor16 = (long)Rows * Width * 2;
 
-    private static long Resident()
-    {
-        string line = File.ReadLines("/proc/self/status").First(l => l.StartsWith("VmRSS:", StringComparison.Ordinal));
-        return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) * 1024;
-    }
-
-    /// <summary>
-    /// A collection and its finalizers run to the end before resident memory is read: in the full test run the finalizers
-    /// of earlier tests' tensors freed native memory while this test measured (CI at 3220671: 31 MiB kept where 48 are,
-    /// -20 after backward), when only GC.Collect() ran and the finalizer thread went on beside the measurement.
-    /// </summary>
-    private static void Quiesce()
-    {
-        GC.Collect();
-        GC.WaitForPendingFinalizers();
-        GC.Collect();
-    }
-
     /// <summary>
     /// Bytes the graph of <paramref name="op"/> keeps beyond its output, after forward and after backward (output still
     /// alive). Its inputs are made from constants times a one-value leaf, so only the graph references them.
@@ -135,8 +117,9 @@ public sealed class FusedOpsSavedMemoryTests(ITestOutputHelper output)
         FusedOps.PlainAutograd = plain;
         try
         {
-            Quiesce();
-            long before = Resident();
+            // Settled first: in the full test run the finalizers of earlier tests' tensors freed native memory while this
+            // test measured (CI at 3220671: 31 MiB kept read where 48 are) when only GC.Collect() ran.
+            long before = SettledMemory.ResidentBytes();
             Tensor y;
             long afterForward, leftInScope;
             using (var inner = NewDisposeScope())
@@ -149,7 +132,7 @@ public sealed class FusedOpsSavedMemoryTests(ITestOutputHelper output)
                 leftInScope = DisposeScopeManager.Statistics.ThreadTotalLiveCount - live;
                 inner.MoveToOuter(y);
                 foreach (var x in xs) x.Dispose();
-                afterForward = Resident() - before - Tensor16;          // measured in the caller's scope, as a layer's next op would run
+                afterForward = HostMemory.ResidentBytes() - before - Tensor16;          // measured in the caller's scope, as a layer's next op would run
             }
             y.backward([dy]);
             using (var flush = NewDisposeScope())                         // a second fused backward: the first's returned gradients go
@@ -157,8 +140,7 @@ public sealed class FusedOpsSavedMemoryTests(ITestOutputHelper output)
                 var tiny = ones(2, 8, dtype: ScalarType.BFloat16).requires_grad_(true);
                 FusedOps.SiluMul(tiny, tiny * 2).sum().backward();
             }
-            Quiesce();
-            long afterBackward = Resident() - before - Tensor16;
+            long afterBackward = SettledMemory.ResidentBytes() - before - Tensor16;
             GC.KeepAlive(y);
             return (afterForward, afterBackward, leftInScope);
         }

@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using FineTune.Engine.Backend;
+using FineTune.Tests.Support;
 using FineTune.Engine.Adapters;
 using FineTune.Engine.Models;
 using FineTune.Engine.Training;
@@ -84,7 +85,7 @@ public sealed class FailedLoadMemoryTests(Xunit.Abstractions.ITestOutputHelper o
         {
             Device = CPU,
             DType = ScalarType.Float32,
-            Progress = new Peak(() => during = Math.Max(during, Rss())),
+            Progress = new Peak(() => during = Math.Max(during, HostMemory.ResidentBytes())),
         };
         var error = Assert.Throws<ModelFormatException>(() => ModelLoader.Load(_folder, options));
         Assert.Contains("model.norm.weight", error.Message); // failed mid-way, at the tensor written last
@@ -123,17 +124,9 @@ public sealed class FailedLoadMemoryTests(Xunit.Abstractions.ITestOutputHelper o
 
     private static long SettledRss(bool trim = true)
     {
-        GC.Collect();
-        GC.WaitForPendingFinalizers();
-        GC.Collect();
+        SettledMemory.Settle();
         if (trim) HostMemory.TrimNativeHeap(); // what writing the folder freed goes back too, so the start is not inflated
-        return Rss();
-    }
-
-    private static long Rss()
-    {
-        string line = File.ReadLines("/proc/self/status").First(l => l.StartsWith("VmRSS:", StringComparison.Ordinal));
-        return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) * 1024;
+        return HostMemory.ResidentBytes();
     }
 
     private sealed class Peak(Action measure) : IProgress<ModelLoadProgress>

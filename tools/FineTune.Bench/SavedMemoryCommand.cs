@@ -55,12 +55,6 @@ internal static class SavedMemoryCommand
         }
     }
 
-    private static long Resident()
-    {
-        string line = File.ReadLines("/proc/self/status").First(l => l.StartsWith("VmRSS:", StringComparison.Ordinal));
-        return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) * 1024;
-    }
-
     /// <summary>Resident bytes a training forward of the one-layer model keeps beyond its output.</summary>
     private static long Kept(string folder, int tokens, bool plain, LoraSettings settings)
     {
@@ -74,9 +68,9 @@ internal static class SavedMemoryCommand
         {
             GC.Collect();
             HostMemory.TrimNativeHeap();
-            long before = Resident();
+            long before = HostMemory.ResidentBytes();
             var h = lm.HiddenStates(ids);                                            // (1, T, H)
-            return Resident() - before - h.numel() * h.element_size();              // the graph goes with the scope
+            return HostMemory.ResidentBytes() - before - h.numel() * h.element_size();              // the graph goes with the scope
         }
         finally
         {

@@ -72,13 +72,7 @@ public sealed class WebAppProcess : IAsyncDisposable
     }
 
     /// <summary>The app's resident memory (VmRSS of /proc/&lt;pid&gt;/status).</summary>
-    public long ResidentBytes()
-    {
-        foreach (string line in File.ReadLines($"/proc/{_process.Id}/status"))
-            if (line.StartsWith("VmRSS:", StringComparison.Ordinal))
-                return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) * 1024;
-        throw new InvalidOperationException("No VmRSS line in /proc/<pid>/status.");
-    }
+    public long ResidentBytes() => FineTune.Engine.Backend.HostMemory.ResidentBytes(_process.Id);
 
     /// <summary>The last lines the app wrote (stdout and stderr), for failure messages.</summary>
     public string OutputTail(int characters = 4000)
