@@ -189,7 +189,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         Enumerable.Range(0, rows.Count).OrderByDescending(i => rows[i].Length).ThenBy(i => i).Chunk(options.BatchSize);
 
     /// <summary>Evaluation batches are padded to their longest row (<see cref="EvaluationBatches"/> keeps that short).</summary>
-    public const BatchLayout EvaluationLayout = BatchLayout.LengthGrouped;
+    private const BatchLayout EvaluationLayout = BatchLayout.LengthGrouped;
 
     /// <summary>
     /// The forced collection after a step that frees what TorchSharp's autograd contexts hold. A blocking full

@@ -167,23 +167,26 @@ internal static class GenerateBenchCommand
         using var _ = no_grad();
         var result = new JsonObject { ["folded_id"] = foldedId, ["unfolded_id"] = unfoldedId };
         bool suspended = FusedOps.DecodeFoldsSuspended;
-        foreach (bool fold in new[] { true, false })
+        try
         {
-            FusedOps.DecodeFoldsSuspended = !fold;
-            using var scope = NewDisposeScope();
-            var hidden = model.HiddenStates(tensor(ids.Select(i => (long)i).ToArray(), [1, ids.Length], device: model.lm_head.weight?.device ?? model.lm_head.weight_nf4!.device));
-            var logits = model.lm_head.forward(hidden.narrow(1, ids.Length - 1, 1)).reshape(-1); // (V) in the compute dtype
-            float a = logits[foldedId].to(ScalarType.Float32).item<float>(), b = logits[unfoldedId].to(ScalarType.Float32).item<float>();
-            // The spacing of bf16/fp16 values near |a|: 2^(exponent - mantissa bits).
-            int mantissa = logits.dtype == ScalarType.BFloat16 ? 7 : logits.dtype == ScalarType.Float16 ? 10 : 23;
-            double spacing = Math.Pow(2, Math.Floor(Math.Log2(Math.Max(Math.Abs(a), 1e-30))) - mantissa);
-            result[fold ? "folded_pass" : "unfolded_pass"] = new JsonObject
+            foreach (bool fold in new[] { true, false })
             {
-                ["logit_folded_id"] = a, ["logit_unfolded_id"] = b, ["gap"] = a - b, ["dtype_spacing"] = spacing,
-                ["argmax"] = logits.argmax().item<long>(),
-            };
+                FusedOps.DecodeFoldsSuspended = !fold;
+                using var scope = NewDisposeScope();
+                var hidden = model.HiddenStates(tensor(ids.Select(i => (long)i).ToArray(), [1, ids.Length], device: model.lm_head.weight?.device ?? model.lm_head.weight_nf4!.device));
+                var logits = model.lm_head.forward(hidden.narrow(1, ids.Length - 1, 1)).reshape(-1); // (V) in the compute dtype
+                float a = logits[foldedId].to(ScalarType.Float32).item<float>(), b = logits[unfoldedId].to(ScalarType.Float32).item<float>();
+                // The spacing of bf16/fp16 values near |a|: 2^(exponent - mantissa bits).
+                int mantissa = logits.dtype == ScalarType.BFloat16 ? 7 : logits.dtype == ScalarType.Float16 ? 10 : 23;
+                double spacing = Math.Pow(2, Math.Floor(Math.Log2(Math.Max(Math.Abs(a), 1e-30))) - mantissa);
+                result[fold ? "folded_pass" : "unfolded_pass"] = new JsonObject
+                {
+                    ["logit_folded_id"] = a, ["logit_unfolded_id"] = b, ["gap"] = a - b, ["dtype_spacing"] = spacing,
+                    ["argmax"] = logits.argmax().item<long>(),
+                };
+            }
         }
-        FusedOps.DecodeFoldsSuspended = suspended;
+        finally { FusedOps.DecodeFoldsSuspended = suspended; }
         return result;
     }
 
