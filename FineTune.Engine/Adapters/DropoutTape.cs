@@ -5,7 +5,8 @@ namespace FineTune.Engine.Adapters;
 
 /// <summary>
 /// How a checkpointed layer's LoRA dropout masks were drawn, so that backward, running the layer again, draws the same
-/// ones in the same order: the recomputed activations must equal the forgotten ones. On CUDA the tape hands out one seed
+/// ones in the same order: the recomputed activations must equal the forgotten ones. With FineTune's kernels on a GPU the
+/// tape records each draw's (device seed, key) of <see cref="DropoutDraws"/> and hands them back. Else on CUDA the tape hands out one seed
 /// per draw and the draw seeds the device's generator with it first (torch's fused dropout then gives the same mask for the
 /// same seed; nothing is kept); masks drawn from an explicit CPU generator are recorded as bool (one byte per element).
 /// Which tape is active is per thread: forward records on the caller's thread, backward replays on autograd's.
@@ -18,6 +19,7 @@ public sealed class DropoutTape : IDisposable
     private readonly Queue<Tensor> _masks = new();
     private readonly bool _keepMasks;
     private readonly List<long> _seeds = [];
+    private readonly List<(Tensor Seed, long Key)> _draws = [];
     private long _firstSeed;
     private int _replayed;
 
@@ -63,6 +65,17 @@ public sealed class DropoutTape : IDisposable
         long seed = _firstSeed + _seeds.Count;
         _seeds.Add(seed);
         return seed;
+    }
+
+    /// <summary>Records a draw of the device-seeded dropout (<see cref="DropoutDraws"/>), for <see cref="ReplayedDraw"/>.</summary>
+    internal void AddDraw((Tensor Seed, long Key) draw) => _draws.Add(draw);
+
+    /// <summary>The recorded device-seeded draws in order while replaying; null when this tape recorded none (torch's dropout drew).</summary>
+    internal (Tensor Seed, long Key)? ReplayedDraw()
+    {
+        if (_draws.Count == 0) return null;
+        return _replayed < _draws.Count ? _draws[_replayed++]
+            : throw new InvalidOperationException("The layer drew more dropout masks when run again than when first run; gradient checkpointing needs the same order.");
     }
 
     /// <summary>The seed of the next device draw while replaying: the recorded ones in order.</summary>

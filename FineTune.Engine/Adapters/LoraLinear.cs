@@ -388,7 +388,9 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
     internal ScalarType OutputDtype => weight?.dtype ?? ComputeDtype;
 
     /// <summary>
-    /// LoRA dropout (nn.Dropout, as PEFT's lora_dropout). On CUDA with the device's generator: torch's fused dropout, one
+    /// LoRA dropout (nn.Dropout, as PEFT's lora_dropout). In a training micro-batch on a GPU with the kernels on: a mask
+    /// drawn from the micro-batch's device seed and a key (<see cref="DropoutDraws"/>), one kernel, nothing kept, and
+    /// capturable in a CUDA graph. Else on CUDA with the device's generator: torch's fused dropout, one
     /// kernel; inside a checkpointed layer each draw first seeds the device's generator with a seed from the layer's
     /// <see cref="DropoutTape"/>, and the recompute seeds it the same way, so both passes draw the same mask without
     /// keeping it. With an explicit <see cref="DropoutGenerator"/> (CPU): a bernoulli mask from that generator, recorded
@@ -401,6 +403,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         var tape = DropoutTape.Current;
         if (DropoutGenerator is null && h.device_type == DeviceType.CUDA)
         {
+            if (DeviceSeededDraw(tape, h.device) is { } draw && Kernels.FusedOps.Dropout(h, p, draw.Seed, draw.Key) is { } dropped) return dropped;
             if (tape is { } t) DropoutTape.SeedDevice(h.device, t.Replaying ? t.Tape.ReplayedSeed() : t.Tape.NewSeed());
             return nn.functional.dropout(h, p, training: true);
         }
@@ -413,6 +416,20 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         var keep = empty_like(h).bernoulli_(1 - p, DropoutGenerator);           // (..., in) of 0/1
         tape?.Tape.Add(keep);
         return (h * keep).DividedBy(1 - p);
+    }
+
+    /// <summary>
+    /// The (device seed, key) of this dropout's mask where the kernels draw it (<see cref="DropoutDraws"/>): a checkpointed
+    /// layer's recompute replays the recorded one; else the micro-batch's next key, recorded on the layer's tape. Null
+    /// where the trainer set no draws (not a training micro-batch on a GPU) or the kernels are off there.
+    /// </summary>
+    private static (Tensor Seed, long Key)? DeviceSeededDraw((DropoutTape Tape, bool Replaying)? tape, Device device)
+    {
+        if (tape is { Replaying: true } replaying) return replaying.Tape.ReplayedDraw();
+        if (DropoutDraws.Current is not { } draws || draws.Seed.device != device || !Kernels.CudaKernels.On(device)) return null;
+        var draw = (draws.Seed, draws.NextKey());
+        tape?.Tape.AddDraw(draw);
+        return draw;
     }
 
     /// <summary>

@@ -46,6 +46,9 @@ public sealed record BackendInfo(
     /// <summary>FineTune's own CUDA kernels (Kernels/CudaKernels.cs): "on: NVRTC 13.0 (...), sm_90, ..." or "off: why".</summary>
     public string Kernels { get; init; } = "off: not on a CUDA backend";
 
+    /// <summary>Whether training steps are captured as CUDA graphs ("on: ..." or "off: why"; <see cref="FineTune.Engine.Kernels.CudaGraphs"/>).</summary>
+    public string CudaGraphs { get; init; } = "off: not on a CUDA backend";
+
     /// <summary>One line saying why libtorch could not be loaded and what to do instead; null when it loaded.</summary>
     public string? UnavailableReason { get; init; }
 
@@ -99,7 +102,7 @@ public static class ComputeBackend
             if (_current.UnavailableReason is { } reason)
                 logger.LogError("{Reason}", reason);
             else
-                logger.LogInformation("Compute backend: {Description} ({Reason}); kernels {Kernels}", _current.Description, _current.Reason, _current.Kernels);
+                logger.LogInformation("Compute backend: {Description} ({Reason}); kernels {Kernels}; CUDA graphs {CudaGraphs}", _current.Description, _current.Reason, _current.Kernels, _current.CudaGraphs);
             return _current;
         }
     }
@@ -197,6 +200,7 @@ public static class ComputeBackend
             SupportsBFloat16 = major is null or >= 8,
             Gpus = gpus,
             Kernels = Kernels.CudaKernels.Start(Directory.Exists(libTorchSource) ? libTorchSource : null),
+            CudaGraphs = Kernels.CudaGraphs.Start(Directory.Exists(libTorchSource) ? libTorchSource : null),
         };
     }
 

@@ -10,8 +10,8 @@ namespace FineTune.Engine.Kernels;
 /// <summary>
 /// FineTune's own CUDA kernels (finetune_kernels.cu): compiled with NVRTC when the CUDA backend starts, cached as a
 /// cubin (or PTX) in <see cref="CacheFolder"/> under the GPU architecture and a hash of the source, loaded and launched
-/// through the CUDA driver API on TorchSharp tensors' device pointers, on CUDA's legacy default stream: the stream
-/// libtorch computes on unless told otherwise (TorchSharp never tells it), so launches order with torch's own kernels.
+/// through the CUDA driver API on TorchSharp tensors' device pointers, on libtorch's current stream (CUDA's legacy default
+/// stream unless a CUDA graph is being captured: <see cref="CudaGraphs"/>), so launches order with torch's own kernels.
 /// Loaded into every GPU's primary context (the context libtorch computes in) at that GPU's first use, so the replicas
 /// of a data-parallel run, one thread per GPU, launch on their own GPU; a launch runs in the context of the GPU its
 /// tensors live on, whichever context the calling thread has current.
@@ -126,7 +126,7 @@ public static unsafe class CudaKernels
             {
                 Driver.CtxPopCurrent(&popped);
             }
-            return (new DeviceModule(context, module, description), null);
+            return (new DeviceModule(ordinal, context, module, description), null);
         }
         catch (Exception e) when (e is KernelException or IOException or UnauthorizedAccessException)
         {
@@ -187,7 +187,8 @@ public static unsafe class CudaKernels
     }
 
     /// <summary>
-    /// Launches <paramref name="name"/> on the legacy default stream of <paramref name="device"/>'s context (the GPU the
+    /// Launches <paramref name="name"/> on libtorch's current stream of <paramref name="device"/> (the legacy default
+    /// stream, or the side stream a CUDA graph is being captured on: <see cref="CudaGraphs.CurrentStream"/>), in its context (the GPU the
     /// tensors in <paramref name="arguments"/> live on; <see cref="On"/> said yes for it). libtorch makes a GPU's
     /// primary context current on the threads that compute on it, so the context is usually current already; where
     /// it is not (a thread that computed on another GPU, or not at all yet), it is pushed for the launch and popped.
@@ -204,7 +205,7 @@ public static unsafe class CudaKernels
         if (push) Check(Driver.CtxPushCurrent(module.Context), "cuCtxPushCurrent");
         try
         {
-            Check(Driver.LaunchKernel(function, (uint)gridX, 1, 1, (uint)blockX, 1, 1, 0, 0, arguments, null), name);
+            Check(Driver.LaunchKernel(function, (uint)gridX, 1, 1, (uint)blockX, 1, 1, 0, CudaGraphs.CurrentStream(module.Ordinal), arguments, null), name);
         }
         finally
         {
@@ -213,9 +214,11 @@ public static unsafe class CudaKernels
     }
 
     /// <summary>The kernels loaded in one GPU's primary context, and the functions looked up in it so far.</summary>
-    private sealed class DeviceModule(nint context, nint module, string description)
+    private sealed class DeviceModule(int ordinal, nint context, nint module, string description)
     {
         private readonly Dictionary<string, nint> _functions = [];
+
+        public int Ordinal { get; } = ordinal;
 
         public nint Context { get; } = context;
 

@@ -166,3 +166,60 @@ public static unsafe partial class FusedOps
         return (scope.MoveToOuter(gateGrad), scope.MoveToOuter(upGrad));
     }
 }
+
+public static unsafe partial class FusedOps
+{
+    // ---------------------------------------------------------------- LoRA dropout
+
+    private sealed class DropoutFunction : autograd.SingleTensorFunction<DropoutFunction>
+    {
+        public override string Name => "DeviceSeededDropout";
+
+        // vars: x, p, seed (1) int64 on x's device, key. Nothing of x is kept: backward draws the same mask again.
+        public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
+        {
+            var seed = (Tensor)vars[2];
+            ctx.save_for_backward([seed]);
+            ctx.save_data("p", vars[1]);
+            ctx.save_data("key", vars[3]);
+            ctx.set_materialize_grads(false);
+            return DropoutKernel((Tensor)vars[0], (double)vars[1], seed, (long)vars[3]);
+        }
+
+        public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor dy)
+        {
+            double p = (double)ctx.get_data("p");
+            long key = (long)ctx.get_data("key");
+            var saved = ManagedAutograd.TakeSaved(ctx);
+            using var seed = saved[0];
+            var dx = DropoutKernel(dy, p, seed, key);
+            dy.Dispose();
+            return ManagedAutograd.Returned(dx, null, null, null);
+        }
+    }
+
+    /// <summary>
+    /// LoRA dropout with the mask drawn on the device from <paramref name="seed"/> ((1) int64 in device memory) and
+    /// <paramref name="key"/> (finetune_kernels.cu, dropout_): the same (seed, key) gives the same mask, so a checkpointed
+    /// layer's recompute and backward need nothing kept, and a CUDA graph that captured it draws new masks when the seed
+    /// in memory changes. Null where the kernels are off on x's device (the caller takes torch's dropout).
+    /// </summary>
+    internal static Tensor? Dropout(Tensor x, double p, Tensor seed, long key)
+    {
+        if (!CudaKernels.On(x.device) || Suffix(x.dtype) is null || seed.device != x.device || seed.dtype != ScalarType.Int64) return null;
+        if (!FusedAutograd(x)) return DropoutKernel(x, p, seed, key);
+        return ApplyFused(() => DropoutFunction.apply(x, p, seed, key));
+    }
+
+    private static Tensor DropoutKernel(Tensor x, double p, Tensor seed, long key)
+    {
+        using var xc = x.contiguous();
+        var y = empty_like(xc);
+        ulong px = CudaKernels.Pointer(xc), py = CudaKernels.Pointer(y), ps = CudaKernels.Pointer(seed);
+        long n = xc.numel();
+        float probability = (float)p, scale = (float)(1.0 / (1.0 - p));
+        void** args = stackalloc void*[] { &px, &py, &ps, &key, &probability, &scale, &n };
+        CudaKernels.Launch(x.device, $"dropout_{Suffix(x.dtype)}", (n + 255) / 256, 256, args);
+        return y;
+    }
+}

@@ -298,6 +298,15 @@ DEFINE_DECODE_KERNELS(f32, float, load_f32, store_f32)
 DEFINE_DECODE_KERNELS(bf16, u16, bf16_to_f32, f32_to_bf16)
 DEFINE_DECODE_KERNELS(f16, u16, f16_to_f32, f32_to_f16)
 
+// splitmix64's output function (Steele, Lea, Flood 2014): a bijective 64-bit mix, the hash of LoRA dropout's masks.
+__device__ __forceinline__ u64 splitmix64(u64 z)
+{
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
 // The kernels of training's fused autograd functions (FusedOps.Training.cs): forward passes that keep what backward
 // needs, and the backward passes, which repeat the gradient arithmetic of the torch ops' autograd graph in fp32.
 #define DEFINE_TRAINING_KERNELS(SUFFIX, T, TO_F32, FROM_F32)                                                            \
@@ -336,6 +345,20 @@ extern "C" __global__ void rms_norm_backward_##SUFFIX(const T* dy, const T* x, c
         float v = TO_F32(x[base + i]);                                                                                \
         dx[base + i] = FROM_F32(g * r + dsq * (2.0f * v));                                                            \
     }                                                                                                                 \
+}                                                                                                                     \
+                                                                                                                      \
+/* LoRA dropout whose mask is a function of (seed, key, i) alone: y = T(x * scale) where kept, else 0, kept when      \
+   u >= p for u = the top 24 bits of splitmix64(splitmix64(seed ^ splitmix64(key)) + i) / 2^24. The seed is read from   \
+   device memory, so a captured CUDA graph draws new masks when it changes between replays; the key tells a step's      \
+   draws apart; backward applies the same function to dy (torch's fused dropout rounds x * mask * scale the same way). */\
+extern "C" __global__ void dropout_##SUFFIX(const T* x, T* y, const long long* seed, long long key, float p,          \
+    float scale, long long n)                                                                                         \
+{                                                                                                                     \
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;                                                   \
+    if (i >= n) return;                                                                                               \
+    u64 stream = splitmix64((u64)seed[0] ^ splitmix64((u64)key));                                                     \
+    float u = (float)(splitmix64(stream + (u64)i) >> 40) * (1.0f / 16777216.0f);                                      \
+    y[i] = u >= p ? FROM_F32(TO_F32(x[i]) * scale) : FROM_F32(0.0f);                                                  \
 }                                                                                                                     \
                                                                                                                       \
 /* SiLU·up's gradients from gate and up alone (silu(gate) is computed again, rounded as the forward rounds it):      \

@@ -4,6 +4,7 @@ using System.Runtime.InteropServices;
 using FineTune.Engine.Adapters;
 using FineTune.Engine.Data;
 using FineTune.Engine.Distributed;
+using FineTune.Engine.Kernels;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using TorchSharp;
@@ -77,6 +78,9 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         Replica?.Communicator.Broadcast(optimizer.Values);
         // bf16/fp16 copies of the adapters, made once per optimizer step (after the restore and the broadcast above).
         using var workingCopies = AdapterWorkingCopies.For(optimizer, adapterLayers);
+        using var microBatch = new MicroBatchTensors(device);
+        // Not with the phase clock: its synchronizations cannot be captured.
+        using var graphs = CudaGraphs.On(device) && PhaseClock is null ? new MicroBatchGraphs(CudaKernels.Ordinal(device)!.Value) : null;
 
         string? lastCheckpoint = null;
         var clock = Stopwatch.StartNew();
@@ -86,6 +90,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         double lossSinceLog = 0;
         double? lastLoggedLoss = null; // the one definition of "the loss" shown anywhere: HF Trainer's logged mean since the previous log
         int stepsSinceLog = 0;
+        bool graphsOffLogged = false;
         model.Module.train();
         try
         {
@@ -111,8 +116,13 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
                 double lr = options.LearningRate * schedule.Factor(step);
                 optimizer.LearningRate = lr;
 
-                var (loss, gradNorm, tokens, skipped) = Step(window, data.Train, options, optimizer, workingCopies, scaler, device, cancellationToken);
+                var (loss, gradNorm, tokens, skipped) = Step(step, window, data.Train, options, optimizer, workingCopies, scaler, microBatch, graphs, cancellationToken);
                 bool last = step + 1 == totalSteps;
+                if (graphs?.Failure is { } graphsOff && !graphsOffLogged)
+                {
+                    _logger.LogWarning("Training continues without CUDA graphs: a capture failed ({Reason}).", graphsOff);
+                    graphsOffLogged = true;
+                }
                 collector?.AfterStep(force: last);
                 tokensSeen += tokens;
                 double epochReached = (double)(step + 1) / stepsPerEpoch;
@@ -160,6 +170,9 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         }
         finally
         {
+            if (graphs is not null)
+                _logger.LogInformation("CUDA graphs: {Replays} micro-batches replayed from {Captures} captured shapes{Failure}", graphs.Replays, graphs.Captures,
+                    graphs.Failure is { } f ? $"; off after a failed capture ({f})" : "");
             foreach (var layer in adapterLayers) layer.DropoutGenerator = null;
             model.Module.eval();
         }
@@ -259,9 +272,48 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         }
     }
 
-    private (double Loss, double GradNorm, long Tokens, bool Skipped) Step(List<int[]> window, IReadOnlyList<TrainingExample> rows, TrainingOptions options,
-        FlatAdamW optimizer, AdapterWorkingCopies? workingCopies, LossScaler? scaler, Device device, CancellationToken cancellationToken)
+    /// <summary>
+    /// What a micro-batch's forward and backward read and write besides the batch, at fixed addresses for the run so a
+    /// CUDA graph captured from one micro-batch serves the next: the loss divisor (the window's targets) and the fp16 loss
+    /// scale as device scalars, the micro-batch's loss out, and LoRA dropout's device seed (GPU only).
+    /// </summary>
+    private sealed class MicroBatchTensors(Device device) : IDisposable
     {
+        public Tensor Divisor { get; } = zeros([], ScalarType.Float32, device).DetachFromDisposeScope();     // ()
+        public Tensor LossScale { get; } = ones([], ScalarType.Float32, device).DetachFromDisposeScope();    // ()
+        public Tensor Loss { get; } = zeros([], ScalarType.Float32, device).DetachFromDisposeScope();       // ()
+        public Tensor? DropoutSeed { get; } = device.type == DeviceType.CUDA ? zeros(1, ScalarType.Int64, device).DetachFromDisposeScope() : null; // (1)
+
+        public void Dispose()
+        {
+            Divisor.Dispose();
+            LossScale.Dispose();
+            Loss.Dispose();
+            DropoutSeed?.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// One micro-batch's forward, loss and backward, run as it is or captured into a CUDA graph (<see cref="MicroBatchGraphs"/>):
+    /// the loss is divided by the window's target count and multiplied by the loss scale read from device scalars, its value
+    /// written to <see cref="MicroBatchTensors.Loss"/>, and the working copies' gradients added to the flat fp32 ones.
+    /// </summary>
+    private void ForwardBackward(TrainingBatch batch, MicroBatchTensors tensors, bool scaled, int lossChunkSize, AdapterWorkingCopies? workingCopies)
+    {
+        using var scope = NewDisposeScope();
+        var hidden = model.HiddenStates(batch.InputIds, batch.PositionIds, batch.AttentionMask); // (B, T, H)
+        var loss = LossSum(hidden, batch, lossChunkSize) / tensors.Divisor;
+        using (no_grad()) tensors.Loss.copy_(loss);
+        PhaseClock?.End(StepPhaseClock.Forward);
+        (scaled ? loss * tensors.LossScale : loss).backward();
+        workingCopies?.AccumulateGradients();
+    }
+
+    private (double Loss, double GradNorm, long Tokens, bool Skipped) Step(int step, List<int[]> window, IReadOnlyList<TrainingExample> rows, TrainingOptions options,
+        FlatAdamW optimizer, AdapterWorkingCopies? workingCopies, LossScaler? scaler, MicroBatchTensors microBatch, MicroBatchGraphs? graphs,
+        CancellationToken cancellationToken)
+    {
+        var device = microBatch.Loss.device;
         // The whole step's targets and tokens (every replica's): each replica's loss is divided by all the targets, so
         // the sum of the replicas' gradients is the single-device gradient.
         int windowTargets = window.Sum(indices => indices.Sum(i => rows[i].TargetCount));
@@ -275,18 +327,28 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
             // Summed on the device (fp64, as the host sum of fp32 items was) and read once with the gradient norm:
             // a read per micro-batch would stall the GPU queue each time.
             var lossSum = zeros(1, dtype: ScalarType.Float64, device: device); // (1)
+            using (no_grad())
+            {
+                microBatch.Divisor.fill_(windowTargets);
+                if (scaler is not null) microBatch.LossScale.fill_(scaler.Scale);
+            }
+            int microBatchIndex = 0;
             foreach (var indices in share)
             {
                 if (Replica is null) cancellationToken.ThrowIfCancellationRequested();
                 using var scope = NewDisposeScope();
                 using var batch = Batching.Collate(rows, indices, options.Layout, device);
                 if (batch.TargetCount == 0) continue;
-                var hidden = model.HiddenStates(batch.InputIds, batch.PositionIds, batch.AttentionMask); // (B, T, H)
-                var loss = LossSum(hidden, batch, options.LossChunkSize).DividedBy(windowTargets);
-                lossSum.PlusInPlace(loss.detach().to(ScalarType.Float64));
-                PhaseClock?.End(StepPhaseClock.Forward);
-                (scaler is null ? loss : loss.Times(scaler.Scale)).backward();
-                workingCopies?.AccumulateGradients();
+                // LoRA dropout's masks on a GPU: from (run seed, step, micro-batch, replica) through the device seed.
+                long dropoutSeed = DropoutDraws.SeedFor(options.Seed, step, microBatchIndex++, Replica?.Rank ?? 0);
+                void Work(TrainingBatch b) => ForwardBackward(b, microBatch, scaler is not null, options.LossChunkSize, workingCopies);
+                bool replayed;
+                using (microBatch.DropoutSeed is { } seed ? DropoutDraws.Begin(seed, dropoutSeed) : null)
+                    replayed = graphs?.TryRun(batch, Work) == true;
+                if (!replayed)
+                    using (microBatch.DropoutSeed is { } seed ? DropoutDraws.Begin(seed, dropoutSeed) : null)
+                        Work(batch);
+                lossSum.PlusInPlace(microBatch.Loss.to(ScalarType.Float64));
                 PhaseClock?.End(StepPhaseClock.Backward);
             }
             // One flat buffer for every trainable gradient, plus the loss: one grouped all-reduce per step, queued behind

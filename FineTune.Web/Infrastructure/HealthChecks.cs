@@ -159,6 +159,7 @@ internal sealed class ComputeBackendCheck(IServiceProvider services) : IHealthCh
             ["gpu"] = backend.GpuName,
             ["gpuMemoryBytes"] = backend.GpuMemoryBytes,
             ["kernels"] = backend.Kernels,
+            ["cudaGraphs"] = backend.CudaGraphs,
             ["canTrain"] = backend.CanCompute,
             ["unavailableReason"] = backend.UnavailableReason,
         };

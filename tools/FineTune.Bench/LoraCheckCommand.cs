@@ -48,6 +48,16 @@ internal static class LoraCheckCommand
                     scale > 0 && diff <= 1e-4 * scale && otherDiff > 1e-2 * scale,
                     new JsonObject { ["max_abs_diff"] = diff, ["scale"] = scale, ["other_seed_diff"] = otherDiff, ["loss_plain"] = plain.Loss, ["loss_checkpointed"] = checkpointed.Loss });
 
+                // The same with the masks drawn by the kernels from the micro-batch's device seed (DropoutDraws), as the trainer draws them.
+                var plainDrawn = LossAndGrads(folder, device, ScalarType.Float32, quantized, checkpointing: false, copies: false, seed: 3, deviceDraws: true);
+                var checkpointedDrawn = LossAndGrads(folder, device, ScalarType.Float32, quantized, checkpointing: true, copies: false, seed: 3, deviceDraws: true);
+                var otherSeedDrawn = LossAndGrads(folder, device, ScalarType.Float32, quantized, checkpointing: true, copies: false, seed: 4, deviceDraws: true);
+                double scaleDrawn = plainDrawn.Grads.Max(MathF.Abs);
+                double diffDrawn = MaxDiff(plainDrawn.Grads, checkpointedDrawn.Grads), otherDiffDrawn = MaxDiff(plainDrawn.Grads, otherSeedDrawn.Grads);
+                Report($"{family}{(quantized ? " nf4" : "")} fp32: checkpointed = kept, device-seeded dropout kernel",
+                    scaleDrawn > 0 && diffDrawn <= 1e-4 * scaleDrawn && otherDiffDrawn > 1e-2 * scaleDrawn,
+                    new JsonObject { ["max_abs_diff"] = diffDrawn, ["scale"] = scaleDrawn, ["other_seed_diff"] = otherDiffDrawn, ["loss_plain"] = plainDrawn.Loss, ["loss_checkpointed"] = checkpointedDrawn.Loss });
+
                 var cast = LossAndGrads(folder, device, ScalarType.BFloat16, quantized, checkpointing: true, copies: false, seed: 3);
                 var copied = LossAndGrads(folder, device, ScalarType.BFloat16, quantized, checkpointing: true, copies: true, seed: 3);
                 Report($"{family}{(quantized ? " nf4" : "")} bf16: working copies = casts, bit for bit",
@@ -78,7 +88,7 @@ internal static class LoraCheckCommand
     private static double MaxDiff(float[] a, float[] b) => a.Zip(b, (x, y) => (double)MathF.Abs(x - y)).Max();
 
     /// <summary>Loss and the adapters' fp32 gradients of one backward on two packed sequences, dropout 0.2 on q/k/v/o and the MLP.</summary>
-    private static (double Loss, float[] Grads) LossAndGrads(string folder, Device device, ScalarType dtype, bool quantized, bool checkpointing, bool copies, int seed)
+    private static (double Loss, float[] Grads) LossAndGrads(string folder, Device device, ScalarType dtype, bool quantized, bool checkpointing, bool copies, int seed, bool deviceDraws = false)
     {
         using var lm = ModelLoader.Load(folder, new ModelLoadOptions
         {
@@ -100,6 +110,8 @@ internal static class LoraCheckCommand
         manual_seed(seed);
         cuda.manual_seed_all(seed);
         using var scope = NewDisposeScope();
+        using var seedTensor = zeros(1, ScalarType.Int64, device);
+        using var draws = deviceDraws ? DropoutDraws.Begin(seedTensor, seed) : null;
         var ids = tensor(Enumerable.Range(0, 13).Select(i => (long)(i * 7 % 50 + 3)).ToArray(), [1, 13], device: device);
         var positions = tensor(Enumerable.Range(0, 6).Concat(Enumerable.Range(0, 7)).Select(i => (long)i).ToArray(), [1, 13], device: device);
         var hidden = lm.HiddenStates(ids, positions, AttentionMaskBuilder.PackedCausalMask(positions)); // (1, 13, H)

@@ -43,6 +43,8 @@ try
             return ProfileCommand.HostCalls(backend);
         case "lora-check":
             return LoraCheckCommand.Run(args[1..], backend);
+        case "graph-check":
+            return GraphCheckCommand.Run(args[1..], backend);
         case "saved-memory":
             return SavedMemoryCommand.Run(args[1..], backend);
         case "optim":

@@ -68,7 +68,8 @@ public static class TrainBenchCommand
         var estimate = o.Flag("estimate") ? new FineTunePipeline().EstimateTime(job) : null;
         int[] collectionsBefore = [GC.CollectionCount(0), GC.CollectionCount(1), GC.CollectionCount(2)];
         var pauseBefore = GC.GetTotalPauseDuration();
-        var outcome = new FineTunePipeline().Run(job);
+        var graphLog = new GraphLog();
+        var outcome = new FineTunePipeline(graphLog).Run(job);
         var gc = new JsonObject
         {
             ["gen0"] = GC.CollectionCount(0) - collectionsBefore[0],
@@ -101,6 +102,7 @@ public static class TrainBenchCommand
             ["mean_loss_last_10"] = result.History.TakeLast(10).Average(h => h.Loss),
             ["gpu"] = backend.Description,
             ["gc_load_and_train"] = gc,
+            ["cuda_graphs"] = $"{FineTune.Engine.Kernels.CudaGraphs.Status}; {graphLog.Line ?? "no graph line"}",
         };
         if (estimate is not null)
             summary["estimate"] = new JsonObject

@@ -58,5 +58,44 @@ internal static class TrainingKernelCases
             var dy = randn(5, 18944, device: device).to(dtype);
             return Both(t => FusedOps.SiluMul(t[0], t[1]), [gate, up], dy, outputToo: true);
         });
+        foreach (long n in new long[] { 3 * 37 * 3584, 333 })
+            yield return ($"dropout p 0.1 {n} values, forward and backward", 0, () =>
+            {
+                // The kernel's output and gradient against the mask computed from its stated hash with torch's int64 ops.
+                var seed = tensor(new[] { 0x1234_5678_9ABC_DEFL }, device: device);
+                var x = randn(n, device: device).to(dtype);
+                var dy = randn(n, device: device).to(dtype);
+                using var _ = enable_grad();
+                var leaf = x.detach().clone().requires_grad_(true);
+                var y = FusedOps.Dropout(leaf, 0.1, seed, key: 5) ?? throw new InvalidOperationException("the dropout kernel did not run");
+                y.backward([dy]);
+                var fused = cat([y.detach(), leaf.grad!]);
+                var keep = DropoutKeepReference(0x1234_5678_9ABC_DEFL, 5, n, 0.1, device);
+                var scale = tensor((float)(1.0 / (1.0 - 0.1)), device: device);
+                var plain = cat([((x.to(ScalarType.Float32) * scale).to(dtype) * keep).to(dtype), ((dy.to(ScalarType.Float32) * scale).to(dtype) * keep).to(dtype)]);
+                double kept = keep.to(ScalarType.Float64).mean().item<double>();
+                if (n > 10_000 && Math.Abs(kept - 0.9) > 0.005) throw new InvalidOperationException($"dropout kept {kept:F4} of the values, not 0.9");
+                return (fused, plain);
+            });
     }
+
+    /// <summary>finetune_kernels.cu's dropout mask with torch's int64 ops: kept where the top 24 bits of
+    /// splitmix64(splitmix64(seed ^ splitmix64(key)) + i), over 2^24 in fp32, are at least p.</summary>
+    private static Tensor DropoutKeepReference(long seed, long key, long n, double p, Device device)
+    {
+        long stream = (long)FineTune.Engine.Adapters.DropoutDraws.Mix((ulong)seed ^ FineTune.Engine.Adapters.DropoutDraws.Mix((ulong)key));
+        var h = SplitMix64(arange(n, ScalarType.Int64, device) + stream);
+        var u = LogicalShiftRight(h, 40).to(ScalarType.Float32) * (1.0f / 16777216.0f);
+        return u >= (float)p;
+    }
+
+    private static Tensor SplitMix64(Tensor z)
+    {
+        z = z + unchecked((long)0x9E3779B97F4A7C15ul);
+        z = (z ^ LogicalShiftRight(z, 30)) * unchecked((long)0xBF58476D1CE4E5B9ul);
+        z = (z ^ LogicalShiftRight(z, 27)) * unchecked((long)0x94D049BB133111EBul);
+        return z ^ LogicalShiftRight(z, 31);
+    }
+
+    private static Tensor LogicalShiftRight(Tensor z, int bits) => z.bitwise_right_shift(bits) & ((1L << (64 - bits)) - 1);
 }

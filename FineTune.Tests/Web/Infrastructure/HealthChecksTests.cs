@@ -26,6 +26,10 @@ public class HealthChecksTests
         string kernels = backend.GetProperty("kernels").GetString()!;
         Assert.True(kernels.StartsWith("on: ", StringComparison.Ordinal) || kernels.StartsWith("off: ", StringComparison.Ordinal), kernels);
         if (backend.GetProperty("device").GetString() == "cpu") Assert.StartsWith("off: ", kernels);
+        // Whether training steps run as CUDA graphs: off on the CPU and wherever the kernels are off.
+        string graphs = backend.GetProperty("cudaGraphs").GetString()!;
+        Assert.True(graphs.StartsWith("on: ", StringComparison.Ordinal) || graphs.StartsWith("off: ", StringComparison.Ordinal), graphs);
+        if (kernels.StartsWith("off: ", StringComparison.Ordinal)) Assert.StartsWith("off: ", graphs);
         var checks = root.GetProperty("checks");
         foreach (string name in new[] { "database", "data-folder", "disk", "backend", "memory" })
             Assert.Equal("ok", checks.GetProperty(name).GetProperty("status").GetString());
