@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using FineTune.Engine.Hub;
 using FineTune.Engine.Models;
 using static TorchSharp.torch;
 
@@ -18,7 +19,7 @@ public sealed class AdapterFormatException : IOException
 /// and adapter_model.safetensors with keys "base_model.model.&lt;module path&gt;.lora_A.weight" (r, in) and
 /// ".lora_B.weight" (out, r), metadata {"format":"pt"}.
 /// </summary>
-public static partial class PeftAdapter
+public static class PeftAdapter
 {
     public const string ConfigFile = "adapter_config.json";
     public const string WeightsFile = "adapter_model.safetensors";
@@ -56,7 +57,6 @@ public static partial class PeftAdapter
         };
     }
 
-    /// <summary>PEFT's state-dict key for a layer's LoRA matrix: base_model.model.{layer}.lora_A.weight.</summary>
     /// <summary>
     /// What PEFT records as base_model_name_or_path for a model folder: the Hub id ("Qwen/Qwen2.5-0.5B-Instruct") when
     /// config.json's _name_or_path holds one, else the folder's full path.
@@ -67,7 +67,7 @@ public static partial class PeftAdapter
         {
             var config = JsonNode.Parse(File.ReadAllText(Path.Combine(modelFolder, "config.json")));
             if (config?["_name_or_path"] is JsonValue value && value.TryGetValue(out string? name)
-                && name.Length <= 96 && HubId().IsMatch(name) && !name.Contains("..", StringComparison.Ordinal))
+                && ModelReference.IsHubId(name))
                 return name;
         }
         catch (Exception e) when (e is JsonException or IOException)
@@ -77,9 +77,7 @@ public static partial class PeftAdapter
         return Path.GetFullPath(modelFolder).TrimEnd(Path.DirectorySeparatorChar);
     }
 
-    [System.Text.RegularExpressions.GeneratedRegex(@"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
-    private static partial System.Text.RegularExpressions.Regex HubId();
-
+    /// <summary>PEFT's state-dict key for a layer's LoRA matrix: base_model.model.{layer}.lora_A.weight.</summary>
     public static string Key(string layerName, char which) => $"{KeyPrefix}{layerName}.lora_{which}.weight";
 
     /// <summary>The adapter weights of every layer that has one, under PEFT's key names (fp32 copies on CPU; caller disposes).</summary>

@@ -314,7 +314,7 @@ internal static partial class NativeEnvironment
     public static void Set(string name, string value, bool overwrite = false) => SetEnv(name, value, overwrite ? 1 : 0);
 }
 
-/// <summary>The few CUDA driver calls needed to name the GPU and its memory (libcuda ships with every NVIDIA driver).</summary>
+/// <summary>The few CUDA driver calls needed to name the GPU, its memory and its PCI address (libcuda ships with every NVIDIA driver).</summary>
 internal static partial class CudaDriver
 {
     private const string Library = "libcuda.so.1";
@@ -324,6 +324,8 @@ internal static partial class CudaDriver
     [LibraryImport(Library)] private static unsafe partial int cuDeviceGetName(byte* name, int length, int device);
     [LibraryImport(Library, EntryPoint = "cuDeviceTotalMem_v2")] private static partial int cuDeviceTotalMem(out nuint bytes, int device);
     [LibraryImport(Library)] private static partial int cuDeviceGetAttribute(out int value, int attribute, int device);
+    [LibraryImport(Library)] private static partial int cuDeviceGetCount(out int count);
+    [LibraryImport(Library)] private static unsafe partial int cuDeviceGetPCIBusId(byte* pciBusId, int length, int device);
 
     private const int ComputeCapabilityMajor = 75; // CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
 
@@ -341,6 +343,34 @@ internal static partial class CudaDriver
         catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
         {
             return (null, 0, null);
+        }
+    }
+
+    /// <summary>How many GPUs CUDA sees (its ordinals are 0..count-1): those CUDA_VISIBLE_DEVICES leaves; 0 without a driver.</summary>
+    public static int DeviceCount()
+    {
+        try
+        {
+            return cuInit(0) == 0 && cuDeviceGetCount(out int count) == 0 ? count : 0;
+        }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
+        {
+            return 0;
+        }
+    }
+
+    /// <summary>The PCI bus id ("0000:3B:00.0") of CUDA's GPU <paramref name="ordinal"/>, the name NVML knows the same card by; null where the driver cannot say.</summary>
+    public static unsafe string? PciBusId(int ordinal)
+    {
+        try
+        {
+            if (cuInit(0) != 0 || cuDeviceGet(out int device, ordinal) != 0) return null;
+            byte* buffer = stackalloc byte[32];
+            return cuDeviceGetPCIBusId(buffer, 32, device) == 0 ? Marshal.PtrToStringUTF8((nint)buffer) : null;
+        }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
+        {
+            return null;
         }
     }
 }

@@ -54,13 +54,14 @@ public sealed partial class HubDownloader
         Path.Combine(_options.CacheFolder, "models--" + ValidateModelId(modelId).Replace("/", "--"));
 
     /// <summary>
-    /// A local model folder is used as it is; anything else is taken as a Hub id and downloaded (or found in the cache).
+    /// The folder of a model reference (<see cref="ModelReference"/>): a local model folder as it is; a Hub id's snapshot
+    /// in the cache, downloaded when missing. Throws <see cref="ArgumentException"/> for a reference that is neither.
     /// </summary>
     public Task<string> ResolveModelFolderAsync(string modelIdOrFolder, IProgress<DownloadProgress>? progress = null,
         CancellationToken cancellationToken = default) =>
-        Directory.Exists(modelIdOrFolder) && File.Exists(Path.Combine(modelIdOrFolder, "config.json"))
-            ? Task.FromResult(Path.GetFullPath(modelIdOrFolder))
-            : DownloadAsync(modelIdOrFolder, progress, cancellationToken: cancellationToken);
+        ModelReference.Problem(modelIdOrFolder) is { } problem ? throw new ArgumentException(problem, nameof(modelIdOrFolder))
+        : ModelReference.IsFolder(modelIdOrFolder) ? Task.FromResult(Path.GetFullPath(modelIdOrFolder))
+        : DownloadAsync(modelIdOrFolder, progress, cancellationToken: cancellationToken);
 
     /// <summary>
     /// Makes sure the model's files are in the cache and returns the snapshot folder holding them.
@@ -496,7 +497,7 @@ public sealed partial class HubDownloader
 
     private static string ValidateModelId(string modelId)
     {
-        if (string.IsNullOrWhiteSpace(modelId) || !ModelIdPattern().IsMatch(modelId) || modelId.Contains(".."))
+        if (!ModelReference.IsHubId(modelId))
             throw new ArgumentException($"'{modelId}' is not a Hub model id. Write it as Org/Name, e.g. Qwen/Qwen2.5-0.5B-Instruct.", nameof(modelId));
         return modelId;
     }
@@ -512,9 +513,6 @@ public sealed partial class HubDownloader
         >= 1L << 10 => $"{bytes / 1024.0:0.0} KiB",
         _ => $"{bytes} B",
     };
-
-    [GeneratedRegex(@"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")]
-    private static partial Regex ModelIdPattern();
 
     /// <summary>A git blob id or an LFS sha256: safe as a file name.</summary>
     [GeneratedRegex("^[0-9a-f]{40}([0-9a-f]{24})?$")]

@@ -152,7 +152,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
                     int done = step + 1 - startStep;
                     var eta = TimeSpan.FromSeconds(elapsed.TotalSeconds / Math.Max(1, done) * (totalSteps - step - 1));
                     // Only where someone listens: an NVML call per step on every replica (and in benchmarks) is host time for nothing.
-                    long? gpuMemory = progress is not null && device.type == DeviceType.CUDA ? GpuMemory.UsedBytes() : null;
+                    long? gpuMemory = progress is not null && device.type == DeviceType.CUDA ? GpuMemory.UsedBytes(device) : null;
                     progress?.Report(logged
                         ? new TrainingProgress(step + 1, totalSteps, epochReached, lossSinceLog / stepsSinceLog, evalLoss, loggedLr, gradNorm,
                             tokensSeen / Math.Max(1e-9, elapsed.TotalSeconds), elapsed, eta, gpuMemory, savedCheckpoint)

@@ -21,7 +21,7 @@ internal sealed class FakeHub : IAsyncDisposable
 {
     private readonly WebApplication _app;
 
-    public string ModelId { get; init; } = "tiny-org/tiny-model";
+    public string ModelId { get; set; } = "tiny-org/tiny-model";
     public string Commit { get; set; } = "0123456789abcdef";
     public Dictionary<string, byte[]> Files { get; } = new(StringComparer.Ordinal);
     /// <summary>When set, requests need "Authorization: Bearer &lt;token&gt;" (a gated model).</summary>

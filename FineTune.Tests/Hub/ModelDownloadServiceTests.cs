@@ -57,6 +57,27 @@ public sealed class ModelDownloadServiceTests : IDisposable
     }
 
     [Fact]
+    public async Task A_hub_id_is_downloaded_even_where_the_server_has_a_folder_of_that_name()
+    {
+        // The wizard's source is explicit: a Hub id must not reach a folder outside the allowed local roots.
+        string owner = $"shadow-{Guid.NewGuid():N}";
+        await using var hub = await FakeHub.StartAsync(h => { AddModel(h); h.ModelId = $"{owner}/model"; });
+        string shadow = Directory.CreateDirectory(hub.ModelId).FullName; // relative: beside the server's working directory
+        File.WriteAllText(Path.Combine(shadow, "config.json"), "{}");
+        try
+        {
+            string folder = await Service(hub).ResolveAsync(hub.ModelId, CancellationToken.None);
+
+            Assert.StartsWith(_cache, folder);
+            Assert.Equal(1, hub.CountRequests("model.safetensors"));
+        }
+        finally
+        {
+            Directory.Delete(Path.GetFullPath(owner), recursive: true);
+        }
+    }
+
+    [Fact]
     public async Task Progress_arrives_while_running_and_training_reuses_the_finished_folder()
     {
         var release = new TaskCompletionSource();

@@ -1,14 +1,13 @@
 using System.CommandLine;
 using FineTune.Engine.Hub;
-using FineTune.Web.Features.Models;
 using Microsoft.Extensions.Logging;
 
 namespace FineTune.Web.Headless;
 
 /// <summary>
 /// The <c>--model</c> option of train, generate and export-gguf: a Hugging Face model folder, or a Hub id resolved as the
-/// web app resolves it (<see cref="ModelIds.IsValidHubId"/>, then <see cref="HubDownloader"/>: downloaded once into the
-/// Hugging Face cache shared with Python, found there again, and only the cache with HF_HUB_OFFLINE=1).
+/// engine resolves every model reference (<see cref="ModelReference"/>, then <see cref="HubDownloader.ResolveModelFolderAsync"/>:
+/// downloaded once into the Hugging Face cache shared with Python, found there again, and only the cache with HF_HUB_OFFLINE=1).
 /// </summary>
 internal static class ModelOption
 {
@@ -29,19 +28,14 @@ internal static class ModelOption
     }
 
     /// <summary>Why <paramref name="model"/> can be neither a model folder nor a Hub id; null when it can be one.</summary>
-    public static string? Problem(string model) =>
-        Directory.Exists(model)
-            ? File.Exists(Path.Combine(model, "config.json")) ? null : $"--model '{model}' has no config.json; it is not a Hugging Face model folder."
-            : ModelIds.IsValidHubId(model) ? null
-            : $"--model '{model}' is not a folder, nor a Hub id such as Qwen/Qwen2.5-0.5B-Instruct.";
+    public static string? Problem(string model) => ModelReference.Problem(model) is { } problem ? $"--model {problem}" : null;
 
     /// <summary>The model's folder: the folder itself, or the Hub id's snapshot in the cache (downloaded when missing, one line per file).</summary>
     public static async Task<string> ResolveAsync(string model, HubOptions hub, ILoggerFactory loggers, TextWriter log, CancellationToken cancellationToken)
     {
-        if (Directory.Exists(model)) return Path.GetFullPath(model);
         using var http = new HttpClient();
         var downloader = new HubDownloader(http, hub, loggers.CreateLogger<HubDownloader>());
-        return await downloader.DownloadAsync(model, new FileLines(log), cancellationToken: cancellationToken).ConfigureAwait(false);
+        return await downloader.ResolveModelFolderAsync(model, new FileLines(log), cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>"download: model.safetensors (2/5, 988.1 MiB)" as each file of a Hub download completes.</summary>

@@ -123,7 +123,7 @@ public static class TrainCommand
             string? template = parsed.GetValue(_template);
             var settings = new TrainingSettings
             {
-                Source = Directory.Exists(model) ? ModelSource.Local : ModelSource.Hub,
+                Source = ModelReference.IsFolder(model) ? ModelSource.Local : ModelSource.Hub,
                 Model = model,
                 LoraR = parsed.GetValue(_rank),
                 LoraAlpha = parsed.GetValue(_alpha),

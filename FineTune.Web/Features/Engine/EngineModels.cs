@@ -1,4 +1,5 @@
 using FineTune.Engine.Backend;
+using FineTune.Engine.Hub;
 using FineTune.Engine.Models;
 using FineTune.Web.Features.Models;
 using FineTune.Web.Features.Settings;
@@ -19,7 +20,7 @@ public sealed class EngineModels(BackendInfo backend, LocalModelFolders localFol
                 throw new DirectoryNotFoundException($"The model folder '{settings.Model}' cannot be used ({problem}); choose a folder with config.json and *.safetensors under {string.Join(", ", localFolders.Roots)}.");
             return full!;
         }
-        if (!ModelIds.IsValidHubId(settings.Model))
+        if (!ModelReference.IsHubId(settings.Model))
             throw new ArgumentException($"'{settings.Model}' is not a Hugging Face model id (owner/name).");
         // The same download the Model step started (or its finished folder), so training does not fetch the model again.
         return await downloads.ResolveAsync(settings.Model, cancellationToken);

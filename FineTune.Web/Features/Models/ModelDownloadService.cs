@@ -97,7 +97,7 @@ public sealed class ModelDownloadService(IHttpClientFactory http, HubOptions opt
         try
         {
             var downloader = new HubDownloader(http.CreateClient(nameof(HubDownloader)), options, loggers.CreateLogger<HubDownloader>());
-            string folder = await downloader.ResolveModelFolderAsync(modelId, new ProgressSink(this, entry), entry.Cancel.Token);
+            string folder = await downloader.DownloadAsync(modelId, new ProgressSink(this, entry), cancellationToken: entry.Cancel.Token);
             Update(entry, entry.State with { Status = ModelDownloadStatus.Done, Folder = folder });
             return folder;
         }
