@@ -86,27 +86,48 @@ public static class Nf4
     // Elements per argmin chunk: bounds the (chunk, 16) or (chunk, 256) distance matrix.
     private const long ChunkElements = 1 << 18;
 
+    // Values quantized at a time: whole 64-blocks, an even count (so no pair of packed values straddles two slices).
+    internal const long QuantizeSliceElements = 1L << 22;
+
     /// <summary>
     /// Quantizes a weight (any float dtype, any device); returns tensors on the same device.
     /// <paramref name="doubleQuantization"/>: bitsandbytes' compress_statistics (the tutorial's bnb_4bit_use_double_quant=True).
     /// </summary>
-    public static Nf4Data Quantize(Tensor weight, bool doubleQuantization = true)
+    public static Nf4Data Quantize(Tensor weight, bool doubleQuantization = true) => Quantize(weight, doubleQuantization, QuantizeSliceElements);
+
+    /// <summary><see cref="Quantize(Tensor, bool)"/> <paramref name="sliceElements"/> values at a time (whole 64-blocks; tests compare slice sizes).</summary>
+    internal static Nf4Data Quantize(Tensor weight, bool doubleQuantization, long sliceElements)
     {
+        if (sliceElements <= 0 || sliceElements % BlockSize != 0) throw new ArgumentOutOfRangeException(nameof(sliceElements), sliceElements, "Slices hold whole 64-blocks.");
         if (!is_floating_point(weight))
             throw new ArgumentException($"NF4 quantizes float weights; this one is {weight.dtype}.", nameof(weight));
         using var scope = NewDisposeScope();
         using var _ = no_grad();
         var device = weight.device;
         long n = weight.numel();
-        var flat = weight.reshape(-1).to(ScalarType.Float32);                  // (n)
-
-        var absmax = BlockAbsmax(flat, BlockSize);                              // (blocks)
-        var scaled = ScaleBlocks(flat, absmax, BlockSize);                      // (n) in [-1, 1]
-        if (n % 2 != 0) scaled = nn.functional.pad(scaled, [0, 1]);              // pairs for packing
+        var flat = weight.reshape(-1);                                          // (n)
         var code = tensor(Code, device: device);
-        var q = NearestCode(scaled, code);                                      // (n') uint8 in 0..15
-        var pairs = q.view(-1, 2);                                              // (n'/2, 2)
-        var packed = pairs[.., 0] * 16 + pairs[.., 1];                          // uint8, high nibble first
+        // In slices of whole 64-blocks (an even count of values): the fp32 copy, the scaled values and the nearest-code search
+        // of a 7B MLP weight took ~1.4 GB at once, memory the caching allocator then kept for the whole run (a CUDA graph's
+        // private pool cannot reuse it). Every block is quantized on its own, so the slices give the same bytes.
+        var absmaxParts = new List<Tensor>();
+        var packedParts = new List<Tensor>();
+        for (long start = 0; start < n; start += sliceElements)
+        {
+            using var sliceScope = NewDisposeScope();
+            long end = Math.Min(n, start + sliceElements);
+            var slice = flat[(int)start..(int)end].to(ScalarType.Float32);      // (s)
+            var sliceAbsmax = BlockAbsmax(slice, BlockSize);                    // (s / 64)
+            var scaled = ScaleBlocks(slice, sliceAbsmax, BlockSize);            // (s) in [-1, 1]
+            if (scaled.shape[0] % 2 != 0) scaled = nn.functional.pad(scaled, [0, 1]); // pairs for packing (the last slice only)
+            var q = NearestCode(scaled, code);                                  // (s') uint8 in 0..15
+            var pairs = q.view(-1, 2);                                          // (s'/2, 2)
+            var slicePacked = pairs[.., 0] * 16 + pairs[.., 1];                 // uint8, high nibble first
+            absmaxParts.Add(sliceScope.MoveToOuter(sliceAbsmax));
+            packedParts.Add(sliceScope.MoveToOuter(slicePacked));
+        }
+        var absmax = absmaxParts.Count == 1 ? absmaxParts[0] : cat(absmaxParts, 0); // (blocks)
+        var packed = packedParts.Count == 1 ? packedParts[0] : cat(packedParts, 0); // (⌈n/2⌉)
         if (!doubleQuantization)
         {
             var single = new Nf4Data(packed, null, null, null, weight.shape) { Absmax = absmax };

@@ -171,8 +171,8 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         finally
         {
             if (graphs is not null)
-                _logger.LogInformation("CUDA graphs: {Replays} micro-batches replayed from {Captures} captured shapes{Failure}", graphs.Replays, graphs.Captures,
-                    graphs.Failure is { } f ? $"; off after a failed capture ({f})" : "");
+                _logger.LogInformation("CUDA graphs: {Replays} micro-batches replayed from {Captures} captured shapes{Failure}; GPU memory {Memory}", graphs.Replays, graphs.Captures,
+                    graphs.Failure is { } f ? $"; off after a failed capture ({f})" : "", graphs.MemoryTrace);
             foreach (var layer in adapterLayers) layer.DropoutGenerator = null;
             model.Module.eval();
         }

@@ -1,3 +1,4 @@
+using FineTune.Engine.Backend;
 using FineTune.Engine.Data;
 using FineTune.Engine.Kernels;
 using static TorchSharp.torch;
@@ -36,6 +37,9 @@ internal sealed class MicroBatchGraphs(int ordinal) : IDisposable
 
     public int Captures => _graphs.Count;
 
+    /// <summary>GPU memory in use (NVML, whole device) before and after the first capture and after its first replay, in MiB: the graphs' cost in memory.</summary>
+    public string MemoryTrace { get; private set; } = "";
+
     /// <summary>
     /// Runs <paramref name="work"/> on <paramref name="batch"/> through the graph of its shape, capturing it first when
     /// new; false when it did not (graphs off for this run, or no more captures): the caller runs the work itself.
@@ -53,6 +57,9 @@ internal sealed class MicroBatchGraphs(int ordinal) : IDisposable
         {
             if (_graphs.Count - _replayed.Count >= CaptureBudget) return false;
             var captured = Clone(batch);                                            // the graph reads these for its life
+            var device = batch.InputIds.device;
+            bool first = _graphs.Count == 0;
+            if (first) Trace("before capture", device);
             var graph = new CudaGraphs.CudaGraph();
             if (!graph.Capture(ordinal, () => work(captured), out var failure, _poolOwner))
             {
@@ -63,10 +70,25 @@ internal sealed class MicroBatchGraphs(int ordinal) : IDisposable
             }
             _poolOwner ??= graph;
             _graphs[key] = entry = (graph, captured);
+            if (first)
+            {
+                Trace("captured", device);
+                entry.Graph.Replay();
+                Replays++;
+                cuda.synchronize(device);
+                Trace("replayed", device);
+                return true;
+            }
         }
         entry.Graph.Replay();
         Replays++;
         return true;
+    }
+
+    private void Trace(string when, Device device)
+    {
+        cuda.synchronize(device);
+        if (GpuMemory.UsedBytes(device) is long used) MemoryTrace += $"{(MemoryTrace.Length == 0 ? "" : ", ")}{when} {used >> 20} MiB";
     }
 
     /// <summary>The shapes the captured work depends on (the chunks of the loss follow from the target count).</summary>

@@ -53,15 +53,21 @@ public class Nf4Tests
         Assert.Contains(0f, ours);
     }
 
-    [Fact]
-    public void Quantize_gives_the_golden_bytes_and_absmax_exactly()
+    // Whole tensor (the golden cases are smaller than a slice), and slices of one and of two 64-blocks: a weight is
+    // quantized a slice at a time, and every slicing must give bitsandbytes' bytes.
+    [Theory]
+    [InlineData(Nf4.QuantizeSliceElements)]
+    [InlineData(64)]
+    [InlineData(128)]
+    public void Quantize_gives_the_golden_bytes_and_absmax_exactly(long sliceElements)
     {
         var (_, cases) = LoadGolden();
+        Assert.Contains(cases, c => c.Input.Length > 2 * sliceElements || sliceElements == Nf4.QuantizeSliceElements);
         foreach (var c in cases)
         {
             using var scope = NewDisposeScope();
             var input = tensor(c.Input, c.Shape);
-            using var data = Nf4.Quantize(input);
+            using var data = Nf4.Quantize(input, doubleQuantization: true, sliceElements);
 
             Assert.True(c.Packed.SequenceEqual(data.Packed.data<byte>().ToArray()), $"{c.Name}: packed bytes differ");
             Assert.True(data.DoubleQuantized);

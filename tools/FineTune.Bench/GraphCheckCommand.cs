@@ -15,9 +15,10 @@ namespace FineTune.Bench;
 /// (MicroBatchGraphs) against the same job run op by op (graphs suspended), on the GPU: per fixture (qwen2, llama3) and
 /// path (bf16 LoRA; NF4 QLoRA with checkpointing), the same rows (all of one length, so every micro-batch has one shape
 /// and is replayed after the first capture), seed and settings with LoRA dropout 0.1 on every projection. A graph replays
-/// the kernels the op-by-op run launches, on the same memory layout, so the step losses and the saved adapters must be
-/// equal bit for bit; the check also demands that graphs ran (captures and replays) and that other dropout seeds change
-/// the losses (the masks come from the device seed the graph reads). Exit code 1 when any check fails.
+/// the kernels the op-by-op run launches, so the step losses and the saved adapters may differ from the op-by-op run's by
+/// no more than two op-by-op runs differ from each other (bit for bit where those agree: attention's backward adds with
+/// atomics); the check also demands that graphs ran and that another seed changes the losses by far more (the dropout
+/// masks come from the device seed the graph reads). Exit code 1 when any check fails.
 /// </summary>
 internal static class GraphCheckCommand
 {
@@ -29,32 +30,49 @@ internal static class GraphCheckCommand
         Console.WriteLine($"CUDA graphs: {CudaGraphs.Status}");
         var checks = new JsonArray();
         bool allPass = CudaGraphs.Enabled;
-        foreach (string family in new[] { "qwen2", "llama3" })
-            foreach (bool fourBit in new[] { false, true })
+        // Every fixture and path with dropout and accumulation on; then qwen2 in bf16 without each, which tells a difference apart.
+        var cases = new[] { "qwen2", "llama3" }.SelectMany(f => new[] { (f, false, 0.1, 2), (f, true, 0.1, 2) })
+            .Concat([("qwen2", false, 0.0, 2), ("qwen2", false, 0.1, 1), ("qwen2", false, 0.0, 1)]);
+        foreach (var (family, fourBit, dropout, accumulation) in cases)
             {
                 string folder = Path.Combine(fixtures, family);
-                var eager = Train(folder, backend.Device, fourBit, steps, graphs: false, seed: 7);
-                var graphed = Train(folder, backend.Device, fourBit, steps, graphs: true, seed: 7);
-                var otherSeed = Train(folder, backend.Device, fourBit, steps, graphs: true, seed: 8);
+                var eager = Train(folder, backend.Device, fourBit, steps, graphs: false, seed: 7, dropout, accumulation);
+                var eagerAgain = Train(folder, backend.Device, fourBit, steps, graphs: false, seed: 7, dropout, accumulation);
+                var graphed = Train(folder, backend.Device, fourBit, steps, graphs: true, seed: 7, dropout, accumulation);
+                var otherSeed = Train(folder, backend.Device, fourBit, steps, graphs: true, seed: 8, dropout, accumulation);
                 bool sameLosses = eager.Losses.SequenceEqual(graphed.Losses);
                 double adapterDiff = MaxDiff(eager.Adapter, graphed.Adapter);
-                bool pass = sameLosses && adapterDiff == 0 && graphed.Replays > 0 && !eager.Losses.SequenceEqual(otherSeed.Losses);
+                // Two op-by-op runs of one job can differ where a backward kernel adds with atomics (attention's dq): the
+                // graph may differ from the op-by-op run by no more than the op-by-op run differs from itself, and not at all
+                // where that is bit-exact.
+                double eagerLossDiff = eager.Losses.Zip(eagerAgain.Losses, (a, b) => Math.Abs(a - b)).Max();
+                double graphLossDiff = eager.Losses.Zip(graphed.Losses, (a, b) => Math.Abs(a - b)).Max();
+                double otherSeedLossDiff = eager.Losses.Zip(otherSeed.Losses, (a, b) => Math.Abs(a - b)).Max();
+                double eagerAdapterDiff = MaxDiff(eager.Adapter, eagerAgain.Adapter);
+                bool pass = graphed.Replays > 0 && graphLossDiff <= 2 * eagerLossDiff && adapterDiff <= 2 * eagerAdapterDiff
+                    && otherSeedLossDiff > 10 * Math.Max(graphLossDiff, 1e-6);
                 allPass &= pass;
                 var detail = new JsonObject
                 {
-                    ["case"] = $"{family} {(fourBit ? "nf4 qlora, checkpointing" : "bf16 lora")}",
+                    ["case"] = $"{family} {(fourBit ? "nf4 qlora, checkpointing" : "bf16 lora")}, dropout {dropout}, accumulation {accumulation}",
                     ["pass"] = pass,
                     ["losses_equal"] = sameLosses,
                     ["adapter_max_abs_diff"] = adapterDiff,
+                    ["eager_vs_eager_adapter_max_abs_diff"] = eagerAdapterDiff,
+                    ["graph_vs_eager_max_loss_diff"] = graphLossDiff,
+                    ["eager_vs_eager_max_loss_diff"] = eagerLossDiff,
+                    ["other_seed_max_loss_diff"] = otherSeedLossDiff,
                     ["graph_log"] = graphed.GraphLog,
                     ["eager_losses"] = string.Join(" ", eager.Losses.Select(l => l.ToString("R", CultureInfo.InvariantCulture))),
                     ["graph_losses"] = string.Join(" ", graphed.Losses.Select(l => l.ToString("R", CultureInfo.InvariantCulture))),
                     ["other_seed_losses"] = string.Join(" ", otherSeed.Losses.Select(l => l.ToString("R", CultureInfo.InvariantCulture))),
+                    ["eager_grad_norms"] = string.Join(" ", eager.GradNorms.Select(l => l.ToString("R", CultureInfo.InvariantCulture))),
+                    ["graph_grad_norms"] = string.Join(" ", graphed.GradNorms.Select(l => l.ToString("R", CultureInfo.InvariantCulture))),
                     ["eager_s"] = eager.Seconds,
                     ["graph_s"] = graphed.Seconds,
                 };
                 checks.Add(detail);
-                Console.WriteLine($"{detail["case"],-40} {(pass ? "PASS" : "FAIL")} {detail.ToJsonString()}");
+                Console.WriteLine($"{detail["case"],-62} {(pass ? "PASS" : "FAIL")} {detail.ToJsonString()}");
             }
         var result = new JsonObject { ["gpu"] = backend.Description, ["cuda_graphs"] = CudaGraphs.Status, ["checks"] = checks, ["all_pass"] = allPass };
         if (o.Optional("out") is string path) File.WriteAllText(path, result.ToJsonString());
@@ -66,9 +84,9 @@ internal static class GraphCheckCommand
             ? a.Max(kv => kv.Value.Zip(b[kv.Key], (x, y) => (double)MathF.Abs(x - y)).DefaultIfEmpty(0).Max())
             : double.PositiveInfinity;
 
-    private sealed record Run_(double[] Losses, Dictionary<string, float[]> Adapter, int Replays, string GraphLog, double Seconds);
+    private sealed record Run_(double[] Losses, double[] GradNorms, Dictionary<string, float[]> Adapter, int Replays, string GraphLog, double Seconds);
 
-    private static Run_ Train(string modelFolder, Device device, bool fourBit, int steps, bool graphs, int seed)
+    private static Run_ Train(string modelFolder, Device device, bool fourBit, int steps, bool graphs, int seed, double dropout, int accumulation)
     {
         string folder = Path.Combine(Path.GetTempPath(), "graph-check-" + Guid.NewGuid().ToString("N"));
         var log = new GraphLog();
@@ -81,9 +99,9 @@ internal static class GraphCheckCommand
                 ModelFolder = modelFolder,
                 Examples = Rows(modelFolder, 8 * steps, seed),
                 ValidationFraction = 0,
-                Lora = new LoraSettings(Rank: 8, Alpha: 16, Dropout: 0.1,
+                Lora = new LoraSettings(Rank: 8, Alpha: 16, Dropout: dropout,
                     TargetModules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
-                Training = new TrainingOptions { Epochs = 1, BatchSize = 4, GradientAccumulationSteps = 2, LearningRate = 1e-3, WarmupSteps = 1, Seed = seed },
+                Training = new TrainingOptions { Epochs = 1, BatchSize = 4, GradientAccumulationSteps = accumulation, LearningRate = 1e-3, WarmupSteps = 1, Seed = seed },
                 ComputeDType = ScalarType.BFloat16,
                 FourBit = fourBit,
                 Device = device,
@@ -95,7 +113,7 @@ internal static class GraphCheckCommand
             var tensors = SafeTensors.LoadAll(Path.Combine(folder, "adapter", PeftAdapter.WeightsFile));
             var adapter = tensors.ToDictionary(kv => kv.Key, kv => kv.Value.to(ScalarType.Float32).cpu().data<float>().ToArray());
             foreach (var t in tensors.Values) t.Dispose();
-            return new Run_([.. outcome.Training.History.Select(h => h.Loss)], adapter, log.Replays, log.Line ?? "", seconds);
+            return new Run_([.. outcome.Training.History.Select(h => h.Loss)], [.. outcome.Training.History.Select(h => h.GradNorm)], adapter, log.Replays, log.Line ?? "", seconds);
         }
         finally
         {
