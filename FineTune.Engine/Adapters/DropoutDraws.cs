@@ -61,6 +61,9 @@ public sealed class DropoutDraws : IDisposable
     /// <summary>The key of the next draw in this micro-batch.</summary>
     internal long NextKey() => _nextKey++;
 
+    /// <summary>Masks the kernel drew with these draws' seed on this thread (checks use it to tell that the kernel ran).</summary>
+    internal int KernelDraws { get; set; }
+
     public void Dispose()
     {
         if (ReferenceEquals(_current, this)) _current = _previous;

@@ -403,7 +403,11 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         var tape = DropoutTape.Current;
         if (DropoutGenerator is null && h.device_type == DeviceType.CUDA)
         {
-            if (DeviceSeededDraw(tape, h.device) is { } draw && Kernels.FusedOps.Dropout(h, p, draw.Seed, draw.Key) is { } dropped) return dropped;
+            if (DeviceSeededDraw(tape, h.device) is { } draw && Kernels.FusedOps.Dropout(h, p, draw.Seed, draw.Key) is { } dropped)
+            {
+                if (DropoutDraws.Current is { } current) current.KernelDraws++;
+                return dropped;
+            }
             if (tape is { } t) DropoutTape.SeedDevice(h.device, t.Replaying ? t.Tape.ReplayedSeed() : t.Tape.NewSeed());
             return nn.functional.dropout(h, p, training: true);
         }
@@ -426,7 +430,8 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
     private static (Tensor Seed, long Key)? DeviceSeededDraw((DropoutTape Tape, bool Replaying)? tape, Device device)
     {
         if (tape is { Replaying: true } replaying) return replaying.Tape.ReplayedDraw();
-        if (DropoutDraws.Current is not { } draws || draws.Seed.device != device || !Kernels.CudaKernels.On(device)) return null;
+        if (DropoutDraws.Current is not { } draws || draws.Seed.device_type != device.type || draws.Seed.device_index != Math.Max(0, device.index)
+            || !Kernels.CudaKernels.On(device)) return null;
         var draw = (draws.Seed, draws.NextKey());
         tape?.Tape.AddDraw(draw);
         return draw;

@@ -22,6 +22,9 @@ public sealed record DataSplit(IReadOnlyList<TrainingExample> Train, IReadOnlyLi
 /// TargetPositions are the flat (b·T + t) positions whose target is not -100, found on the host so the loss needs
 /// no device-to-host read (a nonzero() on the device would stall the queue once per micro-batch).
 /// </summary>
+/// <summary>What a batch's tensors' shapes depend on: (Rows, Tokens) ids, a block mask or none, and the target count.</summary>
+public readonly record struct BatchShape(int Rows, int Tokens, bool Masked, int Targets);
+
 public sealed class TrainingBatch(Tensor inputIds, Tensor positionIds, Tensor targets, Tensor? attentionMask, int tokenCount, int targetCount, Tensor targetPositions) : IDisposable
 {
     public Tensor TargetPositions { get; } = targetPositions; // (N) int64, N = TargetCount
@@ -31,6 +34,9 @@ public sealed class TrainingBatch(Tensor inputIds, Tensor positionIds, Tensor ta
     public Tensor? AttentionMask { get; } = attentionMask; // (B, 1, T, T) bool
     public int TokenCount { get; } = tokenCount;           // real (non-padding) tokens
     public int TargetCount { get; } = targetCount;         // positions with a loss
+
+    /// <summary>The shape of this batch's tensors (<see cref="Batching.ShapeOf"/> tells it before collating).</summary>
+    public BatchShape Shape => new((int)InputIds.shape[0], (int)InputIds.shape[1], AttentionMask is not null, (int)TargetPositions.shape[0]);
 
     public void Dispose()
     {
@@ -99,15 +105,34 @@ public static class Batching
     }
 
     /// <summary>Builds the tensors of one micro-batch on <paramref name="device"/>.</summary>
+    /// <summary>
+    /// Whether <see cref="Collate"/> packs <paramref name="rows"/> into one sequence with a block mask (packed rows of
+    /// different lengths, or a single row, which needs no mask); else they lie side by side, padded to the longest. Rows of
+    /// one length need neither padding nor a block mask: a (B, T) batch with plain causal attention (the fused causal
+    /// kernels) is the packed layout's equal without its mask.
+    /// </summary>
+    private static bool PacksIntoOneRow(IReadOnlyList<TrainingExample> rows, BatchLayout layout)
+    {
+        bool sameLength = rows.All(r => r.Length == rows[0].Length);
+        return (layout == BatchLayout.Packed || rows.Count == 1) && !(sameLength && rows.Count > 1);
+    }
+
+    /// <summary>The shape of the batch <see cref="Collate"/> makes of these rows, without making it.</summary>
+    public static BatchShape ShapeOf(IReadOnlyList<TrainingExample> examples, IReadOnlyList<int> indices, BatchLayout layout)
+    {
+        var rows = indices.Select(i => examples[i]).ToList();
+        int targets = rows.Sum(r => r.TargetCount);
+        return PacksIntoOneRow(rows, layout)
+            ? new BatchShape(1, rows.Sum(r => r.Length), Masked: rows.Count > 1, targets)
+            : new BatchShape(rows.Count, rows.Max(r => r.Length), Masked: false, targets);
+    }
+
     public static TrainingBatch Collate(IReadOnlyList<TrainingExample> examples, IReadOnlyList<int> indices, BatchLayout layout, Device device, int padTokenId = 0)
     {
         var rows = indices.Select(i => examples[i]).ToList();
         int tokenCount = rows.Sum(r => r.Length);
         int targetCount = rows.Sum(r => r.TargetCount);
-        // Rows of one length need neither padding nor a block mask: a (B, T) batch with plain causal attention
-        // (the fused causal kernels) is the packed layout's equal without its mask.
-        bool sameLength = rows.All(r => r.Length == rows[0].Length);
-        if ((layout == BatchLayout.Packed || rows.Count == 1) && !(sameLength && rows.Count > 1))
+        if (PacksIntoOneRow(rows, layout))
         {
             var ids = rows.SelectMany(r => r.InputIds).Select(v => (long)v).ToArray();
             var positions = rows.SelectMany(r => Enumerable.Range(0, r.Length)).Select(v => (long)v).ToArray();

@@ -206,7 +206,7 @@ public static unsafe partial class FusedOps
     /// </summary>
     internal static Tensor? Dropout(Tensor x, double p, Tensor seed, long key)
     {
-        if (!CudaKernels.On(x.device) || Suffix(x.dtype) is null || seed.device != x.device || seed.dtype != ScalarType.Int64) return null;
+        if (!CudaKernels.On(x.device) || Suffix(x.dtype) is null || seed.device_index != x.device_index || seed.dtype != ScalarType.Int64) return null;
         if (!FusedAutograd(x)) return DropoutKernel(x, p, seed, key);
         return ApplyFused(() => DropoutFunction.apply(x, p, seed, key));
     }

@@ -80,7 +80,9 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         using var workingCopies = AdapterWorkingCopies.For(optimizer, adapterLayers);
         using var microBatch = new MicroBatchTensors(device);
         // Not with the phase clock: its synchronizations cannot be captured.
-        using var graphs = CudaGraphs.On(device) && PhaseClock is null ? new MicroBatchGraphs(CudaKernels.Ordinal(device)!.Value) : null;
+        using var graphs = CudaGraphs.On(device) && PhaseClock is null
+            ? new MicroBatchGraphs(CudaKernels.Ordinal(device)!.Value, MicroBatchGraphs.RepeatingShapes(MicroBatchShapes(data.Train, options)))
+            : null;
 
         string? lastCheckpoint = null;
         var clock = Stopwatch.StartNew();
@@ -190,6 +192,12 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         var batches = Batching.MakeBatches(train, order, options.BatchSize, options.Layout);
         return [.. batches.Chunk(options.GradientAccumulationSteps).Select(window => window.ToList())];
     }
+
+    /// <summary>The shapes of this trainer's micro-batches in the first epoch (a replica's share of each step), in order.</summary>
+    private IEnumerable<BatchShape> MicroBatchShapes(IReadOnlyList<TrainingExample> train, TrainingOptions options) =>
+        EpochWindows(train, options, 0)
+            .SelectMany(window => Replica?.Shard(window, train) ?? window)
+            .Select(indices => Batching.ShapeOf(train, indices, options.Layout));
 
     /// <summary>
     /// The validation rows' batches, as <see cref="Evaluate"/> takes them: <see cref="TrainingOptions.BatchSize"/> rows each,

@@ -11,23 +11,29 @@ namespace FineTune.Engine.Training;
 /// is copied into the captured batch's tensors and the graph replayed, one launch where the host issued thousands of
 /// kernels. Everything the work reads besides the batch lives at fixed addresses for the run: the model's weights, the
 /// adapters' working copies and flat gradients (accumulated in place), the dropout seed and the loss divisor and scale
-/// (written before each micro-batch), the loss output. The graphs share one memory pool, so a run holds one micro-batch's
-/// activations whatever the number of shapes.
+/// (written before each micro-batch), the loss output. The graphs share one memory pool.
 /// <para>
-/// A shape seen for the first time costs a capture (the host records the work as it would issue it, then the graph is
-/// instantiated) on top of the replay, so where shapes rarely repeat (Q&amp;A rows of many lengths) capturing stops after
-/// <see cref="CaptureBudget"/> captures that were never replayed, and the rest runs without graphs. A failed capture
-/// (an op that cannot be captured) turns graphs off for the run; the caller then runs the micro-batch as it did before.
+/// Only shapes that repeat are captured (<see cref="RepeatingShapes"/>): a capture costs the host what running the
+/// micro-batch costs, plus the instantiation, and each graph keeps what its capture left allocated. Fixed-length batches
+/// (one shape) replay from the first micro-batch; Q&amp;A rows packed by length rarely give one shape twice and run
+/// without graphs. A failed capture (an op that cannot be captured) turns graphs off for the run; the caller then runs
+/// the micro-batch as it did before.
 /// </para>
 /// </summary>
-internal sealed class MicroBatchGraphs(int ordinal) : IDisposable
+internal sealed class MicroBatchGraphs(int ordinal, IReadOnlySet<BatchShape> shapes) : IDisposable
 {
-    /// <summary>Captures whose graphs were not replayed yet that stop further capturing.</summary>
-    internal const int CaptureBudget = 8;
+    /// <summary>At most this many shapes get a graph (the most frequent first).</summary>
+    internal const int MaxGraphs = 8;
 
-    private readonly Dictionary<string, (CudaGraphs.CudaGraph Graph, TrainingBatch Batch)> _graphs = [];
+    private readonly Dictionary<BatchShape, (CudaGraphs.CudaGraph Graph, TrainingBatch Batch)> _graphs = [];
     private CudaGraphs.CudaGraph? _poolOwner;
-    private readonly HashSet<string> _replayed = [];
+
+    /// <summary>
+    /// The shapes among <paramref name="microBatches"/> that come at least twice, the <see cref="MaxGraphs"/> most frequent:
+    /// the ones worth a graph.
+    /// </summary>
+    public static IReadOnlySet<BatchShape> RepeatingShapes(IEnumerable<BatchShape> microBatches) =>
+        microBatches.GroupBy(s => s).Where(g => g.Count() > 1).OrderByDescending(g => g.Count()).Take(MaxGraphs).Select(g => g.Key).ToHashSet();
 
     /// <summary>Why graphs were turned off for this run; null while they work.</summary>
     public string? Failure { get; private set; }
@@ -47,19 +53,20 @@ internal sealed class MicroBatchGraphs(int ordinal) : IDisposable
     public bool TryRun(TrainingBatch batch, Action<TrainingBatch> work)
     {
         if (Failure is not null) return false;
-        string key = Shape(batch);
+        var key = batch.Shape;
         if (_graphs.TryGetValue(key, out var entry))
         {
             using (no_grad()) CopyInto(entry.Batch, batch);
-            _replayed.Add(key);
         }
         else
         {
-            if (_graphs.Count - _replayed.Count >= CaptureBudget) return false;
+            if (!shapes.Contains(key)) return false;
             var captured = Clone(batch);                                            // the graph reads these for its life
             var device = batch.InputIds.device;
             bool first = _graphs.Count == 0;
             if (first) Trace("before capture", device);
+            // Tensors of earlier captures that only the finalizer frees go back to the shared pool first, for this one to reuse.
+            else SettleManagedTensors();
             var graph = new CudaGraphs.CudaGraph();
             if (!graph.Capture(ordinal, () => work(captured), out var failure, _poolOwner))
             {
@@ -75,7 +82,6 @@ internal sealed class MicroBatchGraphs(int ordinal) : IDisposable
                 Trace("captured", device);
                 entry.Graph.Replay();
                 Replays++;
-                cuda.synchronize(device);
                 Trace("replayed", device);
                 return true;
             }
@@ -85,15 +91,18 @@ internal sealed class MicroBatchGraphs(int ordinal) : IDisposable
         return true;
     }
 
+    private static void SettleManagedTensors()
+    {
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        GC.Collect();
+    }
+
     private void Trace(string when, Device device)
     {
         cuda.synchronize(device);
         if (GpuMemory.UsedBytes(device) is long used) MemoryTrace += $"{(MemoryTrace.Length == 0 ? "" : ", ")}{when} {used >> 20} MiB";
     }
-
-    /// <summary>The shapes the captured work depends on (the chunks of the loss follow from the target count).</summary>
-    private static string Shape(TrainingBatch b) =>
-        $"{string.Join('x', b.InputIds.shape)}|{(b.AttentionMask is null ? "-" : string.Join('x', b.AttentionMask.shape))}|{b.TargetPositions.shape[0]}";
 
     private static TrainingBatch Clone(TrainingBatch b)
     {

@@ -8,7 +8,7 @@ namespace FineTune.Engine.Training;
 /// <param name="GradientCheckpointing">null: the trainer's default, on with a 4-bit base (as <see cref="LoraTrainer"/> decides).</param>
 public sealed record MemoryQuery(
     LoraSettings Lora, int BatchSize, int MaxSeqLength, bool FourBit, bool DoubleQuantization = true, bool? GradientCheckpointing = null,
-    int ComputeBytes = 2, int LossChunkSize = 1024);
+    int ComputeBytes = 2, int LossChunkSize = TrainingOptions.DefaultLossChunkSize);
 
 /// <summary>Bytes a training run needs on one device, by part (each replica of a data-parallel run needs the whole of it).</summary>
 /// <param name="Weights">The frozen base: NF4 linears (4 bits + block scales) and 16-bit everything else, or all of it in 16 bits.</param>
@@ -35,11 +35,13 @@ public static class TrainingMemory
     private const int Nf4ScaleBlock = 256;
 
     /// <summary>
-    /// What nvidia-smi shows beyond the tensors: the CUDA context with libtorch's kernels and cuBLAS workspace (~1 GiB on an
-    /// H200 with CUDA 12). The four measured QLoRA peaks (0.5B and 7B, with and without checkpointing) sit within 5% of the
-    /// estimate with this constant; their differences (what checkpointing saves) follow from the model's widths alone.
+    /// What nvidia-smi shows beyond the tensors: the CUDA context with libtorch's and FineTune's kernels, cuBLAS workspaces,
+    /// and the rounding of a CUDA graph's private memory pool (its blocks are not shared with the rest of the run): 1.3 GiB
+    /// on an H200 with CUDA 13. The four QLoRA peaks measured with graphs on (0.5B and 7B, with and without checkpointing,
+    /// 2026-11-30) sit within 5% of the estimate with this constant; their differences (what checkpointing saves) follow
+    /// from the model's widths alone.
     /// </summary>
-    public const long RuntimeBytes = 1L << 30;
+    public const long RuntimeBytes = (13L << 30) / 10;
 
     public static MemoryEstimate Estimate(ModelFacts facts, MemoryQuery q)
     {
@@ -51,13 +53,16 @@ public static class TrainingMemory
         long adapter = trainable * (4 + 4);       // fp32 weight + gradient
         long optimizer = trainable * (4 + 4);     // AdamW exp_avg + exp_avg_sq
 
-        // Per token and decoder layer, what autograd keeps (elements): every linear's output, the two norms' inputs, the
-        // gated MLP product (the widest linear input), and for each LoRA layer its dropped-out input and its r-wide middle.
+        // Per token and decoder layer, what autograd keeps (elements): every linear's output (the fused SwiGLU keeps gate and
+        // up, not their product), the two norms' inputs, and for each LoRA layer its dropped-out input (kept by lora_A's
+        // matmul; without dropout the input itself, which only the widest, the MLP product, adds) and its r-wide middle.
         long tokens = (long)q.BatchSize * q.MaxSeqLength;
         var layer0 = facts.Linears.Where(l => InFirstLayer(l.Name)).ToList();
         var layer0Targeted = targeted.Where(l => InFirstLayer(l.Name)).ToList();
-        long perTokenLayer = layer0.Sum(l => (long)l.OutFeatures) + 2L * c.HiddenSize + (layer0.Count == 0 ? 0 : layer0.Max(l => l.InFeatures))
-                             + layer0Targeted.Sum(l => (q.Lora.Dropout > 0 ? l.InFeatures : 0) + (long)q.Lora.Rank);
+        int widestInput = layer0.Count == 0 ? 0 : layer0.Max(l => l.InFeatures);
+        long perTokenLayer = layer0.Sum(l => (long)l.OutFeatures) + 2L * c.HiddenSize
+                             + layer0Targeted.Sum(l => (q.Lora.Dropout > 0 ? l.InFeatures : 0) + (long)q.Lora.Rank)
+                             + (q.Lora.Dropout == 0 && layer0Targeted.Any(l => l.InFeatures == widestInput && widestInput > c.HiddenSize) ? widestInput : 0);
         long layerBytes = tokens * perTokenLayer * q.ComputeBytes;
         bool checkpointing = q.GradientCheckpointing ?? q.FourBit;
         long layers = checkpointing

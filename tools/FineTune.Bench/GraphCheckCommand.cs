@@ -31,15 +31,18 @@ internal static class GraphCheckCommand
         var checks = new JsonArray();
         bool allPass = CudaGraphs.Enabled;
         // Every fixture and path with dropout and accumulation on; then qwen2 in bf16 without each, which tells a difference apart.
-        var cases = new[] { "qwen2", "llama3" }.SelectMany(f => new[] { (f, false, 0.1, 2), (f, true, 0.1, 2) })
-            .Concat([("qwen2", false, 0.0, 2), ("qwen2", false, 0.1, 1), ("qwen2", false, 0.0, 1)]);
-        foreach (var (family, fourBit, dropout, accumulation) in cases)
+        // With two GPUs or more, the first two cases again data-parallel on two (each replica captures its own graph).
+        IReadOnlyList<Device>? two = backend.GpuDevices.Count >= 2 ? [.. backend.GpuDevices.Take(2)] : null;
+        var cases = (o.Flag("unit-only") ? [] : new[] { "qwen2", "llama3" }).SelectMany(f => new[] { (f, false, 0.1, 2, (IReadOnlyList<Device>?)null), (f, true, 0.1, 2, null) })
+            .Concat(o.Flag("unit-only") ? [] : [("qwen2", false, 0.0, 2, null), ("qwen2", false, 0.1, 1, null), ("qwen2", false, 0.0, 1, null)])
+            .Concat(o.Flag("unit-only") || two is null ? [] : [("qwen2", false, 0.1, 2, two), ("qwen2", true, 0.1, 2, two)]);
+        foreach (var (family, fourBit, dropout, accumulation, devices) in cases)
             {
                 string folder = Path.Combine(fixtures, family);
-                var eager = Train(folder, backend.Device, fourBit, steps, graphs: false, seed: 7, dropout, accumulation);
-                var eagerAgain = Train(folder, backend.Device, fourBit, steps, graphs: false, seed: 7, dropout, accumulation);
-                var graphed = Train(folder, backend.Device, fourBit, steps, graphs: true, seed: 7, dropout, accumulation);
-                var otherSeed = Train(folder, backend.Device, fourBit, steps, graphs: true, seed: 8, dropout, accumulation);
+                var eager = Train(folder, backend.Device, fourBit, steps, graphs: false, seed: 7, dropout, accumulation, devices);
+                var eagerAgain = Train(folder, backend.Device, fourBit, steps, graphs: false, seed: 7, dropout, accumulation, devices);
+                var graphed = Train(folder, backend.Device, fourBit, steps, graphs: true, seed: 7, dropout, accumulation, devices);
+                var otherSeed = Train(folder, backend.Device, fourBit, steps, graphs: true, seed: 8, dropout, accumulation, devices);
                 bool sameLosses = eager.Losses.SequenceEqual(graphed.Losses);
                 double adapterDiff = MaxDiff(eager.Adapter, graphed.Adapter);
                 // Two op-by-op runs of one job can differ where a backward kernel adds with atomics (attention's dq): the
@@ -54,7 +57,7 @@ internal static class GraphCheckCommand
                 allPass &= pass;
                 var detail = new JsonObject
                 {
-                    ["case"] = $"{family} {(fourBit ? "nf4 qlora, checkpointing" : "bf16 lora")}, dropout {dropout}, accumulation {accumulation}",
+                    ["case"] = $"{family} {(fourBit ? "nf4 qlora, checkpointing" : "bf16 lora")}, dropout {dropout}, accumulation {accumulation}{(devices is null ? "" : $", {devices.Count} GPUs")}",
                     ["pass"] = pass,
                     ["losses_equal"] = sameLosses,
                     ["adapter_max_abs_diff"] = adapterDiff,
@@ -74,9 +77,47 @@ internal static class GraphCheckCommand
                 checks.Add(detail);
                 Console.WriteLine($"{detail["case"],-62} {(pass ? "PASS" : "FAIL")} {detail.ToJsonString()}");
             }
+        // One fused function between a leaf and a matmul, its input gradient replayed from a graph against op by op.
+        var device = backend.Device;
+        var seed = tensor(new[] { 1234L }, device: device);
+        var weight = ones(256, ScalarType.BFloat16, device);
+        foreach (var (name, op) in new (string, Func<Tensor, Tensor>)[]
+        {
+            ("unit: fused dropout", x => FusedOps.Dropout(x, 0.1, seed, 3)!),
+            ("unit: fused dropout twice on one input", x => FusedOps.Dropout(x, 0.1, seed, 3)! + FusedOps.Dropout(x, 0.1, seed, 4)!),
+            ("unit: fused dropout of a computed input, key 0", x => FusedOps.Dropout(x * 1, 0.1, seed, 0)!),
+            ("unit: fused rms norm", x => FusedOps.RmsNorm(x, weight, 1e-6)),
+            ("unit: fused silu mul", x => FusedOps.SiluMul(x, x * 2)),
+        })
+        {
+            var (graphGrad, eagerGrad) = UnitGradients(device, op);
+            double diff = (graphGrad.to(ScalarType.Float32) - eagerGrad.to(ScalarType.Float32)).abs().max().item<float>();
+            bool pass = diff == 0 && eagerGrad.to(ScalarType.Float32).abs().max().item<float>() > 0;
+            allPass &= pass;
+            checks.Add(new JsonObject { ["case"] = name, ["pass"] = pass, ["max_abs_diff"] = diff });
+            Console.WriteLine($"{name,-62} {(pass ? "PASS" : "FAIL")} max|diff| {diff}");
+        }
         var result = new JsonObject { ["gpu"] = backend.Description, ["cuda_graphs"] = CudaGraphs.Status, ["checks"] = checks, ["all_pass"] = allPass };
         if (o.Optional("out") is string path) File.WriteAllText(path, result.ToJsonString());
         return allPass ? 0 : 1;
+    }
+
+    /// <summary>d/dx of sum(linear(op(x), W) · probe) from a replayed graph and op by op.</summary>
+    private static (Tensor Graph, Tensor Eager) UnitGradients(Device device, Func<Tensor, Tensor> op)
+    {
+        using var generator = new TorchSharp.torch.Generator(3);
+        var x0 = randn([64, 256], generator: generator).to(ScalarType.BFloat16).to(device);
+        var w = (randn([32, 256], generator: generator) * 0.1).to(ScalarType.BFloat16).to(device);
+        var probe = randn([64, 32], generator: generator).to(device);
+        void Work(Tensor x) => (nn.functional.linear(op(x), w).to(ScalarType.Float32) * probe).sum().backward();
+        var eager = x0.clone().requires_grad_(true);
+        Work(eager);
+        var captured = x0.clone().requires_grad_(true);
+        var graph = new CudaGraphs.CudaGraph();
+        if (!graph.Capture(CudaKernels.Ordinal(device)!.Value, () => Work(captured), out var failure)) throw new InvalidOperationException(failure);
+        graph.Replay();
+        cuda.synchronize(device);
+        return (captured.grad!.clone(), eager.grad!.clone());
     }
 
     private static double MaxDiff(Dictionary<string, float[]> a, Dictionary<string, float[]> b) =>
@@ -86,7 +127,7 @@ internal static class GraphCheckCommand
 
     private sealed record Run_(double[] Losses, double[] GradNorms, Dictionary<string, float[]> Adapter, int Replays, string GraphLog, double Seconds);
 
-    private static Run_ Train(string modelFolder, Device device, bool fourBit, int steps, bool graphs, int seed, double dropout, int accumulation)
+    private static Run_ Train(string modelFolder, Device device, bool fourBit, int steps, bool graphs, int seed, double dropout, int accumulation, IReadOnlyList<Device>? devices)
     {
         string folder = Path.Combine(Path.GetTempPath(), "graph-check-" + Guid.NewGuid().ToString("N"));
         var log = new GraphLog();
@@ -105,6 +146,7 @@ internal static class GraphCheckCommand
                 ComputeDType = ScalarType.BFloat16,
                 FourBit = fourBit,
                 Device = device,
+                Devices = devices,
                 OutputFolder = Path.Combine(folder, "adapter"),
             };
             var started = System.Diagnostics.Stopwatch.StartNew();

@@ -55,8 +55,8 @@ internal static class LoraCheckCommand
                 double scaleDrawn = plainDrawn.Grads.Max(MathF.Abs);
                 double diffDrawn = MaxDiff(plainDrawn.Grads, checkpointedDrawn.Grads), otherDiffDrawn = MaxDiff(plainDrawn.Grads, otherSeedDrawn.Grads);
                 Report($"{family}{(quantized ? " nf4" : "")} fp32: checkpointed = kept, device-seeded dropout kernel",
-                    scaleDrawn > 0 && diffDrawn <= 1e-4 * scaleDrawn && otherDiffDrawn > 1e-2 * scaleDrawn,
-                    new JsonObject { ["max_abs_diff"] = diffDrawn, ["scale"] = scaleDrawn, ["other_seed_diff"] = otherDiffDrawn, ["loss_plain"] = plainDrawn.Loss, ["loss_checkpointed"] = checkpointedDrawn.Loss });
+                    scaleDrawn > 0 && diffDrawn <= 1e-4 * scaleDrawn && otherDiffDrawn > 1e-2 * scaleDrawn && plainDrawn.KernelDraws > 0 && checkpointedDrawn.KernelDraws > 0,
+                    new JsonObject { ["max_abs_diff"] = diffDrawn, ["scale"] = scaleDrawn, ["other_seed_diff"] = otherDiffDrawn, ["loss_plain"] = plainDrawn.Loss, ["loss_checkpointed"] = checkpointedDrawn.Loss, ["kernel_draws"] = plainDrawn.KernelDraws });
 
                 var cast = LossAndGrads(folder, device, ScalarType.BFloat16, quantized, checkpointing: true, copies: false, seed: 3);
                 var copied = LossAndGrads(folder, device, ScalarType.BFloat16, quantized, checkpointing: true, copies: true, seed: 3);
@@ -88,7 +88,7 @@ internal static class LoraCheckCommand
     private static double MaxDiff(float[] a, float[] b) => a.Zip(b, (x, y) => (double)MathF.Abs(x - y)).Max();
 
     /// <summary>Loss and the adapters' fp32 gradients of one backward on two packed sequences, dropout 0.2 on q/k/v/o and the MLP.</summary>
-    private static (double Loss, float[] Grads) LossAndGrads(string folder, Device device, ScalarType dtype, bool quantized, bool checkpointing, bool copies, int seed, bool deviceDraws = false)
+    private static (double Loss, float[] Grads, int KernelDraws) LossAndGrads(string folder, Device device, ScalarType dtype, bool quantized, bool checkpointing, bool copies, int seed, bool deviceDraws = false)
     {
         using var lm = ModelLoader.Load(folder, new ModelLoadOptions
         {
@@ -119,6 +119,6 @@ internal static class LoraCheckCommand
         var loss = (hidden.to(ScalarType.Float32) * randn(hidden.shape, generator: probe).to(device)).sum();
         loss.backward();
         workingCopies?.AccumulateGradients();
-        return (loss.item<float>(), optimizer.Gradients.cpu().data<float>().ToArray());
+        return (loss.item<float>(), optimizer.Gradients.cpu().data<float>().ToArray(), draws?.KernelDraws ?? 0);
     }
 }
