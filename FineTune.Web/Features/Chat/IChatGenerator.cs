@@ -34,7 +34,7 @@ public sealed record ChatRequest(
     public static ChatRequest ForRun(TrainingSettings run, string? adapterDirectory, IReadOnlyList<ChatMessage> messages,
         int maxNewTokens = DefaultMaxNewTokens, double temperature = DefaultTemperature, double topP = DefaultTopP) =>
         new(run.Model, run.Source, adapterDirectory, messages, maxNewTokens, temperature, topP,
-            FourBit: run.Quantization == Quantization.Nf4, DoubleQuantization: run.DoubleQuantization, Template: run.ToPromptTemplate());
+            FourBit: run.FourBit, DoubleQuantization: run.DoubleQuantization, Template: run.ToPromptTemplate());
 
     /// <summary>The prompt layout the run was trained with (the tutorial's when not given).</summary>
     public PromptTemplateSettings PromptTemplate => Template ?? new(PromptStyle.Tutorial);
