@@ -17,12 +17,20 @@ public static partial class ModelReference
     /// <summary>True when <paramref name="reference"/> names a directory on this machine: it is then a model folder, never a Hub id.</summary>
     public static bool IsFolder(string reference) => Directory.Exists(reference);
 
+    /// <summary>
+    /// True when <paramref name="folder"/> is a Hugging Face model folder: a directory holding config.json (as
+    /// from_pretrained requires). Whether its weights and tokenizer are usable is for the loaders to say.
+    /// </summary>
+    public static bool IsModelFolder(string folder) => IsFolder(folder) && File.Exists(Path.Combine(folder, ConfigFile));
+
     /// <summary>Why <paramref name="reference"/> can be neither a model folder nor a Hub id; null when it can be one.</summary>
     public static string? Problem(string reference) =>
         IsFolder(reference)
-            ? File.Exists(Path.Combine(reference, "config.json")) ? null : $"'{reference}' has no config.json; it is not a Hugging Face model folder."
+            ? IsModelFolder(reference) ? null : $"'{reference}' has no {ConfigFile}; it is not a Hugging Face model folder."
             : IsHubId(reference) ? null
             : $"'{reference}' is not a folder, nor a Hub id such as Qwen/Qwen2.5-0.5B-Instruct.";
+
+    private const string ConfigFile = "config.json";
 
     [GeneratedRegex(@"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
     private static partial Regex HubId();

@@ -43,6 +43,22 @@ public sealed class ModelReferenceTests : IDisposable
     }
 
     [Fact]
+    public void A_model_folder_is_a_directory_holding_a_config_json_file()
+    {
+        File.WriteAllText(Path.Combine(_folder, "config.json"), "{}");
+        string empty = Directory.CreateDirectory(Path.Combine(_folder, "empty")).FullName;
+        string configIsAFolder = Directory.CreateDirectory(Path.Combine(_folder, "odd", "config.json")).Parent!.FullName;
+
+        Assert.True(ModelReference.IsModelFolder(_folder));
+        Assert.False(ModelReference.IsModelFolder(empty));
+        Assert.False(ModelReference.IsModelFolder(configIsAFolder));
+        Assert.False(ModelReference.IsModelFolder(Path.Combine(_folder, "config.json"))); // the file itself
+        Assert.False(ModelReference.IsModelFolder(Path.Combine(_folder, "no-such-model")));
+        Assert.False(ModelReference.IsModelFolder("")); // not the current directory's config.json
+        Assert.False(ModelReference.IsModelFolder("Qwen/Qwen2.5-0.5B-Instruct"));
+    }
+
+    [Fact]
     public void Anything_else_must_be_a_hub_id()
     {
         Assert.False(ModelReference.IsFolder("Qwen/Qwen2.5-0.5B-Instruct"));

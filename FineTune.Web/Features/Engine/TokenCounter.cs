@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using FineTune.Engine.Data;
+using FineTune.Engine.Hub;
 using FineTune.Engine.Tokenization;
 using FineTune.Web.Features.Data;
 using FineTune.Web.Features.Settings;
@@ -38,7 +39,7 @@ public sealed class TokenCounter(ILogger<TokenCounter> logger)
     /// <summary>The training prompt template over the model's tokenizer, or null when the model is not on disk.</summary>
     private PromptTemplate? Tokenizer(TrainingSettings settings)
     {
-        if (settings.Source != ModelSource.Local || !File.Exists(Path.Combine(settings.Model, "config.json"))) return null;
+        if (settings.Source != ModelSource.Local || !ModelReference.IsModelFolder(settings.Model)) return null;
         return _templates.GetOrAdd((Path.GetFullPath(settings.Model), settings.ToPromptTemplate()), key =>
         {
             var folder = key.Folder;

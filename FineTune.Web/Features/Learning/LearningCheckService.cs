@@ -133,10 +133,8 @@ public sealed class LearningCheckService(
             foreach (int index in sample)
             {
                 var question = questions[index];
-                ChatRequest Request(string? adapterDirectory) => new(
-                    settings.Model, settings.Source, adapterDirectory, question.Messages, LearningCheckSample.MaxNewTokens(question.Expected),
-                    Temperature: 0, TopP: 1, FourBit: settings.Quantization == Quantization.Nf4, DoubleQuantization: settings.DoubleQuantization,
-                    Template: settings.ToPromptTemplate());
+                ChatRequest Request(string? adapterDirectory) => ChatRequest.ForRun(
+                    settings, adapterDirectory, question.Messages, LearningCheckSample.MaxNewTokens(question.Expected), temperature: 0, topP: 1);
                 await WaitForTrainingAsync(runId, progress, cancellationToken);
                 // Fine-tuned first: the generator loads the model with the adapter once and answers as the base model by switching it off.
                 var answer = new LearningCheckAnswer { RunId = runId, RowIndex = index };

@@ -1,3 +1,4 @@
+using FineTune.Engine.Hub;
 using FineTune.Web.Infrastructure;
 
 namespace FineTune.Web.Features.Models;
@@ -31,7 +32,7 @@ public sealed class LocalModelFolders(DataPaths paths, Func<bool>? rootsEnforced
         // Compare real paths: a symlink at any level (models/linkdir/m, linkdir → /etc) must not lead outside the roots,
         // whose own real paths count (a root may itself be a link).
         if (enforced && !Roots.Any(root => IsUnder(RealPath(full), RealPath(root)))) return (full, LocalFolderProblem.OutsideRoots);
-        if (!File.Exists(Path.Combine(full, "config.json"))) return (full, LocalFolderProblem.NoConfig);
+        if (!ModelReference.IsModelFolder(full)) return (full, LocalFolderProblem.NoConfig);
         if (!Directory.EnumerateFiles(full, "*.safetensors").Any()) return (full, LocalFolderProblem.NoWeights);
         return (full, LocalFolderProblem.None);
     }
@@ -40,7 +41,7 @@ public sealed class LocalModelFolders(DataPaths paths, Func<bool>? rootsEnforced
     public IReadOnlyList<string> List() =>
         Roots.Where(Directory.Exists)
             .SelectMany(root => Directory.EnumerateDirectories(root))
-            .Where(d => File.Exists(Path.Combine(d, "config.json")))
+            .Where(ModelReference.IsModelFolder)
             .OrderBy(d => d, StringComparer.Ordinal)
             .ToArray();
 

@@ -64,7 +64,7 @@ public static class ModelCatalog
         try
         {
             if (settings.Source == ModelSource.Local)
-                return File.Exists(Path.Combine(settings.Model, "config.json")) ? ModelFacts.Of(settings.Model) : null;
+                return ModelReference.IsModelFolder(settings.Model) ? ModelFacts.Of(settings.Model) : null;
             if (!ModelReference.IsHubId(settings.Model)) return null;
             if (HubDownloader.CachedConfigFolder(hub ?? DefaultHub, settings.Model) is { } cached) return ModelFacts.Of(cached);
             return Find(settings.Model) is { } preset ? ConfigFacts.GetOrAdd(preset.Id, _ => ModelFacts.Of(preset.Config)) : null;

@@ -4,7 +4,6 @@ using FineTune.Engine.Generation;
 using FineTune.Engine.Tokenization;
 using FineTune.Web.Features.Chat;
 using FineTune.Web.Features.Runs;
-using FineTune.Web.Features.Settings;
 
 namespace FineTune.Web.Features.OpenAi;
 
@@ -59,9 +58,8 @@ public static class OpenAiEndpoints
         // One device: a request waits while a run trains (the queue trains one run at a time).
         while (queue.CurrentRunId is not null) await Task.Delay(250, cancellationToken);
 
-        var chat = new ChatRequest(model.Model, model.Source, model.AdapterDirectory, request.Messages, request.MaxTokens ?? 256,
-            request.Temperature ?? 0.7, request.TopP ?? 0.9,
-            FourBit: model.Settings.Quantization == Quantization.Nf4, DoubleQuantization: model.Settings.DoubleQuantization, Template: model.Settings.ToPromptTemplate());
+        var chat = ChatRequest.ForRun(model.Settings, model.AdapterDirectory, request.Messages, request.MaxTokens ?? ChatRequest.DefaultMaxNewTokens,
+            request.Temperature ?? ChatRequest.DefaultTemperature, request.TopP ?? ChatRequest.DefaultTopP);
         string id = $"chatcmpl-{Guid.NewGuid():N}";
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         var stops = new StopSequences(request.Stop);

@@ -4,8 +4,11 @@ using FineTune.Web.Features.Settings;
 
 namespace FineTune.Web.Features.OpenAi;
 
-/// <summary>A model the API serves: a finished run (base + its adapter) or a base model some run used.</summary>
-public sealed record ServedModel(string Id, string Model, ModelSource Source, string? AdapterDirectory, DateTime Created, TrainingSettings Settings);
+/// <summary>
+/// A model the API serves: a finished run (base + its adapter) or a base model some run used (no adapter). The run's
+/// <paramref name="Settings"/> say which base model, from where, loaded how and prompted in which layout.
+/// </summary>
+public sealed record ServedModel(string Id, TrainingSettings Settings, string? AdapterDirectory, DateTime Created);
 
 /// <summary>
 /// The models of GET /v1/models: every finished run as "finetune-run-&lt;id&gt;" (its base model with its adapter, prompted
@@ -24,12 +27,12 @@ public sealed class OpenAiModels(RunStore store, ArtifactPackager packager)
         foreach (var run in runs)
         {
             var settings = TrainingSettings.FromJson(run.SettingsJson);
-            served.Add(new ServedModel(RunModelId(run.Id), settings.Model, settings.Source, packager.AdapterDirectory(run.Id), run.EndedAt ?? run.CreatedAt, settings));
+            served.Add(new ServedModel(RunModelId(run.Id), settings, packager.AdapterDirectory(run.Id), run.EndedAt ?? run.CreatedAt));
         }
-        foreach (var group in served.GroupBy(s => s.Model, StringComparer.Ordinal))
+        foreach (var group in served.GroupBy(s => s.Settings.Model, StringComparer.Ordinal))
         {
             var first = group.First();
-            served.Add(first with { Id = first.Model, AdapterDirectory = null, Created = group.Min(s => s.Created) });
+            served.Add(first with { Id = first.Settings.Model, AdapterDirectory = null, Created = group.Min(s => s.Created) });
         }
         return served;
     }

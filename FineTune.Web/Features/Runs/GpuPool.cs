@@ -62,7 +62,7 @@ public sealed class GpuPool(IReadOnlyList<GpuDevice> gpus)
     public GpuRequest RequestFor(TrainingSettings settings, int rows, int totalTokens)
     {
         var shape = ModelCatalog.FactsOf(settings);
-        long bytes = shape is null ? 0 : TrainingEstimator.Memory(shape, settings, settings.Quantization == Quantization.Nf4).Total;
+        long bytes = shape is null ? 0 : TrainingEstimator.Memory(shape, settings).Total;
         TimeSpan? time = shape is null || rows == 0 ? null : TrainingEstimator.Time(shape, totalTokens, settings, cuda: true, Environment.ProcessorCount);
         return new GpuRequest(UsesAllGpus(settings, time, Gpus.Count), bytes);
     }

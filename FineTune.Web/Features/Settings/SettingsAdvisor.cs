@@ -56,10 +56,10 @@ public static class SettingsAdvisor
             warnings.Add(new(WarningCode.UnknownModelSize, []));
         else if (context.DeviceMemoryBytes is { } available)
         {
-            var need = TrainingEstimator.Memory(shape, s, s.Quantization == Quantization.Nf4);
+            var need = TrainingEstimator.Memory(shape, s);
             if (need.Total > available)
             {
-                Action<TrainingSettings>? fix = s.Quantization == Quantization.None
+                Action<TrainingSettings>? fix = !s.FourBit
                     ? x => x.Quantization = Quantization.Nf4
                     : s.MaxSeqLength > 256 ? x => x.MaxSeqLength = 256 : null;
                 warnings.Add(new(WarningCode.DoesNotFit, [Gigabytes(need.Total), Gigabytes(available)], fix));

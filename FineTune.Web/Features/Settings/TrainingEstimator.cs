@@ -39,9 +39,12 @@ public static class TrainingEstimator
     /// </summary>
     public static int EvalInterval(int totalSteps) => Math.Max(1, (int)Math.Ceiling(totalSteps / (double)EvaluationsPerRun));
 
+    /// <summary>Training memory of these settings as they are (4-bit base or not, <see cref="TrainingSettings.FourBit"/>).</summary>
+    public static MemoryEstimate Memory(ModelFacts facts, TrainingSettings s) => Memory(facts, s, s.FourBit);
+
     /// <summary>
-    /// Training memory for batch × max length tokens, with or without a 4-bit NF4 base: the engine's one estimate
-    /// (<see cref="TrainingMemory"/>, from the model's exact facts); the web only shows it.
+    /// Training memory for batch × max length tokens, with or without a 4-bit NF4 base (the model step compares both): the
+    /// engine's one estimate (<see cref="TrainingMemory"/>, from the model's exact facts); the web only shows it.
     /// </summary>
     public static MemoryEstimate Memory(ModelFacts facts, TrainingSettings s, bool fourBit) =>
         TrainingMemory.Estimate(facts, new MemoryQuery(s.ToLoraSettings(), s.BatchSize, s.MaxSeqLength, fourBit, s.DoubleQuantization,
@@ -54,7 +57,7 @@ public static class TrainingEstimator
     {
         double flops = 6.0 * shape.TotalParameters * totalTokens * s.Epochs;
         double perSecond = cuda ? 40e12 : Math.Max(cpuThreads, 1) * 8e9;
-        if (s.Quantization == Quantization.Nf4) perSecond /= 1.5; // dequantizing each weight on the fly
+        if (s.FourBit) perSecond /= 1.5; // dequantizing each weight on the fly
         // Capped at ten years: a huge config.json must not overflow TimeSpan (that ended the settings page's circuit).
         return TimeSpan.FromSeconds(Math.Clamp(flops / perSecond, 1, MaxEstimate.TotalSeconds));
     }

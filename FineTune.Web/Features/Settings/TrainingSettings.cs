@@ -65,6 +65,15 @@ public sealed class TrainingSettings
     public string? CustomTemplate { get; set; }
 
     public Quantization Quantization { get; set; } = Quantization.Nf4;
+
+    /// <summary>
+    /// The frozen base weights are loaded 4-bit (NF4): what training, chat, the memory and time estimates and the settings
+    /// page ask. Computed from <see cref="Quantization"/>, so never stored (settings.json stays as it was).
+    /// </summary>
+    [JsonIgnore]
+    public bool FourBit => Quantization == Quantization.Nf4;
+
+    /// <summary>Quantizes the 4-bit base's absmax constants too (bitsandbytes' double quantization); only with <see cref="FourBit"/>.</summary>
     public bool DoubleQuantization { get; set; } = true;
     public Precision Precision { get; set; } = Precision.Auto;
     /// <summary>Every GPU of the machine (data parallel, same results as one GPU) or one GPU; Auto decides by the estimated time.</summary>
@@ -112,7 +121,7 @@ public sealed class TrainingSettings
         ValidationFraction = EvalFraction,
         Lora = ToLoraSettings(),
         Training = ToTrainingOptions(),
-        FourBit = Quantization == Quantization.Nf4,
+        FourBit = FourBit,
         DoubleQuantization = DoubleQuantization,
         OutputFolder = outputFolder,
         CheckpointsFolder = checkpointsFolder,

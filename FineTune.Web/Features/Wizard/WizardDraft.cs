@@ -33,7 +33,8 @@ public sealed record DraftChatAnswer(string Text, int PromptTokens, int Completi
 }
 
 /// <summary>The test step's conversation with one run's model: its system prompt, exchanges and sampling.</summary>
-public sealed record DraftChat(int RunId, string? System, IReadOnlyList<DraftChatExchange> Exchanges, int MaxNewTokens = 256, double Temperature = 0.7, double TopP = 0.9);
+public sealed record DraftChat(int RunId, string? System, IReadOnlyList<DraftChatExchange> Exchanges, int MaxNewTokens = ChatRequest.DefaultMaxNewTokens,
+    double Temperature = ChatRequest.DefaultTemperature, double TopP = ChatRequest.DefaultTopP);
 
 public sealed record DraftChatExchange(string Question, DraftChatAnswer FineTuned, DraftChatAnswer? Base);
 

@@ -32,10 +32,10 @@ public sealed class WizardState
     }
 
     /// <summary>The sampling the test step last chatted with; the GGUF export's Modelfile takes it over.</summary>
-    public (double Temperature, double TopP) TestSampling { get; set; } = (0.7, 0.9);
+    public (double Temperature, double TopP) TestSampling { get; set; } = (ChatRequest.DefaultTemperature, ChatRequest.DefaultTopP);
 
     /// <summary>The test step's answer length limit.</summary>
-    public int TestMaxNewTokens { get; set; } = 256;
+    public int TestMaxNewTokens { get; set; } = ChatRequest.DefaultMaxNewTokens;
 
     public bool HasModel => !string.IsNullOrWhiteSpace(Settings.Model);
     public bool HasData => Dataset is { FinalCount: > 0 };

@@ -123,6 +123,31 @@ public sealed class LocalModelFoldersTests : IDisposable
         Assert.DoesNotContain(Path.Combine(models, "empty"), folders.List());
     }
 
+    /// <summary>
+    /// The settings page's model facts, the token counter and the local folder check name the same folders model folders
+    /// (ModelReference.IsModelFolder): here each folder has the qwen2 fixture's weights and tokenizer, and config.json or not.
+    /// </summary>
+    [Theory]
+    [InlineData("model", true)]
+    [InlineData("no-config", false)]
+    [InlineData("config-is-a-folder", false)]
+    public void Facts_token_counts_and_the_folder_check_agree_on_what_a_model_folder_is(string name, bool isModel)
+    {
+        var models = Path.Combine(_root, "models");
+        string folder = Directory.CreateDirectory(Path.Combine(models, name)).FullName;
+        foreach (var file in Directory.EnumerateFiles(TestFiles.Fixture("models/qwen2")))
+            if (Path.GetFileName(file) != "config.json" || isModel) File.Copy(file, Path.Combine(folder, Path.GetFileName(file)));
+        if (name == "config-is-a-folder") Directory.CreateDirectory(Path.Combine(folder, "config.json"));
+        var settings = new TrainingSettings { Source = ModelSource.Local, Model = folder };
+        var folders = new LocalModelFolders(new DataPaths(Path.Combine(_root, "data"), [models]));
+
+        Assert.Equal(isModel, FineTune.Engine.Hub.ModelReference.IsModelFolder(folder));
+        Assert.Equal(isModel, ModelCatalog.FactsOf(settings) is not null);
+        Assert.Equal(isModel, new FineTune.Web.Features.Engine.TokenCounter(Microsoft.Extensions.Logging.Abstractions.NullLogger<FineTune.Web.Features.Engine.TokenCounter>.Instance).IsExact(settings));
+        Assert.Equal(isModel ? LocalFolderProblem.None : LocalFolderProblem.NoConfig, folders.Check(folder).Problem);
+        Assert.Equal(isModel, folders.List().Contains(folder));
+    }
+
     [Fact]
     public void Roots_apply_only_when_enforced()
     {

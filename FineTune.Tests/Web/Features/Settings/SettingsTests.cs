@@ -110,6 +110,72 @@ public class SettingsTests
         Assert.Contains("\"Quantization\": \"Nf4\"", new TrainingSettings().ToJson());
     }
 
+    /// <summary>
+    /// settings.json as runs and wizard drafts hold it (SQLite Runs.SettingsJson, the draft's SettingsJson, the run folder),
+    /// written by this class before FourBit existed: it reads back and writes out byte for byte, so computed facts add no field.
+    /// </summary>
+    private const string StoredSettingsJson = """
+        {
+          "Source": "Local",
+          "Model": "/data/models/qwen2",
+          "LoraR": 8,
+          "LoraAlpha": 16,
+          "LoraDropout": 0.1,
+          "TargetModules": [
+            "q_proj",
+            "v_proj"
+          ],
+          "Epochs": 1.5,
+          "BatchSize": 2,
+          "GradientAccumulationSteps": 8,
+          "LearningRate": 0.0001,
+          "WarmupRatio": 0.05,
+          "WarmupSteps": 3,
+          "Schedule": "Cosine",
+          "Layout": "Packed",
+          "GradientCheckpointing": true,
+          "AnswerOnlyLoss": false,
+          "MaxSeqLength": 1024,
+          "LoggingSteps": 5,
+          "SaveSteps": 20,
+          "SaveTotalLimit": 3,
+          "EvalFraction": 0.2,
+          "PromptTemplate": "Custom",
+          "CustomTemplate": "Q: {instruction}\nA: {output}",
+          "Quantization": "None",
+          "DoubleQuantization": false,
+          "Precision": "Float16",
+          "Gpus": "One",
+          "Seed": 7
+        }
+        """;
+
+    [Fact]
+    public void Stored_settings_json_round_trips_unchanged()
+    {
+        var s = TrainingSettings.FromJson(StoredSettingsJson);
+        Assert.Equal((ModelSource.Local, Quantization.None, "Q: {instruction}\nA: {output}"), (s.Source, s.Quantization, s.CustomTemplate));
+        Assert.Equal(StoredSettingsJson, s.ToJson());
+        Assert.Equal(StoredSettingsJson, s.Clone().ToJson());
+    }
+
+    [Theory]
+    [InlineData(Quantization.Nf4, true)]
+    [InlineData(Quantization.None, false)]
+    public void Four_bit_is_nf4_quantization_for_the_job_the_chat_and_the_estimates(Quantization quantization, bool fourBit)
+    {
+        var s = new TrainingSettings { Quantization = quantization };
+        var shape = FineTune.Engine.Models.ModelFacts.Of(ModelCatalog.Find(s.Model)!.Config);
+
+        Assert.Equal(fourBit, s.FourBit);
+        Assert.Equal(fourBit, s.ToFineTuneJob("/models/qwen2", [], "/runs/1/adapter", "/runs/1/checkpoints").FourBit);
+        Assert.Equal(fourBit, FineTune.Web.Features.Chat.ChatRequest.ForRun(s, null, FineTune.Web.Features.Chat.ChatRequest.Question("hi")).FourBit);
+        Assert.Equal(TrainingEstimator.Memory(shape, s, fourBit), TrainingEstimator.Memory(shape, s));
+        var sixteenBitTime = TrainingEstimator.Time(shape, 1_000_000, new TrainingSettings { Quantization = Quantization.None }, cuda: true, cpuThreads: 1);
+        Assert.Equal(fourBit ? 1.5 : 1.0, TrainingEstimator.Time(shape, 1_000_000, s, cuda: true, cpuThreads: 1) / sixteenBitTime, precision: 6);
+        Assert.DoesNotContain("FourBit", s.ToJson());
+    }
+
     [Fact]
     public void Token_estimate_counts_chinese_characters_about_one_each()
     {
