@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Lead's call 1 of 2026-11-30 (one H200): CUDA graphs for training micro-batches (branch lead). Checks first, then 7B
+# QLoRA dense 1 x 512 and 16-bit dense 4 x 512 with graphs off (FINETUNE_CUDA_GRAPHS=off) and on. Never a bare `wait`.
+set -uo pipefail
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+D=.dev-lead; export DEVICE_DIR=$D
+t0=$(date +%s); deadline=${DEADLINE:-400}
+left() { echo $(( deadline - ($(date +%s) - t0) )); }
+mark() { echo "== $(( $(date +%s) - t0 ))s $*"; }
+mark start; nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader | tee $OUT/gpu.txt
+source $D/on-gpu.sh $D/dotnet.tgz >/dev/null
+source /opt/torch/.venv/bin/activate
+mkdir -p /tmp/bench-models
+python3 tools/bench/reference.py make-model --shape qwen2-7b --out /tmp/bench-models/qwen2-7b > $OUT/make7b.txt 2>&1 & mk=$!
+b="dotnet $D/bench/FineTune.Bench.dll"; fx=FineTune.Tests/Fixtures/models
+mark symbols; nm -D --defined-only $FINETUNE_LIBTORCH/libtorch_cuda.so | grep -E "CUDAGraph(C1|D1|13capture|11capture|6replay|4pool)" | head; nm -D --defined-only $FINETUNE_LIBTORCH/libc10_cuda.so | grep -E "getCurrentCUDAStreamEa|getStreamFromPoolE|setCurrentCUDAStream|CUDAStream6streamEv" | head
+mark graph-check; timeout 120 $b graph-check $fx --out $OUT/graph-check.json > $OUT/graph-check.txt 2>&1; echo "rc $?"; cut -c1-900 $OUT/graph-check.txt | tail -8
+mark kernels; timeout 60 $b kernels > $OUT/kernels.txt 2>&1; echo "rc $?"; grep -E -i "dropout|FAIL|rror|pass" $OUT/kernels.txt | tail -8 | cut -c1-200
+mark lora-check; timeout 70 $b lora-check $fx --out $OUT/lora-check.json 2>&1 | grep -E "PASS|FAIL|rror" | cut -c1-220
+mark waiting for the 7B model; timeout $(( $(left) - 150 )) tail --pid=$mk -f /dev/null; tail -1 $OUT/make7b.txt | cut -c1-200
+cell() { # name env cell
+  local name=$1 envs=$2 c=$3
+  if [ $(left) -lt 30 ]; then echo "SKIP $name (deadline)"; return; fi
+  mark "$name"; env $envs OUT=$OUT/$name timeout $(( $(left) - 5 )) bash tools/bench/run-gpu.sh qwen2-7b 300 $c 2>&1 | grep -v bitsandbytes | tail -1 | cut -c1-200
+  python3 - $OUT/$name/bench/qwen2-7b-$c.json <<'PY' 2>/dev/null
+import json, sys
+d = json.load(open(sys.argv[1]))
+print({k: d.get(k) for k in ["tokens_per_s", "peak_device_bytes", "mean_loss_last_10", "wall_s", "cuda_graphs"]})
+PY
+}
+cell qlora-on "FINETUNE_CUDA_GRAPHS=on" ft-dense1-qlora
+cell qlora-off "FINETUNE_CUDA_GRAPHS=off" ft-dense1-qlora
+cell dense-on "FINETUNE_CUDA_GRAPHS=on" ft-dense-lora
+cell dense-off "FINETUNE_CUDA_GRAPHS=off" ft-dense-lora
+mark end
