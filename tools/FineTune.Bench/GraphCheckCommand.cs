@@ -35,14 +35,16 @@ internal static class GraphCheckCommand
         IReadOnlyList<Device>? two = backend.GpuDevices.Count >= 2 ? [.. backend.GpuDevices.Take(2)] : null;
         var cases = (o.Flag("unit-only") ? [] : new[] { "qwen2", "llama3" }).SelectMany(f => new[] { (f, false, 0.1, 2, (IReadOnlyList<Device>?)null), (f, true, 0.1, 2, null) })
             .Concat(o.Flag("unit-only") ? [] : [("qwen2", false, 0.0, 2, null), ("qwen2", false, 0.1, 1, null), ("qwen2", false, 0.0, 1, null)])
-            .Concat(o.Flag("unit-only") || two is null ? [] : [("qwen2", false, 0.1, 2, two), ("qwen2", true, 0.1, 2, two)]);
+            .Concat(o.Flag("unit-only") || two is null ? [] : [("qwen2", false, 0.1, 2, two), ("qwen2", true, 0.1, 2, two)])
+            .Concat(o.Flag("unit-only") ? [] : [("qwen2 rows of many lengths", false, 0.1, 2, null), ("qwen2 rows of many lengths", true, 0.1, 2, null)]);
         foreach (var (family, fourBit, dropout, accumulation, devices) in cases)
             {
-                string folder = Path.Combine(fixtures, family);
-                var eager = Train(folder, backend.Device, fourBit, steps, graphs: false, seed: 7, dropout, accumulation, devices);
-                var eagerAgain = Train(folder, backend.Device, fourBit, steps, graphs: false, seed: 7, dropout, accumulation, devices);
-                var graphed = Train(folder, backend.Device, fourBit, steps, graphs: true, seed: 7, dropout, accumulation, devices);
-                var otherSeed = Train(folder, backend.Device, fourBit, steps, graphs: true, seed: 8, dropout, accumulation, devices);
+                bool manyLengths = family.EndsWith("rows of many lengths", StringComparison.Ordinal);
+                string folder = Path.Combine(fixtures, family.Split(' ')[0]);
+                var eager = Train(folder, backend.Device, fourBit, steps, graphs: false, seed: 7, dropout, accumulation, devices, manyLengths);
+                var eagerAgain = Train(folder, backend.Device, fourBit, steps, graphs: false, seed: 7, dropout, accumulation, devices, manyLengths);
+                var graphed = Train(folder, backend.Device, fourBit, steps, graphs: true, seed: 7, dropout, accumulation, devices, manyLengths);
+                var otherSeed = Train(folder, backend.Device, fourBit, steps, graphs: true, seed: 8, dropout, accumulation, devices, manyLengths);
                 bool sameLosses = eager.Losses.SequenceEqual(graphed.Losses);
                 double adapterDiff = MaxDiff(eager.Adapter, graphed.Adapter);
                 // Two op-by-op runs of one job can differ where a backward kernel adds with atomics (attention's dq): the
@@ -127,7 +129,7 @@ internal static class GraphCheckCommand
 
     private sealed record Run_(double[] Losses, double[] GradNorms, Dictionary<string, float[]> Adapter, int Replays, string GraphLog, double Seconds);
 
-    private static Run_ Train(string modelFolder, Device device, bool fourBit, int steps, bool graphs, int seed, double dropout, int accumulation, IReadOnlyList<Device>? devices)
+    private static Run_ Train(string modelFolder, Device device, bool fourBit, int steps, bool graphs, int seed, double dropout, int accumulation, IReadOnlyList<Device>? devices, bool manyLengths = false)
     {
         string folder = Path.Combine(Path.GetTempPath(), "graph-check-" + Guid.NewGuid().ToString("N"));
         var log = new GraphLog();
@@ -138,7 +140,7 @@ internal static class GraphCheckCommand
             var job = new FineTuneJob
             {
                 ModelFolder = modelFolder,
-                Examples = Rows(modelFolder, 8 * steps, seed),
+                Examples = Rows(modelFolder, (manyLengths ? 64 : 8) * steps, seed, manyLengths),
                 ValidationFraction = 0,
                 Lora = new LoraSettings(Rank: 8, Alpha: 16, Dropout: dropout,
                     TargetModules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
@@ -164,14 +166,15 @@ internal static class GraphCheckCommand
         }
     }
 
-    /// <summary>Rows of one length (8 prompt + 24 answer tokens), ids of the model's vocabulary.</summary>
-    private static List<TrainingExample> Rows(string modelFolder, int rows, int seed)
+    /// <summary>Rows of one length (8 prompt + 24 answer tokens), or of 10 or 11 tokens (packed batches of a few shapes, so
+    /// several graphs share the pool), ids of the model's vocabulary.</summary>
+    private static List<TrainingExample> Rows(string modelFolder, int rows, int seed, bool manyLengths)
     {
         int vocab = JsonNode.Parse(File.ReadAllText(Path.Combine(modelFolder, "config.json")))!["vocab_size"]!.GetValue<int>();
         var random = new Random(3);
         return [.. Enumerable.Range(0, rows).Select(r =>
         {
-            int[] ids = [.. Enumerable.Range(0, 32).Select(_ => random.Next(1, vocab))];
+            int[] ids = [.. Enumerable.Range(0, manyLengths ? random.Next(10, 12) : 32).Select(_ => random.Next(1, vocab))];
             int[] targets = new int[ids.Length];
             for (int t = 0; t < ids.Length; t++) targets[t] = t + 1 < ids.Length && t + 1 >= 8 ? ids[t + 1] : TrainingExamples.IgnoreIndex;
             return new TrainingExample(ids, targets, r + 1);

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Lead's call 7 of 2026-11-30 (2 x H200): batches padded to bucket lengths so Q&A shapes repeat and replay from graphs
+# (branch lead). graph-check (incl. rows of many lengths), then 7B Q&A 2,000 rows: 1 GPU graphs on, 2 GPUs graphs on,
+# 1 GPU graphs off (FINETUNE_CUDA_GRAPHS=off: no bucketing either).
+set -uo pipefail
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+D=.dev-lead; export DEVICE_DIR=$D
+t0=$(date +%s); deadline=${DEADLINE:-400}
+left() { echo $(( deadline - ($(date +%s) - t0) )); }
+mark() { echo "== $(( $(date +%s) - t0 ))s $*"; }
+mark start; nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader | tee $OUT/gpu.txt
+source $D/on-gpu.sh $D/dotnet.tgz >/dev/null
+source /opt/torch/.venv/bin/activate
+mkdir -p /tmp/bench-models
+python3 tools/bench/reference.py make-model --shape qwen2-7b --out /tmp/bench-models/qwen2-7b > $OUT/make.txt 2>&1 & mk=$!
+b="dotnet $D/bench/FineTune.Bench.dll"; fx=FineTune.Tests/Fixtures/models
+mark graph-check; timeout 120 $b graph-check $fx --out $OUT/graph-check.json > $OUT/graph-check.txt 2>&1; echo "rc $?"; grep -E "unit|rror|xception" $OUT/graph-check.txt | cut -c1-120 | head -7
+python3 - $OUT/graph-check.json <<'PY'
+import json, sys
+for c in json.load(open(sys.argv[1]))["checks"]:
+    if "graph_vs_eager_max_loss_diff" in c:
+        print(c["case"], "PASS" if c["pass"] else "FAIL", "| loss diff graph", c["graph_vs_eager_max_loss_diff"], "eager", c["eager_vs_eager_max_loss_diff"], "other", round(c["other_seed_max_loss_diff"],4), "| adapter", c["adapter_max_abs_diff"], "|", c["graph_log"][:150], "| s", round(c["eager_s"],2), round(c["graph_s"],2))
+PY
+mark waiting for the model; timeout $(( $(left) - 150 )) tail --pid=$mk -f /dev/null; grep saved $OUT/make.txt | cut -c1-120
+cell() { # name env cell
+  local name=$1 envs=$2 c=$3
+  if [ $(left) -lt 50 ]; then echo "SKIP $name (deadline)"; return; fi
+  mark "$name"; env $envs OUT=$OUT/$name timeout $(( $(left) - 5 )) bash tools/bench/run-gpu.sh qwen2-7b 2000 $c 2>&1 | grep -v bitsandbytes | tail -1 | cut -c1-80
+  python3 - $OUT/$name/bench/qwen2-7b-$c.json <<'PY' 2>/dev/null
+import json, sys
+d = json.load(open(sys.argv[1]))
+print({k: d.get(k) for k in ["tokens_per_s", "peak_device_bytes", "mean_loss_last_10", "wall_s", "cuda_graphs"]}, round(d.get("peak_device_bytes", 0) / 2**30, 3), "GiB")
+PY
+}
+cell qa1-on "FINETUNE_CUDA_GRAPHS=on" ft-qa-lora
+[ $(nvidia-smi -L | wc -l) -ge 2 ] && cell qa2-on "FINETUNE_CUDA_GRAPHS=on" ft-qa-lora-2gpu
+cell qa1-off "FINETUNE_CUDA_GRAPHS=off" ft-qa-lora
+mark end
