@@ -155,7 +155,8 @@ public sealed class FineTunePipeline(ILoggerFactory? loggers = null)
         Synchronize(job);
         var loadTime = clock.Elapsed;
         var options = job.Training with { UseLossScaling = model.ComputeDType == ScalarType.Float16 };
-        var trainer = new LoraTrainer(model.Trainable, job.Lora, "time-estimate");
+        // Graphs as the run will have them: the probe repeats its steps, which would give it graphs for shapes the run meets once.
+        var trainer = new LoraTrainer(model.Trainable, job.Lora, "time-estimate") { GraphShapes = LoraTrainer.GraphShapesOf(split.Train, options) };
         var device = job.Device ?? ComputeBackend.Current.Device;
 
         // The steps to time, as a training list of their own taken in file order: every step then is one of the run's windows.

@@ -32,6 +32,12 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
     /// </summary>
     public DataParallelReplica? Replica { get; init; }
 
+    /// <summary>
+    /// The micro-batch shapes that get a CUDA graph; null: those of the training rows (<see cref="GraphShapesOf"/>). The time
+    /// estimate passes the run's own, since its probe repeats a few steps and would otherwise get graphs the run does not.
+    /// </summary>
+    public IReadOnlySet<BatchShape>? GraphShapes { get; init; }
+
     /// <summary>Diagnostics: times each step's phases with the device synchronized (slower; the benchmark's --step-phases).</summary>
     public StepPhaseClock? PhaseClock { get; init; }
 
@@ -81,7 +87,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         using var microBatch = new MicroBatchTensors(device);
         // Not with the phase clock: its synchronizations cannot be captured.
         using var graphs = CudaGraphs.On(device) && PhaseClock is null
-            ? new MicroBatchGraphs(CudaKernels.Ordinal(device)!.Value, MicroBatchGraphs.RepeatingShapes(MicroBatchShapes(data.Train, options)))
+            ? new MicroBatchGraphs(CudaKernels.Ordinal(device)!.Value, GraphShapes ?? GraphShapesOf(data.Train, options, Replica))
             : null;
 
         string? lastCheckpoint = null;
@@ -193,11 +199,14 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         return [.. batches.Chunk(options.GradientAccumulationSteps).Select(window => window.ToList())];
     }
 
-    /// <summary>The shapes of this trainer's micro-batches in the first epoch (a replica's share of each step), in order.</summary>
-    private IEnumerable<BatchShape> MicroBatchShapes(IReadOnlyList<TrainingExample> train, TrainingOptions options) =>
-        EpochWindows(train, options, 0)
-            .SelectMany(window => Replica?.Shard(window, train) ?? window)
-            .Select(indices => Batching.ShapeOf(train, indices, options.Layout));
+    /// <summary>
+    /// The micro-batch shapes of a run on <paramref name="train"/> that get a CUDA graph (<see cref="MicroBatchGraphs.RepeatingShapes"/>),
+    /// from its first epoch's micro-batches (a replica's share of each step).
+    /// </summary>
+    public static IReadOnlySet<BatchShape> GraphShapesOf(IReadOnlyList<TrainingExample> train, TrainingOptions options, DataParallelReplica? replica = null) =>
+        MicroBatchGraphs.RepeatingShapes(EpochWindows(train, options, 0)
+            .SelectMany(window => replica?.Shard(window, train) ?? window)
+            .Select(indices => Batching.ShapeOf(train, indices, options.Layout)));
 
     /// <summary>
     /// The validation rows' batches, as <see cref="Evaluate"/> takes them: <see cref="TrainingOptions.BatchSize"/> rows each,

@@ -29,4 +29,16 @@ public class MicroBatchGraphsTests
             .Concat(Enumerable.Repeat(new BatchShape(1, 1500, true, 750), 3)).ToList();
         Assert.Empty(MicroBatchGraphs.RepeatingShapes(shapes));
     }
+
+    [Fact]
+    public void A_run_gets_graphs_for_rows_of_one_length_and_none_for_rows_of_many()
+    {
+        var options = new TrainingOptions { BatchSize = 4, GradientAccumulationSteps = 2, Seed = 3 };
+        static TrainingExample Row(int length) => new([.. Enumerable.Range(1, length)], [.. Enumerable.Range(0, length).Select(i => i < 4 ? TrainingExamples.IgnoreIndex : i)], 1);
+        var dense = Enumerable.Range(0, 64).Select(_ => Row(32)).ToList();
+        Assert.Equal([new BatchShape(4, 32, false, 4 * 28)], LoraTrainer.GraphShapesOf(dense, options));
+        var random = new Random(5);
+        var qa = Enumerable.Range(0, 64).Select(_ => Row(random.Next(20, 200))).ToList();
+        Assert.Empty(LoraTrainer.GraphShapesOf(qa, options));
+    }
 }
