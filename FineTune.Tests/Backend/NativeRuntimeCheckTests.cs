@@ -1,9 +1,9 @@
-using System.Diagnostics;
 using System.Net;
 using System.Text;
 using System.Text.Json;
 using FineTune.Engine.Backend;
 using FineTune.Tests.Adapters;
+using FineTune.Tests.Models;
 using FineTune.Tests.Support;
 using FineTune.Tests.Web.Support;
 using Microsoft.Extensions.DependencyInjection;
@@ -111,44 +111,28 @@ public class NativeRuntimeCheckTests
 
     [Fact]
     [Trait(Category.Name, Category.Slow)]
-    public void The_train_command_exits_with_one_line_when_libtorch_cannot_load()
+    public async Task The_train_command_exits_with_one_line_when_libtorch_cannot_load()
     {
         // A real load failure in a child process (libtorch loads once per process, and this one has it already):
-        // FINETUNE_LIBTORCH names a folder whose libc10.so is not a library.
+        // FINETUNE_LIBTORCH names a folder whose libc10.so is not a library. The command line itself is good (a usage
+        // error is answered before libtorch is tried: HeadlessCliTests).
         string folder = TestPaths.NewTempFolder("broken-libtorch");
         try
         {
             File.WriteAllText(Path.Combine(folder, "libc10.so"), "not an ELF file");
-            string web = WebAppDll();
-            var start = new ProcessStartInfo("dotnet", ["exec", web, "train", "--model", "m", "--data", "d.csv", "--output", Path.Combine(folder, "a.zip")])
-            {
-                RedirectStandardOutput = true,
-                RedirectStandardError = true,
-                WorkingDirectory = folder,
-            };
-            start.Environment[ComputeBackend.LibTorchVariable] = folder;
-            using var process = Process.Start(start)!;
-            string stdout = process.StandardOutput.ReadToEnd();
-            string stderr = process.StandardError.ReadToEnd();
-            Assert.True(process.WaitForExit(60_000));
+            var (code, stdout, stderr) = await WebAppProcess.RunCommandAsync(
+                ["train", "--model", ModelFixtures.Folder("qwen2"), "--data", TestPaths.InRepo("samples", "tutorial-qa.csv"), "--output", Path.Combine(folder, "a.zip")],
+                new Dictionary<string, string> { [ComputeBackend.LibTorchVariable] = folder });
 
-            Assert.Equal(1, process.ExitCode);
+            Assert.Equal(1, code);
             string[] lines = stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
             Assert.Single(lines);
             Assert.StartsWith("train: Training is off: libtorch could not be loaded (", lines[0]);
             Assert.Contains("libc10.so", lines[0]);
             Assert.Contains("tools/debian13", lines[0]);
             Assert.DoesNotContain("LoadNativeBackend", stdout + stderr);
+            Assert.False(File.Exists(Path.Combine(folder, "a.zip")));
         }
         finally { Directory.Delete(folder, recursive: true); }
-    }
-
-    /// <summary>FineTune.Web.dll as built beside this test assembly's configuration (Debug or Release).</summary>
-    private static string WebAppDll()
-    {
-        string configuration = new DirectoryInfo(AppContext.BaseDirectory).Parent!.Name; // .../bin/<Configuration>/net10.0/
-        string path = TestPaths.InRepo("FineTune.Web", "bin", configuration, "net10.0", "FineTune.Web.dll");
-        Assert.True(File.Exists(path), $"{path} is missing: build FineTune.Web first (dotnet test FineTune.sln does).");
-        return path;
     }
 }

@@ -32,16 +32,13 @@ public static class HeadlessCli
     /// <summary>The command names; any other first argument starts the web app.</summary>
     public static readonly IReadOnlyList<string> Commands = [TrainCommand.Name, GenerateCommand.Name, ExportGgufCommand.Name, HealthCheckCommand.Name];
 
-    /// <summary>The commands that need libtorch (healthcheck only calls HTTP).</summary>
-    private static readonly HashSet<string> ComputingCommands = [TrainCommand.Name, GenerateCommand.Name, ExportGgufCommand.Name];
-
     /// <summary>
-    /// A command's console logger: engine warnings (and train's/export-gguf's pipeline and backend lines) on stdout, except
-    /// for generate, whose stdout is the answer only: its warnings go to stderr.
+    /// A command's console logger, on stderr: stdout is the command's own output (generate's answer, train's progress
+    /// lines, export-gguf's files), which scripts read. Engine warnings for every command; train and export-gguf also
+    /// show the compute backend's choice and the pipeline's messages, generate (quiet when all is well) does not.
     /// </summary>
-    internal static ILoggerFactory Loggers(HeadlessConsole console, string command) => command == GenerateCommand.Name
-        ? LineLoggerProvider.Factory(console.Error, information: false)
-        : LineLoggerProvider.Factory(console.Output);
+    internal static ILoggerFactory Loggers(HeadlessConsole console, string command) =>
+        LineLoggerProvider.Factory(console.Error, information: command != GenerateCommand.Name);
 
     /// <summary>True when <paramref name="args"/> asks for a command (or the commands' help) rather than the web app.</summary>
     public static bool IsCommandLine(IReadOnlyList<string> args) =>
@@ -61,14 +58,8 @@ public static class HeadlessCli
     public static async Task<int> RunAsync(IReadOnlyList<string> args, HeadlessConsole console, CancellationToken cancellationToken = default)
     {
         var parsed = Create(console).Parse(args);
-        string name = parsed.CommandResult.Command.Name;
-        if (parsed.Action is not HelpAction && ComputingCommands.Contains(name))
-        {
-            // The backend first, as before the commands moved to System.CommandLine: where libtorch cannot load nothing of
-            // these can run, and that one line (what to run instead) is the answer whatever else the command line says.
-            using var loggers = Loggers(console, name);
-            if (Backend(console, name, loggers) is null) return 1;
-        }
+        // A usage error is answered at once, before libtorch is loaded (seconds, or a failure of its own where it cannot
+        // load): a command line that cannot run anywhere is told so first. The commands choose the backend as they start.
         if (parsed.Errors.Count > 0 && parsed.Action is not HelpAction)
         {
             // One line that names the problem (System.CommandLine would print every error and the whole help).
@@ -90,8 +81,8 @@ public static class HeadlessCli
     }
 
     /// <summary>
-    /// The compute backend, chosen once with the console's logger (its "Compute backend: …" line); null, after one line
-    /// on stderr saying why, where libtorch cannot load here (exit 1).
+    /// The compute backend, chosen once per process with the console's logger (its "Compute backend: …" line); null, after
+    /// one line on stderr saying why, where libtorch cannot load here (exit 1). Called after the usage errors are out.
     /// </summary>
     internal static BackendInfo? Backend(HeadlessConsole console, string command, ILoggerFactory loggers)
     {

@@ -5,6 +5,7 @@ using FineTune.Tests.Adapters;
 using FineTune.Tests.Hub;
 using FineTune.Tests.Models;
 using FineTune.Tests.Support;
+using FineTune.Tests.Web.Support;
 using FineTune.Web.Headless;
 
 namespace FineTune.Tests.Web.Headless;
@@ -89,6 +90,48 @@ public sealed class HeadlessCliTests : IDisposable
         Assert.StartsWith($"{args[0]}: ", line);
         Assert.Contains(expected, line);
         Assert.False(File.Exists(Path.Combine(_folder, "a.zip")));
+    }
+
+    [Fact]
+    public async Task A_usage_error_is_answered_at_once_in_a_fresh_process_even_where_libtorch_cannot_load()
+    {
+        // Processes of their own, where libtorch is not loaded yet, as for a user's command (in this process an earlier
+        // test may have loaded it already, and choosing the backend would then print nothing).
+        string[] args = ["train", "--model", ModelFixtures.Folder("qwen2"), "--data", TestPaths.InRepo("samples", "tutorial-qa.csv"),
+            "--output", Path.Combine(_folder, "a.zip"), "--epochs", "many"];
+        string broken = Path.Combine(_folder, "broken-libtorch");
+        Directory.CreateDirectory(broken);
+        File.WriteAllText(Path.Combine(broken, "libc10.so"), "not an ELF file");
+
+        var fresh = await WebAppProcess.RunCommandAsync(args);
+        // A libtorch that cannot load is not what this command line needs to hear first: it is wrong anywhere.
+        var withoutLibTorch = await WebAppProcess.RunCommandAsync(args, new Dictionary<string, string> { [ComputeBackend.LibTorchVariable] = broken });
+
+        foreach (var (code, output, error) in new[] { fresh, withoutLibTorch })
+        {
+            Assert.True(code == 2, error);
+            Assert.Equal("", output);
+            string line = Assert.Single(error.TrimEnd('\n').Split('\n'));
+            Assert.Equal("train: --epochs must be a number above 0; got 'many'. See 'train --help'.", line);
+        }
+        Assert.False(File.Exists(Path.Combine(_folder, "a.zip")));
+    }
+
+    [Fact]
+    public async Task Log_lines_go_to_stderr_and_stdout_is_the_commands_own_output()
+    {
+        // A fresh process, so that the compute backend is chosen (and its line written) by this command.
+        string gguf = Path.Combine(_folder, "out", "tiny.gguf");
+        var (code, output, error) = await WebAppProcess.RunCommandAsync(["export-gguf", "--model", ModelFixtures.Folder("qwen2"), "--out", gguf, "--type", "f16"]);
+
+        Assert.True(code == 0, error);
+        Assert.True(File.Exists(gguf));
+        Assert.Contains(error.TrimEnd('\n').Split('\n'), line => line.StartsWith("Compute backend: ", StringComparison.Ordinal));
+        string[] lines = output.TrimEnd('\n').Split('\n');
+        Assert.Equal(3, lines.Length);
+        Assert.StartsWith($"wrote {gguf} (", lines[0]);
+        Assert.StartsWith("wrote ", lines[1]);
+        Assert.Contains("ollama create", lines[2]);
     }
 
     /// <summary>Qwen/Qwen2-tiny in a Hugging Face cache, laid out as Python's huggingface_hub leaves it (the qwen2 fixture).</summary>

@@ -9,7 +9,8 @@ namespace FineTune.Tests.Web.Support;
 /// <summary>
 /// The web app's own `dotnet build` output (FineTune.Web/bin/&lt;Configuration&gt;/&lt;tfm&gt;) run as a child process on
 /// 127.0.0.1 with its working directory in an empty temp folder and its data folder inside it: what a user gets from
-/// `dotnet build` and `dotnet FineTune.Web.dll`, and a process whose resident memory is the app's alone.
+/// `dotnet build` and `dotnet FineTune.Web.dll`, and a process whose resident memory is the app's alone; or one of its
+/// headless commands (<see cref="RunCommandAsync"/>).
 /// </summary>
 public sealed class WebAppProcess : IAsyncDisposable
 {
@@ -51,6 +52,46 @@ public sealed class WebAppProcess : IAsyncDisposable
         app._process.BeginOutputReadLine();
         app._process.BeginErrorReadLine();
         return app;
+    }
+
+    /// <summary>
+    /// A headless command (`dotnet FineTune.Web.dll train …`) in a process of its own, run to its end: what a user's shell
+    /// sees, in a process where libtorch is not loaded yet (in the test process an earlier test may have loaded it).
+    /// <paramref name="environment"/> adds variables (FINETUNE_LIBTORCH, ...).
+    /// </summary>
+    public static async Task<(int Code, string Out, string Err)> RunCommandAsync(IReadOnlyList<string> args, IDictionary<string, string>? environment = null)
+    {
+        string workingDirectory = TestPaths.NewTempFolder("finetune-command");
+        try
+        {
+            var start = new ProcessStartInfo(DotnetHost(), [BuildOutput(), .. args])
+            {
+                WorkingDirectory = workingDirectory,
+                RedirectStandardOutput = true,
+                RedirectStandardError = true,
+                UseShellExecute = false,
+            };
+            foreach (var (key, value) in environment ?? new Dictionary<string, string>())
+                start.Environment[key] = value;
+            using var process = Process.Start(start)!;
+            var output = process.StandardOutput.ReadToEndAsync();
+            var error = process.StandardError.ReadToEndAsync();
+            using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(2));
+            try
+            {
+                await process.WaitForExitAsync(timeout.Token);
+            }
+            catch (OperationCanceledException)
+            {
+                process.Kill(entireProcessTree: true);
+                throw new TimeoutException($"'{string.Join(' ', args)}' did not end within two minutes:\n{await error}");
+            }
+            return (process.ExitCode, await output, await error);
+        }
+        finally
+        {
+            try { Directory.Delete(workingDirectory, recursive: true); } catch (IOException) { /* best effort */ }
+        }
     }
 
     /// <summary>GET / until the app answers (start-up loads libtorch and migrates the database), at most two minutes.</summary>
