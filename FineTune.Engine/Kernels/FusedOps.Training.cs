@@ -165,10 +165,7 @@ public static unsafe partial class FusedOps
         var gateGrad = (ds * s * (g * s.neg().Plus(1.0)).Plus(1.0)).to(gate.dtype); // 1 − s as −s + 1: the same rounding
         return (scope.MoveToOuter(gateGrad), scope.MoveToOuter(upGrad));
     }
-}
 
-public static unsafe partial class FusedOps
-{
     // ---------------------------------------------------------------- LoRA dropout
 
     private sealed class DropoutFunction : autograd.SingleTensorFunction<DropoutFunction>
