@@ -362,6 +362,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
                 bool replayed;
                 using (microBatch.DropoutSeed is { } seed ? DropoutDraws.Begin(seed, dropoutSeed) : null)
                     replayed = graphs?.TryRun(batch, Work) == true;
+                // Begun again: a capture that failed had drawn keys, and the micro-batch's draws count from 0.
                 if (!replayed)
                     using (microBatch.DropoutSeed is { } seed ? DropoutDraws.Begin(seed, dropoutSeed) : null)
                         Work(batch);

@@ -27,6 +27,8 @@ internal sealed class MicroBatchGraphs(int ordinal, IReadOnlySet<BatchShape> sha
 
     private readonly Dictionary<BatchShape, (CudaGraphs.CudaGraph Graph, TrainingBatch Batch)> _graphs = [];
     private CudaGraphs.CudaGraph? _poolOwner;
+    private bool _capturesStopped;
+    private long? _firstCaptureGrowth;
 
     /// <summary>
     /// The shapes worth a graph: among <paramref name="microBatches"/>, the <see cref="MaxGraphs"/> most frequent that come
@@ -61,21 +63,20 @@ internal sealed class MicroBatchGraphs(int ordinal, IReadOnlySet<BatchShape> sha
     {
         if (Failure is not null) return false;
         var key = batch.Shape;
+        var device = batch.InputIds.device;
         if (_graphs.TryGetValue(key, out var entry))
         {
             using (no_grad()) CopyInto(entry.Batch, batch);
         }
         else
         {
-            if (!shapes.Contains(key)) return false;
-            if (_capturesStopped) return false;
+            if (!shapes.Contains(key) || _capturesStopped) return false;
             var captured = Clone(batch);                                            // the graph reads these for its life
-            var device = batch.InputIds.device;
             bool first = _graphs.Count == 0;
-            if (first) Trace("before capture", device);
             // Tensors of earlier captures that only the finalizer frees go back to the shared pool first, for this one to reuse.
-            else SettleManagedTensors();
+            if (!first) SettleManagedTensors();
             long? usedBefore = UsedBytes(device);
+            if (first) Trace("before capture", usedBefore);
             var graph = new CudaGraphs.CudaGraph();
             if (!graph.Capture(ordinal, () => work(captured), out var failure, _poolOwner))
             {
@@ -86,32 +87,27 @@ internal sealed class MicroBatchGraphs(int ordinal, IReadOnlySet<BatchShape> sha
             }
             _poolOwner ??= graph;
             _graphs[key] = entry = (graph, captured);
+            long? usedAfter = UsedBytes(device);
             // The pool should serve a later capture from what earlier ones freed; where a capture still took half as much
             // new memory as the first did, more shapes would keep adding their own: no more captures in this run.
-            long? growth = UsedBytes(device) - usedBefore;
-            if (first) _firstCaptureGrowth = growth;
+            long? growth = usedAfter - usedBefore;
+            if (first)
+            {
+                _firstCaptureGrowth = growth;
+                Trace("captured", usedAfter);
+            }
             else if (growth is long g && _firstCaptureGrowth is long f && g > Math.Max(f / 2, 64L << 20))
             {
                 _capturesStopped = true;
                 MemoryTrace += $", captures stopped after {_graphs.Count} (the last took {g >> 20} MiB more)";
             }
-            if (first)
-            {
-                Trace("captured", device);
-                entry.Graph.Replay();
-                Replays++;
-                Trace("replayed", device);
-                return true;
-            }
         }
         entry.Graph.Replay();
-        Replays++;
+        if (Replays++ == 0) Trace("replayed", UsedBytes(device));
         return true;
     }
 
-    private bool _capturesStopped;
-    private long? _firstCaptureGrowth;
-
+    /// <summary>GPU memory in use once the device has finished what is queued (NVML, whole device).</summary>
     private static long? UsedBytes(Device device)
     {
         cuda.synchronize(device);
@@ -125,10 +121,9 @@ internal sealed class MicroBatchGraphs(int ordinal, IReadOnlySet<BatchShape> sha
         GC.Collect();
     }
 
-    private void Trace(string when, Device device)
+    private void Trace(string when, long? used)
     {
-        cuda.synchronize(device);
-        if (GpuMemory.UsedBytes(device) is long used) MemoryTrace += $"{(MemoryTrace.Length == 0 ? "" : ", ")}{when} {used >> 20} MiB";
+        if (used is long bytes) MemoryTrace += $"{(MemoryTrace.Length == 0 ? "" : ", ")}{when} {bytes >> 20} MiB";
     }
 
     private static TrainingBatch Clone(TrainingBatch b)
