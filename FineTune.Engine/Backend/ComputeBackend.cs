@@ -49,6 +49,9 @@ public sealed record BackendInfo(
     /// <summary>Whether training steps are captured as CUDA graphs ("on: ..." or "off: why"; <see cref="FineTune.Engine.Kernels.CudaGraphs"/>).</summary>
     public string CudaGraphs { get; init; } = "off: not on a CUDA backend";
 
+    /// <summary>Whether causal attention runs through libtorch's flash kernels ("on: ..." or "off: why"; <see cref="FineTune.Engine.Kernels.FlashAttention"/>).</summary>
+    public string FlashAttention { get; init; } = "off: not on a CUDA backend";
+
     /// <summary>One line saying why libtorch could not be loaded and what to do instead; null when it loaded.</summary>
     public string? UnavailableReason { get; init; }
 
@@ -102,7 +105,7 @@ public static class ComputeBackend
             if (_current.UnavailableReason is { } reason)
                 logger.LogError("{Reason}", reason);
             else
-                logger.LogInformation("Compute backend: {Description} ({Reason}); kernels {Kernels}; CUDA graphs {CudaGraphs}", _current.Description, _current.Reason, _current.Kernels, _current.CudaGraphs);
+                logger.LogInformation("Compute backend: {Description} ({Reason}); kernels {Kernels}; CUDA graphs {CudaGraphs}; flash attention {FlashAttention}", _current.Description, _current.Reason, _current.Kernels, _current.CudaGraphs, _current.FlashAttention);
             return _current;
         }
     }
@@ -201,6 +204,7 @@ public static class ComputeBackend
             Gpus = gpus,
             Kernels = Kernels.CudaKernels.Start(Directory.Exists(libTorchSource) ? libTorchSource : null),
             CudaGraphs = Kernels.CudaGraphs.Start(Directory.Exists(libTorchSource) ? libTorchSource : null),
+            FlashAttention = Kernels.FlashAttention.Start(),
         };
     }
 

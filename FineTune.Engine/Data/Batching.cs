@@ -1,3 +1,4 @@
+using FineTune.Engine.Models;
 using static TorchSharp.torch;
 
 namespace FineTune.Engine.Data;
@@ -22,21 +23,27 @@ public sealed record DataSplit(IReadOnlyList<TrainingExample> Train, IReadOnlyLi
 /// TargetPositions are the flat (b·T + t) positions whose target is not -100, found on the host so the loss needs
 /// no device-to-host read (a nonzero() on the device would stall the queue once per micro-batch).
 /// </summary>
-/// <summary>What a batch's tensors' shapes depend on: (Rows, Tokens) ids, a block mask or none, and the target count.</summary>
-public readonly record struct BatchShape(int Rows, int Tokens, bool Masked, int Targets);
+/// <summary>
+/// What a batch's tensors' shapes depend on, and what a CUDA graph of its step bakes in: (Rows, Tokens) ids, a block mask
+/// or none, the target count, and the sequences in it with the longest one's length (flash attention's launch).
+/// </summary>
+public readonly record struct BatchShape(int Rows, int Tokens, bool Masked, int Targets, int Sequences, int Longest);
 
-public sealed class TrainingBatch(Tensor inputIds, Tensor positionIds, Tensor targets, Tensor? attentionMask, int tokenCount, int targetCount, Tensor targetPositions) : IDisposable
+public sealed class TrainingBatch(Tensor inputIds, Tensor positionIds, Tensor targets, Tensor? attentionMask, int tokenCount, int targetCount, Tensor targetPositions,
+    PackedSequences? packed = null) : IDisposable
 {
     public Tensor TargetPositions { get; } = targetPositions; // (N) int64, N = TargetCount
     public Tensor InputIds { get; } = inputIds;            // (B, T) int64
     public Tensor PositionIds { get; } = positionIds;      // (B, T) int64
     public Tensor Targets { get; } = targets;              // (B, T) int64
     public Tensor? AttentionMask { get; } = attentionMask; // (B, 1, T, T) bool
+    public PackedSequences? Packed { get; } = packed;      // the packed rows the block mask holds (B = 1), else null
     public int TokenCount { get; } = tokenCount;           // real (non-padding) tokens
     public int TargetCount { get; } = targetCount;         // positions with a loss
 
     /// <summary>The shape of this batch's tensors (<see cref="Batching.ShapeOf"/> tells it before collating).</summary>
-    public BatchShape Shape => new((int)InputIds.shape[0], (int)InputIds.shape[1], AttentionMask is not null, (int)TargetPositions.shape[0]);
+    public BatchShape Shape => new((int)InputIds.shape[0], (int)InputIds.shape[1], AttentionMask is not null, (int)TargetPositions.shape[0],
+        Packed is null ? (int)InputIds.shape[0] : (int)Packed.Starts.shape[0] - 1, Packed?.Longest ?? (int)InputIds.shape[1]);
 
     public void Dispose()
     {
@@ -44,6 +51,7 @@ public sealed class TrainingBatch(Tensor inputIds, Tensor positionIds, Tensor ta
         PositionIds.Dispose();
         Targets.Dispose();
         AttentionMask?.Dispose();
+        Packed?.Dispose();
         TargetPositions.Dispose();
     }
 }
@@ -123,8 +131,8 @@ public static class Batching
         var rows = indices.Select(i => examples[i]).ToList();
         int targets = rows.Sum(r => r.TargetCount);
         return PacksIntoOneRow(rows, layout)
-            ? new BatchShape(1, rows.Sum(r => r.Length), Masked: rows.Count > 1, targets)
-            : new BatchShape(rows.Count, rows.Max(r => r.Length), Masked: false, targets);
+            ? new BatchShape(1, rows.Sum(r => r.Length), Masked: rows.Count > 1, targets, rows.Count > 1 ? rows.Count : 1, rows.Count > 1 ? rows.Max(r => r.Length) : rows[0].Length)
+            : new BatchShape(rows.Count, rows.Max(r => r.Length), Masked: false, targets, rows.Count, rows.Max(r => r.Length));
     }
 
     public static TrainingBatch Collate(IReadOnlyList<TrainingExample> examples, IReadOnlyList<int> indices, BatchLayout layout, Device device, int padTokenId = 0)
@@ -137,12 +145,14 @@ public static class Batching
             var ids = rows.SelectMany(r => r.InputIds).Select(v => (long)v).ToArray();
             var positions = rows.SelectMany(r => Enumerable.Range(0, r.Length)).Select(v => (long)v).ToArray();
             var targets = rows.SelectMany(r => r.Targets).Select(v => (long)v).ToArray();
-            Tensor? mask = rows.Count == 1 ? null : BlockCausalMask(rows.Select(r => r.Length).ToArray(), device);
+            var lengths = rows.Select(r => r.Length).ToArray();
+            Tensor? mask = rows.Count == 1 ? null : BlockCausalMask(lengths, device);
             return new TrainingBatch(
                 tensor(ids, [1, ids.Length], device: device),
                 tensor(positions, [1, positions.Length], device: device),
                 tensor(targets, [1, targets.Length], device: device),
-                mask, tokenCount, targetCount, TargetPositions(targets, device));
+                mask, tokenCount, targetCount, TargetPositions(targets, device),
+                rows.Count == 1 ? null : PackedSequences.Of(lengths, device));
         }
 
         int T = rows.Max(r => r.Length), B = rows.Count;

@@ -96,8 +96,9 @@ public abstract class CausalLM : nn.Module<Tensor, Tensor>
     /// <paramref name="attentionMask"/>: (B, past+T) with 1 for real tokens and 0 for padding, or (B, 1, T, past+T)
     /// bool, true where a query may attend a key (e.g. block-diagonal causal for packed sequences).
     /// <paramref name="cache"/>: holds the past positions; this pass's keys and values are appended.
+    /// <paramref name="packed"/>: the sequences of a packed row whose block mask <paramref name="attentionMask"/> is (flash attention takes them instead).
     /// </summary>
-    public Tensor HiddenStates(Tensor inputIds, Tensor? positionIds = null, Tensor? attentionMask = null, KvCache? cache = null)
+    public Tensor HiddenStates(Tensor inputIds, Tensor? positionIds = null, Tensor? attentionMask = null, KvCache? cache = null, PackedSequences? packed = null)
     {
         if (inputIds.dim() != 2)
             throw new ArgumentException($"Token ids must be (B, T); they are [{string.Join(", ", inputIds.shape)}].", nameof(inputIds));
@@ -107,7 +108,7 @@ public abstract class CausalLM : nn.Module<Tensor, Tensor>
         var ids = inputIds.to(ScalarType.Int64).to(Device);
         var positions = positionIds?.to(ScalarType.Int64).to(Device)
             ?? arange(past, past + t, dtype: ScalarType.Int64, device: Device).unsqueeze(0).expand(b, t); // (B, T)
-        using var masks = new AttentionMaskBuilder(t, past, attentionMask, DType, Device);
+        using var masks = new AttentionMaskBuilder(t, past, attentionMask, DType, Device, packed);
         var h = Decode(ids, positions, masks, cache); // (B, T, H)
         cache?.Advance(t);
         return scope.MoveToOuter(h);

@@ -284,6 +284,11 @@ public static class AttentionOps
             y = nn.functional.scaled_dot_product_attention(q.reshape(b, nKv, groups, d), k, v, null, 0.0, false); // (B, nKV, groups, hD)
             return scope.MoveToOuter(y.reshape(b, 1, nH * d));                                                 // (B, 1, nH·hD)
         }
+        if (t > 1 && k.shape[2] == t && (mask.Packed is not null || (mask.IsCausal && mask.Additive is null))
+            && FlashAttention.Handles(q.device, q.dtype, d))
+            // Causal attention over the whole row or within each packed sequence: flash attention, with the kv heads as
+            // they are (no repeat) and no mask. Elsewhere SDPA, with the packed row's block mask (mask.Additive).
+            return scope.MoveToOuter(FlashAttention.Causal(q, k, v, mask.Packed));       // (B, T, nH·hD), kv heads not repeated
         var kk = RepeatKv(k, groups);                                                       // (B, nH, S, hD)
         var vv = RepeatKv(v, groups);                                                       // (B, nH, S, hD)
         y = nn.functional.scaled_dot_product_attention(q, kk, vv, mask.Additive, 0.0, mask.IsCausal); // (B, nH, T, hD)
@@ -293,8 +298,29 @@ public static class AttentionOps
     }
 }
 
-/// <summary>What one attention layer may see: an additive mask (B|1, 1, T, S), or plain causal, or everything (one new token).</summary>
-public sealed record AttentionMask(Tensor? Additive, bool IsCausal);
+/// <summary>
+/// What one attention layer may see: an additive mask (B|1, 1, T, S), or plain causal, or everything (one new token), or
+/// causal within each of the packed sequences of one row (<see cref="Packed"/>, for flash attention; no mask then).
+/// </summary>
+public sealed record AttentionMask(Tensor? Additive, bool IsCausal, PackedSequences? Packed = null);
+
+/// <summary>
+/// Sequences packed one after another into one row (B = 1), by where each starts: (n + 1) int32 on the row's device,
+/// 0, l0, l0 + l1, ..., T (flash attention's cu_seqlens), and the longest length. The block-diagonal causal mask of
+/// the same row (<see cref="Data.Batching.BlockCausalMask"/>) says the same for kernels that take a mask.
+/// </summary>
+public sealed record PackedSequences(Tensor Starts, int Longest) : IDisposable
+{
+    /// <summary>The starts of sequences of <paramref name="lengths"/> on <paramref name="device"/>.</summary>
+    public static PackedSequences Of(IReadOnlyList<int> lengths, Device device)
+    {
+        var starts = new int[lengths.Count + 1];
+        for (int i = 0; i < lengths.Count; i++) starts[i + 1] = starts[i] + lengths[i];
+        return new PackedSequences(tensor(starts, device: device), lengths.Max());
+    }
+
+    public void Dispose() => Starts.Dispose();
+}
 
 /// <summary>
 /// Builds the attention masks of one forward pass, like HF's create_causal_mask / create_sliding_window_causal_mask:
@@ -310,15 +336,20 @@ public sealed class AttentionMaskBuilder : IDisposable
     private readonly ScalarType _dtype;
     private readonly Device _device;
     private readonly Dictionary<int, AttentionMask> _built = [];
+    private readonly PackedSequences? _packed;
 
     /// <param name="queryLength">T: new positions in this pass.</param>
     /// <param name="pastLength">Positions already in the KV cache.</param>
     /// <param name="mask">Null, (B, past+T) padding mask (1 = real), or (B, 1, T, past+T) bool.</param>
-    public AttentionMaskBuilder(int queryLength, int pastLength, Tensor? mask, ScalarType dtype, Device device)
+    /// <param name="packed">The sequences a packed row holds, which <paramref name="mask"/>'s block-diagonal mask describes (B = 1, no past).</param>
+    public AttentionMaskBuilder(int queryLength, int pastLength, Tensor? mask, ScalarType dtype, Device device, PackedSequences? packed = null)
     {
         _queryLength = queryLength;
         _pastLength = pastLength;
         _mask = mask;
+        _packed = packed;
+        if (packed is not null && (mask is null || mask.dim() != 4 || mask.shape[0] != 1 || pastLength != 0))
+            throw new ArgumentException("Packed sequences come with their (1, 1, T, T) block mask and no past positions.", nameof(packed));
         _dtype = dtype;
         _device = device;
         int keyLength = pastLength + queryLength;
@@ -385,7 +416,9 @@ public sealed class AttentionMaskBuilder : IDisposable
             allowed = allowed.logical_and((queryPositions - keyPositions < window.Value).unsqueeze(0).unsqueeze(0));
         var additive = zeros(allowed.shape, _dtype, _device).masked_fill(allowed.logical_not(), finfo(_dtype).min);
         additive.DetachFromDisposeScope();
-        return new AttentionMask(additive, false);
+        // A window no packed sequence is longer than cuts nothing inside them: flash attention may take the sequences.
+        bool packedCausal = _packed is not null && (window is null || _packed.Longest <= window.Value);
+        return new AttentionMask(additive, false, packedCausal ? _packed : null);
     }
 
     /// <summary>
@@ -394,21 +427,26 @@ public sealed class AttentionMaskBuilder : IDisposable
     /// </summary>
     internal AttentionMaskBuilder Retain()
     {
-        var retained = new AttentionMaskBuilder(_queryLength, _pastLength, _mask?.detach().DetachFromDisposeScope(), _dtype, _device, ownsMask: true);
+        var retained = new AttentionMaskBuilder(_queryLength, _pastLength, _mask?.detach().DetachFromDisposeScope(), _dtype, _device, ownsMask: true,
+            _packed is null ? null : _packed with { Starts = _packed.Starts.detach().DetachFromDisposeScope() });
         foreach (var (key, mask) in _built)
-            retained._built[key] = mask with { Additive = mask.Additive?.detach().DetachFromDisposeScope() };
+            retained._built[key] = mask with { Additive = mask.Additive?.detach().DetachFromDisposeScope(), Packed = mask.Packed is null ? null : retained._packed };
         return retained;
     }
 
     private readonly bool _ownsMask;
 
-    private AttentionMaskBuilder(int queryLength, int pastLength, Tensor? mask, ScalarType dtype, Device device, bool ownsMask)
-        : this(queryLength, pastLength, mask, dtype, device) => _ownsMask = ownsMask;
+    private AttentionMaskBuilder(int queryLength, int pastLength, Tensor? mask, ScalarType dtype, Device device, bool ownsMask, PackedSequences? packed)
+        : this(queryLength, pastLength, mask, dtype, device, packed) => _ownsMask = ownsMask;
 
     public void Dispose()
     {
         foreach (var mask in _built.Values) mask.Additive?.Dispose();
         _built.Clear();
-        if (_ownsMask) _mask?.Dispose();
+        if (_ownsMask)
+        {
+            _mask?.Dispose();
+            _packed?.Dispose();
+        }
     }
 }

@@ -19,8 +19,8 @@ public sealed class CausalLmTraining(CausalLM model) : ITrainableCausalLM
         set => Model.GradientCheckpointing = value;
     }
 
-    public Tensor HiddenStates(Tensor inputIds, Tensor positionIds, Tensor? attentionMask) =>
-        Model.HiddenStates(inputIds, positionIds, attentionMask);
+    public Tensor HiddenStates(Tensor inputIds, Tensor positionIds, Tensor? attentionMask, PackedSequences? packed) =>
+        Model.HiddenStates(inputIds, positionIds, attentionMask, packed: packed);
 
     public IEnumerable<(string Name, LoraLinear Layer)> NamedLinears() => Model.NamedLinears();
 }

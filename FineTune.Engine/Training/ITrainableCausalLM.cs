@@ -1,4 +1,5 @@
 using FineTune.Engine.Adapters;
+using FineTune.Engine.Models;
 using static TorchSharp.torch;
 
 namespace FineTune.Engine.Training;
@@ -15,9 +16,10 @@ public interface ITrainableCausalLM
     /// <summary>
     /// Final hidden states (after the last norm), (B, T, H).
     /// <paramref name="attentionMask"/> is (B, 1, T, T) bool, true where a query may attend to a key,
-    /// or null for plain causal attention over the whole sequence.
+    /// or null for plain causal attention over the whole sequence. <paramref name="packed"/>: the sequences of a packed
+    /// row, which that mask describes block by block (attention may take them instead of the mask).
     /// </summary>
-    Tensor HiddenStates(Tensor inputIds, Tensor positionIds, Tensor? attentionMask);
+    Tensor HiddenStates(Tensor inputIds, Tensor positionIds, Tensor? attentionMask, PackedSequences? packed);
 
     /// <summary>
     /// Recompute each decoder layer's activations in backward instead of keeping them (HF gradient checkpointing).

@@ -270,7 +270,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
                 using var scope = NewDisposeScope();
                 using var batch = Batching.Collate(rows, indices, EvaluationLayout, device);
                 if (batch.TargetCount == 0) continue;
-                var hidden = model.HiddenStates(batch.InputIds, batch.PositionIds, batch.AttentionMask);
+                var hidden = model.HiddenStates(batch.InputIds, batch.PositionIds, batch.AttentionMask, batch.Packed);
                 sum += LossSum(hidden, batch, options.LossChunkSize).item<float>();
                 count += batch.TargetCount;
             }
@@ -318,7 +318,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
     private void ForwardBackward(TrainingBatch batch, MicroBatchTensors tensors, bool scaled, int lossChunkSize, AdapterWorkingCopies? workingCopies)
     {
         using var scope = NewDisposeScope();
-        var hidden = model.HiddenStates(batch.InputIds, batch.PositionIds, batch.AttentionMask); // (B, T, H)
+        var hidden = model.HiddenStates(batch.InputIds, batch.PositionIds, batch.AttentionMask, batch.Packed); // (B, T, H)
         var loss = LossSum(hidden, batch, lossChunkSize) / tensors.Divisor;
         using (no_grad()) tensors.Loss.copy_(loss);
         PhaseClock?.End(StepPhaseClock.Forward);

@@ -131,7 +131,8 @@ internal sealed class MicroBatchGraphs(int ordinal, IReadOnlySet<BatchShape> sha
         using var _ = no_grad();
         return new TrainingBatch(b.InputIds.clone().DetachFromDisposeScope(), b.PositionIds.clone().DetachFromDisposeScope(),
             b.Targets.clone().DetachFromDisposeScope(), b.AttentionMask?.clone().DetachFromDisposeScope(), b.TokenCount, b.TargetCount,
-            b.TargetPositions.clone().DetachFromDisposeScope());
+            b.TargetPositions.clone().DetachFromDisposeScope(),
+            b.Packed is null ? null : b.Packed with { Starts = b.Packed.Starts.clone().DetachFromDisposeScope() });
     }
 
     private static void CopyInto(TrainingBatch target, TrainingBatch source)
@@ -141,6 +142,7 @@ internal sealed class MicroBatchGraphs(int ordinal, IReadOnlySet<BatchShape> sha
         target.Targets.copy_(source.Targets);
         target.AttentionMask?.copy_(source.AttentionMask!);
         target.TargetPositions.copy_(source.TargetPositions);
+        target.Packed?.Starts.copy_(source.Packed!.Starts);                // the longest length is the shape's: the same in both
     }
 
     public void Dispose()

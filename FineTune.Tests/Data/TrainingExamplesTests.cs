@@ -168,12 +168,12 @@ public class TrainingExamplesTests
         Tensor Alone(TrainingExample e)
         {
             using var b = Batching.Collate(examples, [examples.IndexOf(e)], BatchLayout.Packed, CPU);
-            return model.HiddenStates(b.InputIds, b.PositionIds, b.AttentionMask)[0];
+            return model.HiddenStates(b.InputIds, b.PositionIds, b.AttentionMask, b.Packed)[0];
         }
         var first = Alone(examples[0]);
         var second = Alone(examples[1]);
         using var packed = Batching.Collate(examples, [0, 1], BatchLayout.Packed, CPU);
-        var hp = model.HiddenStates(packed.InputIds, packed.PositionIds, packed.AttentionMask)[0];
+        var hp = model.HiddenStates(packed.InputIds, packed.PositionIds, packed.AttentionMask, packed.Packed)[0];
         Assert.True(allclose(hp[..4], first, rtol: 1e-5, atol: 1e-5));
         Assert.True(allclose(hp[4..], second, rtol: 1e-5, atol: 1e-5));
 
@@ -181,7 +181,7 @@ public class TrainingExamplesTests
         Assert.Equal(new long[] { 2, 4 }, padded.InputIds.shape);
         Assert.Equal(-100, padded.Targets[1, 3].item<long>());
         Assert.Null(padded.AttentionMask); // right padding: plain causal attention never shows a real token the padding
-        var hpad = model.HiddenStates(padded.InputIds, padded.PositionIds, padded.AttentionMask);
+        var hpad = model.HiddenStates(padded.InputIds, padded.PositionIds, padded.AttentionMask, padded.Packed);
         Assert.True(allclose(hpad[0], first, rtol: 1e-5, atol: 1e-5));
         Assert.True(allclose(hpad[1, ..3], second, rtol: 1e-5, atol: 1e-5));
     }

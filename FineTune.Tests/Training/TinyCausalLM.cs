@@ -1,4 +1,5 @@
 using FineTune.Engine.Adapters;
+using FineTune.Engine.Models;
 using FineTune.Engine.Training;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -40,7 +41,7 @@ internal sealed class TinyCausalLM : nn.Module, ITrainableCausalLM
         set { if (value) throw new NotSupportedException("TinyCausalLM keeps every activation; use a fixture CausalLM to test checkpointing."); }
     }
 
-    public Tensor HiddenStates(Tensor inputIds, Tensor positionIds, Tensor? attentionMask) =>
+    public Tensor HiddenStates(Tensor inputIds, Tensor positionIds, Tensor? attentionMask, PackedSequences? packed) =>
         model.forward(inputIds, positionIds, attentionMask);
 
     public IEnumerable<(string Name, LoraLinear Layer)> NamedLinears() =>
@@ -52,7 +53,7 @@ internal sealed class TinyCausalLM : nn.Module, ITrainableCausalLM
         using var scope = NewDisposeScope();
         long T = inputIds.shape[1];
         var positions = arange(T, dtype: ScalarType.Int64).unsqueeze(0).expand(inputIds.shape[0], T);
-        return scope.MoveToOuter(lm_head.forward(HiddenStates(inputIds, positions, null)));
+        return scope.MoveToOuter(lm_head.forward(HiddenStates(inputIds, positions, null, null)));
     }
 
     /// <summary>Greedy continuation until EOS or <paramref name="maxNew"/> tokens.</summary>

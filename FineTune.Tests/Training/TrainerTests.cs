@@ -1,6 +1,7 @@
 using FineTune.Engine.Adapters;
 using FineTune.Engine.Backend;
 using FineTune.Engine.Data;
+using FineTune.Engine.Models;
 using FineTune.Engine.Training;
 using FineTune.Tests.Adapters;
 using static TorchSharp.torch;
@@ -256,10 +257,10 @@ public class TrainerTests
         public LoraLinear LmHead => inner.LmHead;
         public bool GradientCheckpointing { get => inner.GradientCheckpointing; set => inner.GradientCheckpointing = value; }
         public IEnumerable<(string Name, LoraLinear Layer)> NamedLinears() => inner.NamedLinears();
-        public Tensor HiddenStates(Tensor inputIds, Tensor positionIds, Tensor? attentionMask)
+        public Tensor HiddenStates(Tensor inputIds, Tensor positionIds, Tensor? attentionMask, PackedSequences? packed)
         {
             if (Fail) using (var huge = empty(1L << 45)) { }
-            return inner.HiddenStates(inputIds, positionIds, attentionMask);
+            return inner.HiddenStates(inputIds, positionIds, attentionMask, packed);
         }
     }
 
@@ -301,9 +302,9 @@ public class TrainerTests
         public LoraLinear LmHead => inner.LmHead;
         public bool GradientCheckpointing { get => inner.GradientCheckpointing; set => inner.GradientCheckpointing = value; }
         public IEnumerable<(string Name, LoraLinear Layer)> NamedLinears() => inner.NamedLinears();
-        public Tensor HiddenStates(Tensor inputIds, Tensor positionIds, Tensor? attentionMask)
+        public Tensor HiddenStates(Tensor inputIds, Tensor positionIds, Tensor? attentionMask, PackedSequences? packed)
         {
-            var h = inner.HiddenStates(inputIds, positionIds, attentionMask);
+            var h = inner.HiddenStates(inputIds, positionIds, attentionMask, packed);
             return Poison ? h * float.NaN : h;
         }
     }

@@ -160,6 +160,7 @@ internal sealed class ComputeBackendCheck(IServiceProvider services) : IHealthCh
             ["gpuMemoryBytes"] = backend.GpuMemoryBytes,
             ["kernels"] = backend.Kernels,
             ["cudaGraphs"] = backend.CudaGraphs,
+            ["flashAttention"] = backend.FlashAttention,
             ["canTrain"] = backend.CanCompute,
             ["unavailableReason"] = backend.UnavailableReason,
         };

@@ -86,7 +86,7 @@ internal static class ProfileCommand
                         var indices = batches[next++ % batches.Count];
                         using var batch = Batching.Collate(examples, indices, BatchLayout.Packed, backend.Device);
                         Mark(0);
-                        var hidden = trainable.HiddenStates(batch.InputIds, batch.PositionIds, batch.AttentionMask);
+                        var hidden = trainable.HiddenStates(batch.InputIds, batch.PositionIds, batch.AttentionMask, batch.Packed);
                         Mark(1);
                         var loss = trainer.LossSum(hidden, batch, 4096) / batch.TargetCount;
                         Mark(2);
@@ -143,7 +143,7 @@ internal static class ProfileCommand
             using var batch = Batching.Collate(examples, batches[s % batches.Count], BatchLayout.Packed, backend.Device);
             if (backend.IsCuda) cuda.synchronize();
             var clock = Stopwatch.StartNew();
-            model.HiddenStates(batch.InputIds, batch.PositionIds, batch.AttentionMask);
+            model.HiddenStates(batch.InputIds, batch.PositionIds, batch.AttentionMask, packed: batch.Packed);
             if (backend.IsCuda) cuda.synchronize();
             if (s >= 3) total += clock.Elapsed.TotalMilliseconds;
         }

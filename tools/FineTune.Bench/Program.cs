@@ -45,6 +45,8 @@ try
             return LoraCheckCommand.Run(args[1..], backend);
         case "graph-check":
             return GraphCheckCommand.Run(args[1..], backend);
+        case "flash-check":
+            return FlashCheckCommand.Run(args[1..], backend);
         case "saved-memory":
             return SavedMemoryCommand.Run(args[1..], backend);
         case "optim":

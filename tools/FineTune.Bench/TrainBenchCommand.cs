@@ -103,6 +103,7 @@ public static class TrainBenchCommand
             ["gpu"] = backend.Description,
             ["gc_load_and_train"] = gc,
             ["cuda_graphs"] = $"{FineTune.Engine.Kernels.CudaGraphs.Status}; {graphLog.Line ?? "no graph line"}",
+            ["flash_attention"] = FineTune.Engine.Kernels.FlashAttention.Status,
         };
         if (estimate is not null)
             summary["estimate"] = new JsonObject

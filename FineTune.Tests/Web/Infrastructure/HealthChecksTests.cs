@@ -30,6 +30,10 @@ public class HealthChecksTests
         string graphs = backend.GetProperty("cudaGraphs").GetString()!;
         Assert.True(graphs.StartsWith("on: ", StringComparison.Ordinal) || graphs.StartsWith("off: ", StringComparison.Ordinal), graphs);
         if (kernels.StartsWith("off: ", StringComparison.Ordinal)) Assert.StartsWith("off: ", graphs);
+        // Whether causal attention runs through libtorch's flash kernels: off on the CPU.
+        string flash = backend.GetProperty("flashAttention").GetString()!;
+        Assert.True(flash.StartsWith("on: ", StringComparison.Ordinal) || flash.StartsWith("off: ", StringComparison.Ordinal), flash);
+        if (backend.GetProperty("device").GetString() == "cpu") Assert.StartsWith("off: ", flash);
         var checks = root.GetProperty("checks");
         foreach (string name in new[] { "database", "data-folder", "disk", "backend", "memory" })
             Assert.Equal("ok", checks.GetProperty(name).GetProperty("status").GetString());
