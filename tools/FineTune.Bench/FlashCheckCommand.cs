@@ -53,11 +53,11 @@ internal static class FlashCheckCommand
         const int heads = 28, kvHeads = 4, headDim = 128;
         using var scope = NewDisposeScope();
         int t = lengths.Sum();
-        using var generator = new TorchSharp.torch.Generator(11, device);
-        var q = randn([rows, heads, t, headDim], generator: generator, device: device);
-        var k = randn([rows, kvHeads, t, headDim], generator: generator, device: device);
-        var v = randn([rows, kvHeads, t, headDim], generator: generator, device: device);
-        var dy = randn([rows, t, heads * headDim], generator: generator, device: device);
+        using var generator = new TorchSharp.torch.Generator(11);                 // drawn on the CPU, then moved
+        var q = randn([rows, heads, t, headDim], generator: generator).to(device);
+        var k = randn([rows, kvHeads, t, headDim], generator: generator).to(device);
+        var v = randn([rows, kvHeads, t, headDim], generator: generator).to(device);
+        var dy = randn([rows, t, heads * headDim], generator: generator).to(device);
         bool packedRow = rows == 1 && lengths.Length > 1;
         using var blockMask = packedRow ? Batching.BlockCausalMask(lengths, device) : null;
         using var packed = packedRow ? PackedSequences.Of(lengths, device) : null;
