@@ -300,8 +300,26 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         var (a, b) = ComputeCopies is { } copies && copies.A.dtype == dtype
             ? copies
             : (InDtype(lora_A!.weight!, dtype), InDtype(lora_B!.weight!, dtype));                  // (r, in), (out, r)
-        var down = nn.functional.linear(Dropout(InDtype(x, dtype)), a);                             // (..., r)
+        var down = Down(InDtype(x, dtype), a);                                                      // (..., r)
         return y.PlusScaled(nn.functional.linear(down, b), Scaling);                                // y + up·scaling, one kernel
+    }
+
+    /// <summary>
+    /// A(dropout(h)) = linear(dropout(h), a) (..., r). Where the kernels draw the mask (<see cref="DeviceSeededDraw"/>: a
+    /// training micro-batch on a GPU) one function does both (<see cref="Kernels.FusedOps.DropoutLinear"/>): where gradients
+    /// flow it keeps h rather than the dropped copy a's gradient needs, and draws that again in backward from the same
+    /// (seed, key). A checkpointed layer's recompute replays the draw of its first pass, as before. Else <see cref="Dropout"/>.
+    /// </summary>
+    private Tensor Down(Tensor h, Tensor a)
+    {
+        double p = lora_dropout!.p;
+        if (training && p != 0 && DropoutGenerator is null && h.device_type == DeviceType.CUDA
+            && DeviceSeededDraw(DropoutTape.Current, h.device) is { } draw)
+        {
+            if (DropoutDraws.Current is { } current) current.KernelDraws++;
+            return Kernels.FusedOps.DropoutLinear(h, a, p, draw.Seed, draw.Key);
+        }
+        return nn.functional.linear(Dropout(h), a);
     }
 
     /// <summary>
@@ -388,9 +406,9 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
     internal ScalarType OutputDtype => weight?.dtype ?? ComputeDtype;
 
     /// <summary>
-    /// LoRA dropout (nn.Dropout, as PEFT's lora_dropout). In a training micro-batch on a GPU with the kernels on: a mask
-    /// drawn from the micro-batch's device seed and a key (<see cref="DropoutDraws"/>), one kernel, nothing kept, and
-    /// capturable in a CUDA graph. Else on CUDA with the device's generator: torch's fused dropout, one
+    /// LoRA dropout (nn.Dropout, as PEFT's lora_dropout) where the kernels do not draw the mask (<see cref="Down"/> takes
+    /// that case: a training micro-batch on a GPU, a mask drawn from the micro-batch's device seed and a key, capturable in
+    /// a CUDA graph). On CUDA with the device's generator: torch's fused dropout, one
     /// kernel; inside a checkpointed layer each draw first seeds the device's generator with a seed from the layer's
     /// <see cref="DropoutTape"/>, and the recompute seeds it the same way, so both passes draw the same mask without
     /// keeping it. With an explicit <see cref="DropoutGenerator"/> (CPU): a bernoulli mask from that generator, recorded
@@ -403,11 +421,6 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         var tape = DropoutTape.Current;
         if (DropoutGenerator is null && h.device_type == DeviceType.CUDA)
         {
-            if (DeviceSeededDraw(tape, h.device) is { } draw && Kernels.FusedOps.Dropout(h, p, draw.Seed, draw.Key) is { } dropped)
-            {
-                if (DropoutDraws.Current is { } current) current.KernelDraws++;
-                return dropped;
-            }
             if (tape is { } t) DropoutTape.SeedDevice(h.device, t.Replaying ? t.Tape.ReplayedSeed() : t.Tape.NewSeed());
             return nn.functional.dropout(h, p, training: true);
         }

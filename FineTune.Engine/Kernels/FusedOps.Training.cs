@@ -1,3 +1,4 @@
+using FineTune.Engine.Adapters;
 using FineTune.Engine.Backend;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -5,12 +6,13 @@ using static TorchSharp.torch;
 namespace FineTune.Engine.Kernels;
 
 /// <summary>
-/// Training's RMSNorm and SiLU·up as autograd functions of their own, for the memory a step holds between forward and
-/// backward. The torch ops' graph keeps per token and norm HF's fp32 copy of the input (4 bytes a value; the ops
-/// after the upcast save it), and per MLP gate, silu(gate) and up (three 16-bit values per intermediate unit); these
-/// functions keep the 16-bit input and one fp32 rstd a row, and gate and up. Forward and backward run a kernel on CUDA
-/// (finetune_kernels.cu) and else torch ops that repeat the torch graph's gradient arithmetic in fp32
-/// (FineTune.Tests/Kernels/FusedOpsTrainingTests.cs compares both with the graph's gradients).
+/// Training's RMSNorm, SiLU·up, LoRA dropout and LoRA dropout with A as autograd functions of their own, for the memory a
+/// step holds between forward and backward. The torch ops' graph keeps per token and norm HF's fp32 copy of the input (4
+/// bytes a value; the ops after the upcast save it), per MLP gate, silu(gate) and up (three 16-bit values per intermediate
+/// unit), and per adapted projection the dropped copy of its input; these functions keep the 16-bit input and one fp32
+/// rstd a row, gate and up, and the projection's input (shared by q, k and v) with the dropout's (seed, key). Forward and
+/// backward run a kernel on CUDA (finetune_kernels.cu) and else torch ops that repeat the torch graph's gradient arithmetic
+/// in fp32 (FineTune.Tests/Kernels/FusedOpsTrainingTests.cs compares both with the graph's gradients).
 /// TorchSharp's managed functions hold memory longer than torch's own nodes do; <see cref="ManagedAutograd"/> undoes it
 /// (the output's empty_like twin freed at once, the saved tensors released when backward has run, the gradients given
 /// and handed back released then and at the next backward instead of at a garbage collection).
@@ -204,7 +206,8 @@ public static unsafe partial class FusedOps
     internal static Tensor? Dropout(Tensor x, double p, Tensor seed, long key)
     {
         if (!CudaKernels.On(x.device) || Suffix(x.dtype) is null || seed.device_index != x.device_index || seed.dtype != ScalarType.Int64) return null;
-        if (!FusedAutograd(x)) return DropoutKernel(x, p, seed, key);
+        if (NoGradient(x)) return DropoutKernel(x, p, seed, key);
+        if (PlainAutograd) return DropoutWithTorch(x, p, seed, key);             // the torch ops' own graph, the same mask
         return ApplyFused(() => DropoutFunction.apply(x, p, seed, key));
     }
 
@@ -218,5 +221,151 @@ public static unsafe partial class FusedOps
         void** args = stackalloc void*[] { &px, &py, &ps, &key, &probability, &scale, &n };
         CudaKernels.Launch(x.device, $"dropout_{Suffix(x.dtype)}", (n + 255) / 256, 256, args);
         return y;
+    }
+
+    // ---------------------------------------------------------------- LoRA dropout and A
+
+    private sealed class DropoutLinearFunction : autograd.SingleTensorFunction<DropoutLinearFunction>
+    {
+        public override string Name => "DeviceSeededDropoutLinear";
+
+        // vars: x (..., in), a (r, in), p, seed (1) int64 on x's device, key. Keeps x, a and the seed; not dropout(x), which
+        // a's gradient needs: backward draws it again from (seed, key).
+        public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
+        {
+            var x = (Tensor)vars[0];
+            var a = (Tensor)vars[1];
+            double p = (double)vars[2];
+            var seed = (Tensor)vars[3];
+            long key = (long)vars[4];
+            ctx.save_for_backward([x, a, seed]);
+            ctx.save_data("p", p);
+            ctx.save_data("key", key);
+            ctx.save_data("dx", x.requires_grad);
+            ctx.save_data("da", a.requires_grad);
+            ctx.set_materialize_grads(false);
+            using var dropped = Dropped(x, p, seed, key);                           // (..., in), gone once multiplied
+            return nn.functional.linear(dropped, a);                                // (..., r)
+        }
+
+        public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor dy)
+        {
+            double p = (double)ctx.get_data("p");
+            long key = (long)ctx.get_data("key");
+            bool needsDx = (bool)ctx.get_data("dx"), needsDa = (bool)ctx.get_data("da");
+            var saved = ManagedAutograd.TakeSaved(ctx);
+            using var x = saved[0];
+            using var a = saved[1];
+            using var seed = saved[2];
+            // linear's own backward on the rows its matmul folds (..., in) into: da = gᵀ·dropout(x) and g·a into dropout's
+            // backward (the same mask and scale), the same calls in the same order as the graph of linear(dropout(x), a).
+            using var g = dy.reshape(-1, a.shape[0]);                               // (N, r)
+            Tensor? dx = null, da = null;
+            if (needsDa)
+            {
+                using var dropped = Dropped(x, p, seed, key);                       // (..., in), drawn again
+                using var rows = dropped.reshape(-1, a.shape[1]);                   // (N, in)
+                using var gt = g.t();                                               // (r, N)
+                da = gt.mm(rows);                                                   // (r, in)
+            }
+            if (needsDx)
+            {
+                using var rows = g.mm(a);                                           // (N, in)
+                using var grad = rows.view(x.shape);                                // (..., in)
+                dx = Dropped(grad, p, seed, key);
+            }
+            dy.Dispose();
+            return ManagedAutograd.Returned(dx, da, null, null, null);
+        }
+    }
+
+    /// <summary>
+    /// linear(dropout(x), a) (..., r) for LoRA's A with the mask of <see cref="Dropout"/>'s draw (seed, key). Where gradients
+    /// flow, one function that keeps x instead of the dropped copy a's gradient needs: linear's graph kept that copy for
+    /// every adapted projection (a value per input feature, projection and token), where x is shared by q, k and v and is
+    /// otherwise kept once. Values and gradients equal those of <c>linear(Dropout(x, p, seed, key), a)</c> bit for bit: the
+    /// same kernels and matmul calls. The mask comes from the kernel where it runs, else from torch ops that compute the
+    /// same hash (<see cref="DropoutWithTorch"/>), which is also what PlainAutograd takes where gradients flow.
+    /// </summary>
+    internal static Tensor DropoutLinear(Tensor x, Tensor a, double p, Tensor seed, long key)
+    {
+        if (seed.dtype != ScalarType.Int64 || seed.device_type != x.device_type || seed.device_index != x.device_index)
+            throw new ArgumentException($"The dropout seed must be an int64 tensor on the input's device ({x.device}); it is {seed.dtype} on {seed.device}.", nameof(seed));
+        if (FusedAutograd(x, a)) return ApplyFused(() => DropoutLinearFunction.apply(x, a, p, seed, key));
+        using var dropped = NoGradient(x) ? Dropped(x, p, seed, key) : DropoutWithTorch(x, p, seed, key); // PlainAutograd: the torch ops' graph
+        return nn.functional.linear(dropped, a);
+    }
+
+    /// <summary>The device-seeded dropout of x without a graph: the kernel where it runs, else its torch-op fallback.</summary>
+    private static Tensor Dropped(Tensor x, double p, Tensor seed, long key) =>
+        CudaKernels.On(x.device) && Suffix(x.dtype) is not null ? DropoutKernel(x, p, seed, key) : DropoutWithTorch(x, p, seed, key);
+
+    /// <summary>
+    /// The dropout kernel's result with torch ops (its fallback, and what the kernel is checked against): where kept
+    /// (<see cref="DropoutKeep"/>) x·scale rounded from fp32 to x's dtype, scale = 1/(1 − p) in fp32; elsewhere 0. Differentiable:
+    /// its graph's gradient is the same function of the incoming gradient, as the kernel's backward.
+    /// </summary>
+    internal static Tensor DropoutWithTorch(Tensor x, double p, Tensor seed, long key)
+    {
+        using var scope = NewDisposeScope();
+        var keep = DropoutKeep(seed, key, x.numel(), p).view(x.shape);
+        float scale = (float)(1.0 / (1.0 - p));                                    // the kernel's fp32 scale
+        var scaled = x.to(ScalarType.Float32).Times(scale).to(x.dtype);
+        var zero = zeros([], x.dtype, x.device);
+        return scope.MoveToOuter(where(keep, scaled, zero));
+    }
+
+    /// <summary>
+    /// (n) bool: finetune_kernels.cu's dropout mask for draw (seed, key) with torch's int64 ops, read from the seed tensor on
+    /// its device (no wait for it): element i is kept where the top 24 bits of splitmix64(splitmix64(seed ^ splitmix64(key)) + i),
+    /// over 2^24 in fp32, are at least p in fp32; that is, where they are at least ⌈p·2^24⌉. In place where it can: two
+    /// int64 values an element at a time.
+    /// </summary>
+    internal static Tensor DropoutKeep(Tensor seed, long key, long n, double p)
+    {
+        using var scope = NewDisposeScope();
+        using var mixedKey = tensor((long)DropoutDraws.Mix((ulong)key));        // 0-dim on the CPU: a scalar operand on any device
+        var stream = seed.bitwise_xor(mixedKey);                                 // (1)
+        SplitMix64InPlace(stream);
+        using var count = n.ToScalar();
+        var hash = arange(count, ScalarType.Int64, seed.device);                 // (n): i
+        hash.add_(stream);
+        SplitMix64InPlace(hash);
+        ShiftRightLogicalInPlace(hash, 40);                                      // the top 24 bits
+        using var threshold = ((long)Math.Ceiling((double)(float)p * 16777216.0)).ToScalar();
+        return scope.MoveToOuter(hash.ge(threshold));
+    }
+
+    /// <summary>splitmix64's output function on int64 values, in place (two's complement: the wrapping sums and products are the uint64 ones).</summary>
+    private static void SplitMix64InPlace(Tensor z)
+    {
+        using var increment = unchecked((long)0x9E3779B97F4A7C15ul).ToScalar();
+        using var first = unchecked((long)0xBF58476D1CE4E5B9ul).ToScalar();
+        using var second = unchecked((long)0x94D049BB133111EBul).ToScalar();
+        z.add_(increment);
+        XorShiftRightInPlace(z, 30);
+        z.mul_(first);
+        XorShiftRightInPlace(z, 27);
+        z.mul_(second);
+        XorShiftRightInPlace(z, 31);
+    }
+
+    /// <summary>z ^= z >>> bits on int64 values.</summary>
+    private static void XorShiftRightInPlace(Tensor z, int bits)
+    {
+        using var shift = tensor((long)bits);                                   // 0-dim: TorchSharp's bitwise ops take tensors only
+        using var low = tensor((1L << (64 - bits)) - 1);
+        using var shifted = z.bitwise_right_shift(shift);
+        shifted.bitwise_and_(low);
+        z.bitwise_xor_(shifted);
+    }
+
+    /// <summary>z >>>= bits on int64 values: the arithmetic shift with the copied sign bits masked off.</summary>
+    private static void ShiftRightLogicalInPlace(Tensor z, int bits)
+    {
+        using var shift = tensor((long)bits);
+        using var low = tensor((1L << (64 - bits)) - 1);
+        z.bitwise_right_shift_(shift);
+        z.bitwise_and_(low);
     }
 }

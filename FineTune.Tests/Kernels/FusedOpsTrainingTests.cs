@@ -1,3 +1,4 @@
+using FineTune.Engine.Adapters;
 using FineTune.Engine.Backend;
 using FineTune.Engine.Kernels;
 using FineTune.Tests.Support;
@@ -86,6 +87,93 @@ public class FusedOpsTrainingTests
         Assert.NotNull(weight.grad);
         Assert.NotNull(x.grad);
     }
+
+    [Theory]
+    [InlineData(0x1234_5678_9ABC_DEFL, 5L, 0.1)]
+    [InlineData(unchecked((long)0xF00D_CAFE_0123_4567ul), 0L, 0.05)]
+    [InlineData(-1L, long.MaxValue, 0.3)]
+    public void Dropout_mask_of_torch_ops_is_the_kernels_hash(long seedValue, long key, double p)
+    {
+        // finetune_kernels.cu's dropout_: stream = splitmix64(seed ^ splitmix64(key)), kept where
+        // (splitmix64(stream + i) >> 40) / 2^24 >= p in fp32. Computed here with uint64 arithmetic on the host.
+        _ = ComputeBackend.Current;
+        using var scope = NewDisposeScope();
+        const int n = 20_000;
+        var keep = FusedOps.DropoutKeep(tensor(new[] { seedValue }), key, n, p).data<bool>().ToArray();
+        ulong stream = DropoutDraws.Mix((ulong)seedValue ^ DropoutDraws.Mix((ulong)key));
+        int kept = 0;
+        for (int i = 0; i < n; i++)
+        {
+            float u = (DropoutDraws.Mix(stream + (ulong)i) >> 40) * (1.0f / 16777216.0f);
+            Assert.True((u >= (float)p) == keep[i], $"element {i}: the torch ops say {(keep[i] ? "kept" : "dropped")}, the hash {u} against p {p}");
+            if (keep[i]) kept++;
+        }
+        Assert.InRange(kept / (double)n, 1 - p - 0.01, 1 - p + 0.01);
+    }
+
+    /// <summary>
+    /// FusedOps.DropoutLinear (keeps x, draws its mask again in backward) against linear(dropout(x), a) through the torch ops'
+    /// graph with the same mask (<see cref="FusedOps.DropoutWithTorch"/>): output, a's gradient and x's gradient bit-equal,
+    /// with a's gradient accumulated into one that is already there, as the adapters' working copies have it
+    /// (AdapterWorkingCopies). Also under PlainAutograd (the torch graph) and without gradients.
+    /// </summary>
+    [Theory]
+    [InlineData(ScalarType.Float32, true)]
+    [InlineData(ScalarType.Float32, false)]
+    [InlineData(ScalarType.BFloat16, true)]
+    [InlineData(ScalarType.BFloat16, false)]
+    [InlineData(ScalarType.Float16, true)]
+    public void Dropout_linear_equals_linear_of_dropout_bit_for_bit(ScalarType dtype, bool xRequiresGrad)
+    {
+        _ = ComputeBackend.Current;
+        using var scope = NewDisposeScope();
+        manual_seed(3);
+        const double p = 0.3;
+        const long key = 4;
+        var seed = tensor(new[] { unchecked((long)0xC0FF_EE12_3456_789Aul) });
+        var x = (randn(3, 7, 96) * 2).to(dtype);
+        var a = (randn(8, 96) * 0.1).to(dtype);
+        var dy = randn(3, 7, 8).to(dtype);
+        (Tensor Y, Tensor Da, Tensor? Dx) Run(Func<Tensor, Tensor, Tensor> down)
+        {
+            var xLeaf = x.detach().clone().requires_grad_(xRequiresGrad);
+            var aLeaf = a.detach().clone().requires_grad_(true);
+            aLeaf.grad = zeros_like(aLeaf);                                          // backward adds into it
+            var y = down(xLeaf, aLeaf);                                              // (3, 7, 8)
+            Assert.True(y.requires_grad);
+            y.backward([dy]);
+            if (!xRequiresGrad) Assert.Null(xLeaf.grad);
+            return (y.detach(), aLeaf.grad!, xRequiresGrad ? xLeaf.grad! : null);
+        }
+        long before = FusedOps.FusedCalls;
+        var fused = Run((xl, al) => FusedOps.DropoutLinear(xl, al, p, seed, key));
+        Assert.Equal(before + 1, FusedOps.FusedCalls);
+        var graph = Run((xl, al) => nn.functional.linear(FusedOps.DropoutWithTorch(xl, p, seed, key), al));
+        (Tensor Y, Tensor Da, Tensor? Dx) plain;
+        FusedOps.PlainAutograd = true;
+        try { plain = Run((xl, al) => FusedOps.DropoutLinear(xl, al, p, seed, key)); }
+        finally { FusedOps.PlainAutograd = false; }
+        Assert.Equal(before + 1, FusedOps.FusedCalls);
+        Tensor noGradient;
+        using (no_grad()) noGradient = FusedOps.DropoutLinear(x, a, p, seed, key);
+
+        foreach (var (other, what) in new[] { (graph, "torch graph"), (plain, "PlainAutograd") })
+        {
+            Assert.True(fused.Y.eq(other.Y).all().item<bool>(), $"output differs from the {what}'s");
+            Assert.True(fused.Da.eq(other.Da).all().item<bool>(), $"a's gradient differs from the {what}'s");
+            if (xRequiresGrad) Assert.True(fused.Dx!.eq(other.Dx!).all().item<bool>(), $"x's gradient differs from the {what}'s");
+        }
+        Assert.True(fused.Y.eq(noGradient).all().item<bool>(), "the output without gradients differs");
+        // The mask is on: the output is not that of x kept whole, and x's gradient is 0 where it was dropped.
+        using var whole = nn.functional.linear((x.to(ScalarType.Float32) * (float)(1 / (1 - p))).to(dtype), a);
+        Assert.False(fused.Y.eq(whole).all().item<bool>());
+        Assert.True(fused.Da.to(ScalarType.Float64).abs().sum().item<double>() > 0);
+        if (xRequiresGrad)
+        {
+            double dropped = fused.Dx!.eq(0).to(ScalarType.Float64).mean().item<double>();
+            Assert.InRange(dropped, p - 0.1, p + 0.1);
+        }
+    }
 }
 
 /// <summary>
@@ -106,14 +194,16 @@ public sealed class FusedOpsSavedMemoryTests(ITestOutputHelper output)
 
     /// <summary>
     /// Bytes the graph of <paramref name="op"/> keeps beyond its output, after forward and after backward (output still
-    /// alive). Its inputs are made from constants times a one-value leaf, so only the graph references them.
+    /// alive). Its inputs (rows, Width) are made from constants times a one-value leaf, so only the graph references them;
+    /// its output is (rows, outputWidth) bf16.
     /// </summary>
-    private (long AfterForward, long AfterBackward, long LeftInScope) Kept(Func<Tensor[], Tensor> op, int inputs, bool plain)
+    private (long AfterForward, long AfterBackward, long LeftInScope) Kept(Func<Tensor[], Tensor> op, int inputs, bool plain, int rows = Rows, int outputWidth = Width)
     {
         using var scope = NewDisposeScope();
+        long output16 = (long)rows * outputWidth * 2;
         var scale = ones(1, dtype: ScalarType.BFloat16).requires_grad_(true);
-        var constants = Enumerable.Range(0, inputs).Select(_ => randn(Rows, Width, dtype: ScalarType.BFloat16)).ToArray();
-        var dy = randn(Rows, Width, dtype: ScalarType.BFloat16);
+        var constants = Enumerable.Range(0, inputs).Select(_ => randn(rows, Width, dtype: ScalarType.BFloat16)).ToArray();
+        var dy = randn(rows, outputWidth, dtype: ScalarType.BFloat16);
         FusedOps.PlainAutograd = plain;
         try
         {
@@ -136,11 +226,11 @@ public sealed class FusedOpsSavedMemoryTests(ITestOutputHelper output)
                 leftInScope = DisposeScopeManager.Statistics.ThreadTotalLiveCount - live;
                 inner.MoveToOuter(y);
                 foreach (var x in xs) x.Dispose();
-                afterForward = HostMemory.ResidentBytes() - before - Tensor16;          // measured in the caller's scope, as a layer's next op would run
+                afterForward = HostMemory.ResidentBytes() - before - output16;          // measured in the caller's scope, as a layer's next op would run
             }
             y.backward([dy]);
             ReleaseReturnedGradients();                                   // a second fused backward: the first's returned gradients go
-            long afterBackward = SettledMemory.ResidentBytes() - before - Tensor16;
+            long afterBackward = SettledMemory.ResidentBytes() - before - output16;
             GC.KeepAlive(y);
             return (afterForward, afterBackward, leftInScope);
         }
@@ -196,6 +286,28 @@ public sealed class FusedOpsSavedMemoryTests(ITestOutputHelper output)
         Assert.InRange(fused.AfterForward, 2 * Tensor16 - Slack, 2 * Tensor16 + Slack);  // gate, up
         Assert.InRange(fused.AfterBackward, -Slack, Slack);
         Assert.Equal(1, fused.LeftInScope);
+    }
+
+    [Fact]
+    public void Dropout_linear_keeps_x_once_for_three_projections_and_no_dropped_copy()
+    {
+        _ = ComputeBackend.Current;
+        if (!File.Exists("/proc/self/status")) return;
+        // More rows than the other tests: the torch graph's bool mask (a byte a value) must be above glibc's largest mmap
+        // threshold (32 MiB) too, or a freed one could stay resident and blur the numbers.
+        const int rows = 8448, rank = 16;
+        const long x16 = (long)rows * Width * 2;                                 // 66 MiB
+        using var seed = tensor(new[] { 77L });
+        var adapters = Enumerable.Range(0, 3).Select(_ => (randn(rank, Width) * 0.05).to(ScalarType.BFloat16).requires_grad_(true)).ToArray();
+        // q, k and v's A of one input, as an attention layer's: three draws, one x.
+        Func<Tensor[], Tensor> op = t => cat([.. adapters.Select((a, key) => FusedOps.DropoutLinear(t[0], a, 0.05, seed, key))], -1); // (rows, 3r)
+        var plain = Kept(op, 1, plain: true, rows, 3 * rank);
+        var fused = Kept(op, 1, plain: false, rows, 3 * rank);
+        output.WriteLine($"dropout + LoRA A on q/k/v of one {rows}x{Width} bf16 input, MiB kept beyond the output: torch graph {plain.AfterForward / MiB} (after backward {plain.AfterBackward / MiB}), fused {fused.AfterForward / MiB} (after backward {fused.AfterBackward / MiB})");
+        Assert.InRange(plain.AfterForward, 3 * (x16 + x16 / 2) - Slack, 3 * (x16 + x16 / 2) + Slack); // per projection the dropped copy and its bool mask
+        Assert.InRange(fused.AfterForward, x16 - Slack, x16 + Slack);                                  // x, once
+        Assert.InRange(fused.AfterBackward, -Slack, Slack);
+        foreach (var a in adapters) Assert.NotNull(a.grad);
     }
 }
 

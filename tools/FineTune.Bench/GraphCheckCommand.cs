@@ -86,11 +86,16 @@ internal static class GraphCheckCommand
         var device = backend.Device;
         var seed = tensor(new[] { 1234L }, device: device);
         var weight = ones(256, ScalarType.BFloat16, device);
+        // LoRA A weights (r = 256 here, so the unit's matmul takes the output) that require gradients, as the working copies do.
+        var loraA = (randn(256, 256, device: device) * 0.05).to(ScalarType.BFloat16).requires_grad_(true);
+        var otherA = (randn(256, 256, device: device) * 0.05).to(ScalarType.BFloat16).requires_grad_(true);
         foreach (var (name, op) in new (string, Func<Tensor, Tensor>)[]
         {
             ("unit: fused dropout", x => FusedOps.Dropout(x, 0.1, seed, 3)!),
             ("unit: fused dropout twice on one input", x => FusedOps.Dropout(x, 0.1, seed, 3)! + FusedOps.Dropout(x, 0.1, seed, 4)!),
             ("unit: fused dropout of a computed input, key 0", x => FusedOps.Dropout(x * 1, 0.1, seed, 0)!),
+            ("unit: fused dropout + LoRA A", x => FusedOps.DropoutLinear(x, loraA, 0.1, seed, 5)),
+            ("unit: fused dropout + LoRA A, two of one input", x => FusedOps.DropoutLinear(x, loraA, 0.1, seed, 5) + FusedOps.DropoutLinear(x, otherA, 0.1, seed, 6)),
             ("unit: fused rms norm", x => FusedOps.RmsNorm(x, weight, 1e-6)),
             ("unit: fused silu mul", x => FusedOps.SiluMul(x, x * 2)),
         })

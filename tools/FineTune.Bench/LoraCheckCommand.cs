@@ -1,6 +1,7 @@
 using System.Text.Json.Nodes;
 using FineTune.Engine.Adapters;
 using FineTune.Engine.Backend;
+using FineTune.Engine.Kernels;
 using FineTune.Engine.Models;
 using FineTune.Engine.Training;
 using static TorchSharp.torch;
@@ -13,7 +14,9 @@ namespace FineTune.Bench;
 /// checkpointed layer's recompute must draw the masks of its first pass, so the gradients equal those of kept
 /// activations (fp32; bound 1e-4 of the largest gradient: the first pass runs the fused kernels, RMSNorm within 7e-7),
 /// and other seeds must give other gradients (the check can fail). (2) The bf16 working copies of the adapters give the
-/// per-projection casts' losses and fp32 gradients bit for bit, dense and NF4, with dropout on the device. (3) q/k/v's NF4
+/// per-projection casts' losses and fp32 gradients bit for bit, dense and NF4, with dropout on the device; the fused
+/// functions (RMSNorm, SiLU·up, dropout + LoRA A) give the torch ops' graph's gradients with the same device-drawn masks
+/// (fp32, 1e-4 of the largest gradient, as above). (3) q/k/v's NF4
 /// weights dequantized into one buffer (LoraLinear.ForwardShared) equal each one dequantized alone, bit for bit.
 /// FineTune.Tests/Models/GradientCheckpointTests.cs and Training/AdapterWorkingCopiesTests.cs are the CPU side.
 /// </summary>
@@ -58,6 +61,13 @@ internal static class LoraCheckCommand
                     scaleDrawn > 0 && diffDrawn <= 1e-4 * scaleDrawn && otherDiffDrawn > 1e-2 * scaleDrawn && plainDrawn.KernelDraws > 0 && checkpointedDrawn.KernelDraws > 0,
                     new JsonObject { ["max_abs_diff"] = diffDrawn, ["scale"] = scaleDrawn, ["other_seed_diff"] = otherDiffDrawn, ["loss_plain"] = plainDrawn.Loss, ["loss_checkpointed"] = checkpointedDrawn.Loss, ["kernel_draws"] = plainDrawn.KernelDraws });
 
+                // The fused functions (RMSNorm, SiLU·up, dropout + LoRA A) against the torch ops' graph with the same device-drawn masks.
+                var graph = LossAndGrads(folder, device, ScalarType.Float32, quantized, checkpointing: false, copies: false, seed: 3, deviceDraws: true, plain: true);
+                double graphDiff = MaxDiff(plainDrawn.Grads, graph.Grads);
+                Report($"{family}{(quantized ? " nf4" : "")} fp32: fused functions = torch graph, device-seeded dropout",
+                    scaleDrawn > 0 && graphDiff <= 1e-4 * scaleDrawn && plainDrawn.KernelDraws > 0 && graph.KernelDraws == plainDrawn.KernelDraws,
+                    new JsonObject { ["max_abs_diff"] = graphDiff, ["scale"] = scaleDrawn, ["loss_fused"] = plainDrawn.Loss, ["loss_graph"] = graph.Loss, ["kernel_draws"] = graph.KernelDraws });
+
                 var cast = LossAndGrads(folder, device, ScalarType.BFloat16, quantized, checkpointing: true, copies: false, seed: 3);
                 var copied = LossAndGrads(folder, device, ScalarType.BFloat16, quantized, checkpointing: true, copies: true, seed: 3);
                 Report($"{family}{(quantized ? " nf4" : "")} bf16: working copies = casts, bit for bit",
@@ -88,7 +98,14 @@ internal static class LoraCheckCommand
     private static double MaxDiff(float[] a, float[] b) => a.Zip(b, (x, y) => (double)MathF.Abs(x - y)).Max();
 
     /// <summary>Loss and the adapters' fp32 gradients of one backward on two packed sequences, dropout 0.2 on q/k/v/o and the MLP.</summary>
-    private static (double Loss, float[] Grads, int KernelDraws) LossAndGrads(string folder, Device device, ScalarType dtype, bool quantized, bool checkpointing, bool copies, int seed, bool deviceDraws = false)
+    private static (double Loss, float[] Grads, int KernelDraws) LossAndGrads(string folder, Device device, ScalarType dtype, bool quantized, bool checkpointing, bool copies, int seed, bool deviceDraws = false, bool plain = false)
+    {
+        FusedOps.PlainAutograd = plain;
+        try { return LossAndGradsOnce(folder, device, dtype, quantized, checkpointing, copies, seed, deviceDraws); }
+        finally { FusedOps.PlainAutograd = false; }
+    }
+
+    private static (double Loss, float[] Grads, int KernelDraws) LossAndGradsOnce(string folder, Device device, ScalarType dtype, bool quantized, bool checkpointing, bool copies, int seed, bool deviceDraws)
     {
         using var lm = ModelLoader.Load(folder, new ModelLoadOptions
         {

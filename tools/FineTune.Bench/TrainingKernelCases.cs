@@ -7,7 +7,8 @@ namespace FineTune.Bench;
 /// <summary>
 /// The `kernels` checks of training's fused functions (FusedOps.Training.cs): output and input gradients with the
 /// kernels against the torch ops' own autograd graph, at 7B widths. Bounds as FineTune.Tests/Kernels/FusedOpsTrainingTests.cs
-/// states them: 1e-6 of the largest value in fp32, 1e-2 (one rounding step) in 16 bits.
+/// states them: 1e-6 of the largest value in fp32, 1e-2 (one rounding step) in 16 bits. The device-seeded dropout against
+/// its torch-op fallback, and LoRA's dropout + A as one function against the dropout function and linear's graph: exact.
 /// </summary>
 internal static class TrainingKernelCases
 {
@@ -61,7 +62,7 @@ internal static class TrainingKernelCases
         foreach (long n in new long[] { 3 * 37 * 3584, 333 })
             yield return ($"dropout p 0.1 {n} values, forward and backward", 0, () =>
             {
-                // The kernel's output and gradient against the mask computed from its stated hash with torch's int64 ops.
+                // The kernel's output and gradient against its torch-op fallback, which computes the stated hash with torch's int64 ops.
                 var seed = tensor(new[] { 0x1234_5678_9ABC_DEFL }, device: device);
                 var x = randn(n, device: device).to(dtype);
                 var dy = randn(n, device: device).to(dtype);
@@ -70,32 +71,34 @@ internal static class TrainingKernelCases
                 var y = FusedOps.Dropout(leaf, 0.1, seed, key: 5) ?? throw new InvalidOperationException("the dropout kernel did not run");
                 y.backward([dy]);
                 var fused = cat([y.detach(), leaf.grad!]);
-                var keep = DropoutKeepReference(0x1234_5678_9ABC_DEFL, 5, n, 0.1, device);
-                var scale = tensor((float)(1.0 / (1.0 - 0.1)), device: device);
-                var plain = cat([((x.to(ScalarType.Float32) * scale).to(dtype) * keep).to(dtype), ((dy.to(ScalarType.Float32) * scale).to(dtype) * keep).to(dtype)]);
-                double kept = keep.to(ScalarType.Float64).mean().item<double>();
+                var plain = cat([FusedOps.DropoutWithTorch(x, 0.1, seed, 5), FusedOps.DropoutWithTorch(dy, 0.1, seed, 5)]);
+                double kept = FusedOps.DropoutKeep(seed, 5, n, 0.1).to(ScalarType.Float64).mean().item<double>();
                 if (n > 10_000 && Math.Abs(kept - 0.9) > 0.005) throw new InvalidOperationException($"dropout kept {kept:F4} of the values, not 0.9");
                 return (fused, plain);
             });
+        foreach (var (b, t, width, rank, xGrad) in new[] { (3, 37, 3584, 16, true), (3, 37, 3584, 16, false), (2, 5, 333, 8, true) })
+            yield return ($"dropout+lora A fused {b}x{t}x{width} r{rank}{(xGrad ? "" : " x w/o grad")}: out, da{(xGrad ? ", dx" : "")}", 0, () =>
+            {
+                // FusedOps.DropoutLinear (keeps x, draws the mask again in backward) against linear(dropout(x), a) as LoraLinear
+                // ran it before: the dropout function, then linear's own graph. Same calls: bit-equal.
+                var seed = tensor(new[] { 0x0FED_CBA9_8765_4321L }, device: device);
+                var x = randn(b, t, width, device: device).to(dtype);
+                var a = (randn(rank, width, device: device) * 0.05).to(dtype);
+                var dy = randn(b, t, rank, device: device).to(dtype);
+                Tensor Run(Func<Tensor, Tensor, Tensor> down)
+                {
+                    using var _ = enable_grad();
+                    var xl = x.detach().clone().requires_grad_(xGrad);
+                    var al = a.detach().clone().requires_grad_(true);
+                    var y = down(xl, al);                                                           // (B, T, r)
+                    y.backward([dy]);
+                    return cat([y.detach().flatten(), al.grad!.flatten(), .. (xGrad ? new[] { xl.grad!.flatten() } : [])]);
+                }
+                long before = FusedOps.FusedCalls;
+                var fused = Run((xl, al) => FusedOps.DropoutLinear(xl, al, 0.1, seed, 9));
+                if (FusedOps.FusedCalls == before) throw new InvalidOperationException("the fused dropout+linear function did not run");
+                var unfused = Run((xl, al) => nn.functional.linear(FusedOps.Dropout(xl, 0.1, seed, 9) ?? throw new InvalidOperationException("the dropout kernel did not run"), al));
+                return (fused, unfused);
+            });
     }
-
-    /// <summary>finetune_kernels.cu's dropout mask with torch's int64 ops: kept where the top 24 bits of
-    /// splitmix64(splitmix64(seed ^ splitmix64(key)) + i), over 2^24 in fp32, are at least p.</summary>
-    private static Tensor DropoutKeepReference(long seed, long key, long n, double p, Device device)
-    {
-        long stream = (long)FineTune.Engine.Adapters.DropoutDraws.Mix((ulong)seed ^ FineTune.Engine.Adapters.DropoutDraws.Mix((ulong)key));
-        var h = SplitMix64(arange(n, ScalarType.Int64, device) + stream);
-        var u = LogicalShiftRight(h, 40).to(ScalarType.Float32) * (1.0f / 16777216.0f);
-        return u >= (float)p;
-    }
-
-    private static Tensor SplitMix64(Tensor z)
-    {
-        z = z + unchecked((long)0x9E3779B97F4A7C15ul);
-        z = (z ^ LogicalShiftRight(z, 30)) * unchecked((long)0xBF58476D1CE4E5B9ul);
-        z = (z ^ LogicalShiftRight(z, 27)) * unchecked((long)0x94D049BB133111EBul);
-        return z ^ LogicalShiftRight(z, 31);
-    }
-
-    private static Tensor LogicalShiftRight(Tensor z, int bits) => z.bitwise_right_shift(bits) & ((1L << (64 - bits)) - 1);
 }
