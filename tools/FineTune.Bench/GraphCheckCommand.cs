@@ -87,6 +87,9 @@ internal static class GraphCheckCommand
         var seed = tensor(new[] { 1234L }, device: device);
         var weight = ones(256, ScalarType.BFloat16, device);
         // LoRA A weights (r = 256 here, so the unit's matmul takes the output) that require gradients, as the working copies do.
+        // Each pass takes a new leaf of the same values: with one leaf first used op by op, the capture's backward failed at
+        // its gradient accumulator (cudaErrorStreamCaptureImplicit: the legacy stream made to wait on the capture; H200,
+        // 2026-11-30). The trainer's training cases above capture the same function without this.
         var loraA = (randn(256, 256, device: device) * 0.05).to(ScalarType.BFloat16).requires_grad_(true);
         var otherA = (randn(256, 256, device: device) * 0.05).to(ScalarType.BFloat16).requires_grad_(true);
         foreach (var (name, op) in new (string, Func<Tensor, Tensor>)[]
@@ -94,8 +97,8 @@ internal static class GraphCheckCommand
             ("unit: fused dropout", x => FusedOps.Dropout(x, 0.1, seed, 3)!),
             ("unit: fused dropout twice on one input", x => FusedOps.Dropout(x, 0.1, seed, 3)! + FusedOps.Dropout(x, 0.1, seed, 4)!),
             ("unit: fused dropout of a computed input, key 0", x => FusedOps.Dropout(x * 1, 0.1, seed, 0)!),
-            ("unit: fused dropout + LoRA A", x => FusedOps.DropoutLinear(x, loraA, 0.1, seed, 5)),
-            ("unit: fused dropout + LoRA A, two of one input", x => FusedOps.DropoutLinear(x, loraA, 0.1, seed, 5) + FusedOps.DropoutLinear(x, otherA, 0.1, seed, 6)),
+            ("unit: fused dropout + LoRA A", x => FusedOps.DropoutLinear(x, Fresh(loraA), 0.1, seed, 5)),
+            ("unit: fused dropout + LoRA A, two of one input", x => FusedOps.DropoutLinear(x, Fresh(loraA), 0.1, seed, 5) + FusedOps.DropoutLinear(x, Fresh(otherA), 0.1, seed, 6)),
             ("unit: fused rms norm", x => FusedOps.RmsNorm(x, weight, 1e-6)),
             ("unit: fused silu mul", x => FusedOps.SiluMul(x, x * 2)),
         })
@@ -111,6 +114,8 @@ internal static class GraphCheckCommand
         if (o.Optional("out") is string path) File.WriteAllText(path, result.ToJsonString());
         return allPass ? 0 : 1;
     }
+
+    private static Tensor Fresh(Tensor leaf) => leaf.detach().clone().requires_grad_(true);
 
     /// <summary>d/dx of sum(linear(op(x), W) · probe) from a replayed graph and op by op.</summary>
     private static (Tensor Graph, Tensor Eager) UnitGradients(Device device, Func<Tensor, Tensor> op)
