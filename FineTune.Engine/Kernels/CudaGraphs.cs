@@ -61,14 +61,20 @@ public static unsafe class CudaGraphs
     /// libtorch exports the graph API.</summary>
     public static bool Enabled { get; private set; }
 
-    /// <summary>For tests and measurements: training without graphs even where they are on (process-wide).</summary>
+    /// <summary>
+    /// For tests and measurements: training without graphs even where they are on (process-wide): the same job op by op,
+    /// micro-batches shaped as they would be for graphs (<see cref="Available"/>).
+    /// </summary>
     public static bool Suspended { get; set; }
 
     /// <summary>One line for /healthz and the benchmark: "on: libtorch's CUDAGraph" or "off: why".</summary>
     public static string Status => _status;
 
     /// <summary>True when a training step on <paramref name="device"/> may be captured.</summary>
-    public static bool On(Device device) => Enabled && !Suspended && CudaKernels.On(device);
+    public static bool On(Device device) => Available(device) && !Suspended;
+
+    /// <summary>True when graphs are on for <paramref name="device"/>, suspended or not: a run shapes its micro-batches for them.</summary>
+    public static bool Available(Device device) => Enabled && CudaKernels.On(device);
 
     /// <summary>Binds the API in the libraries of <paramref name="libTorchFolder"/> (or the process's); called by the backend after the kernels started.</summary>
     internal static string Start(string? libTorchFolder)

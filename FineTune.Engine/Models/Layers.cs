@@ -311,12 +311,17 @@ public sealed record AttentionMask(Tensor? Additive, bool IsCausal, PackedSequen
 /// </summary>
 public sealed record PackedSequences(Tensor Starts, int Longest) : IDisposable
 {
-    /// <summary>The starts of sequences of <paramref name="lengths"/> on <paramref name="device"/>.</summary>
-    public static PackedSequences Of(IReadOnlyList<int> lengths, Device device)
+    /// <summary>
+    /// The starts of sequences of <paramref name="lengths"/> on <paramref name="device"/>; <paramref name="longest"/>: a
+    /// bound to state instead of the longest length (a CUDA graph bakes it in: padded micro-batches of one shape state the
+    /// row's length, which bounds each of their sequences).
+    /// </summary>
+    public static PackedSequences Of(IReadOnlyList<int> lengths, Device device, int? longest = null)
     {
         var starts = new int[lengths.Count + 1];
         for (int i = 0; i < lengths.Count; i++) starts[i + 1] = starts[i] + lengths[i];
-        return new PackedSequences(tensor(starts, device: device), lengths.Max());
+        if (longest < lengths.Max()) throw new ArgumentOutOfRangeException(nameof(longest), longest, "The stated bound is below the longest sequence.");
+        return new PackedSequences(tensor(starts, device: device), longest ?? lengths.Max());
     }
 
     public void Dispose() => Starts.Dispose();

@@ -156,7 +156,10 @@ public sealed class FineTunePipeline(ILoggerFactory? loggers = null)
         var loadTime = clock.Elapsed;
         var options = job.Training with { UseLossScaling = model.ComputeDType == ScalarType.Float16 };
         // Graphs as the run will have them: the probe repeats its steps, which would give it graphs for shapes the run meets once.
-        var trainer = new LoraTrainer(model.Trainable, job.Lora, "time-estimate") { GraphShapes = LoraTrainer.GraphShapesOf(split.Train, options) };
+        var trainer = new LoraTrainer(model.Trainable, job.Lora, "time-estimate")
+        {
+            Graphs = LoraTrainer.GraphPlanOf(split.Train, options, LoraTrainer.Checkpointing(model.Trainable, options)),
+        };
         var device = job.Device ?? ComputeBackend.Current.Device;
 
         // The steps to time, as a training list of their own taken in file order: every step then is one of the run's windows.

@@ -33,10 +33,11 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
     public DataParallelReplica? Replica { get; init; }
 
     /// <summary>
-    /// The micro-batch shapes that get a CUDA graph; null: those of the training rows (<see cref="GraphShapesOf"/>). The time
-    /// estimate passes the run's own, since its probe repeats a few steps and would otherwise get graphs the run does not.
+    /// The micro-batch shapes that get a CUDA graph and whether packed rows are padded for them; null: the training rows'
+    /// (<see cref="GraphPlanOf"/>). The time estimate passes the run's own, since its probe repeats a few steps and would
+    /// otherwise get graphs the run does not.
     /// </summary>
-    public IReadOnlySet<BatchShape>? GraphShapes { get; init; }
+    public GraphPlan? Graphs { get; init; }
 
     /// <summary>Diagnostics: times each step's phases with the device synchronized (slower; the benchmark's --step-phases).</summary>
     public StepPhaseClock? PhaseClock { get; init; }
@@ -56,7 +57,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         var device = trainable[0].device;
         var adapterLayers = model.NamedLinears().Select(l => l.Layer).Where(l => l.HasAdapter).ToList();
         bool quantized = model.NamedLinears().Any(l => l.Layer.IsQuantized);
-        bool checkpointing = options.GradientCheckpointing ?? quantized;
+        bool checkpointing = Checkpointing(model, options);
         if (model.GradientCheckpointing != checkpointing) model.GradientCheckpointing = checkpointing;
         // TorchSharp's custom autograd functions (the NF4 matmul, checkpointed layers) keep their inputs reachable
         // from managed contexts that only the garbage collector releases; without a collection per step a QLoRA
@@ -86,9 +87,10 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         using var workingCopies = AdapterWorkingCopies.For(optimizer, adapterLayers);
         using var microBatch = new MicroBatchTensors(device);
         // Not with the phase clock: its synchronizations cannot be captured.
-        using var graphs = CudaGraphs.On(device) && PhaseClock is null
-            ? new MicroBatchGraphs(CudaKernels.Ordinal(device)!.Value, GraphShapes ?? GraphShapesOf(data.Train, options, Replica))
-            : null;
+        // Suspended graphs (op by op, for comparisons) keep the plan's micro-batch shapes: the same job without the capture.
+        var plan = CudaGraphs.Available(device) && PhaseClock is null ? Graphs ?? GraphPlanOf(data.Train, options, checkpointing, Replica) : null;
+        _padPackedRows = plan?.PadPackedRows == true;
+        using var graphs = plan is not null && CudaGraphs.On(device) ? new MicroBatchGraphs(CudaKernels.Ordinal(device)!.Value, plan.Shapes) : null;
 
         string? lastCheckpoint = null;
         var clock = Stopwatch.StartNew();
@@ -203,10 +205,42 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
     /// The micro-batch shapes of a run on <paramref name="train"/> that get a CUDA graph (<see cref="MicroBatchGraphs.RepeatingShapes"/>),
     /// from its first epoch's micro-batches (a replica's share of each step).
     /// </summary>
-    public static IReadOnlySet<BatchShape> GraphShapesOf(IReadOnlyList<TrainingExample> train, TrainingOptions options, DataParallelReplica? replica = null) =>
+    public static IReadOnlySet<BatchShape> GraphShapesOf(IReadOnlyList<TrainingExample> train, TrainingOptions options, DataParallelReplica? replica = null,
+        bool padPackedRows = false) =>
         MicroBatchGraphs.RepeatingShapes(EpochWindows(train, options, 0)
             .SelectMany(window => replica?.Shard(window, train) ?? window)
-            .Select(indices => Batching.ShapeOf(train, indices, options.Layout)));
+            .Select(indices => Batching.ShapeOf(train, indices, options.Layout, padPackedRows)));
+
+    /// <summary>
+    /// The shapes of a run's micro-batches that get CUDA graphs: as the rows come, or where none repeat enough and
+    /// <see cref="PadsPackedRows"/> says so, as packed rows padded to bucket lengths (padding only where it is what makes
+    /// shapes repeat: fixed-length rows repeat their shape already).
+    /// </summary>
+    public static GraphPlan GraphPlanOf(IReadOnlyList<TrainingExample> train, TrainingOptions options, bool checkpointing, DataParallelReplica? replica = null)
+    {
+        var shapes = GraphShapesOf(train, options, replica);
+        if (shapes.Count > 0 || !PadsPackedRows(options, checkpointing, replica is not null)) return new(shapes, PadPackedRows: false);
+        var padded = GraphShapesOf(train, options, replica, padPackedRows: true);
+        return padded.Count > 0 ? new(padded, PadPackedRows: true) : new(shapes, PadPackedRows: false);
+    }
+
+    /// <summary>Whether a run of <paramref name="model"/> recomputes each layer in backward: the option, else with a 4-bit base (QLoRA's default).</summary>
+    public static bool Checkpointing(ITrainableCausalLM model, TrainingOptions options) =>
+        options.GradientCheckpointing ?? model.NamedLinears().Any(l => l.Layer.IsQuantized);
+
+    /// <summary>
+    /// Whether packed micro-batches are padded to bucket lengths so that they repeat shapes and replay from CUDA graphs
+    /// (<see cref="Batching.Collate"/>'s padToBucket; only where graphs are on). Where the host bounds the step: a checkpointed
+    /// step (the forward twice and, with a 4-bit base, the dequantization in every pass: 7B QLoRA Q&amp;A ran at 73% of the
+    /// 16-bit step's speed op by op) and each replica of a data-parallel run (half the rows per GPU for the same host work:
+    /// 7B Q&amp;A on two H200s at 1.23x one). Not for a 16-bit run on one GPU: its step is bound by the GPU, where padding only
+    /// adds work (padded to 16 lengths, one H200 ran no faster and kept 11 GiB more at the peak).
+    /// </summary>
+    public static bool PadsPackedRows(TrainingOptions options, bool checkpointing, bool dataParallel) =>
+        options.Layout == BatchLayout.Packed && (checkpointing || dataParallel);
+
+    /// <summary>This run's <see cref="GraphPlan.PadPackedRows"/> (false where graphs are off).</summary>
+    private bool _padPackedRows;
 
     /// <summary>
     /// The validation rows' batches, as <see cref="Evaluate"/> takes them: <see cref="TrainingOptions.BatchSize"/> rows each,
@@ -354,7 +388,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
             {
                 if (Replica is null) cancellationToken.ThrowIfCancellationRequested();
                 using var scope = NewDisposeScope();
-                using var batch = Batching.Collate(rows, indices, options.Layout, device);
+                using var batch = Batching.Collate(rows, indices, options.Layout, device, padToBucket: _padPackedRows);
                 if (batch.TargetCount == 0) continue;
                 // LoRA dropout's masks on a GPU: from (run seed, step, micro-batch, replica) through the device seed.
                 long dropoutSeed = DropoutDraws.SeedFor(options.Seed, step, microBatchIndex++, Replica?.Rank ?? 0);
@@ -452,3 +486,6 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         }
     }
 }
+
+/// <summary>The micro-batch shapes of a run that get CUDA graphs, and whether its packed rows are padded to bucket lengths for them.</summary>
+public sealed record GraphPlan(IReadOnlySet<BatchShape> Shapes, bool PadPackedRows);

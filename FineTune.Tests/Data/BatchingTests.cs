@@ -29,5 +29,53 @@ public class BatchingTests
         using var batch = Batching.Collate(rows, indices, layout, CPU);
         Assert.Equal(batch.Shape, Batching.ShapeOf(rows, indices, layout));
         Assert.Equal(batch.TargetCount, batch.Shape.Targets);
+        using var padded = Batching.Collate(rows, indices, layout, CPU, padToBucket: true);
+        Assert.Equal(padded.Shape, Batching.ShapeOf(rows, indices, layout, padToBucket: true));
+    }
+
+    [Fact]
+    public void Bucket_lengths_are_eight_per_doubling_and_never_shorter()
+    {
+        Assert.Equal(64, Batching.BucketLength(1));
+        Assert.Equal(64, Batching.BucketLength(64));
+        Assert.Equal(72, Batching.BucketLength(65));
+        Assert.Equal(1152, Batching.BucketLength(1025));
+        int previous = 0;
+        var lengths = new HashSet<int>();
+        for (int n = 1; n <= 4096; n++)
+        {
+            int b = Batching.BucketLength(n);
+            Assert.True(b >= n && b >= previous, $"{n} -> {b}");
+            if (n > 64) Assert.True(b <= n * 1.125, $"{n} -> {b}: more than 12.5% padding");
+            previous = b;
+            if (n > 2048) lengths.Add(b);
+        }
+        Assert.Equal(8, lengths.Count); // 2049..4096: eight lengths
+    }
+
+    [Fact]
+    public void Rows_padded_to_a_bucket_end_in_a_sequence_of_their_own_without_targets()
+    {
+        TrainingExample[] rows = [Row(7, 3), Row(5, 5), Row(9, 2)];
+        using var batch = Batching.Collate(rows, [0, 1, 2], BatchLayout.Packed, CPU, padToBucket: true);
+        using var plain = Batching.Collate(rows, [0, 1, 2], BatchLayout.Packed, CPU);
+        Assert.Equal(new long[] { 1, 64 }, batch.InputIds.shape);          // 21 tokens + at least one of padding: 64
+        Assert.Equal(plain.InputIds.data<long>().ToArray(), batch.InputIds.data<long>().ToArray()[..21]);
+        Assert.Equal(plain.Targets.data<long>().ToArray(), batch.Targets.data<long>().ToArray()[..21]);
+        Assert.All(batch.Targets.data<long>().ToArray()[21..], t => Assert.Equal(TrainingExamples.IgnoreIndex, t));
+        Assert.Equal(Enumerable.Range(0, 43).Select(i => (long)i), batch.PositionIds.data<long>().ToArray()[21..]);
+        // Starts: each row, then the padding; the stated longest is the row's length (a bound for every sequence).
+        Assert.Equal(new[] { 0, 7, 12, 21, 64 }, batch.Packed!.Starts.data<int>().ToArray());
+        Assert.Equal(64, batch.Packed.Longest);
+        // The mask keeps the padding to itself.
+        var mask = batch.AttentionMask!.reshape(64, 64);
+        Assert.False(mask[30, ..21].any().item<bool>());
+        Assert.False(mask[..21, 21..].any().item<bool>());
+        // Target positions: the real ones first, then the first padding token up to the bucket length of their count.
+        var positions = batch.TargetPositions.data<long>().ToArray();
+        Assert.Equal(plain.TargetPositions.data<long>().ToArray(), positions[..10]);
+        Assert.Equal(64, positions.Length);
+        Assert.All(positions[10..], p => Assert.Equal(21, p));
+        Assert.Equal((21, 10), (batch.TokenCount, batch.TargetCount)); // what the step counts: the real tokens and targets
     }
 }

@@ -40,5 +40,34 @@ public class MicroBatchGraphsTests
         var random = new Random(5);
         var qa = Enumerable.Range(0, 64).Select(_ => Row(random.Next(20, 200))).ToList();
         Assert.Empty(LoraTrainer.GraphShapesOf(qa, options));
+        // Padded to bucket lengths (where the host bounds the step), rows of many lengths repeat shapes and get graphs
+        // (enough of them: 400 rows in 100 micro-batches of 4).
+        var manyRows = Enumerable.Range(0, 400).Select(_ => Row(random.Next(20, 200))).ToList();
+        Assert.Empty(LoraTrainer.GraphShapesOf(manyRows, options));
+        var padded = LoraTrainer.GraphShapesOf(manyRows, options, padPackedRows: true);
+        Assert.NotEmpty(padded);
+        Assert.All(padded, s => Assert.Equal(Batching.BucketLength(s.Tokens), s.Tokens));
+
+        // The run's plan: padding only where the host bounds the step and only where it is what makes shapes repeat.
+        var paddedPlan = LoraTrainer.GraphPlanOf(manyRows, options, checkpointing: true);
+        Assert.True(paddedPlan.PadPackedRows);
+        Assert.True(paddedPlan.Shapes.SetEquals(padded));
+        var unpaddedPlan = LoraTrainer.GraphPlanOf(manyRows, options, checkpointing: false);
+        Assert.False(unpaddedPlan.PadPackedRows);
+        Assert.Empty(unpaddedPlan.Shapes);
+        var densePlan = LoraTrainer.GraphPlanOf(dense, options, checkpointing: true);
+        Assert.False(densePlan.PadPackedRows);                                                // fixed-length rows repeat as they are
+        Assert.Equal([new BatchShape(4, 32, false, 4 * 28, 4, 32)], densePlan.Shapes);
+    }
+
+
+    [Fact]
+    public void Packed_rows_are_padded_where_the_host_bounds_the_step()
+    {
+        var packed = new TrainingOptions();
+        Assert.True(LoraTrainer.PadsPackedRows(packed, checkpointing: true, dataParallel: false));   // QLoRA's default
+        Assert.True(LoraTrainer.PadsPackedRows(packed, checkpointing: false, dataParallel: true));   // a replica's half of the rows
+        Assert.False(LoraTrainer.PadsPackedRows(packed, checkpointing: false, dataParallel: false)); // 16-bit on one GPU: bound by the GPU
+        Assert.False(LoraTrainer.PadsPackedRows(packed with { Layout = BatchLayout.LengthGrouped }, checkpointing: true, dataParallel: true));
     }
 }
