@@ -174,6 +174,89 @@ public class FusedOpsTrainingTests
             Assert.InRange(dropped, p - 0.1, p + 0.1);
         }
     }
+
+    /// <summary>
+    /// FusedOps.DropoutLinearShared (one function for the downs of q, k and v of one x, each with its own draw) against
+    /// three FusedOps.DropoutLinear functions and against the torch ops' graph of linear(dropout(x), a) per projection with
+    /// the same masks: outputs, each a's gradient (added into one already there) and x's gradient bit-equal to both (x's:
+    /// the three parts summed in the order autograd adds them, v's first). With k's output given no gradient (its a gets
+    /// none, x's gradient is q's and v's), x without gradient, under PlainAutograd and without gradients.
+    /// </summary>
+    [Theory]
+    [InlineData(ScalarType.Float32, true, true)]
+    [InlineData(ScalarType.Float32, true, false)]
+    [InlineData(ScalarType.Float32, false, true)]
+    [InlineData(ScalarType.BFloat16, true, true)]
+    [InlineData(ScalarType.BFloat16, true, false)]
+    [InlineData(ScalarType.BFloat16, false, false)]
+    [InlineData(ScalarType.Float16, true, true)]
+    [InlineData(ScalarType.Float16, true, false)]
+    public void Dropout_linear_shared_equals_three_dropout_linears_and_the_torch_graph(ScalarType dtype, bool xRequiresGrad, bool kGetsGradient)
+    {
+        _ = ComputeBackend.Current;
+        using var scope = NewDisposeScope();
+        manual_seed(4);
+        var seed = tensor(new[] { unchecked((long)0x5EED_0F_DA7A_1234ul) });
+        FusedOps.DropoutDraw[] draws = [new(0.3, seed, 4), new(0.1, seed, 5), new(0.2, seed, 6)];   // q, k, v: own p and key
+        var x = (randn(3, 7, 96) * 2).to(dtype);
+        long[] ranks = [8, 4, 8];
+        var a = ranks.Select(r => (randn(r, 96) * 0.1).to(dtype)).ToArray();
+        var dy = ranks.Select(r => randn(3, 7, r).to(dtype)).ToArray();
+        int[] used = kGetsGradient ? [0, 1, 2] : [0, 2];
+        (Tensor[] Ys, Tensor[] Das, Tensor? Dx) Run(Func<Tensor, Tensor[], Tensor[]> downs)
+        {
+            var xLeaf = x.detach().clone().requires_grad_(xRequiresGrad);
+            var aLeaves = a.Select(t =>
+            {
+                var leaf = t.detach().clone().requires_grad_(true);
+                leaf.grad = zeros_like(leaf);                                        // backward adds into it
+                return leaf;
+            }).ToArray();
+            var ys = downs(xLeaf, aLeaves);                                          // (3, 7, r) each
+            Assert.All(ys, y => Assert.True(y.requires_grad));
+            autograd.backward([.. used.Select(i => ys[i])], [.. used.Select(i => dy[i])]);
+            if (!xRequiresGrad) Assert.Null(xLeaf.grad);
+            return ([.. ys.Select(y => y.detach())], [.. aLeaves.Select(l => l.grad!)], xRequiresGrad ? xLeaf.grad! : null);
+        }
+        long before = FusedOps.FusedCalls;
+        var shared = Run((xl, al) => FusedOps.DropoutLinearShared(xl, al, draws));
+        Assert.Equal(before + 1, FusedOps.FusedCalls);                              // one function for the three
+        var single = Run((xl, al) => [.. al.Select((t, i) => FusedOps.DropoutLinear(xl, t, draws[i].P, draws[i].Seed, draws[i].Key))]);
+        Assert.Equal(before + 4, FusedOps.FusedCalls);
+        var graph = Run((xl, al) => [.. al.Select((t, i) => nn.functional.linear(FusedOps.DropoutWithTorch(xl, draws[i].P, draws[i].Seed, draws[i].Key), t))]);
+        (Tensor[] Ys, Tensor[] Das, Tensor? Dx) plain;
+        FusedOps.PlainAutograd = true;
+        try { plain = Run((xl, al) => FusedOps.DropoutLinearShared(xl, al, draws)); }
+        finally { FusedOps.PlainAutograd = false; }
+        Assert.Equal(before + 4, FusedOps.FusedCalls);
+        Tensor[] noGradient;
+        using (no_grad()) noGradient = FusedOps.DropoutLinearShared(x, a, draws);
+
+        foreach (var (other, what) in new[] { (single, "three DropoutLinear functions"), (graph, "torch graph"), (plain, "PlainAutograd") })
+        {
+            for (int i = 0; i < 3; i++)
+            {
+                Assert.True(shared.Ys[i].eq(other.Ys[i]).all().item<bool>(), $"output {i} differs from the {what}'s");
+                Assert.True(shared.Das[i].eq(other.Das[i]).all().item<bool>(), $"a {i}'s gradient differs from the {what}'s");
+            }
+            if (xRequiresGrad) Assert.True(shared.Dx!.eq(other.Dx!).all().item<bool>(), $"x's gradient differs from the {what}'s");
+        }
+        for (int i = 0; i < 3; i++)
+        {
+            Assert.True(shared.Ys[i].eq(noGradient[i]).all().item<bool>(), $"output {i} without gradients differs");
+            bool zero = shared.Das[i].eq(0).all().item<bool>();
+            Assert.True(zero == (i == 1 && !kGetsGradient), $"a {i}'s gradient is {(zero ? "" : "not ")}all zeros");
+        }
+        // Each projection draws its own mask: the outputs are not those of one mask (q's) on all three.
+        using var withQsMask = FusedOps.DropoutWithTorch(x, draws[0].P, draws[0].Seed, draws[0].Key);
+        Assert.False(shared.Ys[2].eq(nn.functional.linear(withQsMask, a[2])).all().item<bool>());
+        if (xRequiresGrad)
+        {
+            // x's gradient is the sum of the used projections' parts, not of one of them.
+            using var qOnly = FusedOps.DropoutWithTorch(dy[0].reshape(-1, ranks[0]).mm(a[0]).view(x.shape), draws[0].P, draws[0].Seed, draws[0].Key);
+            Assert.False(shared.Dx!.eq(qOnly).all().item<bool>());
+        }
+    }
 }
 
 /// <summary>
