@@ -392,6 +392,28 @@ public sealed class FusedOpsSavedMemoryTests(ITestOutputHelper output)
         Assert.InRange(fused.AfterBackward, -Slack, Slack);
         foreach (var a in adapters) Assert.NotNull(a.grad);
     }
+
+    [Fact]
+    public void Dropout_linear_shared_keeps_x_once_and_no_dropped_copy()
+    {
+        _ = ComputeBackend.Current;
+        if (!File.Exists("/proc/self/status")) return;
+        // As the test above, with q, k and v's downs as one function (FusedOps.DropoutLinearShared).
+        const int rows = 8448, rank = 16;
+        const long x16 = (long)rows * Width * 2;                                 // 66 MiB
+        using var seed = tensor(new[] { 78L });
+        var adapters = Enumerable.Range(0, 3).Select(_ => (randn(rank, Width) * 0.05).to(ScalarType.BFloat16).requires_grad_(true)).ToArray();
+        FusedOps.DropoutDraw[] draws = [new(0.05, seed, 0), new(0.05, seed, 1), new(0.05, seed, 2)];
+        Func<Tensor[], Tensor> op = t => cat(FusedOps.DropoutLinearShared(t[0], adapters, draws), -1); // (rows, 3r)
+        var plain = Kept(op, 1, plain: true, rows, 3 * rank);
+        var fused = Kept(op, 1, plain: false, rows, 3 * rank);
+        output.WriteLine($"dropout + LoRA A of q/k/v as one function, one {rows}x{Width} bf16 input, MiB kept beyond the output: torch graph {plain.AfterForward / MiB} (after backward {plain.AfterBackward / MiB}), fused {fused.AfterForward / MiB} (after backward {fused.AfterBackward / MiB})");
+        Assert.InRange(plain.AfterForward, 3 * (x16 + x16 / 2) - Slack, 3 * (x16 + x16 / 2) + Slack); // per projection the dropped copy and its bool mask
+        Assert.InRange(fused.AfterForward, x16 - Slack, x16 + Slack);                                  // x, once
+        Assert.InRange(fused.AfterBackward, -Slack, Slack);
+        Assert.Equal(4, fused.LeftInScope);                                                            // the three downs and their cat: no twins
+        foreach (var a in adapters) Assert.NotNull(a.grad);
+    }
 }
 
 [CollectionDefinition(nameof(FusedOpsSavedMemoryTests), DisableParallelization = true)]
