@@ -25,6 +25,9 @@ public static unsafe partial class FusedOps
     /// <summary>For tests: how many fused functions this thread has applied (so a comparison with the torch graph can tell it ran them).</summary>
     [ThreadStatic] internal static long FusedCalls;
 
+    /// <summary>For checks: how many <see cref="DropoutLinearShared"/> functions this thread has applied (they are among <see cref="FusedCalls"/>).</summary>
+    [ThreadStatic] internal static long SharedDownCalls;
+
     private static bool FusedAutograd(params Tensor[] inputs) => !PlainAutograd && !NoGradient(inputs);
 
     /// <summary>A fused function's apply, through <see cref="ManagedAutograd.Apply"/> (its output's twin freed at once).</summary>
@@ -396,6 +399,7 @@ public static unsafe partial class FusedOps
             return [.. a.Select((t, i) => DropoutLinear(x, t, draws[i].P, draws[i].Seed, draws[i].Key))];
         object[] vars = [x, .. a, .. draws.Select(d => d.Seed), draws.Select(d => d.P).ToArray(), draws.Select(d => d.Key).ToArray()];
         FusedCalls++;
+        SharedDownCalls++;
         return ManagedAutograd.Apply(() => DropoutLinearSharedFunction.apply(vars));
     }
 

@@ -218,9 +218,10 @@ public class FusedOpsTrainingTests
             if (!xRequiresGrad) Assert.Null(xLeaf.grad);
             return ([.. ys.Select(y => y.detach())], [.. aLeaves.Select(l => l.grad!)], xRequiresGrad ? xLeaf.grad! : null);
         }
-        long before = FusedOps.FusedCalls;
+        long before = FusedOps.FusedCalls, sharedBefore = FusedOps.SharedDownCalls;
         var shared = Run((xl, al) => FusedOps.DropoutLinearShared(xl, al, draws));
         Assert.Equal(before + 1, FusedOps.FusedCalls);                              // one function for the three
+        Assert.Equal(sharedBefore + 1, FusedOps.SharedDownCalls);
         var single = Run((xl, al) => [.. al.Select((t, i) => FusedOps.DropoutLinear(xl, t, draws[i].P, draws[i].Seed, draws[i].Key))]);
         Assert.Equal(before + 4, FusedOps.FusedCalls);
         var graph = Run((xl, al) => [.. al.Select((t, i) => nn.functional.linear(FusedOps.DropoutWithTorch(xl, draws[i].P, draws[i].Seed, draws[i].Key), t))]);
@@ -229,6 +230,7 @@ public class FusedOpsTrainingTests
         try { plain = Run((xl, al) => FusedOps.DropoutLinearShared(xl, al, draws)); }
         finally { FusedOps.PlainAutograd = false; }
         Assert.Equal(before + 4, FusedOps.FusedCalls);
+        Assert.Equal(sharedBefore + 1, FusedOps.SharedDownCalls);
         Tensor[] noGradient;
         using (no_grad()) noGradient = FusedOps.DropoutLinearShared(x, a, draws);
 
