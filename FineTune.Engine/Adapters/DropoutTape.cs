@@ -70,6 +70,9 @@ public sealed class DropoutTape : IDisposable
     /// <summary>Records a draw of the device-seeded dropout (<see cref="DropoutDraws"/>), for <see cref="ReplayedDraw"/>.</summary>
     internal void AddDraw((Tensor Seed, long Key) draw) => _draws.Add(draw);
 
+    /// <summary>Whether the first pass drew device-seeded masks (<see cref="ReplayedDraw"/> hands them back), not torch's dropout.</summary>
+    internal bool HasDraws => _draws.Count > 0;
+
     /// <summary>The recorded device-seeded draws in order while replaying; null when this tape recorded none (torch's dropout drew).</summary>
     internal (Tensor Seed, long Key)? ReplayedDraw()
     {

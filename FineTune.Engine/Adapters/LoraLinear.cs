@@ -280,12 +280,15 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        Tensor y = weight is not null
-            ? nn.functional.linear(x, weight, bias)
-            : Nf4Forward(x.dtype == ComputeDtype ? x : x.to(ComputeDtype));    // (..., out), bias included
+        var y = BaseForward(x);                                                 // (..., out), bias included
         if (AdapterActive) y = PlusLora(y, x);
         return scope.MoveToOuter(y);
     }
+
+    /// <summary>x·Wᵀ + b with the base weight alone, dense or NF4 (..., out).</summary>
+    private Tensor BaseForward(Tensor x) => weight is not null
+        ? nn.functional.linear(x, weight, bias)
+        : Nf4Forward(x.dtype == ComputeDtype ? x : x.to(ComputeDtype));
 
     /// <summary>
     /// y + B(A(dropout(x)))·scaling in the activations' dtype, as PEFT under HF Trainer's bf16/fp16 autocast computes it:
@@ -296,13 +299,41 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
     /// </summary>
     private Tensor PlusLora(Tensor y, Tensor x)
     {
-        var dtype = y.dtype;
-        var (a, b) = ComputeCopies is { } copies && copies.A.dtype == dtype
-            ? copies
-            : (InDtype(lora_A!.weight!, dtype), InDtype(lora_B!.weight!, dtype));                  // (r, in), (out, r)
-        var down = Down(InDtype(x, dtype), a);                                                      // (..., r)
+        var (a, b) = LoraWeights(y.dtype);                                                          // (r, in), (out, r)
+        var down = Down(InDtype(x, y.dtype), a);                                                    // (..., r)
         return y.PlusScaled(nn.functional.linear(down, b), Scaling);                                // y + up·scaling, one kernel
     }
+
+    /// <summary>lora_A (r, in) and lora_B (out, r) in <paramref name="dtype"/>: the working copies where they are in it, else casts.</summary>
+    private (Tensor A, Tensor B) LoraWeights(ScalarType dtype) => ComputeCopies is { } copies && copies.A.dtype == dtype
+        ? copies
+        : (InDtype(lora_A!.weight!, dtype), InDtype(lora_B!.weight!, dtype));
+
+    /// <summary>
+    /// <see cref="PlusLora"/> for projections of one input x whose <see cref="Down"/>s all take the kernels' draws
+    /// (<see cref="DrawsOnDevice"/>), outputs <paramref name="ys"/> all in one dtype: their downs as one function
+    /// (<see cref="Kernels.FusedOps.DropoutLinearShared"/>: fewer managed functions, whose host time bounds a training
+    /// step), drawn with the keys each layer's Down would have drawn, in the layers' order. Then each layer's up.
+    /// </summary>
+    private static Tensor[] PlusLoraShared(Tensor[] ys, Tensor x, LoraLinear[] layers)
+    {
+        var dtype = ys[0].dtype;
+        var weights = layers.Select(l => l.LoraWeights(dtype)).ToArray();
+        var draws = new Kernels.FusedOps.DropoutDraw[layers.Length];
+        for (int i = 0; i < layers.Length; i++)
+        {
+            var draw = DeviceSeededDraw(DropoutTape.Current, x.device) ?? throw new InvalidOperationException("A LoRA dropout draw on the device vanished between the check and the draw.");
+            if (DropoutDraws.Current is { } current) current.KernelDraws++;
+            draws[i] = new(layers[i].lora_dropout!.p, draw.Seed, draw.Key);
+        }
+        var downs = Kernels.FusedOps.DropoutLinearShared(InDtype(x, dtype), [.. weights.Select(w => w.A)], draws); // (..., r) each
+        return [.. ys.Select((y, i) => y.PlusScaled(nn.functional.linear(downs[i], weights[i].B), layers[i].Scaling))];
+    }
+
+    /// <summary>Whether <see cref="Down"/> would take the kernels' draw on <paramref name="device"/> now (draws nothing).</summary>
+    private bool DrawsOnDevice(Device device) =>
+        AdapterActive && training && lora_dropout!.p != 0 && DropoutGenerator is null && device.type == DeviceType.CUDA
+        && (DropoutTape.Current is { Replaying: true } replaying ? replaying.Tape.HasDraws : DrawsAvailable(device));
 
     /// <summary>
     /// A(dropout(h)) = linear(dropout(h), a) (..., r). Where the kernels draw the mask (<see cref="DeviceSeededDraw"/>: a
@@ -328,11 +359,21 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
     /// autograd function (gradients off, or a checkpointed layer's recompute, as <see cref="Nf4Forward"/>), the weights are
     /// dequantized into one (Σout, in) buffer and multiplied at once, biases included: one matmul and one backward matmul
     /// instead of one per layer, and fewer host calls (a training step is bound by them). Each output is its column block of
-    /// that product plus its own LoRA path, as forward adds it. Otherwise each layer's own forward.
+    /// that product plus its own LoRA path, as forward adds it. Where every layer's LoRA dropout takes the kernels' draws (a
+    /// training micro-batch on a GPU: <see cref="DrawsOnDevice"/>), their dropouts and A's are one function
+    /// (<see cref="PlusLoraShared"/>) instead of one a layer, after the base matmuls. Otherwise each layer's own forward.
     /// </summary>
     public static Tensor[] ForwardShared(Tensor x, params LoraLinear[] layers)
     {
-        if (!CanShare(x, layers)) return [.. layers.Select(l => l.forward(x))];
+        bool downsShared = layers.Length > 1 && layers.All(l => l.DrawsOnDevice(x.device) && l.OutputDtype == layers[0].OutputDtype);
+        if (!CanShare(x, layers))
+        {
+            if (!downsShared) return [.. layers.Select(l => l.forward(x))];
+            using var layerScope = NewDisposeScope();
+            var shared = PlusLoraShared([.. layers.Select(l => l.BaseForward(x))], x, layers);
+            foreach (var output in shared) layerScope.MoveToOuter(output);
+            return shared;
+        }
         using var scope = NewDisposeScope();
         var input = InDtype(x, layers[0].ComputeDtype);
         Tensor y;                                                               // (..., Σout)
@@ -349,9 +390,10 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         for (int i = 0; i < layers.Length; i++)
         {
             var block = y.narrow(-1, column, layers[i].OutFeatures);            // (..., out): a view, rows Σout apart
-            outputs[i] = layers[i].AdapterActive ? layers[i].PlusLora(block, x) : block;
+            outputs[i] = layers[i].AdapterActive && !downsShared ? layers[i].PlusLora(block, x) : block;
             column += layers[i].OutFeatures;
         }
+        if (downsShared) outputs = PlusLoraShared(outputs, x, layers);
         foreach (var output in outputs) scope.MoveToOuter(output);
         return outputs;
     }
@@ -443,12 +485,17 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
     private static (Tensor Seed, long Key)? DeviceSeededDraw((DropoutTape Tape, bool Replaying)? tape, Device device)
     {
         if (tape is { Replaying: true } replaying) return replaying.Tape.ReplayedDraw();
-        if (DropoutDraws.Current is not { } draws || draws.Seed.device_type != device.type || draws.Seed.device_index != Math.Max(0, device.index)
-            || !Kernels.CudaKernels.On(device)) return null;
+        if (!DrawsAvailable(device)) return null;
+        var draws = DropoutDraws.Current!;
         var draw = (draws.Seed, draws.NextKey());
         tape?.Tape.AddDraw(draw);
         return draw;
     }
+
+    /// <summary>Whether this thread's <see cref="DropoutDraws"/> draw on <paramref name="device"/>: set there, and the kernels on.</summary>
+    private static bool DrawsAvailable(Device device) =>
+        DropoutDraws.Current is { } draws && draws.Seed.device_type == device.type && draws.Seed.device_index == Math.Max(0, device.index)
+        && Kernels.CudaKernels.On(device);
 
     /// <summary>
     /// x·dequant(W)ᵀ for the NF4 base weight. Where no gradient flows (generation, a checkpointed layer's first pass):

@@ -23,6 +23,15 @@ internal static class ManagedAutograd
         return scope.MoveToOuter(apply());
     }
 
+    /// <summary><see cref="Apply(Func{Tensor})"/> for a function of several outputs (autograd.MultiTensorFunction).</summary>
+    public static Tensor[] Apply(Func<List<Tensor>> apply)
+    {
+        using var scope = NewDisposeScope();
+        var outputs = apply();
+        foreach (var output in outputs) scope.MoveToOuter(output);
+        return [.. outputs];
+    }
+
     /// <summary>The saved tensors of <paramref name="ctx"/>, which are released by it now (the caller disposes the ones returned).</summary>
     public static List<Tensor> TakeSaved(autograd.AutogradContext ctx)
     {

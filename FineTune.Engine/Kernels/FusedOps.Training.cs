@@ -25,6 +25,9 @@ public static unsafe partial class FusedOps
     /// <summary>For tests: how many fused functions this thread has applied (so a comparison with the torch graph can tell it ran them).</summary>
     [ThreadStatic] internal static long FusedCalls;
 
+    /// <summary>For checks: how many <see cref="DropoutLinearShared"/> functions this thread has applied (they are among <see cref="FusedCalls"/>).</summary>
+    [ThreadStatic] internal static long SharedDownCalls;
+
     private static bool FusedAutograd(params Tensor[] inputs) => !PlainAutograd && !NoGradient(inputs);
 
     /// <summary>A fused function's apply, through <see cref="ManagedAutograd.Apply"/> (its output's twin freed at once).</summary>
@@ -294,6 +297,110 @@ public static unsafe partial class FusedOps
         if (FusedAutograd(x, a)) return ApplyFused(() => DropoutLinearFunction.apply(x, a, p, seed, key));
         using var dropped = NoGradient(x) ? Dropped(x, p, seed, key) : DropoutWithTorch(x, p, seed, key); // PlainAutograd: the torch ops' graph
         return nn.functional.linear(dropped, a);
+    }
+
+    // ---------------------------------------------------------------- LoRA dropout and A of projections of one input
+
+    /// <summary>One projection's LoRA dropout draw: its probability and the (seed, key) of its mask (<see cref="DropoutLinear"/>).</summary>
+    internal readonly record struct DropoutDraw(double P, Tensor Seed, long Key);
+
+    private sealed class DropoutLinearSharedFunction : autograd.MultiTensorFunction<DropoutLinearSharedFunction>
+    {
+        public override string Name => "DeviceSeededDropoutLinearShared";
+
+        // vars: x (..., in), a_0 … a_{n−1} (r_i, in), seed_0 … seed_{n−1} (1) int64 on x's device, p (double[n]), key (long[n]).
+        // Keeps x once, the a's and the seeds; as DropoutLinearFunction per projection otherwise.
+        public override List<Tensor> forward(autograd.AutogradContext ctx, params object[] vars)
+        {
+            var p = (double[])vars[^2];
+            var key = (long[])vars[^1];
+            int n = key.Length;
+            var x = (Tensor)vars[0];
+            var a = vars[1..(1 + n)].Cast<Tensor>().ToArray();
+            var seed = vars[(1 + n)..(1 + 2 * n)].Cast<Tensor>().ToArray();
+            ctx.save_for_backward([x, .. a, .. seed]);
+            ctx.save_data("p", p);
+            ctx.save_data("key", key);
+            ctx.save_data("dx", x.requires_grad);
+            ctx.save_data("da", a.Select(t => t.requires_grad).ToArray());
+            ctx.set_materialize_grads(false);                                      // an output nothing used gets no gradient: null
+            var downs = new List<Tensor>(n);
+            for (int i = 0; i < n; i++)
+            {
+                using var dropped = Dropped(x, p[i], seed[i], key[i]);              // (..., in), gone once multiplied
+                downs.Add(nn.functional.linear(dropped, a[i]));                     // (..., r_i)
+            }
+            return downs;
+        }
+
+        public override List<Tensor> backward(autograd.AutogradContext ctx, List<Tensor> dys)
+        {
+            var p = (double[])ctx.get_data("p");
+            var key = (long[])ctx.get_data("key");
+            bool needsDx = (bool)ctx.get_data("dx");
+            var needsDa = (bool[])ctx.get_data("da");
+            int n = key.Length;
+            var saved = ManagedAutograd.TakeSaved(ctx);
+            using var x = saved[0];
+            var gradients = new Tensor?[1 + 2 * n + 2];                             // dx, da_0 … da_{n−1}; none for the seeds, p and key
+            Tensor? dx = null;
+            // The graph of n DropoutLinearFunctions runs their backwards last created first (autograd's ready queue takes the
+            // highest sequence number), and x's gradient buffer adds each arriving dx to the sum so far: ((dx_{n−1} + dx_{n−2})
+            // + …) + dx_0, the order here. Each da_i and dx_i are DropoutLinearFunction's calls: bit-equal to n such functions.
+            for (int i = n - 1; i >= 0; i--)
+            {
+                using var a = saved[1 + i];
+                using var seed = saved[1 + n + i];
+                using var dy = dys[i];
+                if (dy.IsInvalid) continue;                                         // that output got no gradient
+                using var g = dy.reshape(-1, a.shape[0]);                           // (N, r)
+                if (needsDa[i])
+                {
+                    using var dropped = Dropped(x, p[i], seed, key[i]);             // (..., in), drawn again
+                    using var rows = dropped.reshape(-1, a.shape[1]);               // (N, in)
+                    using var gt = g.t();                                           // (r, N)
+                    gradients[1 + i] = gt.mm(rows);                                 // (r, in)
+                }
+                if (needsDx)
+                {
+                    using var rows = g.mm(a);                                       // (N, in)
+                    using var grad = rows.view(x.shape);                            // (..., in)
+                    var part = Dropped(grad, p[i], seed, key[i]);
+                    if (dx is null) dx = part;
+                    else
+                    {
+                        dx.add_(part);
+                        part.Dispose();
+                    }
+                }
+            }
+            gradients[0] = dx;
+            return ManagedAutograd.Returned(gradients);
+        }
+    }
+
+    /// <summary>
+    /// <see cref="DropoutLinear"/> of each (a_i, draws_i) on one x, as projections of one input (an attention layer's q, k and
+    /// v): (..., r_i) each. Where gradients flow to all of them, one function instead of one per projection (a managed
+    /// function costs host time in forward and in backward, and a training step is bound by the host): x kept once, each
+    /// projection's dropped copy drawn again in backward. Outputs and a's gradients equal those of the per-projection
+    /// functions bit for bit (the same calls), and x's gradient too where nothing else adds into it in between (the sum
+    /// in the order those functions' gradients arrive, the last projection's first); an output that gets no gradient
+    /// gives its a none. Otherwise (PlainAutograd, or gradients that reach only some projections) one
+    /// <see cref="DropoutLinear"/> each, in order.
+    /// </summary>
+    internal static Tensor[] DropoutLinearShared(Tensor x, Tensor[] a, DropoutDraw[] draws)
+    {
+        if (a.Length != draws.Length) throw new ArgumentException($"{a.Length} LoRA A weights for {draws.Length} dropout draws.", nameof(draws));
+        foreach (var draw in draws)
+            if (draw.Seed.dtype != ScalarType.Int64 || draw.Seed.device_type != x.device_type || draw.Seed.device_index != x.device_index)
+                throw new ArgumentException($"The dropout seed must be an int64 tensor on the input's device ({x.device}); it is {draw.Seed.dtype} on {draw.Seed.device}.", nameof(draws));
+        if (a.Length < 2 || !a.All(t => FusedAutograd(x, t)))
+            return [.. a.Select((t, i) => DropoutLinear(x, t, draws[i].P, draws[i].Seed, draws[i].Key))];
+        object[] vars = [x, .. a, .. draws.Select(d => d.Seed), draws.Select(d => d.P).ToArray(), draws.Select(d => d.Key).ToArray()];
+        FusedCalls++;
+        SharedDownCalls++;
+        return ManagedAutograd.Apply(() => DropoutLinearSharedFunction.apply(vars));
     }
 
     /// <summary>The device-seeded dropout of x without a graph: the kernel where it runs, else its torch-op fallback.</summary>

@@ -174,6 +174,91 @@ public class FusedOpsTrainingTests
             Assert.InRange(dropped, p - 0.1, p + 0.1);
         }
     }
+
+    /// <summary>
+    /// FusedOps.DropoutLinearShared (one function for the downs of q, k and v of one x, each with its own draw) against
+    /// three FusedOps.DropoutLinear functions and against the torch ops' graph of linear(dropout(x), a) per projection with
+    /// the same masks: outputs, each a's gradient (added into one already there) and x's gradient bit-equal to both (x's:
+    /// the three parts summed in the order autograd adds them, v's first). With k's output given no gradient (its a gets
+    /// none, x's gradient is q's and v's), x without gradient, under PlainAutograd and without gradients.
+    /// </summary>
+    [Theory]
+    [InlineData(ScalarType.Float32, true, true)]
+    [InlineData(ScalarType.Float32, true, false)]
+    [InlineData(ScalarType.Float32, false, true)]
+    [InlineData(ScalarType.BFloat16, true, true)]
+    [InlineData(ScalarType.BFloat16, true, false)]
+    [InlineData(ScalarType.BFloat16, false, false)]
+    [InlineData(ScalarType.Float16, true, true)]
+    [InlineData(ScalarType.Float16, true, false)]
+    public void Dropout_linear_shared_equals_three_dropout_linears_and_the_torch_graph(ScalarType dtype, bool xRequiresGrad, bool kGetsGradient)
+    {
+        _ = ComputeBackend.Current;
+        using var scope = NewDisposeScope();
+        manual_seed(4);
+        var seed = tensor(new[] { unchecked((long)0x5EED_0F_DA7A_1234ul) });
+        FusedOps.DropoutDraw[] draws = [new(0.3, seed, 4), new(0.1, seed, 5), new(0.2, seed, 6)];   // q, k, v: own p and key
+        var x = (randn(3, 7, 96) * 2).to(dtype);
+        long[] ranks = [8, 4, 8];
+        var a = ranks.Select(r => (randn(r, 96) * 0.1).to(dtype)).ToArray();
+        var dy = ranks.Select(r => randn(3, 7, r).to(dtype)).ToArray();
+        int[] used = kGetsGradient ? [0, 1, 2] : [0, 2];
+        (Tensor[] Ys, Tensor[] Das, Tensor? Dx) Run(Func<Tensor, Tensor[], Tensor[]> downs)
+        {
+            var xLeaf = x.detach().clone().requires_grad_(xRequiresGrad);
+            var aLeaves = a.Select(t =>
+            {
+                var leaf = t.detach().clone().requires_grad_(true);
+                leaf.grad = zeros_like(leaf);                                        // backward adds into it
+                return leaf;
+            }).ToArray();
+            var ys = downs(xLeaf, aLeaves);                                          // (3, 7, r) each
+            Assert.All(ys, y => Assert.True(y.requires_grad));
+            autograd.backward([.. used.Select(i => ys[i])], [.. used.Select(i => dy[i])]);
+            if (!xRequiresGrad) Assert.Null(xLeaf.grad);
+            return ([.. ys.Select(y => y.detach())], [.. aLeaves.Select(l => l.grad!)], xRequiresGrad ? xLeaf.grad! : null);
+        }
+        long before = FusedOps.FusedCalls, sharedBefore = FusedOps.SharedDownCalls;
+        var shared = Run((xl, al) => FusedOps.DropoutLinearShared(xl, al, draws));
+        Assert.Equal(before + 1, FusedOps.FusedCalls);                              // one function for the three
+        Assert.Equal(sharedBefore + 1, FusedOps.SharedDownCalls);
+        var single = Run((xl, al) => [.. al.Select((t, i) => FusedOps.DropoutLinear(xl, t, draws[i].P, draws[i].Seed, draws[i].Key))]);
+        Assert.Equal(before + 4, FusedOps.FusedCalls);
+        var graph = Run((xl, al) => [.. al.Select((t, i) => nn.functional.linear(FusedOps.DropoutWithTorch(xl, draws[i].P, draws[i].Seed, draws[i].Key), t))]);
+        (Tensor[] Ys, Tensor[] Das, Tensor? Dx) plain;
+        FusedOps.PlainAutograd = true;
+        try { plain = Run((xl, al) => FusedOps.DropoutLinearShared(xl, al, draws)); }
+        finally { FusedOps.PlainAutograd = false; }
+        Assert.Equal(before + 4, FusedOps.FusedCalls);
+        Assert.Equal(sharedBefore + 1, FusedOps.SharedDownCalls);
+        Tensor[] noGradient;
+        using (no_grad()) noGradient = FusedOps.DropoutLinearShared(x, a, draws);
+
+        foreach (var (other, what) in new[] { (single, "three DropoutLinear functions"), (graph, "torch graph"), (plain, "PlainAutograd") })
+        {
+            for (int i = 0; i < 3; i++)
+            {
+                Assert.True(shared.Ys[i].eq(other.Ys[i]).all().item<bool>(), $"output {i} differs from the {what}'s");
+                Assert.True(shared.Das[i].eq(other.Das[i]).all().item<bool>(), $"a {i}'s gradient differs from the {what}'s");
+            }
+            if (xRequiresGrad) Assert.True(shared.Dx!.eq(other.Dx!).all().item<bool>(), $"x's gradient differs from the {what}'s");
+        }
+        for (int i = 0; i < 3; i++)
+        {
+            Assert.True(shared.Ys[i].eq(noGradient[i]).all().item<bool>(), $"output {i} without gradients differs");
+            bool zero = shared.Das[i].eq(0).all().item<bool>();
+            Assert.True(zero == (i == 1 && !kGetsGradient), $"a {i}'s gradient is {(zero ? "" : "not ")}all zeros");
+        }
+        // Each projection draws its own mask: the outputs are not those of one mask (q's) on all three.
+        using var withQsMask = FusedOps.DropoutWithTorch(x, draws[0].P, draws[0].Seed, draws[0].Key);
+        Assert.False(shared.Ys[2].eq(nn.functional.linear(withQsMask, a[2])).all().item<bool>());
+        if (xRequiresGrad)
+        {
+            // x's gradient is the sum of the used projections' parts, not of one of them.
+            using var qOnly = FusedOps.DropoutWithTorch(dy[0].reshape(-1, ranks[0]).mm(a[0]).view(x.shape), draws[0].P, draws[0].Seed, draws[0].Key);
+            Assert.False(shared.Dx!.eq(qOnly).all().item<bool>());
+        }
+    }
 }
 
 /// <summary>
@@ -307,6 +392,28 @@ public sealed class FusedOpsSavedMemoryTests(ITestOutputHelper output)
         Assert.InRange(plain.AfterForward, 3 * (x16 + x16 / 2) - Slack, 3 * (x16 + x16 / 2) + Slack); // per projection the dropped copy and its bool mask
         Assert.InRange(fused.AfterForward, x16 - Slack, x16 + Slack);                                  // x, once
         Assert.InRange(fused.AfterBackward, -Slack, Slack);
+        foreach (var a in adapters) Assert.NotNull(a.grad);
+    }
+
+    [Fact]
+    public void Dropout_linear_shared_keeps_x_once_and_no_dropped_copy()
+    {
+        _ = ComputeBackend.Current;
+        if (!File.Exists("/proc/self/status")) return;
+        // As the test above, with q, k and v's downs as one function (FusedOps.DropoutLinearShared).
+        const int rows = 8448, rank = 16;
+        const long x16 = (long)rows * Width * 2;                                 // 66 MiB
+        using var seed = tensor(new[] { 78L });
+        var adapters = Enumerable.Range(0, 3).Select(_ => (randn(rank, Width) * 0.05).to(ScalarType.BFloat16).requires_grad_(true)).ToArray();
+        FusedOps.DropoutDraw[] draws = [new(0.05, seed, 0), new(0.05, seed, 1), new(0.05, seed, 2)];
+        Func<Tensor[], Tensor> op = t => cat(FusedOps.DropoutLinearShared(t[0], adapters, draws), -1); // (rows, 3r)
+        var plain = Kept(op, 1, plain: true, rows, 3 * rank);
+        var fused = Kept(op, 1, plain: false, rows, 3 * rank);
+        output.WriteLine($"dropout + LoRA A of q/k/v as one function, one {rows}x{Width} bf16 input, MiB kept beyond the output: torch graph {plain.AfterForward / MiB} (after backward {plain.AfterBackward / MiB}), fused {fused.AfterForward / MiB} (after backward {fused.AfterBackward / MiB})");
+        Assert.InRange(plain.AfterForward, 3 * (x16 + x16 / 2) - Slack, 3 * (x16 + x16 / 2) + Slack); // per projection the dropped copy and its bool mask
+        Assert.InRange(fused.AfterForward, x16 - Slack, x16 + Slack);                                  // x, once
+        Assert.InRange(fused.AfterBackward, -Slack, Slack);
+        Assert.Equal(4, fused.LeftInScope);                                                            // the three downs and their cat: no twins
         foreach (var a in adapters) Assert.NotNull(a.grad);
     }
 }

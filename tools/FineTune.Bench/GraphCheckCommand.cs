@@ -95,6 +95,9 @@ internal static class GraphCheckCommand
         // 2026-11-30). The trainer's training cases above capture the same function without this.
         var loraA = (randn(256, 256, device: device) * 0.05).to(ScalarType.BFloat16).requires_grad_(true);
         var otherA = (randn(256, 256, device: device) * 0.05).to(ScalarType.BFloat16).requires_grad_(true);
+        var thirdA = (randn(256, 256, device: device) * 0.05).to(ScalarType.BFloat16).requires_grad_(true);
+        // q, k and v's draws, as LoraLinear.ForwardShared takes them: one seed, own keys.
+        FusedOps.DropoutDraw[] qkv = [new(0.1, seed, 5), new(0.1, seed, 6), new(0.1, seed, 7)];
         foreach (var (name, op) in new (string, Func<Tensor, Tensor>)[]
         {
             ("unit: fused dropout", x => FusedOps.Dropout(x, 0.1, seed, 3)!),
@@ -102,6 +105,12 @@ internal static class GraphCheckCommand
             ("unit: fused dropout of a computed input, key 0", x => FusedOps.Dropout(x * 1, 0.1, seed, 0)!),
             ("unit: fused dropout + LoRA A", x => FusedOps.DropoutLinear(x, Fresh(loraA), 0.1, seed, 5)),
             ("unit: fused dropout + LoRA A, two of one input", x => FusedOps.DropoutLinear(x, Fresh(loraA), 0.1, seed, 5) + FusedOps.DropoutLinear(x, Fresh(otherA), 0.1, seed, 6)),
+            ("unit: fused dropout + LoRA A of q/k/v, one function", x => FusedOps.DropoutLinearShared(x, [Fresh(loraA), Fresh(otherA), Fresh(thirdA)], qkv).Aggregate((s, t) => s + t)),
+            ("unit: fused dropout + LoRA A of q/k/v, k's output unused", x =>
+            {
+                var downs = FusedOps.DropoutLinearShared(x, [Fresh(loraA), Fresh(otherA), Fresh(thirdA)], qkv);
+                return downs[0] + downs[2];                                                 // k's gets no gradient: null in backward
+            }),
             ("unit: fused rms norm", x => FusedOps.RmsNorm(x, weight, 1e-6)),
             ("unit: fused silu mul", x => FusedOps.SiluMul(x, x * 2)),
         })

@@ -15,7 +15,7 @@ namespace FineTune.Bench;
 /// activations (fp32; bound 1e-4 of the largest gradient: the first pass runs the fused kernels, RMSNorm within 7e-7),
 /// and other seeds must give other gradients (the check can fail). (2) The bf16 working copies of the adapters give the
 /// per-projection casts' losses and fp32 gradients bit for bit, dense and NF4, with dropout on the device; the fused
-/// functions (RMSNorm, SiLU·up, dropout + LoRA A) give the torch ops' graph's gradients with the same device-drawn masks
+/// functions (RMSNorm, SiLU·up, dropout + LoRA A, q/k/v's as one function) give the torch ops' graph's gradients with the same device-drawn masks
 /// (fp32, 1e-4 of the largest gradient, as above). (3) q/k/v's NF4
 /// weights dequantized into one buffer (LoraLinear.ForwardShared) equal each one dequantized alone, bit for bit.
 /// FineTune.Tests/Models/GradientCheckpointTests.cs and Training/AdapterWorkingCopiesTests.cs are the CPU side.
@@ -61,12 +61,13 @@ internal static class LoraCheckCommand
                     scaleDrawn > 0 && diffDrawn <= 1e-4 * scaleDrawn && otherDiffDrawn > 1e-2 * scaleDrawn && plainDrawn.KernelDraws > 0 && checkpointedDrawn.KernelDraws > 0,
                     new JsonObject { ["max_abs_diff"] = diffDrawn, ["scale"] = scaleDrawn, ["other_seed_diff"] = otherDiffDrawn, ["loss_plain"] = plainDrawn.Loss, ["loss_checkpointed"] = checkpointedDrawn.Loss, ["kernel_draws"] = plainDrawn.KernelDraws });
 
-                // The fused functions (RMSNorm, SiLU·up, dropout + LoRA A) against the torch ops' graph with the same device-drawn masks.
+                // The fused functions (RMSNorm, SiLU·up, dropout + LoRA A, q/k/v's as one) against the torch ops' graph with the same device-drawn masks.
                 var graph = LossAndGrads(folder, device, ScalarType.Float32, quantized, checkpointing: false, copies: false, seed: 3, deviceDraws: true, plain: true);
                 double graphDiff = MaxDiff(plainDrawn.Grads, graph.Grads);
                 Report($"{family}{(quantized ? " nf4" : "")} fp32: fused functions = torch graph, device-seeded dropout",
-                    scaleDrawn > 0 && graphDiff <= 1e-4 * scaleDrawn && plainDrawn.KernelDraws > 0 && graph.KernelDraws == plainDrawn.KernelDraws,
-                    new JsonObject { ["max_abs_diff"] = graphDiff, ["scale"] = scaleDrawn, ["loss_fused"] = plainDrawn.Loss, ["loss_graph"] = graph.Loss, ["kernel_draws"] = graph.KernelDraws });
+                    scaleDrawn > 0 && graphDiff <= 1e-4 * scaleDrawn && plainDrawn.KernelDraws > 0 && graph.KernelDraws == plainDrawn.KernelDraws
+                        && plainDrawn.SharedDowns > 0 && graph.SharedDowns == 0,
+                    new JsonObject { ["max_abs_diff"] = graphDiff, ["scale"] = scaleDrawn, ["loss_fused"] = plainDrawn.Loss, ["loss_graph"] = graph.Loss, ["kernel_draws"] = graph.KernelDraws, ["qkv_shared_downs"] = plainDrawn.SharedDowns });
 
                 var cast = LossAndGrads(folder, device, ScalarType.BFloat16, quantized, checkpointing: true, copies: false, seed: 3);
                 var copied = LossAndGrads(folder, device, ScalarType.BFloat16, quantized, checkpointing: true, copies: true, seed: 3);
@@ -98,14 +99,14 @@ internal static class LoraCheckCommand
     private static double MaxDiff(float[] a, float[] b) => a.Zip(b, (x, y) => (double)MathF.Abs(x - y)).Max();
 
     /// <summary>Loss and the adapters' fp32 gradients of one backward on two packed sequences, dropout 0.2 on q/k/v/o and the MLP.</summary>
-    private static (double Loss, float[] Grads, int KernelDraws) LossAndGrads(string folder, Device device, ScalarType dtype, bool quantized, bool checkpointing, bool copies, int seed, bool deviceDraws = false, bool plain = false)
+    private static (double Loss, float[] Grads, int KernelDraws, long SharedDowns) LossAndGrads(string folder, Device device, ScalarType dtype, bool quantized, bool checkpointing, bool copies, int seed, bool deviceDraws = false, bool plain = false)
     {
         FusedOps.PlainAutograd = plain;
         try { return LossAndGradsOnce(folder, device, dtype, quantized, checkpointing, copies, seed, deviceDraws); }
         finally { FusedOps.PlainAutograd = false; }
     }
 
-    private static (double Loss, float[] Grads, int KernelDraws) LossAndGradsOnce(string folder, Device device, ScalarType dtype, bool quantized, bool checkpointing, bool copies, int seed, bool deviceDraws)
+    private static (double Loss, float[] Grads, int KernelDraws, long SharedDowns) LossAndGradsOnce(string folder, Device device, ScalarType dtype, bool quantized, bool checkpointing, bool copies, int seed, bool deviceDraws)
     {
         using var lm = ModelLoader.Load(folder, new ModelLoadOptions
         {
@@ -129,6 +130,7 @@ internal static class LoraCheckCommand
         using var scope = NewDisposeScope();
         using var seedTensor = zeros(1, ScalarType.Int64, device);
         using var draws = deviceDraws ? DropoutDraws.Begin(seedTensor, seed) : null;
+        long sharedBefore = FusedOps.SharedDownCalls;
         var ids = tensor(Enumerable.Range(0, 13).Select(i => (long)(i * 7 % 50 + 3)).ToArray(), [1, 13], device: device);
         var positions = tensor(Enumerable.Range(0, 6).Concat(Enumerable.Range(0, 7)).Select(i => (long)i).ToArray(), [1, 13], device: device);
         var hidden = lm.HiddenStates(ids, positions, AttentionMaskBuilder.PackedCausalMask(positions)); // (1, 13, H)
@@ -136,6 +138,6 @@ internal static class LoraCheckCommand
         var loss = (hidden.to(ScalarType.Float32) * randn(hidden.shape, generator: probe).to(device)).sum();
         loss.backward();
         workingCopies?.AccumulateGradients();
-        return (loss.item<float>(), optimizer.Gradients.cpu().data<float>().ToArray(), draws?.KernelDraws ?? 0);
+        return (loss.item<float>(), optimizer.Gradients.cpu().data<float>().ToArray(), draws?.KernelDraws ?? 0, FusedOps.SharedDownCalls - sharedBefore);
     }
 }

@@ -100,5 +100,36 @@ internal static class TrainingKernelCases
                 var unfused = Run((xl, al) => nn.functional.linear(FusedOps.Dropout(xl, 0.1, seed, 9) ?? throw new InvalidOperationException("the dropout kernel did not run"), al));
                 return (fused, unfused);
             });
+        foreach (var (width, rank, xGrad, kGrad) in new[] { (3584, 16, true, true), (3584, 16, true, false), (3584, 16, false, true), (333, 8, true, true) })
+            foreach (bool againstGraph in new[] { false, true })
+                yield return ($"dropout+lora A q/k/v as one 3x37x{width} r{rank}{(xGrad ? "" : " x w/o grad")}{(kGrad ? "" : " k unused")} vs {(againstGraph ? "dropout+linear graph" : "3 dropout+lora A")}: out, da{(xGrad ? ", dx" : "")}", 0, () =>
+                {
+                    // FusedOps.DropoutLinearShared (q, k and v's downs of one x as one function, LoraLinear.ForwardShared) against one
+                    // DropoutLinear function per projection, or the dropout function and linear's graph per projection: the same
+                    // calls, and x's gradient summed in the order autograd adds the per-projection ones. Bit-equal.
+                    var seed = tensor(new[] { 0x0FED_CBA9_8765_4321L }, device: device);
+                    FusedOps.DropoutDraw[] draws = [new(0.1, seed, 9), new(0.1, seed, 10), new(0.05, seed, 11)];
+                    var x = randn(3, 37, width, device: device).to(dtype);
+                    var a = Enumerable.Range(0, 3).Select(_ => (randn(rank, width, device: device) * 0.05).to(dtype)).ToArray();
+                    var dy = Enumerable.Range(0, 3).Select(_ => randn(3, 37, rank, device: device).to(dtype)).ToArray();
+                    int[] used = kGrad ? [0, 1, 2] : [0, 2];
+                    Tensor Run(Func<Tensor, Tensor[], Tensor[]> downs)
+                    {
+                        using var _ = enable_grad();
+                        var xl = x.detach().clone().requires_grad_(xGrad);
+                        var al = a.Select(t => t.detach().clone().requires_grad_(true)).ToArray();
+                        var ys = downs(xl, al);                                                     // (B, T, r) each
+                        autograd.backward([.. used.Select(i => ys[i])], [.. used.Select(i => dy[i])]);
+                        return cat([.. ys.Select(y => y.detach().flatten()), .. al.Select(l => l.grad is null ? zeros(1, dtype, device) : l.grad.flatten()),
+                            .. (xGrad ? new[] { xl.grad!.flatten() } : [])]);
+                    }
+                    long before = FusedOps.FusedCalls;
+                    var shared = Run((xl, al) => FusedOps.DropoutLinearShared(xl, al, draws));
+                    if (FusedOps.FusedCalls != before + 1) throw new InvalidOperationException("the q/k/v dropout+linear function did not run alone");
+                    var reference = againstGraph
+                        ? Run((xl, al) => [.. al.Select((t, i) => nn.functional.linear(FusedOps.Dropout(xl, draws[i].P, draws[i].Seed, draws[i].Key) ?? throw new InvalidOperationException("the dropout kernel did not run"), t))])
+                        : Run((xl, al) => [.. al.Select((t, i) => FusedOps.DropoutLinear(xl, t, draws[i].P, draws[i].Seed, draws[i].Key))]);
+                    return (shared, reference);
+                });
     }
 }
