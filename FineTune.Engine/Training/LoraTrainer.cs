@@ -89,7 +89,9 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         // Not with the phase clock: its synchronizations cannot be captured.
         // Suspended graphs (op by op, for comparisons) keep the plan's micro-batch shapes: the same job without the capture.
         var plan = CudaGraphs.Available(device) && PhaseClock is null ? Graphs ?? GraphPlanOf(data.Train, options, checkpointing, Replica) : null;
-        _padPackedRows = plan?.PadPackedRows == true;
+        // Padding is decided on the run's own first steps where it is a candidate: it pays only where the host bounds the step.
+        var hostBound = plan?.PadPackedRows == true ? new HostBoundProbe(device, startStep) : null;
+        _padPackedRows = hostBound?.HostBound == true;
         using var graphs = plan is not null && CudaGraphs.On(device) ? new MicroBatchGraphs(CudaKernels.Ordinal(device)!.Value, plan.Shapes) : null;
 
         string? lastCheckpoint = null;
@@ -127,6 +129,13 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
                 optimizer.LearningRate = lr;
 
                 var (loss, gradNorm, tokens, skipped) = Step(step, window, data.Train, options, optimizer, workingCopies, scaler, microBatch, graphs, cancellationToken);
+                if (hostBound?.AfterStep(step) == true)
+                {
+                    _padPackedRows = hostBound.HostBound == true;
+                    _logger.LogInformation("The GPU was busy {Busy}% of the time over the first steps: packed rows are {Padded} from step {Step} on.",
+                        hostBound.BusyPercent?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "an unknown share",
+                        _padPackedRows ? "padded to bucket lengths for CUDA graphs" : "not padded (graphs would not pay)", step + 2);
+                }
                 bool last = step + 1 == totalSteps;
                 if (graphs?.Failure is { } graphsOff && !graphsOffLogged)
                 {
@@ -229,17 +238,17 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         options.GradientCheckpointing ?? model.NamedLinears().Any(l => l.Layer.IsQuantized);
 
     /// <summary>
-    /// Whether packed micro-batches are padded to bucket lengths so that they repeat shapes and replay from CUDA graphs
-    /// (<see cref="Batching.Collate"/>'s padToBucket; only where graphs are on). Where the host bounds the step: a checkpointed
-    /// step (the forward twice and, with a 4-bit base, the dequantization in every pass: 7B QLoRA Q&amp;A ran at 73% of the
-    /// 16-bit step's speed op by op) and each replica of a data-parallel run (half the rows per GPU for the same host work:
-    /// 7B Q&amp;A on two H200s at 1.23x one). Not for a 16-bit run on one GPU: its step is bound by the GPU, where padding only
-    /// adds work (padded to 16 lengths, one H200 ran no faster and kept 11 GiB more at the peak).
+    /// Whether packed micro-batches may be padded to bucket lengths so that they repeat shapes and replay from CUDA graphs
+    /// (<see cref="Batching.Collate"/>'s padToBucket; only where graphs are on, and from the step the run's own measurement
+    /// finds the host bounding it: <see cref="HostBoundProbe"/>). Candidates are the runs where that is likely: a checkpointed
+    /// step (the forward twice and, with a 4-bit base, the dequantization in every pass) and each replica of a data-parallel
+    /// run (half the rows per GPU for the same host work: 7B Q&amp;A on two H200s at 1.23x one). Not a 16-bit run on one GPU:
+    /// padded to 16 lengths, the 7B Q&amp;A step on one H200 ran no faster and kept 11 GiB more at the peak.
     /// </summary>
     public static bool PadsPackedRows(TrainingOptions options, bool checkpointing, bool dataParallel) =>
         options.Layout == BatchLayout.Packed && (checkpointing || dataParallel);
 
-    /// <summary>This run's <see cref="GraphPlan.PadPackedRows"/> (false where graphs are off).</summary>
+    /// <summary>Whether this run pads its packed rows now: <see cref="GraphPlan.PadPackedRows"/> where its first steps found the host bounding the step (<see cref="HostBoundProbe"/>).</summary>
     private bool _padPackedRows;
 
     /// <summary>
