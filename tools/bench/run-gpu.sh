@@ -42,12 +42,15 @@ PY
 }
 
 bench=${BENCH_DLL:-$dev/bench/FineTune.Bench.dll} # BENCH_DLL: another build, e.g. the baseline in the same call
+# HF's Trainer wraps the model in nn.DataParallel when it sees more than one GPU: its cells see one (HF_GPU, default 0),
+# as FineTune's one-GPU cells use one (on a 2-GPU machine its Q&A cells otherwise ran on both: 72 GiB, the loss doubled).
+hfgpu="env CUDA_VISIBLE_DEVICES=${HF_GPU:-0}"
 data="--data /tmp/qa.jsonl --max-rows $rows"
 for cell in $cells; do
   case $cell in
-    hf-qa-lora)      measure "$shape-$cell" python3 tools/bench/reference.py train --model $models/$shape --workload qa $data --out "$out/$shape-$cell.json" ;;
-    hf-qa-lora-flat) measure "$shape-$cell" python3 tools/bench/reference.py train --model $models/$shape --workload qa $data --collator flatten --out "$out/$shape-$cell.json" ;;
-    hf-dense-lora)   measure "$shape-$cell" python3 tools/bench/reference.py train --model $models/$shape --workload dense --out "$out/$shape-$cell.json" ;;
+    hf-qa-lora)      measure "$shape-$cell" $hfgpu python3 tools/bench/reference.py train --model $models/$shape --workload qa $data --out "$out/$shape-$cell.json" ;;
+    hf-qa-lora-flat) measure "$shape-$cell" $hfgpu python3 tools/bench/reference.py train --model $models/$shape --workload qa $data --collator flatten --out "$out/$shape-$cell.json" ;;
+    hf-dense-lora)   measure "$shape-$cell" $hfgpu python3 tools/bench/reference.py train --model $models/$shape --workload dense --out "$out/$shape-$cell.json" ;;
     ft-qa-lora)      measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload qa $data --out "$out/$shape-$cell.json" ;;
     ft-dense-lora)   measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload dense --out "$out/$shape-$cell.json" ;;
     ft-qa-lora-2gpu) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload qa $data --gpus 2 --out "$out/$shape-$cell.json" ;;
@@ -55,7 +58,7 @@ for cell in $cells; do
     ft-qa-qlora)     measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload qa $data --qlora --out "$out/$shape-$cell.json" ;;
     ft-dense1-qlora) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload dense --dense-batch 1 --dense-steps 30 --qlora --out "$out/$shape-$cell.json" ;;
     ft-dense1-qlora-keep) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload dense --dense-batch 1 --dense-steps 30 --qlora --gradient-checkpointing off --out "$out/$shape-$cell.json" ;;
-    hf-generate)     measure "$shape-$cell" python3 tools/bench/reference.py generate --model $models/$shape ${GEN_ARGS:-} --out "$out/$shape-$cell.json" ;;
+    hf-generate)     measure "$shape-$cell" $hfgpu python3 tools/bench/reference.py generate --model $models/$shape ${GEN_ARGS:-} --out "$out/$shape-$cell.json" ;;
     ft-generate-qlora) measure "$shape-$cell" dotnet $bench generate --model $models/$shape --qlora ${GEN_ARGS:-} --out "$out/$shape-$cell.json" ;;
     ft-generate)     measure "$shape-$cell" dotnet $bench generate --model $models/$shape ${GEN_ARGS:-} --out "$out/$shape-$cell.json" ;;
     *) echo "unknown cell $cell"; exit 2 ;;
