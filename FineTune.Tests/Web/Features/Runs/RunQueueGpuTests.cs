@@ -40,6 +40,20 @@ public sealed class RunQueueGpuTests : IAsyncDisposable
     private async Task<int> NewRunAsync(TrainingSettings settings) =>
         (await _services.Store.CreateAsync(settings, RunStoreTests.Rows, "d.csv", null)).Id;
 
+    /// <summary>
+    /// Until no GPU is held: a run gives its GPUs back when its training task ends, just after it writes its final status
+    /// (CI at 75ed0a8 read one still held right after both runs read Completed).
+    /// </summary>
+    private static async Task UntilNoGpuIsHeld(GpuPool pool)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while (pool.Busy.Count > 0)
+        {
+            if (DateTime.UtcNow > deadline) throw new TimeoutException($"GPUs {string.Join(", ", pool.Busy)} were never given back");
+            await Task.Delay(20);
+        }
+    }
+
     private async Task UntilStatus(int runId, RunStatus status)
     {
         var deadline = DateTime.UtcNow.AddSeconds(10);
@@ -85,6 +99,7 @@ public sealed class RunQueueGpuTests : IAsyncDisposable
         _runner.Script(third).Finish(0.6);
         await UntilStatus(first, RunStatus.Completed);
         await UntilStatus(third, RunStatus.Completed);
+        await UntilNoGpuIsHeld(pool);
         Assert.Empty(pool.Busy);
     }
 
