@@ -263,23 +263,35 @@ public static unsafe partial class FusedOps
             // linear's own backward on the rows its matmul folds (..., in) into: da = gᵀ·dropout(x) and g·a into dropout's
             // backward (the same mask and scale), the same calls in the same order as the graph of linear(dropout(x), a).
             using var g = dy.reshape(-1, a.shape[0]);                               // (N, r)
-            Tensor? dx = null, da = null;
-            if (needsDa)
-            {
-                using var dropped = Dropped(x, p, seed, key);                       // (..., in), drawn again
-                using var rows = dropped.reshape(-1, a.shape[1]);                   // (N, in)
-                using var gt = g.t();                                               // (r, N)
-                da = gt.mm(rows);                                                   // (r, in)
-            }
-            if (needsDx)
-            {
-                using var rows = g.mm(a);                                           // (N, in)
-                using var grad = rows.view(x.shape);                                // (..., in)
-                dx = Dropped(grad, p, seed, key);
-            }
+            var da = needsDa ? DownWeightGradient(g, x, a, p, seed, key) : null;
+            var dx = needsDx ? DownInputGradient(g, x, a, p, seed, key) : null;
             dy.Dispose();
             return ManagedAutograd.Returned(dx, da, null, null, null);
         }
+    }
+
+    /// <summary>a's gradient gᵀ·dropout(x) (r, in), dropout(x) drawn again: linear's backward on the rows (N, in) its matmul folds x into.</summary>
+    private static Tensor DownWeightGradient(Tensor g, Tensor x, Tensor a, double p, Tensor seed, long key)
+    {
+        using var dropped = Dropped(x, p, seed, key);                               // (..., in), drawn again
+        using var rows = dropped.reshape(-1, a.shape[1]);                           // (N, in)
+        using var gt = g.t();                                                       // (r, N)
+        return gt.mm(rows);                                                         // (r, in)
+    }
+
+    /// <summary>x's gradient through linear(dropout(x), a): g·a (N, in) into dropout's backward (the same mask and scale), (..., in).</summary>
+    private static Tensor DownInputGradient(Tensor g, Tensor x, Tensor a, double p, Tensor seed, long key)
+    {
+        using var rows = g.mm(a);                                                   // (N, in)
+        using var grad = rows.view(x.shape);                                        // (..., in)
+        return Dropped(grad, p, seed, key);
+    }
+
+    /// <summary>The dropout seed: int64 on the input's device (the kernel reads it there).</summary>
+    private static void CheckDropoutSeed(Tensor seed, Tensor x, string parameter)
+    {
+        if (seed.dtype != ScalarType.Int64 || seed.device_type != x.device_type || seed.device_index != x.device_index)
+            throw new ArgumentException($"The dropout seed must be an int64 tensor on the input's device ({x.device}); it is {seed.dtype} on {seed.device}.", parameter);
     }
 
     /// <summary>
@@ -292,8 +304,7 @@ public static unsafe partial class FusedOps
     /// </summary>
     internal static Tensor DropoutLinear(Tensor x, Tensor a, double p, Tensor seed, long key)
     {
-        if (seed.dtype != ScalarType.Int64 || seed.device_type != x.device_type || seed.device_index != x.device_index)
-            throw new ArgumentException($"The dropout seed must be an int64 tensor on the input's device ({x.device}); it is {seed.dtype} on {seed.device}.", nameof(seed));
+        CheckDropoutSeed(seed, x, nameof(seed));
         if (FusedAutograd(x, a)) return ApplyFused(() => DropoutLinearFunction.apply(x, a, p, seed, key));
         using var dropped = NoGradient(x) ? Dropped(x, p, seed, key) : DropoutWithTorch(x, p, seed, key); // PlainAutograd: the torch ops' graph
         return nn.functional.linear(dropped, a);
@@ -354,18 +365,10 @@ public static unsafe partial class FusedOps
                 using var dy = dys[i];
                 if (dy.IsInvalid) continue;                                         // that output got no gradient
                 using var g = dy.reshape(-1, a.shape[0]);                           // (N, r)
-                if (needsDa[i])
-                {
-                    using var dropped = Dropped(x, p[i], seed, key[i]);             // (..., in), drawn again
-                    using var rows = dropped.reshape(-1, a.shape[1]);               // (N, in)
-                    using var gt = g.t();                                           // (r, N)
-                    gradients[1 + i] = gt.mm(rows);                                 // (r, in)
-                }
+                if (needsDa[i]) gradients[1 + i] = DownWeightGradient(g, x, a, p[i], seed, key[i]);
                 if (needsDx)
                 {
-                    using var rows = g.mm(a);                                       // (N, in)
-                    using var grad = rows.view(x.shape);                            // (..., in)
-                    var part = Dropped(grad, p[i], seed, key[i]);
+                    var part = DownInputGradient(g, x, a, p[i], seed, key[i]);
                     if (dx is null) dx = part;
                     else
                     {
@@ -392,9 +395,7 @@ public static unsafe partial class FusedOps
     internal static Tensor[] DropoutLinearShared(Tensor x, Tensor[] a, DropoutDraw[] draws)
     {
         if (a.Length != draws.Length) throw new ArgumentException($"{a.Length} LoRA A weights for {draws.Length} dropout draws.", nameof(draws));
-        foreach (var draw in draws)
-            if (draw.Seed.dtype != ScalarType.Int64 || draw.Seed.device_type != x.device_type || draw.Seed.device_index != x.device_index)
-                throw new ArgumentException($"The dropout seed must be an int64 tensor on the input's device ({x.device}); it is {draw.Seed.dtype} on {draw.Seed.device}.", nameof(draws));
+        foreach (var draw in draws) CheckDropoutSeed(draw.Seed, x, nameof(draws));
         if (a.Length < 2 || !a.All(t => FusedAutograd(x, t)))
             return [.. a.Select((t, i) => DropoutLinear(x, t, draws[i].P, draws[i].Seed, draws[i].Key))];
         object[] vars = [x, .. a, .. draws.Select(d => d.Seed), draws.Select(d => d.P).ToArray(), draws.Select(d => d.Key).ToArray()];
