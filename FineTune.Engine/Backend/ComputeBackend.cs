@@ -295,12 +295,9 @@ internal static class AttentionKernels
     /// <summary>Switches cuDNN attention off; false when this libtorch does not export the switch (nothing changes then).</summary>
     public static unsafe bool TryDisableCudnnAttention()
     {
-        if (!NativeLibrary.TryLoad("libtorch_cpu.so", out var library) && !NativeLibrary.TryLoad("torch_cpu", typeof(torch).Assembly, null, out library))
-            return false;
-        if (!NativeLibrary.TryGetExport(library, GlobalContextSymbol, out var globalContext)
-            || !NativeLibrary.TryGetExport(library, SetUseCudnnSymbol, out var setUseCudnn)
-            || !NativeLibrary.TryGetExport(library, UserEnabledCudnnSymbol, out var userEnabled))
-            return false;
+        nint globalContext = Kernels.LibTorchOps.Find(GlobalContextSymbol), setUseCudnn = Kernels.LibTorchOps.Find(SetUseCudnnSymbol),
+            userEnabled = Kernels.LibTorchOps.Find(UserEnabledCudnnSymbol);
+        if (globalContext == 0 || setUseCudnn == 0 || userEnabled == 0) return false;
         // A member function takes `this` as its first argument (Itanium C++ ABI).
         nint context = ((delegate* unmanaged<nint>)globalContext)();
         ((delegate* unmanaged<nint, byte, void>)setUseCudnn)(context, 0);

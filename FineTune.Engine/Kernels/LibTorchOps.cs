@@ -57,7 +57,7 @@ internal static unsafe class LibTorchOps
     private static nint _libTorch;
     private static delegate* unmanaged<nuint, void*> _operatorNew; // ::operator new(size_t), which at::Tensor's delete pairs with
 
-    /// <summary>The address of the exported function <paramref name="mangledName"/> in libtorch_cpu, or 0 where this build lacks it.</summary>
+    /// <summary>The address of the exported function <paramref name="mangledName"/> in libtorch_cpu (the one the backend loaded), or 0 where this build lacks it or libtorch is not loaded.</summary>
     internal static nint Find(string mangledName)
     {
         lock (Gate)
