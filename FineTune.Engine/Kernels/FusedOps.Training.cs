@@ -6,8 +6,9 @@ using static TorchSharp.torch;
 namespace FineTune.Engine.Kernels;
 
 /// <summary>
-/// Training's RMSNorm, SiLU·up, LoRA dropout and LoRA dropout with A as autograd functions of their own, for the memory a
-/// step holds between forward and backward. The torch ops' graph keeps per token and norm HF's fp32 copy of the input (4
+/// Training's RMSNorm, SiLU·up, RoPE, LoRA dropout and LoRA dropout with A as autograd functions of their own, for the
+/// memory a step holds between forward and backward, and for the host's time (RoPE: one node instead of the torch ops'
+/// four, one kernel each way). The torch ops' graph keeps per token and norm HF's fp32 copy of the input (4
 /// bytes a value; the ops after the upcast save it), per MLP gate, silu(gate) and up (three 16-bit values per intermediate
 /// unit), and per adapted projection the dropped copy of its input; these functions keep the 16-bit input and one fp32
 /// rstd a row, gate and up, and the projection's input (shared by q, k and v) with the dropout's (seed, key). Forward and
@@ -169,6 +170,53 @@ public static unsafe partial class FusedOps
         var s = sigmoid(g);
         var gateGrad = (ds * s * (g * s.neg().Plus(1.0)).Plus(1.0)).to(gate.dtype); // 1 − s as −s + 1: the same rounding
         return (scope.MoveToOuter(gateGrad), scope.MoveToOuter(upGrad));
+    }
+
+    // ---------------------------------------------------------------- RoPE
+
+    private sealed class RotaryFunction : autograd.SingleTensorFunction<RotaryFunction>
+    {
+        public override string Name => "FusedRotary";
+
+        // vars: x (B, nH, T, hD), cos and signedSin (B|1, 1, T, hD) frozen. Nothing of x is kept: the gradient needs the tables alone.
+        public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
+        {
+            var x = (Tensor)vars[0];
+            var cos = (Tensor)vars[1];
+            var signedSin = (Tensor)vars[2];
+            ctx.save_for_backward([cos, signedSin]);
+            ctx.set_materialize_grads(false);
+            return Rotary(x, cos, signedSin);                                       // gradients are off inside: kernel or torch ops
+        }
+
+        public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor dy)
+        {
+            var saved = ManagedAutograd.TakeSaved(ctx);
+            using var cos = saved[0];
+            using var signedSin = saved[1];
+            var dx = RotaryBackward(dy, cos, signedSin);
+            dy.Dispose();
+            return ManagedAutograd.Returned(dx, null, null);                        // no gradients for the tables
+        }
+    }
+
+    /// <summary>
+    /// dx of RoPE (<see cref="Rotary"/>) from dy (B, nH, T, hD), as the torch ops' graph of x·cos + roll(x, hD/2)·signedSin
+    /// computes it with the tables frozen: each product's gradient dy·table rounded to x's dtype, roll's sent back by
+    /// roll(−hD/2), the two added as x's gradient buffer adds them (rounded once from fp32). So dx[k] = T(T(dy[k]·cos[k]) +
+    /// T(dy[k′]·signedSin[k′])) with k′ = (k + hD/2) mod hD. The kernel's result is contiguous.
+    /// </summary>
+    internal static Tensor RotaryBackward(Tensor dy, Tensor cos, Tensor signedSin)
+    {
+        if (CudaKernels.On(dy.device))
+        {
+            using var dyc = dy.stride(3) == 1 ? dy.alias() : dy.contiguous();       // the kernel reads any strides but hD's
+            if (RotaryKernel("rotary_backward", dyc, cos, signedSin) is { } dx) return dx;
+        }
+        using var scope = NewDisposeScope();
+        var fromCos = dy * cos;                                                     // (B, nH, T, hD)
+        var fromRolled = (dy * signedSin).roll(-(dy.shape[^1] / 2), -1);            // roll's backward: roll by −shift
+        return scope.MoveToOuter(fromCos.Plus(fromRolled));
     }
 
     // ---------------------------------------------------------------- LoRA dropout

@@ -10,7 +10,7 @@ namespace FineTune.Engine.Kernels;
 /// when <see cref="CudaKernels.On"/> says so, the tensors are CUDA fp32/bf16/fp16 in the layout it reads, and no
 /// gradient has to flow through the result (the kernels build no autograd graph: they serve generation, the
 /// no-gradient forward of a checkpointed layer and the frozen NF4 weights); otherwise the fallback runs. Where gradients
-/// flow, RMSNorm and SiLU·up run as autograd functions of their own (FusedOps.Training.cs), kernels inside on CUDA.
+/// flow, RMSNorm, SiLU·up and RoPE run as autograd functions of their own (FusedOps.Training.cs), kernels inside on CUDA.
 /// Bit-equal to the fallback: NF4 dequantization, SiLU·up, RoPE (same fp32 arithmetic, same roundings).
 /// Within rounding: RMSNorm (the fp32 sum of squares is added in another order) and the NF4 matrix-vector product
 /// (fp32 dot products in another order than cuBLAS): FineTune.Tests/Kernels/FusedOpsTests.cs states the bounds.
@@ -167,27 +167,49 @@ public static unsafe partial class FusedOps
 
     /// <summary>
     /// x·cos + rotate_half(x)·sin for x (B, nH, T, hD) with the tables of AttentionOps.RotaryTables (cos and the signed
-    /// sin, (B|1, 1, T, hD)); the kernel's result is contiguous (B, nH, T, hD).
+    /// sin, (B|1, 1, T, hD)); the kernel's result is contiguous (B, nH, T, hD). Where gradients flow into x (the tables
+    /// frozen), one autograd function of its own (FusedOps.Training.cs) instead of the torch ops' graph of four nodes.
     /// </summary>
     public static Tensor Rotary(Tensor x, Tensor cos, Tensor signedSin)
     {
-        if (CudaKernels.On(x.device) && Suffix(x.dtype) is string suffix && x.dim() == 4 && cos.dim() == 4 && cos.dtype == x.dtype
-            && signedSin.dtype == x.dtype && x.stride(3) == 1 && cos.stride(3) == 1 && cos.stride().SequenceEqual(signedSin.stride())
-            && cos.shape.SequenceEqual(signedSin.shape) && cos.shape[1] == 1 && cos.shape[2] == x.shape[2] && cos.shape[3] == x.shape[3]
-            && (cos.shape[0] == x.shape[0] || cos.shape[0] == 1) && x.shape[3] % 2 == 0 && NoGradient(x))
-        {
-            var y = empty(x.shape, x.dtype, x.device);
-            ulong px = CudaKernels.Pointer(x), pc = CudaKernels.Pointer(cos), ps = CudaKernels.Pointer(signedSin), py = CudaKernels.Pointer(y);
-            int heads = (int)x.shape[1], tokens = (int)x.shape[2], d = (int)x.shape[3];
-            long xb = x.stride(0), xh = x.stride(1), xt = x.stride(2);
-            long cb = cos.shape[0] == 1 ? 0 : cos.stride(0), ct = cos.stride(2);
-            long total = x.numel();
-            void** args = stackalloc void*[] { &px, &pc, &ps, &py, &heads, &tokens, &d, &xb, &xh, &xt, &cb, &ct, &total };
-            CudaKernels.Launch(x.device, $"rotary_{suffix}", (total + Threads - 1) / Threads, Threads, args);
-            return y;
-        }
+        if (NoGradient(x, cos, signedSin) && RotaryKernel("rotary", x, cos, signedSin) is { } y) return y;
+        if (FusedAutograd(x) && !cos.requires_grad && !signedSin.requires_grad && RotaryShapes(x, cos, signedSin))
+            return ApplyFused(() => RotaryFunction.apply(x, cos, signedSin));  // FusedOps.Training.cs
+        return RotaryWithTorch(x, cos, signedSin);
+    }
+
+    /// <summary>The torch ops of <see cref="Rotary"/>: T(x·cos) + T(roll(x, hD/2)·signedSin), rotate_half(x)·sin as AttentionOps.ApplyRotary says.</summary>
+    internal static Tensor RotaryWithTorch(Tensor x, Tensor cos, Tensor signedSin)
+    {
         using var scope = NewDisposeScope();
         var rotated = (x * cos).Plus(x.roll(x.shape[^1] / 2, -1) * signedSin); // (B, nH, T, hD)
         return scope.MoveToOuter(rotated);
+    }
+
+    /// <summary>x (B, nH, T, hD) with an even hD, and cos and signedSin of its dtype, (B|1, 1, T, hD) both.</summary>
+    private static bool RotaryShapes(Tensor x, Tensor cos, Tensor signedSin) =>
+        x.dim() == 4 && cos.dim() == 4 && cos.dtype == x.dtype && signedSin.dtype == x.dtype && cos.shape.SequenceEqual(signedSin.shape)
+        && cos.shape[1] == 1 && cos.shape[2] == x.shape[2] && cos.shape[3] == x.shape[3] && (cos.shape[0] == x.shape[0] || cos.shape[0] == 1)
+        && x.shape[3] % 2 == 0;
+
+    /// <summary>
+    /// <paramref name="kernel"/>_ (rotary_, or rotary_backward_ on a gradient) of x (B, nH, T, hD) in the layout it reads
+    /// (hD contiguous, any other strides; the tables (B|1, 1, T, hD) with one layout and hD contiguous): a contiguous
+    /// (B, nH, T, hD). Null where it does not run.
+    /// </summary>
+    private static Tensor? RotaryKernel(string kernel, Tensor x, Tensor cos, Tensor signedSin)
+    {
+        if (!CudaKernels.On(x.device) || Suffix(x.dtype) is not string suffix || !RotaryShapes(x, cos, signedSin) || x.stride(3) != 1
+            || cos.stride(3) != 1 || !cos.stride().SequenceEqual(signedSin.stride()))
+            return null;
+        var y = empty(x.shape, x.dtype, x.device);
+        ulong px = CudaKernels.Pointer(x), pc = CudaKernels.Pointer(cos), ps = CudaKernels.Pointer(signedSin), py = CudaKernels.Pointer(y);
+        int heads = (int)x.shape[1], tokens = (int)x.shape[2], d = (int)x.shape[3];
+        long xb = x.stride(0), xh = x.stride(1), xt = x.stride(2);
+        long cb = cos.shape[0] == 1 ? 0 : cos.stride(0), ct = cos.stride(2);
+        long total = x.numel();
+        void** args = stackalloc void*[] { &px, &pc, &ps, &py, &heads, &tokens, &d, &xb, &xh, &xt, &cb, &ct, &total };
+        CudaKernels.Launch(x.device, $"{kernel}_{suffix}", (total + Threads - 1) / Threads, Threads, args);
+        return y;
     }
 }

@@ -377,6 +377,29 @@ extern "C" __global__ void silu_mul_backward_##SUFFIX(const T* dy, const T* gate
     float ds = TO_F32(FROM_F32(d * TO_F32(up[i])));                                                                   \
     float s = 1.0f / e;                                                                                               \
     dgate[i] = FROM_F32(ds * s * (1.0f + g * (1.0f - s)));                                                            \
+}                                                                                                                     \
+                                                                                                                      \
+/* RoPE's input gradient, as autograd of rotary_'s torch ops (x * cos + roll(x, d/2) * signed_sin, the tables frozen) \
+   computes it: each product's gradient T(dy * table), roll's sent back by roll(-d/2), the two added in fp32 and      \
+   rounded once (x's gradient buffer): dx[k] = T(T(dy[k] * cos[k]) + T(dy[k'] * signed_sin[k'])),                     \
+   k' = (k + d/2) mod d. dy (B, nH, T, d) with strides (db, dh, dt, 1); tables and dx as rotary_'s. */                \
+extern "C" __global__ void rotary_backward_##SUFFIX(const T* dy, const T* cos, const T* sin, T* dx, int heads,        \
+    int tokens, int d, long long db, long long dh, long long dt, long long cb, long long ct, long long total)         \
+{                                                                                                                     \
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;                                                   \
+    if (i >= total) return;                                                                                           \
+    int k = (int)(i % d);                                                                                             \
+    long long r = i / d;                                                                                              \
+    int t = (int)(r % tokens); r /= tokens;                                                                           \
+    int hh = (int)(r % heads);                                                                                        \
+    long long b = r / heads;                                                                                          \
+    long long base = b * db + hh * dh + t * dt;                                                                       \
+    long long c = b * cb + t * ct;                                                                                    \
+    int half = d >> 1;                                                                                                \
+    int rolled = k < half ? k + half : k - half;                                                                      \
+    float p = TO_F32(FROM_F32(TO_F32(dy[base + k]) * TO_F32(cos[c + k])));                                            \
+    float q = TO_F32(FROM_F32(TO_F32(dy[base + rolled]) * TO_F32(sin[c + rolled])));                                  \
+    dx[i] = FROM_F32(p + q);                                                                                          \
 }
 
 DEFINE_TRAINING_KERNELS(f32, float, load_f32, store_f32)

@@ -259,6 +259,90 @@ public class FusedOpsTrainingTests
             Assert.False(shared.Dx!.eq(qOnly).all().item<bool>());
         }
     }
+
+    /// <summary>
+    /// RoPE's tables for x (B, nH, T, hD): AttentionOps.RotaryTables of RotaryEmbedding's cos and sin for packed positions
+    /// (the rows' positions start again), (B|1, 1, T, hD); or random tables of that shape, whose halves differ (RoPE's
+    /// halves are equal, so an index one half off would go unseen with them).
+    /// </summary>
+    internal static (Tensor Cos, Tensor SignedSin) RotaryTestTables(long batch, long tokens, int headDim, ScalarType dtype, bool random, Device? device = null)
+    {
+        if (random) return (randn([batch, 1, tokens, headDim], device: device).to(dtype), randn([batch, 1, tokens, headDim], device: device).to(dtype));
+        using var rope = new FineTune.Engine.Models.RotaryEmbedding(headDim, new FineTune.Engine.Models.RopeSettings(1000000.0), device ?? CPU);
+        var positions = (arange(batch * tokens, ScalarType.Int64, device ?? CPU) % 97).view(batch, tokens);   // (B, T): rows of 97 tokens
+        var (cos, sin) = rope.Compute(positions, dtype);                                                     // (B, T, hD)
+        return FineTune.Engine.Models.AttentionOps.RotaryTables(cos, sin);
+    }
+
+    /// <summary>
+    /// Training's fused RoPE (FusedOps.Rotary where x needs a gradient: one autograd function, backward FusedOps.RotaryBackward)
+    /// against the torch ops' graph of x·cos + roll(x, hD/2)·signedSin (PlainAutograd), bit for bit: output and the gradient
+    /// of the leaf x is a view of, (B, T, width) as the attention layers make q and k (the projection's output, or a block of
+    /// q, k and v's stacked output, viewed as heads and transposed). dy contiguous or a transposed view; the tables of
+    /// batch 1 (broadcast) or per row, RoPE's or random. RotaryBackward on dy alone gives the same gradient, and it is not
+    /// the rotation of dy (the inverse rotation is: sin's sign flips), so the sin index is checked.
+    /// </summary>
+    [Theory]
+    [InlineData(ScalarType.Float32, false, true, false)]
+    [InlineData(ScalarType.Float32, true, false, true)]
+    [InlineData(ScalarType.BFloat16, false, true, false)]
+    [InlineData(ScalarType.BFloat16, true, true, false)]
+    [InlineData(ScalarType.BFloat16, true, false, true)]
+    [InlineData(ScalarType.Float16, false, false, false)]
+    [InlineData(ScalarType.Float16, true, true, true)]
+    public void Rotary_output_and_gradient_equal_the_torch_graphs_bit_for_bit(ScalarType dtype, bool stridedDy, bool tablesOfBatchOne, bool randomTables)
+    {
+        _ = ComputeBackend.Current;
+        using var scope = NewDisposeScope();
+        manual_seed(5);
+        const int b = 2, t = 11, heads = 3, d = 16, width = (heads + 2) * d, column = d;   // the heads' block of a stacked row
+        var projected = (randn(b, t, width) * 4).to(dtype);
+        var (cos, signedSin) = RotaryTestTables(tablesOfBatchOne ? 1 : b, t, d, dtype, randomTables);
+        var dy = (stridedDy ? randn(b, t, heads, d).transpose(1, 2) : randn(b, heads, t, d)).to(dtype); // (B, nH, T, hD)
+        Assert.Equal(stridedDy, !dy.is_contiguous());
+        static Tensor Heads(Tensor rows) => rows.narrow(-1, column, heads * d).view(b, t, heads, d).transpose(1, 2); // (B, nH, T, hD), strided
+        (Tensor Y, Tensor Dx) Run()
+        {
+            var leaf = projected.detach().clone().requires_grad_(true);
+            var y = FusedOps.Rotary(Heads(leaf), cos, signedSin);
+            Assert.True(y.requires_grad);
+            y.backward([dy]);
+            return (y.detach(), leaf.grad!);                                                      // (B, T, width)
+        }
+        long before = FusedOps.FusedCalls;
+        var fused = Run();
+        Assert.Equal(before + 1, FusedOps.FusedCalls);
+        (Tensor Y, Tensor Dx) plain;
+        FusedOps.PlainAutograd = true;
+        try { plain = Run(); }
+        finally { FusedOps.PlainAutograd = false; }
+        Assert.Equal(before + 1, FusedOps.FusedCalls);
+
+        Assert.Equal(Values(plain.Y), Values(fused.Y));
+        Assert.Equal(Values(plain.Dx), Values(fused.Dx));
+        var dx = Heads(plain.Dx);
+        Assert.Equal(Values(dx), Values(FusedOps.RotaryBackward(dy, cos, signedSin)));
+        Assert.NotEqual(Values(dx), Values(FusedOps.RotaryWithTorch(dy, cos, signedSin)));
+        Assert.True(dx.to(ScalarType.Float32).abs().sum().item<float>() > 0);
+    }
+
+    /// <summary>A tensor's values in order, exactly (16-bit values widen to fp32 without rounding).</summary>
+    private static float[] Values(Tensor t) => t.to(ScalarType.Float32).contiguous().data<float>().ToArray();
+
+    [Fact]
+    public void Rotary_tables_that_need_gradients_take_the_torch_graph_and_get_theirs()
+    {
+        _ = ComputeBackend.Current;
+        using var scope = NewDisposeScope();
+        var x = randn(1, 2, 5, 8).requires_grad_(true);
+        var (cos, signedSin) = RotaryTestTables(1, 5, 8, ScalarType.Float32, random: true);
+        cos.requires_grad_(true);
+        long before = FusedOps.FusedCalls;
+        FusedOps.Rotary(x, cos, signedSin).sum().backward();
+        Assert.Equal(before, FusedOps.FusedCalls);
+        Assert.NotNull(cos.grad);
+        Assert.NotNull(x.grad);
+    }
 }
 
 /// <summary>
