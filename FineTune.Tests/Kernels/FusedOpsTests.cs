@@ -193,7 +193,7 @@ public class FusedOpsGpuTests
     }
 
     /// <summary>Training's fused functions with their kernels against the torch ops' graph (bounds as on the CPU:
-    /// FusedOpsTrainingTests); the kernels' forward within RMSNorm's bound of the fallback's.</summary>
+    /// FusedOpsTrainingTests; RoPE bit-equal); the kernels' forward within RMSNorm's bound of the fallback's.</summary>
     [GpuTheory]
     [MemberData(nameof(Dtypes))]
     public void Fused_training_functions_equal_the_torch_graph(ScalarType dtype)
@@ -214,6 +214,12 @@ public class FusedOpsGpuTests
         Assert.True(Same(swiglu[0], swigluPlain[0]), "silu(gate) * up: not bit-equal");
         FusedOpsTrainingTests.AssertWithin(swiglu[1], swigluPlain[1], bound, "dgate");
         FusedOpsTrainingTests.AssertWithin(swiglu[2], swigluPlain[2], bound, "dup");
+        var q = randn(2, 3, 9, 64, device: device).to(dtype);
+        var dq = randn(2, 3, 9, 64, device: device).to(dtype);
+        var (c, s) = FusedOpsTrainingTests.RotaryTestTables(1, 9, 64, dtype, random: false, device);
+        var (rotary, rotaryPlain) = FusedOpsTrainingTests.Both(t => FusedOps.Rotary(t[0], c, s), [q], dq);
+        Assert.True(Same(rotary[0], rotaryPlain[0]), "RoPE: not bit-equal");
+        Assert.True(Same(rotary[1], rotaryPlain[1]), "RoPE dx: not bit-equal");
     }
 
     [GpuFact]

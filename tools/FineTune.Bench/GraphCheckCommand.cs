@@ -98,6 +98,10 @@ internal static class GraphCheckCommand
         var thirdA = (randn(256, 256, device: device) * 0.05).to(ScalarType.BFloat16).requires_grad_(true);
         // q, k and v's draws, as LoraLinear.ForwardShared takes them: one seed, own keys.
         FusedOps.DropoutDraw[] qkv = [new(0.1, seed, 5), new(0.1, seed, 6), new(0.1, seed, 7)];
+        // RoPE's tables for the unit's 64 rows as 64 positions of 2 heads of 128: (1, 1, 64, 128).
+        var rope = new RotaryEmbedding(128, new RopeSettings(1000000.0), device);
+        var (ropeCos, ropeSin) = rope.Compute(arange(64, ScalarType.Int64, device).unsqueeze(0), ScalarType.BFloat16);
+        var (headCos, signedSin) = AttentionOps.RotaryTables(ropeCos, ropeSin);
         foreach (var (name, op) in new (string, Func<Tensor, Tensor>)[]
         {
             ("unit: fused dropout", x => FusedOps.Dropout(x, 0.1, seed, 3)!),
@@ -113,6 +117,8 @@ internal static class GraphCheckCommand
             }),
             ("unit: fused rms norm", x => FusedOps.RmsNorm(x, weight, 1e-6)),
             ("unit: fused silu mul", x => FusedOps.SiluMul(x, x * 2)),
+            // (64, 256) as q of 2 heads, a transposed view (1, 2, 64, 128) as the attention layers pass it, and back.
+            ("unit: fused rotary", x => FusedOps.Rotary(x.view(1, 64, 2, 128).transpose(1, 2), headCos, signedSin).transpose(1, 2).reshape(64, 256)),
         })
         {
             var (graphGrad, eagerGrad) = UnitGradients(device, op);

@@ -176,6 +176,8 @@ internal static class KernelsCommand
         Pair("rms norm fwd+bwd 512x3584 (fused vs torch graph)", () => TrainStep(() => FusedOps.RmsNorm(h.requires_grad_(true), weight, 1e-6), h), () => Plain(() => TrainStep(() => FusedOps.RmsNorm(h.requires_grad_(true), weight, 1e-6), h)));
         Pair("silu mul fwd+bwd 512x18944 (fused vs torch graph)", () => TrainStep(() => FusedOps.SiluMul(gate.requires_grad_(true), up.requires_grad_(true)), gate, up), () => Plain(() => TrainStep(() => FusedOps.SiluMul(gate.requires_grad_(true), up.requires_grad_(true)), gate, up)));
         Pair("rotary 1x28x512x128", () => FusedOps.Rotary(q, c, s), () => { CudaKernels.Suspended = true; try { return FusedOps.Rotary(q, c, s); } finally { CudaKernels.Suspended = false; } });
+        var qRows = randn(1, 512, 28, 128, device: device).to(dtype);                     // the leaf q is a transposed view of
+        Pair("rotary fwd+bwd 1x28x512x128 (fused vs torch graph)", () => TrainStep(() => FusedOps.Rotary(qRows.requires_grad_(true).transpose(1, 2), c, s), qRows), () => Plain(() => TrainStep(() => FusedOps.Rotary(qRows.requires_grad_(true).transpose(1, 2), c, s), qRows)));
         return timings;
     }
 

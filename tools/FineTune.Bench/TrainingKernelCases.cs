@@ -8,7 +8,8 @@ namespace FineTune.Bench;
 /// The `kernels` checks of training's fused functions (FusedOps.Training.cs): output and input gradients with the
 /// kernels against the torch ops' own autograd graph, at 7B widths. Bounds as FineTune.Tests/Kernels/FusedOpsTrainingTests.cs
 /// states them: 1e-6 of the largest value in fp32, 1e-2 (one rounding step) in 16 bits. The device-seeded dropout against
-/// its torch-op fallback, and LoRA's dropout + A as one function against the dropout function and linear's graph: exact.
+/// its torch-op fallback, LoRA's dropout + A as one function against the dropout function and linear's graph, and RoPE's
+/// output and input gradient against the torch ops' graph: exact.
 /// </summary>
 internal static class TrainingKernelCases
 {
@@ -59,6 +60,17 @@ internal static class TrainingKernelCases
             var dy = randn(5, 18944, device: device).to(dtype);
             return Both(t => FusedOps.SiluMul(t[0], t[1]), [gate, up], dy, outputToo: true);
         });
+        // RoPE: q (28 heads) and k (4 heads) of a 7B Qwen2 layer as the attention layers pass them, transposed views of their
+        // block of q, k and v's stacked projection output (rows 36·128 wide), 1500 packed tokens; dy a transposed view as
+        // attention's backward may give it, or contiguous. Then B = 2 with RoPE's tables of batch 1 (broadcast), and with
+        // random tables per row and a dy whose last dimension is strided (the kernel takes a contiguous copy).
+        foreach (var (heads, column, stridedDy) in new[] { (28, 0, true), (4, 28, true), (4, 28, false) })
+            yield return ($"rotary train 1x{heads}x1500x128 {(heads == 28 ? "q" : "k")}{(stridedDy ? ", dy transposed" : ", dy contiguous")}: out, dx", 0, () =>
+                RotaryTraining(device, dtype, batch: 1, heads, tokens: 1500, column, width: 36, randomTables: false, stridedDy ? DyLayout.Transposed : DyLayout.Contiguous));
+        yield return ("rotary train 2x3x37x128 rope tables of batch 1: out, dx", 0, () =>
+            RotaryTraining(device, dtype, batch: 2, heads: 3, tokens: 37, column: 1, width: 5, randomTables: false, DyLayout.Transposed));
+        yield return ("rotary train 2x3x37x128 random tables per row, dy last dim strided: out, dx", 0, () =>
+            RotaryTraining(device, dtype, batch: 2, heads: 3, tokens: 37, column: 1, width: 5, randomTables: true, DyLayout.LastDimStrided));
         foreach (long n in new long[] { 3 * 37 * 3584, 333 })
             yield return ($"dropout p 0.1 {n} values, forward and backward", 0, () =>
             {
@@ -131,5 +143,53 @@ internal static class TrainingKernelCases
                         : Run((xl, al) => [.. al.Select((t, i) => FusedOps.DropoutLinear(xl, t, draws[i].P, draws[i].Seed, draws[i].Key))]);
                     return (shared, reference);
                 });
+    }
+
+    private enum DyLayout { Contiguous, Transposed, LastDimStrided }
+
+    /// <summary>
+    /// FusedOps.Rotary where x needs a gradient (the fused function: rotary_ forward, rotary_backward_) against the torch ops'
+    /// graph (PlainAutograd): the output and the gradient of the leaf x is a view of, (B, T, width·128) rows of which x takes
+    /// heads·128 values from column·128 on, viewed as heads and transposed to (B, nH, T, 128). Tables: RoPE's (θ = 1e6) for
+    /// packed rows of 300 positions, of batch 1 (broadcast over B), or random per row (their halves differ, so an index one
+    /// half off shows). Bit-equal.
+    /// </summary>
+    private static (Tensor Fused, Tensor Plain) RotaryTraining(Device device, ScalarType dtype, int batch, int heads, int tokens, int column,
+        int width, bool randomTables, DyLayout dyLayout)
+    {
+        const int d = 128;
+        var projected = (randn(batch, tokens, width * d, device: device) * 4).to(dtype);
+        Tensor cos, signedSin;
+        if (randomTables) (cos, signedSin) = (randn(batch, 1, tokens, d, device: device).to(dtype), randn(batch, 1, tokens, d, device: device).to(dtype));
+        else
+        {
+            var rope = new FineTune.Engine.Models.RotaryEmbedding(d, new FineTune.Engine.Models.RopeSettings(1000000.0), device);
+            var positions = (arange(tokens, ScalarType.Int64, device) % 300).unsqueeze(0);   // (1, T): tables of batch 1, broadcast
+            var (c, s) = rope.Compute(positions, dtype);
+            (cos, signedSin) = FineTune.Engine.Models.AttentionOps.RotaryTables(c, s);        // (1, 1, T, 128)
+        }
+        var dy = dyLayout switch                                                                 // (B, nH, T, 128)
+        {
+            DyLayout.Transposed => randn(batch, tokens, heads, d, device: device).to(dtype).transpose(1, 2),
+            DyLayout.LastDimStrided => randn([batch, heads, tokens, d, 2], device: device).to(dtype).select(-1, 0),
+            _ => randn(batch, heads, tokens, d, device: device).to(dtype),
+        };
+        if (dy.is_contiguous() != (dyLayout == DyLayout.Contiguous) || (dy.stride(3) == 1) == (dyLayout == DyLayout.LastDimStrided))
+            throw new InvalidOperationException("dy's layout is not the one the case names");
+        Tensor Run()
+        {
+            using var _ = enable_grad();
+            var leaf = projected.detach().clone().requires_grad_(true);
+            var x = leaf.narrow(-1, column * d, heads * d).view(batch, tokens, heads, d).transpose(1, 2);    // (B, nH, T, 128)
+            var y = FusedOps.Rotary(x, cos, signedSin);
+            y.backward([dy]);
+            return cat([y.detach().flatten(), leaf.grad!.flatten()]);
+        }
+        long before = FusedOps.FusedCalls;
+        var fused = Run();
+        if (FusedOps.FusedCalls != before + 1) throw new InvalidOperationException("the fused RoPE function did not run");
+        FusedOps.PlainAutograd = true;
+        try { return (fused, Run()); }
+        finally { FusedOps.PlainAutograd = false; }
     }
 }
