@@ -166,8 +166,6 @@ internal static class GraphCheckCommand
         var log = new GraphLog();
         bool wasSuspended = CudaGraphs.Suspended;
         CudaGraphs.Suspended = !graphs;
-        // Packed rows padded from the first step in both runs (the measured decision could come at another step in each).
-        HostBoundProbe.Forced = true;
         try
         {
             var job = new FineTuneJob
@@ -195,7 +193,6 @@ internal static class GraphCheckCommand
         finally
         {
             CudaGraphs.Suspended = wasSuspended;
-            HostBoundProbe.Forced = null;
             if (Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
         }
     }
