@@ -354,7 +354,9 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
     {
         using var scope = NewDisposeScope();
         var hidden = model.HiddenStates(batch.InputIds, batch.PositionIds, batch.AttentionMask, batch.Packed); // (B, T, H)
-        var loss = LossSum(hidden, batch, lossChunkSize) / tensors.Divisor;
+        // The gradient backward brings to the loss sum, as autograd will compute it: (scale or 1) / targets.
+        var upstream = (scaled ? tensors.LossScale : ones_like(tensors.Divisor)) / tensors.Divisor; // ()
+        var loss = LossSum(hidden, batch, lossChunkSize, upstream) / tensors.Divisor;
         using (no_grad()) tensors.Loss.copy_(loss);
         PhaseClock?.End(StepPhaseClock.Forward);
         (scaled ? loss * tensors.LossScale : loss).backward();
@@ -437,23 +439,19 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         }
     }
 
-    /// <summary>Sum of fp32 cross-entropy over the batch's target positions; lm_head runs on those positions only, in chunks.</summary>
-    internal Tensor LossSum(Tensor hidden, TrainingBatch batch, int chunkSize)
+    /// <summary>
+    /// Sum of fp32 cross-entropy over the batch's target positions; lm_head runs on those positions only, in chunks
+    /// (<see cref="LmHeadLoss"/>). <paramref name="upstream"/>: the gradient backward will bring to the sum, where known,
+    /// so each chunk's gradient is made in forward and its logits are not kept for backward.
+    /// </summary>
+    internal Tensor LossSum(Tensor hidden, TrainingBatch batch, int chunkSize, Tensor? upstream = null)
     {
         using var scope = NewDisposeScope();
         long H = hidden.shape[^1];
         var positions = batch.TargetPositions;                                     // (N)
         var h = hidden.reshape(-1, H).index_select(0, positions);                  // (N, H)
         var t = batch.Targets.reshape(-1).index_select(0, positions);              // (N)
-        Tensor total = zeros(1, dtype: ScalarType.Float32, device: hidden.device).squeeze();
-        long n = positions.shape[0];
-        for (long start = 0; start < n; start += chunkSize)
-        {
-            long end = Math.Min(n, start + chunkSize);
-            var logits = model.LmHead.forward(h[(int)start..(int)end]).to(ScalarType.Float32); // (n, V)
-            total = total.Plus(nn.functional.cross_entropy(logits, t[(int)start..(int)end], reduction: nn.Reduction.Sum));
-        }
-        return scope.MoveToOuter(total);
+        return scope.MoveToOuter(LmHeadLoss.Sum(model.LmHead, h, t, chunkSize, upstream));
     }
 
     internal static bool IsOutOfMemory(Exception e) =>

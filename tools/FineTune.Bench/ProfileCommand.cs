@@ -93,7 +93,9 @@ internal static class ProfileCommand
                         Mark(0);
                         var hidden = trainable.HiddenStates(batch.InputIds, batch.PositionIds, batch.AttentionMask, batch.Packed);
                         Mark(1);
-                        var loss = trainer.LossSum(hidden, batch, 4096) / batch.TargetCount;
+                        // As the trainer: the loss's gradient made in forward for the upstream gradient 1 / targets.
+                        using var divisor = tensor((float)batch.TargetCount, device: backend.Device);
+                        var loss = trainer.LossSum(hidden, batch, job.Training.LossChunkSize, ones_like(divisor) / divisor) / divisor;
                         Mark(2);
                         loss.backward();
                         workingCopies?.AccumulateGradients();
