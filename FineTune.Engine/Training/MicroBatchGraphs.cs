@@ -29,6 +29,7 @@ internal sealed class MicroBatchGraphs(int ordinal, IReadOnlySet<BatchShape> sha
     private CudaGraphs.CudaGraph? _poolOwner;
     private bool _capturesStopped;
     private long? _firstCaptureGrowth;
+    private readonly System.Diagnostics.Stopwatch _recording = new(), _settling = new(); // where the captures' time goes, for the log
 
     /// <summary>
     /// The shapes worth a graph as the rows come: among <paramref name="microBatches"/>, the <see cref="MaxGraphs"/> most
@@ -87,7 +88,8 @@ internal sealed class MicroBatchGraphs(int ordinal, IReadOnlySet<BatchShape> sha
             using var batch = placeholder(shape);
             using (scope()) Capture(batch, work);
         }
-        MemoryTrace += $"; {_graphs.Count} of {shapes.Count} shapes captured before training in {clock.Elapsed.TotalSeconds:F2} s";
+        MemoryTrace += $"; {_graphs.Count} of {shapes.Count} shapes captured before training in {clock.Elapsed.TotalSeconds:F2} s"
+            + $" (recording {_recording.Elapsed.TotalSeconds:F2} s, collections {_settling.Elapsed.TotalSeconds:F2} s)";
     }
 
     /// <summary>Why graphs were turned off for this run; null while they work.</summary>
@@ -131,11 +133,19 @@ internal sealed class MicroBatchGraphs(int ordinal, IReadOnlySet<BatchShape> sha
         var captured = Clone(batch);
         bool first = _graphs.Count == 0;
         // Tensors of earlier captures that only the finalizer frees go back to the shared pool first, for this one to reuse.
-        if (!first) SettleManagedTensors();
+        if (!first)
+        {
+            _settling.Start();
+            SettleManagedTensors();
+            _settling.Stop();
+        }
         long? usedBefore = UsedBytes(device);
         if (first) Trace("before capture", usedBefore);
         var graph = new CudaGraphs.CudaGraph();
-        if (!graph.Capture(ordinal, () => work(captured), out var failure, _poolOwner))
+        _recording.Start();
+        bool recorded = graph.Capture(ordinal, () => work(captured), out var failure, _poolOwner);
+        _recording.Stop();
+        if (!recorded)
         {
             Failure = failure;
             captured.Dispose();
