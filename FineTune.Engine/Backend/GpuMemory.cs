@@ -14,12 +14,6 @@ internal static class GpuMemory
 
     /// <summary>The memory in use on <paramref name="device"/>'s GPU (an index-less "cuda" is GPU 0); null for other devices.</summary>
     public static long? UsedBytes(torch.Device device) => CudaKernels.Ordinal(device) is null ? null : Reader.Value.UsedBytes(device);
-
-    /// <summary>
-    /// The share of NVML's last sample period (1/6 s to 1 s) in which a kernel ran on the device's GPU, in percent; null on
-    /// the CPU or where NVML cannot say.
-    /// </summary>
-    public static int? UtilizationPercent(torch.Device device) => CudaKernels.Ordinal(device) is null ? null : Reader.Value.UtilizationPercent(device);
 }
 
 /// <summary>
@@ -39,9 +33,6 @@ internal sealed class GpuMemoryReader(IGpuQueries queries)
     /// <summary>The memory in use on <paramref name="device"/>'s GPU; null for other devices and where NVML cannot say.</summary>
     public long? UsedBytes(torch.Device device) =>
         CudaKernels.Ordinal(device) is int ordinal && _devices.Get(ordinal) is { } nvml ? queries.UsedBytes(nvml.Handle) : null;
-
-    public int? UtilizationPercent(torch.Device device) =>
-        CudaKernels.Ordinal(device) is int ordinal && _devices.Get(ordinal) is { } nvml ? queries.UtilizationPercent(nvml.Handle) : null;
 }
 
 /// <summary>The driver calls <see cref="GpuMemoryReader"/> makes; a fake stands in for them in tests.</summary>
@@ -58,9 +49,6 @@ internal interface IGpuQueries
 
     /// <summary>The bytes in use on that GPU now, or null.</summary>
     long? UsedBytes(nint nvmlDevice);
-
-    /// <summary>The share of the last sample period in which a kernel ran on that GPU (percent), or null.</summary>
-    int? UtilizationPercent(nint nvmlDevice);
 }
 
 /// <summary>libcuda (through <see cref="CudaDriver"/>) and libnvidia-ml.</summary>
@@ -80,16 +68,6 @@ internal sealed partial class DriverGpuQueries : IGpuQueries
     [LibraryImport(Library, EntryPoint = "nvmlDeviceGetHandleByPciBusId_v2", StringMarshalling = StringMarshalling.Utf8)]
     private static partial int NvmlDeviceGetHandleByPciBusId(string pciBusId, out nint device);
     [LibraryImport(Library, EntryPoint = "nvmlDeviceGetMemoryInfo")] private static partial int NvmlDeviceGetMemoryInfo(nint device, out NvmlMemory memory);
-    [LibraryImport(Library, EntryPoint = "nvmlDeviceGetUtilizationRates")] private static partial int NvmlDeviceGetUtilizationRates(nint device, out NvmlUtilization utilization);
-
-    /// <summary>nvmlUtilization_t: percent of the sample period with a kernel running, and with device memory read or written.</summary>
-    [StructLayout(LayoutKind.Sequential)]
-    private struct NvmlUtilization
-    {
-        public uint Gpu;
-        public uint Memory;
-    }
-
     private readonly Lazy<bool> _nvmlStarted = new(() => Nvml(NvmlInit) == 0);
 
     public int CudaDeviceCount() => CudaDriver.DeviceCount();
@@ -106,12 +84,6 @@ internal sealed partial class DriverGpuQueries : IGpuQueries
     {
         NvmlMemory memory = default;
         return Nvml(() => NvmlDeviceGetMemoryInfo(nvmlDevice, out memory)) == 0 ? (long)memory.Used : null;
-    }
-
-    public int? UtilizationPercent(nint nvmlDevice)
-    {
-        NvmlUtilization utilization = default;
-        return Nvml(() => NvmlDeviceGetUtilizationRates(nvmlDevice, out utilization)) == 0 ? (int)utilization.Gpu : null;
     }
 
     /// <summary>An NVML call's return code; -1 where the library or the entry point is missing (no NVIDIA driver).</summary>

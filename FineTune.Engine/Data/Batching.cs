@@ -159,27 +159,59 @@ public static class Batching
     }
 
     /// <summary>
+    /// Whether packed rows padded to <paramref name="bucket"/> (their <see cref="ShapeOf"/> with padToBucket) can be padded
+    /// to <paramref name="shape"/> instead: as many sequences, at least as many tokens and targets. A CUDA graph of the larger
+    /// shape then serves them: the padding sequence takes the extra tokens, the extra target positions point at it.
+    /// </summary>
+    public static bool Fits(BatchShape bucket, BatchShape shape) =>
+        bucket.Rows == 1 && shape.Rows == 1 && bucket.Masked && shape.Masked && bucket.Sequences == shape.Sequences
+        && bucket.Tokens <= shape.Tokens && bucket.Targets <= shape.Targets && shape.Longest == shape.Tokens;
+
+    /// <summary>
+    /// A micro-batch of padded packed <paramref name="shape"/> whose values mean nothing (zeros, every target -100, one-token
+    /// sequences before a last long one): what a CUDA graph of that shape is captured from before any rows of that shape
+    /// come. Capturing runs nothing, so only the shapes count; each real micro-batch is copied into the captured tensors.
+    /// </summary>
+    public static TrainingBatch Placeholder(BatchShape shape, Device device)
+    {
+        if (shape.Rows != 1 || !shape.Masked || shape.Longest != shape.Tokens || shape.Sequences < 1 || shape.Tokens < shape.Sequences)
+            throw new ArgumentException($"{shape} is not a padded packed shape.", nameof(shape));
+        int length = shape.Tokens;
+        int[] lengths = [.. Enumerable.Repeat(1, shape.Sequences - 1), length - (shape.Sequences - 1)];
+        return new TrainingBatch(
+            zeros([1, length], ScalarType.Int64, device),
+            zeros([1, length], ScalarType.Int64, device),
+            full([1, length], TrainingExamples.IgnoreIndex, ScalarType.Int64, device),
+            BlockCausalMask(lengths, device), tokenCount: 0, targetCount: 0, zeros(shape.Targets, ScalarType.Int64, device),
+            PackedSequences.Of(lengths, device, longest: length));
+    }
+
+    /// <summary>
     /// Builds the tensors of one micro-batch on <paramref name="device"/>. <paramref name="padToBucket"/> (packed layout):
     /// the rows are packed with one more sequence of padding after them (no targets, attending only itself), to
     /// <see cref="BucketLength"/> of their tokens + 1, and the target positions are repeated up to the bucket length of
     /// their count (4 per doubling; the extra ones point at a padding token, whose target is -100: they add nothing to the loss or its
-    /// gradient), so that micro-batches of similar size share one shape and one CUDA graph.
+    /// gradient), so that micro-batches of similar size share one shape and one CUDA graph. <paramref name="padTo"/>: padded
+    /// the same way to that shape instead (a CUDA graph's, which holds the rows: <see cref="Fits"/>).
     /// </summary>
     public static TrainingBatch Collate(IReadOnlyList<TrainingExample> examples, IReadOnlyList<int> indices, BatchLayout layout, Device device, int padTokenId = 0,
-        bool padToBucket = false)
+        bool padToBucket = false, BatchShape? padTo = null)
     {
         var rows = indices.Select(i => examples[i]).ToList();
         int tokenCount = rows.Sum(r => r.Length);
         int targetCount = rows.Sum(r => r.TargetCount);
-        if (padToBucket && layout == BatchLayout.Packed)
+        if ((padToBucket || padTo is not null) && layout == BatchLayout.Packed)
         {
-            int length = BucketLength(tokenCount + 1), padding = length - tokenCount;
+            var shape = padTo ?? ShapeOf(examples, indices, layout, padToBucket: true);
+            if (!Fits(ShapeOf(examples, indices, layout, padToBucket: true), shape))
+                throw new ArgumentException($"These {rows.Count} rows ({tokenCount} tokens, {targetCount} targets) do not fit the shape {shape}.", nameof(padTo));
+            int length = shape.Tokens, padding = length - tokenCount;
             var ids = rows.SelectMany(r => r.InputIds).Select(v => (long)v).Concat(Enumerable.Repeat((long)padTokenId, padding)).ToArray();
             var positions = rows.SelectMany(r => Enumerable.Range(0, r.Length)).Concat(Enumerable.Range(0, padding)).Select(v => (long)v).ToArray();
             var targets = rows.SelectMany(r => r.Targets).Select(v => (long)v).Concat(Enumerable.Repeat((long)TrainingExamples.IgnoreIndex, padding)).ToArray();
             int[] lengths = [.. rows.Select(r => r.Length), padding];
             var targetPositions = Enumerable.Range(0, tokenCount).Where(i => targets[i] != TrainingExamples.IgnoreIndex).Select(i => (long)i).ToList();
-            targetPositions.AddRange(Enumerable.Repeat((long)tokenCount, BucketLength(targetCount, TargetBucketsPerDoubling) - targetCount)); // the first padding token
+            targetPositions.AddRange(Enumerable.Repeat((long)tokenCount, shape.Targets - targetCount)); // the first padding token
             return new TrainingBatch(
                 tensor(ids, [1, length], device: device),
                 tensor(positions, [1, length], device: device),

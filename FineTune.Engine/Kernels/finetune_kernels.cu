@@ -379,6 +379,29 @@ extern "C" __global__ void silu_mul_backward_##SUFFIX(const T* dy, const T* gate
     dgate[i] = FROM_F32(ds * s * (1.0f + g * (1.0f - s)));                                                            \
 }                                                                                                                     \
                                                                                                                       \
+/* The same, 16 values a thread with 16-byte accesses (n % 16 == 0, aligned tensors): the MLP's backward reads three  \
+   and writes two (T, 18944) tensors, bound by memory bandwidth. */                                                  \
+extern "C" __global__ void silu_mul_backward16_##SUFFIX(const T* dy, const T* gate, const T* up, T* dgate, T* dup,  \
+    long long n)                                                                                                      \
+{                                                                                                                     \
+    long long first = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * 16;                                        \
+    if (first >= n) return;                                                                                           \
+    float d[16], g[16], u[16], dg[16], du[16];                                                                        \
+    load16_##SUFFIX(dy + first, d);                                                                                   \
+    load16_##SUFFIX(gate + first, g);                                                                                 \
+    load16_##SUFFIX(up + first, u);                                                                                   \
+    _Pragma("unroll") for (int k = 0; k < 16; k++) {                                                                  \
+        float e = 1.0f + expf(-g[k]);                                                                                 \
+        float silu = TO_F32(FROM_F32(g[k] / e));                                                                      \
+        du[k] = d[k] * silu;                                                                                          \
+        float ds = TO_F32(FROM_F32(d[k] * u[k]));                                                                     \
+        float s = 1.0f / e;                                                                                           \
+        dg[k] = ds * s * (1.0f + g[k] * (1.0f - s));                                                                  \
+    }                                                                                                                 \
+    store16_##SUFFIX(dgate + first, dg);                                                                              \
+    store16_##SUFFIX(dup + first, du);                                                                                \
+}                                                                                                                     \
+                                                                                                                      \
 /* RoPE's input gradient, as autograd of rotary_'s torch ops (x * cos + roll(x, d/2) * signed_sin, the tables frozen) \
    computes it: each product's gradient T(dy * table), roll's sent back by roll(-d/2), the two added in fp32 and      \
    rounded once (x's gradient buffer): dx[k] = T(T(dy[k] * cos[k]) + T(dy[k'] * signed_sin[k'])),                     \

@@ -158,7 +158,7 @@ public sealed class FineTunePipeline(ILoggerFactory? loggers = null)
         // Graphs as the run will have them: the probe repeats its steps, which would give it graphs for shapes the run meets once.
         var trainer = new LoraTrainer(model.Trainable, job.Lora, "time-estimate")
         {
-            Graphs = LoraTrainer.GraphPlanOf(split.Train, options, LoraTrainer.Checkpointing(model.Trainable, options)),
+            Graphs = LoraTrainer.GraphPlanOf(split.Train, options),
         };
         var device = job.Device ?? ComputeBackend.Current.Device;
 

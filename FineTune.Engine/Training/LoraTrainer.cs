@@ -88,11 +88,10 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         using var microBatch = new MicroBatchTensors(device);
         // Not with the phase clock: its synchronizations cannot be captured.
         // Suspended graphs (op by op, for comparisons) keep the plan's micro-batch shapes: the same job without the capture.
-        var plan = CudaGraphs.Available(device) && PhaseClock is null ? Graphs ?? GraphPlanOf(data.Train, options, checkpointing, Replica) : null;
-        // Padding is decided on the run's own first steps where it is a candidate: it pays only where the host bounds the step.
-        var hostBound = plan?.PadPackedRows == true ? new HostBoundProbe(device, startStep) : null;
-        _padPackedRows = hostBound?.HostBound == true;
+        var plan = CudaGraphs.Available(device) && PhaseClock is null ? Graphs ?? GraphPlanOf(data.Train, options, Replica) : null;
         using var graphs = plan is not null && CudaGraphs.On(device) ? new MicroBatchGraphs(CudaKernels.Ordinal(device)!.Value, plan.Shapes) : null;
+        // Padded packed rows go to the smallest graph shape that holds them (with graphs suspended, the same shapes op by op).
+        _padTo = plan?.PadPackedRows != true ? null : graphs is not null ? graphs.ShapeFor : bucket => MicroBatchGraphs.SmallestHolding(plan.Shapes, bucket);
 
         string? lastCheckpoint = null;
         var clock = Stopwatch.StartNew();
@@ -104,6 +103,11 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         int stepsSinceLog = 0;
         bool graphsOffLogged = false;
         model.Module.train();
+        // Padded packed rows: every shape's graph before the first step, the largest first (MicroBatchGraphs.CaptureAll).
+        if (_padTo is not null && graphs is not null)
+            graphs.CaptureAll(shape => Batching.Placeholder(shape, device),
+                b => ForwardBackward(b, microBatch, scaler is not null, options.LossChunkSize, workingCopies),
+                () => microBatch.DropoutSeed is { } seed ? DropoutDraws.Begin(seed, 0) : null);
         try
         {
             for (int step = startStep; step < totalSteps; step++)
@@ -129,13 +133,6 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
                 optimizer.LearningRate = lr;
 
                 var (loss, gradNorm, tokens, skipped) = Step(step, window, data.Train, options, optimizer, workingCopies, scaler, microBatch, graphs, cancellationToken);
-                if (hostBound?.AfterStep(step) == true)
-                {
-                    _padPackedRows = hostBound.HostBound == true;
-                    _logger.LogInformation("The GPU was busy {Busy}% of the time over the first steps: packed rows are {Padded} from step {Step} on.",
-                        hostBound.BusyPercent?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "an unknown share",
-                        _padPackedRows ? "padded to bucket lengths for CUDA graphs" : "not padded (graphs would not pay)", step + 2);
-                }
                 bool last = step + 1 == totalSteps;
                 if (graphs?.Failure is { } graphsOff && !graphsOffLogged)
                 {
@@ -211,24 +208,30 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
     }
 
     /// <summary>
-    /// The micro-batch shapes of a run on <paramref name="train"/> that get a CUDA graph (<see cref="MicroBatchGraphs.RepeatingShapes"/>),
-    /// from its first epoch's micro-batches (a replica's share of each step).
+    /// The micro-batch shapes of a run on <paramref name="train"/> that get a CUDA graph, from its first epoch's micro-batches
+    /// (a replica's share of each step): those that repeat as they come (<see cref="MicroBatchGraphs.RepeatingShapes"/>), or
+    /// with <paramref name="padPackedRows"/> the shapes padded packed rows go to (<see cref="MicroBatchGraphs.PaddedShapes"/>).
     /// </summary>
     public static IReadOnlySet<BatchShape> GraphShapesOf(IReadOnlyList<TrainingExample> train, TrainingOptions options, DataParallelReplica? replica = null,
-        bool padPackedRows = false) =>
-        MicroBatchGraphs.RepeatingShapes(EpochWindows(train, options, 0)
+        bool padPackedRows = false)
+    {
+        var microBatches = EpochWindows(train, options, 0)
             .SelectMany(window => replica?.Shard(window, train) ?? window)
-            .Select(indices => Batching.ShapeOf(train, indices, options.Layout, padPackedRows)));
+            .Select(indices => Batching.ShapeOf(train, indices, options.Layout, padPackedRows));
+        return padPackedRows ? MicroBatchGraphs.PaddedShapes(microBatches) : MicroBatchGraphs.RepeatingShapes(microBatches);
+    }
 
     /// <summary>
-    /// The shapes of a run's micro-batches that get CUDA graphs: as the rows come, or where none repeat enough and
-    /// <see cref="PadsPackedRows"/> says so, as packed rows padded to bucket lengths (padding only where it is what makes
-    /// shapes repeat: fixed-length rows repeat their shape already).
+    /// The shapes of a run's micro-batches that get CUDA graphs: as the rows come where they repeat (fixed-length rows), else,
+    /// for packed rows, padded to bucket lengths (<see cref="Batching.Collate"/>'s padTo), all captured before the first step
+    /// (<see cref="MicroBatchGraphs.CaptureAll"/>). Packed Q&amp;A rows rarely repeat a shape, and a step of them issues
+    /// thousands of ops at 8-11 us of host time each: on one H200 the 7B Q&amp;A step (8 rows, ~1,400 tokens) took 111-116 ms
+    /// op by op against 87 ms of kernels (Nsight Compute), so even a 16-bit run on one GPU waits for the host.
     /// </summary>
-    public static GraphPlan GraphPlanOf(IReadOnlyList<TrainingExample> train, TrainingOptions options, bool checkpointing, DataParallelReplica? replica = null)
+    public static GraphPlan GraphPlanOf(IReadOnlyList<TrainingExample> train, TrainingOptions options, DataParallelReplica? replica = null)
     {
         var shapes = GraphShapesOf(train, options, replica);
-        if (shapes.Count > 0 || !PadsPackedRows(options, checkpointing, replica is not null)) return new(shapes, PadPackedRows: false);
+        if (shapes.Count > 0 || options.Layout != BatchLayout.Packed) return new(shapes, PadPackedRows: false);
         var padded = GraphShapesOf(train, options, replica, padPackedRows: true);
         return padded.Count > 0 ? new(padded, PadPackedRows: true) : new(shapes, PadPackedRows: false);
     }
@@ -237,19 +240,8 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
     public static bool Checkpointing(ITrainableCausalLM model, TrainingOptions options) =>
         options.GradientCheckpointing ?? model.NamedLinears().Any(l => l.Layer.IsQuantized);
 
-    /// <summary>
-    /// Whether packed micro-batches may be padded to bucket lengths so that they repeat shapes and replay from CUDA graphs
-    /// (<see cref="Batching.Collate"/>'s padToBucket; only where graphs are on, and from the step the run's own measurement
-    /// finds the host bounding it: <see cref="HostBoundProbe"/>). Candidates are the runs where that is likely: a checkpointed
-    /// step (the forward twice and, with a 4-bit base, the dequantization in every pass) and each replica of a data-parallel
-    /// run (half the rows per GPU for the same host work: 7B Q&amp;A on two H200s at 1.23x one). Not a 16-bit run on one GPU:
-    /// padded to 16 lengths, the 7B Q&amp;A step on one H200 ran no faster and kept 11 GiB more at the peak.
-    /// </summary>
-    public static bool PadsPackedRows(TrainingOptions options, bool checkpointing, bool dataParallel) =>
-        options.Layout == BatchLayout.Packed && (checkpointing || dataParallel);
-
-    /// <summary>Whether this run pads its packed rows now: <see cref="GraphPlan.PadPackedRows"/> where its first steps found the host bounding the step (<see cref="HostBoundProbe"/>).</summary>
-    private bool _padPackedRows;
+    /// <summary>Where this run pads packed rows (<see cref="GraphPlan.PadPackedRows"/>): the shape a micro-batch's bucket shape is padded to, if any.</summary>
+    private Func<BatchShape, BatchShape?>? _padTo;
 
     /// <summary>
     /// The validation rows' batches, as <see cref="Evaluate"/> takes them: <see cref="TrainingOptions.BatchSize"/> rows each,
@@ -362,7 +354,9 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
     {
         using var scope = NewDisposeScope();
         var hidden = model.HiddenStates(batch.InputIds, batch.PositionIds, batch.AttentionMask, batch.Packed); // (B, T, H)
-        var loss = LossSum(hidden, batch, lossChunkSize) / tensors.Divisor;
+        // The gradient backward brings to the loss sum, as autograd will compute it: (scale or 1) / targets.
+        var upstream = (scaled ? tensors.LossScale : ones_like(tensors.Divisor)) / tensors.Divisor; // ()
+        var loss = LossSum(hidden, batch, lossChunkSize, upstream) / tensors.Divisor;
         using (no_grad()) tensors.Loss.copy_(loss);
         PhaseClock?.End(StepPhaseClock.Forward);
         (scaled ? loss * tensors.LossScale : loss).backward();
@@ -397,7 +391,9 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
             {
                 if (Replica is null) cancellationToken.ThrowIfCancellationRequested();
                 using var scope = NewDisposeScope();
-                using var batch = Batching.Collate(rows, indices, options.Layout, device, padToBucket: _padPackedRows);
+                // None holds them (or graphs failed): as they come, without padding.
+                var padTo = _padTo?.Invoke(Batching.ShapeOf(rows, indices, options.Layout, padToBucket: true));
+                using var batch = Batching.Collate(rows, indices, options.Layout, device, padTo: padTo);
                 if (batch.TargetCount == 0) continue;
                 // LoRA dropout's masks on a GPU: from (run seed, step, micro-batch, replica) through the device seed.
                 long dropoutSeed = DropoutDraws.SeedFor(options.Seed, step, microBatchIndex++, Replica?.Rank ?? 0);
@@ -443,23 +439,19 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         }
     }
 
-    /// <summary>Sum of fp32 cross-entropy over the batch's target positions; lm_head runs on those positions only, in chunks.</summary>
-    internal Tensor LossSum(Tensor hidden, TrainingBatch batch, int chunkSize)
+    /// <summary>
+    /// Sum of fp32 cross-entropy over the batch's target positions; lm_head runs on those positions only, in chunks
+    /// (<see cref="LmHeadLoss"/>). <paramref name="upstream"/>: the gradient backward will bring to the sum, where known,
+    /// so each chunk's gradient is made in forward and its logits are not kept for backward.
+    /// </summary>
+    internal Tensor LossSum(Tensor hidden, TrainingBatch batch, int chunkSize, Tensor? upstream = null)
     {
         using var scope = NewDisposeScope();
         long H = hidden.shape[^1];
         var positions = batch.TargetPositions;                                     // (N)
         var h = hidden.reshape(-1, H).index_select(0, positions);                  // (N, H)
         var t = batch.Targets.reshape(-1).index_select(0, positions);              // (N)
-        Tensor total = zeros(1, dtype: ScalarType.Float32, device: hidden.device).squeeze();
-        long n = positions.shape[0];
-        for (long start = 0; start < n; start += chunkSize)
-        {
-            long end = Math.Min(n, start + chunkSize);
-            var logits = model.LmHead.forward(h[(int)start..(int)end]).to(ScalarType.Float32); // (n, V)
-            total = total.Plus(nn.functional.cross_entropy(logits, t[(int)start..(int)end], reduction: nn.Reduction.Sum));
-        }
-        return scope.MoveToOuter(total);
+        return scope.MoveToOuter(LmHeadLoss.Sum(model.LmHead, h, t, chunkSize, upstream));
     }
 
     internal static bool IsOutOfMemory(Exception e) =>

@@ -13,11 +13,11 @@ namespace FineTune.Engine.Training;
 /// adapters' working copies and flat gradients (accumulated in place), the dropout seed and the loss divisor and scale
 /// (written before each micro-batch), the loss output. The graphs share one memory pool.
 /// <para>
-/// Only shapes that repeat are captured (<see cref="RepeatingShapes"/>): a capture costs the host what running the
-/// micro-batch costs, plus the instantiation, and each graph keeps what its capture left allocated. Fixed-length batches
-/// (one shape) replay from the first micro-batch; Q&amp;A rows packed by length rarely give one shape twice and run
-/// without graphs, as before. A failed capture (an op that cannot be captured) turns graphs off for the run; the caller
-/// then runs the micro-batch as it did before.
+/// Two kinds of plan. Rows that repeat their shapes as they come (fixed-length rows) get a graph for each shape that
+/// repeats (<see cref="RepeatingShapes"/>), captured the first time it comes. Packed Q&amp;A rows rarely give one shape
+/// twice; they are padded to bucket lengths (<see cref="Batching.Collate"/>'s padTo) and every shape of the plan
+/// (<see cref="PaddedShapes"/>) is captured before the first step, the largest first (<see cref="CaptureAll"/>). A failed
+/// capture (an op that cannot be captured) turns graphs off for the run; the caller then runs the micro-batch as it did before.
 /// </para>
 /// </summary>
 internal sealed class MicroBatchGraphs(int ordinal, IReadOnlySet<BatchShape> shapes) : IDisposable
@@ -29,19 +29,67 @@ internal sealed class MicroBatchGraphs(int ordinal, IReadOnlySet<BatchShape> sha
     private CudaGraphs.CudaGraph? _poolOwner;
     private bool _capturesStopped;
     private long? _firstCaptureGrowth;
+    private readonly System.Diagnostics.Stopwatch _recording = new(), _settling = new(); // where the captures' time goes, for the log
 
     /// <summary>
-    /// The shapes worth a graph: among <paramref name="microBatches"/>, the <see cref="MaxGraphs"/> most frequent that come
-    /// at least three times, and none unless those cover at least half the micro-batches. Each shape costs a capture and
-    /// keeps memory: shapes of different sizes do not reuse each other's blocks well (7B Q&amp;A, 2,000 rows padded to 16
-    /// lengths so that they repeat: 212 of 250 micro-batches replayed, no faster on one H200 and 11 GiB more at the peak),
-    /// so a run of many shapes runs without graphs.
+    /// The shapes worth a graph as the rows come: among <paramref name="microBatches"/>, the <see cref="MaxGraphs"/> most
+    /// frequent that come at least three times, and none unless those cover at least half the micro-batches (each capture
+    /// costs the host about what running the micro-batch does, plus the instantiation).
     /// </summary>
     public static IReadOnlySet<BatchShape> RepeatingShapes(IEnumerable<BatchShape> microBatches)
     {
         var counts = microBatches.GroupBy(s => s).Select(g => (Shape: g.Key, Count: g.Count())).ToList();
         var chosen = counts.Where(c => c.Count >= 3).OrderByDescending(c => c.Count).Take(MaxGraphs).ToList();
         return 2 * chosen.Sum(c => c.Count) >= counts.Sum(c => c.Count) ? chosen.Select(c => c.Shape).ToHashSet() : [];
+    }
+
+    /// <summary>
+    /// The graph shapes of a run whose packed rows are padded: the micro-batches' bucket shapes (<see cref="Batching.ShapeOf"/>
+    /// with padToBucket) grouped by length and sequences, each group's shape holding its most targets; the
+    /// <see cref="MaxGraphs"/> most frequent. A micro-batch then runs in the smallest of them that holds it
+    /// (<see cref="ShapeFor"/>), so a bucket left out still replays where a longer one was captured.
+    /// </summary>
+    public static IReadOnlySet<BatchShape> PaddedShapes(IEnumerable<BatchShape> buckets) =>
+        buckets.GroupBy(b => (b.Rows, b.Tokens, b.Masked, b.Sequences, b.Longest))
+            .Select(g => (Shape: g.First() with { Targets = g.Max(b => b.Targets) }, Count: g.Count()))
+            .OrderByDescending(g => g.Count).ThenByDescending(g => g.Shape.Tokens).Take(MaxGraphs)
+            .Select(g => g.Shape).ToHashSet();
+
+    /// <summary>
+    /// The shape a micro-batch of padded packed rows (its bucket shape) is padded to: the smallest captured one that holds
+    /// it, or, before <see cref="CaptureAll"/>, of the planned ones; null where none does or graphs are off (the micro-batch
+    /// then runs as it comes, without padding).
+    /// </summary>
+    public BatchShape? ShapeFor(BatchShape bucket)
+    {
+        if (Failure is not null) return null;
+        return SmallestHolding(_graphs.Count > 0 ? _graphs.Keys : shapes, bucket);
+    }
+
+    /// <summary>The smallest of <paramref name="shapes"/> that holds packed rows of <paramref name="bucket"/> (<see cref="Batching.Fits"/>), if any.</summary>
+    public static BatchShape? SmallestHolding(IEnumerable<BatchShape> shapes, BatchShape bucket) =>
+        shapes.Where(s => Batching.Fits(bucket, s)).OrderBy(s => s.Tokens).ThenBy(s => s.Targets).Cast<BatchShape?>().FirstOrDefault();
+
+    /// <summary>
+    /// Captures a graph of every planned shape before training, the largest first, each from a placeholder micro-batch of its
+    /// shape (<paramref name="placeholder"/>; a capture runs nothing, so the values do not matter): the graphs share one pool,
+    /// and the blocks the largest freed serve the smaller ones, where shapes captured as they came (in random order) each
+    /// added their own. 7B Q&amp;A on one H200: captured as they came, the first of 16 shapes took 8.0 GiB and the run peaked
+    /// 10.0 GiB above the same run without graphs; captured here, 12 shapes took 11.1 GiB together and the run peaked 1.3 GiB
+    /// above it (benchmarks.md, calls 16 and 18). No micro-batch runs without a graph before, so the pool is the run's working set. <paramref name="scope"/> opens what the work reads
+    /// around a micro-batch (the dropout seed's draws), as the step does.
+    /// </summary>
+    public void CaptureAll(Func<BatchShape, TrainingBatch> placeholder, Action<TrainingBatch> work, Func<IDisposable?> scope)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        foreach (var shape in shapes.OrderByDescending(s => s.Tokens).ThenByDescending(s => s.Targets))
+        {
+            if (Failure is not null || _capturesStopped) break;
+            using var batch = placeholder(shape);
+            using (scope()) Capture(batch, work);
+        }
+        MemoryTrace += $"; {_graphs.Count} of {shapes.Count} shapes captured before training in {clock.Elapsed.TotalSeconds:F2} s"
+            + $" (recording {_recording.Elapsed.TotalSeconds:F2} s, collections {_settling.Elapsed.TotalSeconds:F2} s)";
     }
 
     /// <summary>Why graphs were turned off for this run; null while they work.</summary>
@@ -63,47 +111,63 @@ internal sealed class MicroBatchGraphs(int ordinal, IReadOnlySet<BatchShape> sha
     {
         if (Failure is not null) return false;
         var key = batch.Shape;
-        var device = batch.InputIds.device;
-        if (_graphs.TryGetValue(key, out var entry))
+        if (!_graphs.TryGetValue(key, out var entry))
         {
-            using (no_grad()) CopyInto(entry.Batch, batch);
+            if (!shapes.Contains(key) || _capturesStopped || !Capture(batch, work)) return false;
+            entry = _graphs[key];
         }
         else
         {
-            if (!shapes.Contains(key) || _capturesStopped) return false;
-            var captured = Clone(batch);                                            // the graph reads these for its life
-            bool first = _graphs.Count == 0;
-            // Tensors of earlier captures that only the finalizer frees go back to the shared pool first, for this one to reuse.
-            if (!first) SettleManagedTensors();
-            long? usedBefore = UsedBytes(device);
-            if (first) Trace("before capture", usedBefore);
-            var graph = new CudaGraphs.CudaGraph();
-            if (!graph.Capture(ordinal, () => work(captured), out var failure, _poolOwner))
-            {
-                Failure = failure;
-                captured.Dispose();
-                graph.Dispose();
-                return false;
-            }
-            _poolOwner ??= graph;
-            _graphs[key] = entry = (graph, captured);
-            long? usedAfter = UsedBytes(device);
-            // The pool should serve a later capture from what earlier ones freed; where a capture still took half as much
-            // new memory as the first did, more shapes would keep adding their own: no more captures in this run.
-            long? growth = usedAfter - usedBefore;
-            if (first)
-            {
-                _firstCaptureGrowth = growth;
-                Trace("captured", usedAfter);
-            }
-            else if (growth is long g && _firstCaptureGrowth is long f && g > Math.Max(f / 2, 64L << 20))
-            {
-                _capturesStopped = true;
-                MemoryTrace += $", captures stopped after {_graphs.Count} (the last took {g >> 20} MiB more)";
-            }
+            using (no_grad()) CopyInto(entry.Batch, batch);
         }
         entry.Graph.Replay();
-        if (Replays++ == 0) Trace("replayed", UsedBytes(device));
+        if (Replays++ == 0) Trace("replayed", UsedBytes(batch.InputIds.device));
+        return true;
+    }
+
+    /// <summary>Captures the graph of <paramref name="batch"/>'s shape from it (its tensors are cloned: the graph reads the clones for its life); false when the capture failed.</summary>
+    private bool Capture(TrainingBatch batch, Action<TrainingBatch> work)
+    {
+        var key = batch.Shape;
+        var device = batch.InputIds.device;
+        var captured = Clone(batch);
+        bool first = _graphs.Count == 0;
+        // Tensors of earlier captures that only the finalizer frees go back to the shared pool first, for this one to reuse.
+        if (!first)
+        {
+            _settling.Start();
+            SettleManagedTensors();
+            _settling.Stop();
+        }
+        long? usedBefore = UsedBytes(device);
+        if (first) Trace("before capture", usedBefore);
+        var graph = new CudaGraphs.CudaGraph();
+        _recording.Start();
+        bool recorded = graph.Capture(ordinal, () => work(captured), out var failure, _poolOwner);
+        _recording.Stop();
+        if (!recorded)
+        {
+            Failure = failure;
+            captured.Dispose();
+            graph.Dispose();
+            return false;
+        }
+        _poolOwner ??= graph;
+        _graphs[key] = (graph, captured);
+        long? usedAfter = UsedBytes(device);
+        // The pool should serve a later capture from what earlier ones freed; where a capture still took half as much
+        // new memory as the first did, more shapes would keep adding their own: no more captures in this run.
+        long? growth = usedAfter - usedBefore;
+        if (first)
+        {
+            _firstCaptureGrowth = growth;
+            Trace("captured", usedAfter);
+        }
+        else if (growth is long g && _firstCaptureGrowth is long f && g > Math.Max(f / 2, 64L << 20))
+        {
+            _capturesStopped = true;
+            MemoryTrace += $", captures stopped after {_graphs.Count} (the last took {g >> 20} MiB more)";
+        }
         return true;
     }
 

@@ -34,6 +34,37 @@ public class BatchingTests
     }
 
     [Fact]
+    public void Rows_padded_to_a_larger_shape_fill_it_with_the_padding_sequence()
+    {
+        TrainingExample[] rows = [Row(7, 3), Row(5, 5), Row(9, 2)];
+        var bucket = Batching.ShapeOf(rows, [0, 1, 2], BatchLayout.Packed, padToBucket: true); // 64 tokens, 64 target slots
+        var larger = bucket with { Tokens = 96, Longest = 96, Targets = 80 };
+        Assert.True(Batching.Fits(bucket, larger));
+        using var batch = Batching.Collate(rows, [0, 1, 2], BatchLayout.Packed, CPU, padTo: larger);
+        using var own = Batching.Collate(rows, [0, 1, 2], BatchLayout.Packed, CPU, padToBucket: true);
+        Assert.Equal(larger, batch.Shape);
+        Assert.Equal(own.InputIds.data<long>().ToArray()[..21], batch.InputIds.data<long>().ToArray()[..21]);
+        Assert.Equal(new[] { 0, 7, 12, 21, 96 }, batch.Packed!.Starts.data<int>().ToArray());
+        Assert.All(batch.TargetPositions.data<long>().ToArray()[10..], p => Assert.Equal(21, p));    // the extra ones at the padding
+        Assert.Equal((21, 10), (batch.TokenCount, batch.TargetCount));
+        // A shape that does not hold them is refused, not cut.
+        Assert.False(Batching.Fits(bucket, bucket with { Tokens = 32, Longest = 32 }));
+        Assert.False(Batching.Fits(bucket, bucket with { Targets = 8 }));
+        Assert.False(Batching.Fits(bucket, bucket with { Sequences = 5 }));
+        Assert.Throws<ArgumentException>(() => Batching.Collate(rows, [0, 1, 2], BatchLayout.Packed, CPU, padTo: bucket with { Targets = 8 }));
+    }
+
+    [Fact]
+    public void A_placeholder_has_the_shape_a_graph_is_captured_for()
+    {
+        var shape = new BatchShape(1, 128, true, 40, 5, 128);
+        using var placeholder = Batching.Placeholder(shape, CPU);
+        Assert.Equal(shape, placeholder.Shape);
+        Assert.Equal(new[] { 0, 1, 2, 3, 4, 128 }, placeholder.Packed!.Starts.data<int>().ToArray());
+        Assert.Throws<ArgumentException>(() => Batching.Placeholder(new BatchShape(4, 512, false, 2044, 4, 512), CPU)); // not padded packed rows
+    }
+
+    [Fact]
     public void Bucket_lengths_are_eight_per_doubling_and_never_shorter()
     {
         Assert.Equal(64, Batching.BucketLength(1));

@@ -40,34 +40,42 @@ public class MicroBatchGraphsTests
         var random = new Random(5);
         var qa = Enumerable.Range(0, 64).Select(_ => Row(random.Next(20, 200))).ToList();
         Assert.Empty(LoraTrainer.GraphShapesOf(qa, options));
-        // Padded to bucket lengths (where the host bounds the step), rows of many lengths repeat shapes and get graphs
-        // (enough of them: 400 rows in 100 micro-batches of 4).
+        // Padded to bucket lengths, rows of many lengths share shapes: one per length (and sequence count), holding the most
+        // targets of the micro-batches of that length.
         var manyRows = Enumerable.Range(0, 400).Select(_ => Row(random.Next(20, 200))).ToList();
         Assert.Empty(LoraTrainer.GraphShapesOf(manyRows, options));
         var padded = LoraTrainer.GraphShapesOf(manyRows, options, padPackedRows: true);
         Assert.NotEmpty(padded);
         Assert.All(padded, s => Assert.Equal(Batching.BucketLength(s.Tokens), s.Tokens));
+        Assert.Equal(padded.Count, padded.Select(s => (s.Tokens, s.Sequences)).Distinct().Count());
+        // Every micro-batch of the epoch fits one of them.
+        var buckets = LoraTrainer.EpochWindows(manyRows, options, 0).SelectMany(w => w).Select(i => Batching.ShapeOf(manyRows, i, options.Layout, padToBucket: true)).ToList();
+        Assert.All(buckets, b => Assert.NotNull(MicroBatchGraphs.SmallestHolding(padded, b)));
 
-        // The run's plan: padding only where the host bounds the step and only where it is what makes shapes repeat.
-        var paddedPlan = LoraTrainer.GraphPlanOf(manyRows, options, checkpointing: true);
+        // The run's plan: packed rows padded only where that is what makes shapes repeat.
+        var paddedPlan = LoraTrainer.GraphPlanOf(manyRows, options);
         Assert.True(paddedPlan.PadPackedRows);
         Assert.True(paddedPlan.Shapes.SetEquals(padded));
-        var unpaddedPlan = LoraTrainer.GraphPlanOf(manyRows, options, checkpointing: false);
-        Assert.False(unpaddedPlan.PadPackedRows);
-        Assert.Empty(unpaddedPlan.Shapes);
-        var densePlan = LoraTrainer.GraphPlanOf(dense, options, checkpointing: true);
+        var groupedPlan = LoraTrainer.GraphPlanOf(manyRows, options with { Layout = BatchLayout.LengthGrouped });
+        Assert.False(groupedPlan.PadPackedRows);                                              // rows side by side are not packed
+        var densePlan = LoraTrainer.GraphPlanOf(dense, options);
         Assert.False(densePlan.PadPackedRows);                                                // fixed-length rows repeat as they are
         Assert.Equal([new BatchShape(4, 32, false, 4 * 28, 4, 32)], densePlan.Shapes);
     }
 
-
     [Fact]
-    public void Packed_rows_are_padded_where_the_host_bounds_the_step()
+    public void Padded_rows_go_to_the_smallest_shape_that_holds_them()
     {
-        var packed = new TrainingOptions();
-        Assert.True(LoraTrainer.PadsPackedRows(packed, checkpointing: true, dataParallel: false));   // QLoRA's default
-        Assert.True(LoraTrainer.PadsPackedRows(packed, checkpointing: false, dataParallel: true));   // a replica's half of the rows
-        Assert.False(LoraTrainer.PadsPackedRows(packed, checkpointing: false, dataParallel: false)); // 16-bit on one GPU: bound by the GPU
-        Assert.False(LoraTrainer.PadsPackedRows(packed with { Layout = BatchLayout.LengthGrouped }, checkpointing: true, dataParallel: true));
+        BatchShape Shape(int tokens, int targets, int sequences = 9) => new(1, tokens, true, targets, sequences, tokens);
+        // The bucket shapes of six micro-batches: three lengths, one of them with two sequence counts.
+        BatchShape[] buckets = [Shape(1152, 448), Shape(1152, 512), Shape(1280, 384), Shape(1280, 384), Shape(1408, 640), Shape(1152, 320, sequences: 5)];
+        var shapes = MicroBatchGraphs.PaddedShapes(buckets);
+        Assert.Equal(new[] { Shape(1152, 512), Shape(1152, 320, 5), Shape(1280, 384), Shape(1408, 640) }.OrderBy(s => s.Tokens).ThenBy(s => s.Sequences),
+            shapes.OrderBy(s => s.Tokens).ThenBy(s => s.Sequences));
+        Assert.Equal(Shape(1152, 512), MicroBatchGraphs.SmallestHolding(shapes, Shape(1152, 448)));
+        Assert.Equal(Shape(1408, 640), MicroBatchGraphs.SmallestHolding(shapes, Shape(1280, 500)));      // more targets than 1280's holds
+        Assert.Equal(Shape(1408, 640), MicroBatchGraphs.SmallestHolding(shapes, Shape(1152, 600)));      // more than 1152's and 1280's
+        Assert.Null(MicroBatchGraphs.SmallestHolding(shapes, Shape(1536, 100)));                        // longer than any: runs as it comes
+        Assert.Null(MicroBatchGraphs.SmallestHolding(shapes, Shape(1152, 100, sequences: 3)));          // another row count
     }
 }

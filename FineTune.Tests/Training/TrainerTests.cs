@@ -118,6 +118,40 @@ public class TrainerTests
         Assert.All(plain.Gradients.Zip(padded.Gradients), pair => Assert.True(MathF.Abs(pair.First - pair.Second) <= 1e-5f * largest, $"{pair.First} vs {pair.Second}"));
     }
 
+    [Theory]
+    [InlineData(false, 4)]
+    [InlineData(true, 4)]
+    [InlineData(true, 256)]
+    public void The_loss_gradient_made_in_forward_is_the_plain_graphs_bit_for_bit(bool padded, int chunkSize)
+    {
+        using var model = ModelWithLora();
+        using (no_grad())
+            foreach (var (_, layer) in model.NamedLinears().Where(l => l.Layer.HasAdapter)) layer.lora_B!.weight!.normal_(0, 0.1);
+        model.eval();
+        var rows = SyntheticRows(5);
+        var trainer = new LoraTrainer(model, Settings, "tiny");
+        var adapters = model.parameters().Where(p => p.requires_grad).ToList();
+        using var divisor = tensor(7f);
+        using var scale = tensor(1024f);
+        (float Loss, float[] Gradients) Run(bool inForward)
+        {
+            using var scope = NewDisposeScope();
+            foreach (var p in adapters) p.grad?.zero_();
+            using var batch = Batching.Collate(rows, [0, 1, 2, 3, 4], BatchLayout.Packed, CPU, padToBucket: padded);
+            var hidden = model.HiddenStates(batch.InputIds, batch.PositionIds, batch.AttentionMask, batch.Packed);
+            // As the trainer's step with fp16 loss scaling: (sum / targets) · scale.
+            var upstream = inForward ? scale / divisor : null;
+            var loss = trainer.LossSum(hidden, batch, chunkSize, upstream) / divisor;
+            (loss * scale).backward();
+            return (loss.item<float>(), [.. adapters.SelectMany(p => p.grad!.data<float>().ToArray())]);
+        }
+        var plain = Run(inForward: false);
+        var fused = Run(inForward: true);
+        Assert.Contains(plain.Gradients, g => g != 0);
+        Assert.Equal(plain.Loss, fused.Loss);
+        Assert.Equal(plain.Gradients, fused.Gradients);
+    }
+
     [Fact]
     public void Training_lowers_the_loss_changes_only_the_adapters_and_reports_progress()
     {

@@ -172,8 +172,6 @@ internal static class GraphCheckCommand
         var log = new GraphLog();
         bool wasSuspended = CudaGraphs.Suspended;
         CudaGraphs.Suspended = !graphs;
-        // Packed rows padded from the first step in both runs (the measured decision could come at another step in each).
-        HostBoundProbe.Forced = true;
         try
         {
             var job = new FineTuneJob
@@ -201,7 +199,6 @@ internal static class GraphCheckCommand
         finally
         {
             CudaGraphs.Suspended = wasSuspended;
-            HostBoundProbe.Forced = null;
             if (Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
         }
     }

@@ -24,6 +24,9 @@ internal static class ProfileCommand
         var o = new Options(args);
         string modelFolder = o.Required("model");
         int steps = o.Int("steps", 20);
+        // --profiler-steps N: the last N host-timed steps of each cell run between cuProfilerStart and cuProfilerStop, for
+        // Nsight Compute's --profile-from-start off (a kernel-by-kernel account of those steps alone).
+        int profilerSteps = o.Int("profiler-steps", 0);
         bool qlora = o.Flag("qlora");
         // --cells dense:4,dense:2,qa:8,qa:4 profiles several workloads and rows per step after one model load (a replica of a
         // 2-GPU run trains half of each step: compare its rows alone with the whole step); default: --workload at its batch.
@@ -71,6 +74,8 @@ internal static class ProfileCommand
                 for (int s = 0; s < steps + 3; s++)
                 {
                     bool measured = s >= 3; // three warm-up steps (allocator, cuBLAS handles, autotuning)
+                    bool profiled = !synced && backend.IsCuda && s >= steps + 3 - profilerSteps;
+                    if (profiled) { cuda.synchronize(); CudaProfiler.cuProfilerStart(); }
                     var times = new double[Phases.Length];
                     var stepClock = Stopwatch.StartNew();
                     var clock = Stopwatch.StartNew();
@@ -88,7 +93,9 @@ internal static class ProfileCommand
                         Mark(0);
                         var hidden = trainable.HiddenStates(batch.InputIds, batch.PositionIds, batch.AttentionMask, batch.Packed);
                         Mark(1);
-                        var loss = trainer.LossSum(hidden, batch, 4096) / batch.TargetCount;
+                        // As the trainer: the loss's gradient made in forward for the upstream gradient 1 / targets.
+                        using var divisor = tensor((float)batch.TargetCount, device: backend.Device);
+                        var loss = trainer.LossSum(hidden, batch, job.Training.LossChunkSize, ones_like(divisor) / divisor) / divisor;
                         Mark(2);
                         loss.backward();
                         workingCopies?.AccumulateGradients();
@@ -101,6 +108,7 @@ internal static class ProfileCommand
                         Mark(4);
                         if (measured) tokens += batch.TokenCount;
                     }
+                    if (profiled) { cuda.synchronize(); CudaProfiler.cuProfilerStop(); }
                     if (qlora) { GC.Collect(); GC.WaitForPendingFinalizers(); }
                     if (measured)
                     {
@@ -247,4 +255,11 @@ internal static class ProfileCommand
         }
         return result;
     }
+}
+
+/// <summary>The CUDA driver's profiler range (what Nsight Compute's --profile-from-start off waits for).</summary>
+internal static class CudaProfiler
+{
+    [System.Runtime.InteropServices.DllImport("libcuda.so.1")] internal static extern int cuProfilerStart();
+    [System.Runtime.InteropServices.DllImport("libcuda.so.1")] internal static extern int cuProfilerStop();
 }

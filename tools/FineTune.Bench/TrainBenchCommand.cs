@@ -69,7 +69,8 @@ public static class TrainBenchCommand
         int[] collectionsBefore = [GC.CollectionCount(0), GC.CollectionCount(1), GC.CollectionCount(2)];
         var pauseBefore = GC.GetTotalPauseDuration();
         var graphLog = new GraphLog();
-        var outcome = new FineTunePipeline(graphLog).Run(job);
+        var steps = new StepTimes();
+        var outcome = new FineTunePipeline(graphLog).Run(job, steps);
         var gc = new JsonObject
         {
             ["gen0"] = GC.CollectionCount(0) - collectionsBefore[0],
@@ -102,6 +103,9 @@ public static class TrainBenchCommand
             ["mean_loss_last_10"] = result.History.TakeLast(10).Average(h => h.Loss),
             ["gpu"] = backend.Description,
             ["gc_load_and_train"] = gc,
+            // The second half of the run alone: the rate once the first steps (JIT, cuBLAS heuristics, graph captures) are behind.
+            ["second_half_tokens_per_s"] = steps.SecondHalfTokensPerSecond,
+            ["first_step_s"] = steps.FirstStepSeconds,
             ["cuda_graphs"] = $"{FineTune.Engine.Kernels.CudaGraphs.Status}; {graphLog.Line ?? "no graph line"}",
             ["flash_attention"] = FineTune.Engine.Kernels.FlashAttention.Status,
         };
@@ -199,3 +203,29 @@ public static class TrainBenchCommand
         }).ToList();
     }
 }
+
+/// <summary>Each logged step's elapsed time and tokens seen, recorded as the trainer reports them (on its thread).</summary>
+internal sealed class StepTimes : IProgress<TrainingProgress>
+{
+    private readonly List<(int Step, double Seconds, double Tokens)> _steps = [];
+
+    public void Report(TrainingProgress value)
+    {
+        if (value.TokensPerSecond is double rate && value.Elapsed is TimeSpan elapsed)
+            lock (_steps) _steps.Add((value.Step, elapsed.TotalSeconds, rate * elapsed.TotalSeconds));
+    }
+
+    public double? FirstStepSeconds => _steps.Count > 0 ? _steps[0].Seconds : null;
+
+    public double? SecondHalfTokensPerSecond
+    {
+        get
+        {
+            if (_steps.Count < 4) return null;
+            var (_, t0, n0) = _steps[_steps.Count / 2];
+            var (_, t1, n1) = _steps[^1];
+            return (n1 - n0) / (t1 - t0);
+        }
+    }
+}
+

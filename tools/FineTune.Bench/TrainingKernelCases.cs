@@ -53,13 +53,15 @@ internal static class TrainingKernelCases
             try { return (fused, FusedOps.RmsNorm(leaf, weight, 1e-6).detach()); }
             finally { FusedOps.PlainAutograd = false; }
         });
-        yield return ("silu mul grad 5x18944", bound, () =>
-        {
-            var gate = (randn(5, 18944, device: device) * 4).to(dtype);
-            var up = randn(5, 18944, device: device).to(dtype);
-            var dy = randn(5, 18944, device: device).to(dtype);
-            return Both(t => FusedOps.SiluMul(t[0], t[1]), [gate, up], dy, outputToo: true);
-        });
+        // 18944 columns: 16 values a thread (silu_mul_backward16); 333: one a thread.
+        foreach (long cols in new long[] { 18944, 333 })
+            yield return ($"silu mul grad 5x{cols}", bound, () =>
+            {
+                var gate = (randn(5, cols, device: device) * 4).to(dtype);
+                var up = randn(5, cols, device: device).to(dtype);
+                var dy = randn(5, cols, device: device).to(dtype);
+                return Both(t => FusedOps.SiluMul(t[0], t[1]), [gate, up], dy, outputToo: true);
+            });
         // RoPE: q (28 heads) and k (4 heads) of a 7B Qwen2 layer as the attention layers pass them, transposed views of their
         // block of q, k and v's stacked projection output (rows 36·128 wide), 1500 packed tokens; dy a transposed view as
         // attention's backward may give it, or contiguous. Then B = 2 with RoPE's tables of batch 1 (broadcast), and with
