@@ -105,11 +105,21 @@ def train(args):
         collator = collate
 
     losses = []
+    step_ends = []      # perf_counter at each optimizer step's end
+    batch_tokens = []   # real tokens of each batch, in the order the collator made them (the steps' order)
+    inner_collator = collator
+
+    def collator(features):
+        batch_tokens.append(sum(len(f["input_ids"]) for f in features))
+        return inner_collator(features)
 
     class Record(TrainerCallback):
         def on_log(self, a, state, control, logs=None, **kw):
             if logs and "loss" in logs:
                 losses.append({"step": state.global_step, "loss": logs["loss"]})
+
+        def on_step_end(self, a, state, control, **kw):
+            step_ends.append(time.perf_counter())
 
     targs = TrainingArguments(output_dir="/tmp/ref-out", per_device_train_batch_size=batch, gradient_accumulation_steps=1,
                               num_train_epochs=1, learning_rate=2e-4, lr_scheduler_type="linear", warmup_steps=0,
@@ -123,11 +133,15 @@ def train(args):
     torch.cuda.synchronize()
     wall = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated()
+    # As FineTune.Bench's second_half_tokens_per_s: the steps after the middle one, once warm-up is behind.
+    n, i0 = len(step_ends), len(step_ends) // 2
+    second_half = sum(batch_tokens[i0 + 1:n]) / (step_ends[-1] - step_ends[i0]) if n >= 4 else None
     result = {"stack": "hf-transformers+peft", "versions": {"torch": torch.__version__,
               "transformers": __import__("transformers").__version__, "peft": __import__("peft").__version__},
               "workload": args.workload, "mode": "lora-16bit", "collator": args.collator, "batch": batch, "model": os.path.basename(args.model.rstrip("/")), "params": n_params,
               "rows": len(data), "optimizer_steps": trainer.state.global_step, "wall_s": wall,
               "real_tokens": real_tokens, "tokens_per_s": real_tokens / wall, "peak_gpu_bytes": peak,
+              "second_half_tokens_per_s": second_half, "first_step_s": step_ends[0] - start if step_ends else None,
               "final_loss": losses[-1]["loss"] if losses else None,
               "mean_loss_last_10": sum(l["loss"] for l in losses[-10:]) / max(1, len(losses[-10:])),
               "losses": losses, "gpu": torch.cuda.get_device_name(0)}
