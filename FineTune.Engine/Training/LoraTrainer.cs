@@ -218,7 +218,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         var microBatches = EpochWindows(train, options, 0)
             .SelectMany(window => replica?.Shard(window, train) ?? window)
             .Select(indices => Batching.ShapeOf(train, indices, options.Layout, padPackedRows));
-        return padPackedRows ? MicroBatchGraphs.PaddedShapes(microBatches) : MicroBatchGraphs.RepeatingShapes(microBatches);
+        return padPackedRows ? MicroBatchGraphs.PaddedShapes(microBatches, repeats: options.Epochs) : MicroBatchGraphs.RepeatingShapes(microBatches);
     }
 
     /// <summary>

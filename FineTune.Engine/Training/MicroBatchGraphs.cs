@@ -44,16 +44,59 @@ internal sealed class MicroBatchGraphs(int ordinal, IReadOnlySet<BatchShape> sha
     }
 
     /// <summary>
-    /// The graph shapes of a run whose packed rows are padded: the micro-batches' bucket shapes (<see cref="Batching.ShapeOf"/>
-    /// with padToBucket) grouped by length and sequences, each group's shape holding its most targets; the
-    /// <see cref="MaxGraphs"/> most frequent. A micro-batch then runs in the smallest of them that holds it
-    /// (<see cref="ShapeFor"/>), so a bucket left out still replays where a longer one was captured.
+    /// What a capture costs, in the run's own steps: the host records the micro-batch's ops once (slower than running
+    /// them) and the graph is instantiated; 7B Q&amp;A on an H200 took ~200 ms a shape against a 98 ms step (benchmarks.md, call 19).
     /// </summary>
-    public static IReadOnlySet<BatchShape> PaddedShapes(IEnumerable<BatchShape> buckets) =>
-        buckets.GroupBy(b => (b.Rows, b.Tokens, b.Masked, b.Sequences, b.Longest))
-            .Select(g => (Shape: g.First() with { Targets = g.Max(b => b.Targets) }, Count: g.Count()))
-            .OrderByDescending(g => g.Count).ThenByDescending(g => g.Shape.Tokens).Take(MaxGraphs)
-            .Select(g => g.Shape).ToHashSet();
+    internal const double CaptureCostInSteps = 2;
+
+    /// <summary>
+    /// The graph shapes of a run whose packed rows are padded, from its micro-batches' bucket shapes (<see cref="Batching.ShapeOf"/>
+    /// with padToBucket), each coming <paramref name="repeats"/> times a run (its epochs). A micro-batch runs in the smallest
+    /// chosen shape of its sequence count that holds it (<see cref="ShapeFor"/>), so a length left out costs padding to the
+    /// next chosen one instead of a capture: for each sequence count the lengths are chosen to minimize captures ×
+    /// <see cref="CaptureCostInSteps"/> plus every micro-batch's extra tokens (in steps: a step's time taken as its tokens'),
+    /// always with the longest (nothing would hold it); each shape holds the most targets of the micro-batches it takes.
+    /// At most <see cref="MaxGraphs"/> (captures cost more until that many suffice).
+    /// </summary>
+    public static IReadOnlySet<BatchShape> PaddedShapes(IEnumerable<BatchShape> buckets, double repeats = 1)
+    {
+        var groups = buckets.GroupBy(b => (b.Rows, b.Masked, b.Sequences)).ToList();
+        for (double cost = CaptureCostInSteps; ; cost *= 2)
+        {
+            var chosen = groups.SelectMany(g => ChooseLengths(g.ToList(), cost, repeats)).ToHashSet();
+            if (chosen.Count <= MaxGraphs) return chosen;
+        }
+    }
+
+    /// <summary>One sequence count's shapes (see <see cref="PaddedShapes"/>): a dynamic program over its lengths, shortest first.</summary>
+    private static IEnumerable<BatchShape> ChooseLengths(List<BatchShape> buckets, double captureCost, double repeats)
+    {
+        var lengths = buckets.GroupBy(b => b.Tokens).OrderBy(g => g.Key)
+            .Select(g => (Tokens: g.Key, Count: g.Count() * repeats, Targets: g.Max(b => b.Targets))).ToArray();
+        int k = lengths.Length;
+        // best[j]: the least cost of lengths 0..j-1 with length j-1 chosen; from[j]: the chosen length before it (or -1).
+        var best = new double[k + 1];
+        var from = new int[k + 1];
+        for (int j = 1; j <= k; j++)
+        {
+            best[j] = double.PositiveInfinity;
+            double padding = 0;                                          // lengths i..j-2 padded to length j-1
+            for (int i = j - 1; i >= 0; i--)
+            {
+                double cost = best[i] + captureCost + padding;
+                if (cost < best[j]) (best[j], from[j]) = (cost, i);
+                if (i > 0) padding += lengths[i - 1].Count * ((double)lengths[j - 1].Tokens / lengths[i - 1].Tokens - 1);
+            }
+        }
+        var chosen = new List<BatchShape>();
+        for (int j = k; j > 0; j = from[j])
+        {
+            int i = from[j];
+            int targets = lengths[i..j].Max(l => l.Targets);              // what the lengths it takes need
+            chosen.Add(buckets[0] with { Tokens = lengths[j - 1].Tokens, Longest = lengths[j - 1].Tokens, Targets = targets });
+        }
+        return chosen;
+    }
 
     /// <summary>
     /// The shape a micro-batch of padded packed rows (its bucket shape) is padded to: the smallest captured one that holds

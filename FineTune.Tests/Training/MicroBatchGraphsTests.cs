@@ -40,8 +40,8 @@ public class MicroBatchGraphsTests
         var random = new Random(5);
         var qa = Enumerable.Range(0, 64).Select(_ => Row(random.Next(20, 200))).ToList();
         Assert.Empty(LoraTrainer.GraphShapesOf(qa, options));
-        // Padded to bucket lengths, rows of many lengths share shapes: one per length (and sequence count), holding the most
-        // targets of the micro-batches of that length.
+        // Padded to bucket lengths, rows of many lengths share a few shapes (bucket lengths, one shape per length and sequence
+        // count), which hold every micro-batch of the run.
         var manyRows = Enumerable.Range(0, 400).Select(_ => Row(random.Next(20, 200))).ToList();
         Assert.Empty(LoraTrainer.GraphShapesOf(manyRows, options));
         var padded = LoraTrainer.GraphShapesOf(manyRows, options, padPackedRows: true);
@@ -67,9 +67,10 @@ public class MicroBatchGraphsTests
     public void Padded_rows_go_to_the_smallest_shape_that_holds_them()
     {
         BatchShape Shape(int tokens, int targets, int sequences = 9) => new(1, tokens, true, targets, sequences, tokens);
-        // The bucket shapes of six micro-batches: three lengths, one of them with two sequence counts.
+        // Six micro-batches' bucket shapes: three lengths, one of them with two sequence counts; each coming often enough
+        // (100 times a run) that every length is worth its own capture.
         BatchShape[] buckets = [Shape(1152, 448), Shape(1152, 512), Shape(1280, 384), Shape(1280, 384), Shape(1408, 640), Shape(1152, 320, sequences: 5)];
-        var shapes = MicroBatchGraphs.PaddedShapes(buckets);
+        var shapes = MicroBatchGraphs.PaddedShapes(buckets, repeats: 100);
         Assert.Equal(new[] { Shape(1152, 512), Shape(1152, 320, 5), Shape(1280, 384), Shape(1408, 640) }.OrderBy(s => s.Tokens).ThenBy(s => s.Sequences),
             shapes.OrderBy(s => s.Tokens).ThenBy(s => s.Sequences));
         Assert.Equal(Shape(1152, 512), MicroBatchGraphs.SmallestHolding(shapes, Shape(1152, 448)));
@@ -77,5 +78,27 @@ public class MicroBatchGraphsTests
         Assert.Equal(Shape(1408, 640), MicroBatchGraphs.SmallestHolding(shapes, Shape(1152, 600)));      // more than 1152's and 1280's
         Assert.Null(MicroBatchGraphs.SmallestHolding(shapes, Shape(1536, 100)));                        // longer than any: runs as it comes
         Assert.Null(MicroBatchGraphs.SmallestHolding(shapes, Shape(1152, 100, sequences: 3)));          // another row count
+
+        // Once each: a capture costs more than padding them all to the longest, which then holds the most targets of all.
+        Assert.Equal(new[] { Shape(1152, 320, 5), Shape(1408, 640) }, MicroBatchGraphs.PaddedShapes(buckets).OrderBy(s => s.Sequences));
+    }
+
+    [Fact]
+    public void A_length_gets_its_own_graph_where_its_micro_batches_pay_for_the_capture()
+    {
+        BatchShape Shape(int tokens) => new(1, tokens, true, 256, 9, tokens);
+        // 1152 comes 40 times: padding them to 1280 would cost 40 x 11% = 4.4 steps, more than a capture (2 steps); the single
+        // 1024 costs 12.5% of a step padded to 1152. So 1152 and 1280 (the longest, always).
+        var buckets = new[] { Shape(1024) }.Concat(Enumerable.Repeat(Shape(1152), 40)).Append(Shape(1280)).ToList();
+        Assert.Equal([1152, 1280], MicroBatchGraphs.PaddedShapes(buckets).Select(s => s.Tokens).Order());
+        // Three epochs of the same rows: the 1024 then comes three times, still cheaper padded (0.375 steps).
+        Assert.Equal([1152, 1280], MicroBatchGraphs.PaddedShapes(buckets, repeats: 3).Select(s => s.Tokens).Order());
+
+        // Twenty lengths each worth a capture: at most MaxGraphs, the longest among them.
+        var many = Enumerable.Range(0, 20).Select(i => Shape(1024 + 64 * i)).ToList();
+        var capped = MicroBatchGraphs.PaddedShapes(many, repeats: 1000);
+        Assert.InRange(capped.Count, 2, MicroBatchGraphs.MaxGraphs);
+        Assert.Contains(capped, s => s.Tokens == 1024 + 64 * 19);
+        Assert.All(many, b => Assert.NotNull(MicroBatchGraphs.SmallestHolding(capped, b)));
     }
 }
