@@ -200,38 +200,27 @@ public static class Batching
         var rows = indices.Select(i => examples[i]).ToList();
         int tokenCount = rows.Sum(r => r.Length);
         int targetCount = rows.Sum(r => r.TargetCount);
-        if ((padToBucket || padTo is not null) && layout == BatchLayout.Packed)
+        bool padded = (padToBucket || padTo is not null) && layout == BatchLayout.Packed;
+        if (padded || PacksIntoOneRow(rows, layout))
         {
-            var shape = padTo ?? ShapeOf(examples, indices, layout, padToBucket: true);
-            if (!Fits(ShapeOf(examples, indices, layout, padToBucket: true), shape))
-                throw new ArgumentException($"These {rows.Count} rows ({tokenCount} tokens, {targetCount} targets) do not fit the shape {shape}.", nameof(padTo));
-            int length = shape.Tokens, padding = length - tokenCount;
+            // The rows one after the other, and where padded, one more sequence of padding after them to the shape's length.
+            var shape = padded ? padTo ?? ShapeOf(examples, indices, layout, padToBucket: true) : (BatchShape?)null;
+            if (shape is { } s && !Fits(ShapeOf(examples, indices, layout, padToBucket: true), s))
+                throw new ArgumentException($"These {rows.Count} rows ({tokenCount} tokens, {targetCount} targets) do not fit the shape {s}.", nameof(padTo));
+            int padding = shape is { } p ? p.Tokens - tokenCount : 0;
             var ids = rows.SelectMany(r => r.InputIds).Select(v => (long)v).Concat(Enumerable.Repeat((long)padTokenId, padding)).ToArray();
             var positions = rows.SelectMany(r => Enumerable.Range(0, r.Length)).Concat(Enumerable.Range(0, padding)).Select(v => (long)v).ToArray();
             var targets = rows.SelectMany(r => r.Targets).Select(v => (long)v).Concat(Enumerable.Repeat((long)TrainingExamples.IgnoreIndex, padding)).ToArray();
-            int[] lengths = [.. rows.Select(r => r.Length), padding];
-            var targetPositions = Enumerable.Range(0, tokenCount).Where(i => targets[i] != TrainingExamples.IgnoreIndex).Select(i => (long)i).ToList();
-            targetPositions.AddRange(Enumerable.Repeat((long)tokenCount, shape.Targets - targetCount)); // the first padding token
-            return new TrainingBatch(
-                tensor(ids, [1, length], device: device),
-                tensor(positions, [1, length], device: device),
-                tensor(targets, [1, length], device: device),
-                BlockCausalMask(lengths, device), tokenCount, targetCount, tensor(targetPositions.ToArray(), device: device),
-                PackedSequences.Of(lengths, device, longest: length));
-        }
-        if (PacksIntoOneRow(rows, layout))
-        {
-            var ids = rows.SelectMany(r => r.InputIds).Select(v => (long)v).ToArray();
-            var positions = rows.SelectMany(r => Enumerable.Range(0, r.Length)).Select(v => (long)v).ToArray();
-            var targets = rows.SelectMany(r => r.Targets).Select(v => (long)v).ToArray();
-            var lengths = rows.Select(r => r.Length).ToArray();
-            Tensor? mask = rows.Count == 1 ? null : BlockCausalMask(lengths, device);
+            int[] lengths = [.. rows.Select(r => r.Length), .. padding > 0 ? [padding] : Array.Empty<int>()];
+            var targetPositions = TargetPositions(targets)
+                .Concat(Enumerable.Repeat((long)tokenCount, (shape?.Targets ?? targetCount) - targetCount)).ToArray(); // extra ones: the first padding token
+            bool one = lengths.Length == 1;                                         // one row: plain causal attention, no mask
             return new TrainingBatch(
                 tensor(ids, [1, ids.Length], device: device),
-                tensor(positions, [1, positions.Length], device: device),
-                tensor(targets, [1, targets.Length], device: device),
-                mask, tokenCount, targetCount, TargetPositions(targets, device),
-                rows.Count == 1 ? null : PackedSequences.Of(lengths, device));
+                tensor(positions, [1, ids.Length], device: device),
+                tensor(targets, [1, ids.Length], device: device),
+                one ? null : BlockCausalMask(lengths, device), tokenCount, targetCount, tensor(targetPositions, device: device),
+                one ? null : PackedSequences.Of(lengths, device, longest: shape?.Tokens));
         }
 
         int T = rows.Max(r => r.Length), B = rows.Count;
@@ -256,12 +245,12 @@ public static class Batching
             tensor(tgtPadded, [B, T], device: device),
             // Padding sits right of each row's tokens, so causal attention never lets a real token see it: plain causal
             // attention is exact for every position with a target (a padding query's output is never read).
-            attentionMask: null, tokenCount, targetCount, TargetPositions(tgtPadded, device));
+            attentionMask: null, tokenCount, targetCount, tensor(TargetPositions(tgtPadded), device: device));
     }
 
     /// <summary>(N) int64: the flat indices of the targets that are not -100.</summary>
-    private static Tensor TargetPositions(long[] flatTargets, Device device) =>
-        tensor(Enumerable.Range(0, flatTargets.Length).Where(i => flatTargets[i] != TrainingExamples.IgnoreIndex).Select(i => (long)i).ToArray(), device: device);
+    private static long[] TargetPositions(long[] flatTargets) =>
+        [.. Enumerable.Range(0, flatTargets.Length).Where(i => flatTargets[i] != TrainingExamples.IgnoreIndex).Select(i => (long)i)];
 
     /// <summary>(1, 1, T, T) bool: causal inside each packed row, nothing across rows.</summary>
     public static Tensor BlockCausalMask(int[] lengths, Device device)
