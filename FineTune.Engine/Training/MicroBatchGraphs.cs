@@ -22,7 +22,7 @@ namespace FineTune.Engine.Training;
 /// </summary>
 internal sealed class MicroBatchGraphs(int ordinal, IReadOnlySet<BatchShape> shapes) : IDisposable
 {
-    /// <summary>At most this many shapes get a graph (the most frequent first).</summary>
+    /// <summary>At most this many shapes get a graph (<see cref="RepeatingShapes"/>: the most frequent; <see cref="PaddedShapes"/>: by cost).</summary>
     internal const int MaxGraphs = 16;
 
     private readonly Dictionary<BatchShape, (CudaGraphs.CudaGraph Graph, TrainingBatch Batch)> _graphs = [];
@@ -74,7 +74,7 @@ internal sealed class MicroBatchGraphs(int ordinal, IReadOnlySet<BatchShape> sha
         var lengths = buckets.GroupBy(b => b.Tokens).OrderBy(g => g.Key)
             .Select(g => (Tokens: g.Key, Count: g.Count() * repeats, Targets: g.Max(b => b.Targets))).ToArray();
         int k = lengths.Length;
-        // best[j]: the least cost of lengths 0..j-1 with length j-1 chosen; from[j]: the chosen length before it (or -1).
+        // best[j]: the least cost of lengths 0..j-1 with length j-1 chosen; from[j] = i: length i-1 is the chosen one before it (i = 0: none).
         var best = new double[k + 1];
         var from = new int[k + 1];
         for (int j = 1; j <= k; j++)
@@ -119,8 +119,9 @@ internal sealed class MicroBatchGraphs(int ordinal, IReadOnlySet<BatchShape> sha
     /// and the blocks the largest freed serve the smaller ones, where shapes captured as they came (in random order) each
     /// added their own. 7B Q&amp;A on one H200: captured as they came, the first of 16 shapes took 8.0 GiB and the run peaked
     /// 10.0 GiB above the same run without graphs; captured here, 12 shapes took 11.1 GiB together and the run peaked 1.3 GiB
-    /// above it (benchmarks.md, calls 16 and 18). No micro-batch runs without a graph before, so the pool is the run's working set. <paramref name="scope"/> opens what the work reads
-    /// around a micro-batch (the dropout seed's draws), as the step does.
+    /// above it (benchmarks.md, calls 16 and 18). No micro-batch runs without a graph before, so the pool is the run's
+    /// working set. <paramref name="scope"/> opens what the work reads around a micro-batch (the dropout seed's draws), as
+    /// the step does.
     /// </summary>
     public void CaptureAll(Func<BatchShape, TrainingBatch> placeholder, Action<TrainingBatch> work, Func<IDisposable?> scope)
     {

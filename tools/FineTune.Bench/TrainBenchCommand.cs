@@ -211,8 +211,8 @@ internal sealed class StepTimes : IProgress<TrainingProgress>
 
     public void Report(TrainingProgress value)
     {
-        if (value.TokensPerSecond is double rate && value.Elapsed is TimeSpan elapsed)
-            lock (_steps) _steps.Add((value.Step, elapsed.TotalSeconds, rate * elapsed.TotalSeconds));
+        if (value.TokensPerSecond is double rate) // logged steps carry the rate; checkpoint-only reports do not
+            lock (_steps) _steps.Add((value.Step, value.Elapsed.TotalSeconds, rate * value.Elapsed.TotalSeconds));
     }
 
     public double? FirstStepSeconds => _steps.Count > 0 ? _steps[0].Seconds : null;
