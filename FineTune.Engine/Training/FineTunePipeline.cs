@@ -43,6 +43,13 @@ public sealed class FineTunePipeline(ILoggerFactory? loggers = null)
     /// <summary>Makes the replicas' group of a data-parallel run (tests: communicators that fail on cue or record aborts).</summary>
     internal Func<IReadOnlyList<Device>, DataParallelGroup> CreateGroup { get; init; } = DataParallelGroup.Create;
 
+    /// <summary>
+    /// The total memory of a GPU the job trains on, which automatic gradient checkpointing is decided against; null on the CPU
+    /// or when unknown (tests: a GPU's memory for a CPU run). The memory check's own record of the card (<see cref="ModelMemoryCheck.Available"/>).
+    /// </summary>
+    internal Func<Device, long?> DeviceMemory { get; init; } = device =>
+        device.type == TorchSharp.DeviceType.CUDA ? ModelMemoryCheck.Available(device)?.Bytes : null;
+
     /// <summary>Runs the job on a thread of its own (training blocks for minutes to hours).</summary>
     public Task<FineTuneOutcome> RunAsync(FineTuneJob job, IProgress<TrainingProgress>? progress, CancellationToken cancellationToken) =>
         Task.Factory.StartNew(() => Run(job, progress, cancellationToken), cancellationToken, TaskCreationOptions.LongRunning, TaskScheduler.Default);
@@ -53,6 +60,7 @@ public sealed class FineTunePipeline(ILoggerFactory? loggers = null)
         // The data first: a bad template or file fails in a second, not after minutes of loading weights.
         var split = Split(job);
         cancellationToken.ThrowIfCancellationRequested();
+        job = WithCheckpointing(job, split, _loggers.CreateLogger(LogCategory));
         return job.IsDataParallel
             ? RunDataParallel(job, job.Devices!, split, progress, cancellationToken)
             : Train(job, split, replica: null, progress, cancellationToken);
@@ -149,6 +157,7 @@ public sealed class FineTunePipeline(ILoggerFactory? loggers = null)
         ArgumentOutOfRangeException.ThrowIfLessThan(steps, 1);
         var split = Split(job);
         if (split.Train.Count == 0) throw new ArgumentException("There are no training rows to measure with.", nameof(job));
+        job = WithCheckpointing(job, split, NullLogger.Instance); // the steps timed as the run will take them
         job = job with { Device = job.Devices?[0] ?? job.Device, Devices = null };
         var clock = Stopwatch.StartNew();
         using var model = LoadModel(job);
@@ -224,6 +233,39 @@ public sealed class FineTunePipeline(ILoggerFactory? loggers = null)
         var workload = RunWorkload.Of(split, options);
         return new TrainingTimeEstimate(measurement, workload, measurement.Project(workload));
     }
+
+    /// <summary>
+    /// Whether the job recomputes each layer in backward (<see cref="TrainingMemory.ResolveCheckpointing"/>): as set, or for
+    /// auto against the smallest GPU of the run (each replica of a data-parallel run holds the whole model); on the CPU,
+    /// on with a 4-bit base.
+    /// </summary>
+    public CheckpointingChoice ResolveCheckpointing(FineTuneJob job, DataSplit split)
+    {
+        IReadOnlyList<Device> devices = job.IsDataParallel ? job.Devices! : [job.Device ?? ComputeBackend.Current.Device];
+        var memories = job.Training.GradientCheckpointing is null ? devices.Select(DeviceMemory).ToList() : [];
+        long? smallest = memories.Count > 0 && memories.All(m => m is not null) ? memories.Min() : null;
+        var facts = smallest is null ? null : ModelFacts.Of(job.ModelFolder);
+        return TrainingMemory.ResolveCheckpointing(facts, MemoryQueryOf(job, split), smallest);
+    }
+
+    /// <summary>The job with its gradient checkpointing decided, for the trainer (which reads the option first) and the adapter's record.</summary>
+    private FineTuneJob WithCheckpointing(FineTuneJob job, DataSplit split, ILogger logger)
+    {
+        var choice = ResolveCheckpointing(job, split);
+        logger.LogInformation("{Checkpointing}", choice);
+        return job with { Training = job.Training with { GradientCheckpointing = choice.On } };
+    }
+
+    /// <summary>
+    /// What the job asks of a device's memory: the wizard's estimate of the same settings (batch rows of at most MaxSeqLength
+    /// tokens); examples given as tokens (the benchmark's) are not cut to MaxSeqLength, so their longest bounds a row instead.
+    /// </summary>
+    private static MemoryQuery MemoryQueryOf(FineTuneJob job, DataSplit split) => new(
+        job.Lora, job.Training.BatchSize,
+        job.Examples is null ? job.MaxSeqLength : split.Train.Select(e => e.Length).DefaultIfEmpty(0).Max(),
+        job.FourBit, job.DoubleQuantization, job.Training.GradientCheckpointing,
+        ComputeBytes: (job.ComputeDType ?? ComputeBackend.Current.ComputeDType) == ScalarType.Float32 ? 4 : 2,
+        LossChunkSize: job.Training.LossChunkSize);
 
     /// <summary>Rounds of timed steps (or validation batches) at most, when no two agree.</summary>
     private const int MaxRounds = 5;

@@ -5,7 +5,7 @@ namespace FineTune.Engine.Training;
 
 /// <summary>What a training run asks of one device's memory, as <see cref="TrainingMemory.Estimate"/> takes it.</summary>
 /// <param name="ComputeBytes">Bytes per element of the base weights and activations: 2 (bf16/fp16, the GPU default) or 4 (fp32).</param>
-/// <param name="GradientCheckpointing">null: the trainer's default, on with a 4-bit base (as <see cref="LoraTrainer"/> decides).</param>
+/// <param name="GradientCheckpointing">null: auto, decided by the device's memory (<see cref="TrainingMemory.ResolveCheckpointing"/>).</param>
 public sealed record MemoryQuery(
     LoraSettings Lora, int BatchSize, int MaxSeqLength, bool FourBit, bool DoubleQuantization = true, bool? GradientCheckpointing = null,
     int ComputeBytes = 2, int LossChunkSize = TrainingOptions.DefaultLossChunkSize);
@@ -16,9 +16,52 @@ public sealed record MemoryQuery(
 /// <param name="OptimizerStates">AdamW's two moments per trainable parameter, in fp32.</param>
 /// <param name="Activations">What forward keeps for backward, and the loss's logits.</param>
 /// <param name="Overhead">The CUDA context and libtorch's workspaces, dequantized weights in flight, the allocator's slack.</param>
-public sealed record MemoryEstimate(long Weights, long Adapter, long OptimizerStates, long Activations, long Overhead, long TrainableParameters, bool GradientCheckpointing)
+/// <param name="Checkpointing">Whether the estimate recomputes each layer in backward, and why (as the run will decide it).</param>
+public sealed record MemoryEstimate(long Weights, long Adapter, long OptimizerStates, long Activations, long Overhead, long TrainableParameters, CheckpointingChoice Checkpointing)
 {
     public long Total => Weights + Adapter + OptimizerStates + Activations + Overhead;
+
+    public bool GradientCheckpointing => Checkpointing.On;
+}
+
+/// <summary>Why a run recomputes its layers in backward or not (<see cref="TrainingMemory.ResolveCheckpointing"/>).</summary>
+public enum CheckpointingReason
+{
+    /// <summary>Set on or off explicitly.</summary>
+    AsSet,
+
+    /// <summary>Auto, and the run fits the device's memory without it: off, for the faster step.</summary>
+    FitsWithout,
+
+    /// <summary>Auto, and without it the run would need more than the device's usable memory: on.</summary>
+    TooBigWithout,
+
+    /// <summary>Auto, with the device's memory (or the model's facts) unknown, as on the CPU: on with a 4-bit base, as PEFT's prepare_model_for_kbit_training does.</summary>
+    DeviceUnknown,
+}
+
+/// <summary>Whether a run uses gradient checkpointing, why, and the numbers it was decided by.</summary>
+/// <param name="BytesWithout">The estimate without checkpointing, when the device's memory decided.</param>
+/// <param name="DeviceBytes">The device memory it was decided against (the smallest GPU of a data-parallel run).</param>
+public sealed record CheckpointingChoice(bool On, CheckpointingReason Reason, long? BytesWithout = null, long? DeviceBytes = null)
+{
+    /// <summary>The log line: "gradient checkpointing off: the run needs about 9.8 GiB of the GPU's 139.8 GiB".</summary>
+    public override string ToString()
+    {
+        string state = On ? "on" : "off";
+        return Reason switch
+        {
+            CheckpointingReason.FitsWithout => $"gradient checkpointing off: the run needs about {GiB(BytesWithout)} of the GPU's {GiB(DeviceBytes)}",
+            CheckpointingReason.TooBigWithout => $"gradient checkpointing on: without it the run would need about {GiB(BytesWithout)}, " +
+                                                 $"more than {Math.Round(TrainingMemory.UsableShare * 100)}% of the GPU's {GiB(DeviceBytes)}",
+            CheckpointingReason.DeviceUnknown => $"gradient checkpointing {state}: the device's memory is unknown, so the default " +
+                                                 (On ? "with a 4-bit base" : "with a 16-bit base"),
+            _ => $"gradient checkpointing {state}: as set",
+        };
+    }
+
+    private static string GiB(long? bytes) =>
+        string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{(bytes ?? 0) / (double)(1L << 30):0.0} GiB");
 }
 
 /// <summary>
@@ -43,7 +86,34 @@ public static class TrainingMemory
     /// </summary>
     public const long RuntimeBytes = (13L << 30) / 10;
 
-    public static MemoryEstimate Estimate(ModelFacts facts, MemoryQuery q)
+    /// <summary>
+    /// Share of a GPU's memory a run may plan to fill without gradient checkpointing. The estimate is within 5% of the
+    /// measured peaks; the other 5% is for what the estimate does not see: the caching allocator's fragmentation as
+    /// batches of changing lengths come and go over a long run, and whatever else holds memory on the card. Running out
+    /// of memory an hour into a run costs far more than the ~25-30% of each step that recomputing the layers costs.
+    /// </summary>
+    public const double UsableShare = 0.9;
+
+    /// <summary>
+    /// The one rule for gradient checkpointing: set on or off, it is that; auto (null) with the device's memory known, off
+    /// when the run without it fits within <see cref="UsableShare"/> of that memory, else on; auto with the device's memory
+    /// or the model's facts unknown (the CPU), on with a 4-bit base only, as before memory decided.
+    /// </summary>
+    /// <param name="deviceBytes">The GPU's total memory (the smallest of a data-parallel run's: each replica holds the whole model); null when unknown.</param>
+    public static CheckpointingChoice ResolveCheckpointing(ModelFacts? facts, MemoryQuery q, long? deviceBytes)
+    {
+        if (q.GradientCheckpointing is bool set) return new CheckpointingChoice(set, CheckpointingReason.AsSet);
+        if (facts is null || deviceBytes is not long device) return new CheckpointingChoice(q.FourBit, CheckpointingReason.DeviceUnknown);
+        long without = Estimate(facts, q, new CheckpointingChoice(false, CheckpointingReason.AsSet)).Total;
+        bool fits = without <= device * UsableShare;
+        return new CheckpointingChoice(!fits, fits ? CheckpointingReason.FitsWithout : CheckpointingReason.TooBigWithout, without, device);
+    }
+
+    /// <summary>The run's memory, with gradient checkpointing as the run will decide it (<see cref="ResolveCheckpointing"/>) against <paramref name="deviceBytes"/>.</summary>
+    public static MemoryEstimate Estimate(ModelFacts facts, MemoryQuery q, long? deviceBytes = null) =>
+        Estimate(facts, q, ResolveCheckpointing(facts, q, deviceBytes));
+
+    private static MemoryEstimate Estimate(ModelFacts facts, MemoryQuery q, CheckpointingChoice checkpointingChoice)
     {
         var c = facts.Config;
         long weights = facts.WeightBytes(q.ComputeBytes, q.FourBit, q.DoubleQuantization);
@@ -64,7 +134,7 @@ public static class TrainingMemory
                              + layer0Targeted.Sum(l => (q.Lora.Dropout > 0 ? l.InFeatures : 0) + (long)q.Lora.Rank)
                              + (q.Lora.Dropout == 0 && layer0Targeted.Any(l => l.InFeatures == widestInput && widestInput > c.HiddenSize) ? widestInput : 0);
         long layerBytes = tokens * perTokenLayer * q.ComputeBytes;
-        bool checkpointing = q.GradientCheckpointing ?? q.FourBit;
+        bool checkpointing = checkpointingChoice.On;
         long layers = checkpointing
             // Each layer keeps only its input; backward recomputes one layer at a time.
             ? tokens * c.HiddenSize * q.ComputeBytes * c.NumHiddenLayers + layerBytes
@@ -78,7 +148,7 @@ public static class TrainingMemory
             ? 2L * q.ComputeBytes * facts.Linears.Where(l => l.Name != nameof(CausalLM.lm_head)).Select(l => (long)l.InFeatures * l.OutFeatures).DefaultIfEmpty().Max()
             : 0;
         long overhead = RuntimeBytes + dequantized + (weights + adapter + optimizer + activations) / 20;
-        return new MemoryEstimate(weights, adapter, optimizer, activations, overhead, trainable, checkpointing);
+        return new MemoryEstimate(weights, adapter, optimizer, activations, overhead, trainable, checkpointingChoice);
     }
 
     /// <summary>"model.layers.0.self_attn.q_proj", "transformer.h.0.attn.c_attn": the first decoder layer's linears (all layers are alike).</summary>

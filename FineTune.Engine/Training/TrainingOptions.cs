@@ -54,8 +54,9 @@ public sealed record TrainingOptions
     public const int DefaultLossChunkSize = 256;
     /// <summary>
     /// Keep only each decoder layer's input and run the layer again in backward: activation memory of one layer
-    /// instead of all, for about a third more compute. Null: on for a 4-bit (QLoRA) base, off otherwise, as PEFT's
-    /// prepare_model_for_kbit_training does.
+    /// instead of all, for about a third more compute. Null: auto, which <see cref="FineTunePipeline"/> decides by the GPU's
+    /// memory before training (<see cref="TrainingMemory.ResolveCheckpointing"/>); a trainer still given null (no device
+    /// memory known) turns it on for a 4-bit (QLoRA) base, as PEFT's prepare_model_for_kbit_training does.
     /// </summary>
     public bool? GradientCheckpointing { get; init; }
     /// <summary>Dynamic loss scaling for fp16 compute (where bf16 is missing).</summary>

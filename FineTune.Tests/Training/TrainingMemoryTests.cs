@@ -76,6 +76,82 @@ public sealed class TrainingMemoryTests : IDisposable
         Assert.InRange((off.Total - on.Total) / (double)(1L << 30), measuredSavingGiB * 0.9, measuredSavingGiB * 1.1);
     }
 
+    private const long GiB = 1L << 30;
+
+    private static MemoryQuery Auto(bool fourBit = true) => Benchmark(checkpointing: false) with { FourBit = fourBit, GradientCheckpointing = null };
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void An_explicit_setting_wins_over_the_device_memory(bool set)
+    {
+        // On where everything fits, off where nothing does: as set, either way.
+        var huge = TrainingMemory.ResolveCheckpointing(Qwen2_7B, Benchmark(set), deviceBytes: 1024 * GiB);
+        var tiny = TrainingMemory.ResolveCheckpointing(Qwen2_7B, Benchmark(set), deviceBytes: 1 * GiB);
+        Assert.Equal(new CheckpointingChoice(set, CheckpointingReason.AsSet), huge);
+        Assert.Equal(new CheckpointingChoice(set, CheckpointingReason.AsSet), tiny);
+        Assert.Equal(set, TrainingMemory.Estimate(Qwen2_7B, Benchmark(set), 1 * GiB).GradientCheckpointing);
+    }
+
+    [Fact]
+    public void Auto_is_off_when_the_run_fits_the_usable_share_of_the_gpu_without_it_and_on_when_it_does_not()
+    {
+        long without = TrainingMemory.Estimate(Qwen2_7B, Benchmark(checkpointing: false)).Total;
+        long with = TrainingMemory.Estimate(Qwen2_7B, Benchmark(checkpointing: true)).Total;
+        // The smallest GPU whose usable share holds the run without checkpointing, and one byte less.
+        long enough = (long)Math.Ceiling(without / TrainingMemory.UsableShare);
+        Assert.True(with < enough - 1, "the checkpointed run fits the smaller GPU: only then is on the choice that helps");
+
+        var off = TrainingMemory.ResolveCheckpointing(Qwen2_7B, Auto(), enough);
+        Assert.Equal(new CheckpointingChoice(false, CheckpointingReason.FitsWithout, without, enough), off);
+        var on = TrainingMemory.ResolveCheckpointing(Qwen2_7B, Auto(), enough - 1);
+        Assert.Equal(new CheckpointingChoice(true, CheckpointingReason.TooBigWithout, without, enough - 1), on);
+        // An H200 holds a 7B QLoRA run at 1 x 512 many times over: no recomputing there.
+        Assert.False(TrainingMemory.ResolveCheckpointing(Qwen2_7B, Auto(), 141 * GiB).On);
+        // A 16-bit run that only fits with checkpointing gets it too.
+        long sixteenBitWith = TrainingMemory.Estimate(Qwen2_7B, Benchmark(true) with { FourBit = false }).Total;
+        Assert.True(TrainingMemory.ResolveCheckpointing(Qwen2_7B, Auto(fourBit: false), sixteenBitWith + GiB / 100).On);
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Auto_with_the_device_memory_or_the_facts_unknown_is_on_with_a_4_bit_base_only(bool fourBit)
+    {
+        var expected = new CheckpointingChoice(fourBit, CheckpointingReason.DeviceUnknown);
+        Assert.Equal(expected, TrainingMemory.ResolveCheckpointing(Qwen2_7B, Auto(fourBit), deviceBytes: null));
+        Assert.Equal(expected, TrainingMemory.ResolveCheckpointing(facts: null, Auto(fourBit), deviceBytes: 141 * GiB));
+        Assert.Equal(expected, TrainingMemory.Estimate(Qwen2_7B, Auto(fourBit)).Checkpointing);
+    }
+
+    [Fact]
+    public void The_estimate_reports_and_counts_the_resolved_choice()
+    {
+        var without = TrainingMemory.Estimate(Qwen2_7B, Benchmark(checkpointing: false));
+        var with = TrainingMemory.Estimate(Qwen2_7B, Benchmark(checkpointing: true));
+
+        var onH200 = TrainingMemory.Estimate(Qwen2_7B, Auto(), 141 * GiB);
+        Assert.False(onH200.GradientCheckpointing);
+        Assert.Equal(CheckpointingReason.FitsWithout, onH200.Checkpointing.Reason);
+        Assert.Equal(without.Total, onH200.Total);
+
+        var onTenGiB = TrainingMemory.Estimate(Qwen2_7B, Auto(), 10 * GiB); // 9.8 GiB without: more than 90% of 10
+        Assert.True(onTenGiB.GradientCheckpointing);
+        Assert.Equal(CheckpointingReason.TooBigWithout, onTenGiB.Checkpointing.Reason);
+        Assert.Equal(with.Total, onTenGiB.Total);
+        Assert.Equal(without.Total, onTenGiB.Checkpointing.BytesWithout);
+    }
+
+    [Fact]
+    public void The_choice_says_in_one_line_what_was_chosen_and_why()
+    {
+        var off = TrainingMemory.ResolveCheckpointing(Qwen2_7B, Auto(), 140 * GiB).ToString();
+        Assert.Matches(@"^gradient checkpointing off: the run needs about \d+\.\d GiB of the GPU's 140\.0 GiB$", off);
+        var on = TrainingMemory.ResolveCheckpointing(Qwen2_7B, Auto(), 10 * GiB).ToString();
+        Assert.Matches(@"^gradient checkpointing on: without it the run would need about \d+\.\d GiB, more than 90% of the GPU's 10\.0 GiB$", on);
+        Assert.Equal("gradient checkpointing on: as set", TrainingMemory.ResolveCheckpointing(Qwen2_7B, Benchmark(true), null).ToString());
+    }
+
     [Fact]
     public void Trainable_parameters_and_optimizer_states_are_peft_s_counts()
     {
