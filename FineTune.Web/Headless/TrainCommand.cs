@@ -86,7 +86,7 @@ public static class TrainCommand
         private readonly Option<string> _initAdapter = Text("--init-adapter", "Start from these adapter weights instead of fresh ones (a PEFT folder)", "folder");
         private readonly Option<string> _merged = Text("--merged", "Also write base + LoRA merged as a Hugging Face model folder", "folder");
         private readonly Option<Toggle> _gradientCheckpointing = Choice("--gradient-checkpointing",
-            "Recompute layer activations in backward to save memory (auto: on with --qlora, as PEFT's prepare_model_for_kbit_training)",
+            "Recompute layer activations in backward to save memory (auto: only when the run would not fit the GPU without it; on the CPU, on with --qlora)",
             new Dictionary<string, Toggle> { ["auto"] = Toggle.Auto, ["on"] = Toggle.On, ["off"] = Toggle.Off }, "auto");
 
         /// <summary>auto/on/off (not a bool?: System.CommandLine lets a bool option take only true/false after it).</summary>

@@ -46,7 +46,8 @@ internal static class ProfileCommand
         // The benchmark's job (tools/bench/reference.py's settings), loaded by the pipeline that trains it.
         var first = Examples(cells[0].workload, cells[0].batch);
         var job = TrainBenchCommand.Job(modelFolder, first, cells[0].batch, qlora, BatchLayout.Packed, gradientCheckpointing: null, backend);
-        using var loaded = new FineTunePipeline().LoadModel(job);
+        var pipeline = new FineTunePipeline();
+        using var loaded = pipeline.LoadModel(job);
         var model = loaded.Model;
         var trainable = loaded.Trainable;
         var parameters = model.parameters().Where(p => p.requires_grad).ToList();
@@ -54,9 +55,10 @@ internal static class ProfileCommand
         // As the trainer: the adapters' bf16 copies, refreshed after each optimizer step.
         using var workingCopies = AdapterWorkingCopies.For(optimizer, [.. trainable.NamedLinears().Select(l => l.Layer).Where(l => l.HasAdapter)]);
         var trainer = new LoraTrainer(trainable, job.Lora, modelFolder);
-        // As the trainer sets it (LoraTrainer.Train): checkpointing unless the job says otherwise, on for a 4-bit base.
+        // As the pipeline decides it for a run of the first cell (auto: off when the GPU holds the run without it).
         // (Before 2026-11-30 the profile left it off, so its QLoRA steps were the path without checkpointing.)
-        trainable.GradientCheckpointing = job.Training.GradientCheckpointing ?? qlora;
+        var checkpointing = pipeline.ResolveCheckpointing(job, new DataSplit(first, []));
+        trainable.GradientCheckpointing = checkpointing.On;
         model.train();
 
         var results = new JsonArray();
@@ -64,7 +66,7 @@ internal static class ProfileCommand
         {
             var examples = Examples(workload, batchSize);
             var batches = Batching.MakeBatches(examples, [.. Enumerable.Range(0, examples.Count)], batchSize, BatchLayout.Packed);
-            var result = new JsonObject { ["workload"] = workload, ["rows_per_step"] = batchSize, ["mode"] = qlora ? "qlora-nf4" : "lora-16bit", ["gpu"] = backend.Description };
+            var result = new JsonObject { ["workload"] = workload, ["rows_per_step"] = batchSize, ["mode"] = qlora ? "qlora-nf4" : "lora-16bit", ["gpu"] = backend.Description, ["gradient_checkpointing"] = checkpointing.On };
             int next = 0;
             foreach (bool synced in new[] { false, true })
             {

@@ -2,9 +2,12 @@
 # One benchmark cell set on the GPU machine, both stacks in the same call (see tools/bench/README.md).
 #   bash tools/bench/run-gpu.sh SHAPE [ROWS] [CELL ...]   SHAPE: qwen2.5-0.5b | qwen2-7b
 #   CELL: hf-qa-lora hf-qa-lora-flat ft-qa-lora hf-dense-lora ft-dense-lora ft-qa-qlora ft-dense1-qlora (default: these
-#         seven; hf-qa-lora-flat is HF's padding-free DataCollatorWithFlattening),
+#         seven; hf-qa-lora-flat is HF's padding-free DataCollatorWithFlattening; ft-qa-qlora decides gradient
+#         checkpointing as a run does (auto: off when the GPU holds the run without it); ft-dense1-qlora is issue 14's
+#         "QLoRA NF4, dense 1 x 512, checkpointing" cell, checkpointing forced on),
 #         hf-generate ft-generate ft-generate-qlora (batch 1, greedy, 256 new tokens; the last with a 4-bit base),
 #         ft-dense1-qlora-keep (QLoRA 1 x 512 keeping all activations: gradient checkpointing off),
+#         ft-qa-qlora-ckpt (QLoRA Q&A with gradient checkpointing forced on: the recomputing path's speed),
 #         ft-qa-lora-2gpu ft-dense-lora-2gpu (the same on two GPUs, data parallel: same global batch and steps)
 # GEN_ARGS: extra arguments for every generate cell, both stacks (e.g. "--repeats 2").
 # Needs: .device/dotnet.tgz, .device/on-gpu.sh and .device/bench (FineTune.Bench published with TorchBackend=none);
@@ -56,7 +59,8 @@ for cell in $cells; do
     ft-qa-lora-2gpu) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload qa $data --gpus 2 --out "$out/$shape-$cell.json" ;;
     ft-dense-lora-2gpu) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload dense --gpus 2 --out "$out/$shape-$cell.json" ;;
     ft-qa-qlora)     measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload qa $data --qlora --out "$out/$shape-$cell.json" ;;
-    ft-dense1-qlora) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload dense --dense-batch 1 --dense-steps 30 --qlora --out "$out/$shape-$cell.json" ;;
+    ft-qa-qlora-ckpt) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload qa $data --qlora --gradient-checkpointing on --out "$out/$shape-$cell.json" ;;
+    ft-dense1-qlora) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload dense --dense-batch 1 --dense-steps 30 --qlora --gradient-checkpointing on --out "$out/$shape-$cell.json" ;;
     ft-dense1-qlora-keep) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload dense --dense-batch 1 --dense-steps 30 --qlora --gradient-checkpointing off --out "$out/$shape-$cell.json" ;;
     hf-generate)     measure "$shape-$cell" $hfgpu python3 tools/bench/reference.py generate --model $models/$shape ${GEN_ARGS:-} --out "$out/$shape-$cell.json" ;;
     ft-generate-qlora) measure "$shape-$cell" dotnet $bench generate --model $models/$shape --qlora ${GEN_ARGS:-} --out "$out/$shape-$cell.json" ;;
