@@ -30,6 +30,9 @@ public abstract class ComponentTestContext : BunitContext, IAsyncLifetime
     protected DataImporter Importer { get; } = new(new ExcelTableReader(NullLogger<ExcelTableReader>.Instance));
     private readonly HttpClient _http = new();
 
+    /// <summary>The machine's GPUs as the run queue's pool has them (none: the CPU backend); set before the first render that needs the pool.</summary>
+    protected IReadOnlyList<GpuDevice> Gpus { get; set; } = [];
+
     /// <summary>Where ModelDownloadService downloads from: nothing listens on port 9 unless a test points it at a FakeHub
     /// (set before the first render that needs the service).</summary>
     protected HubOptions HubOptions { get; set; }
@@ -50,6 +53,7 @@ public abstract class ComponentTestContext : BunitContext, IAsyncLifetime
         Services.AddSingleton(Runs.Notifier);
         Queue = new RunQueue(Runs.Store, Runs.Notifier, Runner, NullLogger<RunQueue>.Instance);
         Services.AddSingleton(Queue);
+        Services.AddSingleton(_ => new GpuPool(Gpus));
         Services.AddSingleton(new ArtifactPackager(Runs.Store));
         Services.AddSingleton(sp => new FineTune.Web.Features.Learning.LearningCheckService(Runs.Contexts, Runs.Store, sp.GetRequiredService<FineTune.Web.Features.Chat.IChatGenerator>(),
             sp.GetRequiredService<ArtifactPackager>(), Runs.Notifier, Queue, NullLogger<FineTune.Web.Features.Learning.LearningCheckService>.Instance));

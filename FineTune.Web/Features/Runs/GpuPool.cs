@@ -6,7 +6,10 @@ namespace FineTune.Web.Features.Runs;
 
 /// <summary>What one queued run asks of the machine: every GPU, or one, each with this much memory free.</summary>
 /// <param name="AllGpus">Data parallel on every GPU that can hold it; false: one GPU.</param>
-/// <param name="BytesPerGpu">The run's memory estimate (<see cref="TrainingEstimator.Memory"/>; each replica holds the whole model); 0 when unknown.</param>
+/// <param name="BytesPerGpu">
+/// The least memory the run can need (<see cref="TrainingEstimator.LeastMemory"/>: auto gradient checkpointing counted on;
+/// each replica holds the whole model); 0 when unknown.
+/// </param>
 public sealed record GpuRequest(bool AllGpus, long BytesPerGpu);
 
 /// <summary>The GPUs given to one run until it ends (empty on the CPU backend).</summary>
@@ -58,11 +61,14 @@ public sealed class GpuPool(IReadOnlyList<GpuDevice> gpus)
     /// <summary>What <see cref="GpuChoice.Auto"/> picks: every GPU when there are several and one would take at least <see cref="LongRun"/>.</summary>
     public static bool AutoUsesAllGpus(TimeSpan? estimatedTimeOnOne, int gpuCount) => gpuCount > 1 && estimatedTimeOnOne >= LongRun;
 
-    /// <summary>The request of a queued run: its GPU choice and its memory estimate per GPU.</summary>
+    /// <summary>
+    /// The request of a queued run: its GPU choice and the least memory it needs per GPU (with auto gradient checkpointing
+    /// counted on, so a GPU that holds the run only with it is still a candidate; the run decides against the GPU it gets).
+    /// </summary>
     public GpuRequest RequestFor(TrainingSettings settings, int rows, int totalTokens)
     {
         var shape = ModelCatalog.FactsOf(settings);
-        long bytes = shape is null ? 0 : TrainingEstimator.Memory(shape, settings).Total;
+        long bytes = shape is null ? 0 : TrainingEstimator.LeastMemory(shape, settings).Total;
         TimeSpan? time = shape is null || rows == 0 ? null : TrainingEstimator.Time(shape, totalTokens, settings, cuda: true, Environment.ProcessorCount);
         return new GpuRequest(UsesAllGpus(settings, time, Gpus.Count), bytes);
     }
@@ -76,6 +82,13 @@ public sealed class GpuPool(IReadOnlyList<GpuDevice> gpus)
         var fitting = Gpus.Where(g => g.MemoryBytes >= request.BytesPerGpu).ToList();
         return fitting.Count > 0 || Gpus.Count == 0 ? fitting : [Gpus.MaxBy(g => g.MemoryBytes)!];
     }
+
+    /// <summary>
+    /// The memory of the smallest GPU a run with these settings may train on (of the candidates for its request): what the
+    /// settings page decides its automatic gradient checkpointing against. Null on the CPU backend.
+    /// </summary>
+    public long? SmallestGpuFor(TrainingSettings settings, int rows, int totalTokens) =>
+        Gpus.Count == 0 ? null : Candidates(RequestFor(settings, rows, totalTokens)).Min(g => g.MemoryBytes);
 
     /// <summary>
     /// Takes the GPUs for <paramref name="request"/> if they are free now: for every-GPU runs all candidates, for one-GPU

@@ -26,7 +26,7 @@ public sealed record SettingsWarning(WarningCode Code, object[] Arguments, Actio
     public int? Count { get; init; }
 }
 
-/// <summary>The facts the advice depends on.</summary>
+/// <summary>The facts the advice depends on; <paramref name="DeviceMemoryBytes"/>: on CUDA the smallest GPU the run may get, else the host's memory.</summary>
 public sealed record TrainingContext(int Rows, int RowsTooLong, int TotalTokens, bool Cuda, bool SupportsBFloat16, long? DeviceMemoryBytes, int CpuThreads);
 
 public static class SettingsAdvisor
@@ -56,7 +56,7 @@ public static class SettingsAdvisor
             warnings.Add(new(WarningCode.UnknownModelSize, []));
         else if (context.DeviceMemoryBytes is { } available)
         {
-            var need = TrainingEstimator.Memory(shape, s);
+            var need = TrainingEstimator.Memory(shape, s, context.Cuda ? available : null); // checkpointing as the run will decide it
             if (need.Total > available)
             {
                 Action<TrainingSettings>? fix = !s.FourBit

@@ -39,16 +39,40 @@ public static class TrainingEstimator
     /// </summary>
     public static int EvalInterval(int totalSteps) => Math.Max(1, (int)Math.Ceiling(totalSteps / (double)EvaluationsPerRun));
 
-    /// <summary>Training memory of these settings as they are (4-bit base or not, <see cref="TrainingSettings.FourBit"/>).</summary>
-    public static MemoryEstimate Memory(ModelFacts facts, TrainingSettings s) => Memory(facts, s, s.FourBit);
+    /// <summary>
+    /// Training memory of these settings as they are (4-bit base or not, <see cref="TrainingSettings.FourBit"/>), with
+    /// gradient checkpointing as the run will decide it against <paramref name="gpuBytes"/>: the memory of the GPU the run
+    /// will train on (null: unknown, as on the CPU).
+    /// </summary>
+    public static MemoryEstimate Memory(ModelFacts facts, TrainingSettings s, long? gpuBytes = null) => Memory(facts, s, s.FourBit, gpuBytes);
 
     /// <summary>
     /// Training memory for batch × max length tokens, with or without a 4-bit NF4 base (the model step compares both): the
-    /// engine's one estimate (<see cref="TrainingMemory"/>, from the model's exact facts); the web only shows it.
+    /// engine's one estimate (<see cref="TrainingMemory"/>, from the model's exact facts, auto gradient checkpointing
+    /// resolved by <see cref="TrainingMemory.ResolveCheckpointing"/>); the web only shows it.
     /// </summary>
-    public static MemoryEstimate Memory(ModelFacts facts, TrainingSettings s, bool fourBit) =>
-        TrainingMemory.Estimate(facts, new MemoryQuery(s.ToLoraSettings(), s.BatchSize, s.MaxSeqLength, fourBit, s.DoubleQuantization,
-            s.GradientCheckpointing, ComputeBytes: s.Precision == Precision.Float32 ? 4 : 2));
+    public static MemoryEstimate Memory(ModelFacts facts, TrainingSettings s, bool fourBit, long? gpuBytes = null) =>
+        TrainingMemory.Estimate(facts, Query(s, fourBit, s.GradientCheckpointing), gpuBytes);
+
+    /// <summary>
+    /// The least memory a run of these settings can need: auto gradient checkpointing counted on. What the queue asks of a
+    /// GPU (<see cref="Runs.GpuPool.RequestFor"/>), so that a GPU that holds the run only with checkpointing is still one
+    /// it may get; the run then decides against the GPU it got.
+    /// </summary>
+    public static MemoryEstimate LeastMemory(ModelFacts facts, TrainingSettings s) =>
+        TrainingMemory.Estimate(facts, Query(s, s.FourBit, s.GradientCheckpointing ?? true));
+
+    private static MemoryQuery Query(TrainingSettings s, bool fourBit, bool? checkpointing) =>
+        new(s.ToLoraSettings(), s.BatchSize, s.MaxSeqLength, fourBit, s.DoubleQuantization, checkpointing,
+            ComputeBytes: s.Precision == Precision.Float32 ? 4 : 2);
+
+    /// <summary>The settings summary's line on gradient checkpointing: its resource key ("Summary_Checkpointing_…") and numbers (GB).</summary>
+    public static (string Key, object[] Arguments) CheckpointingLine(CheckpointingChoice choice) => choice.Reason switch
+    {
+        CheckpointingReason.FitsWithout or CheckpointingReason.TooBigWithout =>
+            ("Summary_Checkpointing_" + choice.Reason, [SettingsAdvisor.Gigabytes(choice.BytesWithout ?? 0), SettingsAdvisor.Gigabytes(choice.DeviceBytes ?? 0)]),
+        _ => ($"Summary_Checkpointing_{choice.Reason}_{(choice.On ? "On" : "Off")}", []),
+    };
 
     private static readonly TimeSpan MaxEstimate = TimeSpan.FromDays(3650);
 

@@ -107,7 +107,7 @@ public sealed class RunQueueGpuTests : IAsyncDisposable
     public async Task Each_runs_memory_estimate_is_checked_against_its_gpu()
     {
         var big = new TrainingSettings { Model = "Qwen/Qwen2.5-7B-Instruct", Quantization = Quantization.None, Gpus = GpuChoice.One };
-        long need = TrainingEstimator.Memory(ModelCatalog.FactsOf(big)!, big, fourBit: false).Total;
+        long need = TrainingEstimator.LeastMemory(ModelCatalog.FactsOf(big)!, big).Total; // what the queue asks of a GPU
         var (queue, pool) = await StartAsync(new GpuDevice(0, "Small fake GPU", need / 2), new GpuDevice(1, "Large fake GPU", need * 2));
         int first = await NewRunAsync(big), second = await NewRunAsync(big);
         await queue.EnqueueAsync(first);
