@@ -1,0 +1,64 @@
+using FineTune.Engine.Backend;
+using FineTune.Tests.Support;
+using FineTune.Tests.Web.Support;
+using FineTune.Web.Features.Runs;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Playwright;
+
+namespace FineTune.Tests.Web.EndToEnd;
+
+/// <summary>
+/// The settings summary's gradient checkpointing line in a real browser, zh-TW and English: on this CPU machine the
+/// tutorial's 4-bit run keeps the default (on); with the app's GPU pool given a fake H200, auto turns it off and says the
+/// GPU has the memory. Screenshots 3-settings-checkpointing-{cpu,h200} (the page) and -summary (the summary box).
+/// </summary>
+[Collection(nameof(WizardEndToEndTests))]
+[Trait(Category.Name, Category.EndToEnd)]
+[Trait(Category.Name, Category.Slow)]
+public sealed class SettingsCheckpointingEndToEndTests
+{
+    private static readonly GpuDevice FakeH200 = new(0, "Fake H200", 141_000_000_000);
+
+    [BrowserFact]
+    public Task Cpu_in_zh_TW() => SettingsStepAsync("zh-TW", gpu: null, on: true, "梯度檢查點：開啟（4-bit 基礎模型的預設；沒有 GPU 記憶體可依據）");
+
+    [BrowserFact]
+    public Task Cpu_in_english() => SettingsStepAsync("en", gpu: null, on: true, "Gradient checkpointing: on, the default with a 4-bit base (no GPU memory to decide by)");
+
+    [BrowserFact]
+    public Task Fake_h200_in_zh_TW() => SettingsStepAsync("zh-TW", FakeH200, on: false, "梯度檢查點：關閉，GPU 記憶體足夠：不開啟約需", "GPU 有 141.0 GB");
+
+    [BrowserFact]
+    public Task Fake_h200_in_english() => SettingsStepAsync("en", FakeH200, on: false, "Gradient checkpointing: off, the GPU has the memory: without it the run needs about", "of the GPU's 141.0 GB");
+
+    private static async Task SettingsStepAsync(string locale, GpuDevice? gpu, bool on, params string[] texts)
+    {
+        using var app = new WebAppHost(
+            services => { if (gpu is not null) services.AddSingleton(new GpuPool([gpu])); },
+            new Dictionary<string, string?> { ["FineTune:ModelRoots:0"] = TestFiles.Fixture("models") });
+        await using var browser = await BrowserSession.StartAsync(app.BaseAddress, locale);
+        var page = browser.Page;
+        string name = $"{(locale == "en" ? "en-" : "")}3-settings-checkpointing-{(gpu is null ? "cpu" : "h200")}";
+        try
+        {
+            // The default preset (Qwen2.5-0.5B-Instruct, 4-bit) and the tutorial's workbook, as a first-time user goes.
+            await browser.GotoAsync("/");
+            await page.Locator("[data-testid=model-next]").ClickAsync();
+            await Assertions.Expect(page.Locator("[data-testid=step-data]")).ToBeVisibleAsync();
+            await BrowserSession.ActUntilAsync(() => page.Locator("[data-testid=step-data] input[type=file]").Last.SetInputFilesAsync(TestFiles.Sample("tutorial-qa.xlsx")),
+                timeout => Assertions.Expect(page.Locator("[data-testid=data-usable]")).ToContainTextAsync("5", new() { Timeout = timeout }), timeoutMs: 20_000);
+            await page.Locator("[data-testid=data-next]").ClickAsync();
+
+            var line = page.Locator("[data-testid=summary-checkpointing]");
+            await Assertions.Expect(line).ToHaveAttributeAsync("data-on", on ? "true" : "false");
+            foreach (string text in texts) await Assertions.Expect(line).ToContainTextAsync(text);
+            await browser.ScreenshotAsync(name);
+            await page.Locator("[data-testid=settings-summary]").ScreenshotAsync(new LocatorScreenshotOptions { Path = Path.Combine(browser.ScreenshotDirectory, name + "-summary.png") });
+        }
+        catch
+        {
+            await browser.RecordFailureAsync(name);
+            throw;
+        }
+    }
+}
