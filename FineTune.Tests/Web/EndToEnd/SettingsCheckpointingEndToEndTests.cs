@@ -1,7 +1,9 @@
 using FineTune.Engine.Backend;
 using FineTune.Tests.Support;
 using FineTune.Tests.Web.Support;
+using FineTune.Web.Features.Models;
 using FineTune.Web.Features.Runs;
+using FineTune.Web.Features.Settings;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Playwright;
 
@@ -10,7 +12,8 @@ namespace FineTune.Tests.Web.EndToEnd;
 /// <summary>
 /// The settings summary's gradient checkpointing line in a real browser, zh-TW and English: on this CPU machine the
 /// tutorial's 4-bit run keeps the default (on); with the app's GPU pool given a fake H200, auto turns it off and says the
-/// GPU has the memory. Screenshots 3-settings-checkpointing-{cpu,h200} (the page) and -summary (the summary box).
+/// GPU has the memory; with a GPU that holds the run only with it, it stays on and says why. Screenshots
+/// 3-settings-checkpointing-{cpu,h200,small} (the page) and -summary (the summary box).
 /// </summary>
 [Collection(nameof(WizardEndToEndTests))]
 [Trait(Category.Name, Category.EndToEnd)]
@@ -20,25 +23,42 @@ public sealed class SettingsCheckpointingEndToEndTests
     private static readonly GpuDevice FakeH200 = new(0, "Fake H200", 141_000_000_000);
 
     [BrowserFact]
-    public Task Cpu_in_zh_TW() => SettingsStepAsync("zh-TW", gpu: null, on: true, "梯度檢查點：開啟（4-bit 基礎模型的預設；沒有 GPU 記憶體可依據）");
+    public Task Cpu_in_zh_TW() => SettingsStepAsync("zh-TW", gpu: null, "cpu", on: true, "梯度檢查點：開啟（4-bit 基礎模型的預設；沒有 GPU 記憶體可依據）");
 
     [BrowserFact]
-    public Task Cpu_in_english() => SettingsStepAsync("en", gpu: null, on: true, "Gradient checkpointing: on, the default with a 4-bit base (no GPU memory to decide by)");
+    public Task Cpu_in_english() => SettingsStepAsync("en", gpu: null, "cpu", on: true, "Gradient checkpointing: on, the default with a 4-bit base (no GPU memory to decide by)");
 
     [BrowserFact]
-    public Task Fake_h200_in_zh_TW() => SettingsStepAsync("zh-TW", FakeH200, on: false, "梯度檢查點：關閉，GPU 記憶體足夠：不開啟約需", "GPU 有 141.0 GB");
+    public Task Fake_h200_in_zh_TW() => SettingsStepAsync("zh-TW", FakeH200, "h200", on: false, "梯度檢查點：關閉，GPU 記憶體足夠：不開啟約需", "GPU 有 141.0 GB");
 
     [BrowserFact]
-    public Task Fake_h200_in_english() => SettingsStepAsync("en", FakeH200, on: false, "Gradient checkpointing: off, the GPU has the memory: without it the run needs about", "of the GPU's 141.0 GB");
+    public Task Fake_h200_in_english() => SettingsStepAsync("en", FakeH200, "h200", on: false, "Gradient checkpointing: off, the GPU has the memory: without it the run needs about", "of the GPU's 141.0 GB");
 
-    private static async Task SettingsStepAsync(string locale, GpuDevice? gpu, bool on, params string[] texts)
+    /// <summary>
+    /// A GPU that holds the tutorial's default run (the default preset in 4 bits) only with checkpointing: halfway between
+    /// the run's memory with it and without it (the settings page's defaults are TrainingSettings' own).
+    /// </summary>
+    [BrowserFact]
+    public Task Gpu_too_small_without_it_in_english()
+    {
+        var defaults = new TrainingSettings();
+        var shape = ModelCatalog.FactsOf(defaults)!;
+        long with = TrainingEstimator.Memory(shape, defaults, gpuBytes: 1).Total;
+        long without = TrainingEstimator.Memory(shape, defaults, gpuBytes: 1L << 50).Total;
+        var gpu = new GpuDevice(0, "Fake small GPU", (with + without) / 2);
+        return SettingsStepAsync("en", gpu, "small", on: true, $"Gradient checkpointing: on, without it the run would need about {SettingsAdvisor.Gigabytes(without)} GB, " +
+            $"too much of the GPU's {SettingsAdvisor.Gigabytes(gpu.MemoryBytes)} GB");
+    }
+
+    /// <summary>Model (default preset) → data (the tutorial's workbook) → settings; the line's on/off and texts; screenshots named by <paramref name="shot"/>.</summary>
+    private static async Task SettingsStepAsync(string locale, GpuDevice? gpu, string shot, bool on, params string[] texts)
     {
         using var app = new WebAppHost(
             services => { if (gpu is not null) services.AddSingleton(new GpuPool([gpu])); },
             new Dictionary<string, string?> { ["FineTune:ModelRoots:0"] = TestFiles.Fixture("models") });
         await using var browser = await BrowserSession.StartAsync(app.BaseAddress, locale);
         var page = browser.Page;
-        string name = $"{(locale == "en" ? "en-" : "")}3-settings-checkpointing-{(gpu is null ? "cpu" : "h200")}";
+        string name = $"{(locale == "en" ? "en-" : "")}3-settings-checkpointing-{shot}";
         try
         {
             // The default preset (Qwen2.5-0.5B-Instruct, 4-bit) and the tutorial's workbook, as a first-time user goes.
