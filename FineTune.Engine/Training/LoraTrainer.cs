@@ -105,9 +105,13 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         model.Module.train();
         // Padded packed rows: every shape's graph before the first step, the largest first (MicroBatchGraphs.CaptureAll).
         if (_padTo is not null && graphs is not null)
+        {
             graphs.CaptureAll(shape => Batching.Placeholder(shape, device),
                 b => ForwardBackward(b, microBatch, scaler is not null, options.LossChunkSize, workingCopies),
                 () => microBatch.DropoutSeed is { } seed ? DropoutDraws.Begin(seed, 0) : null);
+            // The captures ran the managed autograd functions; their contexts go now, since steps that only replay do not collect.
+            collector?.AfterStep(force: true);
+        }
         try
         {
             for (int step = startStep; step < totalSteps; step++)
@@ -132,14 +136,15 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
                 double lr = options.LearningRate * schedule.Factor(step);
                 optimizer.LearningRate = lr;
 
-                var (loss, gradNorm, tokens, skipped) = Step(step, window, data.Train, options, optimizer, workingCopies, scaler, microBatch, graphs, cancellationToken);
+                var (loss, gradNorm, tokens, skipped, allReplayed) = Step(step, window, data.Train, options, optimizer, workingCopies, scaler, microBatch, graphs, cancellationToken);
                 bool last = step + 1 == totalSteps;
                 if (graphs?.Failure is { } graphsOff && !graphsOffLogged)
                 {
                     _logger.LogWarning("Training continues without CUDA graphs: a capture failed ({Reason}).", graphsOff);
                     graphsOffLogged = true;
                 }
-                collector?.AfterStep(force: last);
+                // A step whose micro-batches all replayed graphs ran no managed autograd function: nothing for a collection to free.
+                if (!allReplayed || last) collector?.AfterStep(force: last);
                 tokensSeen += tokens;
                 double epochReached = (double)(step + 1) / stepsPerEpoch;
                 double? evalLoss = null;
@@ -187,8 +192,8 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         finally
         {
             if (graphs is not null)
-                _logger.LogInformation("CUDA graphs: {Replays} micro-batches replayed from {Captures} captured shapes{Failure}; GPU memory {Memory}", graphs.Replays, graphs.Captures,
-                    graphs.Failure is { } f ? $"; off after a failed capture ({f})" : "", graphs.MemoryTrace);
+                _logger.LogInformation("CUDA graphs: {Replays} micro-batches replayed from {Captures} captured shapes{Failure}; GPU memory {Memory}; host between steps {Gap}",
+                    graphs.Replays, graphs.Captures, graphs.Failure is { } f ? $"; off after a failed capture ({f})" : "", graphs.MemoryTrace, _hostGap.Summary);
             foreach (var layer in adapterLayers) layer.DropoutGenerator = null;
             model.Module.eval();
         }
@@ -363,7 +368,33 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         workingCopies?.AccumulateGradients();
     }
 
-    private (double Loss, double GradNorm, long Tokens, bool Skipped) Step(int step, List<int[]> window, IReadOnlyList<TrainingExample> rows, TrainingOptions options,
+    /// <summary>
+    /// The host's time from reading a step's loss (the device has then finished everything queued) to queuing the next step's
+    /// first micro-batch, where the device has nothing to do but the optimizer's few kernels: what a step with graphs costs
+    /// beyond its kernels (on a data-parallel replica, including the wait for the slower replica). Host clock only, no sync.
+    /// </summary>
+    private readonly HostGapClock _hostGap = new();
+
+    private sealed class HostGapClock
+    {
+        private readonly Stopwatch _clock = new();
+        private TimeSpan _total;
+        private int _gaps;
+
+        public void AfterRead() => _clock.Restart();
+
+        public void BeforeQueue()
+        {
+            if (!_clock.IsRunning) return;
+            _total += _clock.Elapsed;
+            _gaps++;
+            _clock.Reset();
+        }
+
+        public string Summary => _gaps == 0 ? "not measured" : $"{_total.TotalMilliseconds / _gaps:F2} ms a step over {_gaps} steps";
+    }
+
+    private (double Loss, double GradNorm, long Tokens, bool Skipped, bool AllReplayed) Step(int step, List<int[]> window, IReadOnlyList<TrainingExample> rows, TrainingOptions options,
         FlatAdamW optimizer, AdapterWorkingCopies? workingCopies, LossScaler? scaler, MicroBatchTensors microBatch, MicroBatchGraphs? graphs,
         CancellationToken cancellationToken)
     {
@@ -387,6 +418,9 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
                 if (scaler is not null) microBatch.LossScale.fill_(scaler.Scale);
             }
             int microBatchIndex = 0;
+            // Replayed without a capture in this step: no managed autograd function ran (see the collector in Train).
+            bool allReplayed = graphs is not null;
+            int capturesBefore = graphs?.Captures ?? 0;
             foreach (var indices in share)
             {
                 if (Replica is null) cancellationToken.ThrowIfCancellationRequested();
@@ -399,8 +433,10 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
                 long dropoutSeed = DropoutDraws.SeedFor(options.Seed, step, microBatchIndex++, Replica?.Rank ?? 0);
                 void Work(TrainingBatch b) => ForwardBackward(b, microBatch, scaler is not null, options.LossChunkSize, workingCopies);
                 bool replayed;
+                _hostGap.BeforeQueue();
                 using (microBatch.DropoutSeed is { } seed ? DropoutDraws.Begin(seed, dropoutSeed) : null)
                     replayed = graphs?.TryRun(batch, Work) == true;
+                allReplayed &= replayed;
                 // Begun again: a capture that failed had drawn keys, and the micro-batch's draws count from 0.
                 if (!replayed)
                     using (microBatch.DropoutSeed is { } seed ? DropoutDraws.Begin(seed, dropoutSeed) : null)
@@ -419,6 +455,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
             // which is the overflow check the loss scaler needs.
             var gradNormTensor = optimizer.ClipGradNorm(options.MaxGradNorm);
             var values = cat([lossSum, gradNormTensor.to(ScalarType.Float64).reshape(1)]).cpu().data<double>().ToArray(); // the step's one host read
+            if (graphs is not null) _hostGap.AfterRead();
             double lossValue = values[0], gradNorm = values[1];
             bool finite = double.IsFinite(gradNorm);
             if (finite)
@@ -429,7 +466,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
             else if (scaler is null) _logger.LogWarning("The gradient norm is {Norm}; the step was skipped. Lower the learning rate if this repeats.", gradNorm);
             scaler?.Update(finite);
             PhaseClock?.End(StepPhaseClock.Optimizer);
-            return (lossValue, gradNorm, tokens, scaler is not null && !finite);
+            return (lossValue, gradNorm, tokens, scaler is not null && !finite, allReplayed && graphs!.Captures == capturesBefore);
         }
         catch (Exception e) when (IsOutOfMemory(e))
         {
