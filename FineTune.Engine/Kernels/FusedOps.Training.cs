@@ -207,7 +207,8 @@ public static unsafe partial class FusedOps
     /// dx of RoPE (<see cref="Rotary"/>) from dy (B, nH, T, hD), as the torch ops' graph of x·cos + roll(x, hD/2)·signedSin
     /// computes it with the tables frozen: each product's gradient dy·table rounded to x's dtype, roll's sent back by
     /// roll(−hD/2), the two added as x's gradient buffer adds them (rounded once from fp32). So dx[k] = T(T(dy[k]·cos[k]) +
-    /// T(dy[k′]·signedSin[k′])) with k′ = (k + hD/2) mod hD. The kernel's result is contiguous.
+    /// T(dy[k′]·signedSin[k′])) with k′ = (k + hD/2) mod hD. The kernel's result is laid out (B, T, nH, hD), as the
+    /// projection's output it goes back to.
     /// </summary>
     internal static Tensor RotaryBackward(Tensor dy, Tensor cos, Tensor signedSin)
     {

@@ -194,22 +194,24 @@ public static unsafe partial class FusedOps
 
     /// <summary>
     /// <paramref name="kernel"/>_ (rotary_, or rotary_backward_ on a gradient) of x (B, nH, T, hD) in the layout it reads
-    /// (hD contiguous, any other strides; the tables (B|1, 1, T, hD) with one layout and hD contiguous): a contiguous
-    /// (B, nH, T, hD). Null where it does not run.
+    /// (hD contiguous, any other strides; the tables (B|1, 1, T, hD) with one layout and hD contiguous): a (B, nH, T, hD)
+    /// view of values laid out (B, T, nH, hD). That is flash attention's layout, so its output (allocated like q) reshapes
+    /// to (B, T, nH·hD) without a copy, and the projections' layout, so the gradient reaches them without one (7B: four
+    /// copies of q's size a layer before). Null where it does not run.
     /// </summary>
     private static Tensor? RotaryKernel(string kernel, Tensor x, Tensor cos, Tensor signedSin)
     {
         if (!CudaKernels.On(x.device) || Suffix(x.dtype) is not string suffix || !RotaryShapes(x, cos, signedSin) || x.stride(3) != 1
-            || cos.stride(3) != 1 || !cos.stride().SequenceEqual(signedSin.stride()))
+            || cos.stride(3) != 1 || !cos.stride().SequenceEqual(signedSin.stride()) || x.numel() / 2 > uint.MaxValue)
             return null;
-        var y = empty(x.shape, x.dtype, x.device);
-        ulong px = CudaKernels.Pointer(x), pc = CudaKernels.Pointer(cos), ps = CudaKernels.Pointer(signedSin), py = CudaKernels.Pointer(y);
         int heads = (int)x.shape[1], tokens = (int)x.shape[2], d = (int)x.shape[3];
+        using var rows = empty([x.shape[0], tokens, heads, d], x.dtype, x.device);     // (B, T, nH, hD)
+        ulong px = CudaKernels.Pointer(x), pc = CudaKernels.Pointer(cos), ps = CudaKernels.Pointer(signedSin), py = CudaKernels.Pointer(rows);
         long xb = x.stride(0), xh = x.stride(1), xt = x.stride(2);
         long cb = cos.shape[0] == 1 ? 0 : cos.stride(0), ct = cos.stride(2);
-        long total = x.numel();
-        void** args = stackalloc void*[] { &px, &pc, &ps, &py, &heads, &tokens, &d, &xb, &xh, &xt, &cb, &ct, &total };
-        CudaKernels.Launch(x.device, $"{kernel}_{suffix}", (total + Threads - 1) / Threads, Threads, args);
-        return y;
+        long pairs = x.numel() / 2;                                                    // the kernel's index arithmetic is 32-bit
+        void** args = stackalloc void*[] { &px, &pc, &ps, &py, &heads, &tokens, &d, &xb, &xh, &xt, &cb, &ct, &pairs };
+        CudaKernels.Launch(x.device, $"{kernel}_{suffix}", (pairs + Threads - 1) / Threads, Threads, args);
+        return rows.transpose(1, 2);                                                   // (B, nH, T, hD)
     }
 }

@@ -203,24 +203,26 @@ extern "C" __global__ void silu_mul16_##SUFFIX(const T* gate, const T* up, T* y,
 }                                                                                                                     \
                                                                                                                       \
 /* RoPE: y = T(x * cos) + T(roll(x, d/2) * signed_sin), rounded as torch's three ops (AttentionOps.ApplyRotary).      \
-   x (B, nH, T, d) with any strides; cos and signed_sin (B, 1, T, d) with strides (cb, ct, 1); y contiguous. */       \
+   x (B, nH, T, d) with any strides but d's; cos and signed_sin (B, 1, T, d) with strides (cb, ct, 1); y written in    \
+   (B, T, nH, d) order, the layout flash attention takes and the projections' gradients come in. One thread per pair   \
+   (k, k + d/2), which read each other's x; the index arithmetic in 32 bits (the host keeps pairs below 2^32): one     \
+   thread per value in 64-bit divisions ran at a sixth of the memory's speed. */                                      \
 extern "C" __global__ void rotary_##SUFFIX(const T* x, const T* cos, const T* sin, T* y, int heads, int tokens,      \
-    int d, long long xb, long long xh, long long xt, long long cb, long long ct, long long total)                       \
+    int d, long long xb, long long xh, long long xt, long long cb, long long ct, long long pairs)                       \
 {                                                                                                                     \
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;                                                   \
-    if (i >= total) return;                                                                                           \
-    int k = (int)(i % d);                                                                                             \
-    long long r = i / d;                                                                                              \
-    int t = (int)(r % tokens); r /= tokens;                                                                           \
-    int hh = (int)(r % heads);                                                                                        \
-    long long b = r / heads;                                                                                          \
-    long long base = b * xb + hh * xh + t * xt;                                                                       \
-    long long c = b * cb + t * ct + k;                                                                                \
-    int half = d >> 1;                                                                                                \
-    float rolled = TO_F32(x[base + (k < half ? k + half : k - half)]);                                                \
-    float p = TO_F32(FROM_F32(TO_F32(x[base + k]) * TO_F32(cos[c])));                                                 \
-    float q = TO_F32(FROM_F32(rolled * TO_F32(sin[c])));                                                              \
-    y[i] = FROM_F32(p + q);                                                                                           \
+    long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;                                                   \
+    if (p >= pairs) return;                                                                                           \
+    unsigned int half = (unsigned int)d >> 1, r = (unsigned int)p;                                                    \
+    unsigned int j = r % half; r /= half;                                                                             \
+    unsigned int hh = r % (unsigned int)heads; r /= (unsigned int)heads;                                              \
+    unsigned int t = r % (unsigned int)tokens, b = r / (unsigned int)tokens;                                          \
+    const T* xr = x + b * xb + hh * xh + t * xt;                                                                      \
+    long long c = b * cb + t * ct;                                                                                    \
+    T* yr = y + (((long long)b * tokens + t) * heads + hh) * d;                                                       \
+    float lo = TO_F32(xr[j]), hi = TO_F32(xr[j + half]);                                                              \
+    /* y[k] = T(T(x[k] * cos[k]) + T(x[k'] * signed_sin[k])), k' = (k + d/2) mod d */                                 \
+    yr[j] = FROM_F32(TO_F32(FROM_F32(lo * TO_F32(cos[c + j]))) + TO_F32(FROM_F32(hi * TO_F32(sin[c + j]))));           \
+    yr[j + half] = FROM_F32(TO_F32(FROM_F32(hi * TO_F32(cos[c + j + half]))) + TO_F32(FROM_F32(lo * TO_F32(sin[c + j + half])))); \
 }
 
 DEFINE_KERNELS(f32, float, load_f32, store_f32)
@@ -405,24 +407,23 @@ extern "C" __global__ void silu_mul_backward16_##SUFFIX(const T* dy, const T* ga
 /* RoPE's input gradient, as autograd of rotary_'s torch ops (x * cos + roll(x, d/2) * signed_sin, the tables frozen) \
    computes it: each product's gradient T(dy * table), roll's sent back by roll(-d/2), the two added in fp32 and      \
    rounded once (x's gradient buffer): dx[k] = T(T(dy[k] * cos[k]) + T(dy[k'] * signed_sin[k'])),                     \
-   k' = (k + d/2) mod d. dy (B, nH, T, d) with strides (db, dh, dt, 1); tables and dx as rotary_'s. */                \
+   k' = (k + d/2) mod d. dy (B, nH, T, d) with strides (db, dh, dt, 1); tables as rotary_'s; dx written in            \
+   (B, T, nH, d) order, as the projections' output it goes back to. One thread per pair, as rotary_. */                \
 extern "C" __global__ void rotary_backward_##SUFFIX(const T* dy, const T* cos, const T* sin, T* dx, int heads,        \
-    int tokens, int d, long long db, long long dh, long long dt, long long cb, long long ct, long long total)         \
+    int tokens, int d, long long db, long long dh, long long dt, long long cb, long long ct, long long pairs)         \
 {                                                                                                                     \
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;                                                   \
-    if (i >= total) return;                                                                                           \
-    int k = (int)(i % d);                                                                                             \
-    long long r = i / d;                                                                                              \
-    int t = (int)(r % tokens); r /= tokens;                                                                           \
-    int hh = (int)(r % heads);                                                                                        \
-    long long b = r / heads;                                                                                          \
-    long long base = b * db + hh * dh + t * dt;                                                                       \
+    long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;                                                   \
+    if (p >= pairs) return;                                                                                           \
+    unsigned int half = (unsigned int)d >> 1, r = (unsigned int)p;                                                    \
+    unsigned int j = r % half; r /= half;                                                                             \
+    unsigned int hh = r % (unsigned int)heads; r /= (unsigned int)heads;                                              \
+    unsigned int t = r % (unsigned int)tokens, b = r / (unsigned int)tokens;                                          \
+    const T* dyr = dy + b * db + hh * dh + t * dt;                                                                    \
     long long c = b * cb + t * ct;                                                                                    \
-    int half = d >> 1;                                                                                                \
-    int rolled = k < half ? k + half : k - half;                                                                      \
-    float p = TO_F32(FROM_F32(TO_F32(dy[base + k]) * TO_F32(cos[c + k])));                                            \
-    float q = TO_F32(FROM_F32(TO_F32(dy[base + rolled]) * TO_F32(sin[c + rolled])));                                  \
-    dx[i] = FROM_F32(p + q);                                                                                          \
+    T* dxr = dx + (((long long)b * tokens + t) * heads + hh) * d;                                                     \
+    float lo = TO_F32(dyr[j]), hi = TO_F32(dyr[j + half]);                                                            \
+    dxr[j] = FROM_F32(TO_F32(FROM_F32(lo * TO_F32(cos[c + j]))) + TO_F32(FROM_F32(hi * TO_F32(sin[c + j + half])))); \
+    dxr[j + half] = FROM_F32(TO_F32(FROM_F32(hi * TO_F32(cos[c + j + half]))) + TO_F32(FROM_F32(lo * TO_F32(sin[c + j])))); \
 }
 
 DEFINE_TRAINING_KERNELS(f32, float, load_f32, store_f32)

@@ -184,6 +184,9 @@ internal static class TrainingKernelCases
             var leaf = projected.detach().clone().requires_grad_(true);
             var x = leaf.narrow(-1, column * d, heads * d).view(batch, tokens, heads, d).transpose(1, 2);    // (B, nH, T, 128)
             var y = FusedOps.Rotary(x, cos, signedSin);
+            // The kernel lays its output out (B, T, nH, hD), flash attention's layout, so attention needs no copy of q.
+            if (!FusedOps.PlainAutograd && !y.transpose(1, 2).is_contiguous())
+                throw new InvalidOperationException("the RoPE kernel's output is not laid out (B, T, nH, hD)");
             y.backward([dy]);
             return cat([y.detach().flatten(), leaf.grad!.flatten()]);
         }
