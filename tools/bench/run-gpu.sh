@@ -26,10 +26,11 @@ models=/tmp/bench-models; mkdir -p $models
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$out/gpu.txt"
 
 # measure NAME COMMAND...: runs COMMAND with nvidia-smi sampling used memory every 100 ms; adds peak_device_bytes
-# (the largest any one GPU used).
+# (the largest any one GPU used; PEAK_GPUS, e.g. "1" or "0,1", limits that to the cell's GPUs when another process
+# computes on the machine's other GPU at the same time).
 measure() {
   local name=$1; shift
-  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > /tmp/mem.$name.txt &
+  nvidia-smi ${PEAK_GPUS:+--id=$PEAK_GPUS} --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > /tmp/mem.$name.txt &
   local sampler=$!
   "$@" > /tmp/log.$name.txt 2>&1; local rc=$?
   kill $sampler; wait $sampler 2>/dev/null
