@@ -120,8 +120,9 @@ public static unsafe partial class FusedOps
             int width = (int)h;
             float epsilon = (float)eps;
             void** args = stackalloc void*[] { &px, &pd, &pw, &py, &width, &epsilon };
-            // The block size of rms_norm_, so the sums of squares add in the same order.
-            CudaKernels.Launch(x.device, $"add_rms_norm_{suffix}", x.numel() / Math.Max(1, h), h >= 1024 ? 1024 : 256, args);
+            // rms_norm_'s form and block size (NormLaunch), so the sums of squares add in the same order.
+            var (kernel, threads) = NormLaunch("add_rms_norm", h, px | pd | pw | py);
+            CudaKernels.Launch(x.device, $"{kernel}_{suffix}", x.numel() / Math.Max(1, h), threads, args);
             return (delta, y);
         }
         var sum = x.Plus(delta);

@@ -81,7 +81,8 @@ public static unsafe partial class FusedOps
             int width = (int)h;
             float epsilon = (float)eps;
             void** args = stackalloc void*[] { &px, &pw, &py, &pr, &width, &epsilon };
-            CudaKernels.Launch(x.device, $"rms_norm_rstd_{suffix}", x.numel() / Math.Max(1, h), h >= 1024 ? 1024 : 256, args);
+            var (kernel, threads) = NormLaunch("rms_norm_rstd", h, px | pw | py);        // as RmsNorm's no-gradient kernel picks
+            CudaKernels.Launch(x.device, $"{kernel}_{suffix}", x.numel() / Math.Max(1, h), threads, args);
             return (y, rstd);
         }
         using var scope = NewDisposeScope();
@@ -106,7 +107,8 @@ public static unsafe partial class FusedOps
             ulong pdy = CudaKernels.Pointer(dyc), px = CudaKernels.Pointer(x), pw = CudaKernels.Pointer(weight), pr = CudaKernels.Pointer(rstd), pdx = CudaKernels.Pointer(dx);
             int width = (int)h;
             void** args = stackalloc void*[] { &pdy, &px, &pw, &pr, &pdx, &width };
-            CudaKernels.Launch(x.device, $"rms_norm_backward_{suffix}", x.numel() / Math.Max(1, h), h >= 1024 ? 1024 : 256, args);
+            var (kernel, threads) = NormLaunch("rms_norm_backward", h, pdy | px | pw | pdx);
+            CudaKernels.Launch(x.device, $"{kernel}_{suffix}", x.numel() / Math.Max(1, h), threads, args);
             return dx;
         }
         using var scope = NewDisposeScope();

@@ -53,7 +53,8 @@ internal static class DecodeKernelCases
                 }
                 return (Run(true), Run(false));
             });
-        foreach (int width in new[] { 3584, 896 }) // 1024 threads a row, and 256
+        // 3584 and 896: 16 values a thread (FusedOps.NormLaunch); 1030 and 900: one a thread, blocks of 1024 and 256.
+        foreach (int width in new[] { 3584, 896, 1030, 900 })
             yield return ($"add rms norm 3x{width}", 0, () =>
             {
                 var x = (randn(3, 1, width, device: device) * 3).to(dtype);

@@ -41,6 +41,25 @@ internal static class TrainingKernelCases
             var dy = randn(3, 37, 3584, device: device).to(dtype);
             return Both(t => FusedOps.RmsNorm(t[0], weight, 1e-6), [x], dy, outputToo: false);
         });
+        // The training kernel's y against the no-gradient kernel's: bit for bit, or a checkpointed layer's recompute would
+        // not see the activations its first pass made. 3584: 16 values a thread; 1030: one a thread.
+        foreach (int width in new[] { 3584, 1030 })
+            yield return ($"rms norm train fwd = no-gradient kernel, width {width}", 0, () =>
+            {
+                var x = (randn(3, 37, width, device: device) * 3).to(dtype);
+                var weight = (randn(width, device: device) * 0.1 + 1).to(dtype);
+                Tensor noGradient;
+                using (no_grad()) noGradient = FusedOps.RmsNorm(x, weight, 1e-6);
+                using var _ = enable_grad();
+                return (FusedOps.RmsNorm(x.clone().requires_grad_(true), weight, 1e-6).detach(), noGradient);
+            });
+        yield return ("rms norm grad 3x37x1030", bound, () =>
+        {
+            var x = (randn(3, 37, 1030, device: device) * 3).to(dtype);
+            var weight = (randn(1030, device: device) * 0.1 + 1).to(dtype);
+            var dy = randn(3, 37, 1030, device: device).to(dtype);
+            return Both(t => FusedOps.RmsNorm(t[0], weight, 1e-6), [x], dy, outputToo: false);
+        });
         yield return ("rms norm train fwd", bound, () =>
         {
             var x = (randn(3, 37, 3584, device: device) * 3).to(dtype);
