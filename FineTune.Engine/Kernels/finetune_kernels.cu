@@ -88,6 +88,19 @@ __device__ float block_sum(float v, float* shared)   // shared: 32 floats; every
     return warp_sum(v);
 }
 
+// RoPE's pair p of the (B, nH, T, d/2) pairs (k, k + d/2): its batch, head, token and k, in 32-bit arithmetic (the host
+// keeps pairs below 2^32), and where its output row starts in (B, T, nH, d) order. rotary_ and rotary_backward_ take a
+// pair a thread.
+__device__ __forceinline__ long long rotary_pair(long long p, int d, int heads, int tokens,
+    unsigned int& b, unsigned int& hh, unsigned int& t, unsigned int& j)
+{
+    unsigned int half = (unsigned int)d >> 1, r = (unsigned int)p;
+    j = r % half; r /= half;
+    hh = r % (unsigned int)heads; r /= (unsigned int)heads;
+    t = r % (unsigned int)tokens; b = r / (unsigned int)tokens;
+    return (((long long)b * tokens + t) * heads + hh) * d;
+}
+
 // The 16 NF4 values (bitsandbytes' table); Nf4.Code in C#.
 __constant__ float NF4[16] = {
     -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
@@ -166,43 +179,56 @@ extern "C" __global__ void nf4_matvec_##SUFFIX(const u8* packed, const float* ab
     if (lane == 0) y[row] = FROM_F32(acc);                                                                            \
 }                                                                                                                     \
                                                                                                                       \
-/* RMSNorm of rows of width h: y = w * T(x * rsqrt(mean(x^2) + eps)), the mean in fp32 (RmsNorm.forward). */          \
-extern "C" __global__ void rms_norm_##SUFFIX(const T* x, const T* weight, T* y, int h, float eps)                   \
+/* RMSNorm of rows of width h: y = w * T(x * rsqrt(mean(x^2) + eps)), the mean in fp32 (RmsNorm.forward). One row a   \
+   block in two forms that FusedOps.NormLaunch picks alike for every norm kernel, so their sums add in one order: one \
+   value a thread (any width), or 16 values a thread with vector loads (rows of a multiple of 16, 16-byte aligned; one \
+   value a thread in blocks of 1024 ran a 7B row set at 1.1 TB/s). Each thread sums its squares in order, then the block. */ \
+__device__ __forceinline__ float rms_scale_##SUFFIX(const T* row, int h, float eps, float* shared)                    \
 {                                                                                                                     \
-    __shared__ float shared[32];                                                                                      \
-    const T* row = x + (long long)blockIdx.x * h;                                                                     \
-    T* out = y + (long long)blockIdx.x * h;                                                                           \
     float sum = 0.0f;                                                                                                 \
     for (int i = threadIdx.x; i < h; i += blockDim.x) { float v = TO_F32(row[i]); sum += v * v; }                     \
     sum = block_sum(sum, shared);                                                                                     \
-    float scale = rsqrtf(sum / (float)h + eps);                                                                       \
+    return rsqrtf(sum / (float)h + eps);                                                                              \
+}                                                                                                                     \
+__device__ __forceinline__ void rms_apply_##SUFFIX(const T* row, const T* weight, T* out, int h, float scale)         \
+{                                                                                                                     \
     for (int i = threadIdx.x; i < h; i += blockDim.x)                                                                 \
         out[i] = FROM_F32(TO_F32(weight[i]) * TO_F32(FROM_F32(TO_F32(row[i]) * scale)));                              \
 }                                                                                                                     \
-                                                                                                                      \
-/* rms_norm_ 16 values a thread (rows of a width that is a multiple of 16, 16-byte aligned; FusedOps.NormLaunch):     \
-   each thread sums the squares of its 16 in order, then the block sum; the same rounding per value. One value a      \
-   thread in blocks of 1024 ran a 7B row set at 1.1 TB/s. */                                                          \
+__device__ __forceinline__ float rms_scale16_##SUFFIX(const T* row, int h, float eps, float* shared)                  \
+{                                                                                                                     \
+    float sum = 0.0f;                                                                                                 \
+    for (int c = threadIdx.x * 16; c < h; c += blockDim.x * 16) {                                                     \
+        float v[16];                                                                                                  \
+        load16_##SUFFIX(row + c, v);                                                                                  \
+        _Pragma("unroll") for (int k = 0; k < 16; k++) sum += v[k] * v[k];                                            \
+    }                                                                                                                 \
+    sum = block_sum(sum, shared);                                                                                     \
+    return rsqrtf(sum / (float)h + eps);                                                                              \
+}                                                                                                                     \
+__device__ __forceinline__ void rms_apply16_##SUFFIX(const T* row, const T* weight, T* out, int h, float scale)       \
+{                                                                                                                     \
+    for (int c = threadIdx.x * 16; c < h; c += blockDim.x * 16) {                                                     \
+        float v[16], w[16];                                                                                           \
+        load16_##SUFFIX(row + c, v);                                                                                  \
+        load16_##SUFFIX(weight + c, w);                                                                               \
+        _Pragma("unroll") for (int k = 0; k < 16; k++) v[k] = w[k] * TO_F32(FROM_F32(v[k] * scale));                  \
+        store16_##SUFFIX(out + c, v);                                                                                 \
+    }                                                                                                                 \
+}                                                                                                                     \
+extern "C" __global__ void rms_norm_##SUFFIX(const T* x, const T* weight, T* y, int h, float eps)                     \
+{                                                                                                                     \
+    __shared__ float shared[32];                                                                                      \
+    long long base = (long long)blockIdx.x * h;                                                                       \
+    rms_apply_##SUFFIX(x + base, weight, y + base, h, rms_scale_##SUFFIX(x + base, h, eps, shared));                  \
+}                                                                                                                     \
 extern "C" __global__ void rms_norm16_##SUFFIX(const T* x, const T* weight, T* y, int h, float eps)                   \
 {                                                                                                                     \
     __shared__ float shared[32];                                                                                      \
     long long base = (long long)blockIdx.x * h;                                                                       \
-    float sum = 0.0f;                                                                                                 \
-    for (int c = threadIdx.x * 16; c < h; c += blockDim.x * 16) {                                                     \
-        float v[16];                                                                                                  \
-        load16_##SUFFIX(x + base + c, v);                                                                             \
-        _Pragma("unroll") for (int k = 0; k < 16; k++) sum += v[k] * v[k];                                            \
-    }                                                                                                                 \
-    sum = block_sum(sum, shared);                                                                                     \
-    float scale = rsqrtf(sum / (float)h + eps);                                                                       \
-    for (int c = threadIdx.x * 16; c < h; c += blockDim.x * 16) {                                                     \
-        float v[16], w[16];                                                                                           \
-        load16_##SUFFIX(x + base + c, v);                                                                             \
-        load16_##SUFFIX(weight + c, w);                                                                               \
-        _Pragma("unroll") for (int k = 0; k < 16; k++) v[k] = w[k] * TO_F32(FROM_F32(v[k] * scale));                  \
-        store16_##SUFFIX(y + base + c, v);                                                                            \
-    }                                                                                                                 \
+    rms_apply16_##SUFFIX(x + base, weight, y + base, h, rms_scale16_##SUFFIX(x + base, h, eps, shared));              \
 }                                                                                                                     \
+                                                                                                                     \
                                                                                                                       \
 /* SwiGLU's middle: y = T(silu(gate)) * up, silu in fp32 as torch's kernel: g / (1 + exp(-g)). */                    \
 extern "C" __global__ void silu_mul_##SUFFIX(const T* gate, const T* up, T* y, long long n)                          \
@@ -236,13 +262,10 @@ extern "C" __global__ void rotary_##SUFFIX(const T* x, const T* cos, const T* si
 {                                                                                                                     \
     long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;                                                   \
     if (p >= pairs) return;                                                                                           \
-    unsigned int half = (unsigned int)d >> 1, r = (unsigned int)p;                                                    \
-    unsigned int j = r % half; r /= half;                                                                             \
-    unsigned int hh = r % (unsigned int)heads; r /= (unsigned int)heads;                                              \
-    unsigned int t = r % (unsigned int)tokens, b = r / (unsigned int)tokens;                                          \
+    unsigned int b, hh, t, j, half = (unsigned int)d >> 1;                                                            \
+    T* yr = y + rotary_pair(p, d, heads, tokens, b, hh, t, j);                                                        \
     const T* xr = x + b * xb + hh * xh + t * xt;                                                                      \
     long long c = b * cb + t * ct;                                                                                    \
-    T* yr = y + (((long long)b * tokens + t) * heads + hh) * d;                                                       \
     float lo = TO_F32(xr[j]), hi = TO_F32(xr[j + half]);                                                              \
     /* y[k] = T(T(x[k] * cos[k]) + T(x[k'] * signed_sin[k])), k' = (k + d/2) mod d */                                 \
     yr[j] = FROM_F32(TO_F32(FROM_F32(lo * TO_F32(cos[c + j]))) + TO_F32(FROM_F32(hi * TO_F32(sin[c + j]))));           \
@@ -315,9 +338,7 @@ extern "C" __global__ void add_rms_norm_##SUFFIX(const T* x, T* delta, const T* 
         float v = TO_F32(s); sum += v * v;                                                                            \
     }                                                                                                                 \
     sum = block_sum(sum, shared);                                                                                     \
-    float scale = rsqrtf(sum / (float)h + eps);                                                                       \
-    for (int i = threadIdx.x; i < h; i += blockDim.x)                                                                 \
-        out[i] = FROM_F32(TO_F32(weight[i]) * TO_F32(FROM_F32(TO_F32(sum_row[i]) * scale)));                          \
+    rms_apply_##SUFFIX(sum_row, weight, out, h, rsqrtf(sum / (float)h + eps));                                        \
 }                                                                                                                     \
                                                                                                                       \
 /* add_rms_norm_ 16 values a thread, as rms_norm16_ (the same sums, so bit-equal to an add and rms_norm16_). */       \
@@ -335,14 +356,7 @@ extern "C" __global__ void add_rms_norm16_##SUFFIX(const T* x, T* delta, const T
         _Pragma("unroll") for (int k = 0; k < 16; k++) sum += a[k] * a[k];                                            \
     }                                                                                                                 \
     sum = block_sum(sum, shared);                                                                                     \
-    float scale = rsqrtf(sum / (float)h + eps);                                                                       \
-    for (int c = threadIdx.x * 16; c < h; c += blockDim.x * 16) {                                                     \
-        float v[16], w[16];                                                                                           \
-        load16_##SUFFIX(delta + base + c, v);                                                                         \
-        load16_##SUFFIX(weight + c, w);                                                                               \
-        _Pragma("unroll") for (int k = 0; k < 16; k++) v[k] = w[k] * TO_F32(FROM_F32(v[k] * scale));                  \
-        store16_##SUFFIX(y + base + c, v);                                                                            \
-    }                                                                                                                 \
+    rms_apply16_##SUFFIX(delta + base, weight, y + base, h, rsqrtf(sum / (float)h + eps));                            \
 }
 
 DEFINE_DECODE_KERNELS(f32, float, load_f32, store_f32)
@@ -361,43 +375,26 @@ __device__ __forceinline__ u64 splitmix64(u64 z)
 // The kernels of training's fused autograd functions (FusedOps.Training.cs): forward passes that keep what backward
 // needs, and the backward passes, which repeat the gradient arithmetic of the torch ops' autograd graph in fp32.
 #define DEFINE_TRAINING_KERNELS(SUFFIX, T, TO_F32, FROM_F32)                                                            \
-/* rms_norm_ that also writes each row's rstd = rsqrt(mean(x^2) + eps) in fp32, the one value backward keeps. */      \
-extern "C" __global__ void rms_norm_rstd_##SUFFIX(const T* x, const T* weight, T* y, float* rstd, int h, float eps) \
+/* rms_norm_ (and rms_norm16_) that also write each row's rstd = rsqrt(mean(x^2) + eps) in fp32, the one value        \
+   backward keeps. The same helpers, so y is the no-gradient kernel's bit for bit (a checkpointed layer's recompute sees \
+   the activations its first pass made). */                                                                           \
+extern "C" __global__ void rms_norm_rstd_##SUFFIX(const T* x, const T* weight, T* y, float* rstd, int h, float eps)   \
 {                                                                                                                     \
     __shared__ float shared[32];                                                                                      \
-    const T* row = x + (long long)blockIdx.x * h;                                                                     \
-    T* out = y + (long long)blockIdx.x * h;                                                                           \
-    float sum = 0.0f;                                                                                                 \
-    for (int i = threadIdx.x; i < h; i += blockDim.x) { float v = TO_F32(row[i]); sum += v * v; }                     \
-    sum = block_sum(sum, shared);                                                                                     \
-    float scale = rsqrtf(sum / (float)h + eps);                                                                       \
+    long long base = (long long)blockIdx.x * h;                                                                       \
+    float scale = rms_scale_##SUFFIX(x + base, h, eps, shared);                                                       \
     if (threadIdx.x == 0) rstd[blockIdx.x] = scale;                                                                   \
-    for (int i = threadIdx.x; i < h; i += blockDim.x)                                                                 \
-        out[i] = FROM_F32(TO_F32(weight[i]) * TO_F32(FROM_F32(TO_F32(row[i]) * scale)));                              \
+    rms_apply_##SUFFIX(x + base, weight, y + base, h, scale);                                                         \
 }                                                                                                                     \
-                                                                                                                      \
-/* rms_norm_rstd_ 16 values a thread, as rms_norm16_ (the same sums, so its y is rms_norm16_'s bit for bit). */       \
 extern "C" __global__ void rms_norm_rstd16_##SUFFIX(const T* x, const T* weight, T* y, float* rstd, int h, float eps) \
 {                                                                                                                     \
     __shared__ float shared[32];                                                                                      \
     long long base = (long long)blockIdx.x * h;                                                                       \
-    float sum = 0.0f;                                                                                                 \
-    for (int c = threadIdx.x * 16; c < h; c += blockDim.x * 16) {                                                     \
-        float v[16];                                                                                                  \
-        load16_##SUFFIX(x + base + c, v);                                                                             \
-        _Pragma("unroll") for (int k = 0; k < 16; k++) sum += v[k] * v[k];                                            \
-    }                                                                                                                 \
-    sum = block_sum(sum, shared);                                                                                     \
-    float scale = rsqrtf(sum / (float)h + eps);                                                                       \
+    float scale = rms_scale16_##SUFFIX(x + base, h, eps, shared);                                                     \
     if (threadIdx.x == 0) rstd[blockIdx.x] = scale;                                                                   \
-    for (int c = threadIdx.x * 16; c < h; c += blockDim.x * 16) {                                                     \
-        float v[16], w[16];                                                                                           \
-        load16_##SUFFIX(x + base + c, v);                                                                             \
-        load16_##SUFFIX(weight + c, w);                                                                               \
-        _Pragma("unroll") for (int k = 0; k < 16; k++) v[k] = w[k] * TO_F32(FROM_F32(v[k] * scale));                  \
-        store16_##SUFFIX(y + base + c, v);                                                                            \
-    }                                                                                                                 \
+    rms_apply16_##SUFFIX(x + base, weight, y + base, h, scale);                                                       \
 }                                                                                                                     \
+                                                                                                                     \
                                                                                                                       \
 /* rms_norm_backward_ 16 values a thread: the same arithmetic per value, the dot product summed as rms_norm16_ sums. */ \
 extern "C" __global__ void rms_norm_backward16_##SUFFIX(const T* dy, const T* x, const T* weight, const float* rstd,  \
@@ -513,13 +510,10 @@ extern "C" __global__ void rotary_backward_##SUFFIX(const T* dy, const T* cos, c
 {                                                                                                                     \
     long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;                                                   \
     if (p >= pairs) return;                                                                                           \
-    unsigned int half = (unsigned int)d >> 1, r = (unsigned int)p;                                                    \
-    unsigned int j = r % half; r /= half;                                                                             \
-    unsigned int hh = r % (unsigned int)heads; r /= (unsigned int)heads;                                              \
-    unsigned int t = r % (unsigned int)tokens, b = r / (unsigned int)tokens;                                          \
+    unsigned int b, hh, t, j, half = (unsigned int)d >> 1;                                                            \
+    T* dxr = dx + rotary_pair(p, d, heads, tokens, b, hh, t, j);                                                      \
     const T* dyr = dy + b * db + hh * dh + t * dt;                                                                    \
     long long c = b * cb + t * ct;                                                                                    \
-    T* dxr = dx + (((long long)b * tokens + t) * heads + hh) * d;                                                     \
     float lo = TO_F32(dyr[j]), hi = TO_F32(dyr[j + half]);                                                            \
     dxr[j] = FROM_F32(TO_F32(FROM_F32(lo * TO_F32(cos[c + j]))) + TO_F32(FROM_F32(hi * TO_F32(sin[c + j + half])))); \
     dxr[j + half] = FROM_F32(TO_F32(FROM_F32(hi * TO_F32(cos[c + j + half]))) + TO_F32(FROM_F32(lo * TO_F32(sin[c + j])))); \
