@@ -241,9 +241,13 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         return padded.Count > 0 ? new(padded, PadPackedRows: true) : new(shapes, PadPackedRows: false);
     }
 
-    /// <summary>Whether a run of <paramref name="model"/> recomputes each layer in backward: the option, else with a 4-bit base (QLoRA's default).</summary>
+    /// <summary>
+    /// Whether a run of <paramref name="model"/> recomputes each layer in backward: the option, which FineTunePipeline sets
+    /// from the GPU's memory (<see cref="TrainingMemory.ResolveCheckpointing"/>); where it is left to auto (a trainer used on
+    /// its own), the rule without device memory.
+    /// </summary>
     public static bool Checkpointing(ITrainableCausalLM model, TrainingOptions options) =>
-        options.GradientCheckpointing ?? model.NamedLinears().Any(l => l.Layer.IsQuantized);
+        options.GradientCheckpointing ?? TrainingMemory.WithoutDeviceMemory(model.NamedLinears().Any(l => l.Layer.IsQuantized));
 
     /// <summary>Where this run pads packed rows (<see cref="GraphPlan.PadPackedRows"/>): the shape a micro-batch's bucket shape is padded to, if any.</summary>
     private Func<BatchShape, BatchShape?>? _padTo;

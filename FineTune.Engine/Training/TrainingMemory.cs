@@ -103,11 +103,14 @@ public static class TrainingMemory
     public static CheckpointingChoice ResolveCheckpointing(ModelFacts? facts, MemoryQuery q, long? deviceBytes)
     {
         if (q.GradientCheckpointing is bool set) return new CheckpointingChoice(set, CheckpointingReason.AsSet);
-        if (facts is null || deviceBytes is not long device) return new CheckpointingChoice(q.FourBit, CheckpointingReason.DeviceUnknown);
+        if (facts is null || deviceBytes is not long device) return new CheckpointingChoice(WithoutDeviceMemory(q.FourBit), CheckpointingReason.DeviceUnknown);
         long without = Estimate(facts, q, new CheckpointingChoice(false, CheckpointingReason.AsSet)).Total;
         bool fits = without <= device * UsableShare;
         return new CheckpointingChoice(!fits, fits ? CheckpointingReason.FitsWithout : CheckpointingReason.TooBigWithout, without, device);
     }
+
+    /// <summary>Auto gradient checkpointing where no device memory decides it (the CPU, a trainer used on its own): on with a 4-bit base, as PEFT's prepare_model_for_kbit_training.</summary>
+    public static bool WithoutDeviceMemory(bool fourBit) => fourBit;
 
     /// <summary>The run's memory, with gradient checkpointing as the run will decide it (<see cref="ResolveCheckpointing"/>) against <paramref name="deviceBytes"/>.</summary>
     public static MemoryEstimate Estimate(ModelFacts facts, MemoryQuery q, long? deviceBytes = null) =>
