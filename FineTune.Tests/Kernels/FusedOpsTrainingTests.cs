@@ -368,6 +368,20 @@ public sealed class FusedOpsSavedMemoryTests(ITestOutputHelper output)
     /// </summary>
     private (long AfterForward, long AfterBackward, long LeftInScope) Kept(Func<Tensor[], Tensor> op, int inputs, bool plain, int rows = Rows, int outputWidth = Width)
     {
+        // A measurement that ends more than the slack below its own baseline saw memory freed that was not the graph's (the
+        // process freed pages of something else meanwhile: CI at 02b60ea read 40 MiB kept where 66 are, and -25 after
+        // backward). That window is measured again, at most twice more; the asserts then judge the last one as before.
+        var kept = KeptOnce(op, inputs, plain, rows, outputWidth);
+        for (int again = 0; again < 2 && kept.AfterBackward < -Slack; again++)
+        {
+            output.WriteLine($"measured again: {kept.AfterBackward / MiB} MiB after backward, below the baseline");
+            kept = KeptOnce(op, inputs, plain, rows, outputWidth);
+        }
+        return kept;
+    }
+
+    private (long AfterForward, long AfterBackward, long LeftInScope) KeptOnce(Func<Tensor[], Tensor> op, int inputs, bool plain, int rows, int outputWidth)
+    {
         using var scope = NewDisposeScope();
         long output16 = (long)rows * outputWidth * 2;
         var scale = ones(1, dtype: ScalarType.BFloat16).requires_grad_(true);
