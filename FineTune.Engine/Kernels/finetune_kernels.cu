@@ -394,7 +394,6 @@ extern "C" __global__ void rms_norm_rstd16_##SUFFIX(const T* x, const T* weight,
     if (threadIdx.x == 0) rstd[blockIdx.x] = scale;                                                                   \
     rms_apply16_##SUFFIX(x + base, weight, y + base, h, scale);                                                       \
 }                                                                                                                     \
-                                                                                                                     \
                                                                                                                       \
 /* rms_norm_backward_ 16 values a thread: the same arithmetic per value, the dot product summed as rms_norm16_ sums. */ \
 extern "C" __global__ void rms_norm_backward16_##SUFFIX(const T* dy, const T* x, const T* weight, const float* rstd,  \
