@@ -108,6 +108,10 @@ public sealed class LearningCheckPanelTests : ComponentTestContext
         // "Check again" asks again.
         again.Find("[data-testid=learning-check-rerun]").Click();
         again.WaitForAssertion(() => Assert.Equal(4 * Rows.Length, Chat.Requests.Count), TimeSpan.FromSeconds(10));
+        // The last answer is in before the check is stored: wait for the store, else the data folder is deleted under SQLite's writer.
+        await Services.GetRequiredService<LearningCheckService>().WhenDone(id);
+        again.WaitForAssertion(() => Assert.NotEmpty(again.FindAll("[data-testid=learning-check-summary]")), TimeSpan.FromSeconds(10));
+        Assert.Equal("NotYet", again.Find("[data-testid=learning-check-verdict]").GetAttribute("data-verdict"));
     }
 
     [Fact]
