@@ -343,14 +343,34 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
     /// </summary>
     private Tensor Down(Tensor h, Tensor a)
     {
-        double p = lora_dropout!.p;
-        if (training && p != 0 && DropoutGenerator is null && h.device_type == DeviceType.CUDA
-            && DeviceSeededDraw(DropoutTape.Current, h.device) is { } draw)
-        {
-            if (DropoutDraws.Current is { } current) current.KernelDraws++;
-            return Kernels.FusedOps.DropoutLinear(h, a, p, draw.Seed, draw.Key);
-        }
+        if (KernelDraw(h.device) is { } draw) return Kernels.FusedOps.DropoutLinear(h, a, lora_dropout!.p, draw.Seed, draw.Key);
         return nn.functional.linear(Dropout(h), a);
+    }
+
+    /// <summary>The draw of this layer's LoRA dropout mask by the kernels on <paramref name="device"/> (a training micro-batch on a GPU); null where torch's dropout draws it.</summary>
+    private (Tensor Seed, long Key)? KernelDraw(Device device)
+    {
+        if (!training || lora_dropout!.p == 0 || DropoutGenerator is not null || device.type != DeviceType.CUDA
+            || DeviceSeededDraw(DropoutTape.Current, device) is not { } draw) return null;
+        if (DropoutDraws.Current is { } current) current.KernelDraws++;
+        return draw;
+    }
+
+    /// <summary>
+    /// forward(silu(gate)·up) for the MLP's down projection (..., out). Where this layer's LoRA dropout takes the kernels'
+    /// draw, the product and LoRA's A of it are one function (<see cref="Kernels.FusedOps.SiluMulDropoutLinear"/>) that keeps
+    /// gate and up, which SiLU·up's backward needs anyway, instead of the product too: the product is the widest
+    /// activation of a layer. The base matmul's graph keeps no input (its weight is frozen).
+    /// </summary>
+    public Tensor ForwardOfSiluMul(Tensor gate, Tensor up)
+    {
+        if (!AdapterActive || gate.dtype != OutputDtype || up.dtype != gate.dtype || KernelDraw(gate.device) is not { } draw)
+            return forward(Kernels.FusedOps.SiluMul(gate, up));
+        using var scope = NewDisposeScope();
+        var (a, b) = LoraWeights(gate.dtype);                                                       // (r, in), (out, r)
+        var (h, down) = Kernels.FusedOps.SiluMulDropoutLinear(gate, up, a, lora_dropout!.p, draw.Seed, draw.Key);
+        var y = BaseForward(h);                                                                     // (..., out), bias included
+        return scope.MoveToOuter(y.PlusScaled(nn.functional.linear(down, b), Scaling));             // y + up·scaling, as PlusLora
     }
 
     /// <summary>

@@ -458,6 +458,113 @@ public static unsafe partial class FusedOps
         return ManagedAutograd.Apply(() => DropoutLinearSharedFunction.apply(vars));
     }
 
+    // ---------------------------------------------------------------- SwiGLU's product into the down projection's LoRA A
+
+    private sealed class SiluMulDropoutLinearFunction : autograd.MultiTensorFunction<SiluMulDropoutLinearFunction>
+    {
+        public override string Name => "FusedSiluMulDropoutLinear";
+
+        // vars: gate, up (..., I), a (r, I), seed (1) int64 on gate's device, p, key. Keeps gate, up, a and the seed: h =
+        // silu(gate)·up and its dropped copy are made again in backward, from what SiLU·up's own backward needs anyway.
+        public override List<Tensor> forward(autograd.AutogradContext ctx, params object[] vars)
+        {
+            var gate = (Tensor)vars[0];
+            var up = (Tensor)vars[1];
+            var a = (Tensor)vars[2];
+            var seed = (Tensor)vars[3];
+            double p = (double)vars[4];
+            long key = (long)vars[5];
+            ctx.save_for_backward([gate, up, a, seed]);
+            ctx.save_data("p", p);
+            ctx.save_data("key", key);
+            ctx.save_data("dgu", gate.requires_grad || up.requires_grad);
+            ctx.save_data("da", a.requires_grad);
+            ctx.set_materialize_grads(false);                                      // an output nothing used gets no gradient: null
+            var h = SiluMul(gate, up);                                             // (..., I): gradients are off inside, kernel or torch ops
+            using var dropped = Dropped(h, p, seed, key);                          // (..., I), gone once multiplied
+            return [h, nn.functional.linear(dropped, a)];                          // h for the base projection, (..., r) for LoRA's B
+        }
+
+        public override List<Tensor> backward(autograd.AutogradContext ctx, List<Tensor> dys)
+        {
+            double p = (double)ctx.get_data("p");
+            long key = (long)ctx.get_data("key");
+            bool needsDgu = (bool)ctx.get_data("dgu"), needsDa = (bool)ctx.get_data("da");
+            var saved = ManagedAutograd.TakeSaved(ctx);
+            using var gate = saved[0];
+            using var up = saved[1];
+            using var a = saved[2];
+            using var seed = saved[3];
+            using var dh = dys[0];
+            using var dDown = dys[1];
+            Tensor? da = null, dgate = null, dup = null, fromLora = null;
+            if (!dDown.IsInvalid)
+            {
+                using var g = dDown.reshape(-1, a.shape[0]);                        // (N, r)
+                if (needsDa)
+                {
+                    using var dropped = SiluMulDropped(gate, up, p, seed, key);     // (..., I), drawn again
+                    using var rows = dropped.reshape(-1, a.shape[1]);               // (N, I)
+                    using var gt = g.t();                                           // (r, N)
+                    da = gt.mm(rows);                                               // (r, I): linear's backward, as DownWeightGradient's
+                }
+                if (needsDgu) fromLora = DownInputGradient(g, gate, a, p, seed, key); // (..., I)
+            }
+            // h's gradient is the base projection's part plus the LoRA path's, as h's gradient buffer adds them (one add, in
+            // either order the same); then SiLU·up's backward, as SiluMulFunction's.
+            if (needsDgu && !(dh.IsInvalid && fromLora is null))
+            {
+                using var total = dh.IsInvalid ? fromLora!.alias() : fromLora is null ? dh.alias() : dh.add(fromLora);
+                (dgate, dup) = SiluMulBackward(total, gate, up);
+            }
+            fromLora?.Dispose();
+            return ManagedAutograd.Returned(dgate, dup, da, null, null, null);
+        }
+    }
+
+    /// <summary>
+    /// (h, A(dropout(h))) with h = silu(gate)·up: SwiGLU's product (..., I) for the down projection's base matmul, and
+    /// linear(dropout(h), a) (..., r) for its LoRA B, the mask of <see cref="Dropout"/>'s draw (seed, key). Where gradients
+    /// flow, one function that keeps gate and up (SiLU·up's backward needs them) and neither h nor its dropped copy: a's
+    /// gradient takes the copy made again from gate and up in one kernel (silu_mul_dropout_). SiLU·up and
+    /// <see cref="DropoutLinear"/> kept h besides: a third (..., I) tensor a layer, a quarter of a 7B layer's activations.
+    /// Values and gradients equal those of <c>DropoutLinear(SiluMul(gate, up), a, p, seed, key)</c> bit for bit. Otherwise
+    /// (no gradient, PlainAutograd) those two.
+    /// </summary>
+    internal static (Tensor H, Tensor Down) SiluMulDropoutLinear(Tensor gate, Tensor up, Tensor a, double p, Tensor seed, long key)
+    {
+        CheckDropoutSeed(seed, gate, nameof(seed));
+        if (FusedAutograd(gate, up, a) && up.dtype == gate.dtype && gate.shape.SequenceEqual(up.shape))
+        {
+            FusedCalls++;
+            var outputs = ManagedAutograd.Apply(() => SiluMulDropoutLinearFunction.apply(gate, up, a, seed, p, key));
+            return (outputs[0], outputs[1]);
+        }
+        var h = SiluMul(gate, up);
+        return (h, DropoutLinear(h, a, p, seed, key));
+    }
+
+    /// <summary>dropout(silu(gate)·up) with the mask of (seed, key), no graph: one kernel where it runs (bit for bit the two), else the two.</summary>
+    internal static Tensor SiluMulDropped(Tensor gate, Tensor up, double p, Tensor seed, long key)
+    {
+        if (CudaKernels.On(gate.device) && Suffix(gate.dtype) is string suffix && up.dtype == gate.dtype && gate.shape.SequenceEqual(up.shape)
+            && gate.is_contiguous() && up.is_contiguous())
+        {
+            var y = empty_like(gate);
+            ulong pg = CudaKernels.Pointer(gate), pu = CudaKernels.Pointer(up), py = CudaKernels.Pointer(y), ps = CudaKernels.Pointer(seed);
+            long n = gate.numel();
+            float probability = (float)p, scale = (float)(1.0 / (1.0 - p));
+            void** args = stackalloc void*[] { &pg, &pu, &py, &ps, &key, &probability, &scale, &n };
+            bool wide = n % 16 == 0 && pg % 16 == 0 && pu % 16 == 0 && py % 16 == 0;
+            long threads = wide ? n / 16 : n;
+            CudaKernels.Launch(gate.device, wide ? $"silu_mul_dropout16_{suffix}" : $"silu_mul_dropout_{suffix}", (threads + Threads - 1) / Threads, Threads, args);
+            return y;
+        }
+        using var _ = no_grad();
+        using var h = SiluMul(gate, up);
+        return Dropped(h, p, seed, key);
+    }
+
     /// <summary>The device-seeded dropout of x without a graph: the kernel where it runs, else its torch-op fallback.</summary>
     private static Tensor Dropped(Tensor x, double p, Tensor seed, long key) =>
         CudaKernels.On(x.device) && Suffix(x.dtype) is not null ? DropoutKernel(x, p, seed, key) : DropoutWithTorch(x, p, seed, key);

@@ -372,6 +372,13 @@ __device__ __forceinline__ u64 splitmix64(u64 z)
     return z ^ (z >> 31);
 }
 
+// LoRA dropout's draw for element i of a mask's stream splitmix64(seed ^ splitmix64(key)): u in [0, 1) from the top 24
+// bits of splitmix64(stream + i); the element is kept where u >= p.
+__device__ __forceinline__ float dropout_u(u64 stream, long long i)
+{
+    return (float)(splitmix64(stream + (u64)i) >> 40) * (1.0f / 16777216.0f);
+}
+
 // The kernels of training's fused autograd functions (FusedOps.Training.cs): forward passes that keep what backward
 // needs, and the backward passes, which repeat the gradient arithmetic of the torch ops' autograd graph in fp32.
 #define DEFINE_TRAINING_KERNELS(SUFFIX, T, TO_F32, FROM_F32)                                                            \
@@ -454,8 +461,38 @@ extern "C" __global__ void dropout_##SUFFIX(const T* x, T* y, const long long* s
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;                                                   \
     if (i >= n) return;                                                                                               \
     u64 stream = splitmix64((u64)seed[0] ^ splitmix64((u64)key));                                                     \
-    float u = (float)(splitmix64(stream + (u64)i) >> 40) * (1.0f / 16777216.0f);                                      \
-    y[i] = u >= p ? FROM_F32(TO_F32(x[i]) * scale) : FROM_F32(0.0f);                                                  \
+    y[i] = dropout_u(stream, i) >= p ? FROM_F32(TO_F32(x[i]) * scale) : FROM_F32(0.0f);                               \
+}                                                                                                                     \
+                                                                                                                      \
+/* dropout_ of silu_mul_'s value, from gate and up in one pass: LoRA A's input of the MLP's down projection, drawn     \
+   again in backward from what SwiGLU's backward keeps anyway (FusedOps.SiluMulDropoutLinear); bit for bit silu_mul_  \
+   then dropout_. */                                                                                                  \
+extern "C" __global__ void silu_mul_dropout_##SUFFIX(const T* gate, const T* up, T* y, const long long* seed,        \
+    long long key, float p, float scale, long long n)                                                                 \
+{                                                                                                                     \
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;                                                   \
+    if (i >= n) return;                                                                                               \
+    float g = TO_F32(gate[i]);                                                                                        \
+    float h = TO_F32(FROM_F32(TO_F32(FROM_F32(g / (1.0f + expf(-g)))) * TO_F32(up[i])));                              \
+    u64 stream = splitmix64((u64)seed[0] ^ splitmix64((u64)key));                                                     \
+    y[i] = dropout_u(stream, i) >= p ? FROM_F32(h * scale) : FROM_F32(0.0f);                                          \
+}                                                                                                                     \
+                                                                                                                      \
+/* The same, 16 values a thread with 16-byte accesses (n % 16 == 0, aligned tensors). */                            \
+extern "C" __global__ void silu_mul_dropout16_##SUFFIX(const T* gate, const T* up, T* y, const long long* seed,      \
+    long long key, float p, float scale, long long n)                                                                 \
+{                                                                                                                     \
+    long long first = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * 16;                                        \
+    if (first >= n) return;                                                                                           \
+    float g[16], u[16];                                                                                               \
+    load16_##SUFFIX(gate + first, g);                                                                                 \
+    load16_##SUFFIX(up + first, u);                                                                                   \
+    u64 stream = splitmix64((u64)seed[0] ^ splitmix64((u64)key));                                                     \
+    _Pragma("unroll") for (int k = 0; k < 16; k++) {                                                                  \
+        float h = TO_F32(FROM_F32(TO_F32(FROM_F32(g[k] / (1.0f + expf(-g[k])))) * u[k]));                             \
+        g[k] = dropout_u(stream, first + k) >= p ? h * scale : 0.0f;                                                  \
+    }                                                                                                                 \
+    store16_##SUFFIX(y + first, g);                                                                                   \
 }                                                                                                                     \
                                                                                                                       \
 /* SiLU·up's gradients from gate and up alone (silu(gate) is computed again, rounded as the forward rounds it):      \

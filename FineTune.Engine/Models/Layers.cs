@@ -121,7 +121,8 @@ public sealed record SwiGluNames(string Gate, string Up, string Down)
 /// The SwiGLU MLP: down(silu(gate(x)) * up(x)), SiLU·up fused (FusedOps.SiluMul). Llama/Mistral/Qwen2/Qwen3 name the
 /// projections gate_proj/up_proj/down_proj, Qwen v1 w2/w1/c_proj (<see cref="SwiGluNames"/>); they are registered under
 /// those checkpoint names, so weights load and LoRA targets match without a name map. Generation runs gate and up as one
-/// stacked matmul (<see cref="StackedLinear"/>) and SiLU·up on its halves.
+/// stacked matmul (<see cref="StackedLinear"/>) and SiLU·up on its halves. Training on a GPU gives the product and down's
+/// LoRA A to one function (<see cref="LoraLinear.ForwardOfSiluMul"/>), so the product is not kept for backward.
 /// </summary>
 public sealed class SwiGluMlp : nn.Module<Tensor, Tensor>, IStackedProjections
 {
@@ -157,8 +158,8 @@ public sealed class SwiGluMlp : nn.Module<Tensor, Tensor>, IStackedProjections
     {
         using var scope = NewDisposeScope();
         var gateUp = _gateUp.Forward(x);                                                      // (B, T, 2·I), or null: one by one
-        var h = gateUp is null ? FusedOps.SiluMul(Gate.forward(x), Up.forward(x)) : FusedOps.SiluMulHalves(gateUp); // (B, T, I)
-        return scope.MoveToOuter(Down.forward(h));                                            // (B, T, H)
+        if (gateUp is null) return scope.MoveToOuter(Down.ForwardOfSiluMul(Gate.forward(x), Up.forward(x))); // (B, T, H)
+        return scope.MoveToOuter(Down.forward(FusedOps.SiluMulHalves(gateUp)));              // (B, T, I) into (B, T, H)
     }
 
     protected override void Dispose(bool disposing)

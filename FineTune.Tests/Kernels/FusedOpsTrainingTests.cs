@@ -176,6 +176,83 @@ public class FusedOpsTrainingTests
     }
 
     /// <summary>
+    /// FusedOps.SiluMulDropoutLinear (SwiGLU's product and the down projection's LoRA A as one function that keeps gate and
+    /// up, not the product) against FusedOps.SiluMul then FusedOps.DropoutLinear, as the MLP ran them before: the product,
+    /// LoRA's A output, and the gradients of gate, up and a bit-equal, with the product also going through a frozen base
+    /// matmul (its gradient adds to the LoRA path's, as in the MLP). Against the torch ops' graph (PlainAutograd): outputs
+    /// and a's gradient bit-equal, gate's and up's within one rounding step (SiLU's backward sums in fp32, as
+    /// Silu_mul_gradients_equal_the_torch_graphs states). Without gradients: the two ops.
+    /// </summary>
+    [Theory]
+    [InlineData(ScalarType.Float32, true)]
+    [InlineData(ScalarType.BFloat16, true)]
+    [InlineData(ScalarType.BFloat16, false)]
+    [InlineData(ScalarType.Float16, true)]
+    public void Silu_mul_dropout_linear_equals_silu_mul_then_dropout_linear(ScalarType dtype, bool gateUpRequireGrad)
+    {
+        _ = ComputeBackend.Current;
+        using var scope = NewDisposeScope();
+        manual_seed(5);
+        const double p = 0.3;
+        const long key = 7;
+        var seed = tensor(new[] { unchecked((long)0x0DDB_A115_EED5_0001ul) });
+        var gate = (randn(3, 7, 160) * 3).to(dtype);
+        var up = randn(3, 7, 160).to(dtype);
+        var a = (randn(8, 160) * 0.1).to(dtype);
+        var w = (randn(24, 160) * 0.1).to(dtype);                                       // the frozen base projection
+        var dy = randn(3, 7, 24).to(dtype);
+        var dDown = randn(3, 7, 8).to(dtype);
+        (Tensor H, Tensor Down, Tensor Da, Tensor? Dg, Tensor? Du) Run(Func<Tensor, Tensor, Tensor, (Tensor H, Tensor Down)> op)
+        {
+            var gl = gate.detach().clone().requires_grad_(gateUpRequireGrad);
+            var ul = up.detach().clone().requires_grad_(gateUpRequireGrad);
+            var al = a.detach().clone().requires_grad_(true);
+            al.grad = zeros_like(al);                                                  // backward adds into it
+            var (h, down) = op(gl, ul, al);
+            var y = nn.functional.linear(h, w);                                        // (3, 7, 24)
+            // Without gradients for gate and up nothing flows back through the base projection.
+            if (gateUpRequireGrad) autograd.backward([y, down], [dy, dDown]);
+            else down.backward([dDown]);
+            return (h.detach(), down.detach(), al.grad!, gateUpRequireGrad ? gl.grad! : null, gateUpRequireGrad ? ul.grad! : null);
+        }
+        long before = FusedOps.FusedCalls;
+        var fused = Run((g, u, al) => FusedOps.SiluMulDropoutLinear(g, u, al, p, seed, key));
+        Assert.Equal(before + 1, FusedOps.FusedCalls);                                // one function
+        var separate = Run((g, u, al) =>
+        {
+            var h = FusedOps.SiluMul(g, u);
+            return (h, FusedOps.DropoutLinear(h, al, p, seed, key));
+        });
+        (Tensor H, Tensor Down, Tensor Da, Tensor? Dg, Tensor? Du) plain;
+        FusedOps.PlainAutograd = true;
+        try { plain = Run((g, u, al) => FusedOps.SiluMulDropoutLinear(g, u, al, p, seed, key)); }
+        finally { FusedOps.PlainAutograd = false; }
+        (Tensor H, Tensor Down) noGradient;
+        using (no_grad()) noGradient = FusedOps.SiluMulDropoutLinear(gate, up, a, p, seed, key);
+
+        foreach (var (other, what) in new[] { (separate, "SiluMul then DropoutLinear"), (plain, "torch graph") })
+        {
+            Assert.True(fused.H.eq(other.H).all().item<bool>(), $"the product differs from the {what}'s");
+            Assert.True(fused.Down.eq(other.Down).all().item<bool>(), $"LoRA A's output differs from the {what}'s");
+            Assert.True(fused.Da.eq(other.Da).all().item<bool>(), $"a's gradient differs from the {what}'s");
+        }
+        Assert.True(fused.H.eq(noGradient.H).all().item<bool>() && fused.Down.eq(noGradient.Down).all().item<bool>(), "the outputs without gradients differ");
+        if (gateUpRequireGrad)
+        {
+            Assert.True(fused.Dg!.eq(separate.Dg!).all().item<bool>(), "gate's gradient differs from SiluMul then DropoutLinear's");
+            Assert.True(fused.Du!.eq(separate.Du!).all().item<bool>(), "up's gradient differs from SiluMul then DropoutLinear's");
+            AssertWithin(fused.Dg!, plain.Dg!, Bound(dtype), "dgate against the torch graph");
+            AssertWithin(fused.Du!, plain.Du!, Bound(dtype), "dup against the torch graph");
+            // The LoRA path reaches gate and up: without it their gradients differ.
+            var (baseOnlyG, baseOnlyU) = FusedOps.SiluMulBackward(dy.matmul(w), gate, up);
+            Assert.False(fused.Dg!.eq(baseOnlyG).all().item<bool>() && fused.Du!.eq(baseOnlyU).all().item<bool>());
+        }
+        // The mask is on: a's gradient is not that of the product kept whole.
+        using var whole = (noGradient.H.to(ScalarType.Float32) * (float)(1 / (1 - p))).to(dtype).reshape(-1, 160);
+        Assert.False(fused.Da.eq(dDown.reshape(-1, 8).t().mm(whole)).all().item<bool>());
+    }
+
+    /// <summary>
     /// FusedOps.DropoutLinearShared (one function for the downs of q, k and v of one x, each with its own draw) against
     /// three FusedOps.DropoutLinear functions and against the torch ops' graph of linear(dropout(x), a) per projection with
     /// the same masks: outputs, each a's gradient (added into one already there) and x's gradient bit-equal to both (x's:
@@ -491,6 +568,43 @@ public sealed class FusedOpsSavedMemoryTests(ITestOutputHelper output)
         Assert.InRange(fused.AfterForward, x16 - Slack, x16 + Slack);                                  // x, once
         Assert.InRange(fused.AfterBackward, -Slack, Slack);
         foreach (var a in adapters) Assert.NotNull(a.grad);
+    }
+
+    [Fact]
+    public void Silu_mul_dropout_linear_keeps_gate_and_up_and_not_the_product()
+    {
+        _ = ComputeBackend.Current;
+        if (!File.Exists("/proc/self/status")) return;
+        // The MLP's product into the down projection: its frozen base matmul (keeps nothing) and LoRA A with dropout. SiluMul
+        // then DropoutLinear keep gate, up and the product; SiluMulDropoutLinear gate and up.
+        const int rank = 16, outputs = 16;
+        using var seed = tensor(new[] { 79L });
+        var a = (randn(rank, Width) * 0.05).to(ScalarType.BFloat16).requires_grad_(true);
+        var w = (randn(outputs, Width) * 0.05).to(ScalarType.BFloat16);
+        Func<Tensor[], Tensor> fusedOp = t =>
+        {
+            var (h, down) = FusedOps.SiluMulDropoutLinear(t[0], t[1], a, 0.05, seed, 0);
+            return Joined(h, down);
+        };
+        Func<Tensor[], Tensor> separateOp = t =>
+        {
+            var h = FusedOps.SiluMul(t[0], t[1]);
+            return Joined(h, FusedOps.DropoutLinear(h, a, 0.05, seed, 0));
+        };
+        // (rows, 32): the base matmul's output beside LoRA A's; the product goes as the MLP's goes once both have it.
+        Tensor Joined(Tensor h, Tensor down)
+        {
+            using var projected = nn.functional.linear(h, w);
+            h.Dispose();
+            using (down) return cat([projected, down], -1);
+        }
+        var separate = Kept(separateOp, 2, plain: false, Rows, rank + outputs);
+        var fused = Kept(fusedOp, 2, plain: false, Rows, rank + outputs);
+        output.WriteLine($"SiLU·up into down's base and LoRA A {Rows}x{Width} bf16, MiB kept beyond the output: SiluMul then DropoutLinear {separate.AfterForward / MiB} (after backward {separate.AfterBackward / MiB}), one function {fused.AfterForward / MiB} (after backward {fused.AfterBackward / MiB})");
+        Assert.InRange(separate.AfterForward, 3 * Tensor16 - Slack, 3 * Tensor16 + Slack);  // gate, up, the product
+        Assert.InRange(fused.AfterForward, 2 * Tensor16 - Slack, 2 * Tensor16 + Slack);     // gate, up
+        Assert.InRange(fused.AfterBackward, -Slack, Slack);
+        Assert.NotNull(a.grad);
     }
 
     [Fact]

@@ -15,7 +15,7 @@ namespace FineTune.Bench;
 /// activations (fp32; bound 1e-4 of the largest gradient: the first pass runs the fused kernels, RMSNorm within 7e-7),
 /// and other seeds must give other gradients (the check can fail). (2) The bf16 working copies of the adapters give the
 /// per-projection casts' losses and fp32 gradients bit for bit, dense and NF4, with dropout on the device; the fused
-/// functions (RMSNorm, SiLU·up, dropout + LoRA A, q/k/v's as one function) give the torch ops' graph's gradients with the same device-drawn masks
+/// functions (RMSNorm, SiLU·up, dropout + LoRA A, q/k/v's as one function, SiLU·up with down's dropout + LoRA A as one) give the torch ops' graph's gradients with the same device-drawn masks
 /// (fp32, 1e-4 of the largest gradient, as above). (3) q/k/v's NF4
 /// weights dequantized into one buffer (LoraLinear.ForwardShared) equal each one dequantized alone, bit for bit.
 /// FineTune.Tests/Models/GradientCheckpointTests.cs and Training/AdapterWorkingCopiesTests.cs are the CPU side.

@@ -133,6 +133,50 @@ internal static class TrainingKernelCases
                 var unfused = Run((xl, al) => nn.functional.linear(FusedOps.Dropout(xl, 0.1, seed, 9) ?? throw new InvalidOperationException("the dropout kernel did not run"), al));
                 return (fused, unfused);
             });
+        // 18944 columns: 16 values a thread (silu_mul_dropout16_, silu_mul_backward16_); 333: one a thread.
+        foreach (long cols in new long[] { 18944, 333 })
+            yield return ($"silu mul dropout kernel 5x{cols} p 0.1 vs silu mul then dropout", 0, () =>
+            {
+                var seed = tensor(new[] { 0x2468_ACE0_1357_9BDFL }, device: device);
+                var gate = (randn(5, cols, device: device) * 4).to(dtype);
+                var up = randn(5, cols, device: device).to(dtype);
+                using var product = FusedOps.SiluMul(gate, up);
+                var twoKernels = FusedOps.Dropout(product, 0.1, seed, 12) ?? throw new InvalidOperationException("the dropout kernel did not run");
+                return (FusedOps.SiluMulDropped(gate, up, 0.1, seed, 12), twoKernels);
+            });
+        foreach (var (cols, rank) in new[] { (18944, 16), (333, 8) })
+            yield return ($"silu mul + dropout+lora A fused 2x37x{cols} r{rank} vs silu mul then dropout+lora A: h, out, da, dgate, dup", 0, () =>
+            {
+                // FusedOps.SiluMulDropoutLinear (keeps gate and up, makes the product and its dropped copy again in backward)
+                // against SiluMul then DropoutLinear as the MLP ran them before, the product also through a frozen base
+                // matmul whose gradient adds to LoRA's: the same kernels and calls, bit-equal.
+                var seed = tensor(new[] { 0x1357_9BDF_2468_ACE0L }, device: device);
+                var gate = (randn(2, 37, cols, device: device) * 4).to(dtype);
+                var up = randn(2, 37, cols, device: device).to(dtype);
+                var a = (randn(rank, cols, device: device) * 0.05).to(dtype);
+                var w = (randn(64, cols, device: device) * 0.05).to(dtype);
+                var dy = randn(2, 37, 64, device: device).to(dtype);
+                var dDown = randn(2, 37, rank, device: device).to(dtype);
+                Tensor Run(Func<Tensor, Tensor, Tensor, (Tensor H, Tensor Down)> op)
+                {
+                    using var _ = enable_grad();
+                    var gl = gate.detach().clone().requires_grad_(true);
+                    var ul = up.detach().clone().requires_grad_(true);
+                    var al = a.detach().clone().requires_grad_(true);
+                    var (h, down) = op(gl, ul, al);
+                    autograd.backward([nn.functional.linear(h, w), down], [dy, dDown]);
+                    return cat([h.detach().flatten(), down.detach().flatten(), al.grad!.flatten(), gl.grad!.flatten(), ul.grad!.flatten()]);
+                }
+                long before = FusedOps.FusedCalls;
+                var fused = Run((g, u, al) => FusedOps.SiluMulDropoutLinear(g, u, al, 0.1, seed, 13));
+                if (FusedOps.FusedCalls != before + 1) throw new InvalidOperationException("the fused silu mul + dropout+linear function did not run");
+                var separate = Run((g, u, al) =>
+                {
+                    var h = FusedOps.SiluMul(g, u);
+                    return (h, FusedOps.DropoutLinear(h, al, 0.1, seed, 13));
+                });
+                return (fused, separate);
+            });
         foreach (var (width, rank, xGrad, kGrad) in new[] { (3584, 16, true, true), (3584, 16, true, false), (3584, 16, false, true), (333, 8, true, true) })
             foreach (bool againstGraph in new[] { false, true })
                 yield return ($"dropout+lora A q/k/v as one 3x37x{width} r{rank}{(xGrad ? "" : " x w/o grad")}{(kGrad ? "" : " k unused")} vs {(againstGraph ? "dropout+linear graph" : "3 dropout+lora A")}: out, da{(xGrad ? ", dx" : "")}", 0, () =>
