@@ -213,17 +213,20 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
     }
 
     /// <summary>
-    /// The micro-batch shapes of a run on <paramref name="train"/> that get a CUDA graph, from its first epoch's micro-batches
-    /// (a replica's share of each step): those that repeat as they come (<see cref="MicroBatchGraphs.RepeatingShapes"/>), or
-    /// with <paramref name="padPackedRows"/> the shapes padded packed rows go to (<see cref="MicroBatchGraphs.PaddedShapes"/>).
+    /// The micro-batch shapes of a run on <paramref name="train"/> that get a CUDA graph (from a replica's share of each
+    /// step): those that repeat as they come in the first epoch (<see cref="MicroBatchGraphs.RepeatingShapes"/>), or with
+    /// <paramref name="padPackedRows"/> the shapes padded packed rows go to (<see cref="MicroBatchGraphs.PaddedShapes"/>),
+    /// from every epoch's micro-batches: each epoch packs other rows together (its own shuffle), and one that no shape
+    /// holds would run without a graph, its memory beside the graphs' pool.
     /// </summary>
     public static IReadOnlySet<BatchShape> GraphShapesOf(IReadOnlyList<TrainingExample> train, TrainingOptions options, DataParallelReplica? replica = null,
         bool padPackedRows = false)
     {
-        var microBatches = EpochWindows(train, options, 0)
+        var microBatches = Enumerable.Range(0, padPackedRows ? Math.Max(1, (int)Math.Ceiling(options.Epochs)) : 1)
+            .SelectMany(epoch => EpochWindows(train, options, epoch))
             .SelectMany(window => replica?.Shard(window, train) ?? window)
             .Select(indices => Batching.ShapeOf(train, indices, options.Layout, padPackedRows));
-        return padPackedRows ? MicroBatchGraphs.PaddedShapes(microBatches, repeats: options.Epochs) : MicroBatchGraphs.RepeatingShapes(microBatches);
+        return padPackedRows ? MicroBatchGraphs.PaddedShapes(microBatches) : MicroBatchGraphs.RepeatingShapes(microBatches);
     }
 
     /// <summary>

@@ -51,7 +51,7 @@ internal sealed class MicroBatchGraphs(int ordinal, IReadOnlySet<BatchShape> sha
 
     /// <summary>
     /// The graph shapes of a run whose packed rows are padded, from its micro-batches' bucket shapes (<see cref="Batching.ShapeOf"/>
-    /// with padToBucket), each coming <paramref name="repeats"/> times a run (its epochs). A micro-batch runs in the smallest
+    /// with padToBucket), all of them (every epoch's), each standing for <paramref name="repeats"/> micro-batches. A micro-batch runs in the smallest
     /// chosen shape of its sequence count that holds it (<see cref="ShapeFor"/>), so a length left out costs padding to the
     /// next chosen one instead of a capture: for each sequence count the lengths are chosen to minimize captures ×
     /// <see cref="CaptureCostInSteps"/> plus every micro-batch's extra tokens (in steps: a step's time taken as its tokens'),
