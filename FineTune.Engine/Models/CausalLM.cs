@@ -13,14 +13,17 @@ namespace FineTune.Engine.Models;
 /// </summary>
 public sealed record DecoderPass(Tensor Cos, Tensor SignedSin, AttentionMaskBuilder Masks, KvCache? Cache)
 {
-    /// <summary>Run each layer through <see cref="GradientCheckpoint"/> when gradients are being recorded.</summary>
-    public bool GradientCheckpointing { get; init; }
+    /// <summary>How many decoder layers, the first ones, run through <see cref="GradientCheckpoint"/> when gradients are being recorded (int.MaxValue: all).</summary>
+    public int CheckpointedLayers { get; init; }
+
+    /// <summary>Whether layer <paramref name="index"/> (from 0) runs checkpointed.</summary>
+    public bool Checkpoints(int index) => index < CheckpointedLayers;
 
     /// <summary>A pass for cos and sin (B, T, hD) as <see cref="RotaryEmbedding.Compute"/> returns them.</summary>
-    public static DecoderPass Create(Tensor cos, Tensor sin, AttentionMaskBuilder masks, KvCache? cache, bool gradientCheckpointing = false)
+    public static DecoderPass Create(Tensor cos, Tensor sin, AttentionMaskBuilder masks, KvCache? cache, int checkpointedLayers = 0)
     {
         var (headCos, signedSin) = AttentionOps.RotaryTables(cos, sin);
-        return new DecoderPass(headCos, signedSin, masks, cache) { GradientCheckpointing = gradientCheckpointing };
+        return new DecoderPass(headCos, signedSin, masks, cache) { CheckpointedLayers = checkpointedLayers };
     }
 
     private RetainedPass? _retained;
@@ -84,6 +87,18 @@ public abstract class CausalLM : nn.Module<Tensor, Tensor>
     /// and runs again in backward (see <see cref="GradientCheckpoint"/>). Off by default.
     /// </summary>
     public bool GradientCheckpointing { get; set; }
+
+    /// <summary>
+    /// With <see cref="GradientCheckpointing"/> off, the share of decoder layers (the first ⌈share × layers⌉) that run
+    /// checkpointed anyway: the trainer sets it for a micro-batch longer than most of its run's, so that the longest do not
+    /// set the run's peak memory (LongMicroBatches). The first layers: backward reaches them last, when the others'
+    /// activations are gone, so their recompute adds nothing to the peak. 0 by default.
+    /// </summary>
+    public double CheckpointedShare { get; set; }
+
+    /// <summary>How many decoder layers of <paramref name="layers"/> a pass checkpoints: all with <see cref="GradientCheckpointing"/>, else <see cref="CheckpointedShare"/>'s.</summary>
+    protected int CheckpointedLayers(int layers) =>
+        GradientCheckpointing ? int.MaxValue : (int)Math.Min(layers, Math.Ceiling(Math.Clamp(CheckpointedShare, 0, 1) * layers));
 
     /// <summary>The checkpoint key of the input embedding ("model.embed_tokens.weight", Qwen v1: "transformer.wte.weight").</summary>
     public abstract string EmbeddingKey { get; }

@@ -102,13 +102,16 @@ public sealed class DecoderModel : nn.Module
 
     public TokenEmbedding Embeddings => _embeddings;
 
-    public Tensor forward(Tensor inputIds, Tensor positionIds, AttentionMaskBuilder masks, KvCache? cache, bool gradientCheckpointing)
+    public int LayerCount => _layers.Count;
+
+    /// <param name="checkpointedLayers">How many layers, the first ones, run checkpointed while gradients are recorded.</param>
+    public Tensor forward(Tensor inputIds, Tensor positionIds, AttentionMaskBuilder masks, KvCache? cache, int checkpointedLayers)
     {
         using var scope = NewDisposeScope();
         var h = _embeddings.forward(inputIds);                                    // (B, T, H)
         var (cos, sin) = _rotary.Compute(positionIds, _ropeDType ?? h.dtype);     // (B, T, hD)
-        var pass = DecoderPass.Create(cos, sin, masks, cache, gradientCheckpointing);
-        foreach (var layer in _layers) h = GradientCheckpoint.Apply(layer.forward, h, pass);
+        var pass = DecoderPass.Create(cos, sin, masks, cache, checkpointedLayers);
+        for (int i = 0; i < _layers.Count; i++) h = GradientCheckpoint.Apply(_layers[i].forward, h, pass, pass.Checkpoints(i));
         return scope.MoveToOuter(_norm.forward(h));
     }
 }
@@ -135,5 +138,5 @@ public sealed class DecoderForCausalLM : CausalLM
     internal override TokenEmbedding InputEmbedding => _model.Embeddings;
 
     protected override Tensor Decode(Tensor inputIds, Tensor positionIds, AttentionMaskBuilder masks, KvCache? cache) =>
-        _model.forward(inputIds, positionIds, masks, cache, GradientCheckpointing);
+        _model.forward(inputIds, positionIds, masks, cache, CheckpointedLayers(_model.LayerCount));
 }

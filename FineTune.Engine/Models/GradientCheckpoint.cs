@@ -14,25 +14,30 @@ namespace FineTune.Engine.Models;
 public static class GradientCheckpoint
 {
     /// <summary>
-    /// <paramref name="layer"/>(hidden, pass), checkpointed when the pass asks for it and gradients are being recorded
-    /// (never with a KV cache: generation has no backward).
+    /// <paramref name="layer"/>(hidden, pass), checkpointed when <paramref name="checkpointed"/> (the pass's choice for this
+    /// layer, <see cref="DecoderPass.Checkpoints"/>) and gradients are being recorded (never with a KV cache: generation
+    /// has no backward).
     /// </summary>
-    public static Tensor Apply(Func<Tensor, DecoderPass, Tensor> layer, Tensor hidden, DecoderPass pass)
+    public static Tensor Apply(Func<Tensor, DecoderPass, Tensor> layer, Tensor hidden, DecoderPass pass, bool checkpointed)
     {
         if (!is_grad_enabled() || pass.Cache is not null) return layer(hidden, pass);
-        if (!pass.GradientCheckpointing)
+        if (!checkpointed)
         {
             // Seeds only (nothing to replay): LoRA dropout on CUDA draws the masks a checkpointed layer would, so whether a
             // run checkpoints does not change its masks.
             using var seeds = new DropoutTape(keepMasks: false);
             using (seeds.Record()) return layer(hidden, pass);
         }
+        CheckpointedCalls++;
         // The first layer's input comes from a frozen embedding; without requires_grad the checkpoint's output would
         // not require grad either and no LoRA weight would learn (HF: enable_input_require_grads).
         var input = hidden.requires_grad ? hidden : hidden.detach().requires_grad_(true);
         var retained = pass.RetainForBackward();
         return ManagedAutograd.Apply(() => CheckpointedLayer.apply(input, layer, retained));
     }
+
+    /// <summary>For tests: how many layers this thread has run checkpointed.</summary>
+    [ThreadStatic] internal static long CheckpointedCalls;
 
     /// <summary>True on the thread that is running a checkpointed layer again for its backward: the graph built then
     /// lives only until that layer's backward, right after.</summary>

@@ -19,6 +19,12 @@ public sealed class CausalLmTraining(CausalLM model) : ITrainableCausalLM
         set => Model.GradientCheckpointing = value;
     }
 
+    public double CheckpointedShare
+    {
+        get => Model.CheckpointedShare;
+        set => Model.CheckpointedShare = value;
+    }
+
     public Tensor HiddenStates(Tensor inputIds, Tensor positionIds, Tensor? attentionMask, PackedSequences? packed) =>
         Model.HiddenStates(inputIds, positionIds, attentionMask, packed: packed);
 

@@ -59,10 +59,6 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         bool quantized = model.NamedLinears().Any(l => l.Layer.IsQuantized);
         bool checkpointing = Checkpointing(model, options);
         if (model.GradientCheckpointing != checkpointing) model.GradientCheckpointing = checkpointing;
-        // TorchSharp's custom autograd functions (the NF4 matmul, checkpointed layers) keep their inputs reachable
-        // from managed contexts that only the garbage collector releases; without a collection per step a QLoRA
-        // run's GPU memory grew with every step (measured on an H200: 97 GB for a 0.5B model). Dense LoRA does not need it.
-        var collector = quantized || checkpointing ? new StepCollector() : null;
         int stepsPerEpoch = options.StepsPerEpoch(data.Train.Count);
         int totalSteps = options.TotalSteps(data.Train.Count);
         var schedule = new LearningRateSchedule(options.Schedule, options.WarmupStepCount(totalSteps), totalSteps);
@@ -92,6 +88,24 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         using var graphs = plan is not null && CudaGraphs.On(device) ? new MicroBatchGraphs(CudaKernels.Ordinal(device)!.Value, plan.Shapes) : null;
         // Padded packed rows go to the smallest graph shape that holds them (with graphs suspended, the same shapes op by op).
         _padTo = plan?.PadPackedRows != true ? null : graphs is not null ? graphs.ShapeFor : bucket => MicroBatchGraphs.SmallestHolding(plan.Shapes, bucket);
+        // Micro-batches longer than most checkpoint part of their layers (set per micro-batch in ForwardBackward).
+        _longBatchBudget = null;
+        if (!checkpointing && options.CheckpointLongMicroBatches)
+        {
+            var tokensAsRun = Enumerable.Range(0, (int)Math.Ceiling(options.Epochs))
+                .SelectMany(epoch => EpochWindows(data.Train, options, epoch))
+                .SelectMany(window => Replica?.Shard(window, data.Train) ?? window)
+                .Select(indices => TokensAsRun(data.Train, indices, options.Layout)).ToList();
+            _longBatchBudget = LongMicroBatches.Budget(tokensAsRun);
+            if (_longBatchBudget is long budget)
+                _logger.LogInformation("Long micro-batches: {Count} of {Total} above {Budget} tokens checkpoint part of their layers, the longest ({Longest} tokens) {Share:P0}",
+                    tokensAsRun.Count(t => t > budget), tokensAsRun.Count, budget, tokensAsRun.Max(), LongMicroBatches.CheckpointedShare(tokensAsRun.Max(), budget));
+        }
+        // TorchSharp's custom autograd functions (the NF4 matmul, checkpointed layers) keep their inputs reachable
+        // from managed contexts that only the garbage collector releases; without a collection per step a QLoRA
+        // run's GPU memory grew with every step (measured on an H200: 97 GB for a 0.5B model). Dense LoRA does not need
+        // it, unless long micro-batches checkpoint layers.
+        var collector = quantized || checkpointing || _longBatchBudget is not null ? new StepCollector() : null;
 
         string? lastCheckpoint = null;
         var clock = Stopwatch.StartNew();
@@ -195,6 +209,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
                 _logger.LogInformation("CUDA graphs: {Replays} micro-batches replayed from {Captures} captured shapes{Failure}; GPU memory {Memory}; host between steps {Gap}",
                     graphs.Replays, graphs.Captures, graphs.Failure is { } f ? $"; off after a failed capture ({f})" : "", graphs.MemoryTrace, _hostGap.Summary);
             foreach (var layer in adapterLayers) layer.DropoutGenerator = null;
+            model.CheckpointedShare = 0;
             model.Module.eval();
         }
         return Result(history, totalSteps, completed: true, lastCheckpoint, lastLoggedLoss);
@@ -254,6 +269,16 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
 
     /// <summary>Where this run pads packed rows (<see cref="GraphPlan.PadPackedRows"/>): the shape a micro-batch's bucket shape is padded to, if any.</summary>
     private Func<BatchShape, BatchShape?>? _padTo;
+
+    /// <summary>The run's <see cref="LongMicroBatches.Budget"/> in tokens; null: no micro-batch checkpoints any layer.</summary>
+    private long? _longBatchBudget;
+
+    /// <summary>The tokens of the micro-batch <paramref name="indices"/> make as Step collates it: padded to its graph's shape where one holds it.</summary>
+    private long TokensAsRun(IReadOnlyList<TrainingExample> rows, int[] indices, BatchLayout layout)
+    {
+        var shape = _padTo?.Invoke(Batching.ShapeOf(rows, indices, layout, padToBucket: true)) ?? Batching.ShapeOf(rows, indices, layout);
+        return (long)shape.Rows * shape.Tokens;
+    }
 
     /// <summary>
     /// The validation rows' batches, as <see cref="Evaluate"/> takes them: <see cref="TrainingOptions.BatchSize"/> rows each,
@@ -365,6 +390,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
     private void ForwardBackward(TrainingBatch batch, MicroBatchTensors tensors, bool scaled, int lossChunkSize, AdapterWorkingCopies? workingCopies)
     {
         using var scope = NewDisposeScope();
+        model.CheckpointedShare = LongMicroBatches.CheckpointedShare(batch.InputIds.numel(), _longBatchBudget); // a graph captures it with its shape
         var hidden = model.HiddenStates(batch.InputIds, batch.PositionIds, batch.AttentionMask, batch.Packed); // (B, T, H)
         // The gradient backward brings to the loss sum, as autograd will compute it: (scale or 1) / targets.
         var upstream = (scaled ? tensors.LossScale : ones_like(tensors.Divisor)) / tensors.Divisor; // ()

@@ -59,6 +59,11 @@ public sealed record TrainingOptions
     /// memory known) turns it on for a 4-bit (QLoRA) base, as PEFT's prepare_model_for_kbit_training does.
     /// </summary>
     public bool? GradientCheckpointing { get; init; }
+    /// <summary>
+    /// Where gradient checkpointing is off, micro-batches longer than most of the run's checkpoint part of their layers so
+    /// that they keep about the activations of the run's usual ones (<see cref="LongMicroBatches"/>). On by default.
+    /// </summary>
+    public bool CheckpointLongMicroBatches { get; init; } = true;
     /// <summary>Dynamic loss scaling for fp16 compute (where bf16 is missing).</summary>
     public bool UseLossScaling { get; init; }
     /// <summary>Stop after this many optimizer steps (for tests and "crash" simulation); 0: run to the end.</summary>

@@ -10,7 +10,7 @@ public class GradientCheckpointTests
     public GradientCheckpointTests() => _ = ComputeBackend.Current;
 
     /// <summary>Loss and every LoRA gradient of one backward, with or without checkpointing.</summary>
-    private static (double Loss, float[][] Grads) LossAndGrads(string family, bool checkpointing, bool quantized)
+    private static (double Loss, float[][] Grads) LossAndGrads(string family, bool checkpointing, bool quantized, double checkpointedShare = 0)
     {
         using var lm = ModelLoader.Load(ModelFixtures.Folder(family), new ModelLoadOptions
         {
@@ -30,6 +30,7 @@ public class GradientCheckpointTests
         foreach (var layer in adapters) layer.DropoutGenerator = dropout;
         lm.train();
         lm.GradientCheckpointing = checkpointing;
+        lm.CheckpointedShare = checkpointedShare;
 
         using var scope = NewDisposeScope();
         // Two packed sequences (lengths 6 and 7): the block-diagonal mask must survive until backward.
@@ -42,6 +43,29 @@ public class GradientCheckpointTests
         var grads = adapters.SelectMany(l => new[] { l.lora_A!.weight!, l.lora_B!.weight! })
             .Select(p => p.grad!.data<float>().ToArray()).ToArray();
         return (loss.item<float>(), grads);
+    }
+
+    /// <summary>
+    /// With checkpointing off, CheckpointedShare checkpoints the first ⌈share × layers⌉ layers (the fixtures have 2): 0.3
+    /// one, 0.6 both, 0 none. The loss and every gradient equal those of kept activations, as for whole checkpointing.
+    /// </summary>
+    [Theory]
+    [InlineData(0.3, 1)]
+    [InlineData(0.6, 2)]
+    [InlineData(0.0, 0)]
+    public void The_first_layers_of_a_share_run_checkpointed_with_the_gradients_of_kept_activations(double share, int checkpointedLayers)
+    {
+        var plain = LossAndGrads("qwen2", checkpointing: false, quantized: false);
+        long before = GradientCheckpoint.CheckpointedCalls;
+        var partly = LossAndGrads("qwen2", checkpointing: false, quantized: false, checkpointedShare: share);
+        Assert.Equal(checkpointedLayers, GradientCheckpoint.CheckpointedCalls - before);
+        Assert.Equal(plain.Loss, partly.Loss);
+        Assert.Contains(plain.Grads, g => g.Any(v => v != 0));
+        for (int i = 0; i < plain.Grads.Length; i++)
+        {
+            float worst = plain.Grads[i].Zip(partly.Grads[i], (a, b) => MathF.Abs(a - b)).Max();
+            Assert.True(worst <= 1e-6f, $"gradient {i} with {checkpointedLayers} layer(s) checkpointed: max |diff| {worst}");
+        }
     }
 
     [Theory]
@@ -119,13 +143,13 @@ public class CheckpointedLayerScopeTests
         var cos = ones(1, 4, 8);
         var sin = zeros(1, 4, 8);
         using var masks = new AttentionMaskBuilder(4, 0, null, ScalarType.Float32, CPU);
-        var pass = DecoderPass.Create(cos, sin, masks, null, gradientCheckpointing: true);
+        var pass = DecoderPass.Create(cos, sin, masks, null, checkpointedLayers: int.MaxValue);
         var weight = full(8, 3.0f).requires_grad_(true);
         var hidden = randn(1, 4, 8) * weight;                                   // requires grad: no detached copy is made
         Func<Tensor, DecoderPass, Tensor> layer = (x, _) => x * 2;
         var retained = pass.RetainForBackward();                                // the pass's copies for backward, made before counting
         long live = TorchSharp.DisposeScopeManager.Statistics.ThreadTotalLiveCount;
-        var output = GradientCheckpoint.Apply(layer, hidden, pass);
+        var output = GradientCheckpoint.Apply(layer, hidden, pass, checkpointed: true);
         Assert.Equal(1, TorchSharp.DisposeScopeManager.Statistics.ThreadTotalLiveCount - live);
         output.sum().backward();
         Assert.True(weight.grad!.allclose((hidden.detach() / weight.detach() * 2).sum([0, 1])));

@@ -9,7 +9,8 @@
 #         ft-dense1-qlora-keep (QLoRA 1 x 512 keeping all activations: gradient checkpointing off),
 #         ft-qa-qlora-ckpt (QLoRA Q&A with gradient checkpointing forced on: the recomputing path's speed),
 #         ft-qa-lora-2gpu ft-dense-lora-2gpu (the same on two GPUs, data parallel: same global batch and steps),
-#         ft-qa-lora-mlp (FineTune's Q&A with LoRA on all seven projections, the MLP's too; no HF twin)
+#         ft-qa-lora-mlp (FineTune's Q&A with LoRA on all seven projections, the MLP's too; no HF twin),
+#         ft-qa-lora-keep (FineTune's Q&A with every micro-batch keeping all its activations: long ones checkpoint none)
 # GEN_ARGS: extra arguments for every generate cell, both stacks (e.g. "--repeats 2").
 # Needs: .device/dotnet.tgz, .device/on-gpu.sh and .device/bench (FineTune.Bench published with TorchBackend=none);
 #        DEVICE_DIR names another folder than .device.
@@ -58,6 +59,7 @@ for cell in $cells; do
     hf-dense-lora)   measure "$shape-$cell" $hfgpu python3 tools/bench/reference.py train --model $models/$shape --workload dense --out "$out/$shape-$cell.json" ;;
     ft-qa-lora)      measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload qa $data --out "$out/$shape-$cell.json" ;;
     ft-dense-lora)   measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload dense --out "$out/$shape-$cell.json" ;;
+    ft-qa-lora-keep) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload qa $data --long-micro-batches off --out "$out/$shape-$cell.json" ;;
     ft-qa-lora-mlp)  measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload qa $data --targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj --out "$out/$shape-$cell.json" ;;
     ft-qa-lora-2gpu) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload qa $data --gpus 2 --out "$out/$shape-$cell.json" ;;
     ft-dense-lora-2gpu) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload dense --gpus 2 --out "$out/$shape-$cell.json" ;;
