@@ -41,6 +41,8 @@ internal static class GraphCheckCommand
             new("qwen2", FourBit: false, Lengths: RowLengths.Few), new("qwen2", FourBit: true, Lengths: RowLengths.Few),
             // Rows of 8-119 tokens: with checkpointing (and on two GPUs) packed micro-batches are padded to bucket lengths.
             new("qwen2", FourBit: true, Lengths: RowLengths.Wide), new("llama3", FourBit: true, Lengths: RowLengths.Wide),
+            // The same in bf16: the longest micro-batches checkpoint part of their layers (LongMicroBatches), inside their graphs.
+            new("qwen2", FourBit: false, Lengths: RowLengths.Wide),
         };
         if (!unitOnly && two is not null)
             cases.InsertRange(7, [new("qwen2", FourBit: false, Devices: two), new("qwen2", FourBit: true, Devices: two), new("qwen2", FourBit: false, Devices: two, Lengths: RowLengths.Wide)]);
@@ -114,6 +116,11 @@ internal static class GraphCheckCommand
             {
                 var downs = FusedOps.DropoutLinearShared(x, [Fresh(loraA), Fresh(otherA), Fresh(thirdA)], qkv);
                 return downs[0] + downs[2];                                                 // k's gets no gradient: null in backward
+            }),
+            ("unit: fused silu mul with down's dropout + LoRA A, one function", x =>
+            {
+                var (h, down) = FusedOps.SiluMulDropoutLinear(x, x * 2, Fresh(loraA), 0.1, seed, 8);
+                return h + down;                                                            // r = 256: the product's width
             }),
             ("unit: fused rms norm", x => FusedOps.RmsNorm(x, weight, 1e-6)),
             ("unit: fused silu mul", x => FusedOps.SiluMul(x, x * 2)),
