@@ -12,6 +12,7 @@
 #         ft-qa-lora-mlp (FineTune's Q&A with LoRA on all seven projections, the MLP's too; no HF twin),
 #         ft-qa-lora-keep (FineTune's Q&A with every micro-batch keeping all its activations: long ones checkpoint none)
 # GEN_ARGS: extra arguments for every generate cell, both stacks (e.g. "--repeats 2").
+# FT_ARGS: extra arguments for every FineTune train cell (e.g. "--loss-chunk 128"; with OUT set apart, as BENCH_DLL).
 # Needs: .device/dotnet.tgz, .device/on-gpu.sh and .device/bench (FineTune.Bench published with TorchBackend=none);
 #        DEVICE_DIR names another folder than .device.
 # Writes $OUT/bench/<shape>-<stack>-<workload>-<mode>.json, each with the peak device memory seen by nvidia-smi.
@@ -57,16 +58,16 @@ for cell in $cells; do
     hf-qa-lora)      measure "$shape-$cell" $hfgpu python3 tools/bench/reference.py train --model $models/$shape --workload qa $data --out "$out/$shape-$cell.json" ;;
     hf-qa-lora-flat) measure "$shape-$cell" $hfgpu python3 tools/bench/reference.py train --model $models/$shape --workload qa $data --collator flatten --out "$out/$shape-$cell.json" ;;
     hf-dense-lora)   measure "$shape-$cell" $hfgpu python3 tools/bench/reference.py train --model $models/$shape --workload dense --out "$out/$shape-$cell.json" ;;
-    ft-qa-lora)      measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload qa $data --out "$out/$shape-$cell.json" ;;
-    ft-dense-lora)   measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload dense --out "$out/$shape-$cell.json" ;;
-    ft-qa-lora-keep) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload qa $data --long-micro-batches off --out "$out/$shape-$cell.json" ;;
-    ft-qa-lora-mlp)  measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload qa $data --targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj --out "$out/$shape-$cell.json" ;;
-    ft-qa-lora-2gpu) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload qa $data --gpus 2 --out "$out/$shape-$cell.json" ;;
-    ft-dense-lora-2gpu) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload dense --gpus 2 --out "$out/$shape-$cell.json" ;;
-    ft-qa-qlora)     measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload qa $data --qlora --out "$out/$shape-$cell.json" ;;
-    ft-qa-qlora-ckpt) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload qa $data --qlora --gradient-checkpointing on --out "$out/$shape-$cell.json" ;;
-    ft-dense1-qlora) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload dense --dense-batch 1 --dense-steps 30 --qlora --gradient-checkpointing on --out "$out/$shape-$cell.json" ;;
-    ft-dense1-qlora-keep) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload dense --dense-batch 1 --dense-steps 30 --qlora --gradient-checkpointing off --out "$out/$shape-$cell.json" ;;
+    ft-qa-lora)      measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload qa $data ${FT_ARGS:-} --out "$out/$shape-$cell.json" ;;
+    ft-dense-lora)   measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload dense ${FT_ARGS:-} --out "$out/$shape-$cell.json" ;;
+    ft-qa-lora-keep) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload qa $data --long-micro-batches off ${FT_ARGS:-} --out "$out/$shape-$cell.json" ;;
+    ft-qa-lora-mlp)  measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload qa $data --targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj ${FT_ARGS:-} --out "$out/$shape-$cell.json" ;;
+    ft-qa-lora-2gpu) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload qa $data --gpus 2 ${FT_ARGS:-} --out "$out/$shape-$cell.json" ;;
+    ft-dense-lora-2gpu) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload dense --gpus 2 ${FT_ARGS:-} --out "$out/$shape-$cell.json" ;;
+    ft-qa-qlora)     measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload qa $data --qlora ${FT_ARGS:-} --out "$out/$shape-$cell.json" ;;
+    ft-qa-qlora-ckpt) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload qa $data --qlora --gradient-checkpointing on ${FT_ARGS:-} --out "$out/$shape-$cell.json" ;;
+    ft-dense1-qlora) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload dense --dense-batch 1 --dense-steps 30 --qlora --gradient-checkpointing on ${FT_ARGS:-} --out "$out/$shape-$cell.json" ;;
+    ft-dense1-qlora-keep) measure "$shape-$cell" dotnet $bench train --model $models/$shape --workload dense --dense-batch 1 --dense-steps 30 --qlora --gradient-checkpointing off ${FT_ARGS:-} --out "$out/$shape-$cell.json" ;;
     hf-generate)     measure "$shape-$cell" $hfgpu python3 tools/bench/reference.py generate --model $models/$shape ${GEN_ARGS:-} --out "$out/$shape-$cell.json" ;;
     ft-generate-qlora) measure "$shape-$cell" dotnet $bench generate --model $models/$shape --qlora ${GEN_ARGS:-} --out "$out/$shape-$cell.json" ;;
     ft-generate)     measure "$shape-$cell" dotnet $bench generate --model $models/$shape ${GEN_ARGS:-} --out "$out/$shape-$cell.json" ;;
