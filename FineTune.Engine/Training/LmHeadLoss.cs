@@ -44,8 +44,12 @@ internal static class LmHeadLoss
             using var chunkScope = NewDisposeScope();
             var hc = h[(int)start..(int)end];                                                          // (n, H)
             if (gradient is not null) hc = hc.detach().requires_grad_(true);
-            var logits = lmHead.forward(hc).to(ScalarType.Float32);                                    // (n, V)
-            var loss = nn.functional.cross_entropy(logits, targets[(int)start..(int)end], reduction: nn.Reduction.Sum);
+            Tensor loss;
+            // The chunk's logits go once the loss has them: backward needs log-softmax's output, not its input (fp32) nor
+            // lm_head's (16-bit), and this runs at the end of forward, when every layer's activations are held.
+            using (var projected = lmHead.forward(hc))                                                  // (n, V)
+            using (var logits = projected.to(ScalarType.Float32))                                      // (n, V)
+                loss = nn.functional.cross_entropy(logits, targets[(int)start..(int)end], reduction: nn.Reduction.Sum);
             if (gradient is not null)
             {
                 var dh = autograd.grad([loss], [hc], [upstream!])[0];                                  // (n, H)
