@@ -527,7 +527,8 @@ public static unsafe partial class FusedOps
     /// linear(dropout(h), a) (..., r) for its LoRA B, the mask of <see cref="Dropout"/>'s draw (seed, key). Where gradients
     /// flow, one function that keeps gate and up (SiLU·up's backward needs them) and neither h nor its dropped copy: a's
     /// gradient takes the copy made again from gate and up in one kernel (silu_mul_dropout_). SiLU·up and
-    /// <see cref="DropoutLinear"/> kept h besides: a third (..., I) tensor a layer, a quarter of a 7B layer's activations.
+    /// <see cref="DropoutLinear"/> kept h besides: a third (..., I) tensor a layer, 23% of what a Qwen2-7B layer keeps with LoRA on
+    /// all seven projections (18,944 of about 82,900 values a token).
     /// Values and gradients equal those of <c>DropoutLinear(SiluMul(gate, up), a, p, seed, key)</c> bit for bit. Otherwise
     /// (no gradient, PlainAutograd) those two.
     /// </summary>
