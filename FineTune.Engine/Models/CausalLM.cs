@@ -98,7 +98,8 @@ public abstract class CausalLM : nn.Module<Tensor, Tensor>
 
     /// <summary>How many decoder layers of <paramref name="layers"/> a pass checkpoints: all with <see cref="GradientCheckpointing"/>, else <see cref="CheckpointedShare"/>'s.</summary>
     protected int CheckpointedLayers(int layers) =>
-        GradientCheckpointing ? int.MaxValue : (int)Math.Min(layers, Math.Ceiling(Math.Clamp(CheckpointedShare, 0, 1) * layers));
+        // Less a hair before rounding up: a share of k / layers (TrainingMemory's choice) is k layers, not k + 1 by fp error.
+        GradientCheckpointing ? int.MaxValue : (int)Math.Min(layers, Math.Ceiling(Math.Clamp(CheckpointedShare, 0, 1) * layers - 1e-9));
 
     /// <summary>The checkpoint key of the input embedding ("model.embed_tokens.weight", Qwen v1: "transformer.wte.weight").</summary>
     public abstract string EmbeddingKey { get; }

@@ -253,7 +253,7 @@ public sealed class FineTunePipeline(ILoggerFactory? loggers = null)
     {
         var choice = ResolveCheckpointing(job, split);
         logger.LogInformation("{Checkpointing}", choice);
-        return job with { Training = job.Training with { GradientCheckpointing = choice.On } };
+        return job with { Training = job.Training with { GradientCheckpointing = choice.On, CheckpointedShare = choice.On ? 0 : choice.Share } };
     }
 
     /// <summary>

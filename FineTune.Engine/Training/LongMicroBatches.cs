@@ -28,7 +28,11 @@ public static class LongMicroBatches
         return sorted[^1] > budget ? budget : null;
     }
 
-    /// <summary>The share of decoder layers a micro-batch of <paramref name="tokens"/> runs checkpointed under <paramref name="budget"/>: (T − budget) / T above it, else 0.</summary>
-    public static double CheckpointedShare(long tokens, long? budget) =>
-        budget is long b && tokens > b ? (tokens - b) / (double)tokens : 0;
+    /// <summary>
+    /// The share of decoder layers a micro-batch of <paramref name="tokens"/> runs checkpointed under <paramref name="budget"/>,
+    /// where every micro-batch checkpoints <paramref name="runShare"/> (TrainingOptions.CheckpointedShare): above the budget
+    /// enough more that it keeps what a micro-batch of the budget keeps, 1 − (budget / T)·(1 − runShare); else runShare.
+    /// </summary>
+    public static double CheckpointedShare(long tokens, long? budget, double runShare = 0) =>
+        budget is long b && tokens > b ? 1 - b / (double)tokens * (1 - runShare) : runShare;
 }

@@ -90,6 +90,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         _padTo = plan?.PadPackedRows != true ? null : graphs is not null ? graphs.ShapeFor : bucket => MicroBatchGraphs.SmallestHolding(plan.Shapes, bucket);
         // Micro-batches longer than most checkpoint part of their layers (set per micro-batch in ForwardBackward).
         _longBatchBudget = null;
+        _runShare = checkpointing ? 0 : options.CheckpointedShare;
         if (!checkpointing && options.CheckpointLongMicroBatches)
         {
             var tokensAsRun = Enumerable.Range(0, (int)Math.Ceiling(options.Epochs))
@@ -99,13 +100,13 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
             _longBatchBudget = LongMicroBatches.Budget(tokensAsRun);
             if (_longBatchBudget is long budget)
                 _logger.LogInformation("Long micro-batches: {Count} of {Total} above {Budget} tokens checkpoint part of their layers, the longest ({Longest} tokens) {Share:P0}",
-                    tokensAsRun.Count(t => t > budget), tokensAsRun.Count, budget, tokensAsRun.Max(), LongMicroBatches.CheckpointedShare(tokensAsRun.Max(), budget));
+                    tokensAsRun.Count(t => t > budget), tokensAsRun.Count, budget, tokensAsRun.Max(), LongMicroBatches.CheckpointedShare(tokensAsRun.Max(), budget, _runShare));
         }
         // TorchSharp's custom autograd functions (the NF4 matmul, checkpointed layers) keep their inputs reachable
         // from managed contexts that only the garbage collector releases; without a collection per step a QLoRA
         // run's GPU memory grew with every step (measured on an H200: 97 GB for a 0.5B model). Dense LoRA does not need
         // it, unless long micro-batches checkpoint layers.
-        var collector = quantized || checkpointing || _longBatchBudget is not null ? new StepCollector() : null;
+        var collector = quantized || checkpointing || _longBatchBudget is not null || _runShare > 0 ? new StepCollector() : null;
 
         string? lastCheckpoint = null;
         var clock = Stopwatch.StartNew();
@@ -270,8 +271,11 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
     /// <summary>Where this run pads packed rows (<see cref="GraphPlan.PadPackedRows"/>): the shape a micro-batch's bucket shape is padded to, if any.</summary>
     private Func<BatchShape, BatchShape?>? _padTo;
 
-    /// <summary>The run's <see cref="LongMicroBatches.Budget"/> in tokens; null: no micro-batch checkpoints any layer.</summary>
+    /// <summary>The run's <see cref="LongMicroBatches.Budget"/> in tokens; null: no micro-batch checkpoints more layers than the run's share.</summary>
     private long? _longBatchBudget;
+
+    /// <summary>The share of layers every micro-batch checkpoints (<see cref="TrainingOptions.CheckpointedShare"/>; 0 with checkpointing on: all are).</summary>
+    private double _runShare;
 
     /// <summary>The tokens of the micro-batch <paramref name="indices"/> make as Step collates it: padded to its graph's shape where one holds it.</summary>
     private long TokensAsRun(IReadOnlyList<TrainingExample> rows, int[] indices, BatchLayout layout)
@@ -390,7 +394,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
     private void ForwardBackward(TrainingBatch batch, MicroBatchTensors tensors, bool scaled, int lossChunkSize, AdapterWorkingCopies? workingCopies)
     {
         using var scope = NewDisposeScope();
-        model.CheckpointedShare = LongMicroBatches.CheckpointedShare(batch.InputIds.numel(), _longBatchBudget); // a graph captures it with its shape
+        model.CheckpointedShare = LongMicroBatches.CheckpointedShare(batch.InputIds.numel(), _longBatchBudget, _runShare); // a graph captures it with its shape
         var hidden = model.HiddenStates(batch.InputIds, batch.PositionIds, batch.AttentionMask, batch.Packed); // (B, T, H)
         // The gradient backward brings to the loss sum, as autograd will compute it: (scale or 1) / targets.
         var upstream = (scaled ? tensors.LossScale : ones_like(tensors.Divisor)) / tensors.Divisor; // ()

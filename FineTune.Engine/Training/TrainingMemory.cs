@@ -36,15 +36,28 @@ public enum CheckpointingReason
     /// <summary>Auto, and without it the run would need more than the device's usable memory: on.</summary>
     TooBigWithout,
 
+    /// <summary>
+    /// Auto, and without it the run would need more than the device's usable memory, but with only its first layers
+    /// recomputed (<see cref="CheckpointingChoice.Layers"/> of <see cref="CheckpointingChoice.OfLayers"/>) it fits: those
+    /// alone, for steps faster than with every layer recomputed.
+    /// </summary>
+    SomeLayers,
+
     /// <summary>Auto, with the device's memory (or the model's facts) unknown, as on the CPU: on with a 4-bit base, as PEFT's prepare_model_for_kbit_training does.</summary>
     DeviceUnknown,
 }
 
 /// <summary>Whether a run uses gradient checkpointing, why, and the numbers it was decided by.</summary>
+/// <param name="On">Every decoder layer recomputed in backward.</param>
 /// <param name="BytesWithout">The estimate without checkpointing, when the device's memory decided.</param>
 /// <param name="DeviceBytes">The device memory it was decided against (the smallest GPU of a data-parallel run).</param>
-public sealed record CheckpointingChoice(bool On, CheckpointingReason Reason, long? BytesWithout = null, long? DeviceBytes = null)
+/// <param name="Layers">With <see cref="CheckpointingReason.SomeLayers"/>: how many decoder layers, the first ones, are recomputed.</param>
+/// <param name="OfLayers">With <see cref="CheckpointingReason.SomeLayers"/>: the model's decoder layers.</param>
+public sealed record CheckpointingChoice(bool On, CheckpointingReason Reason, long? BytesWithout = null, long? DeviceBytes = null, int? Layers = null, int? OfLayers = null)
 {
+    /// <summary>The share of decoder layers recomputed: 1 when on, k / layers for <see cref="CheckpointingReason.SomeLayers"/>, else 0.</summary>
+    public double Share => On ? 1 : Layers is int k && OfLayers is int all && all > 0 ? (double)k / all : 0;
+
     /// <summary>The log line: "gradient checkpointing off: the run needs about 9.8 GiB of the GPU's 139.8 GiB".</summary>
     public override string ToString()
     {
@@ -54,6 +67,8 @@ public sealed record CheckpointingChoice(bool On, CheckpointingReason Reason, lo
             CheckpointingReason.FitsWithout => $"gradient checkpointing off: the run needs about {GiB(BytesWithout)} of the GPU's {GiB(DeviceBytes)}",
             CheckpointingReason.TooBigWithout => $"gradient checkpointing on: without it the run would need about {GiB(BytesWithout)}, " +
                                                  $"more than {Math.Round(TrainingMemory.UsableShare * 100)}% of the GPU's {GiB(DeviceBytes)}",
+            CheckpointingReason.SomeLayers => $"gradient checkpointing on for the first {Layers} of {OfLayers} layers: without it the run would need " +
+                                              $"about {GiB(BytesWithout)}, more than {Math.Round(TrainingMemory.UsableShare * 100)}% of the GPU's {GiB(DeviceBytes)}",
             CheckpointingReason.DeviceUnknown => $"gradient checkpointing {state}: the device's memory is unknown, so the default " +
                                                  (On ? "with a 4-bit base" : "with a 16-bit base"),
             _ => $"gradient checkpointing {state}: as set",
@@ -96,8 +111,10 @@ public static class TrainingMemory
 
     /// <summary>
     /// The one rule for gradient checkpointing: set on or off, it is that; auto (null) with the device's memory known, off
-    /// when the run without it fits within <see cref="UsableShare"/> of that memory, else on; auto with the device's memory
-    /// or the model's facts unknown (the CPU), on with a 4-bit base only, as before memory decided.
+    /// when the run without it fits within <see cref="UsableShare"/> of that memory, else the fewest first layers with which
+    /// it fits (<see cref="CheckpointingReason.SomeLayers"/>: each recomputed layer costs about a third of its step time, so
+    /// fewer recomputed layers make faster steps), else on; auto with the device's memory or the model's facts unknown (the
+    /// CPU), on with a 4-bit base only, as before memory decided.
     /// </summary>
     /// <param name="deviceBytes">The GPU's total memory (the smallest of a data-parallel run's: each replica holds the whole model); null when unknown.</param>
     public static CheckpointingChoice ResolveCheckpointing(ModelFacts? facts, MemoryQuery q, long? deviceBytes)
@@ -105,8 +122,15 @@ public static class TrainingMemory
         if (q.GradientCheckpointing is bool set) return new CheckpointingChoice(set, CheckpointingReason.AsSet);
         if (facts is null || deviceBytes is not long device) return new CheckpointingChoice(WithoutDeviceMemory(q.FourBit), CheckpointingReason.DeviceUnknown);
         long without = Estimate(facts, q, new CheckpointingChoice(false, CheckpointingReason.AsSet)).Total;
-        bool fits = without <= device * UsableShare;
-        return new CheckpointingChoice(!fits, fits ? CheckpointingReason.FitsWithout : CheckpointingReason.TooBigWithout, without, device);
+        if (without <= device * UsableShare) return new CheckpointingChoice(false, CheckpointingReason.FitsWithout, without, device);
+        // The fewest first layers that make it fit: each one recomputed keeps its input instead of its activations.
+        int layers = facts.Config.NumHiddenLayers;
+        for (int k = 1; k < layers; k++)
+        {
+            var some = new CheckpointingChoice(false, CheckpointingReason.SomeLayers, without, device, k, layers);
+            if (Estimate(facts, q, some).Total <= device * UsableShare) return some;
+        }
+        return new CheckpointingChoice(true, CheckpointingReason.TooBigWithout, without, device);
     }
 
     /// <summary>Auto gradient checkpointing where no device memory decides it (the CPU, a trainer used on its own): on with a 4-bit base, as PEFT's prepare_model_for_kbit_training.</summary>
@@ -137,11 +161,14 @@ public static class TrainingMemory
                              + layer0Targeted.Sum(l => (q.Lora.Dropout > 0 ? l.InFeatures : 0) + (long)q.Lora.Rank)
                              + (q.Lora.Dropout == 0 && layer0Targeted.Any(l => l.InFeatures == widestInput && widestInput > c.HiddenSize) ? widestInput : 0);
         long layerBytes = tokens * perTokenLayer * q.ComputeBytes;
-        bool checkpointing = checkpointingChoice.On;
-        long layers = checkpointing
+        long inputBytes = tokens * c.HiddenSize * q.ComputeBytes;
+        int recomputed = checkpointingChoice.Layers ?? 0;
+        long layers = checkpointingChoice.On
             // Each layer keeps only its input; backward recomputes one layer at a time.
-            ? tokens * c.HiddenSize * q.ComputeBytes * c.NumHiddenLayers + layerBytes
-            : layerBytes * c.NumHiddenLayers;
+            ? inputBytes * c.NumHiddenLayers + layerBytes
+            // The first k keep their inputs, the others everything; backward recomputes the first layers when the others'
+            // activations are gone, so one recomputed layer's activations never add to the rest.
+            : inputBytes * recomputed + layerBytes * (c.NumHiddenLayers - recomputed);
         // The loss runs over chunks of tokens: fp32 logits, their log-softmax and its gradient for one chunk at a time.
         long logits = Math.Min(tokens, q.LossChunkSize) * (long)c.VocabSize * 4 * 3;
         long activations = layers + logits;

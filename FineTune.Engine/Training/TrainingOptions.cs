@@ -64,6 +64,12 @@ public sealed record TrainingOptions
     /// that they keep about the activations of the run's usual ones (<see cref="LongMicroBatches"/>). On by default.
     /// </summary>
     public bool CheckpointLongMicroBatches { get; init; } = true;
+    /// <summary>
+    /// Where <see cref="GradientCheckpointing"/> is off: the share of decoder layers, the first ones, recomputed in backward
+    /// in every micro-batch (0 to 1). <see cref="FineTunePipeline"/> sets it where the GPU holds the run with only some
+    /// layers recomputed (<see cref="CheckpointingReason.SomeLayers"/>).
+    /// </summary>
+    public double CheckpointedShare { get; init; }
     /// <summary>Dynamic loss scaling for fp16 compute (where bf16 is missing).</summary>
     public bool UseLossScaling { get; init; }
     /// <summary>Stop after this many optimizer steps (for tests and "crash" simulation); 0: run to the end.</summary>
@@ -79,6 +85,7 @@ public sealed record TrainingOptions
         if (LoggingSteps < 1) throw new ArgumentOutOfRangeException(nameof(LoggingSteps), LoggingSteps, "Logging steps must be at least 1.");
         if (SaveSteps < 0 || SaveTotalLimit < 0 || EvalSteps < 0) throw new ArgumentOutOfRangeException(nameof(SaveSteps), "Save/eval steps and the checkpoint limit cannot be negative.");
         if (MaxGradNorm < 0) throw new ArgumentOutOfRangeException(nameof(MaxGradNorm), MaxGradNorm, "max_grad_norm cannot be negative (0 turns clipping off).");
+        if (!(CheckpointedShare >= 0 && CheckpointedShare <= 1)) throw new ArgumentOutOfRangeException(nameof(CheckpointedShare), CheckpointedShare, "The share of checkpointed layers must be in [0, 1].");
     }
 
     /// <summary>Micro-batches per epoch (HF's len(dataloader)): ceil(rows / batch).</summary>

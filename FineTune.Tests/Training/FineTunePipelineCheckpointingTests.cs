@@ -53,6 +53,29 @@ public sealed class FineTunePipelineCheckpointingTests : IDisposable
         else Assert.Contains("of the GPU's", line, StringComparison.Ordinal);
     }
 
+    /// <summary>A GPU that holds the run with only the first of the fixture's 2 layers recomputed: the trainer recomputes that one in every micro-batch, and the adapter's record and the log say so.</summary>
+    [Fact]
+    [Trait(Category.Name, Category.Slow)]
+    public void A_gpu_that_holds_the_run_with_some_layers_recomputed_gets_those_recomputed()
+    {
+        var probe = new FineTunePipeline { DeviceMemory = _ => 1L << 50 };
+        long without = probe.ResolveCheckpointing(Job(), probe.Split(Job())).BytesWithout!.Value;
+        long small = (long)(without / TrainingMemory.UsableShare) - 1;
+        var logs = new RecordingLoggers();
+        var pipeline = new FineTunePipeline(logs) { DeviceMemory = _ => small };
+        string adapter = Path.Combine(_folder, "adapter");
+        long before = FineTune.Engine.Models.GradientCheckpoint.CheckpointedCalls;
+        var outcome = pipeline.Run(Job() with { OutputFolder = adapter });
+
+        Assert.False(outcome.GradientCheckpointing);
+        Assert.True(FineTune.Engine.Models.GradientCheckpoint.CheckpointedCalls - before > 0, "no layer was recomputed");
+        var settings = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(adapter, AdapterExport.SettingsFile)))!;
+        Assert.False(settings["training"]!["gradient_checkpointing"]!.GetValue<bool>());
+        Assert.Equal(0.5, settings["training"]!["checkpointed_layer_share"]!.GetValue<double>());
+        string line = Assert.Single(logs.Lines, l => l.StartsWith("gradient checkpointing", StringComparison.Ordinal));
+        Assert.StartsWith("gradient checkpointing on for the first 1 of 2 layers: ", line, StringComparison.Ordinal);
+    }
+
     [Fact]
     public void An_explicit_setting_is_what_the_run_uses_whatever_the_gpu()
     {
@@ -64,7 +87,7 @@ public sealed class FineTunePipelineCheckpointingTests : IDisposable
     [Fact]
     public void A_data_parallel_run_decides_against_its_smallest_gpu()
     {
-        // Each replica holds the whole model: the run fits GPU 0 without checkpointing, GPU 1 only with it.
+        // Each replica holds the whole model: the run fits GPU 0 without checkpointing, GPU 1 only with some of it (the first of the fixture's 2 layers).
         var probe = new FineTunePipeline { DeviceMemory = _ => 1L << 50 };
         var job = Job() with { Devices = [new Device(TorchSharp.DeviceType.CUDA, 0), new Device(TorchSharp.DeviceType.CUDA, 1)] };
         var split = probe.Split(job);
@@ -73,7 +96,7 @@ public sealed class FineTunePipelineCheckpointingTests : IDisposable
         var pipeline = new FineTunePipeline { DeviceMemory = d => d.index == 0 ? 80 * GiB : small };
 
         var choice = pipeline.ResolveCheckpointing(job, split);
-        Assert.Equal(new CheckpointingChoice(true, CheckpointingReason.TooBigWithout, without, small), choice);
+        Assert.Equal(new CheckpointingChoice(false, CheckpointingReason.SomeLayers, without, small, 1, 2), choice);
         Assert.False(pipeline.ResolveCheckpointing(job with { Devices = null, Device = job.Devices![0] }, split).On);
         // A GPU whose memory is unknown leaves the run to the default (on with a 4-bit base).
         var unknown = new FineTunePipeline { DeviceMemory = d => d.index == 0 ? 80 * GiB : null };

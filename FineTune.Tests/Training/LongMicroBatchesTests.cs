@@ -32,6 +32,16 @@ public class LongMicroBatchesTests
     }
 
     [Fact]
+    public void Where_every_micro_batch_checkpoints_a_share_a_long_one_checkpoints_enough_more_to_keep_what_the_budget_keeps()
+    {
+        Assert.Equal(0.5, LongMicroBatches.CheckpointedShare(6, 6, runShare: 0.5));
+        Assert.Equal(0.5, LongMicroBatches.CheckpointedShare(30, null, runShare: 0.5));
+        // 30 tokens against a budget of 6, half the layers already: kept 30 × (1 − s) = 6 × 0.5, s = 0.9.
+        Assert.Equal(0.9, LongMicroBatches.CheckpointedShare(30, 6, runShare: 0.5), 12);
+        Assert.Equal(0.8, LongMicroBatches.CheckpointedShare(30, 6), 12);
+    }
+
+    [Fact]
     public void Runs_whose_longest_micro_batch_is_usual_get_no_budget()
     {
         Assert.Null(LongMicroBatches.Budget([]));
@@ -60,7 +70,7 @@ public class LongMicroBatchesTrainerTests
         return rows;
     }
 
-    private static (IReadOnlyList<StepRecord> History, List<(long Tokens, double Share)> Shares) Train(bool longBatches)
+    private static (IReadOnlyList<StepRecord> History, List<(long Tokens, double Share)> Shares) Train(bool longBatches, double runShare = 0)
     {
         using var lm = ModelLoader.Load(ModelFixtures.Folder("qwen2"), new ModelLoadOptions { DType = ScalarType.Float32 });
         var model = new SharesRecorded(new CausalLmTraining(lm));
@@ -69,7 +79,7 @@ public class LongMicroBatchesTrainerTests
         var options = new TrainingOptions
         {
             Epochs = 1, BatchSize = 1, GradientAccumulationSteps = 5, LearningRate = 5e-3, Seed = 4,
-            GradientCheckpointing = false, CheckpointLongMicroBatches = longBatches,
+            GradientCheckpointing = false, CheckpointLongMicroBatches = longBatches, CheckpointedShare = runShare,
         };
         var result = new LoraTrainer(model, settings, "qwen2").Train(new DataSplit(Rows(), []), options);
         Assert.Equal(0, lm.CheckpointedShare);                                   // reset when training ends
@@ -99,6 +109,25 @@ public class LongMicroBatchesTrainerTests
             Assert.Equal(off.History[i].Loss, on.History[i].Loss, 6);
             Assert.Equal(off.History[i].GradNorm, on.History[i].GradNorm, 6);
         }
+    }
+
+    /// <summary>
+    /// TrainingOptions.CheckpointedShare (what the pipeline sets where the GPU holds the run with only some layers
+    /// recomputed): every micro-batch checkpoints that share, ⌈0.5 × 2⌉ = 1 of the fixture's layers, the long one 90%, both;
+    /// the losses those of kept activations.
+    /// </summary>
+    [Fact]
+    public void A_run_share_checkpoints_the_first_layers_of_every_micro_batch()
+    {
+        long before = GradientCheckpoint.CheckpointedCalls;
+        var half = Train(longBatches: true, runShare: 0.5);
+        long checkpointed = GradientCheckpoint.CheckpointedCalls - before;
+        var kept = Train(longBatches: false);
+
+        Assert.All(half.Shares.Where(s => s.Tokens != 30), s => Assert.Equal(0.5, s.Share));
+        Assert.Equal(0.9, Assert.Single(half.Shares, s => s.Tokens == 30).Share, 12);
+        Assert.Equal(24 * 1 + 2, checkpointed);
+        for (int i = 0; i < kept.History.Count; i++) Assert.Equal(kept.History[i].Loss, half.History[i].Loss, 6);
     }
 
     /// <summary>The trainable model, with the share the trainer sets before each micro-batch's forward and that micro-batch's tokens.</summary>

@@ -104,13 +104,50 @@ public sealed class TrainingMemoryTests : IDisposable
 
         var off = TrainingMemory.ResolveCheckpointing(Qwen2_7B, Auto(), enough);
         Assert.Equal(new CheckpointingChoice(false, CheckpointingReason.FitsWithout, without, enough), off);
-        var on = TrainingMemory.ResolveCheckpointing(Qwen2_7B, Auto(), enough - 1);
-        Assert.Equal(new CheckpointingChoice(true, CheckpointingReason.TooBigWithout, without, enough - 1), on);
+        // One byte less: the first layer recomputed is enough (it keeps its input instead of its activations).
+        var one = TrainingMemory.ResolveCheckpointing(Qwen2_7B, Auto(), enough - 1);
+        Assert.Equal(new CheckpointingChoice(false, CheckpointingReason.SomeLayers, without, enough - 1, 1, 28), one);
+        // A GPU that holds the run with every layer recomputed and not with one layer fewer: on.
+        var on = TrainingMemory.ResolveCheckpointing(Qwen2_7B, Auto(), with);
+        Assert.Equal(new CheckpointingChoice(true, CheckpointingReason.TooBigWithout, without, with), on);
         // An H200 holds a 7B QLoRA run at 1 x 512 many times over: no recomputing there.
         Assert.False(TrainingMemory.ResolveCheckpointing(Qwen2_7B, Auto(), 141 * GiB).On);
         // A 16-bit run that only fits with checkpointing gets it too.
         long sixteenBitWith = TrainingMemory.Estimate(Qwen2_7B, Benchmark(true) with { FourBit = false }).Total;
         Assert.True(TrainingMemory.ResolveCheckpointing(Qwen2_7B, Auto(fourBit: false), sixteenBitWith + GiB / 100).On);
+    }
+
+    /// <summary>
+    /// Between the two, auto recomputes the fewest first layers with which the run fits: a 7B QLoRA run of 8 x 512 tokens
+    /// on GPUs of 16 to 24 GiB. The estimate counts them (their inputs instead of their activations), fits the usable share,
+    /// and one layer fewer would not: a GPU just below that estimate gets one layer more.
+    /// </summary>
+    [Theory]
+    [InlineData(16)]
+    [InlineData(20)]
+    [InlineData(24)]
+    public void Auto_recomputes_the_fewest_first_layers_with_which_the_run_fits(int gpuGiB)
+    {
+        var query = Auto() with { BatchSize = 8 };
+        long device = gpuGiB * GiB;
+        var estimate = TrainingMemory.Estimate(Qwen2_7B, query, device);
+        var choice = estimate.Checkpointing;
+        Assert.Equal(CheckpointingReason.SomeLayers, choice.Reason);
+        Assert.False(choice.On);
+        Assert.Equal(28, choice.OfLayers);
+        int k = choice.Layers!.Value;
+        Assert.InRange(k, 1, 27);
+        Assert.Equal(k / 28.0, choice.Share, 12);
+        Assert.True(choice.BytesWithout > device * TrainingMemory.UsableShare);
+        Assert.True(estimate.Total <= device * TrainingMemory.UsableShare, $"{k} layers: {estimate.Total} bytes on a {gpuGiB} GiB GPU");
+        // The GPU that holds exactly this estimate keeps k; one byte less of usable memory takes k + 1.
+        long exact = (long)Math.Ceiling(estimate.Total / TrainingMemory.UsableShare);
+        Assert.Equal(k, TrainingMemory.ResolveCheckpointing(Qwen2_7B, query, exact).Layers);
+        Assert.Equal(k + 1, TrainingMemory.ResolveCheckpointing(Qwen2_7B, query, exact - 2).Layers);
+        // Fewer layers than with every one recomputed: less recomputing, the steps faster; more memory than that.
+        var all = TrainingMemory.Estimate(Qwen2_7B, query with { GradientCheckpointing = true });
+        Assert.True(estimate.Total > all.Total);
+        Assert.StartsWith($"gradient checkpointing on for the first {k} of 28 layers: without it the run would need about", choice.ToString(), StringComparison.Ordinal);
     }
 
     [Theory]
@@ -136,10 +173,15 @@ public sealed class TrainingMemoryTests : IDisposable
         Assert.Equal(without.Total, onH200.Total);
 
         var onTenGiB = TrainingMemory.Estimate(Qwen2_7B, Auto(), 10 * GiB); // 9.8 GiB without: more than 90% of 10
-        Assert.True(onTenGiB.GradientCheckpointing);
-        Assert.Equal(CheckpointingReason.TooBigWithout, onTenGiB.Checkpointing.Reason);
-        Assert.Equal(with.Total, onTenGiB.Total);
+        Assert.False(onTenGiB.GradientCheckpointing);
+        Assert.Equal(CheckpointingReason.SomeLayers, onTenGiB.Checkpointing.Reason);
+        Assert.InRange(onTenGiB.Total, with.Total, (long)(10 * GiB * TrainingMemory.UsableShare));
         Assert.Equal(without.Total, onTenGiB.Checkpointing.BytesWithout);
+
+        var onlyWithAll = TrainingMemory.Estimate(Qwen2_7B, Auto(), with.Total); // holds it with every layer recomputed, at 100%
+        Assert.True(onlyWithAll.GradientCheckpointing);
+        Assert.Equal(CheckpointingReason.TooBigWithout, onlyWithAll.Checkpointing.Reason);
+        Assert.Equal(with.Total, onlyWithAll.Total);
     }
 
     [Fact]
@@ -147,8 +189,10 @@ public sealed class TrainingMemoryTests : IDisposable
     {
         var off = TrainingMemory.ResolveCheckpointing(Qwen2_7B, Auto(), 140 * GiB).ToString();
         Assert.Matches(@"^gradient checkpointing off: the run needs about \d+\.\d GiB of the GPU's 140\.0 GiB$", off);
-        var on = TrainingMemory.ResolveCheckpointing(Qwen2_7B, Auto(), 10 * GiB).ToString();
-        Assert.Matches(@"^gradient checkpointing on: without it the run would need about \d+\.\d GiB, more than 90% of the GPU's 10\.0 GiB$", on);
+        var some = TrainingMemory.ResolveCheckpointing(Qwen2_7B, Auto(), 10 * GiB).ToString();
+        Assert.Matches(@"^gradient checkpointing on for the first \d+ of 28 layers: without it the run would need about \d+\.\d GiB, more than 90% of the GPU's 10\.0 GiB$", some);
+        var on = TrainingMemory.ResolveCheckpointing(Qwen2_7B, Auto(), 8 * GiB).ToString();
+        Assert.Matches(@"^gradient checkpointing on: without it the run would need about \d+\.\d GiB, more than 90% of the GPU's 8\.0 GiB$", on);
         Assert.Equal("gradient checkpointing on: as set", TrainingMemory.ResolveCheckpointing(Qwen2_7B, Benchmark(true), null).ToString());
     }
 

@@ -1,4 +1,6 @@
+using System.Globalization;
 using Bunit;
+using FineTune.Engine.Training;
 using FineTune.Engine.Backend;
 using FineTune.Tests.Web.Support;
 using FineTune.Web.Components.Pages.Wizard.Settings;
@@ -58,14 +60,14 @@ public sealed class SettingsStepCheckpointingTests : ComponentTestContext
     }
 
     [Fact]
-    public void On_a_gpu_too_small_for_the_run_without_it_checkpointing_is_on_and_the_memory_line_counts_it()
+    public void On_a_gpu_that_holds_the_run_only_with_every_layer_recomputed_checkpointing_is_on_and_the_memory_line_counts_it()
     {
         TutorialWith7B();
         var shape = ModelCatalog.FactsOf(State.Settings)!;
         long with = TrainingEstimator.Memory(shape, State.Settings, gpuBytes: 1).Total;
         long without = TrainingEstimator.Memory(shape, State.Settings, gpuBytes: 1L << 50).Total;
         Assert.True(with < without);
-        long gpu = (with + without) / 2;
+        long gpu = with;                                                         // 90% of it holds no layer fewer
         Gpus = [new GpuDevice(0, "Fake small GPU", gpu)];
 
         var cut = Render<SettingsStep>();
@@ -73,5 +75,35 @@ public sealed class SettingsStepCheckpointingTests : ComponentTestContext
         Assert.Equal($"梯度檢查點：開啟：不開啟約需 {SettingsAdvisor.Gigabytes(without)} GB，超出 GPU 的 {SettingsAdvisor.Gigabytes(gpu)} GB 能穩定容納的量；反向傳播時重新計算每一層，較省記憶體、每步較慢。",
             Line(cut).TextContent.Trim());
         Assert.Contains(SettingsAdvisor.Gigabytes(with), cut.Find("[data-testid=summary-memory]").TextContent, StringComparison.Ordinal);
+    }
+
+    /// <summary>Between the two, the run recomputes only its first layers (as few as fit), and the summary says how many, in zh-TW and English.</summary>
+    [Fact]
+    public void On_a_gpu_between_the_two_only_the_first_layers_are_recomputed_and_the_summary_says_how_many()
+    {
+        TutorialWith7B();
+        var shape = ModelCatalog.FactsOf(State.Settings)!;
+        long with = TrainingEstimator.Memory(shape, State.Settings, gpuBytes: 1).Total;
+        long without = TrainingEstimator.Memory(shape, State.Settings, gpuBytes: 1L << 50).Total;
+        long gpu = (with + without) / 2;
+        Gpus = [new GpuDevice(0, "Fake middle GPU", gpu)];
+        var memory = TrainingEstimator.Memory(shape, State.Settings, gpu);
+        var choice = memory.Checkpointing;
+        Assert.Equal(CheckpointingReason.SomeLayers, choice.Reason);
+        Assert.InRange(choice.Layers!.Value, 1, choice.OfLayers!.Value - 1);
+
+        var cut = Render<SettingsStep>();
+        Assert.Equal("false", Line(cut).GetAttribute("data-on"));
+        Assert.Equal(choice.Layers.ToString(), Line(cut).GetAttribute("data-layers"));
+        Assert.Equal($"梯度檢查點：只開啟前 {choice.Layers} 層（共 {choice.OfLayers} 層）：不開啟約需 {SettingsAdvisor.Gigabytes(without)} GB，超出 GPU 的 {SettingsAdvisor.Gigabytes(gpu)} GB 能穩定容納的量；反向傳播時只重新計算這幾層就放得下，每步比全部重新計算快。",
+            Line(cut).TextContent.Trim());
+        // The memory line is the estimate with those layers recomputed: within the GPU's usable share, below the run without.
+        Assert.True(memory.Total <= gpu * TrainingMemory.UsableShare && memory.Total < without, $"{memory.Total} bytes on a {gpu}-byte GPU");
+        Assert.Contains(SettingsAdvisor.Gigabytes(memory.Total), cut.Find("[data-testid=summary-memory]").TextContent, StringComparison.Ordinal);
+
+        CultureInfo.CurrentCulture = CultureInfo.CurrentUICulture = new CultureInfo("en");
+        cut.Render();
+        Assert.Equal($"Gradient checkpointing: on for the first {choice.Layers} of {choice.OfLayers} layers: without it the run would need about {SettingsAdvisor.Gigabytes(without)} GB, too much of the GPU's {SettingsAdvisor.Gigabytes(gpu)} GB; recomputing only those layers in backward fits, with faster steps than recomputing all.",
+            Line(cut).TextContent.Trim());
     }
 }

@@ -12,8 +12,9 @@ namespace FineTune.Tests.Web.EndToEnd;
 /// <summary>
 /// The settings summary's gradient checkpointing line in a real browser, zh-TW and English: on this CPU machine the
 /// tutorial's 4-bit run keeps the default (on); with the app's GPU pool given a fake H200, auto turns it off and says the
-/// GPU has the memory; with a GPU that holds the run only with it, it stays on and says why. Screenshots
-/// 3-settings-checkpointing-{cpu,h200,small} (the page) and -summary (the summary box).
+/// GPU has the memory; with a GPU that holds the run only with every layer recomputed, it stays on and says why; with one
+/// between the two, only the first layers are recomputed and the line says how many. Screenshots
+/// 3-settings-checkpointing-{cpu,h200,small,some-layers} (the page) and -summary (the summary box).
 /// </summary>
 [Collection(nameof(WizardEndToEndTests))]
 [Trait(Category.Name, Category.EndToEnd)]
@@ -34,20 +35,46 @@ public sealed class SettingsCheckpointingEndToEndTests
     [BrowserFact]
     public Task Fake_h200_in_english() => SettingsStepAsync("en", FakeH200, "h200", on: false, "Gradient checkpointing: off, the GPU has the memory: without it the run needs about", "of the GPU's 141.0 GB");
 
-    /// <summary>
-    /// A GPU that holds the tutorial's default run (the default preset in 4 bits) only with checkpointing: halfway between
-    /// the run's memory with it and without it (the settings page's defaults are TrainingSettings' own).
-    /// </summary>
-    [BrowserFact]
-    public Task Gpu_too_small_without_it_in_english()
+    /// <summary>The tutorial's default run (the default preset in 4 bits, the settings page's defaults) with and without checkpointing.</summary>
+    private static (long With, long Without, FineTune.Engine.Models.ModelFacts Shape) DefaultRun()
     {
         var defaults = new TrainingSettings();
         var shape = ModelCatalog.FactsOf(defaults)!;
-        long with = TrainingEstimator.Memory(shape, defaults, gpuBytes: 1).Total;
-        long without = TrainingEstimator.Memory(shape, defaults, gpuBytes: 1L << 50).Total;
-        var gpu = new GpuDevice(0, "Fake small GPU", (with + without) / 2);
+        return (TrainingEstimator.Memory(shape, defaults, gpuBytes: 1).Total, TrainingEstimator.Memory(shape, defaults, gpuBytes: 1L << 50).Total, shape);
+    }
+
+    /// <summary>A GPU that holds the default run only with every layer recomputed: its memory is the run's with checkpointing (90% of it holds no layer fewer).</summary>
+    [BrowserFact]
+    public Task Gpu_that_holds_it_only_with_every_layer_recomputed_in_english()
+    {
+        var (with, without, _) = DefaultRun();
+        var gpu = new GpuDevice(0, "Fake small GPU", with);
         return SettingsStepAsync("en", gpu, "small", on: true, $"Gradient checkpointing: on, without it the run would need about {SettingsAdvisor.Gigabytes(without)} GB, " +
             $"too much of the GPU's {SettingsAdvisor.Gigabytes(gpu.MemoryBytes)} GB");
+    }
+
+    /// <summary>A GPU whose usable share (90%) is halfway between the default run's memory with and without checkpointing: only the first layers are recomputed, and the line says how many.</summary>
+    [BrowserFact]
+    public Task Gpu_between_the_two_in_zh_TW()
+    {
+        var (gpu, layers, of) = Between();
+        return SettingsStepAsync("zh-TW", gpu, "some-layers", on: false, $"梯度檢查點：只開啟前 {layers} 層（共 {of} 層）", $"超出 GPU 的 {SettingsAdvisor.Gigabytes(gpu.MemoryBytes)} GB");
+    }
+
+    [BrowserFact]
+    public Task Gpu_between_the_two_in_english()
+    {
+        var (gpu, layers, of) = Between();
+        return SettingsStepAsync("en", gpu, "some-layers", on: false, $"Gradient checkpointing: on for the first {layers} of {of} layers", $"too much of the GPU's {SettingsAdvisor.Gigabytes(gpu.MemoryBytes)} GB");
+    }
+
+    private static (GpuDevice Gpu, int Layers, int Of) Between()
+    {
+        var (with, without, shape) = DefaultRun();
+        var gpu = new GpuDevice(0, "Fake middle GPU", (long)((with + without) / 2 / FineTune.Engine.Training.TrainingMemory.UsableShare));
+        var choice = TrainingEstimator.Memory(shape, new TrainingSettings(), gpu.MemoryBytes).Checkpointing;
+        Assert.Equal(FineTune.Engine.Training.CheckpointingReason.SomeLayers, choice.Reason);
+        return (gpu, choice.Layers!.Value, choice.OfLayers!.Value);
     }
 
     /// <summary>Model (default preset) → data (the tutorial's workbook) → settings; the line's on/off and texts; screenshots named by <paramref name="shot"/>.</summary>

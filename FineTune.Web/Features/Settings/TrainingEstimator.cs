@@ -71,6 +71,8 @@ public static class TrainingEstimator
     {
         CheckpointingReason.FitsWithout or CheckpointingReason.TooBigWithout =>
             ("Summary_Checkpointing_" + choice.Reason, [SettingsAdvisor.Gigabytes(choice.BytesWithout ?? 0), SettingsAdvisor.Gigabytes(choice.DeviceBytes ?? 0)]),
+        CheckpointingReason.SomeLayers =>
+            ("Summary_Checkpointing_SomeLayers", [choice.Layers ?? 0, choice.OfLayers ?? 0, SettingsAdvisor.Gigabytes(choice.BytesWithout ?? 0), SettingsAdvisor.Gigabytes(choice.DeviceBytes ?? 0)]),
         _ => ($"Summary_Checkpointing_{choice.Reason}_{(choice.On ? "On" : "Off")}", []),
     };
 
