@@ -168,6 +168,7 @@ public sealed class FineTunePipeline(ILoggerFactory? loggers = null)
         var trainer = new LoraTrainer(model.Trainable, job.Lora, "time-estimate")
         {
             Graphs = LoraTrainer.GraphPlanOf(split.Train, options),
+            BudgetFrom = (split.Train, options),                                // its long micro-batches recompute what the run's will
         };
         var device = job.Device ?? ComputeBackend.Current.Device;
 

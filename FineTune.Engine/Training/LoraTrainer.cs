@@ -39,6 +39,13 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
     /// </summary>
     public GraphPlan? Graphs { get; init; }
 
+    /// <summary>
+    /// The rows and options whose micro-batches set the long-micro-batch budget (<see cref="LongMicroBatches"/>); null: the
+    /// training rows and options given to <see cref="Train"/>. The time estimate passes the run's own, as with
+    /// <see cref="Graphs"/>: its probe's few steps would set another budget, or none.
+    /// </summary>
+    public (IReadOnlyList<TrainingExample> Rows, TrainingOptions Options)? BudgetFrom { get; init; }
+
     /// <summary>Diagnostics: times each step's phases with the device synchronized (slower; the benchmark's --step-phases).</summary>
     public StepPhaseClock? PhaseClock { get; init; }
 
@@ -93,10 +100,11 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         _runShare = checkpointing ? 0 : options.CheckpointedShare;
         if (!checkpointing && options.CheckpointLongMicroBatches)
         {
-            var tokensAsRun = Enumerable.Range(0, (int)Math.Ceiling(options.Epochs))
-                .SelectMany(epoch => EpochWindows(data.Train, options, epoch))
-                .SelectMany(window => Replica?.Shard(window, data.Train) ?? window)
-                .Select(indices => TokensAsRun(data.Train, indices, options.Layout)).ToList();
+            var (budgetRows, budgetOptions) = BudgetFrom ?? (data.Train, options);
+            var tokensAsRun = Enumerable.Range(0, (int)Math.Ceiling(budgetOptions.Epochs))
+                .SelectMany(epoch => EpochWindows(budgetRows, budgetOptions, epoch))
+                .SelectMany(window => Replica?.Shard(window, budgetRows) ?? window)
+                .Select(indices => TokensAsRun(budgetRows, indices, budgetOptions.Layout)).ToList();
             _longBatchBudget = LongMicroBatches.Budget(tokensAsRun);
             if (_longBatchBudget is long budget)
                 _logger.LogInformation("Long micro-batches: {Count} of {Total} above {Budget} tokens checkpoint part of their layers, the longest ({Longest} tokens) {Share:P0}",

@@ -70,7 +70,7 @@ public class LongMicroBatchesTrainerTests
         return rows;
     }
 
-    private static (IReadOnlyList<StepRecord> History, List<(long Tokens, double Share)> Shares) Train(bool longBatches, double runShare = 0)
+    private static (IReadOnlyList<StepRecord> History, List<(long Tokens, double Share)> Shares) Train(bool longBatches, double runShare = 0, bool probe = false)
     {
         using var lm = ModelLoader.Load(ModelFixtures.Folder("qwen2"), new ModelLoadOptions { DType = ScalarType.Float32 });
         var model = new SharesRecorded(new CausalLmTraining(lm));
@@ -81,7 +81,11 @@ public class LongMicroBatchesTrainerTests
             Epochs = 1, BatchSize = 1, GradientAccumulationSteps = 5, LearningRate = 5e-3, Seed = 4,
             GradientCheckpointing = false, CheckpointLongMicroBatches = longBatches, CheckpointedShare = runShare,
         };
-        var result = new LoraTrainer(model, settings, "qwen2").Train(new DataSplit(Rows(), []), options);
+        var rows = Rows();
+        // probe: the time estimate's way, a few of the run's rows trained with the run's budget (LoraTrainer.BudgetFrom).
+        var trainer = new LoraTrainer(model, settings, "qwen2") { BudgetFrom = probe ? (rows, options) : null };
+        var trained = probe ? [rows[0], rows[9], rows[1]] : rows;
+        var result = trainer.Train(new DataSplit(trained, []), options);
         Assert.Equal(0, lm.CheckpointedShare);                                   // reset when training ends
         return (result.History, model.Shares);
     }
@@ -128,6 +132,19 @@ public class LongMicroBatchesTrainerTests
         Assert.Equal(0.9, Assert.Single(half.Shares, s => s.Tokens == 30).Share, 12);
         Assert.Equal(24 * 1 + 2, checkpointed);
         for (int i = 0; i < kept.History.Count; i++) Assert.Equal(kept.History[i].Loss, half.History[i].Loss, 6);
+    }
+
+    /// <summary>
+    /// The time estimate's probe trains a few of the run's rows; with the run's rows as <c>BudgetFrom</c> its long micro-batch
+    /// checkpoints as the run's would (3 micro-batches alone set no budget).
+    /// </summary>
+    [Fact]
+    public void A_probe_of_a_few_rows_takes_the_runs_budget()
+    {
+        var probe = Train(longBatches: true, probe: true);
+        Assert.Equal(3, probe.Shares.Count);
+        Assert.Equal(0.8, Assert.Single(probe.Shares, s => s.Tokens == 30).Share, 12);
+        Assert.All(probe.Shares.Where(s => s.Tokens != 30), s => Assert.Equal(0, s.Share));
     }
 
     /// <summary>The trainable model, with the share the trainer sets before each micro-batch's forward and that micro-batch's tokens.</summary>
