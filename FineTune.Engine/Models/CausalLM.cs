@@ -90,9 +90,10 @@ public abstract class CausalLM : nn.Module<Tensor, Tensor>
 
     /// <summary>
     /// With <see cref="GradientCheckpointing"/> off, the share of decoder layers (the first ⌈share × layers⌉) that run
-    /// checkpointed anyway: the trainer sets it for a micro-batch longer than most of its run's, so that the longest do not
-    /// set the run's peak memory (LongMicroBatches). The first layers: backward reaches them last, when the others'
-    /// activations are gone, so their recompute adds nothing to the peak. 0 by default.
+    /// checkpointed anyway. The trainer sets it per micro-batch: the run's share where the GPU holds the run only with some
+    /// layers recomputed (TrainingOptions.CheckpointedShare), more for a micro-batch longer than most of the run's, so that
+    /// the longest do not set the run's peak memory (LongMicroBatches). The first layers: backward reaches them last, when
+    /// the others' activations are gone, so their recompute adds nothing to the peak. 0 by default.
     /// </summary>
     public double CheckpointedShare { get; set; }
 

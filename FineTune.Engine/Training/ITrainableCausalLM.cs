@@ -29,7 +29,8 @@ public interface ITrainableCausalLM
 
     /// <summary>
     /// With <see cref="GradientCheckpointing"/> off, the share of decoder layers that run checkpointed anyway for the next
-    /// forward passes (CausalLM.CheckpointedShare): the trainer sets it per micro-batch (LongMicroBatches). A model that
+    /// forward passes (CausalLM.CheckpointedShare): the trainer sets it per micro-batch (TrainingOptions.CheckpointedShare,
+    /// LongMicroBatches). A model that
     /// cannot checkpoint some of its layers keeps all activations: only memory is at stake.
     /// </summary>
     double CheckpointedShare { get => 0; set { } }
