@@ -2,7 +2,7 @@ using Microsoft.Extensions.Logging;
 
 namespace FineTune.Bench;
 
-/// <summary>Keeps the trainer's "CUDA graphs: N micro-batches replayed ..." line, its padding decision ("The GPU was busy ...") and its long micro-batches ("Long micro-batches: ...").</summary>
+/// <summary>Keeps the trainer's "CUDA graphs: N micro-batches replayed ..." line, its padding decision ("The GPU was busy ..."), its long micro-batches ("Long micro-batches: ...") and the pipeline's checkpointing choice ("gradient checkpointing ...").</summary>
 internal sealed class GraphLog : ILogger, ILoggerFactory
 {
     public ILogger CreateLogger(string categoryName) => this;
@@ -17,7 +17,8 @@ internal sealed class GraphLog : ILogger, ILoggerFactory
     {
         string text = formatter(state, exception);
         if (!text.StartsWith("CUDA graphs", StringComparison.Ordinal) && !text.Contains("without CUDA graphs", StringComparison.Ordinal)
-            && !text.StartsWith("The GPU was busy", StringComparison.Ordinal) && !text.StartsWith("Long micro-batches", StringComparison.Ordinal)) return;
+            && !text.StartsWith("The GPU was busy", StringComparison.Ordinal) && !text.StartsWith("Long micro-batches", StringComparison.Ordinal)
+            && !text.StartsWith("gradient checkpointing", StringComparison.Ordinal)) return;
         Line = Line is null ? text : Line + " | " + text;
         var words = text.Split(' ');
         if (text.StartsWith("CUDA graphs: ", StringComparison.Ordinal) && int.TryParse(words[2], out int replays)) Replays = replays;
