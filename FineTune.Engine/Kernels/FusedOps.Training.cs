@@ -328,7 +328,13 @@ public static unsafe partial class FusedOps
     private static Tensor DownWeightGradient(Tensor g, Tensor x, Tensor a, double p, Tensor seed, long key)
     {
         using var dropped = Dropped(x, p, seed, key);                               // (..., in), drawn again
-        using var rows = dropped.reshape(-1, a.shape[1]);                           // (N, in)
+        return WeightGradientOf(g, dropped, a);
+    }
+
+    /// <summary>a's gradient gᵀ·input (r, in) for linear(input, a): linear's backward on the rows (N, in) its matmul folds the input into.</summary>
+    private static Tensor WeightGradientOf(Tensor g, Tensor input, Tensor a)
+    {
+        using var rows = input.reshape(-1, a.shape[1]);                             // (N, in)
         using var gt = g.t();                                                       // (r, N)
         return gt.mm(rows);                                                         // (r, in)
     }
@@ -504,9 +510,7 @@ public static unsafe partial class FusedOps
                 if (needsDa)
                 {
                     using var dropped = SiluMulDropped(gate, up, p, seed, key);     // (..., I), drawn again
-                    using var rows = dropped.reshape(-1, a.shape[1]);               // (N, I)
-                    using var gt = g.t();                                           // (r, N)
-                    da = gt.mm(rows);                                               // (r, I): linear's backward, as DownWeightGradient's
+                    da = WeightGradientOf(g, dropped, a);                           // (r, I)
                 }
                 if (needsDgu) fromLora = DownInputGradient(g, gate, a, p, seed, key); // (..., I)
             }
