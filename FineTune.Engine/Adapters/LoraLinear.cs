@@ -300,9 +300,11 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
     private Tensor PlusLora(Tensor y, Tensor x)
     {
         var (a, b) = LoraWeights(y.dtype);                                                          // (r, in), (out, r)
-        var down = Down(InDtype(x, y.dtype), a);                                                    // (..., r)
-        return y.PlusScaled(nn.functional.linear(down, b), Scaling);                                // y + up·scaling, one kernel
+        return PlusUp(y, Down(InDtype(x, y.dtype), a), b);
     }
+
+    /// <summary>y + B(down)·scaling, down (..., r) the LoRA path's A output and b lora_B (out, r): the up half, one kernel for the add.</summary>
+    private Tensor PlusUp(Tensor y, Tensor down, Tensor b) => y.PlusScaled(nn.functional.linear(down, b), Scaling);
 
     /// <summary>lora_A (r, in) and lora_B (out, r) in <paramref name="dtype"/>: the working copies where they are in it, else casts.</summary>
     private (Tensor A, Tensor B) LoraWeights(ScalarType dtype) => ComputeCopies is { } copies && copies.A.dtype == dtype
@@ -327,7 +329,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
             draws[i] = new(layers[i].lora_dropout!.p, draw.Seed, draw.Key);
         }
         var downs = Kernels.FusedOps.DropoutLinearShared(InDtype(x, dtype), [.. weights.Select(w => w.A)], draws); // (..., r) each
-        return [.. ys.Select((y, i) => y.PlusScaled(nn.functional.linear(downs[i], weights[i].B), layers[i].Scaling))];
+        return [.. ys.Select((y, i) => layers[i].PlusUp(y, downs[i], weights[i].B))];
     }
 
     /// <summary>Whether <see cref="Down"/> would take the kernels' draw on <paramref name="device"/> now (draws nothing).</summary>
@@ -370,7 +372,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         var (a, b) = LoraWeights(gate.dtype);                                                       // (r, in), (out, r)
         var (h, down) = Kernels.FusedOps.SiluMulDropoutLinear(gate, up, a, lora_dropout!.p, draw.Seed, draw.Key);
         var y = BaseForward(h);                                                                     // (..., out), bias included
-        return scope.MoveToOuter(y.PlusScaled(nn.functional.linear(down, b), Scaling));             // y + up·scaling, as PlusLora
+        return scope.MoveToOuter(PlusUp(y, down, b));
     }
 
     /// <summary>
