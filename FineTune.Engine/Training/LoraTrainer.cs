@@ -101,9 +101,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         if (!checkpointing && options.CheckpointLongMicroBatches)
         {
             var (budgetRows, budgetOptions) = BudgetFrom ?? (data.Train, options);
-            var tokensAsRun = Enumerable.Range(0, (int)Math.Ceiling(budgetOptions.Epochs))
-                .SelectMany(epoch => EpochWindows(budgetRows, budgetOptions, epoch))
-                .SelectMany(window => Replica?.Shard(window, budgetRows) ?? window)
+            var tokensAsRun = MicroBatchesOf(budgetRows, budgetOptions, Replica, EpochsOf(budgetOptions))
                 .Select(indices => TokensAsRun(budgetRows, indices, budgetOptions.Layout)).ToList();
             _longBatchBudget = LongMicroBatches.Budget(tokensAsRun);
             if (_longBatchBudget is long budget)
@@ -236,6 +234,15 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         return [.. batches.Chunk(options.GradientAccumulationSteps).Select(window => window.ToList())];
     }
 
+    /// <summary>The micro-batches (row indices) of the run's first <paramref name="epochs"/> epochs, each step's as <paramref name="replica"/> trains its share (all of it on one device).</summary>
+    private static IEnumerable<int[]> MicroBatchesOf(IReadOnlyList<TrainingExample> train, TrainingOptions options, DataParallelReplica? replica, int epochs) =>
+        Enumerable.Range(0, epochs)
+            .SelectMany(epoch => EpochWindows(train, options, epoch))
+            .SelectMany(window => replica?.Shard(window, train) ?? window);
+
+    /// <summary>The epochs a run starts: a fractional last epoch is one more.</summary>
+    private static int EpochsOf(TrainingOptions options) => Math.Max(1, (int)Math.Ceiling(options.Epochs));
+
     /// <summary>
     /// The micro-batch shapes of a run on <paramref name="train"/> that get a CUDA graph (from a replica's share of each
     /// step): those that repeat as they come in the first epoch (<see cref="MicroBatchGraphs.RepeatingShapes"/>), or with
@@ -246,9 +253,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
     public static IReadOnlySet<BatchShape> GraphShapesOf(IReadOnlyList<TrainingExample> train, TrainingOptions options, DataParallelReplica? replica = null,
         bool padPackedRows = false)
     {
-        var microBatches = Enumerable.Range(0, padPackedRows ? Math.Max(1, (int)Math.Ceiling(options.Epochs)) : 1)
-            .SelectMany(epoch => EpochWindows(train, options, epoch))
-            .SelectMany(window => replica?.Shard(window, train) ?? window)
+        var microBatches = MicroBatchesOf(train, options, replica, padPackedRows ? EpochsOf(options) : 1)
             .Select(indices => Batching.ShapeOf(train, indices, options.Layout, padPackedRows));
         return padPackedRows ? MicroBatchGraphs.PaddedShapes(microBatches) : MicroBatchGraphs.RepeatingShapes(microBatches);
     }
