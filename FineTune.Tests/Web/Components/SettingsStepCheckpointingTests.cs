@@ -28,6 +28,13 @@ public sealed class SettingsStepCheckpointingTests : ComponentTestContext
         State.Settings.Model = "Qwen/Qwen2.5-7B-Instruct";
     }
 
+    /// <summary>The settings' run with every layer recomputed (a one-byte GPU holds nothing) and with none (a GPU that holds anything).</summary>
+    private (FineTune.Engine.Models.ModelFacts Shape, long With, long Without) WithAndWithout()
+    {
+        var shape = ModelCatalog.FactsOf(State.Settings)!;
+        return (shape, TrainingEstimator.Memory(shape, State.Settings, gpuBytes: 1).Total, TrainingEstimator.Memory(shape, State.Settings, gpuBytes: 1L << 50).Total);
+    }
+
     private static AngleSharp.Dom.IElement Line(IRenderedComponent<SettingsStep> cut) => cut.Find("[data-testid=summary-checkpointing]");
 
     [Fact]
@@ -63,9 +70,7 @@ public sealed class SettingsStepCheckpointingTests : ComponentTestContext
     public void On_a_gpu_that_holds_the_run_only_with_every_layer_recomputed_checkpointing_is_on_and_the_memory_line_counts_it()
     {
         TutorialWith7B();
-        var shape = ModelCatalog.FactsOf(State.Settings)!;
-        long with = TrainingEstimator.Memory(shape, State.Settings, gpuBytes: 1).Total;
-        long without = TrainingEstimator.Memory(shape, State.Settings, gpuBytes: 1L << 50).Total;
+        var (_, with, without) = WithAndWithout();
         Assert.True(with < without);
         long gpu = with;                                                         // 90% of it holds no layer fewer
         Gpus = [new GpuDevice(0, "Fake small GPU", gpu)];
@@ -82,9 +87,7 @@ public sealed class SettingsStepCheckpointingTests : ComponentTestContext
     public void On_a_gpu_between_the_two_only_the_first_layers_are_recomputed_and_the_summary_says_how_many()
     {
         TutorialWith7B();
-        var shape = ModelCatalog.FactsOf(State.Settings)!;
-        long with = TrainingEstimator.Memory(shape, State.Settings, gpuBytes: 1).Total;
-        long without = TrainingEstimator.Memory(shape, State.Settings, gpuBytes: 1L << 50).Total;
+        var (shape, with, without) = WithAndWithout();
         long gpu = (with + without) / 2;
         Gpus = [new GpuDevice(0, "Fake middle GPU", gpu)];
         var memory = TrainingEstimator.Memory(shape, State.Settings, gpu);
