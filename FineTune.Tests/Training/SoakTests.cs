@@ -17,6 +17,15 @@ namespace FineTune.Tests.Training;
 /// checkpoint code) while another thread allocates and collects as a web server does, with a checkpoint every 1,000
 /// steps. Time-capped for CI (2 cores): it fails rather than hangs past the cap.
 /// </summary>
+/// <summary>
+/// SoakTests sets torch's intra-op thread count, which is the process's: it runs alone, so that no test beside it computes
+/// with another count midway (CI at c018c02: TrainerTests' padded and plain passes of one loss differed by 2 ulps, as
+/// sums split over another number of threads do; the only other test that sets the count already runs alone).
+/// </summary>
+[CollectionDefinition(nameof(SoakTests), DisableParallelization = true)]
+public sealed class SoakCollection;
+
+[Collection(nameof(SoakTests))]
 [Trait(Category.Name, Category.Slow)]
 public class SoakTests(ITestOutputHelper output)
 {
