@@ -362,15 +362,17 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
     /// forward(silu(gate)·up) for the MLP's down projection (..., out). Where this layer's LoRA dropout takes the kernels'
     /// draw, the product and LoRA's A of it are one function (<see cref="Kernels.FusedOps.SiluMulDropoutLinear"/>) that keeps
     /// gate and up, which SiLU·up's backward needs anyway, instead of the product too: the product is the widest
-    /// activation of a layer. The base matmul's graph keeps no input (its weight is frozen).
+    /// activation of a layer. The base matmul's graph keeps no input (its weight is frozen). gate and up: the MLP's fresh
+    /// projections, which nothing else reads or keeps, so backward writes their gradients over them (SiluMul's
+    /// gradientsInPlace).
     /// </summary>
     public Tensor ForwardOfSiluMul(Tensor gate, Tensor up)
     {
         if (!AdapterActive || gate.dtype != OutputDtype || up.dtype != gate.dtype || KernelDraw(gate.device) is not { } draw)
-            return forward(Kernels.FusedOps.SiluMul(gate, up));
+            return forward(Kernels.FusedOps.SiluMul(gate, up, gradientsInPlace: true));
         using var scope = NewDisposeScope();
         var (a, b) = LoraWeights(gate.dtype);                                                       // (r, in), (out, r)
-        var (h, down) = Kernels.FusedOps.SiluMulDropoutLinear(gate, up, a, lora_dropout!.p, draw.Seed, draw.Key);
+        var (h, down) = Kernels.FusedOps.SiluMulDropoutLinear(gate, up, a, lora_dropout!.p, draw.Seed, draw.Key, gradientsInPlace: true);
         var y = BaseForward(h);                                                                     // (..., out), bias included
         return scope.MoveToOuter(PlusUp(y, down, b));
     }

@@ -237,6 +237,9 @@ public static unsafe class CudaKernels
         }
     }
 
+    /// <summary>Whether two tensors are on one device (TorchSharp's Device is a class: == compares references).</summary>
+    internal static bool SameDevice(Tensor a, Tensor b) => a.device_type == b.device_type && a.device_index == b.device_index;
+
     /// <summary>The tensor's device address (its data_ptr, storage offset included).</summary>
     internal static ulong Pointer(Tensor t) => (ulong)THSTensor_data(t.Handle);
 

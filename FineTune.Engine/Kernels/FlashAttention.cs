@@ -97,9 +97,9 @@ public static unsafe class FlashAttention
         var (b, nH, t, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
         long nKv = k.shape[1];
         if (nKv == 0 || nH % nKv != 0 || k.shape[2] != t || v.shape[1] != nKv || k.dtype != q.dtype || v.dtype != q.dtype
-            || k.shape[3] != d || v.shape[3] != d || !SameDevice(k, q) || !SameDevice(v, q) || t == 0 || b == 0)
+            || k.shape[3] != d || v.shape[3] != d || !CudaKernels.SameDevice(k, q) || !CudaKernels.SameDevice(v, q) || t == 0 || b == 0)
             throw new ArgumentException($"Flash attention takes q (B, nH, T, hD) and k, v (B, nKV, T, hD) of one dtype and device; they are [{string.Join(", ", q.shape)}], [{string.Join(", ", k.shape)}], [{string.Join(", ", v.shape)}].");
-        if (packed is not null && (b != 1 || packed.Starts.dtype != ScalarType.Int32 || !SameDevice(packed.Starts, q) || !packed.Starts.is_contiguous()
+        if (packed is not null && (b != 1 || packed.Starts.dtype != ScalarType.Int32 || !CudaKernels.SameDevice(packed.Starts, q) || !packed.Starts.is_contiguous()
             || packed.Longest < 1 || packed.Longest > t))
             throw new ArgumentException("Packed sequences need one row (B = 1) and their starts as a contiguous int32 tensor on the queries' device.");
 
@@ -130,7 +130,6 @@ public static unsafe class FlashAttention
         return scope.MoveToOuter(y);
     }
 
-    private static bool SameDevice(Tensor a, Tensor b) => a.device_type == b.device_type && a.device_index == b.device_index;
 
     private static Tensor Dense(Tensor x) => x.stride(-1) == 1 ? x : x.contiguous();
 }

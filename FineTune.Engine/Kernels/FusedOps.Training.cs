@@ -126,12 +126,13 @@ public static unsafe partial class FusedOps
     {
         public override string Name => "FusedSiluMul";
 
-        // vars: gate, up (same shape and dtype).
+        // vars: gate, up (same shape and dtype), whether backward may write their gradients over them (SiluMul's gradientsInPlace).
         public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
         {
             var gate = (Tensor)vars[0];
             var up = (Tensor)vars[1];
             ctx.save_for_backward([gate, up]);
+            ctx.save_data("inPlace", (bool)vars[2]);
             ctx.set_materialize_grads(false);
             return SiluMul(gate, up);                                              // gradients are off inside: kernel or torch ops
         }
@@ -141,24 +142,26 @@ public static unsafe partial class FusedOps
             var saved = ManagedAutograd.TakeSaved(ctx);
             using var gate = saved[0];
             using var up = saved[1];
-            var (dgate, dup) = SiluMulBackward(dy, gate, up);
+            var (dgate, dup) = SiluMulBackward(dy, gate, up, (bool)ctx.get_data("inPlace"));
             dy.Dispose();
-            return ManagedAutograd.Returned(dgate, dup);
+            return ManagedAutograd.Returned(dgate, dup, null);
         }
     }
 
     /// <summary>
     /// The gradients of silu(gate)·up for gate and up, as the torch ops' graph computes them: dup = dy·silu(gate) and
     /// dgate = silu_backward(dy·up, gate) = (dy·up)·s·(1 + gate·(1 − s)) in fp32 with s = sigmoid(gate), in gate's dtype.
+    /// <paramref name="inPlace"/>: the kernel writes them over gate and up (each thread reads its values before it writes
+    /// them), which the caller no longer needs; the torch ops make new tensors either way.
     /// </summary>
-    internal static (Tensor DGate, Tensor DUp) SiluMulBackward(Tensor dy, Tensor gate, Tensor up)
+    internal static (Tensor DGate, Tensor DUp) SiluMulBackward(Tensor dy, Tensor gate, Tensor up, bool inPlace = false)
     {
         if (CudaKernels.On(gate.device) && Suffix(gate.dtype) is string suffix && up.dtype == gate.dtype && dy.dtype == gate.dtype
             && gate.shape.SequenceEqual(up.shape) && dy.shape.SequenceEqual(gate.shape) && gate.is_contiguous() && up.is_contiguous())
         {
             using var dyc = dy.contiguous();
-            var dgate = empty_like(gate);
-            var dup = empty_like(up);
+            var dgate = inPlace ? gate.alias() : empty_like(gate);
+            var dup = inPlace ? up.alias() : empty_like(up);
             ulong pdy = CudaKernels.Pointer(dyc), pg = CudaKernels.Pointer(gate), pu = CudaKernels.Pointer(up), pdg = CudaKernels.Pointer(dgate), pdu = CudaKernels.Pointer(dup);
             long n = gate.numel();
             void** args = stackalloc void*[] { &pdy, &pg, &pu, &pdg, &pdu, &n };
@@ -470,8 +473,9 @@ public static unsafe partial class FusedOps
     {
         public override string Name => "FusedSiluMulDropoutLinear";
 
-        // vars: gate, up (..., I), a (r, I), seed (1) int64 on gate's device, p, key. Keeps gate, up, a and the seed: h =
-        // silu(gate)·up and its dropped copy are made again in backward, from what SiLU·up's own backward needs anyway.
+        // vars: gate, up (..., I), a (r, I), seed (1) int64 on gate's device, p, key, whether backward may write gate's and
+        // up's gradients over them. Keeps gate, up, a and the seed: h = silu(gate)·up and its dropped copy are made again in
+        // backward, from what SiLU·up's own backward needs anyway.
         public override List<Tensor> forward(autograd.AutogradContext ctx, params object[] vars)
         {
             var gate = (Tensor)vars[0];
@@ -483,6 +487,7 @@ public static unsafe partial class FusedOps
             ctx.save_for_backward([gate, up, a, seed]);
             ctx.save_data("p", p);
             ctx.save_data("key", key);
+            ctx.save_data("inPlace", (bool)vars[6]);
             ctx.save_data("dgu", gate.requires_grad || up.requires_grad);
             ctx.save_data("da", a.requires_grad);
             ctx.set_materialize_grads(false);                                      // an output nothing used gets no gradient: null
@@ -519,10 +524,10 @@ public static unsafe partial class FusedOps
             if (needsDgu && !(dh.IsInvalid && fromLora is null))
             {
                 using var total = dh.IsInvalid ? fromLora!.alias() : fromLora is null ? dh.alias() : dh.add(fromLora);
-                (dgate, dup) = SiluMulBackward(total, gate, up);
+                (dgate, dup) = SiluMulBackward(total, gate, up, (bool)ctx.get_data("inPlace")); // a's gradient and fromLora are made
             }
             fromLora?.Dispose();
-            return ManagedAutograd.Returned(dgate, dup, da, null, null, null);
+            return ManagedAutograd.Returned(dgate, dup, da, null, null, null, null);
         }
     }
 
@@ -536,16 +541,17 @@ public static unsafe partial class FusedOps
     /// Values and gradients equal those of <c>DropoutLinear(SiluMul(gate, up), a, p, seed, key)</c> bit for bit. Otherwise
     /// (no gradient, PlainAutograd) those two.
     /// </summary>
-    internal static (Tensor H, Tensor Down) SiluMulDropoutLinear(Tensor gate, Tensor up, Tensor a, double p, Tensor seed, long key)
+    internal static (Tensor H, Tensor Down) SiluMulDropoutLinear(Tensor gate, Tensor up, Tensor a, double p, Tensor seed, long key,
+        bool gradientsInPlace = false)
     {
         CheckDropoutSeed(seed, gate, nameof(seed));
         if (FusedAutograd(gate, up, a) && up.dtype == gate.dtype && gate.shape.SequenceEqual(up.shape))
         {
             FusedCalls++;
-            var outputs = ManagedAutograd.Apply(() => SiluMulDropoutLinearFunction.apply(gate, up, a, seed, p, key));
+            var outputs = ManagedAutograd.Apply(() => SiluMulDropoutLinearFunction.apply(gate, up, a, seed, p, key, gradientsInPlace));
             return (outputs[0], outputs[1]);
         }
-        var h = SiluMul(gate, up);
+        var h = SiluMul(gate, up, gradientsInPlace);
         return (h, DropoutLinear(h, a, p, seed, key));
     }
 
@@ -608,6 +614,34 @@ public static unsafe partial class FusedOps
         ShiftRightLogicalInPlace(hash, 40);                                      // the top 24 bits
         using var threshold = ((long)Math.Ceiling((double)(float)p * 16777216.0)).ToScalar();
         return scope.MoveToOuter(hash.ge(threshold));
+    }
+
+    // ---------------------------------------------------------------- Cross-entropy
+
+    /// <summary>
+    /// Each row's cross-entropy of <paramref name="logits"/> (n, V), a chunk's lm_head output, against
+    /// <paramref name="targets"/> (n) int64, and the rows' gradient for <paramref name="upstream"/> (0-dim fp32: what backward
+    /// brings to the loss sum) written over the logits, in one kernel (cross_entropy_grad_): as torch's fp32 log_softmax,
+    /// nll_loss and their backward compute them, the loss within a few fp32 ulps and each gradient within one rounding step
+    /// of the logits' dtype (only the order of the sum of exponentials differs). A target of -100 is ignored (loss and
+    /// gradient 0). Returns the rows' losses (n) fp32; null where no kernel runs (the caller takes torch's ops). The torch ops
+    /// hold an fp32 copy of the logits, its log-softmax and their gradient at once (3.5 fp32 chunks at their peak, at the end
+    /// of forward when every layer's activations are held); this holds the 16-bit logits alone.
+    /// </summary>
+    internal static Tensor? CrossEntropyGradientInPlace(Tensor logits, Tensor targets, Tensor upstream)
+    {
+        if (!CudaKernels.On(logits.device) || Suffix(logits.dtype) is not string suffix || logits.dim() != 2 || !logits.is_contiguous()
+            || targets.dtype != ScalarType.Int64 || targets.numel() != logits.shape[0] || !targets.is_contiguous()
+            || upstream.dtype != ScalarType.Float32 || upstream.numel() != 1 || !CudaKernels.SameDevice(upstream, logits)
+            || logits.shape[1] > int.MaxValue || logits.shape[0] == 0)
+            return null;
+        var loss = empty(logits.shape[0], ScalarType.Float32, logits.device);
+        ulong px = CudaKernels.Pointer(logits), pt = CudaKernels.Pointer(targets), pu = CudaKernels.Pointer(upstream), pl = CudaKernels.Pointer(loss);
+        int v = (int)logits.shape[1];
+        int wide = v % 16 == 0 && px % 16 == 0 ? 1 : 0;                          // each row's start then 16-byte aligned too
+        void** args = stackalloc void*[] { &px, &pt, &pu, &pl, &v, &wide };
+        CudaKernels.Launch(logits.device, $"cross_entropy_grad_{suffix}", logits.shape[0], 1024, args);
+        return loss;
     }
 
     /// <summary>splitmix64's output function on int64 values, in place (two's complement: the wrapping sums and products are the uint64 ones).</summary>

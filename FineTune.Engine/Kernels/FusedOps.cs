@@ -155,8 +155,13 @@ public static unsafe partial class FusedOps
 
     // ---------------------------------------------------------------- SwiGLU
 
-    /// <summary>silu(gate) * up, the middle of the SwiGLU MLP.</summary>
-    public static Tensor SiluMul(Tensor gate, Tensor up)
+    /// <summary>
+    /// silu(gate) * up, the middle of the SwiGLU MLP. <paramref name="gradientsInPlace"/>: gate and up are fresh tensors that
+    /// nothing else reads after this nor keeps for backward (the MLP's projections), so backward's kernel writes their
+    /// gradients over them instead of into two new (..., I) tensors: the last layer's backward runs when every layer's
+    /// activations are held, and these two were its largest new ones.
+    /// </summary>
+    public static Tensor SiluMul(Tensor gate, Tensor up, bool gradientsInPlace = false)
     {
         if (CudaKernels.On(gate.device) && Suffix(gate.dtype) is string suffix && up.dtype == gate.dtype && gate.shape.SequenceEqual(up.shape)
             && gate.is_contiguous() && up.is_contiguous() && NoGradient(gate, up))
@@ -172,7 +177,7 @@ public static unsafe partial class FusedOps
             return y;
         }
         if (FusedAutograd(gate, up) && up.dtype == gate.dtype && gate.shape.SequenceEqual(up.shape))
-            return ApplyFused(() => SiluMulFunction.apply(gate, up));            // FusedOps.Training.cs
+            return ApplyFused(() => SiluMulFunction.apply(gate, up, gradientsInPlace)); // FusedOps.Training.cs
         using var scope = NewDisposeScope();
         return scope.MoveToOuter(nn.functional.silu(gate) * up);
     }

@@ -88,6 +88,18 @@ __device__ float block_sum(float v, float* shared)   // shared: 32 floats; every
     return warp_sum(v);
 }
 
+__device__ float block_max(float v, float* shared)   // shared: 32 floats; every thread gets the largest
+{
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    __syncthreads();
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    v = lane < warps ? shared[lane] : __int_as_float(0xff800000);                   /* -inf */
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
 // RoPE's pair p of the (B, nH, T, d/2) pairs (k, k + d/2): its batch, head, token and k, in 32-bit arithmetic (the host
 // keeps pairs below 2^32), and where its output row starts in (B, T, nH, d) order. rotary_ and rotary_backward_ take a
 // pair a thread.
@@ -505,10 +517,11 @@ extern "C" __global__ void silu_mul_backward_##SUFFIX(const T* dy, const T* gate
     if (i >= n) return;                                                                                               \
     float g = TO_F32(gate[i]);                                                                                        \
     float d = TO_F32(dy[i]);                                                                                          \
+    float u = TO_F32(up[i]);             /* read before dup[i] is written: dup may be up (FusedOps: in place) */      \
     float e = 1.0f + expf(-g);                                                                                        \
     float silu = TO_F32(FROM_F32(g / e));                                                                             \
     dup[i] = FROM_F32(d * silu);                                                                                      \
-    float ds = TO_F32(FROM_F32(d * TO_F32(up[i])));                                                                   \
+    float ds = TO_F32(FROM_F32(d * u));                                                                               \
     float s = 1.0f / e;                                                                                               \
     dgate[i] = FROM_F32(ds * s * (1.0f + g * (1.0f - s)));                                                            \
 }                                                                                                                     \
@@ -553,6 +566,55 @@ extern "C" __global__ void rotary_backward_##SUFFIX(const T* dy, const T* cos, c
     float lo = TO_F32(dyr[j]), hi = TO_F32(dyr[j + half]);                                                            \
     dxr[j] = FROM_F32(TO_F32(FROM_F32(lo * TO_F32(cos[c + j]))) + TO_F32(FROM_F32(hi * TO_F32(sin[c + j + half])))); \
     dxr[j + half] = FROM_F32(TO_F32(FROM_F32(hi * TO_F32(cos[c + j + half]))) + TO_F32(FROM_F32(lo * TO_F32(sin[c + j])))); \
+}                                                                                                                     \
+                                                                                                                      \
+/* Cross-entropy of one row of logits x (a chunk's lm_head output, V wide) against its target, and the row's gradient  \
+   for the upstream gradient up of the loss sum, written over x (nothing else reads the logits): as torch's fp32       \
+   log_softmax, nll_loss (sum) and their backward compute them: m = max x, s = sum exp(x - m), ls = (x - m) - log s;   \
+   loss = -ls[t]; dx = T(g - exp(ls) * sum g) with g = -up at t and 0 elsewhere (sum g = -up). Only the order of s's sum \
+   differs from torch's block reduction: the loss within a few fp32 ulps, a gradient within one rounding step of x's  \
+   dtype. A row whose target is the ignore index (-100) has loss 0 and gradient 0, as in torch. One block a row; 16      \
+   values a thread where wide (V % 16 == 0, aligned). */                                                              \
+__device__ __forceinline__ float ce_grad_##SUFFIX(float x, bool target, float m, float logsum, float neg_up)         \
+{                                                                                                                     \
+    float e = expf((x - m) - logsum);                                                                                 \
+    return (target ? neg_up : 0.0f) - e * neg_up;                                                                     \
+}                                                                                                                     \
+extern "C" __global__ void cross_entropy_grad_##SUFFIX(T* x, const long long* targets, const float* upstream,       \
+    float* loss, int v, int wide)                                                                                     \
+{                                                                                                                     \
+    __shared__ float shared[32];                                                                                      \
+    T* row = x + (long long)blockIdx.x * v;                                                                           \
+    long long t = targets[blockIdx.x];                                                                                \
+    bool ignored = t < 0 || t >= v;                                                                                   \
+    float xt = ignored ? 0.0f : TO_F32(row[t]);     /* read by every thread before the barriers below, then written */ \
+    float m = __int_as_float(0xff800000);                                                                             \
+    if (wide) for (int c = threadIdx.x * 16; c < v; c += blockDim.x * 16) {                                           \
+        float a[16];                                                                                                  \
+        load16_##SUFFIX(row + c, a);                                                                                  \
+        _Pragma("unroll") for (int k = 0; k < 16; k++) m = fmaxf(m, a[k]);                                            \
+    }                                                                                                                 \
+    else for (int c = threadIdx.x; c < v; c += blockDim.x) m = fmaxf(m, TO_F32(row[c]));                              \
+    m = block_max(m, shared);                                                                                         \
+    float s = 0.0f;                                                                                                   \
+    if (wide) for (int c = threadIdx.x * 16; c < v; c += blockDim.x * 16) {                                           \
+        float a[16];                                                                                                  \
+        load16_##SUFFIX(row + c, a);                                                                                  \
+        _Pragma("unroll") for (int k = 0; k < 16; k++) s += expf(a[k] - m);                                           \
+    }                                                                                                                 \
+    else for (int c = threadIdx.x; c < v; c += blockDim.x) s += expf(TO_F32(row[c]) - m);                             \
+    s = block_sum(s, shared);                                                                                         \
+    float logsum = logf(s);                                                                                           \
+    if (threadIdx.x == 0) loss[blockIdx.x] = ignored ? 0.0f : -((xt - m) - logsum);                                   \
+    float neg_up = ignored ? 0.0f : -upstream[0];                                                                     \
+    if (wide) for (int c = threadIdx.x * 16; c < v; c += blockDim.x * 16) {                                           \
+        float a[16];                                                                                                  \
+        load16_##SUFFIX(row + c, a);                                                                                  \
+        _Pragma("unroll") for (int k = 0; k < 16; k++) a[k] = ce_grad_##SUFFIX(a[k], c + k == t, m, logsum, neg_up);  \
+        store16_##SUFFIX(row + c, a);                                                                                 \
+    }                                                                                                                 \
+    else for (int c = threadIdx.x; c < v; c += blockDim.x)                                                            \
+        row[c] = FROM_F32(ce_grad_##SUFFIX(TO_F32(row[c]), c == t, m, logsum, neg_up));                               \
 }
 
 DEFINE_TRAINING_KERNELS(f32, float, load_f32, store_f32)

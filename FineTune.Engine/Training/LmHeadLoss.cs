@@ -1,3 +1,4 @@
+using FineTune.Engine.Adapters;
 using FineTune.Engine.Backend;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -19,6 +20,9 @@ namespace FineTune.Engine.Training;
 /// </summary>
 internal static class LmHeadLoss
 {
+    /// <summary>For checks: how many chunks this thread ran through the cross-entropy kernel (<see cref="KernelChunk"/>).</summary>
+    [ThreadStatic] internal static long KernelChunks;
+
     /// <summary>
     /// The sum (a 0-dim fp32 tensor) of cross-entropy of <c>lmHead(h)</c> against <paramref name="targets"/>.
     /// h: (N, H) the hidden states at the target positions; targets: (N). <paramref name="upstream"/>: the gradient backward
@@ -43,8 +47,13 @@ internal static class LmHeadLoss
             long end = Math.Min(n, start + chunkSize);
             using var chunkScope = NewDisposeScope();
             var hc = h[(int)start..(int)end];                                                          // (n, H)
-            if (gradient is not null) hc = hc.detach().requires_grad_(true);
             Tensor loss;
+            if (gradient is not null && KernelChunk(lmHead, hc, targets[(int)start..(int)end], upstream!, gradient[(int)start..(int)end]) is { } summed)
+            {
+                total = chunkScope.MoveToOuter(total.Plus(summed));
+                continue;
+            }
+            if (gradient is not null) hc = hc.detach().requires_grad_(true);
             // The chunk's logits go once the loss has them: backward needs log-softmax's output, not its input (fp32) nor
             // lm_head's (16-bit), and this runs at the end of forward, when every layer's activations are held.
             using (var projected = lmHead.forward(hc))                                                  // (n, V)
@@ -59,6 +68,27 @@ internal static class LmHeadLoss
             total = chunkScope.MoveToOuter(total.Plus(loss));
         }
         return scope.MoveToOuter(total);
+    }
+
+    /// <summary>
+    /// A chunk's loss sum, its h-gradient written into <paramref name="gradientRows"/> (n, H), where lm_head is a plain
+    /// linear (no bias, no adapter) on a GPU with kernels: the logits (n, V) in lm_head's dtype, then cross-entropy and its
+    /// gradient in one kernel over them (FusedOps.CrossEntropyGradientInPlace), then h's gradient as linear's backward
+    /// computes it, the logits' gradient times the weight (mm). The chunk then holds its 16-bit logits alone instead of
+    /// 3.5 fp32 copies, at the step's peak. Null where this does not apply (torch's ops then, as in the CPU tests).
+    /// </summary>
+    private static Tensor? KernelChunk(nn.Module<Tensor, Tensor> lmHead, Tensor hc, Tensor targets, Tensor upstream, Tensor gradientRows)
+    {
+        if (Kernels.FusedOps.PlainAutograd || !Kernels.CudaKernels.On(hc.device)
+            || lmHead is not LoraLinear { weight: { } weight, bias: null, AdapterActive: false } linear)
+            return null;
+        using var _ = no_grad();
+        using var logits = linear.forward(hc.detach());                                               // (n, V), then their gradient
+        using var rowLosses = Kernels.FusedOps.CrossEntropyGradientInPlace(logits, targets, upstream); // (n)
+        if (rowLosses is null) return null;
+        KernelChunks++;
+        using (var dh = logits.mm(weight)) gradientRows.copy_(dh);                                      // (n, H)
+        return rowLosses.sum();
     }
 
     /// <summary>The loss whose gradient was computed in forward: backward hands back h's, scaled by what it brings over what was assumed.</summary>

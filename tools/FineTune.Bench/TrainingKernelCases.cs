@@ -31,6 +31,75 @@ internal static class TrainingKernelCases
         finally { FusedOps.PlainAutograd = false; }
     }
 
+    /// <summary>y, gate's and up's gradients of SiluMul on products of fresh leaves (gate·1, up·1), flattened.</summary>
+    private static Tensor SiluMulGradients(Tensor gate, Tensor up, Tensor dy, bool inPlace)
+    {
+        using var _ = enable_grad();
+        var gl = gate.detach().clone().requires_grad_(true);
+        var ul = up.detach().clone().requires_grad_(true);
+        long before = FusedOps.FusedCalls;
+        var y = FusedOps.SiluMul(gl * 1.0, ul * 1.0, inPlace);
+        if (FusedOps.FusedCalls != before + 1) throw new InvalidOperationException("the fused SiLU·up function did not run");
+        y.backward([dy]);
+        return cat([y.detach().flatten(), gl.grad!.flatten(), ul.grad!.flatten()]);
+    }
+
+    /// <summary>Targets for <paramref name="rows"/> rows of <paramref name="vocab"/>, rows 0, <paramref name="rows"/>/2 and the last ignored (-100).</summary>
+    private static Tensor TargetsWithIgnored(int rows, long vocab, Device device, int seed)
+    {
+        var random = new Random(seed);
+        var values = Enumerable.Range(0, rows).Select(_ => random.NextInt64(vocab)).ToArray();
+        values[0] = values[rows / 2] = values[^1] = -100;
+        return tensor(values, device: device);
+    }
+
+    /// <summary>The kernel's (dlogits, row losses) for 37 rows of <paramref name="vocab"/> logits, and torch's.</summary>
+    private static ((Tensor, Tensor) Gradients, (Tensor, Tensor) Losses) CrossEntropy(Device device, ScalarType dtype, long vocab)
+    {
+        var logits = (randn(37, vocab, device: device) * 3).to(dtype);
+        var targets = TargetsWithIgnored(37, vocab, device, seed: (int)vocab);
+        var upstream = tensor(1.0f / 34, device: device);                                       // () fp32
+        var kernel = logits.clone();
+        var losses = FusedOps.CrossEntropyGradientInPlace(kernel, targets, upstream) ?? throw new InvalidOperationException("the cross-entropy kernel did not run");
+        Tensor torchGradient;
+        using (enable_grad())
+        {
+            var leaf = logits.detach().clone().requires_grad_(true);
+            var sum = nn.functional.cross_entropy(leaf.to(ScalarType.Float32), targets, reduction: nn.Reduction.Sum);
+            torchGradient = autograd.grad([sum], [leaf], [upstream])[0];
+        }
+        var torchLosses = nn.functional.cross_entropy(logits.to(ScalarType.Float32), targets, reduction: nn.Reduction.None);
+        return ((kernel, torchGradient), (losses, torchLosses));
+    }
+
+    /// <summary>LmHeadLoss.Sum's loss and h's gradient with the kernel, then with the torch ops (PlainAutograd).</summary>
+    private static ((Tensor, Tensor) Loss, (Tensor, Tensor) Dh) LmHeadLossBoth(Device device, ScalarType dtype)
+    {
+        using var head = new FineTune.Engine.Adapters.LoraLinear(3584, 152064, hasBias: false, device, dtype);
+        head.LoadWeight((randn(152064, 3584, device: device) * 0.02).to(dtype));
+        var h = randn(300, 3584, device: device).to(dtype);
+        var targets = TargetsWithIgnored(300, 152064, device, seed: 300);
+        var upstream = tensor(1.0f / 297, device: device);
+        (Tensor Loss, Tensor Dh) Run()
+        {
+            using var _ = enable_grad();
+            var leaf = h.detach().clone().requires_grad_(true);
+            var loss = FineTune.Engine.Training.LmHeadLoss.Sum(head, leaf, targets, 128, upstream);
+            loss.backward([upstream]);
+            return (loss.detach().reshape(1), leaf.grad!);
+        }
+        long before = FineTune.Engine.Training.LmHeadLoss.KernelChunks;
+        var kernel = Run();
+        if (FineTune.Engine.Training.LmHeadLoss.KernelChunks != before + 3) throw new InvalidOperationException("the loss's 3 chunks did not run the kernel");
+        FusedOps.PlainAutograd = true;
+        try
+        {
+            var plain = Run();
+            return ((kernel.Loss, plain.Loss), (kernel.Dh, plain.Dh));
+        }
+        finally { FusedOps.PlainAutograd = false; }
+    }
+
     public static IEnumerable<(string Name, double Bound, Func<(Tensor, Tensor)> Run)> Cases(Device device, ScalarType dtype)
     {
         double bound = dtype == ScalarType.Float32 ? 1e-6 : 1e-2;
@@ -81,6 +150,49 @@ internal static class TrainingKernelCases
                 var dy = randn(5, cols, device: device).to(dtype);
                 return Both(t => FusedOps.SiluMul(t[0], t[1]), [gate, up], dy, outputToo: true);
             });
+        // SiLU·up's backward writing gate's and up's gradients over them (the MLP's gradientsInPlace) against new tensors: the
+        // same arithmetic, bit-equal. gate and up are products of the leaves, as the MLP's are its projections' outputs.
+        foreach (long cols in new long[] { 18944, 333 })
+            yield return ($"silu mul grad in place 5x{cols} vs new tensors: y, dgate, dup", 0, () =>
+            {
+                var gate = (randn(5, cols, device: device) * 4).to(dtype);
+                var up = randn(5, cols, device: device).to(dtype);
+                var dy = randn(5, cols, device: device).to(dtype);
+                return (SiluMulGradients(gate, up, dy, inPlace: true), SiluMulGradients(gate, up, dy, inPlace: false));
+            });
+        yield return ("silu mul + dropout+lora A grad in place 2x37x18944 r16 vs new tensors: h, out, da, dgate, dup", 0, () =>
+        {
+            var seed = tensor(new[] { 0x2468_ACE0_1357_9BDFL }, device: device);
+            var gate = (randn(2, 37, 18944, device: device) * 4).to(dtype);
+            var up = randn(2, 37, 18944, device: device).to(dtype);
+            var a = (randn(16, 18944, device: device) * 0.05).to(dtype);
+            var dy = randn(2, 37, 18944, device: device).to(dtype);
+            var dDown = randn(2, 37, 16, device: device).to(dtype);
+            Tensor Run(bool inPlace)
+            {
+                using var _ = enable_grad();
+                var gl = gate.detach().clone().requires_grad_(true);
+                var ul = up.detach().clone().requires_grad_(true);
+                var al = a.detach().clone().requires_grad_(true);
+                var (h, down) = FusedOps.SiluMulDropoutLinear(gl * 1.0, ul * 1.0, al, 0.1, seed, 17, inPlace);
+                autograd.backward([h, down], [dy, dDown]);
+                return cat([h.detach().flatten(), down.detach().flatten(), al.grad!.flatten(), gl.grad!.flatten(), ul.grad!.flatten()]);
+            }
+            return (Run(true), Run(false));
+        });
+        // Cross-entropy and its gradient over a chunk's logits in one kernel (LmHeadLoss) against torch's fp32 log_softmax,
+        // nll_loss (sum) and autograd, the cast back to the logits' dtype included, for an upstream gradient of 1 / targets:
+        // within one rounding step (the sum of exponentials is added in another order); the rows' losses within 1e-6.
+        // Qwen2's 152,064-token vocabulary (16 values a thread) and 1,003 (one a thread); 3 of 37 rows ignored (-100).
+        foreach (long vocab in new long[] { 152064, 1003 })
+        {
+            yield return ($"cross entropy grad 37x{vocab}, 3 rows ignored: dlogits", bound, () => CrossEntropy(device, dtype, vocab).Gradients);
+            yield return ($"cross entropy grad 37x{vocab}, 3 rows ignored: row losses", 1e-6, () => CrossEntropy(device, dtype, vocab).Losses);
+        }
+        // LmHeadLoss's chunks through the kernel against the torch ops' chunks: lm_head 3584 -> 152064, 300 targets (5
+        // ignored, as padded graph shapes have them) in chunks of 128, the loss and h's gradient.
+        yield return ("lm head loss 300x3584 vocab 152064 chunks of 128: loss sum", 1e-6, () => LmHeadLossBoth(device, dtype).Loss);
+        yield return ("lm head loss 300x3584 vocab 152064 chunks of 128: dh", bound, () => LmHeadLossBoth(device, dtype).Dh);
         // RoPE: q (28 heads) and k (4 heads) of a 7B Qwen2 layer as the attention layers pass them, transposed views of their
         // block of q, k and v's stacked projection output (rows 36·128 wide), 1500 packed tokens; dy a transposed view as
         // attention's backward may give it, or contiguous. Then B = 2 with RoPE's tables of batch 1 (broadcast), and with
