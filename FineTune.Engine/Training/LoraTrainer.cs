@@ -103,7 +103,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
             var (budgetRows, budgetOptions) = BudgetFrom ?? (data.Train, options);
             var tokensAsRun = MicroBatchesOf(budgetRows, budgetOptions, Replica, EpochsOf(budgetOptions))
                 .Select(indices => TokensAsRun(budgetRows, indices, budgetOptions.Layout)).ToList();
-            _longBatchBudget = LongMicroBatches.Budget(tokensAsRun);
+            _longBatchBudget = LongMicroBatches.Budget(tokensAsRun, options.LongMicroBatchPercentile);
             if (_longBatchBudget is long budget)
                 _logger.LogInformation("Long micro-batches: {Count} of {Total} above {Budget} tokens checkpoint part of their layers, the longest ({Longest} tokens) {Share:P0}",
                     tokensAsRun.Count(t => t > budget), tokensAsRun.Count, budget, tokensAsRun.Max(), LongMicroBatches.CheckpointedShare(tokensAsRun.Max(), budget, _runShare));

@@ -64,6 +64,8 @@ public sealed record TrainingOptions
     /// that they keep about the activations of the run's usual ones (<see cref="LongMicroBatches"/>). On by default.
     /// </summary>
     public bool CheckpointLongMicroBatches { get; init; } = true;
+    /// <summary>With <see cref="CheckpointLongMicroBatches"/>: the micro-batches up to this percentile of the run's token counts run as they are (the budget).</summary>
+    public double LongMicroBatchPercentile { get; init; } = LongMicroBatches.DefaultPercentile;
     /// <summary>
     /// Where <see cref="GradientCheckpointing"/> is off: the share of decoder layers, the first ones, recomputed in backward
     /// in every micro-batch (0 to 1). <see cref="FineTunePipeline"/> sets it where the GPU holds the run with only some

@@ -19,16 +19,30 @@ public class LongMicroBatchesTests
         [(1152, 31), (1280, 37), (1408, 62), (1536, 42), (1664, 40), (1920, 31), (2560, 7)];
 
     [Fact]
-    public void The_budget_is_the_95th_percentile_and_only_longer_micro_batches_checkpoint()
+    public void The_budget_is_the_80th_percentile_and_only_longer_micro_batches_checkpoint()
     {
         var tokens = QaBenchmark.SelectMany(s => Enumerable.Repeat(s.Tokens, s.Count)).ToList();
         Assert.Equal(250, tokens.Count);
-        // Nearest rank: the 238th of 250, which falls in the 1,920-token shape (micro-batches 213 to 243).
-        Assert.Equal(1920, LongMicroBatches.Budget(tokens));
-        Assert.Equal(0, LongMicroBatches.CheckpointedShare(1920, 1920));
-        Assert.Equal(0, LongMicroBatches.CheckpointedShare(1152, 1920));
-        Assert.Equal(0.25, LongMicroBatches.CheckpointedShare(2560, 1920));
+        // Nearest rank: the 200th of 250, which falls in the 1,664-token shape (micro-batches 173 to 212).
+        Assert.Equal(1664, LongMicroBatches.Budget(tokens));
+        Assert.Equal(38, tokens.Count(t => t > 1664));
+        Assert.Equal(0, LongMicroBatches.CheckpointedShare(1664, 1664));
+        Assert.Equal(0, LongMicroBatches.CheckpointedShare(1152, 1664));
+        Assert.Equal(0.35, LongMicroBatches.CheckpointedShare(2560, 1664), 12);
         Assert.Equal(0, LongMicroBatches.CheckpointedShare(2560, null));
+    }
+
+    [Fact]
+    public void Another_percentile_sets_another_budget()
+    {
+        var tokens = QaBenchmark.SelectMany(s => Enumerable.Repeat(s.Tokens, s.Count)).ToList();
+        // Nearest rank: the 238th of 250 is in the 1,920-token shape (213 to 243); the 125th in the 1,408 one (69 to 130).
+        Assert.Equal(1920, LongMicroBatches.Budget(tokens, 0.95));
+        Assert.Equal(0.25, LongMicroBatches.CheckpointedShare(2560, 1920));
+        Assert.Equal(1408, LongMicroBatches.Budget(tokens, 0.5));
+        Assert.Null(LongMicroBatches.Budget(tokens, 1.0));                           // the longest: nothing above it
+        Assert.Throws<ArgumentOutOfRangeException>(() => LongMicroBatches.Budget(tokens, 0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => LongMicroBatches.Budget(tokens, 1.5));
     }
 
     [Fact]
@@ -46,7 +60,8 @@ public class LongMicroBatchesTests
     {
         Assert.Null(LongMicroBatches.Budget([]));
         Assert.Null(LongMicroBatches.Budget(Enumerable.Repeat(2048L, 60)));       // dense 4 x 512: one shape
-        Assert.Null(LongMicroBatches.Budget([40, 55, 61, 38, 70]));             // the tutorial's few rows: the percentile is the longest
+        Assert.Null(LongMicroBatches.Budget([40, 55, 61, 38, 70], 0.95));       // five micro-batches: the 95th percentile is the longest
+        Assert.Equal(61, LongMicroBatches.Budget([40, 55, 61, 38, 70]));        // the 80th is the 4th: the longest checkpoints 9/70
         Assert.Equal(20, LongMicroBatches.Budget([.. Enumerable.Repeat(20L, 20), 90]));     // 21 micro-batches: one is above
     }
 }

@@ -8,7 +8,7 @@ using FineTune.Engine.Training;
 namespace FineTune.Bench;
 
 /// <summary>
-/// `train --model DIR --workload qa|dense [--data qa.jsonl] [--max-rows N] [--qa-batch R] [--dense-steps S --dense-batch B] [--qlora] [--gradient-checkpointing auto|on|off] [--layout packed|grouped] [--targets q_proj,k_proj,...] [--long-micro-batches on|off] [--loss-chunk N] [--gpus N] [--step-phases] [--validation F [--evaluations N]] [--estimate] [--out result.json] [--output ADAPTER_DIR]`:
+/// `train --model DIR --workload qa|dense [--data qa.jsonl] [--max-rows N] [--qa-batch R] [--dense-steps S --dense-batch B] [--qlora] [--gradient-checkpointing auto|on|off] [--layout packed|grouped] [--targets q_proj,k_proj,...] [--long-micro-batches on|off] [--long-micro-batch-percentile P] [--loss-chunk N] [--gpus N] [--step-phases] [--validation F [--evaluations N]] [--estimate] [--out result.json] [--output ADAPTER_DIR]`:
 /// FineTune's trainer on the same model folder and data as tools/bench/reference.py (HF transformers + PEFT),
 /// with the same LoRA (r 16, alpha 32, dropout 0.05, q/k/v/o), AdamW lr 2e-4, linear schedule, bf16.
 /// Q&A: 8 rows per optimizer step, one epoch, answer-only loss. Dense: 4 × 512 tokens per step. --gpus N: data parallel
@@ -17,8 +17,9 @@ namespace FineTune.Bench;
 /// phase times (forward, backward, all-reduce, optimizer) and the run's garbage collections, in "phases" (slower steps).
 /// --targets: LoRA's target modules instead of the tutorial's q/k/v/o (FineTune only: reference.py keeps q/k/v/o), e.g. all
 /// seven projections to measure what the MLP's adapters keep. --long-micro-batches off: every micro-batch keeps all its
-/// activations (TrainingOptions.CheckpointLongMicroBatches; on by default). --loss-chunk N: the rows of lm_head and the
-/// loss at a time (TrainingOptions.LossChunkSize, default 256), whose fp32 logits are held at the end of forward, beside
+/// activations (TrainingOptions.CheckpointLongMicroBatches; on by default); --long-micro-batch-percentile P: the budget at
+/// that percentile of the run's micro-batch tokens instead of LongMicroBatches.DefaultPercentile (0.8). --loss-chunk N: the rows of lm_head and the
+/// loss at a time (TrainingOptions.LossChunkSize, default 256), whose logits are held at the end of forward, beside
 /// every layer's activations. --validation F: F of the rows held out and evaluated about --evaluations (10) times, as the wizard does. --estimate: the
 /// settings page's measured time estimate of the same job first, in "estimate" with the run's time beside it.
 /// </summary>
@@ -66,7 +67,9 @@ public static class TrainBenchCommand
             "off" => false,
             var other => throw new ArgumentException($"--long-micro-batches {other}: use on or off."),
         };
-        job = job with { Training = job.Training with { CheckpointLongMicroBatches = longMicroBatches, LossChunkSize = o.Int("loss-chunk", TrainingOptions.DefaultLossChunkSize) } };
+        double percentile = o.Optional("long-micro-batch-percentile") is string given
+            ? double.Parse(given, System.Globalization.CultureInfo.InvariantCulture) : LongMicroBatches.DefaultPercentile;
+        job = job with { Training = job.Training with { CheckpointLongMicroBatches = longMicroBatches, LongMicroBatchPercentile = percentile, LossChunkSize = o.Int("loss-chunk", TrainingOptions.DefaultLossChunkSize) } };
         if (o.Optional("targets") is string targets)
             job = job with { Lora = job.Lora with { TargetModules = targets.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries) } };
         if (o.Optional("validation") is string validation)
@@ -106,6 +109,7 @@ public static class TrainBenchCommand
             ["layout"] = layout.ToString(),
             ["lora_targets"] = string.Join(",", job.Lora.Targets),
             ["long_micro_batches"] = longMicroBatches,
+            ["long_micro_batch_percentile"] = percentile,
             ["loss_chunk"] = job.Training.LossChunkSize,
             ["gradient_checkpointing"] = outcome.GradientCheckpointing,
             ["model"] = Path.GetFileName(modelFolder.TrimEnd('/')),
