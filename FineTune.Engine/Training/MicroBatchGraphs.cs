@@ -51,28 +51,28 @@ internal sealed class MicroBatchGraphs(int ordinal, IReadOnlySet<BatchShape> sha
 
     /// <summary>
     /// The graph shapes of a run whose packed rows are padded, from its micro-batches' bucket shapes (<see cref="Batching.ShapeOf"/>
-    /// with padToBucket), all of them (every epoch's), each standing for <paramref name="repeats"/> micro-batches. A micro-batch runs in the smallest
+    /// with padToBucket), all of them (every epoch's: a shape's count is how often it runs). A micro-batch runs in the smallest
     /// chosen shape of its sequence count that holds it (<see cref="ShapeFor"/>), so a length left out costs padding to the
     /// next chosen one instead of a capture: for each sequence count the lengths are chosen to minimize captures ×
     /// <see cref="CaptureCostInSteps"/> plus every micro-batch's extra tokens (in steps: a step's time taken as its tokens'),
     /// always with the longest (nothing would hold it); each shape holds the most targets of the micro-batches it takes.
     /// At most <see cref="MaxGraphs"/> (captures cost more until that many suffice).
     /// </summary>
-    public static IReadOnlySet<BatchShape> PaddedShapes(IEnumerable<BatchShape> buckets, double repeats = 1)
+    public static IReadOnlySet<BatchShape> PaddedShapes(IEnumerable<BatchShape> buckets)
     {
         var groups = buckets.GroupBy(b => (b.Rows, b.Masked, b.Sequences)).ToList();
         for (double cost = CaptureCostInSteps; ; cost *= 2)
         {
-            var chosen = groups.SelectMany(g => ChooseLengths(g.ToList(), cost, repeats)).ToHashSet();
+            var chosen = groups.SelectMany(g => ChooseLengths(g.ToList(), cost)).ToHashSet();
             if (chosen.Count <= MaxGraphs) return chosen;
         }
     }
 
     /// <summary>One sequence count's shapes (see <see cref="PaddedShapes"/>): a dynamic program over its lengths, shortest first.</summary>
-    private static IEnumerable<BatchShape> ChooseLengths(List<BatchShape> buckets, double captureCost, double repeats)
+    private static IEnumerable<BatchShape> ChooseLengths(List<BatchShape> buckets, double captureCost)
     {
         var lengths = buckets.GroupBy(b => b.Tokens).OrderBy(g => g.Key)
-            .Select(g => (Tokens: g.Key, Count: g.Count() * repeats, Targets: g.Max(b => b.Targets))).ToArray();
+            .Select(g => (Tokens: g.Key, Count: (double)g.Count(), Targets: g.Max(b => b.Targets))).ToArray();
         int k = lengths.Length;
         // best[j]: the least cost of lengths 0..j-1 with length j-1 chosen; from[j] = i: length i-1 is the chosen one before it (i = 0: none).
         var best = new double[k + 1];

@@ -88,6 +88,9 @@ public class MicroBatchGraphsTests
         Assert.Equal([new BatchShape(4, 32, false, 4 * 28, 4, 32)], densePlan.Shapes);
     }
 
+    /// <summary>Each bucket shape <paramref name="times"/> times: the micro-batches of that many epochs of the same rows.</summary>
+    private static IEnumerable<BatchShape> Repeated(IEnumerable<BatchShape> buckets, int times) => buckets.SelectMany(b => Enumerable.Repeat(b, times));
+
     [Fact]
     public void Padded_rows_go_to_the_smallest_shape_that_holds_them()
     {
@@ -95,7 +98,7 @@ public class MicroBatchGraphsTests
         // Six micro-batches' bucket shapes: three lengths, one of them with two sequence counts; each coming often enough
         // (100 times a run) that every length is worth its own capture.
         BatchShape[] buckets = [Shape(1152, 448), Shape(1152, 512), Shape(1280, 384), Shape(1280, 384), Shape(1408, 640), Shape(1152, 320, sequences: 5)];
-        var shapes = MicroBatchGraphs.PaddedShapes(buckets, repeats: 100);
+        var shapes = MicroBatchGraphs.PaddedShapes(Repeated(buckets, 100));
         Assert.Equal(new[] { Shape(1152, 512), Shape(1152, 320, 5), Shape(1280, 384), Shape(1408, 640) }.OrderBy(s => s.Tokens).ThenBy(s => s.Sequences),
             shapes.OrderBy(s => s.Tokens).ThenBy(s => s.Sequences));
         Assert.Equal(Shape(1152, 512), MicroBatchGraphs.SmallestHolding(shapes, Shape(1152, 448)));
@@ -117,11 +120,11 @@ public class MicroBatchGraphsTests
         var buckets = new[] { Shape(1024) }.Concat(Enumerable.Repeat(Shape(1152), 40)).Append(Shape(1280)).ToList();
         Assert.Equal([1152, 1280], MicroBatchGraphs.PaddedShapes(buckets).Select(s => s.Tokens).Order());
         // Three epochs of the same rows: the 1024 then comes three times, still cheaper padded (0.375 steps).
-        Assert.Equal([1152, 1280], MicroBatchGraphs.PaddedShapes(buckets, repeats: 3).Select(s => s.Tokens).Order());
+        Assert.Equal([1152, 1280], MicroBatchGraphs.PaddedShapes(Repeated(buckets, 3)).Select(s => s.Tokens).Order());
 
         // Twenty lengths each worth a capture: at most MaxGraphs, the longest among them.
         var many = Enumerable.Range(0, 20).Select(i => Shape(1024 + 64 * i)).ToList();
-        var capped = MicroBatchGraphs.PaddedShapes(many, repeats: 1000);
+        var capped = MicroBatchGraphs.PaddedShapes(Repeated(many, 1000));
         Assert.InRange(capped.Count, 2, MicroBatchGraphs.MaxGraphs);
         Assert.Contains(capped, s => s.Tokens == 1024 + 64 * 19);
         Assert.All(many, b => Assert.NotNull(MicroBatchGraphs.SmallestHolding(capped, b)));
