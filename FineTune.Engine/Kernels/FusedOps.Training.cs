@@ -165,10 +165,7 @@ public static unsafe partial class FusedOps
             ulong pdy = CudaKernels.Pointer(dyc), pg = CudaKernels.Pointer(gate), pu = CudaKernels.Pointer(up), pdg = CudaKernels.Pointer(dgate), pdu = CudaKernels.Pointer(dup);
             long n = gate.numel();
             void** args = stackalloc void*[] { &pdy, &pg, &pu, &pdg, &pdu, &n };
-            // 16 values a thread with 16-byte accesses where the size and addresses allow (the MLP's always do).
-            bool wide = n % 16 == 0 && pdy % 16 == 0 && pg % 16 == 0 && pu % 16 == 0 && pdg % 16 == 0 && pdu % 16 == 0;
-            long threads = wide ? n / 16 : n;
-            CudaKernels.Launch(gate.device, wide ? $"silu_mul_backward16_{suffix}" : $"silu_mul_backward_{suffix}", (threads + Threads - 1) / Threads, Threads, args);
+            LaunchElementwise(gate.device, "silu_mul_backward", suffix, n, pdy | pg | pu | pdg | pdu, args);
             return (dgate, dup);
         }
         using var scope = NewDisposeScope();
@@ -566,9 +563,7 @@ public static unsafe partial class FusedOps
             long n = gate.numel();
             float probability = (float)p, scale = (float)(1.0 / (1.0 - p));
             void** args = stackalloc void*[] { &pg, &pu, &py, &ps, &key, &probability, &scale, &n };
-            bool wide = n % 16 == 0 && pg % 16 == 0 && pu % 16 == 0 && py % 16 == 0;
-            long threads = wide ? n / 16 : n;
-            CudaKernels.Launch(gate.device, wide ? $"silu_mul_dropout16_{suffix}" : $"silu_mul_dropout_{suffix}", (threads + Threads - 1) / Threads, Threads, args);
+            LaunchElementwise(gate.device, "silu_mul_dropout", suffix, n, pg | pu | py, args);
             return y;
         }
         using var _ = no_grad();

@@ -122,6 +122,18 @@ public static unsafe partial class FusedOps
             ? ($"{kernel}16", (int)Math.Min(1024, (h / 16 + 31) / 32 * 32))
             : (kernel, h >= 1024 ? 1024 : 256);
 
+    /// <summary>
+    /// Launches an elementwise kernel over <paramref name="n"/> values in one of its two forms: 16 values a thread with
+    /// 16-byte accesses (<paramref name="kernel"/>16_) where n is a multiple of 16 and every address (<paramref name="addresses"/>:
+    /// the tensors' pointers OR-ed) is 16-byte aligned (the MLP's always are), else one value a thread.
+    /// </summary>
+    internal static void LaunchElementwise(Device device, string kernel, string suffix, long n, ulong addresses, void** args)
+    {
+        bool wide = n % 16 == 0 && addresses % 16 == 0;
+        long threads = wide ? n / 16 : n;
+        CudaKernels.Launch(device, wide ? $"{kernel}16_{suffix}" : $"{kernel}_{suffix}", (threads + Threads - 1) / Threads, Threads, args);
+    }
+
     /// <summary>HF's RMSNorm: weight * (x / sqrt(mean(x²) + eps)) normalised in fp32 and cast back before the weight.</summary>
     public static Tensor RmsNorm(Tensor x, Tensor weight, double eps)
     {
@@ -170,10 +182,7 @@ public static unsafe partial class FusedOps
             ulong pg = CudaKernels.Pointer(gate), pu = CudaKernels.Pointer(up), py = CudaKernels.Pointer(y);
             long n = gate.numel();
             void** args = stackalloc void*[] { &pg, &pu, &py, &n };
-            // 16 values a thread with 16-byte accesses where the size and addresses allow (the MLP's always do).
-            bool wide = n % 16 == 0 && pg % 16 == 0 && pu % 16 == 0 && py % 16 == 0;
-            long threads = wide ? n / 16 : n;
-            CudaKernels.Launch(gate.device, wide ? $"silu_mul16_{suffix}" : $"silu_mul_{suffix}", (threads + Threads - 1) / Threads, Threads, args);
+            LaunchElementwise(gate.device, "silu_mul", suffix, n, pg | pu | py, args);
             return y;
         }
         if (FusedAutograd(gate, up) && up.dtype == gate.dtype && gate.shape.SequenceEqual(up.shape))
