@@ -70,35 +70,31 @@ __device__ __forceinline__ void load16_##SUFFIX(const u16* src, float* v)       
 DEFINE_VECTOR16(bf16, bf16_to_f32)
 DEFINE_VECTOR16(f16, f16_to_f32)
 
-// Warp and block sums in fp32.
-__device__ __forceinline__ float warp_sum(float v)
+// Warp and block reductions in fp32: a butterfly within each warp, then the warps' results through shared memory
+// (32 floats) and a butterfly again; every thread gets the result. Sum (identity 0) and max (identity -inf).
+struct SumOp { __device__ __forceinline__ float operator()(float a, float b) const { return a + b; } };
+struct MaxOp { __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); } };
+
+template <typename Op> __device__ __forceinline__ float warp_reduce(float v, Op op)
 {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
 
-__device__ float block_sum(float v, float* shared)   // shared: 32 floats; every thread gets the total
+template <typename Op> __device__ float block_reduce(float v, float* shared, float identity, Op op)
 {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
-    v = warp_sum(v);
+    v = warp_reduce(v, op);
     __syncthreads();
     if (lane == 0) shared[warp] = v;
     __syncthreads();
-    v = lane < warps ? shared[lane] : 0.0f;
-    return warp_sum(v);
+    v = lane < warps ? shared[lane] : identity;
+    return warp_reduce(v, op);
 }
 
-__device__ float block_max(float v, float* shared)   // shared: 32 floats; every thread gets the largest
-{
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    __syncthreads();
-    if (lane == 0) shared[warp] = v;
-    __syncthreads();
-    v = lane < warps ? shared[lane] : __int_as_float(0xff800000);                   /* -inf */
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
+__device__ __forceinline__ float warp_sum(float v) { return warp_reduce(v, SumOp()); }
+__device__ float block_sum(float v, float* shared) { return block_reduce(v, shared, 0.0f, SumOp()); }
+__device__ float block_max(float v, float* shared) { return block_reduce(v, shared, __int_as_float(0xff800000), MaxOp()); }
 
 // RoPE's pair p of the (B, nH, T, d/2) pairs (k, k + d/2): its batch, head, token and k, in 32-bit arithmetic (the host
 // keeps pairs below 2^32), and where its output row starts in (B, T, nH, d) order. rotary_ and rotary_backward_ take a
