@@ -238,7 +238,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
     private static IEnumerable<int[]> MicroBatchesOf(IReadOnlyList<TrainingExample> train, TrainingOptions options, DataParallelReplica? replica, int epochs) =>
         Enumerable.Range(0, epochs)
             .SelectMany(epoch => EpochWindows(train, options, epoch))
-            .SelectMany(window => replica?.Shard(window, train) ?? window);
+            .SelectMany(window => replica?.Shard(window, train, options.Layout) ?? window);
 
     /// <summary>The epochs a run starts: a fractional last epoch is one more.</summary>
     private static int EpochsOf(TrainingOptions options) => Math.Max(1, (int)Math.Ceiling(options.Epochs));
@@ -453,7 +453,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         // the sum of the replicas' gradients is the single-device gradient.
         int windowTargets = window.Sum(indices => indices.Sum(i => rows[i].TargetCount));
         long tokens = window.Sum(indices => indices.Sum(i => (long)rows[i].Length));
-        var share = Replica?.Shard(window, rows) ?? window;
+        var share = Replica?.Shard(window, rows, options.Layout) ?? window;
         using var stepScope = NewDisposeScope();
         try
         {

@@ -26,26 +26,47 @@ public sealed class DataParallelTests(ITestOutputHelper output) : IDisposable
     private static List<TrainingExample> Rows(params int[] lengths) =>
         [.. lengths.Select((length, i) => new TrainingExample(new int[length], new int[length], i + 1))];
 
-    [Theory]
-    [InlineData(new[] { 8 }, 2)]        // the benchmark's 8 rows a step, accumulation 1: each micro-batch split
-    [InlineData(new[] { 8 }, 3)]
-    [InlineData(new[] { 1, 1, 1, 1 }, 2)] // the tutorial's batch 1 × accumulation 4: whole micro-batches dealt out
-    [InlineData(new[] { 4, 4, 3 }, 2)]
-    [InlineData(new[] { 1 }, 2)]        // fewer rows than replicas: one replica idles this step
-    public void Shares_are_disjoint_and_cover_the_window(int[] batchSizes, int world)
+    private static (List<int[]> Window, List<TrainingExample> Rows) Window(int[] batchSizes, int seed = 5)
     {
-        var random = new Random(5);
+        var random = new Random(seed);
         int next = 0;
         var window = batchSizes.Select(size => Enumerable.Range(next, size).ToArray()).Select(b => { next += b.Length; return b; }).ToList();
-        var rows = Rows([.. Enumerable.Range(0, next).Select(_ => random.Next(10, 400))]);
+        return (window, Rows([.. Enumerable.Range(0, next).Select(_ => random.Next(10, 400))]));
+    }
 
-        var shares = Enumerable.Range(0, world).Select(rank => DataParallelSharding.Shard(window, rows, rank, world)).ToList();
+    private static List<List<int[]>> Shares(List<int[]> window, List<TrainingExample> rows, BatchLayout layout, int world) =>
+        [.. Enumerable.Range(0, world).Select(rank => DataParallelSharding.Shard(window, rows, layout, rank, world))];
+
+    private static long Tokens(IEnumerable<int[]> share, List<TrainingExample> rows) => share.Sum(b => b.Sum(r => (long)rows[r].Length));
+
+    [Theory]
+    [InlineData(new[] { 8 }, 2, BatchLayout.Packed)]        // the benchmark's 8 rows a step, accumulation 1
+    [InlineData(new[] { 8 }, 3, BatchLayout.Packed)]
+    [InlineData(new[] { 8, 8 }, 2, BatchLayout.Packed)]     // 8 x accumulation 2: one micro-batch of 8 each
+    [InlineData(new[] { 8, 8, 8 }, 2, BatchLayout.Packed)]
+    [InlineData(new[] { 1, 1, 1, 1 }, 2, BatchLayout.Packed)] // the tutorial's batch 1 x accumulation 4
+    [InlineData(new[] { 4, 4, 3 }, 2, BatchLayout.Packed)]  // an epoch's short last micro-batch
+    [InlineData(new[] { 1 }, 2, BatchLayout.Packed)]        // fewer rows than replicas: one replica idles this step
+    [InlineData(new[] { 8 }, 2, BatchLayout.LengthGrouped)]
+    [InlineData(new[] { 8, 8 }, 2, BatchLayout.LengthGrouped)]
+    [InlineData(new[] { 4, 4, 3 }, 2, BatchLayout.LengthGrouped)]
+    [InlineData(new[] { 1, 1, 1 }, 2, BatchLayout.LengthGrouped)]
+    [InlineData(new[] { 1 }, 2, BatchLayout.LengthGrouped)]
+    public void Shares_are_disjoint_and_cover_the_window(int[] batchSizes, int world, BatchLayout layout)
+    {
+        var (window, rows) = Window(batchSizes);
+
+        var shares = Shares(window, rows, layout, world);
 
         var all = shares.SelectMany(s => s.SelectMany(b => b)).ToList();
-        Assert.Equal(Enumerable.Range(0, next), all.Order());
+        Assert.Equal(Enumerable.Range(0, rows.Count), all.Order());
         foreach (var share in shares)
             foreach (var batch in share)
+            {
                 Assert.True(batch.Length <= batchSizes.Max(), "a replica's micro-batch is never larger than the single-device one");
+                Assert.NotEmpty(batch);
+                Assert.Equal(batch.Order(), batch); // rows keep their order
+            }
     }
 
     [Fact]
@@ -54,10 +75,48 @@ public sealed class DataParallelTests(ITestOutputHelper output) : IDisposable
         // One long row and seven short ones: by count 4/4 would give one replica 1,000 + 3×10 tokens and the other 40.
         var rows = Rows(1000, 10, 10, 10, 10, 10, 10, 10);
         int[][] window = [[0, 1, 2, 3, 4, 5, 6, 7]];
-        var first = DataParallelSharding.Shard(window, rows, 0, 2).Single();
-        var second = DataParallelSharding.Shard(window, rows, 1, 2).Single();
-        Assert.Equal([0], first);
-        Assert.Equal([1, 2, 3, 4, 5, 6, 7], second);
+        foreach (var layout in new[] { BatchLayout.Packed, BatchLayout.LengthGrouped })
+        {
+            Assert.Equal([0], DataParallelSharding.Shard(window, rows, layout, 0, 2).Single());
+            Assert.Equal([1, 2, 3, 4, 5, 6, 7], DataParallelSharding.Shard(window, rows, layout, 1, 2).Single());
+        }
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    public void Packed_rows_of_two_micro_batches_make_one_full_micro_batch_a_replica_within_a_row_of_each_other(int seed)
+    {
+        // The Q&A benchmark's 8 rows x accumulation 2 on two GPUs: each replica packs 8 rows, as one GPU does, and the
+        // replicas' tokens differ by less than the longest row (dealt whole, the two micro-batches differ by their sums).
+        var (window, rows) = Window([8, 8], seed);
+
+        var shares = Shares(window, rows, BatchLayout.Packed, 2);
+
+        foreach (var share in shares) Assert.Equal(8, Assert.Single(share).Length);
+        long gap = Math.Abs(Tokens(shares[0], rows) - Tokens(shares[1], rows));
+        Assert.True(gap < rows.Max(r => r.Length), $"the replicas' tokens differ by {gap}");
+    }
+
+    [Fact]
+    public void Packed_rows_beyond_one_micro_batch_a_replica_split_into_micro_batches_of_near_equal_rows()
+    {
+        var (window, rows) = Window([8, 8, 8]);
+
+        foreach (var share in Shares(window, rows, BatchLayout.Packed, 2))
+            Assert.Equal([6, 6], share.Select(b => b.Length));
+    }
+
+    [Fact]
+    public void Length_grouped_micro_batches_go_whole_when_every_replica_gets_as_many()
+    {
+        var (window, rows) = Window([8, 8]);
+
+        var shares = Shares(window, rows, BatchLayout.LengthGrouped, 2);
+
+        Assert.Equal(window.OrderBy(b => b[0]).Select(b => b.ToList()), shares.SelectMany(s => s).OrderBy(b => b[0]).Select(b => b.ToList()));
+        Assert.All(shares, share => Assert.Single(share));
     }
 
     [Fact]

@@ -45,13 +45,15 @@ public static class TrainBenchCommand
             var other => throw new ArgumentException($"--layout {other}: use packed or grouped."),
         };
 
+        // --accumulation N: N micro-batches an optimizer step (dense: --dense-steps stays the optimizer steps); --epochs N.
+        int accumulation = o.Int("accumulation", 1), epochs = o.Int("epochs", 1);
         var (examples, batch) = workload switch
         {
             "qa" => (QaExamples(o.Required("data"), o.Int("max-rows", int.MaxValue)), o.Int("qa-batch", 8)),
-            "dense" => (DenseExamples(o.Int("dense-steps", 60) * o.Int("dense-batch", 4)), o.Int("dense-batch", 4)),
+            "dense" => (DenseExamples(o.Int("dense-steps", 60) * o.Int("dense-batch", 4) * accumulation), o.Int("dense-batch", 4)),
             _ => throw new ArgumentException($"--workload {workload}: use qa or dense."),
         };
-        long realTokens = examples.Sum(e => (long)e.Length);
+        long realTokens = examples.Sum(e => (long)e.Length) * epochs;
 
         int gpus = o.Int("gpus", 1);
         if (gpus > 1 && backend.Gpus.Count < gpus) throw new ArgumentException($"--gpus {gpus}: this machine has {backend.Gpus.Count} GPU(s).");
@@ -69,7 +71,7 @@ public static class TrainBenchCommand
         };
         double percentile = o.Optional("long-micro-batch-percentile") is string given
             ? double.Parse(given, System.Globalization.CultureInfo.InvariantCulture) : LongMicroBatches.DefaultPercentile;
-        job = job with { Training = job.Training with { CheckpointLongMicroBatches = longMicroBatches, LongMicroBatchPercentile = percentile, LossChunkSize = o.Int("loss-chunk", TrainingOptions.DefaultLossChunkSize) } };
+        job = job with { Training = job.Training with { GradientAccumulationSteps = accumulation, Epochs = epochs, CheckpointLongMicroBatches = longMicroBatches, LongMicroBatchPercentile = percentile, LossChunkSize = o.Int("loss-chunk", TrainingOptions.DefaultLossChunkSize) } };
         if (o.Optional("targets") is string targets)
             job = job with { Lora = job.Lora with { TargetModules = targets.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries) } };
         if (o.Optional("validation") is string validation)
@@ -105,6 +107,8 @@ public static class TrainBenchCommand
             ["workload"] = workload,
             ["mode"] = qlora ? "qlora-nf4" : "lora-16bit",
             ["batch"] = batch,
+            ["accumulation"] = accumulation,
+            ["epochs"] = epochs,
             ["gpus"] = outcome.DeviceCount,
             ["layout"] = layout.ToString(),
             ["lora_targets"] = string.Join(",", job.Lora.Targets),

@@ -59,7 +59,9 @@ def main():
             refs = [(train.get(name.replace("-ft-", "-hf-")), ""), (train.get(name.replace("-ft-", "-hf-") + "-flat"), " padding-free")]
             ratio = " / ".join(f"{c['tokens_per_s'] / r['tokens_per_s']:.2f}x{label}" for r, label in refs if r) or "no reference"
         mfu = 4 * n_matmul(c["shape"]) * c["real_tokens"] / (c["wall_s"] * PEAK)
-        workload = f"Q&A {c['rows']:,} rows, 8/step" if c["workload"] == "qa" else f"dense {c.get('batch', 4)} x 512"
+        acc, epochs = c.get("accumulation", 1), c.get("epochs", 1)
+        workload = (f"Q&A {c['rows']:,} rows, {c.get('batch', 8)}{f' x {acc}' if acc > 1 else ''}/step" if c["workload"] == "qa"
+                    else f"dense {c.get('batch', 4)} x 512{f' x {acc}' if acc > 1 else ''}") + (f", {epochs} epochs" if epochs > 1 else "")
         print(f"| {c['shape']} | {workload} | {mode_of(c)} | {stack} | {c['wall_s']:.1f} | {c['tokens_per_s']:,.0f} | {ratio} "
               f"| {c.get('peak_device_bytes', 0) / 2**30:.2f} | {c['final_loss']:.4f} | {c.get('mean_loss_last_10', float('nan')):.4f} | {mfu:.1%} |")
     if generate:
