@@ -3,7 +3,7 @@
 
     python3 tools/bench/summarize.py RAW_DIR [RAW_DIR ...] > table.md
 
-MFU = 4 x N_matmul x real_tokens / (wall_s x peak), with N_matmul the decoder + lm_head weights
+MFU = 4 x N_matmul x real_tokens / (wall_s x peak x GPUs), per GPU, with N_matmul the decoder + lm_head weights
 (frozen base: forward 2N, backward input gradients 2N per token; attention's own FLOPs left out, so
 this understates both stacks alike) and peak = 989 TFLOP/s (H100/H200 SXM dense bf16).
 """
@@ -51,14 +51,15 @@ def main():
     print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, c in sorted(train.items()):
         flat = c.get("collator") == "flatten"
-        stack = ("HF transformers + PEFT" + (", padding-free" if flat else "")) if c["stack"].startswith("hf") else "FineTune"
+        gpus = c.get("gpus", 1)
+        stack = ("HF transformers + PEFT" + (", padding-free" if flat else "")) if c["stack"].startswith("hf") else "FineTune" + (f", {gpus} GPUs" if gpus > 1 else "")
         if c["stack"].startswith("hf"):
             ratio = "1.00x"
         else:
             # Against HF padded, and for Q&A also against HF padding-free (DataCollatorWithFlattening).
             refs = [(train.get(name.replace("-ft-", "-hf-")), ""), (train.get(name.replace("-ft-", "-hf-") + "-flat"), " padding-free")]
             ratio = " / ".join(f"{c['tokens_per_s'] / r['tokens_per_s']:.2f}x{label}" for r, label in refs if r) or "no reference"
-        mfu = 4 * n_matmul(c["shape"]) * c["real_tokens"] / (c["wall_s"] * PEAK)
+        mfu = 4 * n_matmul(c["shape"]) * c["real_tokens"] / (c["wall_s"] * PEAK * gpus)  # per GPU
         acc, epochs = c.get("accumulation", 1), c.get("epochs", 1)
         workload = (f"Q&A {c['rows']:,} rows, {c.get('batch', 8)}{f' x {acc}' if acc > 1 else ''}/step" if c["workload"] == "qa"
                     else f"dense {c.get('batch', 4)} x 512{f' x {acc}' if acc > 1 else ''}") + (f", {epochs} epochs" if epochs > 1 else "")
