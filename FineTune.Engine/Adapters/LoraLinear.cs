@@ -303,8 +303,21 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         return PlusUp(y, Down(InDtype(x, y.dtype), a), b);
     }
 
-    /// <summary>y + B(down)·scaling, down (..., r) the LoRA path's A output and b lora_B (out, r): the up half, one kernel for the add.</summary>
-    private Tensor PlusUp(Tensor y, Tensor down, Tensor b) => y.PlusScaled(nn.functional.linear(down, b), Scaling);
+    /// <summary>
+    /// y + B(down)·scaling, down (..., r) the LoRA path's A output and b lora_B (out, r): the up half as one matmul that
+    /// adds y (addmm, beta 1). No separate add of two (..., out) tensors in forward, and backward scales the small
+    /// gradients of down (..., r) and b (r, out) instead of y's (..., out) one; y's gradient passes through untouched.
+    /// The sum is rounded once (from the matmul's fp32 accumulator) where a matmul then an add rounded twice.
+    /// </summary>
+    private Tensor PlusUp(Tensor y, Tensor down, Tensor b)
+    {
+        long outFeatures = y.shape[^1], r = down.shape[^1];
+        using var y2 = y.reshape(-1, outFeatures);                                             // (N, out), a view where y allows
+        using var down2 = down.reshape(-1, r);                                                  // (N, r)
+        using var bT = b.t();                                                                   // (r, out)
+        using var sum = y2.addmm(down2, bT, beta: 1, alpha: (float)Scaling);                    // (N, out)
+        return sum.view(y.shape);                                                               // (..., out)
+    }
 
     /// <summary>lora_A (r, in) and lora_B (out, r) in <paramref name="dtype"/>: the working copies where they are in it, else casts.</summary>
     private (Tensor A, Tensor B) LoraWeights(ScalarType dtype) => ComputeCopies is { } copies && copies.A.dtype == dtype
@@ -387,16 +400,26 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
     /// training micro-batch on a GPU: <see cref="DrawsOnDevice"/>), their dropouts and A's are one function
     /// (<see cref="PlusLoraShared"/>) instead of one a layer, after the base matmuls. Otherwise each layer's own forward.
     /// </summary>
-    public static Tensor[] ForwardShared(Tensor x, params LoraLinear[] layers)
+    public static Tensor[] ForwardShared(Tensor x, params LoraLinear[] layers) => ForwardShared(x, null, layers);
+
+    /// <summary>
+    /// <see cref="ForwardShared(Tensor, LoraLinear[])"/> where dense base weights stacked in <paramref name="stacked"/>
+    /// run as one matmul (<see cref="StackedLinear.BaseOutputs"/>), gradients flowing or not; each output is then its
+    /// block plus its own LoRA path as above.
+    /// </summary>
+    public static Tensor[] ForwardShared(Tensor x, StackedLinear? stacked, params LoraLinear[] layers)
     {
         bool downsShared = layers.Length > 1 && layers.All(l => l.DrawsOnDevice(x.device) && l.OutputDtype == layers[0].OutputDtype);
         if (!CanShare(x, layers))
         {
-            if (!downsShared) return [.. layers.Select(l => l.forward(x))];
             using var layerScope = NewDisposeScope();
-            var shared = PlusLoraShared([.. layers.Select(l => l.BaseForward(x))], x, layers);
-            foreach (var output in shared) layerScope.MoveToOuter(output);
-            return shared;
+            var bases = x.numel() != layers[0].InFeatures ? stacked?.BaseOutputs(x) : null;      // one row: each layer's own (decode)
+            Tensor[] results;
+            if (downsShared) results = PlusLoraShared(bases ?? [.. layers.Select(l => l.BaseForward(x))], x, layers);
+            else if (bases is null) results = [.. layers.Select(l => l.forward(x))];
+            else results = [.. bases.Select((y, i) => layers[i].AdapterActive ? layers[i].PlusLora(y, x) : y)];
+            foreach (var result in results) layerScope.MoveToOuter(result);
+            return results;
         }
         using var scope = NewDisposeScope();
         var input = InDtype(x, layers[0].ComputeDtype);

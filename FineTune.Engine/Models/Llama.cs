@@ -63,8 +63,8 @@ public class LlamaAttention : DecoderAttention, IStackedProjections
             }
             else
             {
-                // One matmul for q, k and v where their base weights are NF4 (LoraLinear.ForwardShared).
-                var projected = LoraLinear.ForwardShared(x, q_proj, k_proj, v_proj);         // (B, T, nH·hD), (B, T, nKV·hD) ×2
+                // One matmul for q, k and v: their NF4 weights dequantized together, or their dense ones stacked (LoraLinear.ForwardShared).
+                var projected = LoraLinear.ForwardShared(x, _qkv, q_proj, k_proj, v_proj);   // (B, T, nH·hD), (B, T, nKV·hD) ×2
                 q = QueryNorm(projected[0].view(b, t, _heads, _headDim)).transpose(1, 2);    // (B, nH, T, hD)
                 k = KeyNorm(projected[1].view(b, t, _kvHeads, _headDim)).transpose(1, 2);    // (B, nKV, T, hD)
                 v = projected[2].view(b, t, _kvHeads, _headDim).transpose(1, 2);             // (B, nKV, T, hD)

@@ -49,6 +49,58 @@ public class StackedLinearTests
         }
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Training_through_the_stacked_matmul_gives_the_outputs_and_gradients_of_the_layers_one_by_one(bool bias)
+    {
+        using var scope = NewDisposeScope();
+        var layers = Projections(bias);
+        foreach (var (layer, i) in layers.Select((l, i) => (l, i)))
+        {
+            layer.AttachLora(rank: 2, alpha: 4, dropout: 0.0, generator: new Generator((ulong)(10 + i)));
+            using (no_grad()) layer.lora_B!.weight!.copy_(randn(layer.OutFeatures, 2));
+            layer.train();
+        }
+        layers[2].AdapterEnabled = false; // one projection without an adapter: its block is the base output alone
+        manual_seed(4);
+        var input = randn(2, 5, 12);
+        var upstream = layers.Select(l => randn(2, 5, l.OutFeatures)).ToArray();
+
+        (Tensor[] Outputs, Tensor InputGrad, Tensor[] AGrads) Run(StackedLinear? stacked)
+        {
+            var x = input.clone().requires_grad_(true);
+            foreach (var l in layers.Where(l => l.AdapterActive)) l.lora_A!.weight!.grad?.zero_();
+            var outputs = LoraLinear.ForwardShared(x, stacked, layers);
+            var loss = outputs.Select((y, i) => (y * upstream[i]).sum()).Aggregate((a, b) => a + b);
+            loss.backward();
+            return ([.. outputs.Select(o => o.detach().clone())], x.grad!.clone(), [.. layers.Take(2).Select(l => l.lora_A!.weight!.grad!.clone())]);
+        }
+
+        var separate = Run(null);
+        var stack = new StackedLinear(layers);
+        stack.Stack();
+        Assert.NotNull(stack.BaseOutputs(input));
+        var stacked = Run(stack);
+
+        for (int i = 0; i < layers.Length; i++) Assert.True(stacked.Outputs[i].allclose(separate.Outputs[i], 1e-5, 1e-6), $"output {i}");
+        Assert.True(stacked.InputGrad.allclose(separate.InputGrad, 1e-5, 1e-6), "the input's gradient");
+        for (int i = 0; i < 2; i++) Assert.True(stacked.AGrads[i].allclose(separate.AGrads[i], 1e-5, 1e-6), $"lora_A {i}'s gradient");
+        Assert.False(layers[0].weight!.requires_grad);
+    }
+
+    [Fact]
+    public void A_trainable_base_weight_runs_the_layers_one_by_one()
+    {
+        using var scope = NewDisposeScope();
+        var layers = Projections(bias: false);
+        var stack = new StackedLinear(layers);
+        stack.Stack();
+        layers[1].weight!.requires_grad_(true);
+        Assert.Null(stack.BaseOutputs(randn(2, 3, 12)));
+        Assert.True(stack.IsStacked);
+    }
+
     [Fact]
     public void Weights_are_views_of_the_stack_so_a_merged_adapter_reaches_the_stacked_matmul()
     {

@@ -45,6 +45,20 @@ public class LongMicroBatchesTests
         Assert.Throws<ArgumentOutOfRangeException>(() => LongMicroBatches.Budget(tokens, 1.5));
     }
 
+    [Theory]
+    [InlineData(0.0)]
+    [InlineData(-0.5)]
+    [InlineData(1.01)]
+    [InlineData(double.NaN)]
+    public void A_percentile_outside_0_to_1_fails_the_options_validation(double percentile)
+    {
+        var options = new TrainingOptions { LongMicroBatchPercentile = percentile };
+        var e = Assert.Throws<ArgumentOutOfRangeException>(options.Validate);
+        Assert.Equal(nameof(TrainingOptions.LongMicroBatchPercentile), e.ParamName);
+        new TrainingOptions { LongMicroBatchPercentile = 1.0 }.Validate();
+        new TrainingOptions().Validate();
+    }
+
     [Fact]
     public void Where_every_micro_batch_checkpoints_a_share_a_long_one_checkpoints_enough_more_to_keep_what_the_budget_keeps()
     {
