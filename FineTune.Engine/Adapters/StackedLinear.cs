@@ -84,16 +84,7 @@ public sealed class StackedLinear : IDisposable
     public Tensor? Forward(Tensor x)
     {
         if (_weight is null || (is_grad_enabled() && x.requires_grad) || Kernels.FusedOps.DecodeFoldsSuspended) return null;
-        for (int i = 0; i < _layers.Length; i++)
-        {
-            var layer = _layers[i];
-            if (!ReferenceEquals(layer.weight, _views[i].Weight) || !ReferenceEquals(layer.bias, _views[i].Bias))
-            {
-                Unstack();
-                return null;
-            }
-            if (layer.AdapterActive) return null;
-        }
+        if (!RowsStillViews() || _layers.Any(l => l.AdapterActive)) return null;
         return nn.functional.linear(x, _weight, _bias);
     }
 
@@ -106,19 +97,21 @@ public sealed class StackedLinear : IDisposable
     /// </summary>
     public Tensor[]? BaseOutputs(Tensor x)
     {
-        if (_weight is null) return null;
-        for (int i = 0; i < _layers.Length; i++)
-        {
-            var layer = _layers[i];
-            if (!ReferenceEquals(layer.weight, _views[i].Weight) || !ReferenceEquals(layer.bias, _views[i].Bias))
-            {
-                Unstack();
-                return null;
-            }
-            if (layer.weight!.requires_grad || layer.bias?.requires_grad == true) return null;
-        }
+        if (_weight is null || !RowsStillViews() || _layers.Any(l => l.weight!.requires_grad || l.bias?.requires_grad == true)) return null;
         var y = nn.functional.linear(x, _weight, _bias);                                         // (..., Σout)
         return y.split([.. _layers.Select(l => (long)l.OutFeatures)], -1);                       // (..., out) each
+    }
+
+    /// <summary>Whether every layer still holds its views of the stacked rows; where one was replaced, the stacking ends for good.</summary>
+    private bool RowsStillViews()
+    {
+        for (int i = 0; i < _layers.Length; i++)
+            if (!ReferenceEquals(_layers[i].weight, _views[i].Weight) || !ReferenceEquals(_layers[i].bias, _views[i].Bias))
+            {
+                Unstack();
+                return false;
+            }
+        return true;
     }
 
     private void Unstack()
