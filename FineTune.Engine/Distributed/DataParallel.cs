@@ -223,7 +223,7 @@ public static class DataParallelSharding
         var share = new List<int[]>(count);
         for (int b = 0, start = 0; b < count; b++)
         {
-            int size = (mine.Length - start) / (count - b) + ((mine.Length - start) % (count - b) > 0 ? 1 : 0);
+            int left = count - b, size = (mine.Length - start + left - 1) / left;                  // the rest's even share, rounded up
             share.Add(mine[start..(start + size)]);
             start += size;
         }

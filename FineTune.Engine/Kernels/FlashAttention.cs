@@ -130,6 +130,5 @@ public static unsafe class FlashAttention
         return scope.MoveToOuter(y);
     }
 
-
     private static Tensor Dense(Tensor x) => x.stride(-1) == 1 ? x : x.contiguous();
 }

@@ -22,13 +22,20 @@ public static class LongMicroBatches
     /// <summary>The share of micro-batches that run as they are by default: those up to this percentile of the run's token counts.</summary>
     public const double DefaultPercentile = 0.8;
 
+    /// <summary>Refuses a percentile outside (0, 1] (NaN included): the one check of <see cref="Budget"/> and <see cref="TrainingOptions.Validate"/>.</summary>
+    internal static void ThrowIfNotPercentile(double percentile, string paramName)
+    {
+        if (!(percentile > 0 && percentile <= 1))
+            throw new ArgumentOutOfRangeException(paramName, percentile, $"The long-micro-batch percentile must be above 0 and at most 1; {DefaultPercentile} is the default.");
+    }
+
     /// <summary>
     /// The budget of a run whose micro-batches hold <paramref name="tokens"/> tokens each, as they run (padded to their
     /// graph's shape): their <paramref name="percentile"/> by nearest rank; null where none is longer (nothing to checkpoint).
     /// </summary>
     public static long? Budget(IEnumerable<long> tokens, double percentile = DefaultPercentile)
     {
-        if (percentile is <= 0 or > 1) throw new ArgumentOutOfRangeException(nameof(percentile), percentile, "A percentile is above 0 and at most 1.");
+        ThrowIfNotPercentile(percentile, nameof(percentile));
         var sorted = tokens.Order().ToArray();
         if (sorted.Length == 0) return null;
         long budget = sorted[(int)Math.Ceiling(percentile * sorted.Length) - 1];

@@ -88,8 +88,7 @@ public sealed record TrainingOptions
         if (SaveSteps < 0 || SaveTotalLimit < 0 || EvalSteps < 0) throw new ArgumentOutOfRangeException(nameof(SaveSteps), "Save/eval steps and the checkpoint limit cannot be negative.");
         if (MaxGradNorm < 0) throw new ArgumentOutOfRangeException(nameof(MaxGradNorm), MaxGradNorm, "max_grad_norm cannot be negative (0 turns clipping off).");
         if (!(CheckpointedShare >= 0 && CheckpointedShare <= 1)) throw new ArgumentOutOfRangeException(nameof(CheckpointedShare), CheckpointedShare, "The share of checkpointed layers must be in [0, 1].");
-        if (!(LongMicroBatchPercentile > 0 && LongMicroBatchPercentile <= 1))
-            throw new ArgumentOutOfRangeException(nameof(LongMicroBatchPercentile), LongMicroBatchPercentile, "The long-micro-batch percentile must be in (0, 1]; 0.8 is the default.");
+        LongMicroBatches.ThrowIfNotPercentile(LongMicroBatchPercentile, nameof(LongMicroBatchPercentile));
     }
 
     /// <summary>Micro-batches per epoch (HF's len(dataloader)): ceil(rows / batch).</summary>

@@ -43,6 +43,7 @@ public class LongMicroBatchesTests
         Assert.Null(LongMicroBatches.Budget(tokens, 1.0));                           // the longest: nothing above it
         Assert.Throws<ArgumentOutOfRangeException>(() => LongMicroBatches.Budget(tokens, 0));
         Assert.Throws<ArgumentOutOfRangeException>(() => LongMicroBatches.Budget(tokens, 1.5));
+        Assert.Throws<ArgumentOutOfRangeException>(() => LongMicroBatches.Budget(tokens, double.NaN)); // was an index out of range
     }
 
     [Theory]
