@@ -276,7 +276,7 @@ public static unsafe partial class FusedOps
         long n = xc.numel();
         float probability = (float)p, scale = (float)(1.0 / (1.0 - p));
         void** args = stackalloc void*[] { &px, &py, &ps, &key, &probability, &scale, &n };
-        CudaKernels.Launch(x.device, $"dropout_{Suffix(x.dtype)}", (n + 255) / 256, 256, args);
+        LaunchElementwise(x.device, "dropout", Suffix(x.dtype)!, n, px | py, args);
         return y;
     }
 
@@ -592,9 +592,10 @@ public static unsafe partial class FusedOps
 
     /// <summary>
     /// (n) bool: finetune_kernels.cu's dropout mask for draw (seed, key) with torch's int64 ops, read from the seed tensor on
-    /// its device (no wait for it): element i is kept where the top 24 bits of splitmix64(splitmix64(seed ^ splitmix64(key)) + i),
-    /// over 2^24 in fp32, are at least p in fp32; that is, where they are at least ⌈p·2^24⌉. In place where it can: two
-    /// int64 values an element at a time.
+    /// its device (no wait for it): with h = splitmix64(splitmix64(seed ^ splitmix64(key)) + i / 2), one hash for each pair of
+    /// elements, the even element i is kept where h's top 24 bits (63..40), the odd one where its bits 31..8, over 2^24 in
+    /// fp32, are at least p in fp32; that is, where they are at least ⌈p·2^24⌉. In place where it can: a few int64 values an
+    /// element at a time.
     /// </summary>
     internal static Tensor DropoutKeep(Tensor seed, long key, long n, double p)
     {
@@ -602,13 +603,18 @@ public static unsafe partial class FusedOps
         using var mixedKey = tensor((long)DropoutDraws.Mix((ulong)key));        // 0-dim on the CPU: a scalar operand on any device
         var stream = seed.bitwise_xor(mixedKey);                                 // (1)
         SplitMix64InPlace(stream);
-        using var count = n.ToScalar();
-        var hash = arange(count, ScalarType.Int64, seed.device);                 // (n): i
+        using var pairs = ((n + 1) / 2).ToScalar();
+        var hash = arange(pairs, ScalarType.Int64, seed.device);                 // (⌈n/2⌉): i / 2
         hash.add_(stream);
         SplitMix64InPlace(hash);
-        ShiftRightLogicalInPlace(hash, 40);                                      // the top 24 bits
+        var odd = hash.clone();
+        ShiftRightLogicalInPlace(hash, 40);                                      // bits 63..40: the even elements'
+        ShiftRightLogicalInPlace(odd, 8);
+        using var low24 = tensor(0xFFFFFFL);
+        odd.bitwise_and_(low24);                                                 // bits 31..8: the odd elements'
+        var bits = stack([hash, odd], 1).view(-1).narrow(0, 0, n);              // (n): even, odd, even, ...
         using var threshold = ((long)Math.Ceiling((double)(float)p * 16777216.0)).ToScalar();
-        return scope.MoveToOuter(hash.ge(threshold));
+        return scope.MoveToOuter(bits.ge(threshold));
     }
 
     // ---------------------------------------------------------------- Cross-entropy

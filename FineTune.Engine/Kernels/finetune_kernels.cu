@@ -380,11 +380,17 @@ __device__ __forceinline__ u64 splitmix64(u64 z)
     return z ^ (z >> 31);
 }
 
-// LoRA dropout's draw for element i of a mask's stream splitmix64(seed ^ splitmix64(key)): u in [0, 1) from the top 24
-// bits of splitmix64(stream + i); the element is kept where u >= p.
+// LoRA dropout's draws for a mask's stream splitmix64(seed ^ splitmix64(key)): one hash h = splitmix64(stream + i / 2)
+// for each pair of elements; the even element's u in [0, 1) is h's top 24 bits (63..40) / 2^24, the odd one's bits 31..8;
+// an element is kept where u >= p. (With one hash an element the dropout kernels were bound by its 64-bit multiplies:
+// 15 us, 2 TB/s, for a 2,048 x 3,584 bf16 tensor on an H200.)
+__device__ __forceinline__ float dropout_bits_u(u64 h, int odd)
+{
+    return (float)(odd ? (u32)(h >> 8) & 0xffffffu : (u32)(h >> 40)) * (1.0f / 16777216.0f);
+}
 __device__ __forceinline__ float dropout_u(u64 stream, long long i)
 {
-    return (float)(splitmix64(stream + (u64)i) >> 40) * (1.0f / 16777216.0f);
+    return dropout_bits_u(splitmix64(stream + (u64)(i >> 1)), (int)(i & 1));
 }
 
 // The kernels of training's fused autograd functions (FusedOps.Training.cs): forward passes that keep what backward
@@ -460,7 +466,7 @@ extern "C" __global__ void rms_norm_backward_##SUFFIX(const T* dy, const T* x, c
 }                                                                                                                     \
                                                                                                                       \
 /* LoRA dropout whose mask is a function of (seed, key, i) alone: y = T(x * scale) where kept, else 0, kept when      \
-   u >= p for u = the top 24 bits of splitmix64(splitmix64(seed ^ splitmix64(key)) + i) / 2^24. The seed is read from   \
+   u >= p for u = dropout_u's 24 bits of the pair's hash / 2^24 (see dropout_bits_u). The seed is read from           \
    device memory, so a captured CUDA graph draws new masks when it changes between replays; the key tells a step's      \
    draws apart; backward applies the same function to dy (torch's fused dropout rounds x * mask * scale the same way). */\
 extern "C" __global__ void dropout_##SUFFIX(const T* x, T* y, const long long* seed, long long key, float p,          \
@@ -470,6 +476,25 @@ extern "C" __global__ void dropout_##SUFFIX(const T* x, T* y, const long long* s
     if (i >= n) return;                                                                                               \
     u64 stream = splitmix64((u64)seed[0] ^ splitmix64((u64)key));                                                     \
     y[i] = dropout_u(stream, i) >= p ? FROM_F32(TO_F32(x[i]) * scale) : FROM_F32(0.0f);                               \
+}                                                                                                                     \
+                                                                                                                      \
+/* The same, 16 values a thread with 16-byte accesses (n % 16 == 0, aligned tensors), the stream mixed once a thread  \
+   (one value a thread mixed it again for every value: 35 us for a 2,048 x 3,584 bf16 tensor on an H200, 0.8 TB/s).    \
+   Bit for bit dropout_. */                                                                                           \
+extern "C" __global__ void dropout16_##SUFFIX(const T* x, T* y, const long long* seed, long long key, float p,        \
+    float scale, long long n)                                                                                         \
+{                                                                                                                     \
+    long long first = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * 16;                                        \
+    if (first >= n) return;                                                                                           \
+    float v[16];                                                                                                      \
+    load16_##SUFFIX(x + first, v);                                                                                    \
+    u64 stream = splitmix64((u64)seed[0] ^ splitmix64((u64)key));                                                     \
+    _Pragma("unroll") for (int k = 0; k < 16; k += 2) {                                                               \
+        u64 h = splitmix64(stream + (u64)((first + k) >> 1));                                                         \
+        v[k] = dropout_bits_u(h, 0) >= p ? v[k] * scale : 0.0f;                                                       \
+        v[k + 1] = dropout_bits_u(h, 1) >= p ? v[k + 1] * scale : 0.0f;                                               \
+    }                                                                                                                 \
+    store16_##SUFFIX(y + first, v);                                                                                   \
 }                                                                                                                     \
                                                                                                                       \
 /* dropout_ of silu_mul_'s value, from gate and up in one pass: LoRA A's input of the MLP's down projection, drawn     \
@@ -496,9 +521,12 @@ extern "C" __global__ void silu_mul_dropout16_##SUFFIX(const T* gate, const T* u
     load16_##SUFFIX(gate + first, g);                                                                                 \
     load16_##SUFFIX(up + first, u);                                                                                   \
     u64 stream = splitmix64((u64)seed[0] ^ splitmix64((u64)key));                                                     \
-    _Pragma("unroll") for (int k = 0; k < 16; k++) {                                                                  \
-        float h = TO_F32(FROM_F32(TO_F32(FROM_F32(g[k] / (1.0f + expf(-g[k])))) * u[k]));                             \
-        g[k] = dropout_u(stream, first + k) >= p ? h * scale : 0.0f;                                                  \
+    _Pragma("unroll") for (int k = 0; k < 16; k += 2) {                                                               \
+        u64 hash = splitmix64(stream + (u64)((first + k) >> 1));                                                      \
+        _Pragma("unroll") for (int j = 0; j < 2; j++) {                                                               \
+            float h = TO_F32(FROM_F32(TO_F32(FROM_F32(g[k + j] / (1.0f + expf(-g[k + j])))) * u[k + j]));             \
+            g[k + j] = dropout_bits_u(hash, j) >= p ? h * scale : 0.0f;                                               \
+        }                                                                                                             \
     }                                                                                                                 \
     store16_##SUFFIX(y + first, g);                                                                                   \
 }                                                                                                                     \

@@ -206,6 +206,7 @@ internal sealed class MicroBatchGraphs(int ordinal, IReadOnlySet<BatchShape> sha
         {
             _firstCaptureGrowth = growth;
             Trace("captured", usedAfter);
+            MemoryTrace += $" (recorded and instantiated in {_recording.Elapsed.TotalSeconds:F2} s)";
         }
         else if (growth is long g && _firstCaptureGrowth is long f && g > Math.Max(f / 2, 64L << 20))
         {

@@ -89,22 +89,23 @@ public class FusedOpsTrainingTests
     }
 
     [Theory]
-    [InlineData(0x1234_5678_9ABC_DEFL, 5L, 0.1)]
-    [InlineData(unchecked((long)0xF00D_CAFE_0123_4567ul), 0L, 0.05)]
-    [InlineData(-1L, long.MaxValue, 0.3)]
-    public void Dropout_mask_of_torch_ops_is_the_kernels_hash(long seedValue, long key, double p)
+    [InlineData(0x1234_5678_9ABC_DEFL, 5L, 0.1, 20_000)]
+    [InlineData(unchecked((long)0xF00D_CAFE_0123_4567ul), 0L, 0.05, 20_000)]
+    [InlineData(-1L, long.MaxValue, 0.3, 19_999)]
+    public void Dropout_mask_of_torch_ops_is_the_kernels_hash(long seedValue, long key, double p, int n)
     {
-        // finetune_kernels.cu's dropout_: stream = splitmix64(seed ^ splitmix64(key)), kept where
-        // (splitmix64(stream + i) >> 40) / 2^24 >= p in fp32. Computed here with uint64 arithmetic on the host.
+        // finetune_kernels.cu's dropout_: stream = splitmix64(seed ^ splitmix64(key)), h = splitmix64(stream + i / 2), kept where
+        // (i even: h >> 40; i odd: (h >> 8) & 0xFFFFFF) / 2^24 >= p in fp32. Computed here with uint64 arithmetic on the host.
         _ = ComputeBackend.Current;
         using var scope = NewDisposeScope();
-        const int n = 20_000;
         var keep = FusedOps.DropoutKeep(tensor(new[] { seedValue }), key, n, p).data<bool>().ToArray();
+        Assert.Equal(n, keep.Length);
         ulong stream = DropoutDraws.Mix((ulong)seedValue ^ DropoutDraws.Mix((ulong)key));
         int kept = 0;
         for (int i = 0; i < n; i++)
         {
-            float u = (DropoutDraws.Mix(stream + (ulong)i) >> 40) * (1.0f / 16777216.0f);
+            ulong h = DropoutDraws.Mix(stream + (ulong)(i / 2));
+            float u = (i % 2 == 0 ? h >> 40 : (h >> 8) & 0xFFFFFF) * (1.0f / 16777216.0f);
             Assert.True((u >= (float)p) == keep[i], $"element {i}: the torch ops say {(keep[i] ? "kept" : "dropped")}, the hash {u} against p {p}");
             if (keep[i]) kept++;
         }

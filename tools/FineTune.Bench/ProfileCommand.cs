@@ -60,6 +60,11 @@ internal static class ProfileCommand
         var checkpointing = pipeline.ResolveCheckpointing(job, new DataSplit(first, []));
         trainable.GradientCheckpointing = checkpointing.On;
         model.train();
+        // As the trainer: LoRA dropout's masks drawn by the kernels from a device seed per micro-batch (a training
+        // micro-batch on a GPU), not torch's dropout. (Before 2026-12-01 the profile left the draws unset, so its steps took
+        // torch's dropout and the masked copies linear's graph keeps, a path training no longer runs.)
+        using var dropoutSeed = backend.IsCuda ? zeros(1, ScalarType.Int64, backend.Device) : null; // (1)
+        IDisposable? Draws(int step) => dropoutSeed is null ? null : DropoutDraws.Begin(dropoutSeed, DropoutDraws.SeedFor(42, step, 0, 0));
 
         var results = new JsonArray();
         foreach (var (workload, batchSize) in cells)
@@ -93,13 +98,17 @@ internal static class ProfileCommand
                         var indices = batches[next++ % batches.Count];
                         using var batch = Batching.Collate(examples, indices, BatchLayout.Packed, backend.Device);
                         Mark(0);
-                        var hidden = trainable.HiddenStates(batch.InputIds, batch.PositionIds, batch.AttentionMask, batch.Packed);
-                        Mark(1);
-                        // As the trainer: the loss's gradient made in forward for the upstream gradient 1 / targets.
-                        using var divisor = tensor((float)batch.TargetCount, device: backend.Device);
-                        var loss = trainer.LossSum(hidden, batch, job.Training.LossChunkSize, ones_like(divisor) / divisor) / divisor;
-                        Mark(2);
-                        loss.backward();
+                        Tensor loss;
+                        using (Draws(s))
+                        {
+                            var hidden = trainable.HiddenStates(batch.InputIds, batch.PositionIds, batch.AttentionMask, batch.Packed);
+                            Mark(1);
+                            // As the trainer: the loss's gradient made in forward for the upstream gradient 1 / targets.
+                            using var divisor = tensor((float)batch.TargetCount, device: backend.Device);
+                            loss = trainer.LossSum(hidden, batch, job.Training.LossChunkSize, ones_like(divisor) / divisor) / divisor;
+                            Mark(2);
+                            loss.backward();
+                        }
                         workingCopies?.AccumulateGradients();
                         Mark(3);
                         var norm = optimizer.ClipGradNorm(1.0);
@@ -130,9 +139,9 @@ internal static class ProfileCommand
                     result["forward_nograd_ms"] = TimeForward(trainable, examples, batches, backend, steps);
                 }
                 // The training forward alone (gradients on: checkpointed layers' first pass, dropout seeded per draw).
-                result["forward_train_ms"] = TimeForward(trainable, examples, batches, backend, steps);
+                using (Draws(0)) result["forward_train_ms"] = TimeForward(trainable, examples, batches, backend, steps);
                 foreach (var (_, layer) in trainable.NamedLinears()) layer.AdapterEnabled = false;
-                result["forward_no_lora_ms"] = TimeForward(trainable, examples, batches, backend, steps);
+                using (Draws(0)) result["forward_no_lora_ms"] = TimeForward(trainable, examples, batches, backend, steps);
                 foreach (var (_, layer) in trainable.NamedLinears()) layer.AdapterEnabled = true;
                 result["small_op_us"] = SmallOpMicroseconds(backend);
                 if (backend.IsCuda) result["host_call_us"] = HostCallMicroseconds(backend);
