@@ -170,8 +170,15 @@ public sealed class DataParallelReplica(DataParallelGroup group, IReplicaCommuni
         if (group.BeginStep(Rank, cancellationToken, onAllArrived)) throw new OperationCanceledException(cancellationToken);
     }
 
-    /// <summary>This replica's part of an optimizer step's micro-batches (see <see cref="DataParallelSharding.Shard"/>).</summary>
-    public List<int[]> Shard(IReadOnlyList<int[]> window, IReadOnlyList<TrainingExample> rows, BatchLayout layout) =>
+    /// <summary>This replica's part of every optimizer step (see <see cref="DataParallelSharding.Shard"/>).</summary>
+    public StepShare Share => new(Rank, WorldSize);
+}
+
+/// <summary>Replica <see cref="Rank"/>'s part of every optimizer step of a run on <see cref="WorldSize"/> devices.</summary>
+public readonly record struct StepShare(int Rank, int WorldSize)
+{
+    /// <summary>This share of an optimizer step's micro-batches (<see cref="DataParallelSharding.Shard"/>).</summary>
+    public List<int[]> Of(IReadOnlyList<int[]> window, IReadOnlyList<TrainingExample> rows, BatchLayout layout) =>
         DataParallelSharding.Shard(window, rows, layout, Rank, WorldSize);
 }
 

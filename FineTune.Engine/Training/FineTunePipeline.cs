@@ -151,6 +151,9 @@ public sealed class FineTunePipeline(ILoggerFactory? loggers = null)
     /// examples: loads the model as the run does, trains a warm-up step and then rounds of <paramref name="steps"/> timed optimizer steps
     /// with the trainer's own Train (the run's longest and shortest full steps of the first epoch, then its first ones) until two
     /// rounds agree, and times validation batches with the trainer's own Evaluate, in rounds the same way. Nothing is written; the adapters are thrown away.
+    /// A data-parallel job's steps are timed as its first replica trains them, its share of each (<see cref="LoraTrainer.Share"/>),
+    /// on the first device alone, and projected over each step's largest share and the validation batches the first replica
+    /// evaluates (<see cref="RunWorkload.Of"/>): the gradients' all-reduce is not timed (LoRA's gradients, tens of MB a step).
     /// </summary>
     public TrainingTimeEstimate EstimateTime(FineTuneJob job, int steps = 3, CancellationToken cancellationToken = default)
     {
@@ -158,6 +161,8 @@ public sealed class FineTunePipeline(ILoggerFactory? loggers = null)
         var split = Split(job);
         if (split.Train.Count == 0) throw new ArgumentException("There are no training rows to measure with.", nameof(job));
         job = WithCheckpointing(job, split, NullLogger.Instance); // the steps timed as the run will take them
+        int replicas = job.Devices?.Count ?? 1;
+        StepShare? share = replicas > 1 ? new StepShare(0, replicas) : null;
         job = job with { Device = job.Devices?[0] ?? job.Device, Devices = null };
         var clock = Stopwatch.StartNew();
         using var model = LoadModel(job);
@@ -167,8 +172,9 @@ public sealed class FineTunePipeline(ILoggerFactory? loggers = null)
         // Graphs as the run will have them: the probe repeats its steps, which would give it graphs for shapes the run meets once.
         var trainer = new LoraTrainer(model.Trainable, job.Lora, "time-estimate")
         {
-            Graphs = LoraTrainer.GraphPlanOf(split.Train, options),
+            Graphs = LoraTrainer.GraphPlanOf(split.Train, options, share),
             BudgetFrom = (split.Train, options),                                // its long micro-batches recompute what the run's will
+            Share = share,
         };
         var device = job.Device ?? ComputeBackend.Current.Device;
 
@@ -186,7 +192,10 @@ public sealed class FineTunePipeline(ILoggerFactory? loggers = null)
         var probeOptions = options with { Shuffle = false, Epochs = 1, StopAfterSteps = 0, LoggingSteps = 1, EvalSteps = 0, SaveSteps = 0, WarmupSteps = 0, WarmupRatio = 0 };
         var probeWindows = LoraTrainer.EpochWindows(probeTrain, probeOptions, epoch: 0);
         using var settled = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        var rounds = new RoundRecorder(timed.Count, (step, elapsed) => new TimedWork(RunWorkload.Tokens(probeTrain, probeWindows[step - 1]), elapsed), settled);
+        // A step's tokens as the trainer took them: the share's where it trains one (a window's share of the probe's rows is
+        // the same rows as of the run's window: the same rows in the same order).
+        long TimedTokens(List<int[]> window) => RunWorkload.Tokens(probeTrain, share?.Of(window, probeTrain, probeOptions.Layout) ?? window);
+        var rounds = new RoundRecorder(timed.Count, (step, elapsed) => new TimedWork(TimedTokens(probeWindows[step - 1]), elapsed), settled);
         try
         {
             trainer.Train(new DataSplit(probeTrain, []), probeOptions, rounds, settled.Token);
@@ -231,7 +240,7 @@ public sealed class FineTunePipeline(ILoggerFactory? loggers = null)
             }
         }
         var measurement = new SpeedMeasurement(device.ToString(), loadTime, trainSteps, evaluationBatches, evaluationCall);
-        var workload = RunWorkload.Of(split, options);
+        var workload = RunWorkload.Of(split, options, replicas);
         return new TrainingTimeEstimate(measurement, workload, measurement.Project(workload));
     }
 

@@ -33,6 +33,16 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
     public DataParallelReplica? Replica { get; init; }
 
     /// <summary>
+    /// Set where this trainer trains one replica's share of every optimizer step with no other replica (the time estimate of
+    /// a data-parallel run times its first replica's share on one device): the share's micro-batches, nothing summed over
+    /// replicas. Null: <see cref="Replica"/>'s share, or the whole step.
+    /// </summary>
+    public StepShare? Share { get; init; }
+
+    /// <summary>The part of every optimizer step this trainer trains; null: all of it.</summary>
+    private StepShare? ShareOfSteps => Replica?.Share ?? Share;
+
+    /// <summary>
     /// The micro-batch shapes that get a CUDA graph and whether packed rows are padded for them; null: the training rows'
     /// (<see cref="GraphPlanOf"/>). The time estimate passes the run's own, since its probe repeats a few steps and would
     /// otherwise get graphs the run does not.
@@ -91,7 +101,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         using var microBatch = new MicroBatchTensors(device);
         // Not with the phase clock: its synchronizations cannot be captured.
         // Suspended graphs (op by op, for comparisons) keep the plan's micro-batch shapes: the same job without the capture.
-        var plan = CudaGraphs.Available(device) && PhaseClock is null ? Graphs ?? GraphPlanOf(data.Train, options, Replica) : null;
+        var plan = CudaGraphs.Available(device) && PhaseClock is null ? Graphs ?? GraphPlanOf(data.Train, options, ShareOfSteps) : null;
         using var graphs = plan is not null && CudaGraphs.On(device) ? new MicroBatchGraphs(CudaKernels.Ordinal(device)!.Value, plan.Shapes) : null;
         // Padded packed rows go to the smallest graph shape that holds them (with graphs suspended, the same shapes op by op).
         _padTo = plan?.PadPackedRows != true ? null : graphs is not null ? graphs.ShapeFor : bucket => MicroBatchGraphs.SmallestHolding(plan.Shapes, bucket);
@@ -101,7 +111,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         if (!checkpointing && options.CheckpointLongMicroBatches)
         {
             var (budgetRows, budgetOptions) = BudgetFrom ?? (data.Train, options);
-            var tokensAsRun = MicroBatchesOf(budgetRows, budgetOptions, Replica, EpochsOf(budgetOptions))
+            var tokensAsRun = MicroBatchesOf(budgetRows, budgetOptions, ShareOfSteps, EpochsOf(budgetOptions))
                 .Select(indices => TokensAsRun(budgetRows, indices, budgetOptions.Layout)).ToList();
             _longBatchBudget = LongMicroBatches.Budget(tokensAsRun, options.LongMicroBatchPercentile);
             if (_longBatchBudget is long budget)
@@ -234,11 +244,11 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         return [.. batches.Chunk(options.GradientAccumulationSteps).Select(window => window.ToList())];
     }
 
-    /// <summary>The micro-batches (row indices) of the run's first <paramref name="epochs"/> epochs, each step's as <paramref name="replica"/> trains its share (all of it on one device).</summary>
-    private static IEnumerable<int[]> MicroBatchesOf(IReadOnlyList<TrainingExample> train, TrainingOptions options, DataParallelReplica? replica, int epochs) =>
+    /// <summary>The micro-batches (row indices) of the run's first <paramref name="epochs"/> epochs, each step's <paramref name="share"/> (all of it on one device).</summary>
+    private static IEnumerable<int[]> MicroBatchesOf(IReadOnlyList<TrainingExample> train, TrainingOptions options, StepShare? share, int epochs) =>
         Enumerable.Range(0, epochs)
             .SelectMany(epoch => EpochWindows(train, options, epoch))
-            .SelectMany(window => replica?.Shard(window, train, options.Layout) ?? window);
+            .SelectMany(window => share?.Of(window, train, options.Layout) ?? window);
 
     /// <summary>The epochs a run starts: a fractional last epoch is one more.</summary>
     private static int EpochsOf(TrainingOptions options) => Math.Max(1, (int)Math.Ceiling(options.Epochs));
@@ -250,10 +260,10 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
     /// from every epoch's micro-batches: each epoch packs other rows together (its own shuffle), and one that no shape
     /// holds would run without a graph, its memory beside the graphs' pool.
     /// </summary>
-    public static IReadOnlySet<BatchShape> GraphShapesOf(IReadOnlyList<TrainingExample> train, TrainingOptions options, DataParallelReplica? replica = null,
+    public static IReadOnlySet<BatchShape> GraphShapesOf(IReadOnlyList<TrainingExample> train, TrainingOptions options, StepShare? share = null,
         bool padPackedRows = false)
     {
-        var microBatches = MicroBatchesOf(train, options, replica, padPackedRows ? EpochsOf(options) : 1)
+        var microBatches = MicroBatchesOf(train, options, share, padPackedRows ? EpochsOf(options) : 1)
             .Select(indices => Batching.ShapeOf(train, indices, options.Layout, padPackedRows));
         return padPackedRows ? MicroBatchGraphs.PaddedShapes(microBatches) : MicroBatchGraphs.RepeatingShapes(microBatches);
     }
@@ -265,11 +275,11 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
     /// thousands of ops at 8-11 us of host time each: on one H200 the 7B Q&amp;A step (8 rows, ~1,400 tokens) took 111-116 ms
     /// op by op against 87 ms of kernels (Nsight Compute), so even a 16-bit run on one GPU waits for the host.
     /// </summary>
-    public static GraphPlan GraphPlanOf(IReadOnlyList<TrainingExample> train, TrainingOptions options, DataParallelReplica? replica = null)
+    public static GraphPlan GraphPlanOf(IReadOnlyList<TrainingExample> train, TrainingOptions options, StepShare? share = null)
     {
-        var shapes = GraphShapesOf(train, options, replica);
+        var shapes = GraphShapesOf(train, options, share);
         if (shapes.Count > 0 || options.Layout != BatchLayout.Packed) return new(shapes, PadPackedRows: false);
-        var padded = GraphShapesOf(train, options, replica, padPackedRows: true);
+        var padded = GraphShapesOf(train, options, share, padPackedRows: true);
         return padded.Count > 0 ? new(padded, PadPackedRows: true) : new(shapes, PadPackedRows: false);
     }
 
@@ -306,6 +316,13 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
     /// </summary>
     public static IEnumerable<int[]> EvaluationBatches(IReadOnlyList<TrainingExample> rows, TrainingOptions options) =>
         Enumerable.Range(0, rows.Count).OrderByDescending(i => rows[i].Length).ThenBy(i => i).Chunk(options.BatchSize);
+
+    /// <summary>
+    /// The validation batches <paramref name="share"/>'s replica evaluates (all of them where null): dealt in turn from the
+    /// longest, so the first replica's are each at least as long as the others' and at least as many (it finishes last).
+    /// </summary>
+    public static IEnumerable<int[]> EvaluationBatches(IReadOnlyList<TrainingExample> rows, TrainingOptions options, StepShare? share) =>
+        share is { } s ? EvaluationBatches(rows, options).Where((_, i) => i % s.WorldSize == s.Rank) : EvaluationBatches(rows, options);
 
     /// <summary>Evaluation batches are padded to their longest row (<see cref="EvaluationBatches"/> keeps that short).</summary>
     private const BatchLayout EvaluationLayout = BatchLayout.LengthGrouped;
@@ -351,10 +368,8 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
             using var evalScope = NewDisposeScope();
             double sum = 0;
             long count = 0;
-            int chunk = 0;
-            foreach (var indices in EvaluationBatches(rows, options))
+            foreach (var indices in EvaluationBatches(rows, options, Replica?.Share))
             {
-                if (Replica is not null && chunk++ % Replica.WorldSize != Replica.Rank) continue;
                 if (Replica is null) cancellationToken.ThrowIfCancellationRequested();
                 using var scope = NewDisposeScope();
                 using var batch = Batching.Collate(rows, indices, EvaluationLayout, device);
@@ -453,7 +468,7 @@ public sealed class LoraTrainer(ITrainableCausalLM model, LoraSettings settings,
         // the sum of the replicas' gradients is the single-device gradient.
         int windowTargets = window.Sum(indices => indices.Sum(i => rows[i].TargetCount));
         long tokens = window.Sum(indices => indices.Sum(i => (long)rows[i].Length));
-        var share = Replica?.Shard(window, rows, options.Layout) ?? window;
+        var share = ShareOfSteps?.Of(window, rows, options.Layout) ?? window;
         using var stepScope = NewDisposeScope();
         try
         {

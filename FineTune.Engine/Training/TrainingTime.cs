@@ -1,4 +1,5 @@
 using FineTune.Engine.Data;
+using FineTune.Engine.Distributed;
 
 namespace FineTune.Engine.Training;
 
@@ -43,7 +44,9 @@ public sealed record CostLine(double FixedSeconds, double SecondsPerToken)
 /// <summary>
 /// The work of a run, from its real examples (after the prompt template and max length) and its options: the input
 /// tokens of every optimizer step (the trainer's own windows, every epoch), of every validation batch, and how many
-/// times the validation split is evaluated.
+/// times the validation split is evaluated. On <see cref="Replicas"/> devices (data parallel) the work whose time counts:
+/// each step's largest share (the slowest replica sets the step's time) and the validation batches of the replica that
+/// evaluates the most.
 /// </summary>
 public sealed record RunWorkload(IReadOnlyList<long> StepTokens, IReadOnlyList<long> EvaluationBatchTokens, int Evaluations)
 {
@@ -51,18 +54,25 @@ public sealed record RunWorkload(IReadOnlyList<long> StepTokens, IReadOnlyList<l
     public long TrainTokens => StepTokens.Sum();
     public long EvaluationTokens => EvaluationBatchTokens.Sum();
 
-    public static RunWorkload Of(DataSplit split, TrainingOptions options)
+    /// <summary>The devices the run trains on, each its share of every step (1: one device, the whole step).</summary>
+    public int Replicas { get; init; } = 1;
+
+    public static RunWorkload Of(DataSplit split, TrainingOptions options, int replicas = 1)
     {
+        ArgumentOutOfRangeException.ThrowIfLessThan(replicas, 1);
         var train = split.Train;
-        if (train.Count == 0) return new RunWorkload([], [], 0);
+        if (train.Count == 0) return new RunWorkload([], [], 0) { Replicas = replicas };
         int stepsPerEpoch = options.StepsPerEpoch(train.Count), totalSteps = options.TotalSteps(train.Count);
+        var shares = Enumerable.Range(0, replicas).Select(rank => new StepShare(rank, replicas)).ToList();
         var steps = new List<long>(totalSteps);
         for (int epoch = 0; steps.Count < totalSteps; epoch++)
             foreach (var window in LoraTrainer.EpochWindows(train, options, epoch).Take(totalSteps - steps.Count))
-                steps.Add(Tokens(train, window));
+                steps.Add(replicas == 1 ? Tokens(train, window) : shares.Max(share => Tokens(train, share.Of(window, train, options.Layout))));
         var validation = split.Validation;
-        long[] evaluationBatches = [.. LoraTrainer.EvaluationBatches(validation, options).Select(batch => batch.Sum(i => (long)validation[i].Length))];
-        return new RunWorkload(steps, evaluationBatches, validation.Count == 0 ? 0 : options.EvaluationCount(totalSteps, stepsPerEpoch));
+        // The first replica's batches: dealt from the longest, it has the longest and the most (LoraTrainer.EvaluationBatches).
+        var evaluated = LoraTrainer.EvaluationBatches(validation, options, replicas == 1 ? null : shares[0]);
+        long[] evaluationBatches = [.. evaluated.Select(batch => batch.Sum(i => (long)validation[i].Length))];
+        return new RunWorkload(steps, evaluationBatches, validation.Count == 0 ? 0 : options.EvaluationCount(totalSteps, stepsPerEpoch)) { Replicas = replicas };
     }
 
     internal static long Tokens(IReadOnlyList<TrainingExample> rows, IEnumerable<int[]> window) => window.Sum(batch => batch.Sum(i => (long)rows[i].Length));

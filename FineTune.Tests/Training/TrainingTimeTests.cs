@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using FineTune.Engine.Adapters;
 using FineTune.Engine.Data;
+using FineTune.Engine.Distributed;
 using FineTune.Engine.Training;
 using FineTune.Tests.Support;
 using FineTune.Tests.Web.Support;
@@ -97,6 +98,61 @@ public sealed class TrainingTimeTests(ITestOutputHelper output)
         Lora = new LoraSettings(8, 16, 0.05, ["q_proj", "k_proj", "v_proj", "o_proj"]),
         Training = new TrainingOptions { Epochs = 2, BatchSize = 2, GradientAccumulationSteps = 2, LoggingSteps = 5, EvalSteps = 10, Seed = 3 },
     };
+
+    [Fact]
+    public void On_two_devices_a_step_counts_its_largest_share_and_the_first_replicas_validation_batches()
+    {
+        var pipeline = new FineTunePipeline();
+        var job = Job(40);
+        var split = pipeline.Split(job);
+        var options = job.Training;
+
+        var one = RunWorkload.Of(split, options);
+        var two = RunWorkload.Of(split, options, replicas: 2);
+
+        Assert.Equal(1, one.Replicas);
+        Assert.Equal(2, two.Replicas);
+        Assert.Equal(one.Steps, two.Steps);
+        Assert.Equal(one.Evaluations, two.Evaluations);
+        var windows = Enumerable.Range(0, 2).SelectMany(epoch => LoraTrainer.EpochWindows(split.Train, options, epoch)).Take(one.Steps).ToList();
+        long Tokens(IEnumerable<int[]> batches) => batches.Sum(b => b.Sum(i => (long)split.Train[i].Length));
+        for (int step = 0; step < windows.Count; step++)
+        {
+            var shares = Enumerable.Range(0, 2).Select(rank => DataParallelSharding.Shard(windows[step], split.Train, options.Layout, rank, 2)).ToList();
+            Assert.Equal(shares.Max(Tokens), two.StepTokens[step]);
+            Assert.Equal(one.StepTokens[step], shares.Sum(Tokens));                     // the shares hold the step's rows
+        }
+        Assert.True(two.TrainTokens < one.TrainTokens, "two replicas take less time a step than one device");
+        // Validation batches are dealt in turn from the longest: the first replica's are the first, third, ... of them.
+        var batches = LoraTrainer.EvaluationBatches(split.Validation, options).Select(b => b.Sum(i => (long)split.Validation[i].Length)).ToList();
+        Assert.Equal(batches.Where((_, i) => i % 2 == 0), two.EvaluationBatchTokens);
+        Assert.Equal(batches, one.EvaluationBatchTokens);
+    }
+
+    [Fact]
+    public void A_data_parallel_jobs_estimate_times_its_first_replicas_share_of_each_step()
+    {
+        var pipeline = new FineTunePipeline();
+        var job = Job(60) with { Devices = [TorchSharp.torch.CPU, TorchSharp.torch.CPU] };
+        var split = pipeline.Split(job);
+        var options = job.Training;
+
+        var estimate = pipeline.EstimateTime(job, steps: 3);
+
+        Assert.Equal(2, estimate.Workload.Replicas);
+        Assert.Equal(RunWorkload.Of(split, options, replicas: 2).StepTokens, estimate.Workload.StepTokens);
+        // The timed steps are the run's longest and shortest full steps of the first epoch, then its first ones (EstimateTime),
+        // each as the first replica trains it: its share.
+        long Tokens(IEnumerable<int[]> batches) => batches.Sum(b => b.Sum(i => (long)split.Train[i].Length));
+        var full = LoraTrainer.EpochWindows(split.Train, options, epoch: 0).Where(w => w.Sum(b => b.Length) == options.BatchSize * options.GradientAccumulationSteps).ToList();
+        var timed = new[] { full.MaxBy(Tokens)!, full.MinBy(Tokens)! }.Concat(full).Distinct().Take(3).ToList();
+        long[] shares = [.. timed.Select(w => Tokens(DataParallelSharding.Shard(w, split.Train, options.Layout, 0, 2)))];
+        long[] measured = [.. estimate.Measurement.TrainSteps.Select(s => s.Tokens)];
+        output.WriteLine($"timed {string.Join(", ", measured)}; first replica's shares {string.Join(", ", shares)}; whole steps {string.Join(", ", timed.Select(Tokens))}");
+        Assert.Equal(shares, measured);
+        Assert.All(timed, w => Assert.True(Tokens(DataParallelSharding.Shard(w, split.Train, options.Layout, 0, 2)) < Tokens(w), "a share holds part of its step"));
+        Assert.Equal(estimate.Measurement.Project(estimate.Workload), estimate.Projection);
+    }
 
     [Fact]
     public void The_workload_is_the_trainers_own_steps_tokens_and_evaluations()

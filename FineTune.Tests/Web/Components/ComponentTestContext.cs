@@ -37,13 +37,14 @@ public abstract class ComponentTestContext : BunitContext, IAsyncLifetime
     /// (set before the first render that needs the service).</summary>
     protected HubOptions HubOptions { get; set; }
 
-    protected ComponentTestContext()
+    /// <param name="backend">The backend the pages see; null: the CPU backend (set <see cref="Gpus"/> to a CUDA one's GPUs for the queue's pool).</param>
+    protected ComponentTestContext(BackendInfo? backend = null)
     {
         CultureInfo.CurrentCulture = CultureInfo.CurrentUICulture = new CultureInfo("zh-TW");
         JSInterop.Mode = JSRuntimeMode.Loose;
         Services.AddMudServices();
         Services.AddLocalization(o => o.ResourcesPath = "Resources");
-        Services.AddSingleton(new BackendInfo(DeviceType.CPU, "CPU: 2 threads", "test backend", "nuget"));
+        Services.AddSingleton(backend ?? new BackendInfo(DeviceType.CPU, "CPU: 2 threads", "test backend", "nuget"));
         Services.AddSingleton(Options.Create(new FineTune.Web.Infrastructure.FineTuneOptions { DataDirectory = Runs.Paths.Root, MaxUploadMegabytes = 1 }));
         Services.AddSingleton(State);
         Services.AddSingleton(Importer);

@@ -91,6 +91,22 @@ public sealed class GpuPool(IReadOnlyList<GpuDevice> gpus)
         Gpus.Count == 0 ? null : Candidates(RequestFor(settings, rows, totalTokens)).Min(g => g.MemoryBytes);
 
     /// <summary>
+    /// The GPUs a run with these settings takes when every GPU is free (<see cref="TryTake"/>'s choice): for an every-GPU run
+    /// all candidates, else the candidate with the least memory that holds it. What the settings page estimates the time on.
+    /// Empty on the CPU backend.
+    /// </summary>
+    public IReadOnlyList<int> PlannedGpus(TrainingSettings settings, int rows, int totalTokens)
+    {
+        if (Gpus.Count == 0) return [];
+        var request = RequestFor(settings, rows, totalTokens);
+        var candidates = Candidates(request);
+        return request.AllGpus ? [.. candidates.Select(g => g.Index)] : [SmallestFirst(candidates).First().Index];
+    }
+
+    /// <summary>GPUs by memory, the least first (then by index): a one-GPU run takes the first free one that holds it.</summary>
+    private static IOrderedEnumerable<GpuDevice> SmallestFirst(IEnumerable<GpuDevice> gpus) => gpus.OrderBy(g => g.MemoryBytes).ThenBy(g => g.Index);
+
+    /// <summary>
     /// Takes the GPUs for <paramref name="request"/> if they are free now: for every-GPU runs all candidates, for one-GPU
     /// runs the free candidate with the least memory that holds it (big GPUs stay free for big runs). Null: wait.
     /// </summary>
@@ -111,7 +127,7 @@ public sealed class GpuPool(IReadOnlyList<GpuDevice> gpus)
                 foreach (var g in candidates) _busy.Add(g.Index);
                 return new GpuLease(this, [.. candidates.Select(g => g.Index)]);
             }
-            var free = candidates.Where(g => !_busy.Contains(g.Index)).OrderBy(g => g.MemoryBytes).ThenBy(g => g.Index).FirstOrDefault();
+            var free = SmallestFirst(candidates.Where(g => !_busy.Contains(g.Index))).FirstOrDefault();
             if (free is null) return null;
             _busy.Add(free.Index);
             return new GpuLease(this, [free.Index]);

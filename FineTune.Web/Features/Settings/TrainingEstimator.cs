@@ -78,11 +78,15 @@ public static class TrainingEstimator
 
     private static readonly TimeSpan MaxEstimate = TimeSpan.FromDays(3650);
 
-    /// <summary>Rough wall time: 6 × parameters FLOPs per token (forward + backward), at an assumed sustained speed.</summary>
-    public static TimeSpan Time(ModelFacts shape, int totalTokens, TrainingSettings s, bool cuda, int cpuThreads)
+    /// <summary>
+    /// Rough wall time: 6 × parameters FLOPs per token (forward + backward), at an assumed sustained speed per GPU, on
+    /// <paramref name="gpus"/> GPUs as if each added one GPU's speed (two H200s trained 1.8-1.9x one: docs/benchmarks.md).
+    /// </summary>
+    public static TimeSpan Time(ModelFacts shape, int totalTokens, TrainingSettings s, bool cuda, int cpuThreads, int gpus = 1)
     {
+        ArgumentOutOfRangeException.ThrowIfLessThan(gpus, 1);
         double flops = 6.0 * shape.TotalParameters * totalTokens * s.Epochs;
-        double perSecond = cuda ? 40e12 : Math.Max(cpuThreads, 1) * 8e9;
+        double perSecond = cuda ? 40e12 * gpus : Math.Max(cpuThreads, 1) * 8e9;
         if (s.FourBit) perSecond /= 1.5; // dequantizing each weight on the fly
         // Capped at ten years: a huge config.json must not overflow TimeSpan (that ended the settings page's circuit).
         return TimeSpan.FromSeconds(Math.Clamp(flops / perSecond, 1, MaxEstimate.TotalSeconds));

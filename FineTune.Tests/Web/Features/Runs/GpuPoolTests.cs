@@ -56,4 +56,23 @@ public sealed class GpuPoolTests
         Assert.Equal([1], lease.Indices);
         Assert.Null(new GpuPool([]).SmallestGpuFor(settings, 100, 10_000)); // the CPU backend: no GPU to decide by
     }
+
+    [Fact]
+    public void The_gpus_a_run_would_take_are_every_candidate_for_an_every_gpu_run_else_the_smallest_that_holds_it()
+    {
+        var settings = SixteenBit7B();
+        long without = TrainingEstimator.Memory(ModelCatalog.FactsOf(settings)!, settings, gpuBytes: 1L << 50).Total;
+        long with = TrainingEstimator.Memory(ModelCatalog.FactsOf(settings)!, settings, gpuBytes: 1).Total;
+        var pool = new GpuPool([new GpuDevice(0, "Fake big GPU", 4 * without), new GpuDevice(1, "Fake small GPU", with / 2), new GpuDevice(2, "Fake middle GPU", 2 * without)]);
+
+        settings.Gpus = GpuChoice.One;
+        Assert.Equal([2], pool.PlannedGpus(settings, 100, 10_000));        // the least memory that holds it, as TryTake takes it
+        using (var lease = pool.TryTake(pool.RequestFor(settings, 100, 10_000))!) Assert.Equal([2], lease.Indices);
+        settings.Gpus = GpuChoice.All;
+        Assert.Equal([0, 2], pool.PlannedGpus(settings, 100, 10_000));     // every GPU that can hold it
+        settings.Gpus = GpuChoice.Auto;                                     // 10,000 tokens: minutes on one GPU, so one
+        Assert.Equal([2], pool.PlannedGpus(settings, 100, 10_000));
+        Assert.Equal([0, 2], pool.PlannedGpus(settings, 100, 100_000_000)); // a long run: every GPU
+        Assert.Empty(new GpuPool([]).PlannedGpus(settings, 100, 10_000)); // the CPU backend
+    }
 }

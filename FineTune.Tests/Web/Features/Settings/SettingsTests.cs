@@ -177,6 +177,17 @@ public class SettingsTests
     }
 
     [Fact]
+    public void The_rough_time_on_several_gpus_counts_each_as_one_more_gpus_speed()
+    {
+        var s = new TrainingSettings { Quantization = Quantization.None };
+        var shape = ModelCatalog.FactsOf(s)!;
+        var one = TrainingEstimator.Time(shape, 10_000_000, s, cuda: true, cpuThreads: 1);
+        Assert.Equal(one, TrainingEstimator.Time(shape, 10_000_000, s, cuda: true, cpuThreads: 1, gpus: 1));
+        Assert.Equal(0.5, TrainingEstimator.Time(shape, 10_000_000, s, cuda: true, cpuThreads: 1, gpus: 2) / one, precision: 6);
+        Assert.Throws<ArgumentOutOfRangeException>(() => TrainingEstimator.Time(shape, 10_000_000, s, cuda: true, cpuThreads: 1, gpus: 0));
+    }
+
+    [Fact]
     public void Token_estimate_counts_chinese_characters_about_one_each()
     {
         var row = new FineTune.Engine.Data.QaRow("可以退貨嗎？", "可以。");
