@@ -12,7 +12,7 @@ namespace FineTune.Tests.Web.Features.Runs;
 /// ask for one GPU train at once on different GPUs, each run's memory estimate is checked against its GPU, and an
 /// all-GPUs run takes every GPU.
 /// </summary>
-public sealed class RunQueueGpuTests : IAsyncDisposable
+public sealed class RunQueueGpuTests : IAsyncLifetime
 {
     private const long GiB = 1L << 30;
     private readonly RunTestServices _services = new();
@@ -27,7 +27,11 @@ public sealed class RunQueueGpuTests : IAsyncDisposable
         return (_queue, pool);
     }
 
-    public async ValueTask DisposeAsync()
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    // IAsyncLifetime, not IAsyncDisposable: xUnit v2 never calls a test class's IAsyncDisposable.DisposeAsync, so the
+    // queues kept running and every test's data folder stayed in /tmp.
+    public async Task DisposeAsync()
     {
         if (_queue is not null)
         {
