@@ -91,24 +91,14 @@ public sealed class GpuPool(IReadOnlyList<GpuDevice> gpus)
         Gpus.Count == 0 ? null : Candidates(RequestFor(settings, rows, totalTokens)).Min(g => g.MemoryBytes);
 
     /// <summary>
-    /// The GPUs a run with these settings takes when every GPU is free (<see cref="TryTake"/>'s choice): for an every-GPU run
-    /// all candidates, else the candidate with the least memory that holds it. What the settings page estimates the time on.
-    /// Empty on the CPU backend.
+    /// The GPUs a run with these settings takes when every GPU is free (<see cref="TryTake"/>'s choice). What the settings
+    /// page estimates the time on. Empty on the CPU backend.
     /// </summary>
-    public IReadOnlyList<int> PlannedGpus(TrainingSettings settings, int rows, int totalTokens)
-    {
-        if (Gpus.Count == 0) return [];
-        var request = RequestFor(settings, rows, totalTokens);
-        var candidates = Candidates(request);
-        return request.AllGpus ? [.. candidates.Select(g => g.Index)] : [SmallestFirst(candidates).First().Index];
-    }
-
-    /// <summary>GPUs by memory, the least first (then by index): a one-GPU run takes the first free one that holds it.</summary>
-    private static IOrderedEnumerable<GpuDevice> SmallestFirst(IEnumerable<GpuDevice> gpus) => gpus.OrderBy(g => g.MemoryBytes).ThenBy(g => g.Index);
+    public IReadOnlyList<int> PlannedGpus(TrainingSettings settings, int rows, int totalTokens) =>
+        Gpus.Count == 0 ? [] : Choose(RequestFor(settings, rows, totalTokens), busy: new HashSet<int>())!;
 
     /// <summary>
-    /// Takes the GPUs for <paramref name="request"/> if they are free now: for every-GPU runs all candidates, for one-GPU
-    /// runs the free candidate with the least memory that holds it (big GPUs stay free for big runs). Null: wait.
+    /// Takes the GPUs for <paramref name="request"/> if they are free now (<see cref="Choose"/>). Null: wait.
     /// </summary>
     public GpuLease? TryTake(GpuRequest request)
     {
@@ -120,18 +110,23 @@ public sealed class GpuPool(IReadOnlyList<GpuDevice> gpus)
                 _cpuBusy = true;
                 return new GpuLease(this, []);
             }
-            var candidates = Candidates(request);
-            if (request.AllGpus)
-            {
-                if (candidates.Any(g => _busy.Contains(g.Index))) return null;
-                foreach (var g in candidates) _busy.Add(g.Index);
-                return new GpuLease(this, [.. candidates.Select(g => g.Index)]);
-            }
-            var free = SmallestFirst(candidates.Where(g => !_busy.Contains(g.Index))).FirstOrDefault();
-            if (free is null) return null;
-            _busy.Add(free.Index);
-            return new GpuLease(this, [free.Index]);
+            if (Choose(request, _busy) is not { } indices) return null;
+            foreach (int index in indices) _busy.Add(index);
+            return new GpuLease(this, indices);
         }
+    }
+
+    /// <summary>
+    /// The GPUs <paramref name="request"/> takes while <paramref name="busy"/> are held: for every-GPU runs all candidates,
+    /// once none is busy; for one-GPU runs the free candidate with the least memory that holds it, then the lowest index
+    /// (big GPUs stay free for big runs). Null: none to take now.
+    /// </summary>
+    private int[]? Choose(GpuRequest request, IReadOnlySet<int> busy)
+    {
+        var candidates = Candidates(request);
+        if (request.AllGpus) return candidates.Any(g => busy.Contains(g.Index)) ? null : [.. candidates.Select(g => g.Index)];
+        var free = candidates.Where(g => !busy.Contains(g.Index)).OrderBy(g => g.MemoryBytes).ThenBy(g => g.Index).FirstOrDefault();
+        return free is null ? null : [free.Index];
     }
 
     /// <summary>GPUs held by runs now.</summary>
