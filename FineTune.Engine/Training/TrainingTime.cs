@@ -67,10 +67,11 @@ public sealed record RunWorkload(IReadOnlyList<long> StepTokens, IReadOnlyList<l
         var steps = new List<long>(totalSteps);
         for (int epoch = 0; steps.Count < totalSteps; epoch++)
             foreach (var window in LoraTrainer.EpochWindows(train, options, epoch).Take(totalSteps - steps.Count))
-                steps.Add(replicas == 1 ? Tokens(train, window) : shares.Max(share => Tokens(train, share.Of(window, train, options.Layout))));
+                steps.Add(shares.Max(share => Tokens(train, share.Of(window, train, options.Layout))));
         var validation = split.Validation;
-        // The first replica's batches: dealt from the longest, it has the longest and the most (LoraTrainer.EvaluationBatches).
-        var evaluated = LoraTrainer.EvaluationBatches(validation, options, replicas == 1 ? null : shares[0]);
+        // The first replica's batches: dealt from the longest, it has the longest and the most (LoraTrainer.EvaluationBatches);
+        // on one device, all of them (as a share of one is every step's whole window).
+        var evaluated = LoraTrainer.EvaluationBatches(validation, options, shares[0]);
         long[] evaluationBatches = [.. evaluated.Select(batch => batch.Sum(i => (long)validation[i].Length))];
         return new RunWorkload(steps, evaluationBatches, validation.Count == 0 ? 0 : options.EvaluationCount(totalSteps, stepsPerEpoch)) { Replicas = replicas };
     }
